@@ -1,0 +1,88 @@
+"""Shared validation of the tensors users and attackers hand to rnd."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from rnd.errors import InputError
+
+#: Slack allowed outside [0, 1] before an input counts as out of range (float rounding).
+RANGE_TOL = 1e-6
+
+
+def check_images(
+    x: object,
+    input_shape: Sequence[int] | None = None,
+    *,
+    name: str = "images",
+    allow_empty: bool = False,
+) -> torch.Tensor:
+    """Check that `x` is a finite floating batch (N, C, H, W) of pixels in [0, 1].
+
+    Policy: values outside [0, 1] are rejected, not clipped, so a caller's bug is never hidden.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise InputError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise InputError(
+            f"{name} must be a floating tensor of pixels in [0, 1], got dtype {x.dtype}; "
+            "convert with x.float() / 255 for uint8 images"
+        )
+    if x.dim() != 4:
+        raise InputError(f"{name} must have shape (N, C, H, W), got {tuple(x.shape)}")
+    if input_shape is not None and tuple(x.shape[1:]) != tuple(input_shape):
+        raise InputError(
+            f"{name} have shape {tuple(x.shape[1:])} per image but the model expects {tuple(input_shape)}"
+        )
+    if x.shape[0] == 0 and not allow_empty:
+        raise InputError(f"{name} is an empty batch")
+    if x.numel() and not bool(torch.isfinite(x).all()):
+        raise InputError(f"{name} contain NaN or infinite values")
+    if x.numel():
+        lo, hi = float(x.min()), float(x.max())
+        if lo < -RANGE_TOL or hi > 1 + RANGE_TOL:
+            raise InputError(
+                f"{name} must lie in [0, 1] (pixel scale), got values in [{lo:.4g}, {hi:.4g}]; "
+                "clip with x.clamp(0, 1) or rescale"
+            )
+    return x
+
+
+def check_labels(y: object, n: int, num_classes: int | None, *, name: str = "labels") -> torch.Tensor:
+    """Check that `y` is an integer vector of length `n` with values in [0, num_classes)."""
+    if not isinstance(y, torch.Tensor):
+        raise InputError(f"{name} must be a torch.Tensor, got {type(y).__name__}")
+    if y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
+        raise InputError(f"{name} must be an integer tensor, got dtype {y.dtype}")
+    if y.dim() != 1 or y.shape[0] != n:
+        raise InputError(f"{name} must have shape ({n},), got {tuple(y.shape)}")
+    if num_classes is not None and n and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise InputError(
+            f"{name} must lie in [0, {num_classes}), got values in [{int(y.min())}, {int(y.max())}]"
+        )
+    return y.long()
+
+
+def check_positive(value: float, name: str, *, allow_zero: bool = False) -> float:
+    """Check that a scalar hyper-parameter is a finite positive number."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be a number, got {value!r}") from None
+    if v != v or v in (float("inf"), float("-inf")):
+        raise InputError(f"{name} must be finite, got {value!r}")
+    if v < 0 or (v == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise InputError(f"{name} must be {bound}, got {value!r}")
+    return v
+
+
+def check_int(value: int, name: str, *, minimum: int = 1) -> int:
+    """Check that a count is an integer no smaller than `minimum`."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InputError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise InputError(f"{name} must be >= {minimum}, got {value}")
+    return value

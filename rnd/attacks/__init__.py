@@ -1,0 +1,22 @@
+"""Query-based black-box attacks, batched on one base (`QueryAttack`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rnd.attacks.base import AttackResult, AttackState, QueryAttack
+from rnd.attacks.nes import NES
+from rnd.attacks.square import Square
+from rnd.errors import unknown_name
+
+ATTACKS: dict[str, type[QueryAttack]] = {cls.name: cls for cls in (NES, Square)}
+
+
+def make_attack(name: str, **kwargs: Any) -> QueryAttack:
+    """Build a registered attack by name (e.g. "square", "nes") with its keyword arguments."""
+    if name not in ATTACKS:
+        raise unknown_name("attack", name, list(ATTACKS))
+    return ATTACKS[name](**kwargs)
+
+
+__all__ = ["ATTACKS", "NES", "AttackResult", "AttackState", "QueryAttack", "Square", "make_attack"]

@@ -1,0 +1,296 @@
+"""The shared base of every query attack: batching, active masks, losses, projection, accounting.
+
+Every image of a batch advances together. Each step the base hands the attack the rows that are
+still active (not yet successful, with budget left for one more step); the attack builds all their
+queries as one batch, so the model sees few, large forwards. Queries are counted by the oracle
+alone, and the result's `queries` are the oracle's counts.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import torch
+from tqdm.auto import tqdm
+
+from rnd._checks import check_images, check_int, check_labels, check_positive
+from rnd.defense import entropy_seed
+from rnd.errors import InputError, unknown_name
+from rnd.oracle import QueryOracle
+
+Norm = Literal["linf", "l2"]
+LossName = Literal["margin", "ce"]
+LOSSES: tuple[str, ...] = ("margin", "ce")
+
+
+@dataclass
+class AttackResult:
+    """What one attack call returns; `success` is what the attacker observed through the oracle."""
+
+    attack: str
+    x_adv: torch.Tensor
+    success: torch.Tensor
+    queries: torch.Tensor
+    loss: torch.Tensor
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def failure_rate(self) -> float:
+        """Failures / attacked images, in %."""
+        return 100.0 * float((~self.success).sum()) / max(self.success.numel(), 1)
+
+    @property
+    def mean_queries(self) -> float:
+        """Mean queries over successful images (NaN if none)."""
+        q = self.queries[self.success].double()
+        return float(q.mean()) if q.numel() else math.nan
+
+    @property
+    def median_queries(self) -> float:
+        q = self.queries[self.success].double()
+        return float(q.quantile(0.5)) if q.numel() else math.nan
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "attack": self.attack,
+            "images": int(self.success.numel()),
+            "failure_rate": self.failure_rate,
+            "mean_queries": self.mean_queries,
+            "median_queries": self.median_queries,
+        }
+
+
+class AttackState:
+    """Per-image tensors of one attack call (length N); attacks may attach their own fields."""
+
+    def __init__(
+        self, x0: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None, ids: torch.Tensor
+    ) -> None:
+        n = x0.shape[0]
+        self.x0 = x0
+        self.y = y
+        self.target = target
+        self.ids = ids
+        self.x = x0.clone()  # the attacker's current (best) point
+        self.loss = torch.full((n,), math.inf)  # attacker's loss at x (lower is better)
+        self.success = torch.zeros(n, dtype=torch.bool)
+        self.done = torch.zeros(n, dtype=torch.bool)  # stopped by the attack itself
+        self.iteration = 0
+
+
+class QueryAttack(ABC):
+    """Base of all query attacks. Subclasses implement `init` and `step` on the active rows.
+
+    Args:
+        eps: radius of the threat model (l_inf or l_2 ball around the clean image, in pixels).
+        norm: "linf" or "l2" (each attack lists the norms it defines).
+        mu: the attacker's probe size (finite-difference step, search step, square size...): the
+            seed's `mu`, the one name a sweep varies across attacks. Default: the attack's paper.
+        loss: "margin" (CW margin on log-probabilities) or "ce" (log-probability of the true class;
+            of the target when targeted); both are minimised.
+        targeted: if True, `__call__` needs `targets` and success means predicting the target.
+        eot: M answers averaged per query (Expectation over Transformation), costing M queries.
+        mu_nu_ratio: adaptive attacker who knows the defense's nu: uses max(mu, ratio * nu).
+        seed: seed of the attack's own generator (OS entropy when None).
+        progress: show a progress bar.
+    """
+
+    name: ClassVar[str] = "attack"
+    norms: ClassVar[tuple[str, ...]] = ("linf", "l2")
+    feedback: ClassVar[Literal["scores", "labels"]] = "scores"
+    default_mu: ClassVar[dict[str, float]] = {"linf": 0.01, "l2": 0.01}
+
+    def __init__(
+        self,
+        eps: float,
+        norm: Norm = "linf",
+        *,
+        mu: float | None = None,
+        loss: LossName = "margin",
+        targeted: bool = False,
+        eot: int = 1,
+        mu_nu_ratio: float | None = None,
+        seed: int | None = None,
+        progress: bool = False,
+    ) -> None:
+        self.eps = check_positive(eps, "eps")
+        if norm not in self.norms:
+            raise InputError(
+                f"{self.name} does not support norm {norm!r}; it supports: {', '.join(self.norms)}"
+            )
+        self.norm: Norm = norm
+        self.mu = check_positive(self.default_mu[norm] if mu is None else mu, "mu")
+        if loss not in LOSSES:
+            raise unknown_name("loss", loss, LOSSES)
+        self.loss_name: LossName = loss
+        self.targeted = bool(targeted)
+        self.eot = check_int(eot, "eot")
+        self.mu_nu_ratio = None if mu_nu_ratio is None else check_positive(mu_nu_ratio, "mu_nu_ratio")
+        self.seed = entropy_seed() if seed is None else int(seed)
+        self.progress = progress
+        self.generator = torch.Generator().manual_seed(self.seed)
+        self.oracle: QueryOracle | None = None
+
+    # -- configuration -------------------------------------------------------------------------
+    def params(self) -> dict[str, Any]:
+        """Every hyper-parameter of this attack (recorded with each result)."""
+        skip = {"generator", "oracle", "progress"}
+        out = {k: v for k, v in vars(self).items() if k not in skip and not k.startswith("_")}
+        return {"attack": self.name, **out}
+
+    def effective_mu(self, nu: float) -> float:
+        """The probe size used against a defense of level `nu` (adaptive attackers scale up)."""
+        if self.mu_nu_ratio is None:
+            return self.mu
+        return max(self.mu, self.mu_nu_ratio * nu)
+
+    @property
+    def step_cost(self) -> int:
+        """Queries one step spends per image at most (including EOT); override per attack."""
+        return self.eot
+
+    # -- the loop ------------------------------------------------------------------------------
+    def __call__(
+        self,
+        oracle: QueryOracle,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        targets: torch.Tensor | None = None,
+    ) -> AttackResult:
+        """Attack every image of the batch; returns x_adv, observed success and queries per image."""
+        if self.feedback == "scores" and oracle.output == "labels":
+            raise InputError(f"{self.name} is score-based and needs an oracle with scores, not labels")
+        if oracle.budget is None:
+            raise InputError("the oracle needs a query budget (Oracle(..., budget=N))")
+        check_images(images, oracle.input_shape)
+        n = images.shape[0]
+        labels = check_labels(labels, n, oracle.num_classes)
+        if self.targeted:
+            if targets is None:
+                raise InputError("a targeted attack needs targets (one label per image)")
+            targets = check_labels(targets, n, oracle.num_classes, name="targets")
+            if bool((targets == labels).any()):
+                raise InputError("targets must differ from the true labels")
+        elif targets is not None:
+            raise InputError("targets given to an untargeted attack; pass targeted=True")
+        self.oracle = oracle
+        self.cur_mu = self.effective_mu(float(getattr(oracle, "nu", 0.0)))
+        state = AttackState(images.detach().float().cpu().clone(), labels, targets, oracle.new_ids(n))
+        bar = tqdm(total=n, desc=self.name, disable=not self.progress, unit="img", leave=False)
+        try:
+            if self.step_cost > oracle.budget:
+                raise InputError(
+                    f"{self.name} needs {self.step_cost} queries per step, budget is {oracle.budget}"
+                )
+            self.init(state)
+            finished = 0
+            while True:
+                active = ~state.success & ~state.done & (oracle.remaining(state.ids) >= self.step_cost)
+                newly = n - int(active.sum()) - finished
+                if newly:
+                    finished += newly
+                    bar.update(newly)
+                    bar.set_postfix(success=f"{float(state.success.float().mean()):.2f}")
+                if not bool(active.any()):
+                    break
+                self.step(state, active.nonzero().flatten())
+                state.iteration += 1
+        finally:
+            bar.close()
+            self.oracle = None
+        return AttackResult(
+            attack=self.name,
+            x_adv=state.x,
+            success=state.success.clone(),
+            queries=oracle.counts_of(state.ids),
+            loss=state.loss,
+            params={**self.params(), "mu_used": self.cur_mu},
+        )
+
+    @abstractmethod
+    def init(self, state: AttackState) -> None:
+        """Set up per-image state (usually: query the starting point)."""
+
+    @abstractmethod
+    def step(self, state: AttackState, rows: torch.Tensor) -> None:
+        """Advance the active `rows` by one step, updating state.x / loss / success."""
+
+    # -- helpers for subclasses ----------------------------------------------------------------
+    def evaluate(
+        self, state: AttackState, x: torch.Tensor, rows: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Query `x` (row i belongs to image `rows[i]`); return (loss, adversarial?) per row."""
+        assert self.oracle is not None
+        scores = self.oracle.query(x, state.ids[rows], eot=self.eot)
+        return self.loss_from_scores(scores, state, rows)
+
+    def loss_from_scores(
+        self, scores: torch.Tensor, state: AttackState, rows: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Margin or CE loss (to minimise) and the adversarial flag from the oracle's scores."""
+        assert self.oracle is not None
+        if self.oracle.output == "logits":
+            logp = scores.log_softmax(1)
+        else:
+            logp = scores.clamp_min(1e-30).log()
+        y = state.y[rows]
+        pred = scores.argmax(1)
+        if self.targeted:
+            assert state.target is not None
+            t = state.target[rows]
+            adv = pred == t
+            own = logp.gather(1, t[:, None]).squeeze(1)
+            if self.loss_name == "ce":
+                return -own, adv
+            other = logp.scatter(1, t[:, None], -math.inf).amax(1)
+            return other - own, adv
+        adv = pred != y
+        own = logp.gather(1, y[:, None]).squeeze(1)
+        if self.loss_name == "ce":
+            return own, adv
+        other = logp.scatter(1, y[:, None], -math.inf).amax(1)
+        return own - other, adv
+
+    def project(self, x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        """Project onto the eps-ball around `x0` in the attack's norm, then onto the [0, 1] box."""
+        delta = x - x0
+        if self.norm == "linf":
+            delta = delta.clamp(-self.eps, self.eps)
+        else:
+            norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
+            delta = delta * (self.eps / norms).clamp(max=1.0).view(-1, *([1] * (x.dim() - 1)))
+        return (x0 + delta).clamp(0.0, 1.0)
+
+    def randn(self, *shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=self.generator)
+
+    def rand(self, *shape: int) -> torch.Tensor:
+        return torch.rand(*shape, generator=self.generator)
+
+    def randint(self, high: int, shape: tuple[int, ...] | torch.Size, low: int = 0) -> torch.Tensor:
+        return torch.randint(low, high, tuple(shape), generator=self.generator)
+
+    def query_start(self, state: AttackState) -> None:
+        """Query the clean images once: initial loss, and success if already misclassified."""
+        rows = torch.arange(state.x0.shape[0])
+        state.loss, state.success = self.evaluate(state, state.x0, rows)
+
+    def accept(
+        self,
+        state: AttackState,
+        rows: torch.Tensor,
+        x_new: torch.Tensor,
+        loss: torch.Tensor,
+        adv: torch.Tensor,
+        mask: torch.Tensor | None = None,
+    ) -> None:
+        """Move `rows` to `x_new` where `mask` (default: all), and record loss / success there."""
+        if mask is None:
+            mask = torch.ones(rows.numel(), dtype=torch.bool)
+        r = rows[mask]
+        state.x[r] = x_new[mask]
+        state.loss[r] = loss[mask]
+        state.success[r] = adv[mask]

@@ -1,0 +1,46 @@
+"""The `rnd` command group and options shared by its subcommands."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+import torch
+
+from rnd.errors import RndError
+
+
+class RndGroup(click.Group):
+    """A click group that turns rnd's own errors into one clear line and exit status 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except RndError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=RndGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads (default: torch's choice)"
+)
+@click.option("-v", "--verbose", count=True, help="more log output (-vv for debug)")
+@click.version_option(package_name="rnd")
+def main(threads: int | None, verbose: int) -> None:
+    """rnd: Random Noise Defense against query-based black-box attacks, and its evaluation."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
+def progress_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--progress/--no-progress", default=True, help="show progress bars")(f)
+
+
+def json_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--json", "as_json", is_flag=True, help="print machine-readable JSON")(f)

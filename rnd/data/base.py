@@ -1,0 +1,57 @@
+"""The in-memory image data set every loader returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from rnd.errors import InputError
+
+
+@dataclass
+class ImageDataset:
+    """Images as uint8 (N, C, H, W) with int64 labels; `get` returns float pixels in [0, 1].
+
+    Normalisation (mean/std) belongs to the model, so attacks and noise work in pixel space.
+    """
+
+    name: str
+    split: str
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise InputError("ImageDataset.images must be a uint8 tensor (N, C, H, W)")
+        if self.labels.shape != (self.images.shape[0],):
+            raise InputError("ImageDataset.labels must have one label per image")
+        self.labels = self.labels.long()
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes) if self.classes else int(self.labels.max()) + 1
+
+    def get(
+        self, indices: torch.Tensor | list[int] | slice | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Float images in [0, 1] and labels at `indices` (all of them by default)."""
+        if indices is None:
+            indices = slice(None)
+        elif isinstance(indices, list):
+            indices = torch.tensor(indices, dtype=torch.int64)
+        return self.images[indices].float().div_(255.0), self.labels[indices]
+
+    def batches(self, batch_size: int, indices: torch.Tensor | None = None):
+        """Yield (images, labels) in order, `batch_size` at a time."""
+        idx = torch.arange(len(self)) if indices is None else indices
+        for chunk in idx.split(batch_size):
+            yield self.get(chunk)

@@ -1,0 +1,52 @@
+"""An image folder: one sub-folder per class, images of one size (PNG, JPEG, ... via Pillow)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rnd.data.base import ImageDataset
+from rnd.errors import DataNotFoundError, InputError
+
+EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".webp")
+
+
+def load_image_folder(
+    root: str | Path, size: tuple[int, int] | None = None, mode: str = "RGB"
+) -> ImageDataset:
+    """Load `root/<class>/<image>`; classes are the sorted sub-folder names.
+
+    Args:
+        size: (height, width) to resize to; required when the images differ in size.
+        mode: Pillow mode, "RGB" (3 channels) or "L" (1 channel).
+    """
+    try:
+        from PIL import Image
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise InputError("image folders need Pillow: pip install 'rnd[dev]' or pillow") from exc
+    root = Path(root)
+    if not root.is_dir():
+        raise DataNotFoundError(f"image folder {root} does not exist")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if not classes:
+        raise DataNotFoundError(f"{root} holds no class sub-folders")
+    arrays, labels = [], []
+    for label, cls in enumerate(classes):
+        for path in sorted((root / cls).iterdir()):
+            if path.suffix.lower() not in EXTENSIONS:
+                continue
+            with Image.open(path) as im:
+                im = im.convert(mode)
+                if size is not None:
+                    im = im.resize((size[1], size[0]), Image.BILINEAR)
+                arr = np.asarray(im, dtype=np.uint8)
+            arrays.append(arr[..., None] if arr.ndim == 2 else arr)
+            labels.append(label)
+    if not arrays:
+        raise DataNotFoundError(f"no images with extensions {EXTENSIONS} under {root}")
+    if len({a.shape for a in arrays}) > 1:
+        raise InputError(f"images under {root} differ in size; pass size=(height, width)")
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    return ImageDataset(f"imagefolder:{root}", "all", images, torch.tensor(labels), classes)

@@ -1,0 +1,80 @@
+"""Metrics of the paper's protocol (DESIGN section 1.7)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from rnd.data.base import ImageDataset
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Predicted labels of `model` for pixels `x`, in batches."""
+    model.eval()
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    return torch.cat([model(c.to(device)).argmax(1).cpu() for c in x.split(batch_size)])
+
+
+def accuracy(
+    model: nn.Module, data: ImageDataset, batch_size: int = 1000, indices: torch.Tensor | None = None
+) -> float:
+    """Top-1 accuracy in [0, 1] of `model` on `data` (one pass; one noise draw if defended)."""
+    correct = total = 0
+    for x, y in data.batches(batch_size, indices):
+        correct += int((predict(model, x, batch_size) == y).sum())
+        total += len(y)
+    return correct / max(total, 1)
+
+
+def noisy_accuracy(
+    model: nn.Module,
+    data: ImageDataset,
+    draws: int = 5,
+    batch_size: int = 1000,
+    indices: torch.Tensor | None = None,
+) -> tuple[float, float]:
+    """Mean and standard deviation of accuracy over `draws` independent noise draws."""
+    accs = [accuracy(model, data, batch_size, indices) for _ in range(draws)]
+    mean = sum(accs) / len(accs)
+    std = math.sqrt(sum((a - mean) ** 2 for a in accs) / max(len(accs) - 1, 1))
+    return mean, std
+
+
+def correctly_classified(
+    model: nn.Module, data: ImageDataset, n: int, start: int = 0, batch_size: int = 1000
+) -> torch.Tensor:
+    """Indices of the first `n` images (from `start`, in order) that `model` classifies correctly."""
+    found: list[torch.Tensor] = []
+    count = 0
+    for lo in range(start, len(data), batch_size):
+        idx = torch.arange(lo, min(lo + batch_size, len(data)))
+        x, y = data.get(idx)
+        ok = idx[predict(model, x, batch_size) == y]
+        found.append(ok)
+        count += len(ok)
+        if count >= n:
+            break
+    return torch.cat(found)[:n] if found else torch.zeros(0, dtype=torch.int64)
+
+
+def failure_rate(success: torch.Tensor) -> float:
+    """Attack failure rate in % over attacked images: failures / attacked."""
+    return 100.0 * float((~success.bool()).sum()) / max(success.numel(), 1)
+
+
+def query_stats(queries: torch.Tensor, success: torch.Tensor) -> tuple[float, float]:
+    """Mean and median queries over successful attacks only (NaN when none succeeded)."""
+    q = queries[success.bool()].double()
+    if q.numel() == 0:
+        return float("nan"), float("nan")
+    return float(q.mean()), float(q.quantile(0.5))
+
+
+def summarize(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation."""
+    mean = sum(values) / len(values)
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / max(len(values) - 1, 1))

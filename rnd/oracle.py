@@ -1,0 +1,210 @@
+"""The attacker's only view of a model: answers per query, and an exact per-image query count.
+
+Every image forwarded is counted against the id of the source image it was derived from; the count
+is the single source of "queries" in every report. With EOT (Athalye et al. 2018; the paper's
+eq. 13) each query is answered with the mean of M answers and costs M queries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+from rnd._checks import check_images, check_int
+from rnd.defense import defense_nu
+from rnd.errors import BudgetExceededError, InputError, unknown_name
+
+Output = Literal["probs", "logits", "topk", "labels"]
+OUTPUTS: tuple[str, ...] = ("probs", "logits", "topk", "labels")
+
+
+@runtime_checkable
+class QueryOracle(Protocol):
+    """What attacks need from an oracle, wherever the model runs (in process or over HTTP)."""
+
+    output: Output
+    budget: int | None
+    num_classes: int
+    input_shape: tuple[int, ...]
+
+    def new_ids(self, n: int) -> torch.Tensor: ...
+
+    def query(self, x: torch.Tensor, ids: torch.Tensor, eot: int | None = None) -> torch.Tensor: ...
+
+    def counts_of(self, ids: torch.Tensor) -> torch.Tensor: ...
+
+    def remaining(self, ids: torch.Tensor) -> torch.Tensor: ...
+
+
+def model_attr(model: nn.Module, name: str) -> object | None:
+    """Find `name` on a model or on the models it wraps (`.model`, `.module`)."""
+    seen = 0
+    while model is not None and seen < 8:
+        if hasattr(model, name):
+            return getattr(model, name)
+        model = getattr(model, "model", None) or getattr(model, "module", None)
+        seen += 1
+    return None
+
+
+class Oracle:
+    """Answer queries to `model` and count them per image id.
+
+    Args:
+        model: the (possibly RND-defended) classifier returning logits for pixels in [0, 1].
+        output: what the attacker sees: "probs" (softmax), "logits", "topk" (probabilities of the
+            k best classes, zero elsewhere) or "labels" (predicted class only).
+        budget: queries allowed per image id (None = unlimited). A query that would take any id
+            past it raises `BudgetExceededError` and counts nothing.
+        eot: default number M of answers averaged per query (each costs one query).
+        k: number of classes revealed with output="topk".
+        max_batch: largest number of images sent to the model in one forward (memory bound).
+        input_shape, num_classes: taken from the model when it defines them.
+
+    Ids are allocated with `new_ids(n)`; a batch may mix images of many ids and repeat an id, and
+    is still answered with as few forwards as `max_batch` allows.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        output: Output = "probs",
+        budget: int | None = None,
+        eot: int = 1,
+        k: int = 1,
+        max_batch: int = 4096,
+        input_shape: Sequence[int] | None = None,
+        num_classes: int | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        if output not in OUTPUTS:
+            raise unknown_name("oracle output", output, OUTPUTS)
+        if budget is not None:
+            check_int(budget, "budget", minimum=1)
+        check_int(eot, "eot", minimum=1)
+        check_int(k, "k", minimum=1)
+        check_int(max_batch, "max_batch", minimum=1)
+        shape = input_shape if input_shape is not None else model_attr(model, "input_shape")
+        classes = num_classes if num_classes is not None else model_attr(model, "num_classes")
+        if shape is None or classes is None:
+            raise InputError(
+                "the oracle needs input_shape and num_classes: pass them, or use a model that "
+                "defines .input_shape and .num_classes (every model in rnd.models does)"
+            )
+        self.model = model.eval()
+        self.output: Output = output
+        self.budget = budget
+        self.eot = eot
+        self.k = k
+        self.max_batch = max_batch
+        self.input_shape = tuple(int(s) for s in shape)  # type: ignore[union-attr]
+        self.num_classes = int(classes)  # type: ignore[arg-type]
+        if device is None:
+            p = next(model.parameters(), None)
+            device = p.device if p is not None else torch.device("cpu")
+        self.device = torch.device(device)
+        self._counts = torch.zeros(0, dtype=torch.int64)
+        self.forwards = 0  # number of model calls made, for throughput accounting
+
+    @property
+    def nu(self) -> float:
+        """The RND noise level of the model behind the oracle (what an adaptive attacker knows)."""
+        return defense_nu(self.model)
+
+    @property
+    def counts(self) -> torch.Tensor:
+        """Queries counted so far for every allocated id (a copy)."""
+        return self._counts.clone()
+
+    def new_ids(self, n: int) -> torch.Tensor:
+        """Allocate `n` fresh image ids with zero queries."""
+        check_int(n, "n", minimum=0)
+        start = self._counts.numel()
+        self._counts = torch.cat([self._counts, torch.zeros(n, dtype=torch.int64)])
+        return torch.arange(start, start + n)
+
+    def counts_of(self, ids: torch.Tensor) -> torch.Tensor:
+        return self._counts[self._check_ids(ids)]
+
+    def remaining(self, ids: torch.Tensor) -> torch.Tensor:
+        """Queries left per id (a large number when there is no budget)."""
+        used = self.counts_of(ids)
+        if self.budget is None:
+            return torch.full_like(used, 2**62)
+        return self.budget - used
+
+    def exhausted(self, ids: torch.Tensor) -> torch.Tensor:
+        """Boolean mask of ids whose budget is used up."""
+        return self.remaining(ids) <= 0
+
+    def _check_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        if not isinstance(ids, torch.Tensor) or ids.dtype != torch.int64 or ids.dim() != 1:
+            raise InputError("ids must be a 1-D int64 tensor of ids from Oracle.new_ids")
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self._counts.numel()):
+            raise InputError(
+                f"unknown image id in [{int(ids.min())}, {int(ids.max())}]; "
+                f"allocate ids with new_ids() (allocated: {self._counts.numel()})"
+            )
+        return ids.cpu()
+
+    def query(self, x: torch.Tensor, ids: torch.Tensor, eot: int | None = None) -> torch.Tensor:
+        """Answer the batch `x` (pixels in [0, 1]) whose row i belongs to image `ids[i]`.
+
+        Each row costs `eot` queries (default: the oracle's M). Returns (N, classes) scores, or
+        (N,) int64 labels with output="labels". With EOT, scores are the mean of M answers and
+        labels the most frequent of M labels (ties to the smallest class index).
+        """
+        m = self.eot if eot is None else check_int(eot, "eot", minimum=1)
+        check_images(x, self.input_shape, name="queries")
+        ids = self._check_ids(ids)
+        if ids.numel() != x.shape[0]:
+            raise InputError(f"got {x.shape[0]} queries but {ids.numel()} ids")
+        cost = torch.bincount(ids, minlength=self._counts.numel()) * m
+        if self.budget is not None:
+            over = (self._counts + cost > self.budget) & (cost > 0)
+            if bool(over.any()):
+                bad = over.nonzero().flatten()[:5].tolist()
+                raise BudgetExceededError(
+                    f"query would exceed the budget of {self.budget} for ids {bad}; "
+                    "check Oracle.remaining(ids) before querying"
+                )
+        answers = self._answer(x, m)
+        self._counts += cost
+        return answers
+
+    @torch.inference_mode()
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        outs = []
+        for chunk in x.split(self.max_batch):
+            outs.append(self.model(chunk.to(self.device)).float())
+            self.forwards += 1
+        return torch.cat(outs)
+
+    def _answer(self, x: torch.Tensor, m: int) -> torch.Tensor:
+        n = x.shape[0]
+        xm = x if m == 1 else x.repeat_interleave(m, dim=0)
+        logits = self._forward(xm).cpu()
+        if logits.shape != (n * m, self.num_classes):
+            raise InputError(
+                f"model returned shape {tuple(logits.shape)}, expected ({n * m}, {self.num_classes})"
+            )
+        if self.output == "labels":
+            labels = logits.argmax(1)
+            if m == 1:
+                return labels
+            votes = torch.zeros(n, self.num_classes)
+            votes.scatter_add_(1, labels.view(n, m), torch.ones(n, m))
+            return votes.argmax(1)
+        if self.output == "logits":
+            scores = logits
+        else:
+            scores = logits.softmax(1)
+            if self.output == "topk":
+                k = min(self.k, self.num_classes)
+                top = scores.topk(k, dim=1).indices
+                scores = torch.zeros_like(scores).scatter_(1, top, scores.gather(1, top))
+        return scores if m == 1 else scores.view(n, m, -1).mean(1)

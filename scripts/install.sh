@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Install rnd from nothing into ./.venv: the Debian data package, CPU PyTorch, the package itself.
+#   scripts/install.sh          runtime only
+#   scripts/install.sh dev      plus test and lint tools
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="${1:-}"
+
+if [ ! -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ]; then
+    SUDO=""
+    [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+# the CPU build first, so the loose torch>=2.3 requirement below installs nothing more
+.venv/bin/python -m pip install -q torch==2.13.0
+if [ "$extras" = "dev" ]; then
+    .venv/bin/python -m pip install -q -e '.[dev]'
+else
+    .venv/bin/python -m pip install -q -e .
+fi
+echo "rnd installed in .venv ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

@@ -1,0 +1,68 @@
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from rnd.cli import main
+from rnd.models import save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_model, tmp_path_factory):
+    path = tmp_path_factory.mktemp("ck") / "tiny"
+    save_checkpoint(tiny_model, path, dataset="fashion-mnist", recipe={"kind": "test"})
+    return path
+
+
+def test_demo_end_to_end(checkpoint):
+    result = CliRunner().invoke(
+        main, ["demo", "--checkpoint", str(checkpoint), "--images", "8", "--budget", "120", "--no-progress"]
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert any(line.startswith("clean accuracy, RND nu=0.02") for line in lines)
+    rows = [line.split() for line in lines if line.strip().startswith(("square", "nes"))]
+    assert len(rows) == 4 and {r[2] for r in rows} == {"none", "rnd"}
+
+
+def test_demo_json(checkpoint):
+    result = CliRunner().invoke(
+        main,
+        ["demo", "--checkpoint", str(checkpoint), "--images", "4", "--budget", "40", "--attack", "square",
+         "--no-progress", "--json"],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert len(report["rows"]) == 2
+    assert report["rows"][0]["defense"] == "none" and report["rows"][1]["nu"] == 0.02
+    assert report["rows"][0]["images"] == 4
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+    result = CliRunner().invoke(main, ["demo", "--checkpoint", str(tmp_path / "nope"), "--no-progress"])
+    assert result.exit_code == 2
+    assert "not found" in result.output and "rnd train" in result.output
+
+
+def test_unknown_attack_in_demo(checkpoint):
+    result = CliRunner().invoke(main, ["demo", "--checkpoint", str(checkpoint), "--attack", "nope", "--no-progress"])
+    assert result.exit_code == 2 and "unknown attack 'nope'" in result.output
+
+
+def test_train_writes_checkpoint(tmp_path):
+    out = tmp_path / "syn"
+    result = CliRunner().invoke(
+        main, ["train", "--dataset", "synthetic", "--epochs", "1", "--out", str(out), "--no-progress"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "test accuracy" in result.output
+    assert (tmp_path / "syn.safetensors").exists() and (tmp_path / "syn.json").exists()
+    meta = json.loads((tmp_path / "syn.json").read_text())
+    assert meta["dataset"] == "synthetic" and meta["recipe"]["epochs"] == 1
+
+
+def test_bad_option_values():
+    runner = CliRunner()
+    assert runner.invoke(main, ["demo", "--nu", "-1"]).exit_code == 2
+    assert runner.invoke(main, ["train", "--arch", "alexnet"]).exit_code == 2
+    assert runner.invoke(main, ["train", "--epochs", "0"]).exit_code == 2

@@ -1,0 +1,100 @@
+import pytest
+import torch
+from torch import nn
+
+from rnd import RandomNoiseDefense
+from rnd.errors import InputError
+
+
+class Identity(nn.Module):
+    def forward(self, x):
+        return x
+
+
+def test_nu_zero_is_identity():
+    x = torch.rand(4, 1, 8, 8)
+    assert torch.equal(RandomNoiseDefense(Identity(), nu=0.0)(x), x)
+
+
+def test_fresh_noise_on_repeated_identical_queries():
+    d = RandomNoiseDefense(Identity(), nu=0.05)
+    x = torch.full((3, 1, 8, 8), 0.5)
+    a, b = d(x), d(x)
+    assert not torch.equal(a, b)
+    # and different images of one batch get different noise
+    assert not torch.equal(a[0], a[1])
+
+
+def test_noise_statistics_and_clip():
+    d = RandomNoiseDefense(Identity(), nu=0.1, seed=3)
+    x = torch.full((200, 1, 16, 16), 0.5)
+    noise = d(x) - x
+    assert abs(float(noise.mean())) < 0.005
+    assert abs(float(noise.std()) - 0.1) < 0.005
+    out = RandomNoiseDefense(Identity(), nu=1.0, seed=3)(torch.zeros(10, 1, 8, 8))
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+
+
+def test_random_under_global_reseed():
+    d = RandomNoiseDefense(Identity(), nu=0.05)
+    x = torch.full((2, 1, 8, 8), 0.5)
+    torch.manual_seed(0)
+    a = d(x)
+    torch.manual_seed(0)
+    b = d(x)
+    assert not torch.equal(a, b)
+
+
+def test_does_not_touch_global_rng():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    RandomNoiseDefense(Identity(), nu=0.05)(torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(1)))
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_reproducible_with_seed_or_generator():
+    x = torch.full((2, 1, 8, 8), 0.5)
+    a = RandomNoiseDefense(Identity(), nu=0.05, seed=7)(x)
+    b = RandomNoiseDefense(Identity(), nu=0.05, seed=7)(x)
+    assert torch.equal(a, b)
+    g1, g2 = torch.Generator().manual_seed(9), torch.Generator().manual_seed(9)
+    assert torch.equal(
+        RandomNoiseDefense(Identity(), nu=0.05, generator=g1)(x),
+        RandomNoiseDefense(Identity(), nu=0.05, generator=g2)(x),
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16])
+def test_dtypes(dtype):
+    x = torch.full((2, 1, 4, 4), 0.5, dtype=dtype)
+    out = RandomNoiseDefense(Identity(), nu=0.05, seed=1)(x)
+    assert out.dtype == dtype and not torch.equal(out, x)
+
+
+def test_is_module_and_wraps_parameters(tiny_model):
+    d = RandomNoiseDefense(tiny_model, nu=0.02)
+    assert isinstance(d, nn.Module)
+    assert len(list(d.parameters())) == len(list(tiny_model.parameters()))
+    assert d(torch.rand(3, 1, 28, 28)).shape == (3, 10)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_reproducible():
+    x = torch.full((2, 1, 8, 8), 0.5, device="cuda")
+    a = RandomNoiseDefense(Identity(), nu=0.05, seed=7)(x)
+    b = RandomNoiseDefense(Identity(), nu=0.05, seed=7)(x)
+    assert a.device.type == "cuda" and torch.equal(a, b)
+
+
+@pytest.mark.parametrize("nu", [-0.1, float("nan"), float("inf"), "a"])
+def test_bad_nu(nu):
+    with pytest.raises(InputError, match="nu"):
+        RandomNoiseDefense(Identity(), nu=nu)
+
+
+def test_bad_clip_and_both_seed_and_generator():
+    with pytest.raises(InputError):
+        RandomNoiseDefense(Identity(), nu=0.1, clip=(1.0, 0.0))
+    with pytest.raises(InputError):
+        RandomNoiseDefense(Identity(), nu=0.1, seed=1, generator=torch.Generator())

@@ -1,0 +1,141 @@
+import pytest
+import torch
+
+from rnd import Oracle, RandomNoiseDefense
+from rnd.errors import BudgetExceededError, InputError, UnknownNameError
+from tests.conftest import CountingModel
+
+
+@pytest.fixture
+def counted(tiny_model):
+    return CountingModel(tiny_model)
+
+
+def test_counts_match_images_forwarded_mixed_ids(counted):
+    oracle = Oracle(counted, budget=None, max_batch=7)
+    ids = oracle.new_ids(5)
+    g = torch.Generator().manual_seed(0)
+    expected = torch.zeros(5, dtype=torch.int64)
+    for _ in range(6):
+        pick = ids[torch.randint(0, 5, (int(torch.randint(1, 20, (1,), generator=g)),), generator=g)]
+        oracle.query(torch.rand(len(pick), 1, 28, 28, generator=g), pick)
+        expected += torch.bincount(pick, minlength=5)
+    assert torch.equal(oracle.counts_of(ids), expected)
+    assert int(expected.sum()) == counted.images
+    # chunking: each call split into chunks of at most max_batch
+    assert oracle.forwards == counted.calls
+
+
+def test_mixed_id_batch_is_one_model_call(counted):
+    oracle = Oracle(counted)
+    ids = oracle.new_ids(4)
+    oracle.query(torch.rand(12, 1, 28, 28), ids.repeat(3))
+    assert counted.calls == 1
+
+
+def test_eot_counts_and_averages(counted):
+    oracle = Oracle(RandomNoiseDefense(counted, nu=0.05, seed=0), eot=4)
+    ids = oracle.new_ids(3)
+    out = oracle.query(torch.rand(3, 1, 28, 28), ids)
+    assert out.shape == (3, 10)
+    assert torch.allclose(out.sum(1), torch.ones(3), atol=1e-5)
+    assert oracle.counts_of(ids).tolist() == [4, 4, 4]
+    assert counted.images == 12
+    oracle.query(torch.rand(2, 1, 28, 28), ids[:2], eot=2)
+    assert oracle.counts_of(ids).tolist() == [6, 6, 4]
+    assert counted.images == 16
+
+
+def test_eot_mean_reduces_variance(tiny_model):
+    x = torch.rand(1, 1, 28, 28).repeat(64, 1, 1, 1)
+    one = Oracle(RandomNoiseDefense(tiny_model, nu=0.2, seed=0))
+    many = Oracle(RandomNoiseDefense(tiny_model, nu=0.2, seed=0), eot=16)
+    v1 = one.query(x, one.new_ids(1).repeat(64)).std(0).mean()
+    v16 = many.query(x, many.new_ids(1).repeat(64)).std(0).mean()
+    assert v16 < v1 / 2
+
+
+def test_output_kinds(tiny_model):
+    x = torch.rand(5, 1, 28, 28)
+    logits = tiny_model(x).detach()
+    for output, check in [
+        ("logits", lambda o: torch.allclose(o, logits, atol=1e-5)),
+        ("probs", lambda o: torch.allclose(o, logits.softmax(1), atol=1e-5)),
+        ("labels", lambda o: torch.equal(o, logits.argmax(1))),
+        ("topk", lambda o: bool(((o > 0).sum(1) == 3).all())),
+    ]:
+        oracle = Oracle(tiny_model, output=output, k=3)
+        assert check(oracle.query(x, oracle.new_ids(5))), output
+
+
+def test_eot_labels_majority_vote(tiny_model):
+    oracle = Oracle(RandomNoiseDefense(tiny_model, nu=0.0001, seed=0), output="labels", eot=5)
+    x = torch.rand(4, 1, 28, 28)
+    assert torch.equal(oracle.query(x, oracle.new_ids(4)), tiny_model(x).argmax(1))
+
+
+def test_budget_refuses_and_counts_nothing(counted):
+    oracle = Oracle(counted, budget=10)
+    ids = oracle.new_ids(2)
+    oracle.query(torch.rand(8, 1, 28, 28), ids[[0] * 8])
+    assert oracle.remaining(ids).tolist() == [2, 10]
+    before = counted.images
+    with pytest.raises(BudgetExceededError, match="budget"):
+        oracle.query(torch.rand(3, 1, 28, 28), ids[[0, 0, 0]])
+    assert oracle.counts_of(ids).tolist() == [8, 0]
+    assert counted.images == before
+    oracle.query(torch.rand(2, 1, 28, 28), ids[[0, 0]])
+    assert oracle.exhausted(ids).tolist() == [True, False]
+    with pytest.raises(BudgetExceededError):  # EOT cost counts towards the budget
+        oracle.query(torch.rand(1, 1, 28, 28), ids[[1]], eot=11)
+
+
+BAD = [
+    (torch.rand(2, 3, 28, 28), "per image"),
+    (torch.rand(2, 1, 32, 32), "per image"),
+    (torch.rand(2, 28, 28), "shape"),
+    ((torch.rand(2, 1, 28, 28) * 255).to(torch.uint8), "floating"),
+    (torch.full((2, 1, 28, 28), float("nan")), "NaN"),
+    (torch.full((2, 1, 28, 28), float("inf")), "NaN or infinite"),
+    (torch.full((2, 1, 28, 28), 1.5), r"\[0, 1\]"),
+    (torch.full((2, 1, 28, 28), -0.1), r"\[0, 1\]"),
+    (torch.rand(0, 1, 28, 28), "empty"),
+    ([[0.5]], "torch.Tensor"),
+]
+
+
+@pytest.mark.parametrize(("x", "msg"), BAD)
+def test_bad_queries_rejected_and_change_nothing(counted, x, msg):
+    oracle = Oracle(counted, budget=100)
+    ids = oracle.new_ids(2)
+    with pytest.raises(InputError, match=msg):
+        oracle.query(x, ids[: len(x)] if len(x) <= 2 else ids)
+    assert oracle.counts_of(ids).tolist() == [0, 0]
+    assert counted.images == 0
+
+
+def test_bad_ids(counted):
+    oracle = Oracle(counted)
+    ids = oracle.new_ids(2)
+    with pytest.raises(InputError, match="ids"):
+        oracle.query(torch.rand(3, 1, 28, 28), ids)
+    with pytest.raises(InputError, match="unknown image id"):
+        oracle.query(torch.rand(1, 1, 28, 28), torch.tensor([5]))
+    with pytest.raises(InputError):
+        oracle.query(torch.rand(1, 1, 28, 28), torch.tensor([0.0]))
+
+
+def test_bad_configuration(tiny_model):
+    with pytest.raises(UnknownNameError, match="probs"):
+        Oracle(tiny_model, output="scores")
+    with pytest.raises(InputError, match="budget"):
+        Oracle(tiny_model, budget=0)
+    with pytest.raises(InputError, match="eot"):
+        Oracle(tiny_model, eot=0)
+    with pytest.raises(InputError, match="input_shape"):
+        Oracle(torch.nn.Linear(3, 2))
+
+
+def test_nu_visible_to_adaptive_attacker(tiny_model):
+    assert Oracle(tiny_model).nu == 0.0
+    assert Oracle(RandomNoiseDefense(tiny_model, nu=0.03)).nu == 0.03
