@@ -49,7 +49,9 @@ def test_does_not_touch_global_rng():
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    RandomNoiseDefense(Identity(), nu=0.05)(torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(1)))
+    RandomNoiseDefense(Identity(), nu=0.05)(
+        torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    )
     assert torch.equal(torch.rand(3), expected)
 
 

@@ -11,8 +11,8 @@ from torch import nn
 from rnd.attacks import make_attack
 from rnd.data import load_dataset
 from rnd.defense import RandomNoiseDefense
-from rnd.evaluation.attack_eval import AttackEvaluation, evaluate_attack
 from rnd.errors import CheckpointError
+from rnd.evaluation.attack_eval import AttackEvaluation, evaluate_attack
 from rnd.evaluation.metrics import accuracy, correctly_classified, noisy_accuracy
 from rnd.models import checkpoint_paths, load_checkpoint
 from rnd.training import TrainConfig, default_checkpoint_path, train_model

@@ -38,7 +38,9 @@ def test_early_stop(tiny_model, attack_batch):
 def test_targeted(tiny_model, attack_batch):
     x, y = attack_batch
     targets = (y + 1) % 10
-    result = run_checked(Square(eps=0.2, targeted=True, seed=0), tiny_model, x[:8], y[:8], 3000, targets=targets[:8])
+    result = run_checked(
+        Square(eps=0.2, targeted=True, seed=0), tiny_model, x[:8], y[:8], 3000, targets=targets[:8]
+    )
     pred = tiny_model(result.x_adv).argmax(1)
     assert bool(result.success.any())
     assert torch.equal(result.success, pred == targets[:8])

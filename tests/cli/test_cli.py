@@ -28,8 +28,19 @@ def test_demo_end_to_end(checkpoint):
 def test_demo_json(checkpoint):
     result = CliRunner().invoke(
         main,
-        ["demo", "--checkpoint", str(checkpoint), "--images", "4", "--budget", "40", "--attack", "square",
-         "--no-progress", "--json"],
+        [
+            "demo",
+            "--checkpoint",
+            str(checkpoint),
+            "--images",
+            "4",
+            "--budget",
+            "40",
+            "--attack",
+            "square",
+            "--no-progress",
+            "--json",
+        ],
     )
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
@@ -45,7 +56,9 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
 
 
 def test_unknown_attack_in_demo(checkpoint):
-    result = CliRunner().invoke(main, ["demo", "--checkpoint", str(checkpoint), "--attack", "nope", "--no-progress"])
+    result = CliRunner().invoke(
+        main, ["demo", "--checkpoint", str(checkpoint), "--attack", "nope", "--no-progress"]
+    )
     assert result.exit_code == 2 and "unknown attack 'nope'" in result.output
 
 

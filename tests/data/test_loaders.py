@@ -14,9 +14,9 @@ def test_fashion_mnist_real_files():
     train = load_fashion_mnist("train")
     test = load_fashion_mnist("test")
     assert len(train) == 60000 and len(test) == 10000
-    x, y = test.get(torch.arange(100))
+    x, _ = test.get(torch.arange(100))
     assert x.shape == (100, 1, 28, 28) and x.dtype == torch.float32
-    assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0
+    assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
     assert set(test.labels.tolist()) == set(range(10))
     assert torch.bincount(test.labels).tolist() == [1000] * 10
     assert test.classes[9] == "Ankle boot"
@@ -30,7 +30,8 @@ def test_missing_fashion_mnist_names_install_command(tmp_path):
 def test_truncated_idx_file(tmp_path):
     for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
         shutil.copy(DEFAULT_ROOT / name, tmp_path / name)
-    raw = gzip.open(tmp_path / "t10k-images-idx3-ubyte.gz").read()
+    with gzip.open(tmp_path / "t10k-images-idx3-ubyte.gz") as fh:
+        raw = fh.read()
     with gzip.open(tmp_path / "t10k-images-idx3-ubyte.gz", "wb") as fh:
         fh.write(raw[:-100])
     with pytest.raises(InputError, match="truncated"):

@@ -23,7 +23,9 @@ def test_unknown_model():
 
 def test_roundtrip(tmp_path):
     model = build_model("small-cnn", dataset="fashion-mnist", width=4, hidden=8)
-    meta = save_checkpoint(model, tmp_path / "m", dataset="fashion-mnist", recipe={"kind": "x"}, metrics={"a": 1})
+    meta = save_checkpoint(
+        model, tmp_path / "m", dataset="fashion-mnist", recipe={"kind": "x"}, metrics={"a": 1}
+    )
     loaded, meta2 = load_checkpoint(tmp_path / "m.safetensors")
     x = torch.rand(3, 1, 28, 28)
     assert torch.allclose(loaded(x), model.eval()(x))

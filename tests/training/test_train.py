@@ -15,7 +15,7 @@ def _train(tmp_path, name, seed=0):
 
 
 def test_train_learns_and_saves(tmp_path):
-    model, info = _train(tmp_path, "a")
+    _, info = _train(tmp_path, "a")
     assert info["metrics"]["test_accuracy"] > 0.9
     loaded, meta = load_checkpoint(tmp_path / "a")
     assert meta.recipe["kind"] == "standard" and meta.recipe["seed"] == 0
