@@ -1,0 +1,493 @@
+"""`rnd attack`: run registered query attacks against a model, with and without RND.
+
+Attacks come from the registry `rnd.attacks.ATTACKS`, so every attack registered there can be
+picked by name (or with `all`). Attack-specific hyper-parameters go through `--param key=value`
+(or `--param attack.key=value` for one attack only); the value is converted to the type the
+attack's constructor declares, and a key no selected attack accepts is an error.
+
+Targeted mode (`--targeted`) picks one target class per image with `--target`:
+    random  a uniformly random class other than the true one, from a generator seeded by --seed
+            (the default);
+    next    (y + 1) mod C;
+    <int>   the same class c for every image; images whose true class is c are not selected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import math
+import typing
+from pathlib import Path
+from typing import Any
+
+import click
+import torch
+from tqdm.auto import tqdm
+
+from rnd.attacks import ATTACKS
+from rnd.attacks.base import LOSSES, QueryAttack
+from rnd.cli.app import json_option, main, progress_option
+from rnd.data import DATASETS, load_dataset
+from rnd.data.base import ImageDataset
+from rnd.defense import RandomNoiseDefense
+from rnd.errors import ConfigError, InputError, unknown_name
+from rnd.evaluation.attack_eval import TABLE_COLUMNS, AttackEvaluation, evaluate_attack
+from rnd.evaluation.metrics import accuracy, predict
+from rnd.evaluation.tables import format_table
+
+#: Constructor arguments set by the CLI's own options, never through --param.
+COMMON_KEYS = ("eps", "norm", "mu", "loss", "targeted", "eot", "mu_nu_ratio", "seed", "progress")
+#: Default radius per norm when --eps is not given (the issue's Fashion-MNIST settings).
+DEFAULT_EPS = {"linf": 0.1, "l2": 1.5}
+TARGET_RULES = ("random", "next")
+
+
+# -- attack construction ----------------------------------------------------------------------------
+def attack_names(requested: tuple[str, ...], norm: str) -> list[str]:
+    """Expand `all` (every registered attack that supports `norm`) and check each name."""
+    names: list[str] = []
+    for name in requested:
+        if name == "all":
+            names += [n for n in sorted(ATTACKS) if norm in ATTACKS[n].norms]
+        elif name not in ATTACKS:
+            raise unknown_name("attack", name, [*ATTACKS, "all"])
+        else:
+            names.append(name)
+    return list(dict.fromkeys(names))
+
+
+def attack_keywords(cls: type[QueryAttack]) -> dict[str, inspect.Parameter]:
+    """Attack-specific keyword arguments of `cls`'s constructor (those --param may set)."""
+    params = inspect.signature(cls.__init__).parameters
+    return {
+        k: p
+        for k, p in params.items()
+        if k != "self" and k not in COMMON_KEYS and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+    }
+
+
+def _hint(cls: type[QueryAttack], key: str) -> Any:
+    try:
+        return typing.get_type_hints(cls.__init__).get(key)
+    except Exception:  # unresolvable annotation: fall back to the default's type
+        return None
+
+
+def _literal(text: str) -> Any:
+    low = text.strip().lower()
+    if low in ("none", "null"):
+        return None
+    if low in ("true", "false"):
+        return low == "true"
+    for conv in (int, float):
+        try:
+            return conv(text)
+        except ValueError:
+            pass
+    return text
+
+
+def coerce(text: str, hint: Any, default: Any, label: str) -> Any:
+    """Convert `text` to the declared type `hint` (int, float, bool, str, Literal, Optional)."""
+    if hint is None and default is not inspect.Parameter.empty and default is not None:
+        hint = type(default)
+    if hint is None:
+        return _literal(text)
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Literal:
+        if text not in [str(a) for a in args]:
+            raise InputError(f"--param {label}: {text!r} is not one of {', '.join(map(str, args))}")
+        return next(a for a in args if str(a) == text)
+    if args and type(None) in args:  # Optional[...] / X | None
+        if text.strip().lower() in ("none", "null"):
+            return None
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) == 1:
+            return coerce(text, rest[0], inspect.Parameter.empty, label)
+        return _literal(text)
+    if hint is bool:
+        if text.strip().lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise InputError(f"--param {label}: expected true or false, got {text!r}")
+        return text.strip().lower() in ("true", "1", "yes")
+    if hint in (int, float, str):
+        try:
+            return hint(text)
+        except ValueError:
+            raise InputError(f"--param {label}: expected {hint.__name__}, got {text!r}") from None
+    return _literal(text)
+
+
+def parse_params(items: tuple[str, ...], names: list[str]) -> dict[str, dict[str, Any]]:
+    """Keyword arguments per attack from `--param [attack.]key=value` items.
+
+    An unscoped key goes to every selected attack that accepts it and must be accepted by one.
+    """
+    out: dict[str, dict[str, Any]] = {n: {} for n in names}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise InputError(f"--param takes key=value (or attack.key=value), got {item!r}")
+        scope, dot, bare = key.rpartition(".")
+        targets = names
+        if dot:
+            if scope not in names:
+                raise InputError(
+                    f"--param {key}: attack {scope!r} is not selected (selected: {', '.join(names)})"
+                )
+            targets, key = [scope], bare
+        if key in COMMON_KEYS:
+            raise InputError(f"--param {key}: set it with --{key.replace('_', '-')} instead")
+        hits = [n for n in targets if key in attack_keywords(ATTACKS[n])]
+        if not hits:
+            known = sorted({k for n in targets for k in attack_keywords(ATTACKS[n])})
+            raise InputError(
+                f"unknown --param key {key!r} for {', '.join(targets)}; "
+                f"accepted keys: {', '.join(known) if known else '(none)'}"
+            )
+        for n in hits:
+            p = attack_keywords(ATTACKS[n])[key]
+            out[n][key] = coerce(value, _hint(ATTACKS[n], key), p.default, f"{n}.{key}")
+    return out
+
+
+def build_attacks(
+    names: list[str], params: dict[str, dict[str, Any]], common: dict[str, Any]
+) -> list[QueryAttack]:
+    """Construct every selected attack (all validation happens here, before any work)."""
+    attacks = []
+    for n in names:
+        try:
+            attacks.append(ATTACKS[n](**common, **params[n]))
+        except TypeError as exc:
+            raise ConfigError(f"cannot configure {n}: {exc}") from exc
+    return attacks
+
+
+# -- images and targets ------------------------------------------------------------------------------
+def parse_target(target: str | None, targeted: bool, num_classes: int) -> str | int | None:
+    """Validate --target: a rule name or a class index in [0, num_classes)."""
+    if target is None:
+        return "random" if targeted else None
+    if not targeted:
+        raise InputError("--target needs --targeted")
+    if target in TARGET_RULES:
+        return target
+    try:
+        c = int(target)
+    except ValueError:
+        raise InputError(
+            f"--target must be {', '.join(TARGET_RULES)} or a class index, got {target!r}"
+        ) from None
+    if not 0 <= c < num_classes:
+        raise InputError(f"--target {c} is out of range: the model has classes 0..{num_classes - 1}")
+    return c
+
+
+def select_images(
+    model: torch.nn.Module, data: ImageDataset, n: int, exclude_label: int | None = None
+) -> torch.Tensor:
+    """Indices of the first `n` test images the model classifies correctly (and not of class
+    `exclude_label`, the fixed target)."""
+    found: list[torch.Tensor] = []
+    count = 0
+    for lo in range(0, len(data), 1000):
+        idx = torch.arange(lo, min(lo + 1000, len(data)))
+        x, y = data.get(idx)
+        ok = (predict(model, x) == y) & (y != (-1 if exclude_label is None else exclude_label))
+        found.append(idx[ok])
+        count += int(ok.sum())
+        if count >= n:
+            break
+    sel = torch.cat(found)[:n] if found else torch.zeros(0, dtype=torch.int64)
+    if sel.numel() < n:
+        raise InputError(
+            f"only {sel.numel()} test images are classified correctly (and eligible); "
+            f"ask for --images {sel.numel()}"
+        )
+    return sel
+
+
+def make_targets(rule: str | int | None, y: torch.Tensor, num_classes: int, seed: int) -> torch.Tensor | None:
+    """Targets by the documented rule (module docstring)."""
+    if rule is None:
+        return None
+    if rule == "next":
+        return (y + 1) % num_classes
+    if rule == "random":
+        g = torch.Generator().manual_seed(seed)
+        shift = torch.randint(1, num_classes, y.shape, generator=g)
+        return (y + shift) % num_classes
+    return torch.full_like(y, int(rule))
+
+
+# -- running -------------------------------------------------------------------------------------------
+def merge(parts: list[AttackEvaluation], queries: torch.Tensor, success: torch.Tensor) -> AttackEvaluation:
+    """One evaluation from the per-batch ones (rates weighted by images; query stats recomputed)."""
+    n = sum(p.images for p in parts)
+    rate = lambda key: sum(getattr(p, key) * p.images for p in parts) / max(n, 1)  # noqa: E731
+    q = queries[success].double()
+    return dataclasses.replace(
+        parts[0],
+        images=n,
+        failure_rate=rate("failure_rate"),
+        failure_rate_clean=rate("failure_rate_clean"),
+        failure_rate_vote=rate("failure_rate_vote"),
+        mean_queries=float(q.mean()) if q.numel() else math.nan,
+        median_queries=float(q.quantile(0.5)) if q.numel() else math.nan,
+    )
+
+
+def run_attack(
+    attack: QueryAttack,
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    targets: torch.Tensor | None,
+    *,
+    nu: float,
+    budget: int,
+    batch_size: int,
+    output: str,
+    seed: int,
+    clean_accuracy: float,
+    progress: bool,
+) -> tuple[AttackEvaluation, torch.Tensor, torch.Tensor]:
+    """Attack (x, y) in batches of `batch_size`; returns the merged evaluation, queries, success."""
+    parts, queries, success = [], [], []
+    out = "labels" if attack.feedback == "labels" else output
+    label = f"{attack.name} nu={nu:g}"
+    with tqdm(total=len(y), desc=label, unit="img", disable=not progress) as bar:
+        for b, lo in enumerate(range(0, len(y), batch_size)):
+            sl = slice(lo, lo + batch_size)
+            ev, res = evaluate_attack(
+                attack,
+                model,
+                x[sl],
+                y[sl],
+                nu=nu,
+                budget=budget,
+                output=out,  # type: ignore[arg-type]
+                defense_seed=seed + 1 + b,
+                targets=None if targets is None else targets[sl],
+                clean_accuracy=clean_accuracy,
+            )
+            parts.append(ev)
+            queries.append(res.queries)
+            success.append(res.success)
+            q, s = torch.cat(queries), torch.cat(success)
+            bar.update(len(res.success))
+            mean_q = float(q[s].double().mean()) if bool(s.any()) else math.nan
+            bar.set_postfix(mean_q=f"{mean_q:.0f}", success=f"{float(s.float().mean()):.2f}")
+    q, s = torch.cat(queries), torch.cat(success)
+    return merge(parts, q, s), q, s
+
+
+@main.command()
+@click.option(
+    "--attack",
+    "attacks",
+    multiple=True,
+    default=("square",),
+    show_default=True,
+    help="attack name from the registry (repeatable), or 'all' (every attack supporting --norm)",
+)
+@click.option("--norm", type=click.Choice(["linf", "l2"]), default="linf", show_default=True)
+@click.option("--eps", type=float, default=None, help="threat radius in pixels [default: 0.1 linf, 1.5 l2]")
+@click.option("--mu", type=float, default=None, help="attacker's probe size [default: each attack's paper]")
+@click.option("--eot", type=int, default=1, show_default=True, help="answers averaged per query (M)")
+@click.option("--mu-nu-ratio", type=float, default=None, help="adaptive attacker: mu = max(mu, ratio * nu)")
+@click.option("--loss", type=click.Choice(LOSSES), default="margin", show_default=True)
+@click.option("--targeted", is_flag=True, help="targeted attack (targets chosen by --target)")
+@click.option("--target", default=None, help="random (default) | next ((y+1) mod C) | a class index")
+@click.option(
+    "--nu",
+    "nus",
+    type=float,
+    multiple=True,
+    default=(0.0, 0.02),
+    show_default=True,
+    help="RND noise level (repeatable); 0 = undefended",
+)
+@click.option(
+    "--checkpoint",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="model checkpoint [default: the default Fashion-MNIST CNN, trained if missing]",
+)
+@click.option("--dataset", type=click.Choice(DATASETS), default="fashion-mnist", show_default=True)
+@click.option("--data-root", type=click.Path(path_type=Path), default=None, help="folder of the data set")
+@click.option(
+    "--images",
+    "n_images",
+    type=int,
+    default=100,
+    show_default=True,
+    help="correctly classified test images to attack",
+)
+@click.option("--budget", type=int, default=10000, show_default=True, help="queries per image")
+@click.option("--batch-size", type=int, default=100, show_default=True, help="images per attack call")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--acc-images",
+    type=int,
+    default=None,
+    help="measure clean accuracy (with and without RND) on the first N test images [default: all]",
+)
+@click.option(
+    "--output",
+    type=click.Choice(["probs", "logits", "topk"]),
+    default="probs",
+    show_default=True,
+    help="what the oracle reveals",
+)
+@click.option(
+    "--param",
+    "params",
+    multiple=True,
+    metavar="[ATTACK.]KEY=VALUE",
+    help="attack-specific hyper-parameter (repeatable)",
+)
+@json_option
+@progress_option
+def attack(
+    attacks: tuple[str, ...],
+    norm: str,
+    eps: float | None,
+    mu: float | None,
+    eot: int,
+    mu_nu_ratio: float | None,
+    loss: str,
+    targeted: bool,
+    target: str | None,
+    nus: tuple[float, ...],
+    checkpoint: Path | None,
+    dataset: str,
+    data_root: Path | None,
+    n_images: int,
+    budget: int,
+    batch_size: int,
+    seed: int,
+    acc_images: int | None,
+    output: str,
+    params: tuple[str, ...],
+    as_json: bool,
+    progress: bool,
+) -> None:
+    """Run score-based query attacks against a model, undefended (nu=0) and with RND.
+
+    Prints the same table as `rnd demo`: failure rate as the attacker observed it, by a vote of
+    fresh noisy answers and by the clean model, and mean/median queries of successful attacks.
+    """
+    from rnd.evaluation.demo import load_or_train_default
+
+    # validate everything before loading or training anything
+    for value, name in (
+        (budget, "budget"),
+        (n_images, "images"),
+        (batch_size, "batch-size"),
+        (eot, "eot"),
+        (1 if acc_images is None else acc_images, "acc-images"),
+    ):
+        if value < 1:
+            raise InputError(f"--{name} must be >= 1, got {value}")
+    for nu in nus:
+        if not (nu >= 0 and math.isfinite(nu)):
+            raise InputError(f"--nu must be >= 0 (0 = undefended), got {nu}")
+    eps = DEFAULT_EPS[norm] if eps is None else eps
+    names = attack_names(attacks, norm)
+    if not names:
+        raise InputError(f"no registered attack supports norm {norm!r}")
+    common = dict(
+        eps=eps,
+        norm=norm,
+        mu=mu,
+        loss=loss,
+        targeted=targeted,
+        eot=eot,
+        mu_nu_ratio=mu_nu_ratio,
+        seed=seed,
+        progress=progress,
+    )
+    objs = build_attacks(names, parse_params(params, names), common)
+    if target is not None and not targeted:
+        raise InputError("--target needs --targeted")
+
+    model, path = load_or_train_default(checkpoint, progress)
+    data = load_dataset(dataset, "test", data_root)
+    num_classes = int(getattr(model, "num_classes", data.num_classes))
+    if tuple(getattr(model, "input_shape", data.input_shape)) != data.input_shape:
+        raise InputError(
+            f"the model expects inputs {tuple(model.input_shape)} but {dataset} images are "
+            f"{data.input_shape}; pick the matching --dataset or --checkpoint"
+        )
+    rule = parse_target(target, targeted, num_classes)
+    idx = select_images(model, data, n_images, rule if isinstance(rule, int) else None)
+    x, y = data.get(idx)
+    targets = make_targets(rule, y, num_classes, seed)
+
+    acc_idx = None if acc_images is None else torch.arange(min(acc_images, len(data)))
+    clean = 100 * accuracy(model, data, indices=acc_idx)
+    accs = {
+        nu: clean
+        if nu == 0
+        else 100 * accuracy(RandomNoiseDefense(model, nu=nu, seed=seed), data, indices=acc_idx)
+        for nu in nus
+    }
+    rows: list[AttackEvaluation] = []
+    detail: list[dict[str, Any]] = []
+    for obj in objs:
+        for nu in nus:
+            ev, q, s = run_attack(
+                obj,
+                model,
+                x,
+                y,
+                targets,
+                nu=nu,
+                budget=budget,
+                batch_size=batch_size,
+                output=output,
+                seed=seed,
+                clean_accuracy=accs[nu],
+                progress=progress,
+            )
+            rows.append(ev)
+            detail.append({"queries": q.tolist(), "success": s.tolist()})
+
+    settings = {
+        "checkpoint": str(path),
+        "dataset": dataset,
+        "norm": norm,
+        "eps": eps,
+        "budget": budget,
+        "images": n_images,
+        "batch_size": batch_size,
+        "seed": seed,
+        "output": output,
+        "targeted": targeted,
+        "target_rule": rule,
+        "eot": eot,
+        "loss": loss,
+        "acc_images": acc_images,
+    }
+    if as_json:
+        report = {
+            **settings,
+            "clean_accuracy": clean,
+            "indices": idx.tolist(),
+            "labels": y.tolist(),
+            "targets": None if targets is None else targets.tolist(),
+            "rows": [{**dataclasses.asdict(r), **d} for r, d in zip(rows, detail, strict=True)],
+        }
+        click.echo(json.dumps(report, indent=2, default=str))
+        return
+    click.echo(f"model: {path}  ({dataset}, clean accuracy {clean:.2f} %)")
+    kind = f"targeted ({rule})" if targeted else "untargeted"
+    click.echo(
+        f"{n_images} correctly classified test images, {norm} eps={eps:g}, budget {budget} queries, "
+        f"{kind}, loss {loss}, EOT M={eot}; 'observed' = the attacker's own noisy answer\n"
+    )
+    click.echo(format_table(rows, TABLE_COLUMNS))
