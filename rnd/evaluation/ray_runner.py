@@ -1,0 +1,194 @@
+"""The Ray runner: one Ray task per sweep cell, on a local Ray instance or on a cluster.
+
+Each task runs `rnd.evaluation.sweep.execute_cell` (a pure function of the cell, seeded from it) in
+a Ray worker process with `threads_per_worker` torch threads, so a cell gives the same numbers as
+in the in-process runner. Results come back to the driver as they finish (`ray.wait`) and are
+handed to `on_result` there: the driver alone writes the results database, workers never touch it.
+At most `workers` tasks are in flight at a time.
+
+Retries (per task):
+- a worker process that dies (killed, out of memory) is restarted and the cell rerun, up to
+  `retries` times (Ray's `max_retries`);
+- a transient error raised by the cell (`TRANSIENT_ERRORS`: OS / I/O errors, MemoryError,
+  timeouts) is retried the same number of times (Ray's `retry_exceptions`);
+- rnd's own errors (`RndError`: bad input, a changed checkpoint, missing data) are deterministic:
+  they are reported through `on_error` at once, never retried.
+
+Ray is an optional dependency (``pip install 'rnd[ray]'``) and is imported only when a runner runs.
+On a cluster every node needs the same rnd installed and the checkpoints and data at the same paths.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import pickle
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from rnd.errors import InputError, RndError
+from rnd.evaluation.runner import OnError, OnResult
+from rnd.evaluation.sweep import Cell, CellResult, execute_cell
+
+log = logging.getLogger(__name__)
+
+#: Exceptions raised inside a cell that a rerun may cure; anything else (except rnd's own errors,
+#: which are never retried) is reported after the first attempt.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (OSError, MemoryError, TimeoutError)
+
+INSTALL_HINT = "the Ray runner needs Ray: install with pip install 'rnd[ray]' (or use --runner inprocess)"
+
+
+def import_ray() -> Any:
+    """Import Ray, or raise InputError saying how to install it."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise InputError(INSTALL_HINT) from exc
+    return ray
+
+
+@dataclass(frozen=True)
+class _CellFailure:
+    """An rnd error raised by a cell, returned (not raised) so that Ray does not retry it."""
+
+    error: BaseException
+
+
+def _picklable(exc: BaseException) -> BaseException:
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:  # an exception that cannot cross processes: keep its type name and message
+        return RndError(f"{type(exc).__name__}: {exc}")
+    return exc
+
+
+def _run_cell(execute: Callable[[Cell], CellResult], cell: Cell, threads: int) -> CellResult | _CellFailure:
+    """The body of a Ray task (runs in a worker process)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        return execute(cell)
+    except RndError as exc:
+        return _CellFailure(_picklable(exc))
+
+
+def _original(ray: Any, exc: BaseException) -> BaseException:
+    """The cell's own exception behind a RayTaskError; Ray's error (worker died, ...) otherwise."""
+    if isinstance(exc, ray.exceptions.RayTaskError) and isinstance(exc.cause, BaseException):
+        return exc.cause
+    return exc
+
+
+@dataclass
+class RayRunner:
+    """Runs each cell as a Ray task and streams the results back to the driver.
+
+    Args:
+        address: a Ray cluster address (``"auto"``, ``"ray://head:10001"``, ...); None starts a
+            local Ray instance on this machine (unless Ray is already initialised in this process).
+        workers: the most tasks in flight at a time; None: this machine's CPU count (local) or the
+            cluster's CPUs divided by `threads_per_worker`.
+        threads_per_worker: torch CPU threads in each task (and the CPUs each task reserves).
+        retries: reruns of a cell whose worker died or that raised a transient error.
+        execute: the function a task runs on a cell (default `execute_cell`; tests wrap it).
+
+    Ray is shut down at the end of `run` only if this runner started it.
+    """
+
+    address: str | None = None
+    workers: int | None = None
+    threads_per_worker: int = 1
+    retries: int = 2
+    execute: Callable[[Cell], CellResult] = execute_cell
+    name: str = "ray"
+
+    def __post_init__(self) -> None:
+        if importlib.util.find_spec("ray") is None:  # fail before a sweep opens its database
+            raise InputError(INSTALL_HINT)
+        if self.workers is not None and (isinstance(self.workers, bool) or self.workers < 1):
+            raise InputError(f"workers must be a positive integer or None, got {self.workers!r}")
+        if isinstance(self.threads_per_worker, bool) or self.threads_per_worker < 1:
+            raise InputError(
+                f"threads_per_worker must be a positive integer, got {self.threads_per_worker!r}"
+            )
+        if isinstance(self.retries, bool) or self.retries < 0:
+            raise InputError(f"retries must be a non-negative integer, got {self.retries!r}")
+
+    def _start(self, ray: Any) -> bool:
+        """Initialise Ray unless it already is; returns whether this call started it."""
+        if ray.is_initialized():
+            return False
+        common = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
+        try:
+            if self.address is not None:
+                ray.init(address=self.address, **common)
+            else:
+                workers = self.workers or os.cpu_count() or 1
+                # Light on a small shared machine: logical CPUs for exactly `workers` tasks, and a
+                # small object store (results are a few kB per cell).
+                ray.init(
+                    num_cpus=workers * self.threads_per_worker, object_store_memory=128 * 1024**2, **common
+                )
+        except (ConnectionError, ValueError, RuntimeError) as exc:
+            where = f"the Ray cluster at {self.address}" if self.address else "a local Ray instance"
+            raise InputError(f"cannot start or reach {where}: {exc}") from exc
+        return True
+
+    def _capacity(self, ray: Any) -> int:
+        if self.workers is not None:
+            return self.workers
+        cpus = ray.cluster_resources().get("CPU", 1)
+        return max(1, int(cpus) // self.threads_per_worker)
+
+    def run(self, cells: Sequence[Cell], on_result: OnResult, on_error: OnError) -> None:
+        """Submit one task per cell (at most `workers` in flight) and report each as it finishes."""
+        ray = import_ray()
+        if not cells:
+            return
+        started = self._start(ray)
+        try:
+            task = ray.remote(_run_cell).options(
+                num_cpus=self.threads_per_worker,
+                max_retries=self.retries,
+                retry_exceptions=list(TRANSIENT_ERRORS),
+            )
+            self._stream(ray, task, list(cells), on_result, on_error)
+        finally:
+            if started:
+                ray.shutdown()
+
+    def _stream(self, ray: Any, task: Any, cells: list[Cell], on_result: OnResult, on_error: OnError) -> None:
+        capacity = self._capacity(ray)
+        execute = ray.put(self.execute)
+        pending = iter(cells)
+        in_flight: dict[Any, Cell] = {}
+
+        def submit() -> None:
+            for cell in pending:
+                in_flight[task.remote(execute, cell, self.threads_per_worker)] = cell
+                if len(in_flight) >= capacity:
+                    return
+
+        submit()
+        try:
+            while in_flight:
+                ready, _ = ray.wait(list(in_flight), num_returns=1)
+                for ref in ready:
+                    cell = in_flight.pop(ref)
+                    try:
+                        out = ray.get(ref)
+                    except ray.exceptions.RayError as exc:
+                        on_error(cell, _original(ray, exc))
+                    else:
+                        if isinstance(out, _CellFailure):
+                            on_error(cell, out.error)
+                        else:
+                            on_result(out)
+                submit()
+        finally:
+            for ref in in_flight:  # the driver stopped early (an exception, Ctrl-C): drop the rest
+                ray.cancel(ref, force=True)
