@@ -6,10 +6,12 @@ from typing import Any
 
 from rnd.attacks.base import AttackResult, AttackState, QueryAttack
 from rnd.attacks.nes import NES
+from rnd.attacks.parsimonious import Parsimonious
+from rnd.attacks.signhunter import SignHunter
 from rnd.attacks.square import Square
 from rnd.errors import unknown_name
 
-ATTACKS: dict[str, type[QueryAttack]] = {cls.name: cls for cls in (NES, Square)}
+ATTACKS: dict[str, type[QueryAttack]] = {cls.name: cls for cls in (NES, Square, Parsimonious, SignHunter)}
 
 
 def make_attack(name: str, **kwargs: Any) -> QueryAttack:
@@ -19,4 +21,14 @@ def make_attack(name: str, **kwargs: Any) -> QueryAttack:
     return ATTACKS[name](**kwargs)
 
 
-__all__ = ["ATTACKS", "NES", "AttackResult", "AttackState", "QueryAttack", "Square", "make_attack"]
+__all__ = [
+    "ATTACKS",
+    "NES",
+    "AttackResult",
+    "AttackState",
+    "Parsimonious",
+    "QueryAttack",
+    "SignHunter",
+    "Square",
+    "make_attack",
+]

@@ -2,32 +2,75 @@
 
 The seed's zeroth-order family (eq. 3-4): with q antithetic Gaussian pairs,
     g = 1 / (2 q mu) * sum_i [f(x + mu u_i) - f(x - mu u_i)] u_i,   u_i ~ N(0, I),
-then x <- Proj(x - lr * sign(g)) for l_inf, or x <- Proj(x - lr * g / ||g||_2) for l_2.
-One step costs 2q probe queries plus one query of the new point. Defaults follow the RND paper's
-code (SCLBD/BlackboxBench): mu = 0.01 per pixel, q = 15 pairs (30 probes), lr = 0.01 for l_inf;
-for l_2 the step is eps / 10 per iteration.
+then (Ilyas et al. 2018, Alg. 1 and their released code) a momentum average
+    m <- beta m + (1 - beta) g,
+and x <- Proj(x - lr * sign(m)) for l_inf, or x <- Proj(x - lr * m / ||m||_2) for l_2, with the
+learning rate divided by `plateau_drop` whenever the loss is higher than `plateau_length` steps
+before (down to `min_lr`). One step costs 2q probe queries plus one query of the new point.
+
+Defaults: mu = 0.01 per pixel, q = 15 pairs (30 probes) and lr = 0.01 for l_inf, as in the RND
+paper's code (SCLBD/BlackboxBench, CIFAR-10 config); eps / 10 per step for l_2. Momentum 0.9 and
+the plateau schedule (length 5, drop 2, floor 5e-5) are the defaults of Ilyas et al.'s released
+code; `momentum=0, plateau_length=0` is BlackboxBench's plain NES.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from rnd.attacks.base import AttackState, QueryAttack
+from rnd._checks import check_int, check_positive
+from rnd.attacks.base import AttackState, Norm, QueryAttack
+from rnd.errors import InputError
 
 
 class NES(QueryAttack):
-    """NES with antithetic sampling, l_inf and l_2 (`mu` is the finite-difference size)."""
+    """NES with antithetic sampling, momentum and plateau decay, l_inf and l_2.
+
+    Args:
+        eps, norm, mu and the shared options: see `QueryAttack` (`mu` is the finite-difference
+            size per pixel, the std of the Gaussian probes).
+        q: antithetic pairs per gradient estimate (2q probe queries per step).
+        lr: step size (l_inf: per pixel; l_2: l_2 length of a step). Default 0.01 / eps / 10.
+        momentum: beta of the running average of the gradient estimates, in [0, 1).
+        plateau_length: steps over which a rising loss halves the step (0 disables the decay).
+        plateau_drop: factor the step is divided by on a plateau (> 1).
+        min_lr: floor of the decayed step (default lr / 200, Ilyas et al.'s 1e-2 -> 5e-5).
+    """
 
     name = "nes"
     norms = ("linf", "l2")
     default_mu = {"linf": 0.01, "l2": 0.01}
 
     def __init__(
-        self, eps: float, norm: str = "linf", *, q: int = 15, lr: float | None = None, **kwargs
+        self,
+        eps: float,
+        norm: Norm = "linf",
+        *,
+        q: int = 15,
+        lr: float | None = None,
+        momentum: float = 0.9,
+        plateau_length: int = 5,
+        plateau_drop: float = 2.0,
+        min_lr: float | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(eps, norm, **kwargs)  # type: ignore[arg-type]
-        self.q = q
-        self.lr = lr if lr is not None else (0.01 if norm == "linf" else self.eps / 10)
+        super().__init__(eps, norm, **kwargs)
+        self.q = check_int(q, "q")
+        self.lr = (
+            check_positive(0.01 if norm == "linf" else self.eps / 10, "lr")
+            if lr is None
+            else check_positive(lr, "lr")
+        )
+        self.momentum = check_positive(momentum, "momentum", allow_zero=True)
+        if self.momentum >= 1:
+            raise InputError(f"momentum must be in [0, 1), got {momentum!r}")
+        self.plateau_length = check_int(plateau_length, "plateau_length", minimum=0)
+        self.plateau_drop = check_positive(plateau_drop, "plateau_drop")
+        if self.plateau_drop <= 1:
+            raise InputError(f"plateau_drop must be > 1 (the step is divided by it), got {plateau_drop!r}")
+        self.min_lr = self.lr / 200 if min_lr is None else check_positive(min_lr, "min_lr")
 
     @property
     def step_cost(self) -> int:
@@ -35,6 +78,11 @@ class NES(QueryAttack):
 
     def init(self, state: AttackState) -> None:
         self.query_start(state)
+        n = state.x0.shape[0]
+        state.avg_grad = torch.zeros_like(state.x0)  # type: ignore[attr-defined]
+        state.lr = torch.full((n,), self.lr)  # type: ignore[attr-defined]
+        # the last plateau_length losses per image (NaN = not yet seen), newest last
+        state.history = torch.full((n, max(self.plateau_length, 1)), float("nan"))  # type: ignore[attr-defined]
 
     def estimate_gradient(self, state: AttackState, rows: torch.Tensor) -> torch.Tensor:
         """Antithetic NES estimate of the loss gradient at state.x[rows] (one batched query)."""
@@ -50,12 +98,26 @@ class NES(QueryAttack):
 
     def step(self, state: AttackState, rows: torch.Tensor) -> None:
         g = self.estimate_gradient(state, rows)
+        m = self.momentum * state.avg_grad[rows] + (1 - self.momentum) * g  # type: ignore[attr-defined]
+        state.avg_grad[rows] = m  # type: ignore[attr-defined]
         x = state.x[rows]
+        lr = state.lr[rows].view(-1, *([1] * (x.dim() - 1)))  # type: ignore[attr-defined]
         if self.norm == "linf":
-            x_new = x - self.lr * g.sign()
+            x_new = x - lr * m.sign()
         else:
-            norms = g.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
-            x_new = x - self.lr * g / norms
+            norms = m.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
+            x_new = x - lr * m / norms
         x_new = self.project(x_new, state.x0[rows])
         loss, adv = self.evaluate(state, x_new, rows)
         self.accept(state, rows, x_new, loss, adv)
+        if self.plateau_length:
+            self._plateau(state, rows, loss)
+
+    def _plateau(self, state: AttackState, rows: torch.Tensor, loss: torch.Tensor) -> None:
+        """Divide the step by plateau_drop where the loss rose over the last plateau_length steps."""
+        hist = torch.cat([state.history[rows, 1:], loss[:, None]], 1)  # type: ignore[attr-defined]
+        rising = ~hist[:, 0].isnan() & (hist[:, -1] > hist[:, 0])
+        lr = state.lr[rows]  # type: ignore[attr-defined]
+        state.lr[rows] = torch.where(rising, (lr / self.plateau_drop).clamp_min(self.min_lr), lr)  # type: ignore[attr-defined]
+        hist[rising] = float("nan")
+        state.history[rows] = hist  # type: ignore[attr-defined]

@@ -2,8 +2,8 @@
 
 Random search in the seed's form (eq. 5-6): propose `x + s`, keep it iff the loss drops. The
 probe size `mu` is the paper's `p_init`: the fraction of pixels the square covers at the start,
-halved on a fixed schedule. Defaults: p_init = 0.05 (l_inf) as in the paper's ImageNet/CIFAR
-settings and the RND paper's code (SCLBD/BlackboxBench), 0.1 for l_2.
+halved on a fixed schedule. Defaults: p_init = 0.05 for l_inf (the paper's ImageNet/CIFAR setting
+and the RND paper's code, SCLBD/BlackboxBench) and 0.1 for l_2 (the paper's l_2 setting, Sec. 4).
 """
 
 from __future__ import annotations
@@ -35,12 +35,49 @@ def window_masks(rows: int, size: int, h: int, w: int, top: torch.Tensor, left: 
     return inside.view(rows, 1, h, w)
 
 
+def pseudo_gaussian(rows: int, cols: int) -> torch.Tensor:
+    """The paper's pseudo-Gaussian rectangle (Sec. 3.2): nested rectangles around the centre,
+    the k-th (k = 0, 1, ...) adding 1 / (k + 1)^2, normalised to unit l_2 norm."""
+    out = torch.zeros(rows, cols)
+    r, c = torch.arange(rows).view(-1, 1), torch.arange(cols).view(1, -1)
+    cr, cc = rows // 2, cols // 2
+    # ring index of each cell: the smallest k whose (2k+1)-square around the centre holds it
+    ring = torch.maximum((r - cr).abs(), (c - cc).abs())
+    for k in range(max(cr, cc) + 1):
+        out += (ring <= k).float() / (k + 1) ** 2
+    return out / out.norm().clamp_min(1e-12)
+
+
+def window_take(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, s: int) -> torch.Tensor:
+    """The (n, c, s, s) windows of `x` (n, c, h, w) at per-image (top, left)."""
+    n = x.shape[0]
+    rows = (top.view(n, 1) + torch.arange(s)).view(n, s, 1)
+    cols = (left.view(n, 1) + torch.arange(s)).view(n, 1, s)
+    return x[torch.arange(n).view(n, 1, 1), :, rows, cols].permute(0, 3, 1, 2)
+
+
+def window_put(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """A copy of `x` with the windows at (top, left) replaced by `v` (n, c, s, s)."""
+    n, s = x.shape[0], v.shape[-1]
+    rows = (top.view(n, 1) + torch.arange(s)).view(n, s, 1)
+    cols = (left.view(n, 1) + torch.arange(s)).view(n, 1, s)
+    out = x.clone()
+    out[torch.arange(n).view(n, 1, 1), :, rows, cols] = v.permute(0, 2, 3, 1)
+    return out
+
+
 class Square(QueryAttack):
     """Square Attack, l_inf and l_2, one query per step.
 
-    l_inf: start from vertical stripes of +-eps; each step resets one random square (per image)
-    to a random per-channel +-eps. l_2: start from a grid of +-bumps of l_2 mass; each step moves
-    mass between two random squares, with the paper's centre-peaked bump profile.
+    l_inf (Alg. 2): start from vertical stripes of +-eps; each step resets one random square (per
+    image) to a random per-channel +-eps. l_2 (Alg. 3): start from a grid of meta-pseudo-Gaussian
+    tiles of total norm eps; each step empties one random window into another, whose new content
+    is its old direction plus a fresh meta-pseudo-Gaussian bump, and keeps the total norm at eps.
+    Windows are odd, at least 3 pixels wide, for l_2.
+
+    Args:
+        eps, norm, mu and the shared options: see `QueryAttack` (`mu` is p_init).
+        n_iters: the iteration scale of the p schedule (paper: 10,000, the usual budget).
     """
 
     name = "square"
@@ -74,11 +111,11 @@ class Square(QueryAttack):
     def step(self, state: AttackState, rows: torch.Tensor) -> None:
         x0, x = state.x0[rows], state.x[rows]
         _, c, h, w = x0.shape
-        s = self._side(h, w, c, state.iteration + 1)
+        it = state.iteration + 1
         if self.norm == "linf":
-            x_new = self._linf_candidate(x0, x, s)
+            x_new = self._linf_candidate(x0, x, self._side(h, w, c, it))
         else:
-            x_new = self._l2_candidate(x0, x, s)
+            x_new = self._l2_candidate(x0, x, self._l2_side(h, w, it))
         loss, adv = self.evaluate(state, x_new, rows)
         self.accept(state, rows, x_new, loss, adv, loss < state.loss[rows])
 
@@ -98,66 +135,61 @@ class Square(QueryAttack):
                 break
         return (x0 + new).clamp(0, 1)
 
-    # -- l_2 -----------------------------------------------------------------------------------
-    @staticmethod
-    def _bump(s: int) -> torch.Tensor:
-        """The paper's l_2 square profile: nested rings whose weight decays from the centre,
-        with random-sign halves, normalised to unit l_2 norm (Andriushchenko et al., Sec. 3.2)."""
-        delta = torch.zeros(s, s)
-        half = s // 2 + 1
-        centre_r, centre_c = s // 2, s // 2
-        for k in range(half):
-            r0, r1 = max(centre_r - k, 0), min(centre_r + k + 1, s)
-            c0, c1 = max(centre_c - k, 0), min(centre_c + k + 1, s)
-            delta[r0:r1, c0:c1] += 1.0 / (k + 1) ** 2
-        return delta / delta.norm()
+    # -- l_2 (Alg. 3 of the paper) -------------------------------------------------------------
+    def _l2_side(self, h: int, w: int, it: int) -> int:
+        """Side of the l_2 windows: odd, at least 3 (paper, Sec. 3.2), at most the image side."""
+        p = square_fraction(self.cur_mu, it, self.n_iters)
+        s = max(round(math.sqrt(p * h * w)), 3)
+        if s % 2 == 0:
+            s += 1
+        return max(1, min(s, h, w))
 
-    def _signed_bump(self, n: int, c: int, s: int) -> torch.Tensor:
-        b = self._bump(s)
-        flip = torch.ones(n, 1, s, s)
-        # random-sign split of the square into two halves, as in the paper's meta-pattern
-        half = s // 2
-        if half:
-            vertical = self.rand(n) < 0.5
-            lower = torch.zeros(s, s, dtype=torch.bool)
-            lower[half:, :] = True
-            split = torch.where(vertical.view(n, 1, 1), lower.T.expand(n, s, s), lower.expand(n, s, s))
-            flip = torch.where(split.unsqueeze(1), -1.0, 1.0)
+    def _meta_bumps(self, n: int, c: int, s: int) -> torch.Tensor:
+        """n x c meta-pseudo-Gaussian windows (n, c, s, s), each of unit l_2 norm per channel.
+
+        Two pseudo-Gaussian halves of opposite sign, stacked vertically or (with probability 1/2)
+        side by side, times a random sign per image and channel (paper, Sec. 3.2).
+        """
+        top = pseudo_gaussian(s // 2, s) if s >= 2 else torch.zeros(0, s)
+        bottom = -pseudo_gaussian(s - s // 2, s)
+        meta = torch.cat([top, bottom], 0)
+        meta = meta / meta.norm()
+        transpose = (self.rand(n) < 0.5).view(n, 1, 1)
+        meta = torch.where(transpose, meta.T.expand(n, s, s), meta.expand(n, s, s))
         sign = (2 * self.randint(2, (n, c, 1, 1)) - 1).float()
-        out = b.view(1, 1, s, s) * flip * sign
-        return out / out.flatten(1).norm(dim=1).clamp_min(1e-12).view(n, 1, 1, 1) * math.sqrt(c)
+        return meta.unsqueeze(1) * sign
 
     def _l2_init(self, n: int, c: int, h: int, w: int) -> torch.Tensor:
-        """Grid of bumps of alternating random sign covering the image, scaled to norm eps."""
+        """A centred grid of (h // s) x (w // s) meta-pseudo-Gaussian tiles, s = h // 5, of total
+        l_2 norm eps (the paper's initialisation)."""
         s = max(h // 5, 1)
         delta = torch.zeros(n, c, h, w)
-        for top in range(0, h - s + 1, s):
-            for left in range(0, w - s + 1, s):
-                delta[:, :, top : top + s, left : left + s] += self._signed_bump(n, c, s)
+        top0, left0 = (h - (h // s) * s) // 2, (w - (w // s) * s) // 2
+        for i in range(h // s):
+            for j in range(w // s):
+                t, left = top0 + i * s, left0 + j * s
+                delta[:, :, t : t + s, left : left + s] += self._meta_bumps(n, c, s)
         norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(n, 1, 1, 1)
         return delta / norms * self.eps
 
     def _l2_candidate(self, x0: torch.Tensor, x: torch.Tensor, s: int) -> torch.Tensor:
-        """Move the perturbation mass of window 1 (and a fresh bump) into window 2 (Alg. 3)."""
+        """Alg. 3: move the mass of a random window W2 into a random window W1, whose new content
+        (old direction + a fresh meta-pseudo-Gaussian bump) takes all the l_2 budget the image has
+        left plus the mass of W1 and W2, per channel; then rescale the whole delta to norm eps."""
         n, c, h, w = x0.shape
         delta = x - x0
-        m1 = window_masks(n, s, h, w, self.randint(h - s + 1, (n,)), self.randint(w - s + 1, (n,)))
-        m2 = window_masks(n, s, h, w, self.randint(h - s + 1, (n,)), self.randint(w - s + 1, (n,)))
-        union = m1 | m2
-        norm_total = delta.flatten(1).norm(dim=1)
-        norm_outside = (delta * ~union).flatten(1).norm(dim=1)
-        norm_w1 = (delta * m1).flatten(1).norm(dim=1)
-        budget = (self.eps**2 - norm_outside**2).clamp_min(0).sqrt()
-        # new content for window 1: its old mass moved out (zeroed) and redistributed in window 2
-        bump = torch.zeros(n, c, h, w)
-        b = self._signed_bump(n, c, s)
-        idx = m2.expand(n, c, h, w)
-        bump[idx] = b.expand(n, c, s, s).reshape(-1)
-        new_w2 = delta * m2 + bump * (norm_w1 + 1e-3 * self.eps).view(n, 1, 1, 1)
-        new_delta = delta * ~union + new_w2
-        # rescale the union part so the total l_2 norm reaches eps (the paper keeps ||delta|| = eps)
-        union_part = new_delta * union
-        up_norm = union_part.flatten(1).norm(dim=1).clamp_min(1e-12)
-        scale = torch.where(norm_total > 0, budget / up_norm, torch.ones_like(up_norm))
-        new_delta = new_delta * ~union + union_part * scale.view(n, 1, 1, 1)
-        return self.project(x0 + new_delta, x0)
+        t1, l1 = self.randint(h - s + 1, (n,)), self.randint(w - s + 1, (n,))
+        t2, l2 = self.randint(h - s + 1, (n,)), self.randint(w - s + 1, (n,))
+        m1 = window_masks(n, s, h, w, t1, l1)
+        m2 = window_masks(n, s, h, w, t2, l2)
+        norm_img = delta.flatten(1).norm(dim=1).view(n, 1, 1, 1)
+        norm_w1 = (delta * m1).pow(2).sum((2, 3), keepdim=True).sqrt()  # per channel
+        norm_union = (delta * (m1 | m2)).pow(2).sum((2, 3), keepdim=True).sqrt()
+        w1 = window_take(delta, t1, l1, s)
+        new = self._meta_bumps(n, c, s) + w1 / (norm_w1 + 1e-10)
+        mass = ((self.eps**2 - norm_img**2).clamp_min(0) / c + norm_union**2).sqrt()
+        new = new / new.pow(2).sum((2, 3), keepdim=True).sqrt().clamp_min(1e-12) * mass
+        delta = delta.masked_fill(m2, 0.0)
+        delta = window_put(delta, t1, l1, new)
+        norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(n, 1, 1, 1)
+        return (x0 + delta / norms * self.eps).clamp(0, 1)

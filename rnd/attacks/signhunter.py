@@ -1,0 +1,88 @@
+"""SignHunter (Al-Dujaili & O'Reilly, ICLR 2020): divide-and-conquer search over gradient signs.
+
+The perturbation is `mu * s` for a sign vector `s` in {-1, +1}^d (l_inf), or `mu * s / sqrt(d)`
+(l_2, so that its l_2 norm is `mu`), projected onto the eps-ball and the [0, 1] box. The search
+starts from s = +1 everywhere (Alg. 1 of the paper) and walks a binary tree of chunks: at level h
+the flattened sign vector is cut into 2^h contiguous chunks of length ceil(d / 2^h), and chunk i
+is flipped; the flip is kept iff the loss does not get worse (one query per step). After the last
+chunk of the finest level (chunk length 1) the walk restarts at h = 0 from the current signs.
+
+Probe size: `mu` is the size of the sign step, i.e. the per-pixel magnitude of the perturbation
+for l_inf and its l_2 norm for l_2. Default: `mu = eps`, as in the paper and in the RND paper's
+code (SCLBD/BlackboxBench), where every probe is a vertex of the eps-ball. A larger `mu` (e.g. an
+adaptive attacker's `mu_nu_ratio * nu`) is cut back to eps by the projection; a smaller one
+searches a smaller box.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from rnd.attacks.base import AttackState, Norm, QueryAttack
+
+
+class SignHunter(QueryAttack):
+    """SignHunter, l_inf and l_2, one query per step (flip a chunk, keep it iff the loss drops).
+
+    Args:
+        eps, norm, mu and the shared options: see `QueryAttack`; `mu=None` means `mu = eps`.
+
+    Example:
+        >>> attack = SignHunter(eps=0.1, seed=0)
+        >>> result = attack(Oracle(model, budget=1000), images, labels)  # doctest: +SKIP
+    """
+
+    name = "signhunter"
+    norms = ("linf", "l2")
+    # Placeholder only: SignHunter's default probe is eps itself (set in __init__).
+    default_mu = {"linf": 1.0, "l2": 1.0}
+
+    def __init__(self, eps: float, norm: Norm = "linf", *, mu: float | None = None, **kwargs: Any) -> None:
+        super().__init__(eps, norm, mu=mu, **kwargs)
+        if mu is None:
+            self.mu = self.eps
+
+    def _point(self, x0: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:
+        """The queried point for sign vectors `signs` (rows, d): Proj(x0 + step * s)."""
+        step = self.cur_mu if self.norm == "linf" else self.cur_mu / math.sqrt(signs.shape[1])
+        return self.project(x0 + step * signs.view_as(x0), x0)
+
+    def init(self, state: AttackState) -> None:
+        self.query_start(state)
+        n = state.x0.shape[0]
+        d = state.x0[0].numel()
+        state.signs = torch.ones(n, d)  # type: ignore[attr-defined]
+        state.level = torch.zeros(n, dtype=torch.long)  # type: ignore[attr-defined]
+        state.chunk = torch.zeros(n, dtype=torch.long)  # type: ignore[attr-defined]
+        todo = (~state.success).nonzero().flatten()
+        if not todo.numel():
+            return
+        x_init = self._point(state.x0[todo], state.signs[todo])  # type: ignore[attr-defined]
+        loss, adv = self.evaluate(state, x_init, todo)
+        # The walk starts at s = +1 whatever its loss (Alg. 1): the search lives on the vertices.
+        self.accept(state, todo, x_init, loss, adv)
+
+    def step(self, state: AttackState, rows: torch.Tensor) -> None:
+        signs = state.signs[rows]  # type: ignore[attr-defined]
+        level, chunk = state.level[rows], state.chunk[rows]  # type: ignore[attr-defined]
+        d = signs.shape[1]
+        length = torch.ceil(d / 2.0**level).long()
+        start = chunk * length
+        stop = torch.clamp(start + length, max=d)
+        pos = torch.arange(d).view(1, d)
+        flip = (pos >= start[:, None]) & (pos < stop[:, None])
+        cand = torch.where(flip, -signs, signs)
+        x_new = self._point(state.x0[rows], cand)
+        loss, adv = self.evaluate(state, x_new, rows)
+        keep = (loss <= state.loss[rows]) | adv
+        self.accept(state, rows, x_new, loss, adv, keep)
+        state.signs[rows[keep]] = cand[keep]  # type: ignore[attr-defined]
+        # next chunk; next level after the last chunk of this one; restart after the finest level
+        last = (chunk + 1 == 2**level) | (stop == d)
+        finest = length == 1
+        chunk = torch.where(last, torch.zeros_like(chunk), chunk + 1)
+        level = torch.where(last, torch.where(finest, torch.zeros_like(level), level + 1), level)
+        state.level[rows], state.chunk[rows] = level, chunk  # type: ignore[attr-defined]

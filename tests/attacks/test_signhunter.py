@@ -1,0 +1,62 @@
+import pytest
+import torch
+
+from rnd.attacks import SignHunter
+from rnd.errors import InputError
+from tests.attacks.helpers import check_early_stop, run_checked, true_margin
+
+
+@pytest.mark.parametrize(("norm", "eps", "rate"), [("linf", 0.2, 0.9), ("l2", 3.0, 0.6)])
+def test_succeeds_on_undefended_and_lowers_margin(tiny_model, attack_batch, norm, eps, rate):
+    x, y = attack_batch
+    result = run_checked(SignHunter(eps=eps, norm=norm, seed=0), tiny_model, x, y, budget=1000)
+    assert float(result.success.float().mean()) >= rate
+    assert bool((true_margin(tiny_model, result.x_adv, y) < true_margin(tiny_model, x, y)).all())
+    assert torch.equal(result.success, true_margin(tiny_model, result.x_adv, y) < 0)
+
+
+def test_points_are_sign_vertices(tiny_model, attack_batch):
+    """Every coordinate of an l_inf perturbation is +-eps (up to the [0, 1] box)."""
+    x, y = attack_batch
+    eps = 0.1
+    result = run_checked(SignHunter(eps=eps, seed=0), tiny_model, x[:4], y[:4], budget=50)
+    delta = result.x_adv - x[:4]
+    inside = ((x[:4] + eps) <= 1) & ((x[:4] - eps) >= 0)
+    assert torch.allclose(delta[inside].abs(), torch.full_like(delta[inside], eps), atol=1e-6)
+
+
+def test_mu_defaults_to_eps_and_is_checked():
+    assert SignHunter(eps=0.05).mu == 0.05
+    assert SignHunter(eps=0.05, mu=0.02).mu == 0.02
+    with pytest.raises(InputError):
+        SignHunter(eps=0.05, mu=-1.0)
+    with pytest.raises(InputError):
+        SignHunter(eps=0.05, norm="l1")  # type: ignore[arg-type]
+
+
+def test_rnd_raises_failure_rate(tiny_model, attack_batch):
+    x, y = attack_batch
+    plain = run_checked(SignHunter(eps=0.1, seed=0), tiny_model, x, y, budget=300)
+    noisy = run_checked(SignHunter(eps=0.1, seed=0), tiny_model, x, y, budget=300, nu=0.05)
+    assert noisy.failure_rate > plain.failure_rate
+
+
+def test_early_stop(tiny_model, attack_batch):
+    x, y = attack_batch
+    check_early_stop(lambda: SignHunter(eps=0.15, seed=0), tiny_model, x, y, budget=100)
+
+
+def test_targeted(tiny_model, attack_batch):
+    x, y = attack_batch
+    targets = (y[:6] + 1) % 10
+    attack = SignHunter(eps=0.2, targeted=True, seed=0)
+    result = run_checked(attack, tiny_model, x[:6], y[:6], 1500, targets=targets)
+    assert bool(result.success.any())
+    assert torch.equal(result.success, tiny_model(result.x_adv).argmax(1) == targets)
+
+
+def test_eot_costs_m_queries(tiny_model, attack_batch):
+    x, y = attack_batch
+    result = run_checked(SignHunter(eps=0.1, seed=0, eot=3), tiny_model, x[:5], y[:5], budget=60, nu=0.02)
+    assert bool((result.queries % 3 == 0).all())
+    assert int(result.queries.max()) == 60 or bool(result.success.any())
