@@ -1,0 +1,400 @@
+"""Sweep configurations: a TOML file parsed into dataclasses and validated before anything runs.
+
+A sweep is the grid of the seed's evaluation (DESIGN section 1.7): models x defense levels `nu` x
+attacks (norm, eps, probe size `mu`, EOT `M`) x seeds, measured on the first `images` test images
+each model classifies correctly. Every check happens here, so a bad file fails before a results
+database is opened. Errors name the key path, e.g. ``attacks[1].mu[0]``.
+
+Example::
+
+    name = "fmnist-heatmap"
+    seeds = [0]
+    budget = 1000            # queries per image (an attack may override)
+    output = "probs"         # what the oracle reveals: probs | logits | topk | labels
+    votes = 11               # fresh noisy answers in the robust re-check
+
+    [data]
+    dataset = "fashion-mnist"
+    split = "test"
+    images = 100             # correctly classified images attacked per cell
+    start = 0                # first data-set index searched
+    accuracy_images = 1000   # images for the clean accuracy under noise of each (model, nu)
+
+    [defense]
+    nu = [0.0, 0.01, 0.02]   # 0 = undefended
+
+    [[models]]
+    label = "standard"
+    checkpoint = "~/.cache/rnd/checkpoints/fashion-mnist-small-cnn"
+    # nu = [0.0, 0.02]       # optional: this model's own nu grid
+
+    [[attacks]]
+    name = "nes"
+    norm = "linf"
+    eps = 0.1                # or a list
+    mu = [0.001, 0.01, "default"]   # omitted: the attack's default only
+    eot = [1]
+    # budget = 2000
+    [attacks.params]         # extra keyword arguments of the attack class
+    q = 15
+
+    [quick]                  # the --quick size (see `QuickRule`)
+    images = 10
+    budget = 300
+    max_grid = 3
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, get_args
+
+from rnd.errors import ConfigError, RndError
+from rnd.oracle import Output
+
+OUTPUTS: tuple[str, ...] = get_args(Output)
+DEFAULT_MU = "default"  # spelling of mu=None (the attack's own default) in a TOML grid
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Which images are attacked: the first `images` correctly classified ones from `start`."""
+
+    dataset: str = "fashion-mnist"
+    split: str = "test"
+    root: str | None = None
+    images: int = 100
+    start: int = 0
+    accuracy_images: int = 1000
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A checkpoint under a label, optionally with its own nu grid."""
+
+    label: str
+    checkpoint: str
+    nu: tuple[float, ...] | None = None
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """One attack and its grids; `mu` entries of None mean the attack's default probe size."""
+
+    name: str
+    norm: str
+    eps: tuple[float, ...]
+    mu: tuple[float | None, ...] = (None,)
+    eot: tuple[int, ...] = (1,)
+    budget: int | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class QuickRule:
+    """The `--quick` size: images -> min(images, quick.images), budget -> min(budget, quick.budget),
+    seeds -> the first one, and every grid (nu, mu, eps, eot) longer than `max_grid` thinned to
+    `max_grid` evenly spaced entries that keep both ends. Defaults: 10 images, 500 queries, 3."""
+
+    images: int = 10
+    budget: int = 500
+    max_grid: int = 3
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """A validated sweep; `source` is the TOML text it came from (stored with the results)."""
+
+    name: str
+    models: tuple[ModelSpec, ...]
+    attacks: tuple[AttackSpec, ...]
+    nu: tuple[float, ...]
+    data: DataSpec = DataSpec()
+    seeds: tuple[int, ...] = (0,)
+    budget: int = 1000
+    output: str = "probs"
+    votes: int = 11
+    quick: QuickRule = QuickRule()
+    source: str = ""
+    path: str = ""
+
+
+# -- typed readers that name the key path in every error ---------------------------------------
+
+
+def _fail(key: str, msg: str) -> ConfigError:
+    return ConfigError(f"{key}: {msg}")
+
+
+def _table(value: Any, key: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _fail(key, f"expected a table, got {type(value).__name__}")
+    return value
+
+
+def _no_unknown(table: dict[str, Any], allowed: set[str], key: str) -> None:
+    extra = sorted(set(table) - allowed)
+    if extra:
+        where = f"{key}.{extra[0]}" if key else extra[0]
+        raise _fail(where, f"unknown key; allowed here: {', '.join(sorted(allowed))}")
+
+
+def _str(value: Any, key: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise _fail(key, f"expected a non-empty string, got {value!r}")
+    return value
+
+
+def _int(value: Any, key: str, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _fail(key, f"expected an integer, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise _fail(key, f"must be >= {minimum}, got {value}")
+    return value
+
+
+def _float(value: Any, key: str, *, positive: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _fail(key, f"expected a number, got {type(value).__name__} {value!r}")
+    out = float(value)
+    if not math.isfinite(out) or out < 0 or (positive and out == 0):
+        raise _fail(key, f"must be {'> 0' if positive else '>= 0'} and finite, got {value}")
+    return out
+
+
+def _grid(value: Any, key: str, item: Any) -> tuple[Any, ...]:
+    """A scalar or a non-empty list, each entry read by `item(value, key)`; duplicates rejected."""
+    values = value if isinstance(value, list) else [value]
+    if not values:
+        raise _fail(key, "empty grid; give at least one value")
+    out = tuple(item(v, f"{key}[{i}]") for i, v in enumerate(values))
+    if len(set(out)) != len(out):
+        raise _fail(key, f"duplicate values in {list(out)}")
+    return out
+
+
+def _mu(value: Any, key: str) -> float | None:
+    if value == DEFAULT_MU:
+        return None
+    return _float(value, key, positive=True)
+
+
+def _path(value: Any, key: str, base: Path) -> Path:
+    p = Path(os.path.expandvars(os.path.expanduser(_str(value, key))))
+    return p if p.is_absolute() else (base / p)
+
+
+# -- sections ---------------------------------------------------------------------------------
+
+
+def _data(raw: Any, base: Path) -> DataSpec:
+    from rnd.data import DATASETS
+
+    t = _table(raw, "data")
+    _no_unknown(t, {"dataset", "split", "root", "images", "start", "accuracy_images"}, "data")
+    dataset = _str(t.get("dataset", "fashion-mnist"), "data.dataset")
+    if dataset not in DATASETS:
+        raise _fail("data.dataset", f"unknown data set {dataset!r}; choose one of: {', '.join(DATASETS)}")
+    split = _str(t.get("split", "test"), "data.split")
+    if split not in ("train", "test"):
+        raise _fail("data.split", f"expected 'train' or 'test', got {split!r}")
+    root = str(_path(t["root"], "data.root", base)) if "root" in t else None
+    return DataSpec(
+        dataset=dataset,
+        split=split,
+        root=root,
+        images=_int(t.get("images", 100), "data.images", 1),
+        start=_int(t.get("start", 0), "data.start", 0),
+        accuracy_images=_int(t.get("accuracy_images", 1000), "data.accuracy_images", 1),
+    )
+
+
+def _models(raw: Any, base: Path) -> tuple[ModelSpec, ...]:
+    from rnd.models import checkpoint_paths
+
+    if not isinstance(raw, list) or not raw:
+        raise _fail("models", "expected a non-empty array of tables ([[models]] with label and checkpoint)")
+    out: list[ModelSpec] = []
+    for i, item in enumerate(raw):
+        key = f"models[{i}]"
+        t = _table(item, key)
+        _no_unknown(t, {"label", "checkpoint", "nu"}, key)
+        if "checkpoint" not in t:
+            raise _fail(f"{key}.checkpoint", "missing (path of NAME.safetensors / NAME.json)")
+        path = _path(t["checkpoint"], f"{key}.checkpoint", base)
+        weights, meta = checkpoint_paths(path)
+        missing = [p for p in (weights, meta) if not p.is_file()]
+        if missing:
+            raise _fail(
+                f"{key}.checkpoint",
+                f"checkpoint {missing[0]} does not exist; create it (`rnd train`, `rnd finetune`) "
+                "or fix the path",
+            )
+        label = _str(t.get("label", weights.stem), f"{key}.label")
+        nu = _grid(t["nu"], f"{key}.nu", _float) if "nu" in t else None
+        out.append(ModelSpec(label=label, checkpoint=str(weights.with_suffix("")), nu=nu))
+    labels = [m.label for m in out]
+    if len(set(labels)) != len(labels):
+        raise _fail("models", f"labels must be unique, got {labels}")
+    return tuple(out)
+
+
+def _attacks(raw: Any) -> tuple[AttackSpec, ...]:
+    from rnd.attacks import ATTACKS
+
+    if not isinstance(raw, list) or not raw:
+        raise _fail("attacks", "expected a non-empty array of tables ([[attacks]] with name, norm, eps)")
+    out: list[AttackSpec] = []
+    for i, item in enumerate(raw):
+        key = f"attacks[{i}]"
+        t = _table(item, key)
+        _no_unknown(t, {"name", "norm", "eps", "mu", "eot", "budget", "params"}, key)
+        name = _str(t.get("name"), f"{key}.name")
+        if name not in ATTACKS:
+            raise _fail(
+                f"{key}.name", f"unknown attack {name!r}; choose one of: {', '.join(sorted(ATTACKS))}"
+            )
+        norm = _str(t.get("norm", "linf"), f"{key}.norm")
+        if norm not in ATTACKS[name].norms:
+            raise _fail(
+                f"{key}.norm",
+                f"unknown norm {norm!r} for {name}; choose one of: {', '.join(ATTACKS[name].norms)}",
+            )
+        if "eps" not in t:
+            raise _fail(f"{key}.eps", "missing (radius of the threat model, in pixels)")
+        params = _table(t.get("params", {}), f"{key}.params")
+        for k, v in params.items():
+            if k in ("eps", "norm", "mu", "eot", "seed", "progress"):
+                raise _fail(f"{key}.params.{k}", f"set {k} with the attack's own key, not in params")
+            if not isinstance(v, str | int | float | bool):
+                raise _fail(f"{key}.params.{k}", f"expected a string, number or boolean, got {v!r}")
+        spec = AttackSpec(
+            name=name,
+            norm=norm,
+            eps=_grid(t["eps"], f"{key}.eps", lambda v, k: _float(v, k, positive=True)),
+            mu=_grid(t.get("mu", DEFAULT_MU), f"{key}.mu", _mu),
+            eot=_grid(t.get("eot", 1), f"{key}.eot", lambda v, k: _int(v, k, 1)),
+            budget=_int(t["budget"], f"{key}.budget", 1) if "budget" in t else None,
+            params=dict(params),
+        )
+        _try_build(spec, key)
+        out.append(spec)
+    return tuple(out)
+
+
+def _try_build(spec: AttackSpec, key: str) -> None:
+    """Build the attack once per grid point so bad parameters fail now, not in the middle of a sweep."""
+    from rnd.attacks import make_attack
+
+    for eps in spec.eps:
+        for mu in spec.mu:
+            for eot in spec.eot:
+                try:
+                    make_attack(spec.name, eps=eps, norm=spec.norm, mu=mu, eot=eot, seed=0, **spec.params)
+                except TypeError as exc:
+                    raise _fail(f"{key}.params", f"{spec.name} rejects these parameters: {exc}") from exc
+                except RndError as exc:
+                    raise _fail(key, str(exc)) from exc
+
+
+def _quick(raw: Any) -> QuickRule:
+    t = _table(raw, "quick")
+    _no_unknown(t, {"images", "budget", "max_grid"}, "quick")
+    d = QuickRule()
+    return QuickRule(
+        images=_int(t.get("images", d.images), "quick.images", 1),
+        budget=_int(t.get("budget", d.budget), "quick.budget", 1),
+        max_grid=_int(t.get("max_grid", d.max_grid), "quick.max_grid", 2),
+    )
+
+
+TOP_KEYS = {"name", "seeds", "budget", "output", "votes", "data", "defense", "models", "attacks", "quick"}
+
+
+def parse_config(text: str, *, base: str | Path = ".", path: str = "<string>") -> SweepConfig:
+    """Parse and validate TOML `text`; relative paths resolve against `base`. Raises ConfigError."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    base = Path(base)
+    _no_unknown(raw, TOP_KEYS, "")
+    output = _str(raw.get("output", "probs"), "output")
+    if output not in OUTPUTS:
+        raise _fail("output", f"unknown output {output!r}; choose one of: {', '.join(OUTPUTS)}")
+    defense = _table(raw.get("defense", {}), "defense")
+    _no_unknown(defense, {"nu"}, "defense")
+    attacks = _attacks(raw.get("attacks"))
+    if output == "labels":
+        from rnd.attacks import ATTACKS
+
+        scored = [a.name for a in attacks if ATTACKS[a.name].feedback == "scores"]
+        if scored:
+            raise _fail("output", f"'labels' hides the scores that {', '.join(scored)} need")
+    cfg = SweepConfig(
+        name=_str(raw.get("name", Path(path).stem), "name"),
+        models=_models(raw.get("models"), base),
+        attacks=attacks,
+        nu=_grid(defense.get("nu", 0.0), "defense.nu", _float),
+        data=_data(raw.get("data", {}), base),
+        seeds=_grid(raw.get("seeds", [0]), "seeds", lambda v, k: _int(v, k, 0)),
+        budget=_int(raw.get("budget", 1000), "budget", 1),
+        output=output,
+        votes=_int(raw.get("votes", 11), "votes", 1),
+        quick=_quick(raw.get("quick", {})),
+        source=text,
+        path=path,
+    )
+    return cfg
+
+
+def load_config(path: str | Path) -> SweepConfig:
+    """Read and validate a sweep config file (TOML)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} not found")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config {p}: {exc}") from exc
+    return parse_config(text, base=p.resolve().parent, path=str(p))
+
+
+def thin(values: tuple[Any, ...], n: int) -> tuple[Any, ...]:
+    """At most `n` entries of `values`, evenly spaced, always keeping the first and the last."""
+    if len(values) <= n:
+        return values
+    picks = sorted({round(i * (len(values) - 1) / (n - 1)) for i in range(n)})
+    return tuple(values[i] for i in picks)
+
+
+def quick_config(cfg: SweepConfig) -> SweepConfig:
+    """Apply the `QuickRule` (see its docstring) to a config."""
+    q = cfg.quick
+    return replace(
+        cfg,
+        name=f"{cfg.name} (quick)",
+        data=replace(
+            cfg.data,
+            images=min(cfg.data.images, q.images),
+            accuracy_images=min(cfg.data.accuracy_images, 1000),
+        ),
+        seeds=cfg.seeds[:1],
+        budget=min(cfg.budget, q.budget),
+        nu=thin(cfg.nu, q.max_grid),
+        models=tuple(replace(m, nu=None if m.nu is None else thin(m.nu, q.max_grid)) for m in cfg.models),
+        attacks=tuple(
+            replace(
+                a,
+                eps=thin(a.eps, q.max_grid),
+                mu=thin(a.mu, q.max_grid),
+                eot=thin(a.eot, q.max_grid),
+                budget=None if a.budget is None else min(a.budget, q.budget),
+            )
+            for a in cfg.attacks
+        ),
+    )

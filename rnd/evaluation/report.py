@@ -1,0 +1,416 @@
+"""`rnd report`: a markdown report and PNG figures from a results database.
+
+The figures are found in the data, not declared: every group of finished cells that varies in both
+`mu` and `nu` (same model, attack, norm, eps, M, budget, images) becomes a mu x nu heatmap of the
+failure rate (the seed's figures: geometric grids drawn on evenly spaced, i.e. logarithmic, axes);
+every group that varies in M becomes an EOT curve (failure rate and mean queries against M); every
+model measured at two or more nu gives a clean-accuracy-against-nu curve; and all cells form the
+main table (model / defense x attack: failure rate observed, by noisy vote, by the clean model,
+and mean queries). Several seeds of one grid point are averaged.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rnd.evaluation.store import ResultsStore
+
+RATES = (
+    ("failure_rate", "observed"),
+    ("failure_rate_vote", "noisy vote"),
+    ("failure_rate_clean", "clean model"),
+)
+METRICS = (
+    "failure_rate",
+    "failure_rate_vote",
+    "failure_rate_clean",
+    "mean_queries",
+    "median_queries",
+    "clean_accuracy",
+    "model_accuracy",
+)
+
+
+def effective_mu(r: dict[str, Any]) -> float:
+    """The probe size a cell used (its own mu, or the attack's default recorded with the result)."""
+    if r.get("mu") is not None:
+        return float(r["mu"])
+    return float(r["attack_params"].get("mu", math.nan))
+
+
+def _mean(values: Iterable[float]) -> float:
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    return sum(vals) / len(vals) if vals else math.nan
+
+
+def average_seeds(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One record per grid point: metrics averaged over seeds, `seeds` = how many."""
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in results:
+        k = (
+            r["model"],
+            r["checkpoint_sha256"],
+            r["dataset"],
+            r["images"],
+            r["start"],
+            r["attack"],
+            r["norm"],
+            r["eps"],
+            effective_mu(r),
+            r["eot"],
+            r["budget"],
+            r["nu"],
+            r["output"],
+            r["params"],
+        )
+        groups[k].append(r)
+    out = []
+    for rs in groups.values():
+        d = dict(rs[0])
+        d["mu"] = effective_mu(rs[0])
+        d["seeds"] = len(rs)
+        for m in METRICS:
+            d[m] = _mean(r[m] for r in rs)
+        out.append(d)
+    return out
+
+
+def _slug(*parts: Any) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "-", "_".join(str(p) for p in parts)).strip("-")
+
+
+def _fmt(v: float, digits: int = 1) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+
+@dataclass
+class Heatmap:
+    """Failure rates (%) over mu (rows) x nu (columns) for one attack setting."""
+
+    title: str
+    mu: list[float]
+    nu: list[float]
+    rates: dict[str, list[list[float]]]  # metric -> [mu index][nu index]
+    file: str = ""
+
+
+@dataclass
+class Report:
+    """Everything `write_report` produced."""
+
+    markdown: str
+    heatmaps: list[Heatmap] = field(default_factory=list)
+    figures: list[str] = field(default_factory=list)
+
+
+def heatmaps(points: list[dict[str, Any]]) -> list[Heatmap]:
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in points:
+        groups[(r["model"], r["attack"], r["norm"], r["eps"], r["eot"], r["budget"], r["images"])].append(r)
+    out = []
+    for (model, attack, norm, eps, eot, budget, images), rs in sorted(groups.items()):
+        mus = sorted({r["mu"] for r in rs})
+        nus = sorted({r["nu"] for r in rs})
+        if len(mus) < 2 or len(nus) < 2:
+            continue
+        at = {(r["mu"], r["nu"]): r for r in rs}
+        rates = {
+            m: [[at[(mu, nu)][m] if (mu, nu) in at else math.nan for nu in nus] for mu in mus]
+            for m, _ in RATES
+        }
+        title = f"{attack} {norm} eps={eps:g} M={eot} on {model} ({images} images, {budget} queries)"
+        out.append(Heatmap(title, mus, nus, rates))
+    return out
+
+
+def plot_heatmap(h: Heatmap, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(RATES), figsize=(4.2 * len(RATES), 3.6), squeeze=False)
+    for ax, (metric, label) in zip(axes[0], RATES, strict=True):
+        grid = h.rates[metric]
+        im = ax.imshow(grid, origin="lower", cmap="viridis", vmin=0, vmax=100, aspect="auto")
+        ax.set_xticks(range(len(h.nu)), [f"{v:g}" for v in h.nu])
+        ax.set_yticks(range(len(h.mu)), [f"{v:g}" for v in h.mu])
+        ax.set_xlabel("defense nu (log-spaced grid)")
+        ax.set_ylabel("attacker mu (log-spaced grid)")
+        ax.set_title(f"failure % ({label})", fontsize=10)
+        for i, row in enumerate(grid):
+            for j, v in enumerate(row):
+                if not math.isnan(v):
+                    ax.text(
+                        j,
+                        i,
+                        f"{v:.0f}",
+                        ha="center",
+                        va="center",
+                        fontsize=8,
+                        color="white" if v < 60 else "black",
+                    )
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.suptitle(h.title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def eot_groups(points: list[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in points:
+        groups[(r["model"], r["attack"], r["norm"], r["eps"], r["budget"], r["images"])].append(r)
+    out = {}
+    for k, rs in groups.items():
+        lines: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+        for r in rs:
+            lines[(r["mu"], r["nu"])].append(r)
+        lines = {lk: sorted(v, key=lambda r: r["eot"]) for lk, v in lines.items() if len(v) >= 2}
+        if lines:
+            out[k] = lines
+    return out
+
+
+def plot_eot(key: tuple, lines: dict[tuple, list[dict[str, Any]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    model, attack, norm, eps, budget, images = key
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.6))
+    for (mu, nu), rs in sorted(lines.items()):
+        m = [r["eot"] for r in rs]
+        a1.plot(m, [r["failure_rate"] for r in rs], "o-", label=f"mu={mu:g} nu={nu:g} observed")
+        a1.plot(m, [r["failure_rate_vote"] for r in rs], "s--", label=f"mu={mu:g} nu={nu:g} vote")
+        a2.plot(m, [r["mean_queries"] for r in rs], "o-", label=f"mu={mu:g} nu={nu:g}")
+    for ax in (a1, a2):
+        ax.set_xscale("log")
+        ax.set_xlabel("EOT samples M")
+        ax.grid(alpha=0.3)
+    a1.set_ylabel("failure rate %")
+    a1.set_ylim(-2, 102)
+    a2.set_ylabel("mean queries (successes)")
+    a1.legend(fontsize=7)
+    a2.legend(fontsize=7)
+    fig.suptitle(
+        f"EOT: {attack} {norm} eps={eps:g} on {model} ({images} images, {budget} queries)", fontsize=10
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_accuracy(curves: dict[str, list[tuple[float, float]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for model, pts in sorted(curves.items()):
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=model)
+    ax.set_xlabel("defense nu")
+    ax.set_ylabel("clean accuracy % under RND")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _defense(nu: float) -> str:
+    return "none" if nu == 0 else f"RND nu={nu:g}"
+
+
+def main_table(points: list[dict[str, Any]]) -> list[str]:
+    """Markdown: one row per (model, defense), one column per attack setting; cells of the pivot
+    are "observed / vote / clean failure % (mean queries)". Only grid points at M=1 and the attack's
+    default mu enter the pivot (the full list follows)."""
+    from rnd.attacks import ATTACKS
+
+    def default_mu(r: dict[str, Any]) -> float:
+        cls = ATTACKS.get(r["attack"])
+        return cls.default_mu.get(r["norm"], math.nan) if cls else math.nan
+
+    chosen = [r for r in points if r["eot"] == 1 and math.isclose(r["mu"], default_mu(r))]
+    cols = sorted({(r["attack"], r["norm"], r["eps"]) for r in chosen})
+    rows = sorted({(r["model"], r["nu"]) for r in chosen})
+    at: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in chosen:
+        at[(r["model"], r["nu"], r["attack"], r["norm"], r["eps"])].append(r)
+    head = ["model", "defense", "clean acc %"] + [f"{a} {n} eps={e:g}" for a, n, e in cols]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for model, nu in rows:
+        accs = [r["clean_accuracy"] for r in chosen if r["model"] == model and r["nu"] == nu]
+        line = [model, _defense(nu), _fmt(_mean(accs))]
+        for a, n, e in cols:
+            rs = at.get((model, nu, a, n, e), [])
+            if len(rs) != 1:
+                line.append("" if not rs else "several")
+                continue
+            r = rs[0]
+            line.append(
+                f"{_fmt(r['failure_rate'])} / {_fmt(r['failure_rate_vote'])} / "
+                f"{_fmt(r['failure_rate_clean'])} ({_fmt(r['mean_queries'], 0)})"
+            )
+        out.append("| " + " | ".join(line) + " |")
+    return out
+
+
+def full_table(points: list[dict[str, Any]]) -> list[str]:
+    head = [
+        "model",
+        "nu",
+        "attack",
+        "norm",
+        "eps",
+        "mu",
+        "M",
+        "budget",
+        "images",
+        "seeds",
+        "fail % obs",
+        "fail % vote",
+        "fail % clean",
+        "mean q",
+        "median q",
+        "clean acc %",
+    ]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in sorted(
+        points, key=lambda r: (r["model"], r["attack"], r["norm"], r["eps"], r["eot"], r["mu"], r["nu"])
+    ):
+        vals = [
+            r["model"],
+            f"{r['nu']:g}",
+            r["attack"],
+            r["norm"],
+            f"{r['eps']:g}",
+            f"{r['mu']:g}",
+            str(r["eot"]),
+            str(r["budget"]),
+            str(r["images"]),
+            str(r["seeds"]),
+            _fmt(r["failure_rate"]),
+            _fmt(r["failure_rate_vote"]),
+            _fmt(r["failure_rate_clean"]),
+            _fmt(r["mean_queries"], 0),
+            _fmt(r["median_queries"], 0),
+            _fmt(r["clean_accuracy"]),
+        ]
+        out.append("| " + " | ".join(vals) + " |")
+    return out
+
+
+def write_report(db: str | Path, out: str | Path) -> Report:
+    """Read `db` (read-only) and write `out`/report.md plus PNG figures; returns what was written."""
+    out = Path(out)
+    with ResultsStore(db, readonly=True) as store:
+        results = store.results()
+        counts = store.status_counts()
+        sweeps = store.sweeps()
+    out.mkdir(parents=True, exist_ok=True)
+    points = average_seeds(results)
+    md = [f"# rnd results: {Path(db).name}", ""]
+    md.append(
+        f"Cells: {counts.get('done', 0)} done, {counts.get('pending', 0)} pending, "
+        f"{counts.get('failed', 0)} failed. Sweeps: "
+        + ", ".join(
+            f"{s['name']}{' (quick)' if s['quick'] and '(quick)' not in s['name'] else ''}" for s in sweeps
+        )
+        + "."
+    )
+    if results:
+        versions = sorted({r["rnd_version"] for r in results})
+        shas = sorted({f"{r['model']}: {r['checkpoint_sha256'][:12]}" for r in results})
+        md.append(f"rnd version(s): {', '.join(versions)}. Checkpoints (sha256): {'; '.join(shas)}.")
+    md += [
+        "",
+        "Failure rate = failed / attacked (correctly classified) images, in %. Three ways: "
+        "**observed** = the attacker's own noisy answer said success (the paper's protocol, the "
+        "headline); **vote** = x_adv also fools a majority of fresh noisy answers; **clean** = x_adv "
+        "also fools the undefended model. Mean / median queries over observed successes.",
+        "",
+    ]
+    report = Report("")
+    for h in heatmaps(points):
+        name = f"heatmap_{_slug(h.title.split(' (')[0])}.png"
+        plot_heatmap(h, out / name)
+        h.file = name
+        report.heatmaps.append(h)
+        report.figures.append(name)
+        md += [
+            f"## Heatmap: {h.title}",
+            "",
+            f"![{h.title}]({name})",
+            "",
+            "Observed failure % (rows: attacker mu, columns: defense nu):",
+            "",
+        ]
+        md.append("| mu \\ nu | " + " | ".join(f"{v:g}" for v in h.nu) + " |")
+        md.append("|" + "---|" * (len(h.nu) + 1))
+        for mu, row in zip(h.mu, h.rates["failure_rate"], strict=True):
+            md.append(f"| {mu:g} | " + " | ".join(_fmt(v, 0) for v in row) + " |")
+        md.append("")
+    for key, lines in sorted(eot_groups(points).items()):
+        model, attack, norm, eps, budget, _images = key
+        name = f"eot_{_slug(model, attack, norm, f'eps{eps:g}', f'q{budget}')}.png"
+        plot_eot(key, lines, out / name)
+        report.figures.append(name)
+        md += [
+            f"## EOT: {attack} {norm} eps={eps:g} on {model}",
+            "",
+            f"![EOT {attack}]({name})",
+            "",
+            "| mu | nu | M | fail % obs | fail % vote | fail % clean | mean q |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for (mu, nu), rs in sorted(lines.items()):
+            for r in rs:
+                md.append(
+                    f"| {mu:g} | {nu:g} | {r['eot']} | {_fmt(r['failure_rate'])} | "
+                    f"{_fmt(r['failure_rate_vote'])} | {_fmt(r['failure_rate_clean'])} | "
+                    f"{_fmt(r['mean_queries'], 0)} |"
+                )
+        md.append("")
+    acc: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in points:
+        acc[r["model"]][r["nu"]].append(r["clean_accuracy"])
+    curves = {m: sorted((nu, _mean(v)) for nu, v in d.items()) for m, d in acc.items() if len(d) >= 2}
+    if curves:
+        plot_accuracy(curves, out / "clean_accuracy.png")
+        report.figures.append("clean_accuracy.png")
+        md += [
+            "## Clean accuracy against nu",
+            "",
+            "![clean accuracy](clean_accuracy.png)",
+            "",
+            "| model | " + " | ".join(f"nu={nu:g}" for nu, _ in next(iter(curves.values()))) + " |",
+        ]
+        md.append("|" + "---|" * (1 + len(next(iter(curves.values())))))
+        for m, pts in sorted(curves.items()):
+            md.append(f"| {m} | " + " | ".join(_fmt(a) for _, a in pts) + " |")
+        md.append("")
+    if points:
+        md += [
+            "## Main table",
+            "",
+            "Cells: failure % observed / vote / clean (mean queries); M = 1 and each attack's default mu.",
+            "",
+        ]
+        md += main_table(points)
+        md += ["", "## All cells", ""]
+        md += full_table(points)
+    else:
+        md.append("No finished cells yet.")
+    report.markdown = "\n".join(md) + "\n"
+    (out / "report.md").write_text(report.markdown)
+    return report

@@ -1,0 +1,202 @@
+"""Running a sweep: plan (validate everything), open the store, hand pending cells to a runner.
+
+A `Runner` only executes cells; the driver (`run_sweep`) owns the database and the progress bar,
+so every runner streams results into the same store the same way:
+
+    runner.run(cells, on_result, on_error)
+
+calls `on_result(CellResult)` as each cell finishes (in any order) and `on_error(cell, exc)` for a
+cell that raised after its retries. `InProcessRunner` is the default; a runner for a cluster
+(e.g. Ray: one task per cell running `rnd.evaluation.sweep.execute_cell`) implements the same
+method and registers under a name in `RUNNERS`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import traceback
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from tqdm.auto import tqdm
+
+from rnd.errors import RndError, unknown_name
+from rnd.evaluation.config import SweepConfig, quick_config
+from rnd.evaluation.store import ResultsStore, check_database
+from rnd.evaluation.sweep import Cell, CellResult, execute_cell, expand
+
+log = logging.getLogger(__name__)
+
+OnResult = Callable[[CellResult], None]
+OnError = Callable[[Cell, BaseException], None]
+
+
+class Runner(Protocol):
+    """Executes cells and reports each outcome through the callbacks (the driver stores them)."""
+
+    name: str
+
+    def run(self, cells: Sequence[Cell], on_result: OnResult, on_error: OnError) -> None: ...
+
+
+@contextmanager
+def torch_threads(n: int | None):
+    """Temporarily set torch's CPU threads (None: leave as is)."""
+    if n is None:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+@dataclass
+class InProcessRunner:
+    """Runs cells one after another in this process (the default runner).
+
+    Args:
+        threads: torch CPU threads while running (None: keep the current setting).
+        stop_on_error: re-raise a cell's exception instead of reporting it and going on.
+    """
+
+    threads: int | None = None
+    stop_on_error: bool = False
+    name: str = "inprocess"
+
+    def run(self, cells: Sequence[Cell], on_result: OnResult, on_error: OnError) -> None:
+        with torch_threads(self.threads):
+            for cell in cells:
+                try:
+                    result = execute_cell(cell)
+                except (RndError, RuntimeError, ValueError) as exc:
+                    if self.stop_on_error:
+                        raise
+                    on_error(cell, exc)
+                    continue
+                on_result(result)
+
+
+def _ray_runner(**kwargs: Any) -> Runner:
+    try:
+        module = importlib.import_module("rnd.evaluation.ray_runner")
+    except ModuleNotFoundError as exc:
+        from rnd.errors import InputError
+
+        raise InputError(
+            "the Ray runner is not available: install rnd[ray] (pip install 'rnd[ray]') on a version "
+            "of rnd that ships rnd.evaluation.ray_runner, or use --runner inprocess"
+        ) from exc
+    return module.RayRunner(**kwargs)
+
+
+RUNNERS: dict[str, Callable[..., Runner]] = {
+    "inprocess": InProcessRunner,
+    "ray": _ray_runner,
+}
+
+
+def make_runner(name: str, **kwargs: Any) -> Runner:
+    """Build a registered runner by name ("inprocess", "ray")."""
+    if name not in RUNNERS:
+        raise unknown_name("runner", name, list(RUNNERS))
+    return RUNNERS[name](**kwargs)
+
+
+@dataclass
+class SweepOutcome:
+    """What one `run_sweep` call did."""
+
+    db: str
+    sweep_id: int
+    cells: int
+    skipped: int  # already done before this call
+    ran: int
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (cell label, error)
+
+
+@dataclass
+class SweepPlan:
+    """A validated sweep: config (quick rule applied when asked) and its cells."""
+
+    config: SweepConfig
+    cells: list[Cell]
+    quick: bool
+
+
+def plan_sweep(cfg: SweepConfig, *, quick: bool = False) -> SweepPlan:
+    """Apply --quick, expand the grid and check every model and the data set; writes nothing."""
+    from rnd.data import load_dataset
+
+    if quick:
+        cfg = quick_config(cfg)
+    cells = expand(cfg)
+    data = load_dataset(cfg.data.dataset, cfg.data.split, cfg.data.root)
+    if cfg.data.start >= len(data):
+        from rnd.errors import ConfigError
+
+        raise ConfigError(
+            f"data.start: {cfg.data.start} is past the end of {cfg.data.dataset}/"
+            f"{cfg.data.split} ({len(data)} images)"
+        )
+    return SweepPlan(cfg, cells, quick)
+
+
+def run_sweep(
+    plan: SweepPlan,
+    db: str | Path,
+    *,
+    runner: Runner | None = None,
+    progress: bool = True,
+) -> SweepOutcome:
+    """Run every cell of `plan` not yet done in `db`, storing each result as it arrives.
+
+    The database is checked before anything is written (a file of another schema is refused,
+    untouched); finished cells are skipped, so rerunning a finished sweep does nothing.
+    """
+    check_database(db)
+    runner = runner or InProcessRunner()
+    with ResultsStore(db) as store:
+        sweep_id = store.register_sweep(
+            plan.config.name, plan.config.source, plan.cells, quick=plan.quick, config_path=plan.config.path
+        )
+        done = store.done_keys()
+        todo = [c for c in plan.cells if c.key not in done]
+        outcome = SweepOutcome(str(db), sweep_id, len(plan.cells), len(plan.cells) - len(todo), 0)
+        if not todo:
+            return outcome
+        bar = tqdm(
+            total=len(plan.cells),
+            initial=outcome.skipped,
+            desc="cells",
+            unit="cell",
+            disable=not progress,
+            dynamic_ncols=True,
+        )
+
+        def on_result(result: CellResult) -> None:
+            if store.record(result):
+                outcome.ran += 1
+                bar.update(1)
+                s = result.summary
+                bar.set_postfix_str(f"{result.cell.attack} nu={result.cell.nu:g} fail={s.failure_rate:.0f}%")
+
+        def on_error(cell: Cell, exc: BaseException) -> None:
+            msg = f"{type(exc).__name__}: {exc}"
+            log.error("cell %s failed: %s", cell.label(), msg)
+            log.debug("".join(traceback.format_exception(exc)))
+            store.mark_failed(cell.key, msg)
+            outcome.failed.append((cell.label(), msg))
+
+        try:
+            runner.run(todo, on_result, on_error)
+        finally:
+            bar.close()
+    return outcome

@@ -1,0 +1,369 @@
+"""Sweep cells: the grid of a `SweepConfig` expanded into independent, reproducible units of work.
+
+A `Cell` is one (model, nu, attack, norm, eps, mu, M, budget, seed) measurement on one image
+selection. It is frozen and JSON-serialisable; its `key` is the sha256 of its canonical JSON (the
+checkpoint is identified by its sha256, not by where the file lies), so the same measurement has
+the same key in every database and on every machine. `execute_cell(cell)` is a pure function of
+the cell: it loads what it needs, runs the attack with generators seeded from the cell, and
+returns a `CellResult`; the same cell gives the same numbers in any process, which is what lets a
+sweep resume, or run its cells on other workers (one task per cell).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from rnd.errors import ConfigError, InputError, RndError
+
+SEED_SALT_DEFENSE = "defense"
+SEED_SALT_ACCURACY = "accuracy"
+
+
+def derive_seed(seed: int, purpose: str) -> int:
+    """A 63-bit seed for `purpose` derived from the cell seed (sha256), so the attack's and the
+    defense's generators never share a stream even though both come from one cell seed."""
+    digest = hashlib.sha256(f"{seed}:{purpose}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One measurement of a sweep. `mu=None` is the attack's default probe size."""
+
+    model: str
+    checkpoint: str
+    checkpoint_sha256: str
+    dataset: str
+    split: str
+    images: int
+    start: int
+    attack: str
+    norm: str
+    eps: float
+    mu: float | None
+    eot: int
+    budget: int
+    nu: float
+    seed: int
+    output: str = "probs"
+    votes: int = 11
+    accuracy_images: int = 1000
+    params: str = "{}"  # extra attack keyword arguments, canonical JSON
+    data_root: str | None = None
+
+    #: Fields that locate files on this machine; not part of the measurement's identity.
+    LOCAL: ClassVar[tuple[str, ...]] = ("checkpoint", "data_root")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Cell:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def identity(self) -> dict[str, Any]:
+        """What the measurement depends on (everything but local paths)."""
+        return {k: v for k, v in self.to_dict().items() if k not in self.LOCAL}
+
+    @property
+    def key(self) -> str:
+        canon = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canon.encode()).hexdigest()
+
+    @property
+    def attack_params(self) -> dict[str, Any]:
+        return json.loads(self.params)
+
+    def label(self) -> str:
+        mu = "default" if self.mu is None else f"{self.mu:g}"
+        return (
+            f"{self.model} nu={self.nu:g} {self.attack}/{self.norm} eps={self.eps:g} mu={mu} "
+            f"M={self.eot} seed={self.seed}"
+        )
+
+
+@dataclass
+class ImageRow:
+    """One attacked image. The `success_*` re-checks count only images the attacker believed fooled."""
+
+    position: int
+    index: int  # index in the data set split
+    label: int
+    success: bool  # observed by the attacker through its (noisy) oracle: the paper's protocol
+    queries: int
+    success_clean: bool  # ... and x_adv also fools the clean model
+    success_vote: bool  # ... and x_adv also fools a majority of `votes` fresh noisy answers
+
+
+@dataclass
+class CellSummary:
+    """Failure rates in % over attacked images; queries over successes (NaN when none)."""
+
+    images: int
+    failure_rate: float
+    failure_rate_clean: float
+    failure_rate_vote: float
+    mean_queries: float
+    median_queries: float
+    clean_accuracy: float  # % under the cell's defense (nu), on `accuracy_images` images
+    model_accuracy: float  # % of the undefended model on the same images
+
+
+@dataclass
+class CellResult:
+    """What `execute_cell` returns; `seconds` is the only field that differs between reruns."""
+
+    key: str
+    cell: Cell
+    rows: list[ImageRow]
+    summary: CellSummary
+    attack_params: dict[str, Any] = field(default_factory=dict)
+    rnd_version: str = ""
+    seconds: float = 0.0
+
+
+def summarize_rows(rows: list[ImageRow], clean_accuracy: float, model_accuracy: float) -> CellSummary:
+    """The three failure rates and the query statistics of successes, from per-image rows."""
+    n = len(rows)
+
+    def fail(attr: str) -> float:
+        return 100.0 * sum(not getattr(r, attr) for r in rows) / max(n, 1)
+
+    q = torch.tensor([r.queries for r in rows if r.success], dtype=torch.float64)
+    mean = float(q.mean()) if q.numel() else math.nan
+    median = float(q.quantile(0.5)) if q.numel() else math.nan
+    return CellSummary(
+        n,
+        fail("success"),
+        fail("success_clean"),
+        fail("success_vote"),
+        mean,
+        median,
+        clean_accuracy,
+        model_accuracy,
+    )
+
+
+# -- grid expansion ----------------------------------------------------------------------------
+
+
+def expand(cfg: Any) -> list[Cell]:
+    """All cells of a `SweepConfig`, in a stable order; checks every attack's step fits its budget.
+
+    Reads each checkpoint's metadata (its recorded sha256, verified against the file on load)."""
+    from rnd.attacks import make_attack
+    from rnd.models import read_meta, sha256_file
+    from rnd.models.checkpoint import checkpoint_paths
+
+    cells: list[Cell] = []
+    for m in cfg.models:
+        try:
+            meta = read_meta(m.checkpoint)
+        except RndError as exc:
+            raise ConfigError(f"models[{m.label}].checkpoint: {exc}") from exc
+        sha = meta.sha256 or sha256_file(checkpoint_paths(m.checkpoint)[0])
+        for nu in m.nu if m.nu is not None else cfg.nu:
+            for a in cfg.attacks:
+                budget = a.budget if a.budget is not None else cfg.budget
+                for eps in a.eps:
+                    for mu in a.mu:
+                        for eot in a.eot:
+                            cost = make_attack(
+                                a.name, eps=eps, norm=a.norm, mu=mu, eot=eot, seed=0, **a.params
+                            ).step_cost
+                            if cost > budget:
+                                raise ConfigError(
+                                    f"attacks[{a.name}]: one step with M={eot} costs {cost} queries, more "
+                                    f"than the budget {budget}; raise the budget or lower eot"
+                                )
+                            for seed in cfg.seeds:
+                                cells.append(
+                                    Cell(
+                                        model=m.label,
+                                        checkpoint=m.checkpoint,
+                                        checkpoint_sha256=sha,
+                                        dataset=cfg.data.dataset,
+                                        split=cfg.data.split,
+                                        images=cfg.data.images,
+                                        start=cfg.data.start,
+                                        attack=a.name,
+                                        norm=a.norm,
+                                        eps=eps,
+                                        mu=mu,
+                                        eot=eot,
+                                        budget=budget,
+                                        nu=nu,
+                                        seed=seed,
+                                        output=cfg.output,
+                                        votes=cfg.votes,
+                                        accuracy_images=cfg.data.accuracy_images,
+                                        params=json.dumps(a.params, sort_keys=True, separators=(",", ":")),
+                                        data_root=cfg.data.root,
+                                    )
+                                )
+    keys = [c.key for c in cells]
+    if len(set(keys)) != len(keys):
+        raise ConfigError("the grid repeats a cell (the same model appears twice under different labels?)")
+    return cells
+
+
+# -- execution ---------------------------------------------------------------------------------
+
+# Per-process caches: a worker that runs many cells loads each model and data set once.
+_MODELS: dict[tuple[str, str], nn.Module] = {}
+_DATA: dict[tuple[str, str, str | None], Any] = {}
+_SELECTION: dict[tuple[str, str, str, int, int], torch.Tensor] = {}
+_ACCURACY: dict[tuple[str, str, str, float, int, int], float] = {}
+
+
+def _model(cell: Cell) -> nn.Module:
+    from rnd.errors import CheckpointError
+    from rnd.models import load_checkpoint
+
+    k = (cell.checkpoint, cell.checkpoint_sha256)
+    if k not in _MODELS:
+        model, meta = load_checkpoint(cell.checkpoint)
+        if meta.sha256 != cell.checkpoint_sha256:
+            raise CheckpointError(
+                f"{cell.checkpoint} has sha256 {meta.sha256[:12]}..., the sweep expects "
+                f"{cell.checkpoint_sha256[:12]}...; the checkpoint changed since the sweep was planned"
+            )
+        _MODELS[k] = model.eval()
+    return _MODELS[k]
+
+
+def _data(cell: Cell) -> Any:
+    from rnd.data import load_dataset
+
+    k = (cell.dataset, cell.split, cell.data_root)
+    if k not in _DATA:
+        _DATA[k] = load_dataset(cell.dataset, cell.split, cell.data_root)
+    return _DATA[k]
+
+
+def select_images(cell: Cell) -> torch.Tensor:
+    """Data-set indices of the first `cell.images` images (from `start`) the clean model gets right."""
+    from rnd.evaluation.metrics import correctly_classified
+
+    k = (cell.checkpoint_sha256, cell.dataset, cell.split, cell.images, cell.start)
+    if k not in _SELECTION:
+        idx = correctly_classified(_model(cell), _data(cell), cell.images, cell.start)
+        if len(idx) < cell.images:
+            raise InputError(
+                f"only {len(idx)} images from index {cell.start} of {cell.dataset}/{cell.split} are "
+                f"classified correctly, {cell.images} requested; lower data.images or data.start"
+            )
+        _SELECTION[k] = idx
+    return _SELECTION[k]
+
+
+def clean_accuracies(cell: Cell) -> tuple[float, float]:
+    """(accuracy % under RND at the cell's nu, accuracy % of the undefended model) on the first
+    `accuracy_images` images of the split; the noise is seeded from the cell seed."""
+    from rnd.defense import RandomNoiseDefense
+    from rnd.evaluation.metrics import accuracy
+
+    data = _data(cell)
+    n = min(cell.accuracy_images, len(data))
+    idx = torch.arange(n)
+    out = []
+    for nu in (cell.nu, 0.0):
+        k = (cell.checkpoint_sha256, cell.dataset, cell.split, nu, n, cell.seed)
+        if k not in _ACCURACY:
+            model = _model(cell)
+            if nu > 0:
+                model = RandomNoiseDefense(model, nu=nu, seed=derive_seed(cell.seed, SEED_SALT_ACCURACY))
+            _ACCURACY[k] = 100.0 * accuracy(model, data, indices=idx)
+        out.append(_ACCURACY[k])
+    return out[0], out[1]
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return str(value)
+
+
+def execute_cell(cell: Cell, progress: bool = False) -> CellResult:
+    """Run one cell: load the checkpoint, select images, attack through an oracle (RND when nu > 0),
+    re-check each x_adv on the clean model and by a vote of fresh noisy answers.
+
+    Follows `rnd.evaluation.attack_eval.evaluate_attack` step for step (same oracle, same re-check,
+    same seeds give the same numbers) but keeps the per-image outcomes. The attack's generator is
+    seeded with `cell.seed`, the defense's with `derive_seed(cell.seed, "defense")`.
+    """
+    from rnd import __version__
+    from rnd.attacks import make_attack
+    from rnd.defense import RandomNoiseDefense
+    from rnd.evaluation.attack_eval import recheck
+    from rnd.oracle import Oracle
+
+    t0 = time.perf_counter()
+    base = _model(cell)
+    idx = select_images(cell)
+    x, y = _data(cell).get(idx)
+    clean_acc, model_acc = clean_accuracies(cell)
+    attack = make_attack(
+        cell.attack,
+        eps=cell.eps,
+        norm=cell.norm,
+        mu=cell.mu,
+        eot=cell.eot,
+        seed=cell.seed,
+        progress=progress,
+        **cell.attack_params,
+    )
+    target: nn.Module = (
+        RandomNoiseDefense(base, nu=cell.nu, seed=derive_seed(cell.seed, SEED_SALT_DEFENSE))
+        if cell.nu > 0
+        else base
+    )
+    oracle = Oracle(target, output=cell.output, budget=cell.budget)  # type: ignore[arg-type]
+    result = attack(oracle, x, y)
+    clean_hit, vote_hit = recheck(target, base, result.x_adv, y, cell.votes)
+    observed = result.success
+    rows = [
+        ImageRow(
+            position=i,
+            index=int(idx[i]),
+            label=int(y[i]),
+            success=bool(observed[i]),
+            queries=int(result.queries[i]),
+            success_clean=bool(observed[i] & clean_hit[i]),
+            success_vote=bool(observed[i] & vote_hit[i]),
+        )
+        for i in range(len(y))
+    ]
+    return CellResult(
+        key=cell.key,
+        cell=cell,
+        rows=rows,
+        summary=summarize_rows(rows, clean_acc, model_acc),
+        attack_params=_json_safe(result.params),
+        rnd_version=__version__,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def result_to_dict(result: CellResult) -> dict[str, Any]:
+    """A JSON-ready form of a result (for workers that send results over the wire)."""
+    d = asdict(result)
+    d["summary"] = _json_safe(d["summary"])
+    return d

@@ -1,0 +1,103 @@
+"""Sweep configs: valid files parse into the grid they describe; malformed ones fail naming the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from rnd.errors import ConfigError
+from rnd.evaluation.config import QuickRule, load_config, parse_config, quick_config, thin
+from rnd.models import build_model, save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    """An (untrained) checkpoint: config validation only needs the files to exist."""
+    path = tmp_path_factory.mktemp("cfg") / "tiny"
+    model = build_model("small-cnn", (1, 28, 28), 10, dataset="fashion-mnist", width=4, hidden=8)
+    save_checkpoint(model, path, dataset="fashion-mnist")
+    return path
+
+
+def make(
+    ckpt, extra: str = "", attack: str = 'name = "nes"\nnorm = "linf"\neps = 0.1\n', top: str = ""
+) -> str:
+    return (
+        f'{top}name = "t"\nbudget = 100\n[data]\nimages = 4\n[defense]\nnu = [0.0, 0.02]\n'
+        f'[[models]]\nlabel = "m"\ncheckpoint = "{ckpt}"\n[[attacks]]\n{attack}{extra}'
+    )
+
+
+def test_valid_config_parses(ckpt):
+    cfg = parse_config(make(ckpt, 'mu = [0.001, "default"]\neot = [1, 2]\n[attacks.params]\nq = 5\n'))
+    assert cfg.nu == (0.0, 0.02)
+    a = cfg.attacks[0]
+    assert a.mu == (0.001, None) and a.eot == (1, 2) and a.params == {"q": 5} and a.eps == (0.1,)
+    assert cfg.data.images == 4 and cfg.budget == 100 and cfg.models[0].label == "m"
+
+
+@pytest.mark.parametrize(
+    ("text_change", "key"),
+    [
+        (lambda t: t.replace('name = "t"', 'name = "t"\ncolour = 1'), "colour"),  # unknown key, top
+        (lambda t: t.replace("images = 4", "images = 4\nimagez = 3"), "data.imagez"),  # unknown, nested
+        (lambda t: t.replace("eps = 0.1", "eps = 0.1\nstep = 2"), "attacks[0].step"),
+        (lambda t: t.replace("budget = 100", 'budget = "many"'), "budget"),  # wrong type
+        (lambda t: t.replace("images = 4", "images = 4.5"), "data.images"),
+        (lambda t: t.replace("images = 4", "images = true"), "data.images"),  # bool is not an int
+        (lambda t: t.replace("nu = [0.0, 0.02]", "nu = []"), "defense.nu"),  # empty grid
+        (lambda t: t.replace("nu = [0.0, 0.02]", "nu = [0.0, -0.1]"), "defense.nu[1]"),
+        (lambda t: t.replace("eps = 0.1", "eps = []"), "attacks[0].eps"),
+        (lambda t: t.replace('name = "nes"', 'name = "fgsm"'), "attacks[0].name"),  # unknown attack
+        (lambda t: t.replace('norm = "linf"', 'norm = "l1"'), "attacks[0].norm"),  # unknown norm
+        (lambda t: t.replace("eps = 0.1", "eps = 0.1\nmu = [0.01, 0.01]"), "attacks[0].mu"),  # duplicate
+        (lambda t: t.replace("eps = 0.1", 'eps = 0.1\nmu = ["big"]'), "attacks[0].mu[0]"),
+        (lambda t: t.replace("eps = 0.1", "eps = 0.1\n[attacks.params]\nqq = 3"), "attacks[0].params"),
+        (lambda t: t.replace('checkpoint = "', 'checkpoint = "/nonexistent/'), "models[0].checkpoint"),
+        (lambda t: t.replace('name = "t"', 'name = "t"\noutput = "text"'), "output"),
+        (lambda t: t.replace('name = "t"', 'name = "t"\noutput = "labels"'), "output"),
+        (lambda t: t.replace("[data]", '[data]\ndataset = "mnist"'), "data.dataset"),
+        (lambda t: t.replace('name = "t"', 'name = "t"\nseeds = []'), "seeds"),
+    ],
+)
+def test_malformed_config_names_the_key(ckpt, text_change, key):
+    with pytest.raises(ConfigError) as info:
+        parse_config(text_change(make(ckpt)))
+    assert str(info.value).startswith(f"{key}:") or f"{key}." in str(info.value), str(info.value)
+
+
+def test_missing_sections_and_bad_toml(ckpt, tmp_path):
+    with pytest.raises(ConfigError, match="models"):
+        parse_config('[[attacks]]\nname = "nes"\neps = 0.1\n')
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        parse_config("name = ")
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "absent.toml")
+
+
+def test_relative_checkpoint_resolves_against_config_folder(ckpt, tmp_path):
+    import shutil
+
+    for suffix in (".safetensors", ".json"):
+        shutil.copy(f"{ckpt}{suffix}", tmp_path / f"model{suffix}")
+    (tmp_path / "sweep.toml").write_text(make("model"))
+    cfg = load_config(tmp_path / "sweep.toml")
+    assert cfg.models[0].checkpoint == str(tmp_path / "model")
+
+
+def test_thin_keeps_ends_and_spacing():
+    assert thin((1, 2, 3, 4, 5), 3) == (1, 3, 5)
+    assert thin((1, 2, 3, 4, 5), 4) == (1, 2, 4, 5)
+    assert thin((1, 2), 3) == (1, 2)
+
+
+def test_quick_rule(ckpt):
+    cfg = parse_config(
+        make(ckpt, "mu = [0.001, 0.002, 0.005, 0.01, 0.05]\n", top="seeds = [0, 1]\n")
+        .replace("budget = 100", "budget = 5000")
+        .replace("images = 4", "images = 50")
+        + "[quick]\nimages = 7\nbudget = 300\nmax_grid = 3\n"
+    )
+    assert cfg.quick == QuickRule(7, 300, 3)
+    q = quick_config(cfg)
+    assert q.data.images == 7 and q.budget == 300 and q.seeds == (0,)
+    assert q.attacks[0].mu == (0.001, 0.005, 0.05) and q.nu == (0.0, 0.02)

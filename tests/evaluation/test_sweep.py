@@ -1,0 +1,168 @@
+"""Grid expansion, stable cell keys, and `execute_cell`: deterministic, picklable, the same numbers
+as `evaluate_attack`, and a sweep that resumes and reruns as a no-op."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from dataclasses import replace
+
+import pytest
+
+from rnd.attacks import make_attack
+from rnd.evaluation.attack_eval import evaluate_attack
+from rnd.evaluation.config import parse_config
+from rnd.evaluation.runner import InProcessRunner, make_runner, plan_sweep, run_sweep, torch_threads
+from rnd.evaluation.store import ResultsStore
+from rnd.evaluation.sweep import Cell, derive_seed, execute_cell, expand, select_images
+from rnd.models import save_checkpoint
+from rnd.models.checkpoint import sha256_file
+
+CONFIG = """
+name = "t"
+budget = 150
+[data]
+images = 4
+accuracy_images = 200
+[defense]
+nu = [0.0, 0.05]
+[[models]]
+label = "tiny"
+checkpoint = "{ckpt}"
+[[attacks]]
+name = "square"
+norm = "linf"
+eps = 0.1
+mu = [0.05, 0.2]
+"""
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread, as the sweep workers use (and the same numbers in every process)."""
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def ckpt(tiny_model, tmp_path_factory):
+    path = tmp_path_factory.mktemp("sweep") / "tiny"
+    save_checkpoint(tiny_model, path, dataset="fashion-mnist")
+    return path
+
+
+@pytest.fixture(scope="module")
+def plan(ckpt):
+    return plan_sweep(parse_config(CONFIG.format(ckpt=ckpt)))
+
+
+def test_expand_grid(plan, ckpt):
+    cells = plan.cells
+    assert len(cells) == 4  # 2 nu x 2 mu
+    assert {(c.nu, c.mu) for c in cells} == {(0.0, 0.05), (0.0, 0.2), (0.05, 0.05), (0.05, 0.2)}
+    assert all(c.checkpoint_sha256 == sha256_file(f"{ckpt}.safetensors") for c in cells)
+    assert [c.key for c in expand(plan.config)] == [c.key for c in cells]  # stable order and keys
+
+
+def test_cell_key_is_stable_and_local_paths_do_not_count(plan):
+    c = plan.cells[0]
+    assert len(c.key) == 64 and c.key == Cell.from_dict(json.loads(json.dumps(c.to_dict()))).key
+    assert replace(c, checkpoint="/elsewhere/tiny").key == c.key
+    assert replace(c, nu=0.01).key != c.key and replace(c, seed=1).key != c.key
+    assert pickle.loads(pickle.dumps(c)) == c
+
+
+def test_derived_seeds_differ():
+    assert derive_seed(0, "defense") != derive_seed(0, "accuracy") != 0
+    assert derive_seed(0, "defense") == derive_seed(0, "defense") < 2**63
+
+
+def test_execute_cell_is_deterministic_and_matches_evaluate_attack(plan, tiny_model, fmnist_test):
+    cell = next(c for c in plan.cells if c.nu > 0 and c.mu == 0.05)
+    a, b = execute_cell(cell), execute_cell(cell)
+    assert a.rows == b.rows and a.summary == b.summary and a.key == cell.key
+    idx = select_images(cell)
+    assert [r.index for r in a.rows] == idx.tolist()
+    x, y = fmnist_test.get(idx)
+    assert bool((tiny_model(x).argmax(1) == y).all())  # only correctly classified images are attacked
+    attack = make_attack("square", eps=0.1, norm="linf", mu=0.05, seed=cell.seed)
+    ev, res = evaluate_attack(
+        attack,
+        tiny_model,
+        x,
+        y,
+        nu=cell.nu,
+        budget=cell.budget,
+        defense_seed=derive_seed(cell.seed, "defense"),
+    )
+    s = a.summary
+    assert (s.failure_rate, s.failure_rate_clean, s.failure_rate_vote) == (
+        ev.failure_rate,
+        ev.failure_rate_clean,
+        ev.failure_rate_vote,
+    )
+    assert [r.queries for r in a.rows] == res.queries.tolist()
+    # the re-checks only count images the attacker believed fooled
+    assert all(r.success or not (r.success_clean or r.success_vote) for r in a.rows)
+    assert all(r.queries <= cell.budget for r in a.rows)
+
+
+def test_undefended_cell_three_ways_agree(plan):
+    cell = next(c for c in plan.cells if c.nu == 0)
+    s = execute_cell(cell).summary
+    assert s.failure_rate == s.failure_rate_clean == s.failure_rate_vote
+    assert s.clean_accuracy == s.model_accuracy > 50
+
+
+def dump(db):
+    with ResultsStore(db, readonly=True) as store:
+        summaries = sorted(
+            (
+                r["key"],
+                r["failure_rate"],
+                r["failure_rate_vote"],
+                r["failure_rate_clean"],
+                r["mean_queries"],
+                r["clean_accuracy"],
+                tuple(r["indices"]),
+            )
+            for r in store.results()
+        )
+        return summaries, store.image_rows(), store.status_counts()
+
+
+def test_resume_and_rerun(plan, tmp_path):
+    runner = InProcessRunner(threads=1)
+    full = tmp_path / "full.sqlite"
+    first = run_sweep(plan, full, runner=runner, progress=False)
+    assert (first.cells, first.skipped, first.ran, first.failed) == (4, 0, 4, [])
+    again = run_sweep(plan, full, runner=runner, progress=False)
+    assert (again.skipped, again.ran) == (4, 0)  # a finished sweep is a no-op
+    part = tmp_path / "part.sqlite"
+    run_sweep(replace(plan, cells=plan.cells[:2]), part, runner=runner, progress=False)
+    resumed = run_sweep(plan, part, runner=runner, progress=False)
+    assert (resumed.skipped, resumed.ran) == (2, 2)
+    assert dump(part) == dump(full)
+    assert dump(full)[2] == {"done": 4}
+    assert len(dump(full)[1]) == 16  # 4 cells x 4 images, no duplicates
+
+
+def test_failing_cell_is_recorded_and_retried(plan, tmp_path):
+    bad = replace(plan.cells[0], start=9995, images=50)  # more correctly classified images than exist
+    db = tmp_path / "f.sqlite"
+    out = run_sweep(replace(plan, cells=[bad, plan.cells[1]]), db, progress=False)
+    assert out.ran == 1 and len(out.failed) == 1 and "lower data.images" in out.failed[0][1]
+    with ResultsStore(db, readonly=True) as store:
+        assert store.status_counts() == {"done": 1, "failed": 1}
+
+
+def test_unknown_runner_and_missing_ray():
+    from rnd.errors import InputError, UnknownNameError
+
+    with pytest.raises(UnknownNameError, match="runner"):
+        make_runner("dask")
+    try:
+        import rnd.evaluation.ray_runner  # noqa: F401
+    except ModuleNotFoundError:
+        with pytest.raises(InputError, match=r"rnd\[ray\]"):
+            make_runner("ray")
