@@ -388,16 +388,18 @@ def write_report(db: str | Path, out: str | Path) -> Report:
     if curves:
         plot_accuracy(curves, out / "clean_accuracy.png")
         report.figures.append("clean_accuracy.png")
+        nus = sorted({nu for pts in curves.values() for nu, _ in pts})
         md += [
             "## Clean accuracy against nu",
             "",
             "![clean accuracy](clean_accuracy.png)",
             "",
-            "| model | " + " | ".join(f"nu={nu:g}" for nu, _ in next(iter(curves.values()))) + " |",
+            "| model | " + " | ".join(f"nu={nu:g}" for nu in nus) + " |",
+            "|" + "---|" * (1 + len(nus)),
         ]
-        md.append("|" + "---|" * (1 + len(next(iter(curves.values())))))
         for m, pts in sorted(curves.items()):
-            md.append(f"| {m} | " + " | ".join(_fmt(a) for _, a in pts) + " |")
+            at = dict(pts)
+            md.append(f"| {m} | " + " | ".join(_fmt(at[nu]) if nu in at else "" for nu in nus) + " |")
         md.append("")
     if points:
         md += [

@@ -1,0 +1,95 @@
+"""`write_report`: figures found in the data (mu x nu heatmaps, EOT curves, clean accuracy), tables
+holding the stored numbers, seeds averaged. Stored results are built directly (no attacks run)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from rnd.evaluation.report import heatmaps, write_report
+from rnd.evaluation.store import ResultsStore
+from rnd.evaluation.sweep import Cell, CellResult, ImageRow, summarize_rows
+
+
+def stored(store: ResultsStore, fails: int, *, mu, nu, eot=1, seed=0, acc=90.0) -> None:
+    c = Cell(
+        model="std",
+        checkpoint="/m",
+        checkpoint_sha256="cd" * 32,
+        dataset="fashion-mnist",
+        split="test",
+        images=10,
+        start=0,
+        attack="nes",
+        norm="linf",
+        eps=0.1,
+        mu=mu,
+        eot=eot,
+        budget=1000,
+        nu=nu,
+        seed=seed,
+    )
+    rows = [ImageRow(i, i, 0, i >= fails, 100 * eot, i >= fails, i >= fails) for i in range(10)]
+    store.register_sweep("s", "cfg", [c], quick=False)
+    store.record(
+        CellResult(
+            c.key,
+            c,
+            rows,
+            summarize_rows(rows, acc - 100 * nu, acc),
+            {"mu": 0.01 if mu is None else mu},
+            "0.1.0",
+            0.1,
+        )
+    )
+
+
+@pytest.fixture
+def db(tmp_path):
+    path = tmp_path / "r.sqlite"
+    with ResultsStore(path) as store:
+        for i, mu in enumerate((0.001, 0.005)):
+            for j, nu in enumerate((0.0, 0.01, 0.05)):
+                stored(store, 2 + 3 * j - i, mu=mu, nu=nu)
+        stored(store, 5, mu=0.005, nu=0.05, seed=1)  # a second seed: averaged with 7 failures -> 60 %
+        for m, fails in ((1, 6), (2, 5), (5, 3)):
+            stored(store, fails, mu=None, nu=0.01, eot=m)
+    return path
+
+
+def test_report_figures_and_numbers(db, tmp_path):
+    out = tmp_path / "rep"
+    report = write_report(db, out)
+    (h,) = report.heatmaps
+    # the M=1 point of the EOT curve (default mu 0.01) belongs to the same grid: a third, sparse row
+    assert h.mu == [0.001, 0.005, 0.01] and h.nu == [0.0, 0.01, 0.05]
+    assert h.rates["failure_rate"][:2] == [[20.0, 50.0, 80.0], [10.0, 40.0, 60.0]]
+    third = h.rates["failure_rate"][2]
+    assert math.isnan(third[0]) and third[1] == 60.0 and math.isnan(third[2])
+    names = set(report.figures)
+    assert h.file in names and "clean_accuracy.png" in names
+    assert any(n.startswith("eot_") for n in names)
+    for n in names:
+        assert (out / n).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (out / "report.md").read_text()
+    assert "| 0.001 | 20 | 50 | 80 |" in md and "| 0.005 | 10 | 40 | 60 |" in md
+    assert "| 0.01 | 0.01 | 5 | 30.0 | 30.0 | 30.0 | 500 |" in md  # EOT row: M=5, 3 of 10 failed
+    # main table: the default-mu (0.01) M=1 cell at nu=0.01: 60 % failed, 100 queries each
+    assert "| std | RND nu=0.01 | 89.0 | 60.0 / 60.0 / 60.0 (100) |" in md
+
+
+def test_no_heatmap_without_two_axes(db):
+    with ResultsStore(db, readonly=True) as store:
+        from rnd.evaluation.report import average_seeds
+
+        points = [p for p in average_seeds(store.results()) if p["nu"] == 0.0]
+    assert heatmaps(points) == []
+    assert all(not math.isnan(p["failure_rate"]) for p in points)
+
+
+def test_empty_database_report(tmp_path):
+    path = tmp_path / "empty.sqlite"
+    ResultsStore(path).close()
+    report = write_report(path, tmp_path / "rep")
+    assert report.figures == [] and "No finished cells yet." in report.markdown
