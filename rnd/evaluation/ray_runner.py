@@ -24,8 +24,9 @@ import importlib.util
 import logging
 import os
 import pickle
+import socket
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from rnd.errors import InputError, RndError
@@ -76,6 +77,23 @@ def _run_cell(execute: Callable[[Cell], CellResult], cell: Cell, threads: int) -
         return _CellFailure(_picklable(exc))
 
 
+def check_address(address: str, timeout: float = 5.0) -> None:
+    """Fail fast, with InputError, on a cluster address that is malformed or does not answer
+    (Ray itself retries an unreachable address for minutes). "auto" and "local" are Ray's own."""
+    if address in ("auto", "local"):
+        return
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise InputError(f"Ray address {address!r}: expected HOST:PORT, ray://HOST:PORT or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise InputError(
+            f"cannot reach the Ray cluster at {address} ({exc}); check the address (the head node's "
+            "port, 6379 by default; 10001 for ray://) or leave the address out to start a local Ray"
+        ) from exc
+
+
 def _original(ray: Any, exc: BaseException) -> BaseException:
     """The cell's own exception behind a RayTaskError; Ray's error (worker died, ...) otherwise."""
     if isinstance(exc, ray.exceptions.RayTaskError) and isinstance(exc.cause, BaseException):
@@ -96,7 +114,10 @@ class RayRunner:
         retries: reruns of a cell whose worker died or that raised a transient error.
         execute: the function a task runs on a cell (default `execute_cell`; tests wrap it).
 
-    Ray is shut down at the end of `run` only if this runner started it.
+    `run` starts Ray when it is not running and shuts it down at the end. To start it before a
+    sweep opens its database (a cluster that cannot be reached then changes nothing), use the
+    runner as a context manager: ``with runner: run_sweep(plan, db, runner=runner)``; Ray is shut
+    down on leaving only if the runner started it.
     """
 
     address: str | None = None
@@ -105,6 +126,7 @@ class RayRunner:
     retries: int = 2
     execute: Callable[[Cell], CellResult] = execute_cell
     name: str = "ray"
+    _owned: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if importlib.util.find_spec("ray") is None:  # fail before a sweep opens its database
@@ -118,6 +140,15 @@ class RayRunner:
         if isinstance(self.retries, bool) or self.retries < 0:
             raise InputError(f"retries must be a non-negative integer, got {self.retries!r}")
 
+    def __enter__(self) -> RayRunner:
+        self._owned = self._start(import_ray()) or self._owned
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._owned:
+            self._owned = False
+            import_ray().shutdown()
+
     def _start(self, ray: Any) -> bool:
         """Initialise Ray unless it already is; returns whether this call started it."""
         if ray.is_initialized():
@@ -125,6 +156,7 @@ class RayRunner:
         common = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
         try:
             if self.address is not None:
+                check_address(self.address)
                 ray.init(address=self.address, **common)
             else:
                 workers = self.workers or os.cpu_count() or 1

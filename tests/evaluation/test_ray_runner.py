@@ -1,14 +1,15 @@
 """The Ray runner: same database as the in-process runner for the same seeds, errors reported per
 cell while the others finish, transient errors and crashed workers retried, rnd's errors not.
 
-Runs on a real local Ray (2 logical CPUs). Ray starts twice in this module: once by the runner
-itself (through `rnd sweep --runner ray`, which must also shut it down), then once for the rest.
+Runs on a real local Ray (2 logical CPUs), started once for the module; the runner starting and
+stopping its own Ray (two more Ray starts) is under the slow mark.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import socket
 import sys
 import uuid
 from dataclasses import replace
@@ -127,15 +128,20 @@ def attempts(root: Path, cell: Cell) -> int:
     return len(list((root / cell.key).iterdir()))
 
 
-def test_cli_ray_runner_matches_inprocess_and_stops_its_ray(config_path, reference, tmp_path):
-    db = tmp_path / "ray.sqlite"
+@pytest.mark.slow
+def test_runner_starts_and_stops_its_own_ray(config_path, plan, reference, tmp_path):
+    """Ray not running: the runner starts a local Ray and shuts it down (two Ray starts: slow)."""
+    assert not ray.is_initialized()
+    outcome = run_sweep(plan, tmp_path / "run.sqlite", runner=RayRunner(workers=2), progress=False)
+    assert (outcome.ran, outcome.failed) == (4, [])
+    assert not ray.is_initialized()
+    assert snapshot(tmp_path / "run.sqlite") == reference
+    db = tmp_path / "cli.sqlite"  # the CLI starts Ray before opening the database
     args = ["sweep", str(config_path), "--db", str(db), "--runner", "ray", "--workers", "2", "--no-progress"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
-    assert "4 cells, 0 already done, 4 run now, 0 failed" in result.output
-    assert not ray.is_initialized()  # the runner started Ray, so it shut it down
+    assert not ray.is_initialized()
     assert snapshot(db) == reference
-    assert reference["status"] == {"done": 4} and len(reference["rows"]) == 4 * 3
 
 
 def test_cli_rejects_ray_options_for_inprocess(config_path, tmp_path):
@@ -144,6 +150,32 @@ def test_cli_rejects_ray_options_for_inprocess(config_path, tmp_path):
     )
     assert result.exit_code != 0 and "--runner ray" in result.output
     assert not (tmp_path / "x.sqlite").exists()
+
+
+def test_unreachable_cluster_fails_fast_and_leaves_no_database(config_path, tmp_path):
+    with socket.socket() as s:  # a local port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for address, message in (
+        (f"127.0.0.1:{port}", "cannot reach the Ray cluster"),
+        ("head", "expected HOST:PORT"),
+    ):
+        db = tmp_path / "never.sqlite"
+        args = ["sweep", str(config_path), "--db", str(db), "--runner", "ray", "--ray-address", address]
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 2 and message in result.output, result.output
+        assert not db.exists() and not ray.is_initialized()
+
+
+def test_cli_ray_runner_matches_inprocess(ray_session, config_path, reference, tmp_path):
+    db = tmp_path / "ray.sqlite"
+    args = ["sweep", str(config_path), "--db", str(db), "--runner", "ray", "--workers", "2", "--no-progress"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "4 cells, 0 already done, 4 run now, 0 failed" in result.output
+    assert ray.is_initialized()  # Ray was already running: the runner leaves it running
+    assert snapshot(db) == reference
+    assert reference["status"] == {"done": 4} and len(reference["rows"]) == 4 * 3
 
 
 def test_ray_runner_matches_inprocess(ray_session, plan, reference, tmp_path):
