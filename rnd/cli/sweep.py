@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import click
@@ -69,7 +70,9 @@ def sweep(
         raise click.UsageError("--workers and --ray-address apply to --runner ray only")
     options = {"workers": workers, "address": ray_address} if runner_name == "ray" else {}
     runner = make_runner(runner_name, **options)
-    outcome = run_sweep(plan, db, runner=runner, progress=progress)
+    # Ray is started (or the cluster reached) before the database is opened: a failure changes nothing
+    with runner if runner_name == "ray" else contextlib.nullcontext():
+        outcome = run_sweep(plan, db, runner=runner, progress=progress)
     click.echo(
         f"{outcome.db}: {outcome.cells} cells, {outcome.skipped} already done, {outcome.ran} run now, "
         f"{len(outcome.failed)} failed"
