@@ -10,7 +10,7 @@ from typing import Any
 import click
 import torch
 
-from rnd.cli.app import json_option, main
+from rnd.cli.app import json_option, main, progress_option
 from rnd.errors import InputError
 
 
@@ -124,6 +124,7 @@ def _load_model_and_images(checkpoint: Path | None, n_images: int) -> tuple[torc
     "--out", type=click.Path(path_type=Path), default=None, help="folder for signflip.png and signflip.json"
 )
 @json_option
+@progress_option
 def signflip(
     checkpoint: Path | None,
     n_images: int,
@@ -138,6 +139,7 @@ def signflip(
     seed: int,
     out: Path | None,
     as_json: bool,
+    progress: bool,
 ) -> None:
     """Theorem 3: P(sign h_mu != sign h_nu) by Monte Carlo beside 2 L0 nu sqrt(d) / |h_mu| (eq. 16)."""
     from rnd.theory.signflip import sign_flip_probability
@@ -156,10 +158,11 @@ def signflip(
         nus,
         draws=draws,
         direction=direction,  # type: ignore[arg-type]
-        l0_method=l0_method,
+        l0_method=l0_method,  # type: ignore[arg-type]
         l0_points=l0_points,
         clip=clip,
-        seed=seed,  # type: ignore[arg-type]
+        seed=seed,
+        progress=progress,
     )
     payload = {
         "checkpoint": path,
@@ -192,6 +195,7 @@ def signflip(
                 ("ci_low", "ci_low", ".3f"),
                 ("ci_high", "ci_high", ".3f"),
                 ("bound", "bound", ".3f"),
+                ("vacuous", "vacuous", ".2f"),
                 ("mean_abs_h_mu", "|h_mu|", ".3g"),
                 ("median_l0", "L0", ".3g"),
             ],

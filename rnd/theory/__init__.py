@@ -23,7 +23,13 @@ from rnd.theory.bounds import (
 from rnd.theory.convergence import ConvergenceResult, convergence_experiment, eot_gradient_estimate
 from rnd.theory.functions import Logistic, Quadratic, make_function
 from rnd.theory.objective import MarginObjective, cw_margin
-from rnd.theory.signflip import SignFlipResult, estimate_l0, sign_flip_probability, wilson_interval
+from rnd.theory.signflip import (
+    SignFlipResult,
+    estimate_l0,
+    linear_flip_probability,
+    sign_flip_probability,
+    wilson_interval,
+)
 from rnd.theory.smoothing import SmoothingCheck, gaussian_smoothing, smoothing_check
 
 __all__ = [
@@ -38,6 +44,7 @@ __all__ = [
     "eot_gradient_estimate",
     "estimate_l0",
     "gaussian_smoothing",
+    "linear_flip_probability",
     "make_function",
     "query_complexity",
     "sign_flip_probability",

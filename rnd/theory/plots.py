@@ -13,7 +13,7 @@ import torch
 
 from rnd.theory.bounds import theorem1_bound, theorem2_terms
 from rnd.theory.convergence import ConvergenceResult
-from rnd.theory.signflip import SignFlipResult
+from rnd.theory.signflip import SignFlipResult, linear_flip_probability
 
 
 def _heat(ax: plt.Axes, values: torch.Tensor, rows: list[float], cols: list[float], title: str) -> None:
@@ -61,13 +61,17 @@ def plot_signflip(result: SignFlipResult, path: str | Path) -> Path:
                 b.append(float(result.bound[i, j]))
     ax.errorbar(alpha, p, yerr=[lo, hi], fmt="o", ms=4, capsize=2, label="measured P(flip), 95 % CI")
     ax.scatter(alpha, b, marker="x", color="C3", label="Theorem 3 bound")
+    if alpha:
+        grid = [min(alpha) * (max(alpha) / min(alpha)) ** (k / 99) for k in range(100)]
+        ref = [linear_flip_probability(a, result.direction, result.dim) for a in grid]  # type: ignore[arg-type]
+        ax.plot(grid, ref, "k--", lw=1, label="linear f: arctan(c nu/mu)/pi")
     ax.set_xscale("log")
-    ax.set_ylim(-0.02, 1.05)
+    ax.set_ylim(-0.02, 1.35)
     ax.set_xlabel("nu / mu")
     ax.set_ylabel("probability")
     ax.set_title("sign-flip probability against nu/mu", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=8, loc="upper left", ncol=2)
     fig.tight_layout()
     return _save(fig, path)
 

@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from rnd._checks import check_int, check_positive
 from rnd.errors import InputError, unknown_name
@@ -72,6 +73,21 @@ def theorem3_bound_tensor(l0: torch.Tensor, nu: float, d: int, h_mu: torch.Tenso
     nu = check_positive(nu, "nu (the RND noise level)", allow_zero=True)
     raw = 2 * l0 * nu * math.sqrt(check_int(d, "d", minimum=1)) / h_mu.abs()
     return torch.nan_to_num(raw, nan=1.0, posinf=1.0).clamp(0, 1)
+
+
+def linear_flip_probability(alpha: float, direction: Direction = "gaussian", d: int = 1) -> float:
+    """P(sign h_mu != sign h_nu) for a linear f (Remark 2's local linearity), u and v1, v2 Gaussian.
+
+    With f(x) = w^T x: h_mu = mu w^T u and h_nu = h_mu + nu w^T (v1 - v2), so the flip probability
+    is P(sign(Z1 + c Z2) != sign(Z1)) = arctan(c) / pi for independent standard normals, with
+    c = sqrt(2) nu / mu for u ~ N(0, I) (and, by the central limit theorem, for +-1 signs), and
+    c = sqrt(2 d) nu / mu for u on the unit sphere. It depends on alpha = nu / mu only.
+    """
+    a = check_positive(alpha, "alpha (= nu / mu)", allow_zero=True)
+    if direction not in DIRECTIONS:
+        raise unknown_name("direction distribution", direction, DIRECTIONS)
+    scale = math.sqrt(2 * check_int(d, "d", minimum=1)) if direction == "sphere" else math.sqrt(2)
+    return math.atan(scale * a) / math.pi
 
 
 def _check_grid(values: Sequence[float], name: str, positive: bool) -> list[float]:
@@ -154,7 +170,8 @@ class SignFlipResult:
     `bound`: mean over images x draws of min(1, 2 L0 nu sqrt(d) / |h_mu|) (eq. 16, averaged).
     `p_image`, `bound_image`: the same per image, shape (N, n_mu, n_nu); `image_violations` counts
     images whose Wilson lower limit lies above their own mean bound (should be 0).
-    `l0`: the local L0 per (image, nu); `abs_h_mu`: mean |h_mu| per mu.
+    `l0`: the local L0 per (image, nu); `abs_h_mu`: mean |h_mu| per mu; `vacuous`: share of draws
+    whose bound is >= 1 (says nothing).
     """
 
     mus: list[float]
@@ -173,6 +190,7 @@ class SignFlipResult:
     image_violations: torch.Tensor
     l0: torch.Tensor
     abs_h_mu: torch.Tensor
+    vacuous: torch.Tensor
     params: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -195,6 +213,7 @@ class SignFlipResult:
                         "ci_low": float(self.ci_low[i, j]),
                         "ci_high": float(self.ci_high[i, j]),
                         "bound": float(self.bound[i, j]),
+                        "vacuous": float(self.vacuous[i, j]),
                         "image_violations": int(self.image_violations[i, j]),
                         "mean_abs_h_mu": float(self.abs_h_mu[i]),
                         "median_l0": float(self.l0[:, j].median()),
@@ -221,6 +240,7 @@ def sign_flip_probability(
     seed: int = 0,
     chunk_images: int = 8,
     max_batch: int = 4096,
+    progress: bool = False,
 ) -> SignFlipResult:
     """Monte Carlo estimate of P(sign h_mu(x) != sign h_nu(x)) (eq. 15) beside Theorem 3's bound (eq. 16).
 
@@ -262,6 +282,8 @@ def sign_flip_probability(
     flips = torch.zeros(n, n_mu, n_nu)
     bound_sum = torch.zeros(n, n_mu, n_nu, dtype=torch.float64)
     abs_h = torch.zeros(n_mu, dtype=torch.float64)
+    vacuous = torch.zeros(n_mu, n_nu)
+    bar = tqdm(total=n, desc="sign flips", unit="img", disable=not progress, leave=False)
     for lo in range(0, n, chunk_images):
         idx = torch.arange(lo, min(lo + chunk_images, n))
         c = idx.numel()
@@ -285,6 +307,9 @@ def sign_flip_probability(
                 flips[idx, i, j] = flip.view(c, draws).sum(1).float()
                 b = theorem3_bound_tensor(l0_t[rows, j], nu, d, h_mu)
                 bound_sum[idx, i, j] = b.double().view(c, draws).sum(1)
+                vacuous[i, j] += float((b >= 1).sum())
+        bar.update(c)
+    bar.close()
     total = flips.sum(0)
     low, high = wilson_interval(total, n * draws, confidence_z)
     img_low, _ = wilson_interval(flips, draws, confidence_z)
@@ -306,6 +331,7 @@ def sign_flip_probability(
         image_violations=(img_low.float() > bound_image).sum(0),
         l0=l0_t,
         abs_h_mu=(abs_h / (n * draws)).float(),
+        vacuous=vacuous / (n * draws),
         params={
             "draws": draws,
             "direction": direction,

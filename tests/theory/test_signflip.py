@@ -6,7 +6,7 @@ from torch import nn
 
 from rnd.errors import InputError, UnknownNameError
 from rnd.theory.objective import MarginObjective
-from rnd.theory.signflip import estimate_l0, sign_flip_probability, wilson_interval
+from rnd.theory.signflip import estimate_l0, linear_flip_probability, sign_flip_probability, wilson_interval
 
 
 class LinearMargin(nn.Module):
@@ -39,11 +39,22 @@ def test_linear_margin_matches_the_closed_form(linear):
     for i, mu in enumerate(mus):
         for j, nu in enumerate(nus):
             exact = math.atan(math.sqrt(2) * nu / mu) / math.pi
+            assert linear_flip_probability(nu / mu) == pytest.approx(exact)
             assert float(res.ci_low[i, j]) - 0.01 <= exact <= float(res.ci_high[i, j]) + 0.01
     assert torch.all(res.p_flip[:, 0] == 0)  # no noise, no flip
     # the local L0 estimate is exact for a linear function: the gradient norm is ||w|| everywhere
     assert torch.allclose(res.l0, torch.full_like(res.l0, float(model.w.norm())), rtol=1e-5)
     assert res.violations == [] and int(res.image_violations.sum()) == 0
+
+
+@pytest.mark.parametrize("direction", ["sphere", "sign"])
+def test_linear_margin_other_directions(linear, direction):
+    model, x, y = linear
+    mus, nus = [0.2], [0.01, 0.05]
+    res = sign_flip_probability(model, x, y, mus, nus, draws=400, clip=False, seed=2, direction=direction)
+    for j, nu in enumerate(nus):
+        exact = linear_flip_probability(nu / mus[0], direction, 16)
+        assert float(res.ci_low[0, j]) - 0.015 <= exact <= float(res.ci_high[0, j]) + 0.015
 
 
 def test_secant_estimate_is_below_the_gradient_estimate(linear):
