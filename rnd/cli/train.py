@@ -1,4 +1,4 @@
-"""`rnd train`: train a model from the registry and save a checkpoint."""
+"""`rnd train`: train a model from the registry (standard or PGD adversarial training) and save it."""
 
 from __future__ import annotations
 
@@ -7,9 +7,19 @@ from pathlib import Path
 import click
 
 from rnd.cli.app import main, progress_option
-from rnd.data import DATASETS
+from rnd.data import DATASETS, load_dataset
+from rnd.data.base import ImageDataset
 from rnd.models import ARCHITECTURES
 from rnd.training import TrainConfig, default_checkpoint_path, train_model
+from rnd.training.adversarial import adversarial_train
+from rnd.training.pgd import PGDConfig
+
+
+def first_images(data: ImageDataset, n: int | None) -> ImageDataset:
+    """The first `n` images of `data` (all of them when `n` is None or larger)."""
+    if n is None or n >= len(data):
+        return data
+    return ImageDataset(data.name, data.split, data.images[:n], data.labels[:n], data.classes)
 
 
 @main.command()
@@ -23,7 +33,29 @@ from rnd.training import TrainConfig, default_checkpoint_path, train_model
     "--out",
     type=click.Path(path_type=Path),
     default=None,
-    help="checkpoint path (default: $RND_HOME/checkpoints/DATASET-ARCH)",
+    help="checkpoint path (default: $RND_HOME/checkpoints/DATASET-ARCH, with -at for --adversarial)",
+)
+@click.option("--adversarial", is_flag=True, help="PGD adversarial training (Madry et al. 2018), l_inf")
+@click.option("--eps", type=float, default=0.1, show_default=True, help="AT: l_inf radius (pixels in [0, 1])")
+@click.option("--pgd-steps", type=int, default=5, show_default=True, help="AT: PGD steps per batch")
+@click.option(
+    "--pgd-step-size", type=float, default=None, help="AT: PGD step size [default: 2.5 * eps / steps]"
+)
+@click.option("--gf-sigma", type=float, default=None, help="AT: then Gaussian fine-tuning with this sigma")
+@click.option("--gf-samples", type=int, default=4, show_default=True, help="AT+GF: noise samples per image")
+@click.option("--gf-epochs", type=int, default=1, show_default=True, help="AT+GF: fine-tuning epochs")
+@click.option(
+    "--init",
+    "init_from",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="AT: start from this checkpoint (same architecture and data set) instead of random weights",
+)
+@click.option(
+    "--train-images",
+    type=click.IntRange(min=1),
+    default=None,
+    help="train on the first N training images only (quick runs) [default: all]",
 )
 @progress_option
 def train(
@@ -34,11 +66,49 @@ def train(
     lr: float,
     seed: int,
     out: Path | None,
+    adversarial: bool,
+    eps: float,
+    pgd_steps: int,
+    pgd_step_size: float | None,
+    gf_sigma: float | None,
+    gf_samples: int,
+    gf_epochs: int,
+    init_from: Path | None,
+    train_images: int | None,
     progress: bool,
 ) -> None:
     """Train ARCH on DATASET (deterministic under --seed) and write a safetensors checkpoint."""
-    out = out or default_checkpoint_path(dataset, arch)
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
-    _, info = train_model(arch, dataset, out, config, progress=progress)
-    acc = info["metrics"]["test_accuracy"]
-    click.echo(f"{arch} on {dataset}: test accuracy {100 * acc:.2f} %  ->  {out}.safetensors")
+    train_data = first_images(load_dataset(dataset, "train"), train_images) if train_images else None
+    if not adversarial:
+        if gf_sigma is not None or init_from is not None:
+            raise click.UsageError(
+                "--gf-sigma and --init go with --adversarial; use `rnd finetune` to fine-tune a checkpoint"
+            )
+        out = out or default_checkpoint_path(dataset, arch)
+        _, info = train_model(arch, dataset, out, config, train_data=train_data, progress=progress)
+        acc = info["metrics"]["test_accuracy"]
+        click.echo(f"{arch} on {dataset}: test accuracy {100 * acc:.2f} %  ->  {out}.safetensors")
+        return
+    pgd = PGDConfig(eps=eps, steps=pgd_steps, step_size=pgd_step_size)
+    suffix = "-at" if gf_sigma is None else f"-at-gf{gf_sigma:g}"
+    out = out or default_checkpoint_path(dataset, arch).with_name(f"{dataset}-{arch}{suffix}")
+    _, info = adversarial_train(
+        arch,
+        dataset,
+        out,
+        config,
+        pgd,
+        gf_sigma=gf_sigma,
+        gf_samples=gf_samples,
+        gf_epochs=gf_epochs,
+        init_from=init_from,
+        train_data=train_data,
+        progress=progress,
+    )
+    m = info["metrics"]
+    click.echo(
+        f"{arch} on {dataset}, PGD-AT eps={eps:g} steps={pgd_steps} step={pgd.alpha:.4g}: "
+        f"test accuracy {100 * m['test_accuracy']:.2f} %, PGD accuracy {100 * m['pgd_accuracy']:.2f} % "
+        f"(first {m['pgd_eval_images']} test images)  ->  {out}.safetensors"
+    )

@@ -1,0 +1,167 @@
+"""`rnd accuracy` (clean accuracy against nu for several checkpoints, with a plot) and `rnd calibrate`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import click
+import torch
+
+from rnd.cli.app import json_option, main
+from rnd.data import load_dataset
+from rnd.data.base import ImageDataset
+from rnd.errors import InputError
+from rnd.evaluation.noise_accuracy import DEFAULT_GRID, calibrate_nu, compare_models, plot_accuracy_vs_nu
+from rnd.models import checkpoint_paths, load_checkpoint
+
+
+def _held_out(dataset: str, images: int | None, offset: int) -> tuple[ImageDataset, torch.Tensor | None]:
+    data = load_dataset(dataset, "test")
+    if offset >= len(data):
+        raise InputError(f"--offset {offset} is past the end of the {len(data)} {dataset} test images")
+    if images is None and offset == 0:
+        return data, None
+    stop = len(data) if images is None else min(len(data), offset + images)
+    return data, torch.arange(offset, stop)
+
+
+@main.command()
+@click.argument("checkpoints", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--nu",
+    "nus",
+    type=click.FloatRange(min=0),
+    multiple=True,
+    default=(0, 0.02, 0.05, 0.1),
+    show_default=True,
+    help="noise levels (repeat the option, or list after one --nu)",
+)
+@click.option("--name", "names", multiple=True, help="legend label per checkpoint [default: file name]")
+@click.option("--draws", type=click.IntRange(min=1), default=5, show_default=True, help="noise draws per nu")
+@click.option("--images", type=click.IntRange(min=1), default=None, help="test images [default: all]")
+@click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--plot", type=click.Path(path_type=Path), default=None, help="write a PNG of accuracy vs nu")
+@json_option
+def accuracy(
+    checkpoints: tuple[Path, ...],
+    nus: tuple[float, ...],
+    names: tuple[str, ...],
+    draws: int,
+    images: int | None,
+    offset: int,
+    seed: int,
+    plot: Path | None,
+    as_json: bool,
+) -> None:
+    """Clean accuracy under RND against nu (mean +- std over noise draws) for each CHECKPOINT."""
+    if names and len(names) != len(checkpoints):
+        raise InputError(f"give one --name per checkpoint ({len(checkpoints)}), got {len(names)}")
+    if plot is not None and plot.suffix.lower() != ".png":
+        raise InputError(f"--plot writes a PNG; give a path ending in .png, got {plot.name!r}")
+    models, datasets = {}, set()
+    for i, path in enumerate(checkpoints):
+        model, meta = load_checkpoint(path)
+        label = names[i] if names else checkpoint_paths(path)[0].stem
+        if label in models:
+            raise InputError(f"two checkpoints share the label {label!r}; give distinct --name values")
+        models[label] = model
+        datasets.add(meta.dataset)
+    if len(datasets) != 1:
+        raise InputError(f"the checkpoints were trained on different data sets ({sorted(datasets)})")
+    dataset = datasets.pop()
+    data, idx = _held_out(dataset, images, offset)
+    results = compare_models(models, data, list(nus), draws=draws, seed=seed, indices=idx)
+    if plot is not None:
+        plot_accuracy_vs_nu(results, plot, title=f"Clean accuracy under RND, {dataset}")
+    if as_json:
+        click.echo(json.dumps({k: [dataclasses.asdict(r) for r in v] for k, v in results.items()}, indent=2))
+        return
+    n = len(data) if idx is None else len(idx)
+    click.echo(f"clean accuracy (%) under RND on {n} {dataset} test images, mean +- std over {draws} draws")
+    width = max(len(k) for k in results) + 2
+    click.echo("model".ljust(width) + "".join(f"nu={nu:<12g}" for nu in nus))
+    for name, rows in results.items():
+        cells = "".join(f"{r.mean:6.2f} +-{r.std:4.2f}  " for r in rows)
+        click.echo(name.ljust(width) + cells)
+    if plot is not None:
+        click.echo(f"plot: {plot}")
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option(
+    "--max-drop",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="accuracy budget: largest allowed drop, in percentage points",
+)
+@click.option("--grid", "grid", type=float, multiple=True, default=DEFAULT_GRID, show_default=True)
+@click.option(
+    "--refine",
+    type=click.IntRange(min=0),
+    default=3,
+    show_default=True,
+    help="bisection steps between the last nu within budget and the first over it",
+)
+@click.option("--draws", type=click.IntRange(min=2), default=5, show_default=True)
+@click.option("--confidence", type=float, default=0.95, show_default=True, help="one-sided confidence")
+@click.option(
+    "--images", type=click.IntRange(min=1), default=None, help="held-out test images [default: all]"
+)
+@click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@json_option
+def calibrate(
+    checkpoint: Path,
+    max_drop: float,
+    grid: tuple[float, ...],
+    refine: int,
+    draws: int,
+    confidence: float,
+    images: int | None,
+    offset: int,
+    seed: int,
+    as_json: bool,
+) -> None:
+    """The largest nu whose clean-accuracy drop stays within --max-drop (upper confidence bound)."""
+    model, meta = load_checkpoint(checkpoint)
+    data, idx = _held_out(meta.dataset, images, offset)
+    cal = calibrate_nu(
+        model,
+        data,
+        max_drop,
+        grid=grid,
+        refine=refine,
+        draws=draws,
+        confidence=confidence,
+        seed=seed,
+        indices=idx,
+    )
+    if as_json:
+        click.echo(json.dumps(dataclasses.asdict(cal), indent=2))
+        return
+    pct = f"{100 * confidence:g} %"
+    click.echo(
+        f"clean accuracy {cal.clean_accuracy:.2f} % on {cal.images} held-out {meta.dataset} test images"
+    )
+    if cal.chosen is None:
+        first = cal.next_over
+        click.echo(
+            f"no nu on the grid keeps the drop within {max_drop:g} points: at nu={first.nu:g} the drop is "
+            f"{first.drop:.2f} (upper {pct} bound {first.upper:.2f}); nu = 0 (no RND)"
+        )
+        return
+    c = cal.chosen
+    click.echo(
+        f"nu = {c.nu:.4g}: accuracy {c.accuracy:.2f} %, drop {c.drop:.2f} +- {c.std:.2f} points "
+        f"(upper {pct} bound {c.upper:.2f} <= {max_drop:g}, {draws} draws)"
+    )
+    if cal.next_over is not None:
+        o = cal.next_over
+        click.echo(f"next nu = {o.nu:.4g} exceeds the budget: drop {o.drop:.2f}, upper bound {o.upper:.2f}")
+    else:
+        click.echo("every nu on the grid is within budget; extend --grid to go further")
