@@ -191,8 +191,11 @@ def plot_eot(key: tuple, lines: dict[tuple, list[dict[str, Any]]], path: Path) -
         a1.plot(m, [r["failure_rate"] for r in rs], "o-", label=f"mu={mu:g} nu={nu:g} observed")
         a1.plot(m, [r["failure_rate_vote"] for r in rs], "s--", label=f"mu={mu:g} nu={nu:g} vote")
         a2.plot(m, [r["mean_queries"] for r in rs], "o-", label=f"mu={mu:g} nu={nu:g}")
+    ms = sorted({r["eot"] for rs in lines.values() for r in rs})
     for ax in (a1, a2):
         ax.set_xscale("log")
+        ax.set_xticks(ms, [str(m) for m in ms])
+        ax.minorticks_off()
         ax.set_xlabel("EOT samples M")
         ax.grid(alpha=0.3)
     a1.set_ylabel("failure rate %")
