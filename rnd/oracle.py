@@ -13,7 +13,7 @@ from typing import Literal, Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from rnd._checks import check_images, check_int
+from rnd._checks import RANGE_TOL, check_images, check_int
 from rnd.defense import defense_nu
 from rnd.errors import BudgetExceededError, InputError, unknown_name
 
@@ -65,8 +65,14 @@ class Oracle:
         input_shape, num_classes: taken from the model when it defines them.
 
     Ids are allocated with `new_ids(n)`; a batch may mix images of many ids and repeat an id, and
-    is still answered with as few forwards as `max_batch` allows.
+    is still answered with one forward per chunk of at most `max_batch` images. On the CPU the
+    chunks are at most `cpu_chunk` (128) images: there, batches of a few hundred images or more
+    fall out of the processor's caches and forward up to 2x slower per image (measured by
+    bench/attack_throughput.py); set `oracle.cpu_chunk = None` to forward `max_batch` at once.
     """
+
+    #: Largest forward on the CPU (None: `max_batch` only); see the class docstring.
+    cpu_chunk: int | None = 128
 
     def __init__(
         self,
@@ -142,14 +148,37 @@ class Oracle:
         return self.remaining(ids) <= 0
 
     def _check_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        return self._ids_range(ids)[0]
+
+    def _ids_range(self, ids: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+        """Checked ids on the CPU, with their smallest and largest value (0, -1 when empty)."""
         if not isinstance(ids, torch.Tensor) or ids.dtype != torch.int64 or ids.dim() != 1:
             raise InputError("ids must be a 1-D int64 tensor of ids from Oracle.new_ids")
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self._counts.numel()):
+        ids = ids.cpu()
+        if not ids.numel():
+            return ids, 0, -1
+        lo_t, hi_t = torch.aminmax(ids)  # one pass instead of min() and max()
+        lo, hi = int(lo_t), int(hi_t)
+        if lo < 0 or hi >= self._counts.numel():
             raise InputError(
-                f"unknown image id in [{int(ids.min())}, {int(ids.max())}]; "
+                f"unknown image id in [{lo}, {hi}]; "
                 f"allocate ids with new_ids() (allocated: {self._counts.numel()})"
             )
-        return ids.cpu()
+        return ids, lo, hi
+
+    def _check_queries(self, x: torch.Tensor) -> None:
+        """check_images(x) with one pass over the pixels when x is valid (the common case)."""
+        if (
+            isinstance(x, torch.Tensor)
+            and x.is_floating_point()
+            and x.dim() == 4
+            and x.shape[0] > 0
+            and tuple(x.shape[1:]) == self.input_shape
+        ):
+            lo, hi = torch.aminmax(x)  # NaN propagates to both; +-inf lands outside [0, 1]
+            if bool((lo >= -RANGE_TOL) & (hi <= 1 + RANGE_TOL)):
+                return
+        check_images(x, self.input_shape, name="queries")  # the full check names the problem
 
     def query(self, x: torch.Tensor, ids: torch.Tensor, eot: int | None = None) -> torch.Tensor:
         """Answer the batch `x` (pixels in [0, 1]) whose row i belongs to image `ids[i]`.
@@ -159,30 +188,35 @@ class Oracle:
         labels the most frequent of M labels (ties to the smallest class index).
         """
         m = self.eot if eot is None else check_int(eot, "eot", minimum=1)
-        check_images(x, self.input_shape, name="queries")
-        ids = self._check_ids(ids)
+        self._check_queries(x)
+        ids, lo, hi = self._ids_range(ids)
         if ids.numel() != x.shape[0]:
             raise InputError(f"got {x.shape[0]} queries but {ids.numel()} ids")
-        cost = torch.bincount(ids, minlength=self._counts.numel()) * m
+        # cost per id over the span of ids in this query only (not every id ever allocated)
+        cost = torch.bincount(ids - lo, minlength=hi - lo + 1) * m
+        counts = self._counts[lo : hi + 1]  # a view: updated in place below
         if self.budget is not None:
-            over = (self._counts + cost > self.budget) & (cost > 0)
+            over = (counts + cost > self.budget) & (cost > 0)
             if bool(over.any()):
-                bad = over.nonzero().flatten()[:5].tolist()
+                bad = (over.nonzero().flatten()[:5] + lo).tolist()
                 raise BudgetExceededError(
                     f"query would exceed the budget of {self.budget} for ids {bad}; "
                     "check Oracle.remaining(ids) before querying"
                 )
         answers = self._answer(x, m)
-        self._counts += cost
+        counts += cost
         return answers
 
     @torch.inference_mode()
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = self.max_batch
+        if self.device.type == "cpu" and self.cpu_chunk is not None:
+            size = max(1, min(size, self.cpu_chunk))
         outs = []
-        for chunk in x.split(self.max_batch):
+        for chunk in x.split(size):
             outs.append(self.model(chunk.to(self.device)).float())
             self.forwards += 1
-        return torch.cat(outs)
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
 
     def _answer(self, x: torch.Tensor, m: int) -> torch.Tensor:
         n = x.shape[0]
