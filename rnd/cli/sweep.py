@@ -70,7 +70,7 @@ def sweep(
         raise click.UsageError("--workers and --ray-address apply to --runner ray only")
     options = {"workers": workers, "address": ray_address} if runner_name == "ray" else {}
     runner = make_runner(runner_name, **options)
-    # Ray is started (or the cluster reached) before the database is opened: a failure changes nothing
+    # the Ray runner checks a cluster address before the database is opened (a failure changes nothing)
     with runner if runner_name == "ray" else contextlib.nullcontext():
         outcome = run_sweep(plan, db, runner=runner, progress=progress)
     click.echo(

@@ -114,10 +114,11 @@ class RayRunner:
         retries: reruns of a cell whose worker died or that raised a transient error.
         execute: the function a task runs on a cell (default `execute_cell`; tests wrap it).
 
-    `run` starts Ray when it is not running and shuts it down at the end. To start it before a
-    sweep opens its database (a cluster that cannot be reached then changes nothing), use the
-    runner as a context manager: ``with runner: run_sweep(plan, db, runner=runner)``; Ray is shut
-    down on leaving only if the runner started it.
+    `run` starts Ray when it is not running (and only when there are cells to run) and shuts it
+    down at the end. As a context manager the runner checks, on entering, that a cluster address
+    answers (so ``with runner: run_sweep(plan, db, runner=runner)`` fails before the database is
+    opened), and keeps the Ray it starts up for every `run` inside the block, shutting it down
+    on leaving. Ray started by someone else is never shut down.
     """
 
     address: str | None = None
@@ -126,7 +127,8 @@ class RayRunner:
     retries: int = 2
     execute: Callable[[Cell], CellResult] = execute_cell
     name: str = "ray"
-    _owned: bool = field(default=False, init=False, repr=False)
+    _session: bool = field(default=False, init=False, repr=False)  # inside `with runner:`
+    _owned: bool = field(default=False, init=False, repr=False)  # Ray started here, kept for the block
 
     def __post_init__(self) -> None:
         if importlib.util.find_spec("ray") is None:  # fail before a sweep opens its database
@@ -141,10 +143,14 @@ class RayRunner:
             raise InputError(f"retries must be a non-negative integer, got {self.retries!r}")
 
     def __enter__(self) -> RayRunner:
-        self._owned = self._start(import_ray()) or self._owned
+        import_ray()
+        if self.address is not None:
+            check_address(self.address)
+        self._session = True
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._session = False
         if self._owned:
             self._owned = False
             import_ray().shutdown()
@@ -182,6 +188,8 @@ class RayRunner:
         if not cells:
             return
         started = self._start(ray)
+        if started and self._session:  # keep it up for the rest of the `with` block
+            self._owned, started = True, False
         try:
             task = ray.remote(_run_cell).options(
                 num_cpus=self.threads_per_worker,

@@ -136,12 +136,16 @@ def test_runner_starts_and_stops_its_own_ray(config_path, plan, reference, tmp_p
     assert (outcome.ran, outcome.failed) == (4, [])
     assert not ray.is_initialized()
     assert snapshot(tmp_path / "run.sqlite") == reference
-    db = tmp_path / "cli.sqlite"  # the CLI starts Ray before opening the database
+    db = tmp_path / "cli.sqlite"  # the CLI runs the runner as a context manager
     args = ["sweep", str(config_path), "--db", str(db), "--runner", "ray", "--workers", "2", "--no-progress"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert not ray.is_initialized()
     assert snapshot(db) == reference
+    runner = RayRunner(workers=2)
+    with runner:  # a finished sweep: nothing to run, so Ray is not even started
+        again = run_sweep(plan, db, runner=runner, progress=False)
+        assert (again.skipped, again.ran) == (4, 0) and not ray.is_initialized()
 
 
 def test_cli_rejects_ray_options_for_inprocess(config_path, tmp_path):
