@@ -163,7 +163,11 @@ def main() -> None:
     )
     ref = results["in-process, 1 thread"]
     for name, snap in results.items():
-        print(f"  same results as in-process 1 thread: {name:22s} {snap == ref}")
+        differ = sum(snap["cells"].get(k) != v for k, v in ref["cells"].items())
+        same = "yes" if snap == ref else f"NO ({differ} of {len(ref['cells'])} cells differ)"
+        print(f"  same results as in-process 1 thread: {name:22s} {same}")
+    if any(snap != ref for snap in results.values()):
+        print("  (different results mean different code: was rnd edited while the benchmark ran?)")
 
 
 if __name__ == "__main__":
