@@ -27,16 +27,40 @@ def _held_out(dataset: str, images: int | None, offset: int) -> tuple[ImageDatas
     return data, torch.arange(offset, stop)
 
 
+class FloatList(click.ParamType):
+    """A comma-separated list of numbers >= 0, e.g. `0,0.02,0.05`."""
+
+    name = "FLOAT[,FLOAT...]"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> list[float]:
+        if isinstance(value, list):
+            return value
+        out = []
+        for part in str(value).split(","):
+            try:
+                v = float(part)
+            except ValueError:
+                self.fail(f"{part.strip()!r} is not a number", param, ctx)
+            if not v >= 0 or v == float("inf"):
+                self.fail(f"{part.strip()} must be a finite number >= 0", param, ctx)
+            out.append(v)
+        return out
+
+
+def flatten(lists: tuple[list[float], ...]) -> list[float]:
+    return [v for values in lists for v in values]
+
+
 @main.command()
 @click.argument("checkpoints", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
     "--nu",
     "nus",
-    type=click.FloatRange(min=0),
+    type=FloatList(),
     multiple=True,
-    default=(0, 0.02, 0.05, 0.1),
+    default=("0,0.02,0.05,0.1",),
     show_default=True,
-    help="noise levels (repeat the option, or list after one --nu)",
+    help="noise levels: comma-separated (--nu 0,0.05,0.1) and/or the option repeated",
 )
 @click.option("--name", "names", multiple=True, help="legend label per checkpoint [default: file name]")
 @click.option("--draws", type=click.IntRange(min=1), default=5, show_default=True, help="noise draws per nu")
@@ -47,7 +71,7 @@ def _held_out(dataset: str, images: int | None, offset: int) -> tuple[ImageDatas
 @json_option
 def accuracy(
     checkpoints: tuple[Path, ...],
-    nus: tuple[float, ...],
+    nus: tuple[list[float], ...],
     names: tuple[str, ...],
     draws: int,
     images: int | None,
@@ -57,6 +81,7 @@ def accuracy(
     as_json: bool,
 ) -> None:
     """Clean accuracy under RND against nu (mean +- std over noise draws) for each CHECKPOINT."""
+    nus = flatten(nus)
     if names and len(names) != len(checkpoints):
         raise InputError(f"give one --name per checkpoint ({len(checkpoints)}), got {len(names)}")
     if plot is not None and plot.suffix.lower() != ".png":
@@ -73,7 +98,7 @@ def accuracy(
         raise InputError(f"the checkpoints were trained on different data sets ({sorted(datasets)})")
     dataset = datasets.pop()
     data, idx = _held_out(dataset, images, offset)
-    results = compare_models(models, data, list(nus), draws=draws, seed=seed, indices=idx)
+    results = compare_models(models, data, nus, draws=draws, seed=seed, indices=idx)
     if plot is not None:
         plot_accuracy_vs_nu(results, plot, title=f"Clean accuracy under RND, {dataset}")
     if as_json:
@@ -99,7 +124,15 @@ def accuracy(
     show_default=True,
     help="accuracy budget: largest allowed drop, in percentage points",
 )
-@click.option("--grid", "grid", type=float, multiple=True, default=DEFAULT_GRID, show_default=True)
+@click.option(
+    "--grid",
+    "grid",
+    type=FloatList(),
+    multiple=True,
+    default=(",".join(f"{v:g}" for v in DEFAULT_GRID),),
+    show_default=True,
+    help="nu values to try: comma-separated and/or the option repeated",
+)
 @click.option(
     "--refine",
     type=click.IntRange(min=0),
@@ -118,7 +151,7 @@ def accuracy(
 def calibrate(
     checkpoint: Path,
     max_drop: float,
-    grid: tuple[float, ...],
+    grid: tuple[list[float], ...],
     refine: int,
     draws: int,
     confidence: float,
@@ -128,6 +161,7 @@ def calibrate(
     as_json: bool,
 ) -> None:
     """The largest nu whose clean-accuracy drop stays within --max-drop (upper confidence bound)."""
+    grid = flatten(grid)
     model, meta = load_checkpoint(checkpoint)
     data, idx = _held_out(meta.dataset, images, offset)
     cal = calibrate_nu(

@@ -108,9 +108,7 @@ def test_accuracy_table_and_plot(fm_checkpoint, tmp_path):
         "--name",
         "copy",
         "--nu",
-        0,
-        "--nu",
-        0.1,
+        "0,0.1",
         "--draws",
         2,
         "--images",
@@ -131,6 +129,8 @@ def test_accuracy_table_and_plot(fm_checkpoint, tmp_path):
 def test_accuracy_refuses_mixed_data_sets_and_bad_plot(fm_checkpoint, parent, tmp_path):
     result = run("accuracy", fm_checkpoint, parent, "--nu", 0)
     assert result.exit_code == 2 and "different data sets" in result.output
+    result = run("accuracy", fm_checkpoint, "--nu", "0,-0.1")
+    assert result.exit_code == 2 and "must be a finite number >= 0" in result.output
     result = run("accuracy", fm_checkpoint, "--plot", tmp_path / "x.pdf")
     assert result.exit_code == 2 and "ending in .png" in result.output
 
