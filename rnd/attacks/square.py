@@ -12,6 +12,7 @@ import math
 
 import torch
 
+from rnd._checks import check_int
 from rnd.attacks.base import AttackState, QueryAttack
 
 #: Iteration thresholds (on a 10,000-iteration scale) at which the square fraction halves.
@@ -86,9 +87,12 @@ class Square(QueryAttack):
 
     def __init__(self, eps: float, norm: str = "linf", *, n_iters: int = 10000, **kwargs) -> None:
         super().__init__(eps, norm, **kwargs)  # type: ignore[arg-type]
-        self.n_iters = n_iters
+        self.n_iters = check_int(n_iters, "n_iters")
 
     def init(self, state: AttackState) -> None:
+        if self.norm == "linf":  # the two values a window can take, per pixel (cached per image)
+            state.x_plus = (state.x0 + self.eps).clamp(0, 1)  # type: ignore[attr-defined]
+            state.x_minus = (state.x0 - self.eps).clamp(0, 1)  # type: ignore[attr-defined]
         self.query_start(state)
         todo = (~state.success).nonzero().flatten()
         if not todo.numel():
@@ -113,27 +117,28 @@ class Square(QueryAttack):
         _, c, h, w = x0.shape
         it = state.iteration + 1
         if self.norm == "linf":
-            x_new = self._linf_candidate(x0, x, self._side(h, w, c, it))
+            xp, xm = state.x_plus[rows], state.x_minus[rows]  # type: ignore[attr-defined]
+            x_new = self._linf_candidate(xp, xm, x, self._side(h, w, c, it))
         else:
             x_new = self._l2_candidate(x0, x, self._l2_side(h, w, it))
         loss, adv = self.evaluate(state, x_new, rows)
         self.accept(state, rows, x_new, loss, adv, loss < state.loss[rows])
 
     # -- l_inf ---------------------------------------------------------------------------------
-    def _linf_candidate(self, x0: torch.Tensor, x: torch.Tensor, s: int) -> torch.Tensor:
-        n, c, h, w = x0.shape
+    def _linf_candidate(self, xp: torch.Tensor, xm: torch.Tensor, x: torch.Tensor, s: int) -> torch.Tensor:
+        """x with one random s x s window per image set to x0 +- eps per channel (clipped to [0, 1]);
+        `xp` / `xm` are clip(x0 + eps) / clip(x0 - eps)."""
+        n, c, h, w = x.shape
         mask = window_masks(n, s, h, w, self.randint(h - s + 1, (n,)), self.randint(w - s + 1, (n,)))
-        delta = x - x0
-        new = delta.clone()
-        pending = torch.ones(n, dtype=torch.bool)
-        for _ in range(10):  # resample windows whose new value would change nothing (paper's loop)
-            vals = self.eps * (2 * self.randint(2, (n, c, 1, 1)) - 1).float()
-            new[pending] = torch.where(mask[pending], vals[pending].expand(-1, -1, h, w), delta[pending])
-            changed = ((x0 + new).clamp(0, 1) - x).abs().gt(1e-7) & mask
-            pending = ~changed.flatten(1).any(1)
-            if not bool(pending.any()):
-                break
-        return (x0 + new).clamp(0, 1)
+        # which per-channel value (+eps / -eps) would change some pixel of each row's window
+        flips = [((v - x).abs().gt(1e-7) & mask).flatten(2).any(2) for v in (xp, xm)]
+        # the paper's loop redraws (up to 10 draws) a window value that would change nothing; here
+        # all 10 draws are made at once and each row keeps its first useful one (else its last)
+        draws = 2 * self.randint(2, (n, 10, c)) - 1
+        useful = torch.where(draws > 0, flips[0].unsqueeze(1), flips[1].unsqueeze(1)).any(2)
+        pick = torch.where(useful.any(1), useful.int().argmax(1), 9)
+        sign = draws[torch.arange(n), pick]
+        return torch.where(mask, torch.where(sign.view(n, c, 1, 1) > 0, xp, xm), x)
 
     # -- l_2 (Alg. 3 of the paper) -------------------------------------------------------------
     def _l2_side(self, h: int, w: int, it: int) -> int:

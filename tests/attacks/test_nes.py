@@ -1,6 +1,9 @@
+import pytest
 import torch
 
 from rnd.attacks import NES
+from rnd.attacks.base import AttackState
+from rnd.errors import InputError
 from tests.attacks.helpers import check_early_stop, run_checked, true_margin
 
 
@@ -39,3 +42,30 @@ def test_targeted(tiny_model, attack_batch):
     before = -true_margin(tiny_model, x[:6], targets)
     after = -true_margin(tiny_model, result.x_adv, targets)
     assert bool((after < before - 1.0).all())
+
+
+def test_momentum_and_plateau_checked():
+    for bad in (
+        {"momentum": 1.0},
+        {"momentum": -0.1},
+        {"plateau_drop": 1.0},
+        {"q": 0},
+        {"lr": 0.0},
+        {"min_lr": -1.0},
+    ):
+        with pytest.raises(InputError):
+            NES(eps=0.1, **bad)
+    nes = NES(eps=0.1)
+    assert (nes.momentum, nes.plateau_length, nes.plateau_drop, nes.lr) == (0.9, 5, 2.0, 0.01)
+
+
+def test_plateau_halves_the_step_when_loss_rises():
+    nes = NES(eps=0.1, plateau_length=3)
+    state = AttackState(torch.zeros(2, 1, 4, 4), torch.tensor([0, 1]), None, torch.arange(2))
+    state.lr = torch.full((2,), 0.01)
+    state.history = torch.full((2, 3), float("nan"))
+    rows = torch.arange(2)
+    for loss in ([1.0, 1.0], [0.5, 1.1], [0.2, 1.2]):  # image 0 improves, image 1 gets worse
+        nes._plateau(state, rows, torch.tensor(loss))
+    assert state.lr.tolist() == pytest.approx([0.01, 0.005])
+    assert bool(state.history[1].isnan().all())  # the window restarts after a drop

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from rnd.attacks import Square
-from rnd.attacks.square import square_fraction
+from rnd.attacks.square import pseudo_gaussian, square_fraction, window_put, window_take
 from tests.attacks.helpers import check_early_stop, run_checked, true_margin
 
 
@@ -13,7 +13,7 @@ def test_schedule():
     assert square_fraction(0.05, 100, 1000) == square_fraction(0.05, 1000, 10000)
 
 
-@pytest.mark.parametrize(("norm", "eps", "rate"), [("linf", 0.2, 0.95), ("l2", 3.0, 0.5)])
+@pytest.mark.parametrize(("norm", "eps", "rate"), [("linf", 0.2, 0.95), ("l2", 3.0, 0.75)])
 def test_succeeds_on_undefended_and_lowers_margin(tiny_model, attack_batch, norm, eps, rate):
     x, y = attack_batch
     result = run_checked(Square(eps=eps, norm=norm, seed=0), tiny_model, x, y, budget=2000)
@@ -21,6 +21,37 @@ def test_succeeds_on_undefended_and_lowers_margin(tiny_model, attack_batch, norm
     assert bool((true_margin(tiny_model, result.x_adv, y) < true_margin(tiny_model, x, y)).all())
     # observed success without noise = truly misclassified
     assert torch.equal(result.success, true_margin(tiny_model, result.x_adv, y) < 0)
+
+
+def test_pseudo_gaussian_profile():
+    g = pseudo_gaussian(5, 7)
+    assert g.shape == (5, 7)
+    assert float(g.norm()) == pytest.approx(1.0)
+    assert float(g[2, 3]) == float(g.max())  # peak at the centre
+    assert torch.allclose(g, g.flip(0)) and torch.allclose(g, g.flip(1))  # symmetric
+    assert float(g[2, 3]) > float(g[1, 3]) > float(g[0, 3])  # decays outwards
+
+
+def test_windows_round_trip():
+    x = torch.arange(2 * 3 * 6 * 6, dtype=torch.float).view(2, 3, 6, 6)
+    top, left = torch.tensor([0, 3]), torch.tensor([2, 1])
+    w = window_take(x, top, left, 3)
+    assert torch.equal(w[1], x[1, :, 3:6, 1:4])
+    y = window_put(x, top, left, torch.zeros_like(w))
+    assert float(y[0, :, 0:3, 2:5].abs().sum()) == 0 and float(y.sum()) == float(x.sum() - w.sum())
+
+
+def test_l2_candidates_use_the_whole_budget():
+    """Away from the box, the l_2 init and every l_2 proposal have norm exactly eps (Alg. 3)."""
+    attack = Square(eps=2.0, norm="l2", seed=0)
+    attack.cur_mu = attack.mu
+    x0 = torch.full((4, 1, 28, 28), 0.5)
+    x = x0 + attack._l2_init(4, 1, 28, 28)
+    assert torch.allclose((x - x0).flatten(1).norm(dim=1), torch.full((4,), 2.0), atol=1e-4)
+    for it in (1, 100, 5000):
+        x = attack._l2_candidate(x0, x, attack._l2_side(28, 28, it))
+        assert torch.allclose((x - x0).flatten(1).norm(dim=1), torch.full((4,), 2.0), atol=1e-4)
+    assert attack._l2_side(28, 28, 1) % 2 == 1 and attack._l2_side(28, 28, 9999) == 3
 
 
 def test_rnd_raises_failure_rate(tiny_model, attack_batch):
@@ -50,3 +81,11 @@ def test_eot_costs_m_queries(tiny_model, attack_batch):
     x, y = attack_batch
     result = run_checked(Square(eps=0.1, seed=0, eot=3), tiny_model, x[:5], y[:5], budget=90, nu=0.02)
     assert bool((result.queries % 3 == 0).all())
+
+
+def test_bad_hyper_parameters():
+    from rnd.errors import InputError
+
+    for bad in ({"n_iters": 0}, {"mu": 0.0}, {"norm": "l1"}):
+        with pytest.raises(InputError):
+            Square(eps=0.1, **bad)
