@@ -4,14 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from rnd.attacks.bandits import Bandits
 from rnd.attacks.base import AttackResult, AttackState, QueryAttack
 from rnd.attacks.nes import NES
 from rnd.attacks.parsimonious import Parsimonious
 from rnd.attacks.signhunter import SignHunter
+from rnd.attacks.simba import SimBA
 from rnd.attacks.square import Square
+from rnd.attacks.zo_signsgd import ZOSignSGD
 from rnd.errors import unknown_name
 
-ATTACKS: dict[str, type[QueryAttack]] = {cls.name: cls for cls in (NES, Square, Parsimonious, SignHunter)}
+ATTACKS: dict[str, type[QueryAttack]] = {
+    cls.name: cls for cls in (NES, Square, ZOSignSGD, Bandits, SimBA, Parsimonious, SignHunter)
+}
 
 
 def make_attack(name: str, **kwargs: Any) -> QueryAttack:
@@ -26,9 +31,12 @@ __all__ = [
     "NES",
     "AttackResult",
     "AttackState",
+    "Bandits",
     "Parsimonious",
     "QueryAttack",
     "SignHunter",
+    "SimBA",
     "Square",
+    "ZOSignSGD",
     "make_attack",
 ]

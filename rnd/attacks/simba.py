@@ -1,0 +1,154 @@
+"""SimBA (Guo et al., ICML 2019, "Simple Black-box Adversarial Attacks"): one direction per step.
+
+Random search in the seed's form (eq. 5-6) over an orthonormal basis Q. Each image walks through
+its own random order of basis vectors q; per step (the paper's Alg. 1):
+    try x - mu q; keep it if the loss drops; otherwise try x + mu q and keep it if the loss drops,
+then project onto the threat ball and the [0, 1] box. The second query is made only for the images
+whose first try failed, so a step costs 1 or 2 queries (2 * M at most with EOT). Once every basis
+vector has been tried, a fresh random order starts.
+
+Bases (`basis`):
+- "pixel": the standard basis, one pixel of one channel (SimBA's pixel variant).
+- "dct": orthonormal 2-D DCT-II basis vectors (per channel), low frequencies first (SimBA-DCT):
+  the random order covers the `freq x freq` lowest-frequency block first, then the remaining
+  frequencies ring by ring (rings `stride` wide), each ring in random order (the paper's "strided"
+  order). The paper restricts ImageNet to the lowest 1/8 of frequencies (28 of 224); 28 x 28 images
+  have few directions, so the default block is half the side (freq = 14, 196 directions per
+  channel; stride 7).
+
+`mu` is SimBA's step size epsilon (l_2 norm of each step, since basis vectors have unit norm).
+Default 0.2: the paper's ImageNet value on the [0, 1] scale (the RND paper's code uses
+50/255 = 0.196). For l_inf (pixel basis) a step moves one pixel by mu and the projection clips it
+to +-eps, so the search tries the two faces of the eps box coordinate by coordinate; the default
+mu for l_inf is 0.2 as well, which exceeds any usual eps, so every accepted step reaches the box.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+
+from rnd._checks import check_int
+from rnd.attacks.base import AttackState, QueryAttack
+from rnd.errors import unknown_name
+
+Basis = Literal["pixel", "dct"]
+BASES: tuple[str, ...] = ("pixel", "dct")
+
+
+def dct_matrix(n: int) -> torch.Tensor:
+    """Orthonormal DCT-II matrix D (n x n): row k is the k-th 1-D basis vector, D @ D.T = I."""
+    i = torch.arange(n, dtype=torch.float64)
+    k = i.view(-1, 1)
+    d = torch.cos(math.pi * (2 * i + 1) * k / (2 * n)) * math.sqrt(2.0 / n)
+    d[0] /= math.sqrt(2.0)
+    return d.float()
+
+
+def frequency_rings(h: int, w: int, freq: int, stride: int) -> torch.Tensor:
+    """Ring number of each frequency index u*w + v: 0 inside the freq x freq low-frequency block,
+    then 1, 2, ... for the following rings of width `stride` (the paper's "strided" order)."""
+    u = torch.arange(h).view(-1, 1).expand(h, w)
+    v = torch.arange(w).view(1, -1).expand(h, w)
+    level = torch.maximum(u, v)
+    return torch.where(level < freq, 0, 1 + (level - freq) // stride).flatten()
+
+
+class SimBA(QueryAttack):
+    """SimBA with the pixel or low-frequency DCT basis, l_2 and l_inf (`mu` = step size).
+
+    Args:
+        basis: "pixel" or "dct".
+        freq: side of the low-frequency block searched first (dct basis; >= 1).
+        stride: width of each following frequency ring (dct basis; >= 1).
+        Other arguments: see `QueryAttack`.
+    """
+
+    name = "simba"
+    norms = ("l2", "linf")
+    default_mu = {"l2": 0.2, "linf": 0.2}
+
+    def __init__(
+        self,
+        eps: float,
+        norm: str = "l2",
+        *,
+        basis: Basis = "dct",
+        freq: int = 14,
+        stride: int = 7,
+        **kwargs,
+    ) -> None:
+        super().__init__(eps, norm, **kwargs)  # type: ignore[arg-type]
+        if basis not in BASES:
+            raise unknown_name("SimBA basis", basis, BASES)
+        self.basis: Basis = basis
+        self.freq = check_int(freq, "freq")
+        self.stride = check_int(stride, "stride")
+
+    @property
+    def step_cost(self) -> int:
+        return 2 * self.eot
+
+    def init(self, state: AttackState) -> None:
+        self.query_start(state)
+        n, c, h, w = state.x0.shape
+        self._shape = (c, h, w)
+        self._dh, self._dw = dct_matrix(h), dct_matrix(w)
+        state.order = self._new_orders(n)
+        state.pos = torch.zeros(n, dtype=torch.int64)
+
+    def _new_orders(self, k: int) -> torch.Tensor:
+        """k random orders of all c*h*w basis indices (index = channel*h*w + u*w + v); for the DCT
+        basis, low-frequency rings come first and each ring is shuffled across channels."""
+        c, h, w = self._shape
+        keys = torch.rand(k, c * h * w, generator=self.generator, dtype=torch.float64)
+        if self.basis == "dct":
+            rings = frequency_rings(h, w, self.freq, self.stride).repeat(c)
+            keys = keys + rings.double()
+        return keys.argsort(dim=1)
+
+    def directions(self, index: torch.Tensor) -> torch.Tensor:
+        """Unit-norm basis vectors (k, c, h, w) for basis indices `index` (k,)."""
+        c, h, w = self._shape
+        ch, rest = index // (h * w), index % (h * w)
+        u, v = rest // w, rest % w
+        k = index.numel()
+        if self.basis == "pixel":
+            out = torch.zeros(k, c * h * w)
+            out[torch.arange(k), index] = 1.0
+            return out.view(k, c, h, w)
+        plane = self._dh[u].unsqueeze(2) * self._dw[v].unsqueeze(1)  # (k, h, w)
+        onehot = torch.nn.functional.one_hot(ch, c).float().view(k, c, 1, 1)
+        return onehot * plane.unsqueeze(1)
+
+    def step(self, state: AttackState, rows: torch.Tensor) -> None:
+        total = state.order.shape[1]
+        wrap = rows[state.pos[rows] >= total]
+        if wrap.numel():  # a fresh random order once every direction was tried
+            state.order[wrap] = self._new_orders(wrap.numel())
+            state.pos[wrap] = 0
+        q = self.directions(state.order[rows, state.pos[rows]])
+        state.pos[rows] += 1
+        x, x0, mu = state.x[rows], state.x0[rows], self.cur_mu
+        old = state.loss[rows]
+        # a try the projection maps back onto x (a pixel already at the box or ball) costs nothing
+        x_minus = self.project(x - mu * q, x0)
+        moved = _moved(x_minus, x)
+        better = torch.zeros(rows.numel(), dtype=torch.bool)
+        first = moved.nonzero().flatten()
+        if first.numel():
+            loss, adv = self.evaluate(state, x_minus[first], rows[first])
+            better[first] = (loss < old[first]) | adv
+            self.accept(state, rows[first], x_minus[first], loss, adv, better[first])
+        x_plus = self.project(x + mu * q, x0)
+        second = (~better & _moved(x_plus, x)).nonzero().flatten()
+        if not second.numel():
+            return
+        loss, adv = self.evaluate(state, x_plus[second], rows[second])
+        self.accept(state, rows[second], x_plus[second], loss, adv, (loss < old[second]) | adv)
+
+
+def _moved(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a - b).flatten(1).abs().amax(1) > 1e-7
