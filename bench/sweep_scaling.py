@@ -1,6 +1,7 @@
 """Sweep scaling: one small sweep run by 1 and 2 Ray workers, and in-process at 1 and 2 threads.
 
     python bench/sweep_scaling.py [--checkpoint PATH] [--images 20] [--budget 300] [--rounds 1]
+                                  [--only all|ray|inprocess]
 
 The sweep: the checkpoint (default: the trained Fashion-MNIST small CNN) under nu in
 {0, 0.01, 0.02, 0.05}, attacked by Square and NES (l_inf, eps 0.1, default mu, M=1), `--images`
@@ -119,6 +120,7 @@ def main() -> None:
     p.add_argument("--images", type=int, default=20)
     p.add_argument("--budget", type=int, default=300)
     p.add_argument("--rounds", type=int, default=1, help="repeat every configuration; the best time counts")
+    p.add_argument("--only", choices=("all", "ray", "inprocess"), default="all", help="which runners to time")
     args = p.parse_args()
     checkpoint = Path(os.path.expanduser(args.checkpoint))
     text = CONFIG.format(budget=args.budget, images=args.images, checkpoint=checkpoint)
@@ -126,17 +128,19 @@ def main() -> None:
     print(f"load average at start: {os.getloadavg()[0]:.1f} (1 min), {os.cpu_count()} CPUs")
     print(f"sweep: {cells} cells x {args.images} images x {args.budget} queries, checkpoint {checkpoint}")
 
+    configs = [
+        ("in-process, 1 thread", "in", 1),
+        ("in-process, 2 threads", "in", 2),
+        ("Ray, 1 worker", "ray", 1),
+        ("Ray, 2 workers", "ray", 2),
+    ]
+    configs = [c for c in configs if args.only == "all" or (c[1] == "ray") == (args.only == "ray")]
     times: dict[str, list[float]] = {}
     startup: dict[str, list[float]] = {}
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
-            for name, kind, n in (
-                ("in-process, 1 thread", "in", 1),
-                ("in-process, 2 threads", "in", 2),
-                ("Ray, 1 worker", "ray", 1),
-                ("Ray, 2 workers", "ray", 2),
-            ):
+            for name, kind, n in configs:
                 db = Path(tmp) / f"{kind}{n}-{r}.sqlite"
                 if kind == "in":
                     seconds, snap = time_inprocess(text, n, db)
@@ -152,20 +156,18 @@ def main() -> None:
     for name, seconds in best.items():
         extra = f"   (+ Ray start-up {min(startup[name]):.1f} s)" if name in startup else ""
         print(f"  {name:22s} {seconds:7.1f} s   {cells / seconds:6.2f} cells/s{extra}")
-    print(f"speed-up, Ray 2 workers over 1:            {best['Ray, 1 worker'] / best['Ray, 2 workers']:.2f}x")
-    print(
-        f"speed-up, in-process 2 threads over 1:     "
-        f"{best['in-process, 1 thread'] / best['in-process, 2 threads']:.2f}x"
-    )
-    print(
-        f"speed-up, Ray 2 workers over in-process 1: "
-        f"{best['in-process, 1 thread'] / best['Ray, 2 workers']:.2f}x"
-    )
-    ref = results["in-process, 1 thread"]
+    for label, a, b in (
+        ("Ray 2 workers over 1", "Ray, 1 worker", "Ray, 2 workers"),
+        ("in-process 2 threads over 1", "in-process, 1 thread", "in-process, 2 threads"),
+        ("Ray 2 workers over in-process 1", "in-process, 1 thread", "Ray, 2 workers"),
+    ):
+        if a in best and b in best:
+            print(f"speed-up, {label + ':':33s} {best[a] / best[b]:.2f}x")
+    ref = results[configs[0][0]]
     for name, snap in results.items():
         differ = sum(snap["cells"].get(k) != v for k, v in ref["cells"].items())
         same = "yes" if snap == ref else f"NO ({differ} of {len(ref['cells'])} cells differ)"
-        print(f"  same results as in-process 1 thread: {name:22s} {same}")
+        print(f"  same results as {configs[0][0]}: {name:22s} {same}")
     if any(snap != ref for snap in results.values()):
         print("  (different results mean different code: was rnd edited while the benchmark ran?)")
 
