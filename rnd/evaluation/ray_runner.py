@@ -174,6 +174,7 @@ class RayRunner:
         except (ConnectionError, ValueError, RuntimeError) as exc:
             where = f"the Ray cluster at {self.address}" if self.address else "a local Ray instance"
             raise InputError(f"cannot start or reach {where}: {exc}") from exc
+        log.info("Ray started (%s): %s CPUs", self.address or "local", ray.cluster_resources().get("CPU"))
         return True
 
     def _capacity(self, ray: Any) -> int:
