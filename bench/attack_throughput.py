@@ -1,0 +1,151 @@
+"""Attack throughput as a ratio of the bare model's forward throughput, measured in one run.
+
+    python bench/attack_throughput.py [--attack NAME ...] [--budget 300] [--batch 100] [--rounds 3]
+
+For every registered attack (l_inf, eps 0.1 by default) on the default model architecture (the
+trained default checkpoint when present, otherwise a freshly initialised small CNN, which the
+output says), one thread: run the attack on a batch of 100 test images for a fixed per-image
+budget and count the images it forwards (the oracle's counts, i.e. queries). The ratio printed
+is (forwarded images / s of the attack) / (images / s of plain model forwards at batch 100),
+both measured in the same run, interleaved, best of `--rounds`. The raw throughput at the
+attack's own mean forward batch is reported too, with the ratio against it. NES and ZO-signSGD
+query 3,000 images at once (100 images x 30 probes); the oracle forwards them in CPU chunks of at
+most 128 (`Oracle.cpu_chunk`), because on one CPU thread batches of a few hundred images or more
+run up to 2x slower per image than batch 100 (they fall out of cache).
+
+The images are the correctly classified test images with the largest clean margin, so that the
+batch stays full for most of the budget; the mean forward batch shows how full it stayed.
+With `--nu` > 0 the same is measured against the RND-defended model (raw = defended forwards).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from torch import nn
+
+from rnd import Oracle, RandomNoiseDefense
+from rnd.attacks import ATTACKS, make_attack
+from rnd.data import load_dataset
+from rnd.models import build_model, checkpoint_paths, load_checkpoint
+from rnd.training import default_checkpoint_path
+
+#: CPU time of this process by default: on a shared machine it is far less disturbed by other
+#: processes than wall time (with one thread the two agree on an idle machine). --clock wall.
+clock = time.process_time
+
+
+def load_model() -> tuple[nn.Module, str]:
+    """The trained default checkpoint if present, else a freshly initialised small CNN."""
+    weights, meta = checkpoint_paths(default_checkpoint_path())
+    if weights.exists() and meta.exists():
+        model, _ = load_checkpoint(default_checkpoint_path())
+        return model, f"trained default checkpoint {weights}"
+    model = build_model("small-cnn", (1, 28, 28), 10, dataset="fashion-mnist")
+    return model.eval(), "freshly initialised small-cnn (no trained checkpoint found)"
+
+
+@torch.inference_mode()
+def hard_images(model: nn.Module, n: int, pool: int = 2000) -> tuple[torch.Tensor, torch.Tensor]:
+    """The `n` correctly classified test images (of the first `pool`) with the largest margin."""
+    x, y = load_dataset("fashion-mnist", "test").get(torch.arange(pool))
+    logp = torch.cat([model(c) for c in x.split(500)]).log_softmax(1)
+    own = logp.gather(1, y[:, None]).squeeze(1)
+    margin = own - logp.scatter(1, y[:, None], -float("inf")).amax(1)
+    keep = margin.argsort(descending=True)[:n]
+    return x[keep], y[keep]
+
+
+@torch.inference_mode()
+def raw_rate(model: nn.Module, batch: int, seconds: float, x: torch.Tensor) -> float:
+    """Images / s of plain forwards of `batch` images (tiled from x)."""
+    reps = -(-batch // x.shape[0])
+    xb = x.repeat(reps, 1, 1, 1)[:batch].contiguous()
+    n, start = 0, clock()
+    while clock() - start < seconds:
+        model(xb)
+        n += batch
+    return n / (clock() - start)
+
+
+class CallCountingOracle(Oracle):
+    """An Oracle that also counts query calls (to report the attack's images per query)."""
+
+    calls = 0
+
+    def query(self, x: torch.Tensor, ids: torch.Tensor, eot: int | None = None) -> torch.Tensor:
+        self.calls += 1
+        return super().query(x, ids, eot)
+
+
+def attack_rate(
+    name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, budget: int, seed: int
+) -> tuple[float, float, float, float]:
+    """(forwarded images / s, images per query call, images per model forward, success rate)."""
+    attack = make_attack(name, eps=eps, norm="linf", seed=seed)
+    oracle = CallCountingOracle(model, budget=budget)
+    start = clock()
+    result = attack(oracle, x, y)
+    elapsed = clock() - start
+    images = int(result.queries.sum())
+    return (
+        images / elapsed,
+        images / max(oracle.calls, 1),
+        images / max(oracle.forwards, 1),
+        float(result.success.float().mean()),
+    )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    p.add_argument("--attack", action="append", default=None, help="attack name (default: all registered)")
+    p.add_argument("--budget", type=int, default=300, help="queries per image")
+    p.add_argument("--batch", type=int, default=100)
+    p.add_argument("--eps", type=float, default=0.1)
+    p.add_argument("--nu", type=float, default=0.02, help="RND level of the defended run (0 = skip)")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--seconds", type=float, default=1.5, help="duration of each raw measurement")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--clock", choices=("cpu", "wall"), default="cpu", help="process CPU time or wall time")
+    args = p.parse_args()
+    global clock
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    torch.set_num_threads(args.threads)
+    base, origin = load_model()
+    x, y = hard_images(base, args.batch)
+    names = args.attack or sorted(ATTACKS)
+    models = {"none": base}
+    if args.nu > 0:
+        models[f"rnd nu={args.nu:g}"] = RandomNoiseDefense(base, nu=args.nu, seed=0)
+    print(f"model: {origin}")
+    print(
+        f"l_inf eps={args.eps}, {args.batch} images (largest clean margin), budget {args.budget}, "
+        f"{args.threads} thread(s), best of {args.rounds} interleaved rounds, {args.clock} time\n"
+    )
+    head = (
+        f"{'attack':<13}{'defense':<13}{'attack img/s':>13}{'raw@batch':>11}{'ratio':>7}"
+        f"{'query batch':>12}{'fwd batch':>10}{'raw@fwd':>9}{'ratio':>7}{'success':>9}"
+    )
+    print(head)
+    print("-" * len(head))
+    for name in names:
+        for label, model in models.items():
+            best_attack = best_raw = best_raw_fwd = 0.0
+            qb = fwd = succ = 0.0
+            for r in range(args.rounds):
+                best_raw = max(best_raw, raw_rate(model, args.batch, args.seconds, x))
+                rate, qb, fwd, succ = attack_rate(name, model, x, y, args.eps, args.budget, seed=r)
+                best_attack = max(best_attack, rate)
+                big = max(round(fwd), 1)
+                best_raw_fwd = max(best_raw_fwd, raw_rate(model, big, args.seconds, x))
+            print(
+                f"{name:<13}{label:<13}{best_attack:>13.0f}{best_raw:>11.0f}{best_attack / best_raw:>7.3f}"
+                f"{qb:>12.0f}{fwd:>10.0f}{best_raw_fwd:>9.0f}{best_attack / best_raw_fwd:>7.3f}{succ:>9.2f}",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
