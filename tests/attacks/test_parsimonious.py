@@ -20,7 +20,7 @@ def test_block_masks_tile_the_image():
 def test_succeeds_on_undefended_and_lowers_margin(tiny_model, attack_batch):
     x, y = attack_batch
     result = run_checked(Parsimonious(eps=0.2, seed=0), tiny_model, x, y, budget=1000)
-    assert float(result.success.float().mean()) >= 0.9
+    assert float(result.success.float().mean()) >= 0.85
     assert bool((true_margin(tiny_model, result.x_adv, y) < true_margin(tiny_model, x, y)).all())
     assert torch.equal(result.success, true_margin(tiny_model, result.x_adv, y) < 0)
     # the points stay on the vertices of the eps-ball (clipped to the box)
