@@ -1,0 +1,54 @@
+import pytest
+import torch
+
+from rnd.attacks import ZOSignSGD, make_attack
+from rnd.errors import InputError
+from tests.attacks.helpers import check_early_stop, run_checked, true_margin
+
+
+@pytest.mark.parametrize(("norm", "eps", "rate"), [("linf", 0.2, 0.4), ("l2", 3.0, 0.4)])
+def test_lowers_margin_and_succeeds(tiny_model, attack_batch, norm, eps, rate):
+    x, y = attack_batch[0][:10], attack_batch[1][:10]
+    attack = ZOSignSGD(eps=eps, norm=norm, q=10, lr=0.02, seed=0)
+    result = run_checked(attack, tiny_model, x, y, budget=1000)
+    assert float(result.success.float().mean()) >= rate
+    assert float((true_margin(tiny_model, result.x_adv, y) - true_margin(tiny_model, x, y)).mean()) < 0
+    assert torch.equal(result.success, true_margin(tiny_model, result.x_adv, y) < 0)
+
+
+def test_rnd_raises_failure_rate(tiny_model, attack_batch):
+    x, y = attack_batch
+    plain = run_checked(ZOSignSGD(eps=0.1, seed=0), tiny_model, x, y, budget=300)
+    noisy = run_checked(ZOSignSGD(eps=0.1, seed=0), tiny_model, x, y, budget=300, nu=0.05)
+    assert noisy.failure_rate > plain.failure_rate
+
+
+def test_step_cost_and_eot(tiny_model, attack_batch):
+    x, y = attack_batch
+    result = run_checked(ZOSignSGD(eps=0.1, q=4, seed=0), tiny_model, x[:6], y[:6], budget=60)
+    assert bool(((result.queries - 1) % 5 == 0).all())  # 1 start query + steps of q + 1
+    eot = run_checked(ZOSignSGD(eps=0.1, q=4, eot=3, seed=0), tiny_model, x[:4], y[:4], 90, nu=0.02)
+    assert bool(((eot.queries - 3) % 15 == 0).all())
+
+
+def test_early_stop(tiny_model, attack_batch):
+    x, y = attack_batch
+    check_early_stop(lambda: ZOSignSGD(eps=0.15, q=10, seed=0), tiny_model, x, y, budget=150)
+
+
+def test_targeted(tiny_model, attack_batch):
+    x, y = attack_batch
+    # the runner-up class of the clean image: a target the tiny model can be pushed to
+    targets = tiny_model(x[:6]).scatter(1, y[:6, None], -1e9).argmax(1)
+    attack = ZOSignSGD(eps=0.3, q=10, lr=0.03, targeted=True, seed=0)
+    result = run_checked(attack, tiny_model, x[:6], y[:6], 1000, targets=targets)
+    assert bool(result.success.any())
+    assert torch.equal(result.success, tiny_model(result.x_adv).argmax(1) == targets)
+
+
+def test_bad_hyper_parameters():
+    with pytest.raises(InputError, match="q"):
+        ZOSignSGD(eps=0.1, q=0)
+    with pytest.raises(InputError, match="lr"):
+        ZOSignSGD(eps=0.1, lr=-1.0)
+    assert isinstance(make_attack("zo-signsgd", eps=0.1), ZOSignSGD)
