@@ -153,7 +153,9 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"cannot read {weights}: {exc}") from exc
     try:
-        model = build_model(meta.architecture, **meta.arch_kwargs)
+        # initialising layers draws from torch's global RNG; restore it (weights are loaded next)
+        with torch.random.fork_rng(devices=[]):
+            model = build_model(meta.architecture, **meta.arch_kwargs)
     except (UnknownNameError, TypeError) as exc:
         raise CheckpointError(f"{weights}: cannot rebuild architecture {meta.architecture!r}: {exc}") from exc
     try:

@@ -106,3 +106,11 @@ def test_weights_of_other_architecture(saved):
     saved.with_suffix(".json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="does not fit"):
         load_checkpoint(saved)
+
+
+def test_load_does_not_touch_global_rng(saved):
+    torch.manual_seed(11)
+    expected = torch.rand(3)
+    torch.manual_seed(11)
+    load_checkpoint(saved)
+    assert torch.equal(torch.rand(3), expected)
