@@ -46,8 +46,8 @@ class ImageDataset:
         """Float images in [0, 1] and labels at `indices` (all of them by default)."""
         if indices is None:
             indices = slice(None)
-        elif isinstance(indices, list):
-            indices = torch.tensor(indices, dtype=torch.int64)
+        elif isinstance(indices, list | range):
+            indices = torch.tensor(list(indices), dtype=torch.int64)
         return self.images[indices].float().div_(255.0), self.labels[indices]
 
     def batches(self, batch_size: int, indices: torch.Tensor | None = None):

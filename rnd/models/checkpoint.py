@@ -48,7 +48,7 @@ class CheckpointMeta:
 
 def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
     """(weights, metadata) paths for `path` given with or without the .safetensors suffix."""
-    p = Path(path)
+    p = Path(path).expanduser()
     if p.suffix in (".safetensors", ".json"):
         p = p.with_suffix("")
     return p.with_name(p.name + ".safetensors"), p.with_name(p.name + ".json")

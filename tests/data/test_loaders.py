@@ -15,6 +15,7 @@ def test_fashion_mnist_real_files():
     test = load_fashion_mnist("test")
     assert len(train) == 60000 and len(test) == 10000
     x, _ = test.get(torch.arange(100))
+    assert torch.equal(test.get(range(5))[0], test.get([0, 1, 2, 3, 4])[0])
     assert x.shape == (100, 1, 28, 28) and x.dtype == torch.float32
     assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
     assert set(test.labels.tolist()) == set(range(10))
