@@ -61,6 +61,28 @@ def recheck(
     return clean, counts > votes / 2
 
 
+def attack_and_recheck(
+    attack: QueryAttack,
+    base: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    nu: float = 0.0,
+    budget: int = 10000,
+    output: Output = "probs",
+    defense_seed: int | None = None,
+    targets: torch.Tensor | None = None,
+    votes: int = 11,
+) -> tuple[AttackResult, torch.Tensor, torch.Tensor]:
+    """Attack `base` (RND-wrapped when nu > 0) through a fresh oracle; return the result and, per
+    image, whether x_adv fools the clean model and a majority of `votes` fresh noisy answers."""
+    model: nn.Module = RandomNoiseDefense(base, nu=nu, seed=defense_seed) if nu > 0 else base
+    oracle = Oracle(model, output=output, budget=budget)
+    result = attack(oracle, x, y, targets)
+    clean_hit, vote_hit = recheck(model, base, result.x_adv, y, votes, targets)
+    return result, clean_hit, vote_hit
+
+
 def evaluate_attack(
     attack: QueryAttack,
     base: nn.Module,
@@ -76,10 +98,18 @@ def evaluate_attack(
     votes: int = 11,
 ) -> tuple[AttackEvaluation, AttackResult]:
     """Attack `base` (wrapped in RND when nu > 0) on (x, y) and measure the outcome."""
-    model: nn.Module = RandomNoiseDefense(base, nu=nu, seed=defense_seed) if nu > 0 else base
-    oracle = Oracle(model, output=output, budget=budget)
-    result = attack(oracle, x, y, targets)
-    clean_hit, vote_hit = recheck(model, base, result.x_adv, y, votes, targets)
+    result, clean_hit, vote_hit = attack_and_recheck(
+        attack,
+        base,
+        x,
+        y,
+        nu=nu,
+        budget=budget,
+        output=output,
+        defense_seed=defense_seed,
+        targets=targets,
+        votes=votes,
+    )
     observed = result.success
     pct = lambda fooled: 100.0 * float((~fooled).sum()) / max(len(y), 1)  # noqa: E731
     ev = AttackEvaluation(

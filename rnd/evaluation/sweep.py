@@ -305,15 +305,13 @@ def execute_cell(cell: Cell, progress: bool = False) -> CellResult:
     """Run one cell: load the checkpoint, select images, attack through an oracle (RND when nu > 0),
     re-check each x_adv on the clean model and by a vote of fresh noisy answers.
 
-    Follows `rnd.evaluation.attack_eval.evaluate_attack` step for step (same oracle, same re-check,
-    same seeds give the same numbers) but keeps the per-image outcomes. The attack's generator is
+    Shares `attack_and_recheck` with `rnd.evaluation.attack_eval.evaluate_attack` (same oracle, same
+    re-check, same seeds give the same numbers) but keeps the per-image outcomes. The attack's generator is
     seeded with `cell.seed`, the defense's with `derive_seed(cell.seed, "defense")`.
     """
     from rnd import __version__
     from rnd.attacks import make_attack
-    from rnd.defense import RandomNoiseDefense
-    from rnd.evaluation.attack_eval import recheck
-    from rnd.oracle import Oracle
+    from rnd.evaluation.attack_eval import attack_and_recheck
 
     t0 = time.perf_counter()
     base = _model(cell)
@@ -330,14 +328,17 @@ def execute_cell(cell: Cell, progress: bool = False) -> CellResult:
         progress=progress,
         **cell.attack_params,
     )
-    target: nn.Module = (
-        RandomNoiseDefense(base, nu=cell.nu, seed=derive_seed(cell.seed, SEED_SALT_DEFENSE))
-        if cell.nu > 0
-        else base
+    result, clean_hit, vote_hit = attack_and_recheck(
+        attack,
+        base,
+        x,
+        y,
+        nu=cell.nu,
+        budget=cell.budget,
+        output=cell.output,  # type: ignore[arg-type]
+        defense_seed=derive_seed(cell.seed, SEED_SALT_DEFENSE),
+        votes=cell.votes,
     )
-    oracle = Oracle(target, output=cell.output, budget=cell.budget)  # type: ignore[arg-type]
-    result = attack(oracle, x, y)
-    clean_hit, vote_hit = recheck(target, base, result.x_adv, y, cell.votes)
     observed = result.success
     rows = [
         ImageRow(
