@@ -19,10 +19,12 @@ on the model for free; here every forward is counted.
 
 Defaults: mu (fd_eta) = 0.01, exploration 0.1, prior_lr 0.1, lr 0.01 for l_inf: the RND paper's
 code (SCLBD/BlackboxBench CIFAR-10 configs, rescaled from the 0-255 to the [0, 1] scale). l_2 image
-step eps / 10: the paper's ImageNet ratio (lr 0.5 at eps 5). Tile: the reference uses a 20 x 20
-prior on 32 x 32 CIFAR-10 images (ImageNet: tiles of about 20 px on 299 px); on 28 x 28 images the
-default tile is 2 px (a 14 x 14 prior), the best of 2 and 4 px measured on the default
-Fashion-MNIST model.
+step eps / 10: the paper's ImageNet ratio (lr 0.5 at eps 5). Tile: the data prior exists to cut
+the dimension of what the prior learns (ImageNet: 268,203 pixels down to a 50 x 50 x 3 grid;
+BlackboxBench's CIFAR-10: a 20 x 20 grid). A 28 x 28 x 1 image has 784 pixels, fewer than either
+grid, so the default tile is 1 (the prior lives on the pixels; the time prior remains). Measured on
+the default Fashion-MNIST model (100 images, eps_inf 0.1, 10,000 queries), failure rate with tile
+1 / 2 / 4: 14 / 23 / 34 %.
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ class Bandits(QueryAttack):
         lr: float | None = None,
         prior_lr: float = 0.1,
         exploration: float = 0.1,
-        tile: int = 2,
+        tile: int = 1,
         **kwargs,
     ) -> None:
         super().__init__(eps, norm, **kwargs)  # type: ignore[arg-type]

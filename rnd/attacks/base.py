@@ -255,14 +255,21 @@ class QueryAttack(ABC):
         return own - other, adv
 
     def project(self, x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
-        """Project onto the eps-ball around `x0` in the attack's norm, then onto the [0, 1] box."""
-        delta = x - x0
+        """Euclidean projection onto {z in [0, 1]^d : ||z - x0|| <= eps} in the attack's norm.
+
+        l_inf: clip to the eps-box, then to [0, 1] (the two boxes intersect coordinate-wise).
+        l_2: the KKT point is z = clip(x0 + t (x - x0)) with the largest t in (0, 1] whose norm is
+        at most eps: clip(x) if that is inside the ball, else `box_fill` to norm eps. (Scaling to
+        the ball and then clipping, the common shortcut, loses the norm of every clipped pixel.)
+        """
         if self.norm == "linf":
-            delta = delta.clamp(-self.eps, self.eps)
-        else:
-            norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
-            delta = delta * (self.eps / norms).clamp(max=1.0).view(-1, *([1] * (x.dim() - 1)))
-        return (x0 + delta).clamp(0.0, 1.0)
+            return (x0 + (x - x0).clamp(-self.eps, self.eps)).clamp(0.0, 1.0)
+        z = x.clamp(0.0, 1.0)
+        outside = (z - x0).flatten(1).norm(dim=1) > self.eps
+        if bool(outside.any()):
+            idx = outside.nonzero().flatten()
+            z[idx] = (x0[idx] + box_fill(x0[idx], x[idx] - x0[idx], self.eps)).clamp(0.0, 1.0)
+        return z
 
     def randn(self, *shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=self.generator)
@@ -294,3 +301,31 @@ class QueryAttack(ABC):
         state.x[r] = x_new[mask]
         state.loss[r] = loss[mask]
         state.success[r] = adv[mask]
+
+
+def box_fill(x0: torch.Tensor, delta: torch.Tensor, norm: float, iterations: int = 12) -> torch.Tensor:
+    """Rescale each row of `delta` to l_2 norm `norm` inside the [0, 1] box around `x0`.
+
+    Returns sign(delta) * min(k |delta|, room) with room the distance from x0 to the box face in
+    the direction of delta, and the scale k chosen per row so that the l_2 norm is `norm` (or the
+    largest reachable, all pixels at the box). The fixed point
+        k <- sqrt((norm^2 - sum_{clipped} room^2) / sum_{free} delta^2)
+    starts at norm / ||delta|| and rises monotonically; it is exact once the clipped set settles.
+    Plain rescale-then-clip loses the norm of every clipped pixel (Fashion-MNIST backgrounds are 0).
+    """
+    shape = x0.shape
+    x0f, d = x0.flatten(1), delta.flatten(1)
+    a = d.abs()
+    room = torch.where(d > 0, 1.0 - x0f, x0f)
+    asq, rsq = a * a, room * room
+    k = norm / asq.sum(1, keepdim=True).sqrt().clamp_min(1e-12)
+    clipped = torch.zeros_like(a, dtype=torch.bool)
+    for _ in range(iterations):
+        now = k * a >= room
+        if torch.equal(now, clipped):
+            break
+        clipped = now
+        rest = (norm * norm - (rsq * clipped).sum(1, keepdim=True)).clamp_min(0.0)
+        free = (asq * ~clipped).sum(1, keepdim=True)
+        k = torch.where(free > 0, (rest / free.clamp_min(1e-30)).sqrt(), k)
+    return (d.sign() * torch.minimum(k * a, room)).view(shape)

@@ -12,6 +12,13 @@ for l_inf and its l_2 norm for l_2. Default: `mu = eps`, as in the paper and in 
 code (SCLBD/BlackboxBench), where every probe is a vertex of the eps-ball. A larger `mu` (e.g. an
 adaptive attacker's `mu_nu_ratio * nu`) is cut back to eps by the projection; a smaller one
 searches a smaller box.
+
+Box-aware l_2 vertices (`box_fill`, default on for l_2): the paper's l_2 point `x0 + mu s / sqrt(d)`
+loses much of its norm to the [0, 1] box when many pixels are saturated (Fashion-MNIST backgrounds
+are exactly 0, so every pixel of sign -1 there is clipped away). With `box_fill` the magnitude of
+pixel i is min(c, room_i), where room_i is the distance to the box face in the direction s_i and the
+level c is raised until the l_2 norm is `mu` again (water-filling; if the whole room is smaller,
+the box corner). Same signs, same search, one query per step; `box_fill=False` is the paper's point.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from typing import Any
 
 import torch
 
-from rnd.attacks.base import AttackState, Norm, QueryAttack
+from rnd.attacks.base import AttackState, Norm, QueryAttack, box_fill
 
 
 class SignHunter(QueryAttack):
@@ -40,13 +47,25 @@ class SignHunter(QueryAttack):
     # Placeholder only: SignHunter's default probe is eps itself (set in __init__).
     default_mu = {"linf": 1.0, "l2": 1.0}
 
-    def __init__(self, eps: float, norm: Norm = "linf", *, mu: float | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        eps: float,
+        norm: Norm = "linf",
+        *,
+        mu: float | None = None,
+        box_fill: bool = True,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(eps, norm, mu=mu, **kwargs)
         if mu is None:
             self.mu = self.eps
+        self.box_fill = bool(box_fill)
 
     def _point(self, x0: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:
         """The queried point for sign vectors `signs` (rows, d): Proj(x0 + step * s)."""
+        if self.norm == "l2" and self.box_fill:
+            delta = box_fill(x0, signs.view_as(x0), min(self.cur_mu, self.eps))
+            return self.project(x0 + delta, x0)
         step = self.cur_mu if self.norm == "linf" else self.cur_mu / math.sqrt(signs.shape[1])
         return self.project(x0 + step * signs.view_as(x0), x0)
 

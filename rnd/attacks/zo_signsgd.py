@@ -9,8 +9,15 @@ The sign step is taken for l_2 as well (that is what makes the method ZO-*sign*S
 is enforced by the projection. f(x) is the loss already measured at the current point, so a step
 costs q probe queries plus one query of the new point: (q + 1) * M with EOT.
 
-Defaults follow the RND paper's code (SCLBD/BlackboxBench, CIFAR-10 configs, on the [0, 1] scale):
-mu = 0.01 per pixel (fd_eta 2.55/255), q = 30 directions, lr = 0.01 (2.55/255) for both norms.
+With `momentum` beta > 0 the sign is taken of a running average m <- beta m + (1 - beta) g
+instead of g: the momentum variant ZO-M-signSGD that Liu et al. study alongside the plain method.
+
+Defaults: mu = 0.01 per pixel, as in the RND paper's code (SCLBD/BlackboxBench, CIFAR-10 configs,
+fd_eta 2.55/255 on the [0, 1] scale). That code's q = 30 directions and lr = 0.01 (2.55/255) are
+adapted to 28 x 28 x 1: q = 60 and lr = 0.005. Measured on the default Fashion-MNIST model (100
+images, eps_inf 0.1, 10,000 queries), failure rate: q 30 lr 0.01: 28 %; q 30 lr 0.005: 18 %;
+q 30 lr 0.0025: 19 %; q 60 lr 0.005: 16 %; momentum 0.9 (q 30, lr 0.01): 26 %. The smaller,
+better-informed steps cost more queries per success (median about 1,800 instead of 530).
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import torch
 
 from rnd._checks import check_int, check_positive
 from rnd.attacks.base import AttackState, QueryAttack
+from rnd.errors import InputError
 
 
 class ZOSignSGD(QueryAttack):
@@ -26,7 +34,7 @@ class ZOSignSGD(QueryAttack):
 
     Args:
         q: random directions per gradient estimate (>= 1).
-        lr: size of the sign step per pixel (default 0.01).
+        lr: size of the sign step per pixel (default 0.005).
         Other arguments: see `QueryAttack`.
     """
 
@@ -34,10 +42,22 @@ class ZOSignSGD(QueryAttack):
     norms = ("linf", "l2")
     default_mu = {"linf": 0.01, "l2": 0.01}
 
-    def __init__(self, eps: float, norm: str = "linf", *, q: int = 30, lr: float = 0.01, **kwargs) -> None:
+    def __init__(
+        self,
+        eps: float,
+        norm: str = "linf",
+        *,
+        q: int = 60,
+        lr: float = 0.005,
+        momentum: float = 0.0,
+        **kwargs,
+    ) -> None:
         super().__init__(eps, norm, **kwargs)  # type: ignore[arg-type]
         self.q = check_int(q, "q")
         self.lr = check_positive(lr, "lr")
+        self.momentum = check_positive(momentum, "momentum", allow_zero=True)
+        if self.momentum >= 1:
+            raise InputError(f"momentum must be in [0, 1), got {momentum!r}")
 
     @property
     def step_cost(self) -> int:
@@ -45,6 +65,7 @@ class ZOSignSGD(QueryAttack):
 
     def init(self, state: AttackState) -> None:
         self.query_start(state)
+        state.avg_grad = torch.zeros_like(state.x0)  # type: ignore[attr-defined]
 
     def estimate_gradient(self, state: AttackState, rows: torch.Tensor) -> torch.Tensor:
         """Forward-difference estimate of the loss gradient at state.x[rows] (one batched query)."""
@@ -58,6 +79,9 @@ class ZOSignSGD(QueryAttack):
 
     def step(self, state: AttackState, rows: torch.Tensor) -> None:
         g = self.estimate_gradient(state, rows)
+        if self.momentum:
+            g = self.momentum * state.avg_grad[rows] + (1 - self.momentum) * g  # type: ignore[attr-defined]
+            state.avg_grad[rows] = g  # type: ignore[attr-defined]
         x_new = self.project(state.x[rows] - self.lr * g.sign(), state.x0[rows])
         loss, adv = self.evaluate(state, x_new, rows)
         self.accept(state, rows, x_new, loss, adv)

@@ -61,3 +61,45 @@ def test_attack_does_not_touch_global_rng(tiny_model, attack_batch):
     torch.manual_seed(1)
     Square(eps=0.1, seed=0)(Oracle(tiny_model, budget=20), x[:4], y[:4])
     assert torch.equal(torch.rand(3), expected)
+
+
+def _bisection_projection(x, x0, eps):
+    """Reference KKT point of the l_2 ball-and-box projection, z = clip(x0 + t (x - x0)), by bisection."""
+    shape = (-1,) + (1,) * (x.dim() - 1)
+    lo, hi = torch.zeros(x.shape[0]).view(shape), torch.ones(x.shape[0]).view(shape)
+    for _ in range(60):
+        t = (lo + hi) / 2
+        n = ((x0 + t * (x - x0)).clamp(0, 1) - x0).flatten(1).norm(dim=1).view(shape)
+        lo, hi = torch.where(n <= eps, t, lo), torch.where(n <= eps, hi, t)
+    return (x0 + lo * (x - x0)).clamp(0, 1)
+
+
+def test_l2_projection_is_the_euclidean_projection_onto_ball_and_box():
+    g = torch.Generator().manual_seed(0)
+    # half the pixels at 0, as on Fashion-MNIST backgrounds, so the box cuts deep
+    x0 = torch.rand(20, 1, 28, 28, generator=g) * (torch.rand(20, 1, 28, 28, generator=g) > 0.5)
+    attack = make_attack("nes", eps=1.5, norm="l2", seed=0)
+    far = x0 + 0.2 * torch.randn(20, 1, 28, 28, generator=g)
+    z = attack.project(far, x0)
+    assert torch.allclose(z, _bisection_projection(far, x0, 1.5), atol=1e-5)
+    assert torch.allclose((z - x0).flatten(1).norm(dim=1), torch.full((20,), 1.5), atol=1e-4)
+    # no other point of the feasible set is closer: compare with the naive scale-then-clip point
+    naive = (x0 + (far - x0) * (1.5 / (far - x0).flatten(1).norm(dim=1)).view(-1, 1, 1, 1)).clamp(0, 1)
+    assert bool(((z - far).flatten(1).norm(dim=1) <= (naive - far).flatten(1).norm(dim=1) + 1e-6).all())
+    near = x0 + 0.01 * torch.randn(20, 1, 28, 28, generator=g)
+    assert torch.equal(attack.project(near, x0), near.clamp(0, 1))  # inside the ball: just the box
+
+
+def test_box_fill_reaches_the_norm_inside_the_box():
+    from rnd.attacks.base import box_fill
+
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.rand(10, 1, 28, 28, generator=g) * (torch.rand(10, 1, 28, 28, generator=g) > 0.5)
+    delta = torch.randn(10, 1, 28, 28, generator=g)
+    out = box_fill(x0, delta, 2.0)
+    assert torch.allclose(out.flatten(1).norm(dim=1), torch.full((10,), 2.0), atol=1e-4)
+    assert float((x0 + out).min()) >= -1e-6 and float((x0 + out).max()) <= 1 + 1e-6
+    assert bool((out * delta >= 0).all())  # never against the direction asked for
+    # a norm larger than the whole box allows: every pixel goes to its box face
+    full = box_fill(x0, delta, 1e6)
+    assert torch.allclose(x0 + full, torch.where(delta > 0, 1.0, 0.0).expand_as(x0), atol=1e-6)

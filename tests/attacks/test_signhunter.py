@@ -60,3 +60,21 @@ def test_eot_costs_m_queries(tiny_model, attack_batch):
     result = run_checked(SignHunter(eps=0.1, seed=0, eot=3), tiny_model, x[:5], y[:5], budget=60, nu=0.02)
     assert bool((result.queries % 3 == 0).all())
     assert int(result.queries.max()) == 60 or bool(result.success.any())
+
+
+def test_l2_points_keep_norm_mu_inside_the_box():
+    """box_fill (default): the l_2 point has norm mu even where many pixels sit at 0; the paper's
+    point (box_fill=False) loses the clipped pixels' share."""
+    x0 = torch.zeros(3, 1, 28, 28)
+    x0[:, :, 7:21, 7:21] = 0.5  # a dark background around a grey patch
+    signs = torch.where(torch.rand(3, 784, generator=torch.Generator().manual_seed(0)) > 0.5, 1.0, -1.0)
+    filled, paper = SignHunter(eps=1.5, norm="l2"), SignHunter(eps=1.5, norm="l2", box_fill=False)
+    for attack in (filled, paper):
+        attack.cur_mu = attack.mu
+    norm_filled = (filled._point(x0, signs) - x0).flatten(1).norm(dim=1)
+    norm_paper = (paper._point(x0, signs) - x0).flatten(1).norm(dim=1)
+    assert torch.allclose(norm_filled, torch.full((3,), 1.5), atol=1e-4)
+    assert bool((norm_paper < 1.2).all())
+    # same signs wherever the point moved
+    moved = (filled._point(x0, signs) - x0).flatten(1)
+    assert bool((moved * signs >= 0).all())

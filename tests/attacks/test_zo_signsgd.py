@@ -18,8 +18,8 @@ def test_lowers_margin_and_succeeds(tiny_model, attack_batch, norm, eps, rate):
 
 def test_rnd_raises_failure_rate(tiny_model, attack_batch):
     x, y = attack_batch
-    plain = run_checked(ZOSignSGD(eps=0.1, seed=0), tiny_model, x, y, budget=300)
-    noisy = run_checked(ZOSignSGD(eps=0.1, seed=0), tiny_model, x, y, budget=300, nu=0.05)
+    plain = run_checked(ZOSignSGD(eps=0.1, q=30, lr=0.01, seed=0), tiny_model, x, y, budget=300)
+    noisy = run_checked(ZOSignSGD(eps=0.1, q=30, lr=0.01, seed=0), tiny_model, x, y, budget=300, nu=0.05)
     assert noisy.failure_rate > plain.failure_rate
 
 
@@ -33,7 +33,7 @@ def test_step_cost_and_eot(tiny_model, attack_batch):
 
 def test_early_stop(tiny_model, attack_batch):
     x, y = attack_batch
-    check_early_stop(lambda: ZOSignSGD(eps=0.15, q=10, seed=0), tiny_model, x, y, budget=150)
+    check_early_stop(lambda: ZOSignSGD(eps=0.15, q=10, lr=0.01, seed=0), tiny_model, x, y, budget=150)
 
 
 def test_targeted(tiny_model, attack_batch):
@@ -51,4 +51,16 @@ def test_bad_hyper_parameters():
         ZOSignSGD(eps=0.1, q=0)
     with pytest.raises(InputError, match="lr"):
         ZOSignSGD(eps=0.1, lr=-1.0)
+    for bad in (-0.1, 1.0):
+        with pytest.raises(InputError, match="momentum"):
+            ZOSignSGD(eps=0.1, momentum=bad)
     assert isinstance(make_attack("zo-signsgd", eps=0.1), ZOSignSGD)
+
+
+def test_momentum_variant_lowers_margin(tiny_model, attack_batch):
+    """ZO-M-signSGD: the sign of a running average of the estimates still drives the margin down."""
+    x, y = attack_batch[0][:10], attack_batch[1][:10]
+    attack = ZOSignSGD(eps=0.2, q=10, lr=0.02, momentum=0.9, seed=0)
+    result = run_checked(attack, tiny_model, x, y, budget=1000)
+    assert float(result.success.float().mean()) >= 0.4
+    assert float((true_margin(tiny_model, result.x_adv, y) - true_margin(tiny_model, x, y)).mean()) < 0
