@@ -127,18 +127,21 @@ class Square(QueryAttack):
     # -- l_inf ---------------------------------------------------------------------------------
     def _linf_candidate(self, xp: torch.Tensor, xm: torch.Tensor, x: torch.Tensor, s: int) -> torch.Tensor:
         """x with one random s x s window per image set to x0 +- eps per channel (clipped to [0, 1]);
-        `xp` / `xm` are clip(x0 + eps) / clip(x0 - eps)."""
+        `xp` / `xm` are clip(x0 + eps) / clip(x0 - eps). Only the windows are read and written."""
         n, c, h, w = x.shape
-        mask = window_masks(n, s, h, w, self.randint(h - s + 1, (n,)), self.randint(w - s + 1, (n,)))
+        top, left = self.randint(h - s + 1, (n,)), self.randint(w - s + 1, (n,))
+        xw = window_take(x, top, left, s)
+        pw, mw = window_take(xp, top, left, s), window_take(xm, top, left, s)
         # which per-channel value (+eps / -eps) would change some pixel of each row's window
-        flips = [((v - x).abs().gt(1e-7) & mask).flatten(2).any(2) for v in (xp, xm)]
+        flip_p = (pw - xw).abs().gt(1e-7).flatten(2).any(2)
+        flip_m = (mw - xw).abs().gt(1e-7).flatten(2).any(2)
         # the paper's loop redraws (up to 10 draws) a window value that would change nothing; here
         # all 10 draws are made at once and each row keeps its first useful one (else its last)
         draws = 2 * self.randint(2, (n, 10, c)) - 1
-        useful = torch.where(draws > 0, flips[0].unsqueeze(1), flips[1].unsqueeze(1)).any(2)
+        useful = torch.where(draws > 0, flip_p.unsqueeze(1), flip_m.unsqueeze(1)).any(2)
         pick = torch.where(useful.any(1), useful.int().argmax(1), 9)
         sign = draws[torch.arange(n), pick]
-        return torch.where(mask, torch.where(sign.view(n, c, 1, 1) > 0, xp, xm), x)
+        return window_put(x, top, left, torch.where(sign.view(n, c, 1, 1) > 0, pw, mw))
 
     # -- l_2 (Alg. 3 of the paper) -------------------------------------------------------------
     def _l2_side(self, h: int, w: int, it: int) -> int:
