@@ -303,6 +303,37 @@ class QueryAttack(ABC):
         state.success[r] = adv[mask]
 
 
+def init_plateau(state: AttackState, lr: float, length: int) -> None:
+    """Per-image step sizes `state.lr` and loss windows `state.history` for `plateau_update`."""
+    n = state.x0.shape[0]
+    state.lr = torch.full((n,), float(lr))  # type: ignore[attr-defined]
+    # the last `length` losses per image (NaN = not yet seen), newest last
+    state.history = torch.full((n, max(length, 1)), float("nan"))  # type: ignore[attr-defined]
+
+
+def plateau_update(
+    state: AttackState, rows: torch.Tensor, loss: torch.Tensor, drop: float, min_lr: float
+) -> None:
+    """The plateau schedule of Ilyas et al.'s NES code, per image: divide the step by `drop`
+    (not below `min_lr`) where the newest loss is higher than `length` steps before; the window
+    then restarts. Shared by every attack that takes gradient-estimate steps."""
+    hist = torch.cat([state.history[rows, 1:], loss[:, None]], 1)  # type: ignore[attr-defined]
+    rising = ~hist[:, 0].isnan() & (hist[:, -1] > hist[:, 0])
+    lr = state.lr[rows]  # type: ignore[attr-defined]
+    state.lr[rows] = torch.where(rising, (lr / drop).clamp_min(min_lr), lr)  # type: ignore[attr-defined]
+    hist[rising] = float("nan")
+    state.history[rows] = hist  # type: ignore[attr-defined]
+
+
+def check_plateau(length: int, drop: float, lr: float, min_lr: float | None) -> tuple[int, float, float]:
+    """Validated (plateau_length, plateau_drop, min_lr); min_lr defaults to lr / 200 (1e-2 -> 5e-5)."""
+    length = check_int(length, "plateau_length", minimum=0)
+    drop = check_positive(drop, "plateau_drop")
+    if drop <= 1:
+        raise InputError(f"plateau_drop must be > 1 (the step is divided by it), got {drop!r}")
+    return length, drop, lr / 200 if min_lr is None else check_positive(min_lr, "min_lr")
+
+
 def box_fill(x0: torch.Tensor, delta: torch.Tensor, norm: float, iterations: int = 12) -> torch.Tensor:
     """Rescale each row of `delta` to l_2 norm `norm` inside the [0, 1] box around `x0`.
 

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from rnd._checks import check_int, check_positive
-from rnd.attacks.base import AttackState, Norm, QueryAttack
+from rnd.attacks.base import AttackState, Norm, QueryAttack, check_plateau, init_plateau, plateau_update
 from rnd.errors import InputError
 
 
@@ -66,11 +66,9 @@ class NES(QueryAttack):
         self.momentum = check_positive(momentum, "momentum", allow_zero=True)
         if self.momentum >= 1:
             raise InputError(f"momentum must be in [0, 1), got {momentum!r}")
-        self.plateau_length = check_int(plateau_length, "plateau_length", minimum=0)
-        self.plateau_drop = check_positive(plateau_drop, "plateau_drop")
-        if self.plateau_drop <= 1:
-            raise InputError(f"plateau_drop must be > 1 (the step is divided by it), got {plateau_drop!r}")
-        self.min_lr = self.lr / 200 if min_lr is None else check_positive(min_lr, "min_lr")
+        self.plateau_length, self.plateau_drop, self.min_lr = check_plateau(
+            plateau_length, plateau_drop, self.lr, min_lr
+        )
 
     @property
     def step_cost(self) -> int:
@@ -78,11 +76,8 @@ class NES(QueryAttack):
 
     def init(self, state: AttackState) -> None:
         self.query_start(state)
-        n = state.x0.shape[0]
         state.avg_grad = torch.zeros_like(state.x0)  # type: ignore[attr-defined]
-        state.lr = torch.full((n,), self.lr)  # type: ignore[attr-defined]
-        # the last plateau_length losses per image (NaN = not yet seen), newest last
-        state.history = torch.full((n, max(self.plateau_length, 1)), float("nan"))  # type: ignore[attr-defined]
+        init_plateau(state, self.lr, self.plateau_length)
 
     def estimate_gradient(self, state: AttackState, rows: torch.Tensor) -> torch.Tensor:
         """Antithetic NES estimate of the loss gradient at state.x[rows] (one batched query)."""
@@ -115,9 +110,4 @@ class NES(QueryAttack):
 
     def _plateau(self, state: AttackState, rows: torch.Tensor, loss: torch.Tensor) -> None:
         """Divide the step by plateau_drop where the loss rose over the last plateau_length steps."""
-        hist = torch.cat([state.history[rows, 1:], loss[:, None]], 1)  # type: ignore[attr-defined]
-        rising = ~hist[:, 0].isnan() & (hist[:, -1] > hist[:, 0])
-        lr = state.lr[rows]  # type: ignore[attr-defined]
-        state.lr[rows] = torch.where(rising, (lr / self.plateau_drop).clamp_min(self.min_lr), lr)  # type: ignore[attr-defined]
-        hist[rising] = float("nan")
-        state.history[rows] = hist  # type: ignore[attr-defined]
+        plateau_update(state, rows, loss, self.plateau_drop, self.min_lr)

@@ -39,7 +39,8 @@ def test_dct_directions_are_unit_and_low_frequency_first(tiny_model, attack_batc
 )
 def test_lowers_margin_and_succeeds(tiny_model, attack_batch, norm, eps, basis, rate):
     x, y = attack_batch[0][:10], attack_batch[1][:10]
-    result = run_checked(SimBA(eps=eps, norm=norm, basis=basis, seed=0), tiny_model, x, y, budget=800)
+    attack = SimBA(eps=eps, norm=norm, basis=basis, mu=0.2, seed=0)
+    result = run_checked(attack, tiny_model, x, y, budget=800)
     assert float(result.success.float().mean()) >= rate
     assert bool((true_margin(tiny_model, result.x_adv, y) < true_margin(tiny_model, x, y)).all())
     assert torch.equal(result.success, true_margin(tiny_model, result.x_adv, y) < 0)

@@ -89,4 +89,3 @@ def test_bad_hyper_parameters():
     for bad in ({"n_iters": 0}, {"mu": 0.0}, {"norm": "l1"}):
         with pytest.raises(InputError):
             Square(eps=0.1, **bad)
-

@@ -64,3 +64,27 @@ def test_momentum_variant_lowers_margin(tiny_model, attack_batch):
     result = run_checked(attack, tiny_model, x, y, budget=1000)
     assert float(result.success.float().mean()) >= 0.4
     assert float((true_margin(tiny_model, result.x_adv, y) - true_margin(tiny_model, x, y)).mean()) < 0
+
+
+class _Recording(ZOSignSGD):
+    """Keeps the per-image step sizes after every step."""
+
+    def step(self, state, rows):
+        super().step(state, rows)
+        self.seen_lr = state.lr.clone()
+
+
+def test_plateau_schedule_checked_and_used(tiny_model, attack_batch):
+    for bad in ({"plateau_drop": 1.0}, {"plateau_length": -1}, {"min_lr": 0.0}):
+        with pytest.raises(InputError, match=next(iter(bad))):
+            ZOSignSGD(eps=0.1, **bad)
+    x, y = attack_batch[0][:8], attack_batch[1][:8]
+    # a tiny eps: the sign steps bounce on the ball, the loss rises now and then, the step halves
+    attack = _Recording(eps=0.01, q=5, lr=0.01, plateau_length=2, seed=0)
+    run_checked(attack, tiny_model, x, y, budget=600)
+    assert float(attack.seen_lr.min()) < 0.01
+    assert attack.min_lr == 0.01 / 200
+    assert float(attack.seen_lr.min()) >= attack.min_lr * (1 - 1e-6)
+    fixed = _Recording(eps=0.01, q=5, lr=0.01, plateau_length=0, seed=0)
+    run_checked(fixed, tiny_model, x, y, budget=600)
+    assert bool((fixed.seen_lr == 0.01).all())
