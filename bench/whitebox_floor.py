@@ -18,7 +18,7 @@ import time
 import torch
 from torch import nn
 
-from rnd.attacks.base import box_fill
+from rnd.attacks import make_attack
 from rnd.data import load_dataset
 from rnd.evaluation.metrics import correctly_classified
 from rnd.models import load_checkpoint
@@ -30,25 +30,17 @@ def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return own - logits.scatter(1, y[:, None], -math.inf).amax(1)
 
 
-def project(x: torch.Tensor, x0: torch.Tensor, norm: str, eps: float) -> torch.Tensor:
-    if norm == "linf":
-        return (x0 + (x - x0).clamp(-eps, eps)).clamp(0, 1)
-    z = x.clamp(0, 1)
-    out = (z - x0).flatten(1).norm(dim=1) > eps
-    z[out] = (x0[out] + box_fill(x0[out], x[out] - x0[out], eps)).clamp(0, 1)
-    return z
-
-
 def pgd_fooled(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, steps: int, restarts: int
 ) -> torch.Tensor:
     """Images fooled by any iterate of `restarts` margin-PGD runs (the first from the clean image)."""
+    project = make_attack("square", eps=eps, norm=norm).project  # the attacks' own projection
     g = torch.Generator().manual_seed(0)
     fooled = torch.zeros(len(y), dtype=torch.bool)
     d = x[0].numel()
     for r in range(restarts):
         noise = (2 * torch.rand(x.shape, generator=g) - 1) * (eps if norm == "linf" else eps / math.sqrt(d))
-        xa = project(x + noise, x, norm, eps) if r else x.clone()
+        xa = project(x + noise, x) if r else x.clone()
         for t in range(steps):
             alpha = 10 * eps / steps * 0.5 * (1 + math.cos(math.pi * t / steps)) + 1e-4 * eps
             xa.requires_grad_(True)
@@ -58,7 +50,7 @@ def pgd_fooled(
                 step = grad.sign()
             else:
                 step = grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1) * math.sqrt(d)
-            xa = project(xa.detach() - alpha * step, x, norm, eps)
+            xa = project(xa.detach() - alpha * step, x)
             with torch.no_grad():
                 fooled |= model(xa).argmax(1) != y
     return fooled

@@ -64,8 +64,8 @@ class SignHunter(QueryAttack):
     def _point(self, x0: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:
         """The queried point for sign vectors `signs` (rows, d): Proj(x0 + step * s)."""
         if self.norm == "l2" and self.box_fill:
-            delta = box_fill(x0, signs.view_as(x0), min(self.cur_mu, self.eps))
-            return self.project(x0 + delta, x0)
+            # box_fill's point already lies in the ball and the box: no projection to redo
+            return (x0 + box_fill(x0, signs.view_as(x0), min(self.cur_mu, self.eps))).clamp(0.0, 1.0)
         step = self.cur_mu if self.norm == "linf" else self.cur_mu / math.sqrt(signs.shape[1])
         return self.project(x0 + step * signs.view_as(x0), x0)
 
