@@ -69,6 +69,7 @@ class Oracle:
     chunks are at most `cpu_chunk` (128) images: there, batches of a few hundred images or more
     fall out of the processor's caches and forward up to 2x slower per image (measured by
     bench/attack_throughput.py); set `oracle.cpu_chunk = None` to forward `max_batch` at once.
+    A batch is cut into equal chunks (200 images: 2 x 100, not 128 + 72).
     """
 
     #: Largest forward on the CPU (None: `max_batch` only); see the class docstring.
@@ -212,6 +213,8 @@ class Oracle:
         size = self.max_batch
         if self.device.type == "cpu" and self.cpu_chunk is not None:
             size = max(1, min(size, self.cpu_chunk))
+        chunks = max(1, -(-x.shape[0] // size))
+        size = max(1, -(-x.shape[0] // chunks))  # equal chunks: 200 images -> 2 x 100
         outs = []
         for chunk in x.split(size):
             outs.append(self.model(chunk.to(self.device)).float())
