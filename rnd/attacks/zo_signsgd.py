@@ -21,6 +21,12 @@ Defaults: mu = 0.01 per pixel, q = 30 directions, lr = 0.01, as in the RND paper
 Fashion-MNIST model (100 images, eps_inf 0.1, 10,000 queries), failure rate: fixed step 28 %,
 with the plateau schedule 18 %; fixed step q 30 lr 0.005: 18 %; q 60 lr 0.005: 16 % with or
 without the schedule (about twice the queries per success); momentum 0.9: 26 %.
+
+What limits it (bench/estimator_gap.py, 500 images, 10,000 queries): with the exact gradient of the
+same loss in place of the estimate and the same number of steps, l_inf fails on 6.4 % (the
+white-box floor; shipped: 23.6 %), so the l_inf gap is the estimate's noise; l_2 still fails on
+18.6 % (shipped: 18.8 %; 18.2-18.6 % for any step from 0.003 to 0.1, fixed or decayed): the sign
+step followed by the l_2 projection cannot reach the l_2 white-box floor (7 %) at eps 1.5.
 """
 
 from __future__ import annotations
