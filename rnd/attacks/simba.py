@@ -13,8 +13,13 @@ Bases (`basis`):
   the random order covers the `freq x freq` lowest-frequency block first, then the remaining
   frequencies ring by ring (rings `stride` wide), each ring in random order (the paper's "strided"
   order). The paper restricts ImageNet to the lowest 1/8 of frequencies (28 of 224); 28 x 28 images
-  have few directions, so the default block is half the side (freq = 14, 196 directions per
-  channel; stride 7).
+  have few directions, so the block is half the side (freq = 14, 196 directions per channel;
+  stride 7).
+
+Default basis: pixel. The low-frequency prior of SimBA-DCT pays on ImageNet-sized images; on 28 x 28
+images it costs strength. Measured on the default Fashion-MNIST model (eps_2 1.5, mu 0.1, 10,000
+queries, 500 images): failure 10.2 % with the pixel basis (mean / median queries 630 / 415) against
+16.0 % with the DCT basis (617 / 285); white-box PGD fails on 7.0 %.
 
 `mu` is SimBA's step size epsilon (l_2 norm of each step, since basis vectors have unit norm).
 The paper's ImageNet value is 0.2 on the [0, 1] scale (the RND paper's code uses 50/255 = 0.196);
@@ -22,7 +27,8 @@ SimBA itself has no norm bound, and inside an l_2 ball of 1.5 on 28 x 28 images 
 reaches the boundary after about 56 accepted steps, after which each step is cut back by the
 projection. Default for l_2: 0.1. Measured on the default Fashion-MNIST model (100 images, DCT
 basis, eps_2 1.5, 10,000 queries), failure rate with mu 0.05 / 0.1 / 0.2 / 0.5: 12 / 13 / 17 /
-38 % (mean queries 1,017 / 678 / 517 / 401). For l_inf (pixel basis) a step moves one pixel by
+38 % (mean queries 1,017 / 678 / 517 / 401); pixel basis, mu 0.05 / 0.1: 11 / 11 % (mean 925 /
+555). For l_inf (pixel basis) a step moves one pixel by
 mu and the projection clips it to +-eps, so the search tries the two faces of the eps box
 coordinate by coordinate; the default mu for l_inf is 0.2, which exceeds any usual eps, so every
 accepted step reaches the box.
@@ -65,7 +71,7 @@ class SimBA(QueryAttack):
     """SimBA with the pixel or low-frequency DCT basis, l_2 and l_inf (`mu` = step size).
 
     Args:
-        basis: "pixel" or "dct".
+        basis: "pixel" (default) or "dct".
         freq: side of the low-frequency block searched first (dct basis; >= 1).
         stride: width of each following frequency ring (dct basis; >= 1).
         Other arguments: see `QueryAttack`.
@@ -80,7 +86,7 @@ class SimBA(QueryAttack):
         eps: float,
         norm: str = "l2",
         *,
-        basis: Basis = "dct",
+        basis: Basis = "pixel",
         freq: int = 14,
         stride: int = 7,
         **kwargs,

@@ -21,7 +21,7 @@ def test_frequency_rings_put_low_frequencies_first():
 
 def test_dct_directions_are_unit_and_low_frequency_first(tiny_model, attack_batch):
     x, y = attack_batch
-    attack = SimBA(eps=1.0, seed=0)
+    attack = SimBA(eps=1.0, basis="dct", seed=0)
     run_checked(attack, tiny_model, x[:2], y[:2], budget=5)  # sets up the basis
     order = attack._new_orders(3)
     assert torch.equal(order.sort(1).values, torch.arange(784).expand(3, -1))
@@ -55,7 +55,7 @@ def test_rnd_raises_failure_rate(tiny_model, attack_batch):
 
 def test_second_query_only_when_first_fails(tiny_model, attack_batch):
     x, y = attack_batch
-    result = run_checked(SimBA(eps=2.0, seed=0), tiny_model, x[:8], y[:8], budget=40)
+    result = run_checked(SimBA(eps=2.0, basis="dct", seed=0), tiny_model, x[:8], y[:8], budget=40)
     # steps cost 1 or 2 queries: the counts are not all of one parity, and no image overspends
     assert bool((result.queries <= 40).all())
     assert len(set((result.queries % 2).tolist())) == 2 or bool(result.success.any())
