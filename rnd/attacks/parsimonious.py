@@ -38,21 +38,27 @@ from rnd.attacks.base import AttackState, Norm, QueryAttack
 INSERT_EVAL, INSERT_LAZY, DELETE_EVAL, DELETE_LAZY = 0, 1, 2, 3
 
 
-def block_masks(
+def block_coords(
     ids: torch.Tensor, size: torch.Tensor, shape: tuple[int, int, int]
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Masks (R, C, H, W) of blocks `ids` of side `size` (per row), plus their channel, top, left.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Channel, top and left pixel of blocks `ids` of side `size` (per row).
 
     Block ids enumerate (channel, block row, block column) in that order, on a grid of
     ceil(H / size) x ceil(W / size) blocks per channel (the last row / column may be cut).
     """
-    c, h, w = shape
+    _, h, w = shape
     nbh = (h + size - 1) // size
     nbw = (w + size - 1) // size
-    ch = ids // (nbh * nbw)
     rem = ids % (nbh * nbw)
-    top = (rem // nbw) * size
-    left = (rem % nbw) * size
+    return ids // (nbh * nbw), (rem // nbw) * size, (rem % nbw) * size
+
+
+def block_masks(
+    ids: torch.Tensor, size: torch.Tensor, shape: tuple[int, int, int]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Masks (R, C, H, W) of blocks `ids` of side `size` (per row), plus `block_coords`."""
+    c, h, w = shape
+    ch, top, left = block_coords(ids, size, shape)
     cc = torch.arange(c).view(1, c, 1, 1)
     rr = torch.arange(h).view(1, 1, h, 1)
     col = torch.arange(w).view(1, 1, 1, w)
@@ -110,7 +116,7 @@ class Parsimonious(QueryAttack):
         b = int(state.batch[i])  # type: ignore[attr-defined]
         ids = state.order[i][b * self.block_batch : (b + 1) * self.block_batch]  # type: ignore[attr-defined]
         shape = tuple(state.x0.shape[1:])
-        _, ch, top, left = block_masks(ids, torch.full_like(ids, size), shape)  # type: ignore[arg-type]
+        ch, top, left = block_coords(ids, torch.full_like(ids, size), shape)  # type: ignore[arg-type]
         ids = ids[state.signs[i, ch, top, left] == want]  # type: ignore[attr-defined]
         state.cand[i] = -1  # type: ignore[attr-defined]
         state.cand[i, : ids.numel()] = ids  # type: ignore[attr-defined]
