@@ -163,6 +163,7 @@ def main() -> None:
     head = (
         f"{'attack':<13}{'defense':<13}{'attack img/s':>13}{'raw@batch':>11}{'ratio':>7}"
         f"{'query batch':>12}{'fwd batch':>10}{'raw@fwd':>9}{'ratio':>7}{'success':>9}{'hot':>8}"
+        f"{'in model':>10}"
     )
     print(head)
     print("-" * len(head))
