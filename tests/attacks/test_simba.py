@@ -65,7 +65,7 @@ def test_second_query_only_when_first_fails(tiny_model, attack_batch):
 
 def test_early_stop(tiny_model, attack_batch):
     x, y = attack_batch
-    check_early_stop(lambda: SimBA(eps=2.0, seed=0), tiny_model, x, y, budget=150)
+    check_early_stop(lambda: SimBA(eps=2.0, mu=0.2, seed=0), tiny_model, x, y, budget=150)
 
 
 def test_targeted(tiny_model, attack_batch):
