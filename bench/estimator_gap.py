@@ -23,23 +23,18 @@ from typing import Any
 
 import torch
 from torch import nn
+from whitebox_floor import EPS, model_and_images  # bench/ is the script's directory
 
 from rnd import Oracle
 from rnd.attacks import make_attack
 from rnd.attacks.base import AttackState, QueryAttack
-from rnd.data import load_dataset
-from rnd.evaluation.metrics import correctly_classified
-from rnd.models import load_checkpoint
-from rnd.training import default_checkpoint_path
-
-EPS = {"linf": 0.1, "l2": 1.5}
 
 
-def exact_variant(attack: QueryAttack, model: nn.Module) -> QueryAttack:
-    """`attack` with its gradient estimate replaced by the exact gradient of its own loss; one query
+def exact_class(cls: type[QueryAttack], model: nn.Module) -> type[QueryAttack]:
+    """A subclass of `cls` whose gradient estimate is the exact gradient of its own loss; one query
     (the new point) per step. Only for attacks with an `estimate_gradient(state, rows)` method."""
-    if not hasattr(attack, "estimate_gradient"):
-        raise ValueError(f"{attack.name} has no gradient estimate to replace")
+    if not hasattr(cls, "estimate_gradient"):
+        raise ValueError(f"{cls.name} has no gradient estimate to replace")
 
     def estimate_gradient(self: QueryAttack, state: AttackState, rows: torch.Tensor) -> torch.Tensor:
         assert self.oracle is not None
@@ -52,36 +47,29 @@ def exact_variant(attack: QueryAttack, model: nn.Module) -> QueryAttack:
             (grad,) = torch.autograd.grad(loss.sum(), x)
         return grad
 
-    cls = type(attack)
-    exact_cls = type(
+    return type(
         f"Exact{cls.__name__}",
         (cls,),
         {"estimate_gradient": estimate_gradient, "step_cost": property(lambda self: self.eot)},
     )
-    attack.__class__ = exact_cls
-    return attack
 
 
 def run(
     name: str, norm: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, budget: int, exact: bool
 ) -> dict[str, Any]:
     """Failure rate and mean / median queries (shipped scale) over batches of 100."""
+    shipped = make_attack(name, eps=EPS[norm], norm=norm)
+    cost = shipped.step_cost  # queries of one shipped step; the exact variant's step costs 1
+    cls = exact_class(type(shipped), model) if exact else type(shipped)
+    b = 1 + (budget - 1) // cost if exact else budget
     successes, queries = [], []
-    cost = 1
     start = time.perf_counter()
     for lo in range(0, len(y), 100):
-        attack = make_attack(name, eps=EPS[norm], norm=norm, seed=lo)
-        cost = attack.step_cost
-        b = budget
-        if exact:
-            attack = exact_variant(attack, model)
-            b = 1 + (budget - 1) // cost
+        attack = cls(eps=EPS[norm], norm=norm, seed=lo)
         result = attack(Oracle(model, budget=b), x[lo : lo + 100], y[lo : lo + 100])
         q = result.queries.double()
-        if exact:
-            q = 1 + (q - 1) * cost
         successes.append(result.success)
-        queries.append(q)
+        queries.append(1 + (q - 1) * cost if exact else q)
     s, q = torch.cat(successes), torch.cat(queries)
     return {
         "failure": 100 * (1 - s.float().mean().item()),
@@ -101,10 +89,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    model, _ = load_checkpoint(default_checkpoint_path())
-    model.eval().requires_grad_(False)
-    test = load_dataset("fashion-mnist", "test")
-    x, y = test.get(correctly_classified(model, test, args.images))
+    model, x, y = model_and_images(args.images)
     kinds = ("shipped", "exact") if args.only == "both" else (args.only,)
     print(f"{len(y)} images, budget {args.budget}; failure % / mean / median queries of successes")
     for name in args.attack or ["nes", "zo-signsgd"]:

@@ -24,6 +24,19 @@ from rnd.evaluation.metrics import correctly_classified
 from rnd.models import load_checkpoint
 from rnd.training import default_checkpoint_path
 
+#: The threat models of the attack-strength table (README): l_inf 0.1, l_2 1.5.
+EPS = {"linf": 0.1, "l2": 1.5}
+
+
+def model_and_images(n: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """The default checkpoint (eval, no parameter gradients) and its first `n` correctly
+    classified Fashion-MNIST test images with their labels."""
+    model, _ = load_checkpoint(default_checkpoint_path())
+    model.eval().requires_grad_(False)
+    test = load_dataset("fashion-mnist", "test")
+    x, y = test.get(correctly_classified(model, test, n))
+    return model, x, y
+
 
 def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     own = logits.gather(1, y[:, None]).squeeze(1)
@@ -64,11 +77,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    model, _ = load_checkpoint(default_checkpoint_path())
-    model.eval().requires_grad_(False)
-    test = load_dataset("fashion-mnist", "test")
-    x, y = test.get(correctly_classified(model, test, args.images))
-    for norm, eps in (("linf", 0.1), ("l2", 1.5)):
+    model, x, y = model_and_images(args.images)
+    for norm, eps in EPS.items():
         start = time.perf_counter()
         fooled = pgd_fooled(model, x, y, norm, eps, args.steps, args.restarts)
         print(
