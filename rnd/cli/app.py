@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -13,14 +14,31 @@ import torch
 from rnd.errors import RndError
 
 
+def _one_line(exc: BaseException) -> str:
+    """The first line of an error message (a multi-line message is cut, never dumped)."""
+    text = str(exc).strip() or type(exc).__name__
+    first = text.splitlines()[0]
+    return first if first == text else f"{first} ..."
+
+
 class RndGroup(click.Group):
-    """A click group that turns rnd's own errors into one clear line and exit status 2."""
+    """A click group that turns rnd's own errors, and the storage errors every command can meet
+    (a read-only or missing folder, a full disk, a damaged database), into one clear line and exit
+    status 2. Anything else is a bug and keeps its traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except RndError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {_one_line(exc)}", err=True)
+            sys.exit(2)
+        except OSError as exc:
+            where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+            reason = exc.strerror or _one_line(exc)
+            click.echo(f"error: {reason}{where}; check the path and its permissions", err=True)
+            sys.exit(2)
+        except sqlite3.Error as exc:
+            click.echo(f"error: results database: {_one_line(exc)}; use another --db", err=True)
             sys.exit(2)
 
 
