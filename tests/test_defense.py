@@ -100,3 +100,31 @@ def test_bad_clip_and_both_seed_and_generator():
         RandomNoiseDefense(Identity(), nu=0.1, clip=(1.0, 0.0))
     with pytest.raises(InputError):
         RandomNoiseDefense(Identity(), nu=0.1, seed=1, generator=torch.Generator())
+
+
+def test_unseeded_defenses_draw_different_noise_even_after_the_same_global_seed():
+    """Default seeding is OS entropy: two defenses built without a seed (even right after the same
+    torch.manual_seed) give different noise, and building and using them leaves the global RNG alone."""
+    x = torch.full((2, 1, 8, 8), 0.5)
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    a = RandomNoiseDefense(Identity(), nu=0.05)
+    b = RandomNoiseDefense(Identity(), nu=0.05)
+    na, nb = a(x) - x, b(x) - x
+    assert torch.equal(torch.rand(3), expected)  # global RNG untouched by construction and calls
+    assert not torch.equal(na, nb)
+    assert float((na - nb).abs().mean()) > 0.01  # independent draws, not a shifted copy
+    assert a.generator.initial_seed() != b.generator.initial_seed()
+
+
+@pytest.mark.parametrize("seed", [0, 7, 2**62])
+def test_seeded_noise_is_the_documented_generator_stream(seed):
+    """seed=s means noise = nu * randn from torch.Generator().manual_seed(s), call after call (seed=0
+    included: it is a seed, not 'no seed')."""
+    x = torch.full((3, 1, 8, 8), 0.5)
+    d = RandomNoiseDefense(Identity(), nu=0.05, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(2):
+        expected = (0.5 + 0.05 * torch.randn(x.shape, generator=g)).clamp(0, 1)
+        assert torch.equal(d(x), expected)
