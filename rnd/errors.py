@@ -23,6 +23,10 @@ class DataNotFoundError(RndError, FileNotFoundError):
     """Data files that are not on disk."""
 
 
+class DataError(InputError):
+    """A data file that is on disk but damaged or malformed (truncated, bad header, bad labels)."""
+
+
 class BudgetExceededError(RndError):
     """A query that would take an image past its query budget; nothing was counted."""
 

@@ -3,10 +3,24 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
-from rnd.errors import InputError
+from rnd.errors import DataError, InputError
+
+
+def check_label_range(labels: torch.Tensor, num_classes: int, source: str | Path, hint: str) -> None:
+    """Refuse labels outside [0, num_classes) read from `source`; the message ends with `hint`."""
+    if not labels.numel():
+        return
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo < 0 or hi >= num_classes:
+        bad = int(((labels < 0) | (labels >= num_classes)).sum())
+        raise DataError(
+            f"{source} holds {bad} label(s) outside the {num_classes} classes [0, {num_classes - 1}] "
+            f"(values in [{lo}, {hi}]); {hint}"
+        )
 
 
 @dataclass
@@ -27,7 +41,13 @@ class ImageDataset:
             raise InputError("ImageDataset.images must be a uint8 tensor (N, C, H, W)")
         if self.labels.shape != (self.images.shape[0],):
             raise InputError("ImageDataset.labels must have one label per image")
+        if self.labels.is_floating_point() or self.labels.dtype == torch.bool:
+            raise InputError(f"ImageDataset.labels must be integers, got dtype {self.labels.dtype}")
         self.labels = self.labels.long()
+        if self.classes:
+            check_label_range(
+                self.labels, len(self.classes), f"data set {self.name!r}", "fix the labels or the class list"
+            )
 
     def __len__(self) -> int:
         return int(self.images.shape[0])

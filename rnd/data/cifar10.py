@@ -9,13 +9,15 @@ from typing import Literal
 import numpy as np
 import torch
 
-from rnd.data.base import ImageDataset
-from rnd.errors import DataNotFoundError, InputError
+from rnd.data.base import ImageDataset, check_label_range
+from rnd.errors import DataError, DataNotFoundError, InputError
 
 CLASSES = [
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
 ]  # fmt: skip
 _RECORD = 1 + 3 * 32 * 32
+#: The way out when a batch file is there but damaged.
+REPAIR_HINT = "replace it with the file from a fresh download of the CIFAR-10 binary version"
 
 
 def load_cifar10(split: Literal["train", "test"] = "test", root: str | Path | None = None) -> ImageDataset:
@@ -36,14 +38,20 @@ def load_cifar10(split: Literal["train", "test"] = "test", root: str | Path | No
     for name in names:
         path = root / name
         if not path.is_file():
-            raise DataNotFoundError(f"CIFAR-10 file {path} not found")
+            raise DataNotFoundError(
+                f"CIFAR-10 file {path} not found; point root= (or RND_CIFAR10) at the folder holding "
+                "data_batch_1.bin ... test_batch.bin of the binary version"
+            )
         raw = np.fromfile(path, dtype=np.uint8)
-        if raw.size % _RECORD:
-            raise InputError(f"{path} is truncated: {raw.size} bytes is not a multiple of {_RECORD}")
-        chunks.append(raw.reshape(-1, _RECORD))
+        if raw.size == 0 or raw.size % _RECORD:
+            raise DataError(
+                f"{path} is truncated or not a CIFAR-10 binary batch: {raw.size} bytes is not a "
+                f"positive multiple of the {_RECORD}-byte record; {REPAIR_HINT}"
+            )
+        records = raw.reshape(-1, _RECORD)
+        check_label_range(torch.from_numpy(records[:, 0].astype("int64")), len(CLASSES), path, REPAIR_HINT)
+        chunks.append(records)
     records = np.concatenate(chunks)
     labels = torch.from_numpy(records[:, 0].astype("int64"))
-    if int(labels.max()) > 9:
-        raise InputError(f"{root} does not hold CIFAR-10 binary batches (label > 9)")
     images = torch.from_numpy(records[:, 1:].copy()).view(-1, 3, 32, 32)
     return ImageDataset("cifar10", split, images, labels, list(CLASSES))

@@ -6,11 +6,12 @@ import os
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 
-from rnd.data.base import ImageDataset
+from rnd.data.base import ImageDataset, check_label_range
 from rnd.data.idx import read_idx
-from rnd.errors import DataNotFoundError, InputError
+from rnd.errors import DataError, DataNotFoundError, InputError
 
 DEFAULT_ROOT = Path("/usr/share/datasets/fashion-mnist")
 CLASSES = [
@@ -22,6 +23,11 @@ _FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 INSTALL_HINT = "sudo apt-get install dataset-fashion-mnist"
+#: The way out when a file is there but damaged.
+REPAIR_HINT = (
+    "reinstall it with `sudo apt-get install --reinstall dataset-fashion-mnist`, or point "
+    "RND_FASHION_MNIST (or root=) at a folder holding intact IDX files"
+)
 
 
 def _find(root: Path, stem: str) -> Path:
@@ -43,10 +49,20 @@ def load_fashion_mnist(
         raise InputError(f"split must be 'train' or 'test', got {split!r}")
     root = Path(root or os.environ.get("RND_FASHION_MNIST") or DEFAULT_ROOT)
     img_stem, lab_stem = _FILES[split]
-    images = read_idx(_find(root, img_stem))
-    labels = read_idx(_find(root, lab_stem))
-    if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
-        raise InputError(f"Fashion-MNIST files under {root} have inconsistent shapes")
+    img_path, lab_path = _find(root, img_stem), _find(root, lab_stem)
+    images = read_idx(img_path, REPAIR_HINT)
+    labels = read_idx(lab_path, REPAIR_HINT)
+    if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
+        raise DataError(
+            f"{img_path} holds {images.dtype} data of shape {images.shape}, not uint8 28 x 28 "
+            f"images; {REPAIR_HINT}"
+        )
+    if labels.dtype != np.uint8 or labels.ndim != 1 or labels.shape[0] != images.shape[0]:
+        raise DataError(
+            f"{lab_path} holds {labels.dtype} data of shape {labels.shape}, not {images.shape[0]} "
+            f"uint8 labels (one per image of {img_path.name}); {REPAIR_HINT}"
+        )
     x = torch.from_numpy(images.copy()).unsqueeze(1)
     y = torch.from_numpy(labels.astype("int64"))
+    check_label_range(y, len(CLASSES), lab_path, REPAIR_HINT)
     return ImageDataset("fashion-mnist", split, x, y, list(CLASSES))

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from rnd.data.base import ImageDataset
-from rnd.errors import DataNotFoundError, InputError
+from rnd.errors import DataError, DataNotFoundError, InputError
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".webp")
 
@@ -26,6 +26,8 @@ def load_image_folder(
         from PIL import Image
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise InputError("image folders need Pillow: pip install 'rnd[dev]' or pillow") from exc
+    if mode not in ("RGB", "L"):
+        raise InputError(f"mode must be 'RGB' (3 channels) or 'L' (1 channel), got {mode!r}")
     root = Path(root)
     if not root.is_dir():
         raise DataNotFoundError(f"image folder {root} does not exist")
@@ -37,11 +39,19 @@ def load_image_folder(
         for path in sorted((root / cls).iterdir()):
             if path.suffix.lower() not in EXTENSIONS:
                 continue
-            with Image.open(path) as im:
-                im = im.convert(mode)
-                if size is not None:
-                    im = im.resize((size[1], size[0]), Image.BILINEAR)
-                arr = np.asarray(im, dtype=np.uint8)
+            try:
+                with Image.open(path) as im:
+                    im = im.convert(mode)
+                    if size is not None:
+                        im = im.resize((size[1], size[0]), Image.BILINEAR)
+                    arr = np.asarray(im, dtype=np.uint8)
+            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+                # UnidentifiedImageError and "image file is truncated" are OSErrors
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise DataError(
+                    f"cannot read image {path} ({reason}); remove or replace the file, or give it "
+                    f"an extension other than {', '.join(EXTENSIONS)} so that it is skipped"
+                ) from exc
             arrays.append(arr[..., None] if arr.ndim == 2 else arr)
             labels.append(label)
     if not arrays:

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from rnd.data import load_cifar10, load_dataset, load_fashion_mnist, load_image_folder, make_synthetic
+from rnd.data.base import ImageDataset
 from rnd.data.fashion_mnist import DEFAULT_ROOT
-from rnd.errors import DataNotFoundError, InputError, UnknownNameError
+from rnd.errors import DataError, DataNotFoundError, InputError, UnknownNameError
 
 
 def test_fashion_mnist_real_files():
@@ -99,3 +100,144 @@ def test_synthetic_is_deterministic_and_shares_patterns():
     same = (mean(a, 0) - mean(c, 0)).abs().mean()
     other = (mean(a, 0) - mean(c, 1)).abs().mean()
     assert same < other / 2
+
+
+# -- damaged data files: one DataError naming the file and the way out, never a traceback ----------
+def _idx_bytes(array: np.ndarray) -> bytes:
+    """An IDX file of uint8 `array` (magic 0, 0, 0x08, ndim; big-endian dims; data)."""
+    dims = b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    return bytes([0, 0, 0x08, array.ndim]) + dims + array.astype(np.uint8).tobytes()
+
+
+def _write_fmnist(folder, n=4, labels=None):
+    """A tiny Fashion-MNIST test split in the real format (gzip-compressed IDX)."""
+    images = np.random.default_rng(0).integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+    labels = np.arange(n) % 10 if labels is None else np.asarray(labels)
+    (folder / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(_idx_bytes(images)))
+    (folder / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(_idx_bytes(labels)))
+    return folder / "t10k-images-idx3-ubyte.gz", folder / "t10k-labels-idx1-ubyte.gz"
+
+
+def _assert_one_line(exc_info, path, *words):
+    message = str(exc_info.value)
+    assert "\n" not in message, message
+    assert str(path) in message, message
+    for word in words:
+        assert word in message, message
+
+
+def test_tiny_fashion_mnist_files_load(tmp_path):
+    _write_fmnist(tmp_path, n=4)
+    data = load_fashion_mnist("test", root=tmp_path)
+    assert len(data) == 4 and data.labels.tolist() == [0, 1, 2, 3]
+
+
+def _bad_deflate(data: bytes) -> bytes:
+    # a gzip header followed by a deflate block of the reserved type 3: zlib.error "invalid block type"
+    return bytes([0x1F, 0x8B, 8, 0, 0, 0, 0, 0, 0, 0xFF]) + b"\x07" + data[20:60]
+
+
+def _bad_crc(data: bytes) -> bytes:
+    raw = bytearray(data)
+    raw[-8] ^= 0xFF  # the CRC32 trailer: gzip.BadGzipFile "CRC check failed"
+    return bytes(raw)
+
+
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        (_bad_deflate, "invalid block type"),  # zlib.error
+        (lambda data: data[:-20], "ended before"),  # EOFError
+        (_bad_crc, "CRC check failed"),  # gzip.BadGzipFile
+        (lambda data: b"not gzip at all", "Not a gzipped file"),  # gzip.BadGzipFile
+    ],
+)
+def test_damaged_gzip_stream_names_file_and_fix(tmp_path, damage, reason):
+    images, _ = _write_fmnist(tmp_path)
+    images.write_bytes(damage(images.read_bytes()))
+    with pytest.raises(DataError) as info:
+        load_fashion_mnist("test", root=tmp_path)
+    _assert_one_line(info, images, reason, "apt-get install --reinstall dataset-fashion-mnist")
+
+
+@pytest.mark.parametrize(
+    "raw, words",
+    [
+        (bytes([0, 0, 8, 3]) + (4).to_bytes(4, "big"), ["truncated", "header needs 16 bytes"]),  # cut header
+        (bytes([0, 0, 8]), ["bad magic number"]),
+        (bytes([0, 0, 8, 3]) + b"".join(d.to_bytes(4, "big") for d in (4, 28, 28)) + b"\0" * 100, ["3136"]),
+    ],
+)
+def test_malformed_idx_header_or_size(tmp_path, raw, words):
+    images, _ = _write_fmnist(tmp_path)
+    images.write_bytes(gzip.compress(raw))
+    with pytest.raises(DataError) as info:
+        load_fashion_mnist("test", root=tmp_path)
+    _assert_one_line(info, images, *words, "reinstall")
+
+
+def test_idx_of_wrong_shape_or_count(tmp_path):
+    images, labels = _write_fmnist(tmp_path)
+    images.write_bytes(gzip.compress(_idx_bytes(np.zeros((4, 10, 10), np.uint8))))
+    with pytest.raises(DataError) as info:
+        load_fashion_mnist("test", root=tmp_path)
+    _assert_one_line(info, images, "28 x 28", "reinstall")
+    _write_fmnist(tmp_path)
+    labels.write_bytes(gzip.compress(_idx_bytes(np.zeros(3, np.uint8))))
+    with pytest.raises(DataError) as info:
+        load_fashion_mnist("test", root=tmp_path)
+    _assert_one_line(info, labels, "not 4", "reinstall")
+
+
+def test_fashion_mnist_labels_outside_the_classes(tmp_path):
+    _, labels = _write_fmnist(tmp_path, labels=[0, 3, 10, 255])
+    with pytest.raises(DataError) as info:
+        load_fashion_mnist("test", root=tmp_path)
+    _assert_one_line(info, labels, "2 label(s) outside the 10 classes", "[0, 255]", "reinstall")
+
+
+def test_cifar10_damaged_batches(tmp_path):
+    _write_cifar(tmp_path)
+    path = tmp_path / "test_batch.bin"
+    raw = path.read_bytes()
+    for data, words in [
+        (raw[:-5], ["truncated", str(len(raw) - 5)]),
+        (b"", ["0 bytes"]),
+        (raw + b"\0" * 3073 * 2 + b"\1", ["not a positive multiple"]),
+    ]:
+        path.write_bytes(data)
+        with pytest.raises(DataError) as info:
+            load_cifar10("test", tmp_path)
+        _assert_one_line(info, path, *words, "fresh download")
+    bad = bytearray(raw)
+    bad[3073 * 2] = 10  # the third record's label byte
+    path.write_bytes(bytes(bad))
+    with pytest.raises(DataError) as info:
+        load_cifar10("test", tmp_path)
+    _assert_one_line(info, path, "1 label(s) outside the 10 classes", "fresh download")
+
+
+def test_image_folder_unreadable_image(tmp_path):
+    pil = pytest.importorskip("PIL.Image")
+    (tmp_path / "cat").mkdir()
+    pil.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "cat" / "0.png")
+    good = (tmp_path / "cat" / "0.png").read_bytes()
+    bad = tmp_path / "cat" / "1.png"
+    for data in (b"this is no image", good[: len(good) // 2]):  # UnidentifiedImageError, truncated
+        bad.write_bytes(data)
+        with pytest.raises(DataError) as info:
+            load_image_folder(tmp_path)
+        _assert_one_line(info, bad, "remove or replace the file")
+
+
+def test_image_folder_bad_mode(tmp_path):
+    with pytest.raises(InputError, match="mode"):
+        load_image_folder(tmp_path, mode="CMYK")
+
+
+def test_dataset_labels_outside_its_classes():
+    images = torch.zeros(3, 1, 2, 2, dtype=torch.uint8)
+    with pytest.raises(DataError, match="outside the 2 classes"):
+        ImageDataset("x", "test", images, torch.tensor([0, 1, 2]), ["a", "b"])
+    with pytest.raises(InputError, match="integers"):
+        ImageDataset("x", "test", images, torch.tensor([0.0, 1.0, 1.0]), ["a", "b"])
