@@ -10,6 +10,7 @@ from rnd.evaluation.noise_accuracy import (
     accuracy_vs_nu,
     calibrate_nu,
     compare_models,
+    measure_drop,
     plot_accuracy_vs_nu,
     t_quantile,
 )
@@ -85,3 +86,40 @@ def test_calibrate_when_nothing_fits_or_bad_budget(tiny_model, fmnist_test):
         calibrate_nu(tiny_model, fmnist_test, max_drop=0)
     with pytest.raises(InputError, match="draws must be >= 2"):
         calibrate_nu(tiny_model, fmnist_test, draws=1)
+
+
+# Student's t quantiles from the tables (Abramowitz & Stegun 26.10): t_{p, df}
+T_TABLE = {(0.95, 2): 2.919986, (0.95, 4): 2.131847, (0.975, 2): 4.302653, (0.99, 4): 3.746947}
+
+
+@pytest.mark.parametrize(("confidence", "draws"), [(0.95, 5), (0.95, 3), (0.975, 3), (0.99, 5)])
+def test_drop_bound_is_the_one_sided_t_bound(tiny_model, fmnist_test, confidence, draws):
+    """upper = mean drop + t_{conf, n-1} * s / sqrt(n), s the sample std (n - 1) of the per-draw drops,
+    recomputed here from the draws themselves and the t table: a normal quantile (1.645), the
+    population std or df = n would all give a smaller, anti-conservative bound."""
+    idx = IDX[:300]
+    clean = 100 * accuracy(tiny_model, fmnist_test, indices=idx)
+    m = measure_drop(tiny_model, fmnist_test, 0.3, clean, draws=draws, confidence=confidence, seed=4, indices=idx)
+    accs = accuracy_vs_nu(tiny_model, fmnist_test, [0.3], draws=draws, seed=4, indices=idx)[0].draws
+    drops = [clean - a for a in accs]
+    mean = sum(drops) / draws
+    s = math.sqrt(sum((d - mean) ** 2 for d in drops) / (draws - 1))
+    assert s > 0.1  # the draws differ, so the bound's width is tested
+    assert m.drop == pytest.approx(mean, abs=1e-9) and m.std == pytest.approx(s, abs=1e-9)
+    assert m.upper == pytest.approx(mean + T_TABLE[confidence, draws - 1] * s / math.sqrt(draws), abs=1e-4)
+
+
+def test_calibrated_nu_passes_the_independently_computed_bound(tiny_model, fmnist_test):
+    """Every nu calibrate accepts has mean + t_{0.95,2} s / sqrt(3) <= max_drop, recomputed from its
+    draws; the first it rejects exceeds it."""
+    cal = calibrate_nu(tiny_model, fmnist_test, max_drop=3.0, grid=GRID, draws=3, seed=1, indices=IDX)
+    clean = cal.clean_accuracy
+    for i, m in enumerate(cal.tried):
+        accs = accuracy_vs_nu(tiny_model, fmnist_test, [m.nu], draws=3, seed=1 + i, indices=IDX)[0].draws
+        drops = [clean - a for a in accs]
+        mean = sum(drops) / 3
+        s = math.sqrt(sum((d - mean) ** 2 for d in drops) / 2)
+        bound = mean + T_TABLE[0.95, 2] * s / math.sqrt(3)
+        assert m.upper == pytest.approx(bound, abs=1e-4)
+        assert (bound <= 3.0) == (m is not cal.next_over)
+    assert cal.chosen is not None and cal.next_over is cal.tried[-1]
