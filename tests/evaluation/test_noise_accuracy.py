@@ -99,7 +99,9 @@ def test_drop_bound_is_the_one_sided_t_bound(tiny_model, fmnist_test, confidence
     population std or df = n would all give a smaller, anti-conservative bound."""
     idx = IDX[:300]
     clean = 100 * accuracy(tiny_model, fmnist_test, indices=idx)
-    m = measure_drop(tiny_model, fmnist_test, 0.3, clean, draws=draws, confidence=confidence, seed=4, indices=idx)
+    m = measure_drop(
+        tiny_model, fmnist_test, 0.3, clean, draws=draws, confidence=confidence, seed=4, indices=idx
+    )
     accs = accuracy_vs_nu(tiny_model, fmnist_test, [0.3], draws=draws, seed=4, indices=idx)[0].draws
     drops = [clean - a for a in accs]
     mean = sum(drops) / draws
