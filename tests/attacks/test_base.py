@@ -103,3 +103,34 @@ def test_box_fill_reaches_the_norm_inside_the_box():
     # a norm larger than the whole box allows: every pixel goes to its box face
     full = box_fill(x0, delta, 1e6)
     assert torch.allclose(x0 + full, torch.where(delta > 0, 1.0, 0.0).expand_as(x0), atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
+def test_non_float32_images_rejected_like_the_oracle(tiny_model, attack_batch, dtype):
+    """Attacks apply the oracle's rule (float32 only), not a silent conversion; nothing is queried."""
+    x, y = attack_batch
+    oracle = Oracle(tiny_model, budget=50)
+    with pytest.raises(InputError, match=rf"float32.*{dtype}.*x\.float\(\)"):
+        Square(eps=0.1, seed=0)(oracle, x.to(dtype), y)
+    assert oracle.counts.numel() == 0  # no ids allocated, no queries
+
+
+def test_l2_projection_when_x_is_outside_the_ball_but_its_clip_is_inside():
+    """x far outside the ball only along coordinates the box cuts away: the projection is clip(x)
+    itself (t = 1 in the KKT form), not a point rescaled to norm eps."""
+    g = torch.Generator().manual_seed(2)
+    x0 = torch.rand(8, 1, 28, 28, generator=g) * (torch.rand(8, 1, 28, 28, generator=g) > 0.5)
+    background = x0 == 0
+    # 3 per background pixel straight out of the box, plus a small move inside it elsewhere
+    x = x0 + torch.where(background, -3.0, 0.02 * torch.randn(8, 1, 28, 28, generator=g))
+    attack = make_attack("nes", eps=1.5, norm="l2", seed=0)
+    assert bool(((x - x0).flatten(1).norm(dim=1) > 30).all())
+    assert bool(((x.clamp(0, 1) - x0).flatten(1).norm(dim=1) < 1.0).all())
+    z = attack.project(x, x0)
+    assert torch.allclose(z, x.clamp(0, 1), atol=1e-6)
+    assert torch.allclose(z, _bisection_projection(x, x0, 1.5), atol=1e-5)
+    # optimality against the whole feasible set: <x - z, w - z> <= 0 for feasible w (sampled)
+    for _ in range(20):
+        w = x0 + torch.randn(8, 1, 28, 28, generator=g)
+        w = _bisection_projection(w, x0, 1.5)  # a feasible point: in the box and the ball
+        assert float(((x - z).flatten(1) * (w - z).flatten(1)).sum(1).max()) <= 1e-5
