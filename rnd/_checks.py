@@ -10,6 +10,8 @@ from rnd.errors import InputError
 
 #: Slack allowed outside [0, 1] before an input counts as out of range (float rounding).
 RANGE_TOL = 1e-6
+#: The one dtype of images rnd accepts (the models' dtype); others are rejected, not converted.
+IMAGE_DTYPE = torch.float32
 
 
 def check_images(
@@ -19,16 +21,22 @@ def check_images(
     name: str = "images",
     allow_empty: bool = False,
 ) -> torch.Tensor:
-    """Check that `x` is a finite floating batch (N, C, H, W) of pixels in [0, 1].
+    """Check that `x` is a finite float32 batch (N, C, H, W) of pixels in [0, 1].
 
-    Policy: values outside [0, 1] are rejected, not clipped, so a caller's bug is never hidden.
+    Policy: anything else is rejected, never converted or clipped, so a caller's bug is never
+    hidden: values outside [0, 1], and other dtypes (float64, float16, bfloat16: the models are
+    float32; the caller converts with `x.float()`).
     """
     if not isinstance(x, torch.Tensor):
         raise InputError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
         raise InputError(
-            f"{name} must be a floating tensor of pixels in [0, 1], got dtype {x.dtype}; "
+            f"{name} must be a floating (float32) tensor of pixels in [0, 1], got dtype {x.dtype}; "
             "convert with x.float() / 255 for uint8 images"
+        )
+    if x.dtype != IMAGE_DTYPE:
+        raise InputError(
+            f"{name} must be float32 pixels in [0, 1], got dtype {x.dtype}; convert with x.float()"
         )
     if x.dim() != 4:
         raise InputError(f"{name} must have shape (N, C, H, W), got {tuple(x.shape)}")

@@ -13,7 +13,7 @@ from typing import Literal, Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from rnd._checks import RANGE_TOL, check_images, check_int
+from rnd._checks import IMAGE_DTYPE, RANGE_TOL, check_images, check_int
 from rnd.defense import defense_nu
 from rnd.errors import BudgetExceededError, InputError, unknown_name
 
@@ -171,7 +171,7 @@ class Oracle:
         """check_images(x) with one pass over the pixels when x is valid (the common case)."""
         if (
             isinstance(x, torch.Tensor)
-            and x.is_floating_point()
+            and x.dtype == IMAGE_DTYPE
             and x.dim() == 4
             and x.shape[0] > 0
             and tuple(x.shape[1:]) == self.input_shape
@@ -182,7 +182,7 @@ class Oracle:
         check_images(x, self.input_shape, name="queries")  # the full check names the problem
 
     def query(self, x: torch.Tensor, ids: torch.Tensor, eot: int | None = None) -> torch.Tensor:
-        """Answer the batch `x` (pixels in [0, 1]) whose row i belongs to image `ids[i]`.
+        """Answer the batch `x` (float32 pixels in [0, 1]) whose row i belongs to image `ids[i]`.
 
         Each row costs `eot` queries (default: the oracle's M). Returns (N, classes) scores, or
         (N,) int64 labels with output="labels". With EOT, scores are the mean of M answers and

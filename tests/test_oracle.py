@@ -154,3 +154,14 @@ def test_bad_configuration(tiny_model):
 def test_nu_visible_to_adaptive_attacker(tiny_model):
     assert Oracle(tiny_model).nu == 0.0
     assert Oracle(RandomNoiseDefense(tiny_model, nu=0.03)).nu == 0.03
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_non_float32_queries_rejected_with_the_fix(counted, dtype):
+    """One rule with the attacks (rnd._checks.check_images): float32 only, never converted."""
+    oracle = Oracle(counted, budget=100)
+    ids = oracle.new_ids(2)
+    with pytest.raises(InputError, match=rf"float32.*{dtype}.*x\.float\(\)"):
+        oracle.query(torch.rand(2, 1, 28, 28).to(dtype), ids)
+    assert oracle.counts_of(ids).tolist() == [0, 0]
+    assert counted.images == 0

@@ -178,7 +178,7 @@ class QueryAttack(ABC):
             raise InputError("targets given to an untargeted attack; pass targeted=True")
         self.oracle = oracle
         self.cur_mu = self.effective_mu(float(getattr(oracle, "nu", 0.0)))
-        state = AttackState(images.detach().float().cpu().clone(), labels, targets, oracle.new_ids(n))
+        state = AttackState(images.detach().cpu().clone(), labels, targets, oracle.new_ids(n))
         bar = tqdm(total=n, desc=self.name, disable=not self.progress, unit="img", leave=False)
         try:
             if self.step_cost > oracle.budget:
