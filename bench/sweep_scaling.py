@@ -59,14 +59,14 @@ def _plan(text: str) -> Any:
 
 def _snapshot(db: Path) -> dict[str, Any]:
     """What the sweep measured (summaries and per-image rows), without wall times."""
-    from rnd.evaluation.store import ResultsStore
+    from rnd.evaluation.store import VOLATILE_SUFFIXES, ResultsStore
 
     def clean(v: Any) -> Any:
         return None if isinstance(v, float) and math.isnan(v) else v
 
     with ResultsStore(db, readonly=True) as store:
         cells = {
-            r["key"]: {k: clean(v) for k, v in r.items() if k not in ("seconds", "finished")}
+            r["key"]: {k: clean(v) for k, v in r.items() if not k.endswith(VOLATILE_SUFFIXES)}
             for r in store.results()
         }
         return {"cells": cells, "rows": store.image_rows()}

@@ -73,9 +73,10 @@ def sweep(
     # the Ray runner checks a cluster address before the database is opened (a failure changes nothing)
     with runner if runner_name == "ray" else contextlib.nullcontext():
         outcome = run_sweep(plan, db, runner=runner, progress=progress)
+    shared = f", {outcome.by_others} run by another process" if outcome.by_others else ""
     click.echo(
         f"{outcome.db}: {outcome.cells} cells, {outcome.skipped} already done, {outcome.ran} run now, "
-        f"{len(outcome.failed)} failed"
+        f"{len(outcome.failed)} failed{shared}"
     )
     for label, error in outcome.failed:
         click.echo(f"failed: {label}: {error}", err=True)

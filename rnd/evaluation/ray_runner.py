@@ -21,11 +21,12 @@ On a cluster every node needs the same rnd installed and the checkpoints and dat
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import logging
 import os
 import pickle
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -183,10 +184,13 @@ class RayRunner:
         cpus = ray.cluster_resources().get("CPU", 1)
         return max(1, int(cpus) // self.threads_per_worker)
 
-    def run(self, cells: Sequence[Cell], on_result: OnResult, on_error: OnError) -> None:
-        """Submit one task per cell (at most `workers` in flight) and report each as it finishes."""
+    def run(self, cells: Iterable[Cell], on_result: OnResult, on_error: OnError) -> None:
+        """Submit one task per cell (at most `workers` in flight, each cell taken from `cells` only
+        when there is room for it) and report each as it finishes."""
         ray = import_ray()
-        if not cells:
+        pending = iter(cells)
+        first = next(pending, None)
+        if first is None:
             return
         started = self._start(ray)
         if started and self._session:  # keep it up for the rest of the `with` block
@@ -197,15 +201,17 @@ class RayRunner:
                 max_retries=self.retries,
                 retry_exceptions=list(TRANSIENT_ERRORS),
             )
-            self._stream(ray, task, list(cells), on_result, on_error)
+            self._stream(ray, task, itertools.chain([first], pending), on_result, on_error)
         finally:
             if started:
                 ray.shutdown()
 
-    def _stream(self, ray: Any, task: Any, cells: list[Cell], on_result: OnResult, on_error: OnError) -> None:
+    def _stream(
+        self, ray: Any, task: Any, cells: Iterator[Cell], on_result: OnResult, on_error: OnError
+    ) -> None:
         capacity = self._capacity(ray)
         execute = ray.put(self.execute)
-        pending = iter(cells)
+        pending = cells
         in_flight: dict[Any, Cell] = {}
 
         def submit() -> None:

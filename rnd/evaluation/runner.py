@@ -6,17 +6,21 @@ so every runner streams results into the same store the same way:
     runner.run(cells, on_result, on_error)
 
 calls `on_result(CellResult)` as each cell finishes (in any order) and `on_error(cell, exc)` for a
-cell that raised after its retries. `InProcessRunner` is the default; a runner for a cluster
-(e.g. Ray: one task per cell running `rnd.evaluation.sweep.execute_cell`) implements the same
-method and registers under a name in `RUNNERS`.
+cell that raised after its retries. `cells` is a lazy iterable: taking a cell from it claims that
+cell in the database (so that concurrent sweeps share the work), so a runner takes the next cell
+only when it has room to start it, never the whole list up front. `InProcessRunner` is the
+default; a runner for a cluster (e.g. Ray: one task per cell running
+`rnd.evaluation.sweep.execute_cell`) implements the same method and registers under a name in
+`RUNNERS`.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +31,7 @@ from tqdm.auto import tqdm
 
 from rnd.errors import RndError, unknown_name
 from rnd.evaluation.config import SweepConfig, quick_config
-from rnd.evaluation.store import ResultsStore, check_database
+from rnd.evaluation.store import ResultsStore, check_cells, check_database, check_location
 from rnd.evaluation.sweep import Cell, CellResult, execute_cell, expand
 
 log = logging.getLogger(__name__)
@@ -41,7 +45,7 @@ class Runner(Protocol):
 
     name: str
 
-    def run(self, cells: Sequence[Cell], on_result: OnResult, on_error: OnError) -> None: ...
+    def run(self, cells: Iterable[Cell], on_result: OnResult, on_error: OnError) -> None: ...
 
 
 @contextmanager
@@ -71,7 +75,7 @@ class InProcessRunner:
     stop_on_error: bool = False
     name: str = "inprocess"
 
-    def run(self, cells: Sequence[Cell], on_result: OnResult, on_error: OnError) -> None:
+    def run(self, cells: Iterable[Cell], on_result: OnResult, on_error: OnError) -> None:
         with torch_threads(self.threads):
             for cell in cells:
                 try:
@@ -120,6 +124,7 @@ class SweepOutcome:
     skipped: int  # already done before this call
     ran: int
     failed: list[tuple[str, str]] = field(default_factory=list)  # (cell label, error)
+    by_others: int = 0  # finished meanwhile by other processes sharing the database
 
 
 @dataclass
@@ -133,19 +138,12 @@ class SweepPlan:
 
 def plan_sweep(cfg: SweepConfig, *, quick: bool = False) -> SweepPlan:
     """Apply --quick, expand the grid and check every model and the data set; writes nothing."""
-    from rnd.data import load_dataset
+    from rnd.evaluation.sweep import check_cells
 
     if quick:
         cfg = quick_config(cfg)
     cells = expand(cfg)
-    data = load_dataset(cfg.data.dataset, cfg.data.split, cfg.data.root)
-    if cfg.data.start >= len(data):
-        from rnd.errors import ConfigError
-
-        raise ConfigError(
-            f"data.start: {cfg.data.start} is past the end of {cfg.data.dataset}/"
-            f"{cfg.data.split} ({len(data)} images)"
-        )
+    check_cells(cfg, cells)  # checkpoints load and fit the data, enough images: before any database
     return SweepPlan(cfg, cells, quick)
 
 
@@ -155,31 +153,45 @@ def run_sweep(
     *,
     runner: Runner | None = None,
     progress: bool = True,
+    poll_s: float = 0.5,
 ) -> SweepOutcome:
-    """Run every cell of `plan` not yet done in `db`, storing each result as it arrives.
+    """Run every cell of `plan` not yet done in `db`, storing each result as it arrives; returns
+    when every cell is done or has failed here.
 
     The database is checked before anything is written (a file of another schema is refused,
-    untouched); finished cells are skipped, so rerunning a finished sweep does nothing.
+    untouched); finished cells are skipped, so rerunning a finished sweep does nothing. Several
+    sweeps may run on one database at once: each cell is claimed before it is computed, so they
+    share the work, and a process waits for cells claimed by another live process (taking them
+    over if that process dies). A cell that failed here is not retried in the same call.
     """
+    check_cells(plan.cells)
+    check_location(db)
     check_database(db)
     runner = runner or InProcessRunner()
+    keys = [c.key for c in plan.cells]
+    by_key = {c.key: c for c in plan.cells}
     with ResultsStore(db) as store:
         sweep_id = store.register_sweep(
             plan.config.name, plan.config.source, plan.cells, quick=plan.quick, config_path=plan.config.path
         )
-        done = store.done_keys()
-        todo = [c for c in plan.cells if c.key not in done]
-        outcome = SweepOutcome(str(db), sweep_id, len(plan.cells), len(plan.cells) - len(todo), 0)
-        if not todo:
+        done_before = len(store.done_keys() & set(keys))
+        outcome = SweepOutcome(str(db), sweep_id, len(keys), done_before, 0)
+        if done_before == len(keys):
             return outcome
         bar = tqdm(
-            total=len(plan.cells),
-            initial=outcome.skipped,
+            total=len(keys),
+            initial=done_before,
             desc="cells",
             unit="cell",
             disable=not progress,
             dynamic_ncols=True,
         )
+        attempted: set[str] = set()
+
+        def claims() -> Iterator[Cell]:
+            while (key := store.claim_next(keys, skip=attempted)) is not None:
+                attempted.add(key)
+                yield by_key[key]
 
         def on_result(result: CellResult) -> None:
             if store.record(result):
@@ -196,7 +208,17 @@ def run_sweep(
             outcome.failed.append((cell.label(), msg))
 
         try:
-            runner.run(todo, on_result, on_error)
+            while True:
+                runner.run(claims(), on_result, on_error)
+                left = {k: v for k, v in store.unfinished(keys).items() if k not in attempted}
+                if not left:
+                    break
+                # the rest is claimed by other live processes (or freed since): wait, then try again
+                bar.n = len(keys) - len(store.unfinished(keys))
+                bar.refresh()
+                time.sleep(poll_s)
         finally:
+            store.release_claims()
             bar.close()
+        outcome.by_others = len(keys) - done_before - outcome.ran - len(store.unfinished(keys))
     return outcome

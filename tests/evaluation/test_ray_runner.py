@@ -23,7 +23,7 @@ from rnd.cli import main
 from rnd.errors import InputError
 from rnd.evaluation.config import parse_config
 from rnd.evaluation.runner import InProcessRunner, SweepPlan, make_runner, plan_sweep, run_sweep
-from rnd.evaluation.store import ResultsStore
+from rnd.evaluation.store import VOLATILE_SUFFIXES, ResultsStore
 from rnd.evaluation.sweep import Cell, CellResult, execute_cell
 from rnd.models import save_checkpoint
 
@@ -98,7 +98,7 @@ def snapshot(db: Path) -> dict[str, Any]:
     Leaves out only wall times and timestamps."""
     with ResultsStore(db, readonly=True) as store:
         cells = {
-            r["key"]: {k: _clean(v) for k, v in r.items() if k not in ("seconds", "finished")}
+            r["key"]: {k: _clean(v) for k, v in r.items() if not k.endswith(VOLATILE_SUFFIXES)}
             for r in store.results()
         }
         return {"status": store.status_counts(), "cells": cells, "rows": store.image_rows()}

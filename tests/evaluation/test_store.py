@@ -3,17 +3,30 @@ no duplicates, and recovery after a writer is killed in the middle of a transact
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
+import json
+import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
+from pathlib import Path
 
 import pytest
 
 from rnd.errors import InputError
-from rnd.evaluation.store import SCHEMA_VERSION, ResultsStore, check_database
+from rnd.evaluation.store import (
+    CLAIM_LEASE_S,
+    SCHEMA_VERSION,
+    ResultsStore,
+    check_database,
+    comparable_content,
+    owner_id,
+)
 from rnd.evaluation.sweep import Cell, CellResult, ImageRow, summarize_rows
 
 
@@ -111,13 +124,12 @@ def test_incompatible_schema_is_refused_untouched(tmp_path):
     assert digest(db) == before
 
 
-@pytest.mark.parametrize("content", [b"not a database at all", b""])
-def test_foreign_files_are_refused_untouched(tmp_path, content):
+def test_foreign_files_are_refused_untouched(tmp_path):
     db = tmp_path / "x.sqlite"
-    db.write_bytes(content)
-    with pytest.raises(InputError):
+    db.write_bytes(b"not a database at all")
+    with pytest.raises(InputError, match="not an SQLite database"):
         ResultsStore(db)
-    assert db.read_bytes() == content
+    assert db.read_bytes() == b"not a database at all"
 
 
 def test_other_sqlite_database_is_refused_untouched(tmp_path):
@@ -161,3 +173,305 @@ def test_writer_killed_mid_transaction_leaves_last_commit(tmp_path):
     with ResultsStore(db) as store:
         assert store.record(result(c))
         assert len(store.image_rows()) == 3
+
+
+# -- creation that survives SIGKILL and concurrent starts ---------------------------------------------
+
+
+def history(db: Path) -> list[str]:
+    con = sqlite3.connect(db)
+    try:
+        return [r[0] for r in con.execute("SELECT event FROM history ORDER BY id")]
+    finally:
+        con.close()
+
+
+def test_empty_file_left_by_a_killed_creator_is_finished(tmp_path):
+    """`sqlite3.connect` creates a 0-byte file before the schema exists: a kill then leaves one."""
+    db = tmp_path / "r.sqlite"
+    db.write_bytes(b"")
+    assert check_database(db) is False  # to be created, not refused
+    with ResultsStore(db) as store:
+        store.register_sweep("s", "text", [cell()], quick=False)
+        assert store.record(result(cell()))
+    assert history(db) == ["created"]
+
+
+def test_sqlite_file_without_tables_is_finished(tmp_path):
+    db = tmp_path / "r.sqlite"
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE t (x)")
+    con.execute("DROP TABLE t")
+    con.commit()
+    con.close()
+    assert db.read_bytes().startswith(b"SQLite format 3")
+    with ResultsStore(db) as store:
+        assert store.status_counts() == {}
+
+
+def test_creator_killed_mid_schema_is_rolled_back_and_finished(tmp_path):
+    """SIGKILL inside the schema transaction (some tables made, hot journal left): the next open
+    rolls the half schema back (SQLite's recovery) and creates the whole one."""
+    db = tmp_path / "r.sqlite"
+    script = textwrap.dedent(f"""
+        import os, signal, sqlite3
+        con = sqlite3.connect({str(db)!r}, isolation_level=None)
+        con.execute("BEGIN IMMEDIATE")
+        con.execute("CREATE TABLE schema_info (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        con.execute("CREATE TABLE sweeps (id INTEGER PRIMARY KEY)")
+        con.execute("INSERT INTO schema_info VALUES ('schema_version', '2')")
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    assert (tmp_path / "r.sqlite-journal").exists()
+    with ResultsStore(db) as store:
+        store.register_sweep("s", "text", [cell()], quick=False)
+        assert store.record(result(cell()))
+    assert history(db) == ["created"]
+
+
+OPEN_AT_ONCE = """
+import sys, time
+from rnd.evaluation.store import ResultsStore
+time.sleep(max(0.0, float(sys.argv[2]) - time.time()))
+with ResultsStore(sys.argv[1]) as store:
+    store.register_sweep("s", "text", [], quick=False)
+"""
+
+
+@pytest.mark.parametrize("processes", [2, 4])
+def test_concurrent_creation_makes_one_database(tmp_path, processes):
+    db = tmp_path / "r.sqlite"
+    start = time.time() + 8  # after every interpreter has imported rnd
+    procs = [
+        subprocess.Popen([sys.executable, "-c", OPEN_AT_ONCE, str(db), str(start)], stderr=subprocess.PIPE)
+        for _ in range(processes)
+    ]
+    errors = [p.communicate(timeout=120)[1].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0] * processes, errors
+    assert history(db) == ["created"]
+    with ResultsStore(db, readonly=True) as store:
+        assert len(store.sweeps()) == 1
+
+
+# -- files rnd refuses, untouched ---------------------------------------------------------------------
+
+
+def made(tmp_path: Path, name: str = "r.sqlite") -> Path:
+    db = tmp_path / name
+    with ResultsStore(db) as store:
+        store.register_sweep("s", "text", [cell(seed=s) for s in range(40)], quick=False)
+        for s in range(40):
+            store.record(result(cell(seed=s)))
+    return db
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("DROP TABLE cell_summaries", r"damaged rnd results database \(table cell_summaries missing\)"),
+        ("ALTER TABLE cells DROP COLUMN claimed_at", r"columns claimed_at of cells missing"),
+        ("DELETE FROM schema_info", r"no readable results schema version"),
+    ],
+)
+def test_database_with_missing_parts_is_refused_untouched(tmp_path, damage, message):
+    db = made(tmp_path)
+    con = sqlite3.connect(db)
+    con.execute(damage)
+    con.commit()
+    con.close()
+    before = digest(db)
+    for readonly in (False, True):
+        with pytest.raises(InputError, match=message):
+            ResultsStore(db, readonly=readonly)
+    assert digest(db) == before
+
+
+def test_corrupt_page_is_refused_untouched(tmp_path):
+    db = made(tmp_path)
+    data = bytearray(db.read_bytes())
+    page = 4096
+    assert len(data) > 6 * page
+    at = (len(data) // page - 2) * page  # a data page of the last tables (not the schema's)
+    data[at + 8 : at + page] = bytes(range(256)) * ((page - 8) // 256) + bytes((page - 8) % 256)
+    db.write_bytes(bytes(data))
+    before = digest(db)
+    for readonly in (False, True):
+        with pytest.raises(InputError, match=r"damaged|malformed|not a readable"):
+            ResultsStore(db, readonly=readonly)
+    assert digest(db) == before
+
+
+def test_location_errors(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(InputError, match="is a file, not a folder"):
+        ResultsStore(blocker / "sub" / "r.sqlite")
+    with pytest.raises(InputError, match="is not a file"):
+        ResultsStore(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_integers_beyond_int64_are_refused_before_writing(tmp_path):
+    db = tmp_path / "r.sqlite"
+    with ResultsStore(db) as store:
+        with pytest.raises(InputError, match="seed = 18446744073709551616 does not fit a 64-bit integer"):
+            store.register_sweep("s", "text", [cell(seed=2**64)], quick=False)
+        assert store.status_counts() == {} and store.sweeps() == []
+
+
+# -- migration from schema 1 --------------------------------------------------------------------------
+
+
+def v1_database(path: Path) -> Path:
+    """A database exactly as rnd wrote schema version 1 (its DDL kept in schema_v1.sql)."""
+    con = sqlite3.connect(path)
+    con.executescript((Path(__file__).parent / "schema_v1.sql").read_text())
+    created = "2026-11-01T10:00:00+00:00"
+    con.execute("INSERT INTO schema_info VALUES ('schema_version', '1'), ('created', ?)", (created,))
+    c = cell()
+    con.execute("INSERT INTO sweeps VALUES (1, 's', 'sha', 0, 'text', 'cfg.toml', '0.1.0', ?)", (created,))
+    d = c.to_dict()
+    cols = ", ".join("?" * len(STORE_CELL_COLUMNS))
+    con.execute(
+        f"INSERT INTO cells VALUES (?, ?, {cols}, 'done', NULL, '2026-11-01T10:01:00+00:00')",
+        (c.key, json.dumps(c.identity(), sort_keys=True), *[d[k] for k in STORE_CELL_COLUMNS]),
+    )
+    con.execute("INSERT INTO sweep_cells VALUES (1, ?)", (c.key,))
+    con.executemany(
+        "INSERT INTO image_results VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [(c.key, i, 10 + i, i, 1, 40 + i, 1, int(i == 0)) for i in range(3)],
+    )
+    con.execute(
+        "INSERT INTO cell_summaries VALUES (?, 3, 0.0, 0.0, 66.7, 41.0, 41.0, 90.0, 91.0, '[10, 11, 12]',"
+        " '{\"mu\": 0.01}', '0.1.0', 1.5, '2026-11-01T10:01:00+00:00')",
+        (c.key,),
+    )
+    con.commit()
+    con.close()
+    return path
+
+
+STORE_CELL_COLUMNS = (
+    "model", "checkpoint", "checkpoint_sha256", "dataset", "split", "images", "start", "attack", "norm",
+    "eps", "mu", "eot", "budget", "nu", "seed", "output", "params",
+)  # fmt: skip
+
+
+def test_schema_1_is_migrated_keeping_every_row(tmp_path):
+    db = v1_database(tmp_path / "old.sqlite")
+    old = sqlite3.connect(db)
+    old_rows = old.execute("SELECT * FROM image_results ORDER BY position").fetchall()
+    old.close()
+    before = digest(db)
+    with ResultsStore(db, readonly=True) as store:  # reading migrates a copy in memory only
+        (r,) = store.results()
+        assert r["failure_rate_vote"] == 66.7 and r["wall_seconds"] == 1.5 and r["indices"] == [10, 11, 12]
+    assert digest(db) == before
+    with ResultsStore(db) as store:
+        assert store.image_rows() == old_rows
+        (r,) = store.results()
+        assert r["finished_at"] == "2026-11-01T10:01:00+00:00" and r["mean_queries"] == 41.0
+        assert store.sweeps()[0]["created_at"] == "2026-11-01T10:00:00+00:00"
+        assert store.record(result(cell())) is False  # still known as done
+        store.register_sweep("s2", "other", [cell(seed=1)], quick=False)
+        assert store.record(result(cell(seed=1)))
+    con = sqlite3.connect(db)
+    assert con.execute("SELECT value FROM schema_info").fetchall() == [(str(SCHEMA_VERSION),)]
+    first = con.execute("SELECT event, schema_version, happened_at FROM history ORDER BY id").fetchone()
+    assert first == ("created", 1, "2026-11-01T10:00:00+00:00")
+    con.close()
+    assert history(db) == ["created", "migrated from schema 1"]
+
+
+# -- comparing databases ------------------------------------------------------------------------------
+
+
+def test_comparable_content_ignores_only_wall_clock_columns(tmp_path):
+    a, b = tmp_path / "a.sqlite", tmp_path / "b.sqlite"
+    for db, seconds in ((a, 1.5), (b, 99.0)):
+        with ResultsStore(db) as store:
+            store.register_sweep("s", "text", [cell()], quick=False)
+            r = result(cell())
+            r.seconds = seconds
+            store.record(r)
+        time.sleep(0.01)  # the timestamps differ too
+    assert digest(a) != digest(b)
+    assert comparable_content(a) == comparable_content(b)
+    assert set(comparable_content(a)) == {
+        "schema_info", "history", "sweeps", "cells", "sweep_cells", "image_results", "cell_summaries",
+    }  # fmt: skip
+    con = sqlite3.connect(b)
+    con.execute("UPDATE image_results SET queries = queries + 1 WHERE position = 0")
+    con.commit()
+    con.close()
+    assert comparable_content(a) != comparable_content(b)
+
+
+# -- claims: concurrent sweeps share cells ------------------------------------------------------------
+
+
+def dead_owner() -> str:
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    return f"{socket.gethostname()}:{int(proc.stdout)}:12345"
+
+
+def test_claims_are_exclusive_and_dead_claims_are_taken_over(tmp_path):
+    db = tmp_path / "r.sqlite"
+    cells = [cell(seed=s) for s in range(3)]
+    keys = [c.key for c in cells]
+    with ResultsStore(db) as me:
+        me.register_sweep("s", "text", cells, quick=False)
+        with ResultsStore(db, owner=dead_owner()) as dead:
+            assert dead.claim_next(keys) == keys[0]
+            assert dead.claim_next(keys) == keys[1]
+        live = ResultsStore(db, owner=f"{socket.gethostname()}:{os.getppid()}:{owner_id().split(':')[2]}")
+        with live:
+            # the parent process is alive (its start time differs, so it only counts as alive
+            # when the recorded start time matches: use '?' to skip that check)
+            live.owner = f"{socket.gethostname()}:{os.getppid()}:?"
+            assert live.claim_next(keys) == keys[0]  # the dead process's claim is free again
+            assert me.claim_next(keys) == keys[1]
+            assert me.claim_next(keys) == keys[2]
+            assert me.claim_next(keys) is None  # keys[0] is held by a live process
+            assert me.claim_next(keys, skip={keys[1], keys[2]}) is None
+            assert me.unfinished(keys)[keys[0]] == ("pending", live.owner)
+            me.record(result(cells[1]))
+            assert me.unfinished(keys).keys() == {keys[0], keys[2]}
+            me.release_claims()
+            assert me.unfinished(keys)[keys[2]] == ("pending", None)
+
+
+def test_claims_from_another_host_expire_after_the_lease(tmp_path):
+    db = tmp_path / "r.sqlite"
+    c = cell()
+    with ResultsStore(db) as me:
+        me.register_sweep("s", "text", [c], quick=False)
+        con = sqlite3.connect(db)
+        fresh = dt.datetime.now(dt.UTC).isoformat()
+        con.execute("UPDATE cells SET claimed_by = 'elsewhere:1:1', claimed_at = ?", (fresh,))
+        con.commit()
+        assert me.claim_next([c.key]) is None
+        old = (dt.datetime.now(dt.UTC) - dt.timedelta(seconds=CLAIM_LEASE_S + 1)).isoformat()
+        con.execute("UPDATE cells SET claimed_at = ?", (old,))
+        con.commit()
+        con.close()
+        assert me.claim_next([c.key]) == c.key
+
+
+def test_recording_releases_the_claim(tmp_path):
+    db = tmp_path / "r.sqlite"
+    a, b = cell(seed=0), cell(seed=1)
+    with ResultsStore(db) as store:
+        store.register_sweep("s", "text", [a, b], quick=False)
+        store.claim_next([a.key, b.key])
+        store.claim_next([a.key, b.key])
+        store.record(result(a))
+        store.mark_failed(b.key, "boom")
+        con = sqlite3.connect(db)
+        assert con.execute("SELECT status, claimed_by, claimed_at FROM cells ORDER BY status").fetchall() == [
+            ("done", None, None),
+            ("failed", None, None),
+        ]
+        con.close()
