@@ -165,3 +165,71 @@ def test_non_float32_queries_rejected_with_the_fix(counted, dtype):
         oracle.query(torch.rand(2, 1, 28, 28).to(dtype), ids)
     assert oracle.counts_of(ids).tolist() == [0, 0]
     assert counted.images == 0
+
+
+class LabelSequence(torch.nn.Module):
+    """Answers the i-th image it is ever sent with the one-hot logits of `labels[i]`."""
+
+    input_shape = (1, 2, 2)
+    num_classes = 10
+
+    def __init__(self, labels):
+        super().__init__()
+        self.labels = torch.tensor(labels)
+        self.sent = 0
+
+    def forward(self, x):
+        labels = self.labels[self.sent : self.sent + x.shape[0]]
+        self.sent += x.shape[0]
+        return torch.nn.functional.one_hot(labels, 10).float()
+
+
+def test_eot_labels_are_the_most_frequent_label_ties_to_the_smallest():
+    # M = 5 answers per image, sent image by image: not the first, not the last answer
+    answers = [[2, 0, 0, 1, 0], [4, 4, 7, 7, 7], [3, 1, 1, 3, 5], [9, 8, 8, 9, 6]]
+    model = LabelSequence([label for row in answers for label in row])
+    oracle = Oracle(model, output="labels", eot=5)
+    out = oracle.query(torch.full((4, 1, 2, 2), 0.5), oracle.new_ids(4))
+    assert out.tolist() == [0, 7, 1, 8]  # ties 1/3 -> 1 and 8/9 -> 8
+    assert model.sent == 20 and oracle.counts.tolist() == [5, 5, 5, 5]
+
+
+class SignOfNoise(torch.nn.Module):
+    """Class 1 when the first pixel is above 0.5, else class 0: under RND at x = 0.5 the label is
+    the sign of that pixel's noise."""
+
+    input_shape = (1, 2, 2)
+    num_classes = 10
+
+    def forward(self, x):
+        return torch.nn.functional.one_hot((x.flatten(1)[:, 0] > 0.5).long(), 10).float()
+
+
+def test_eot_labels_majority_of_disagreeing_noisy_labels():
+    """Under RND the M noisy labels disagree; the answer is the majority of the labels the noise
+    gives, replayed here from the defense's seed (copies of an image are consecutive)."""
+    n, m = 40, 5
+    oracle = Oracle(RandomNoiseDefense(SignOfNoise(), nu=0.1, seed=3), output="labels", eot=m)
+    out = oracle.query(torch.full((n, 1, 2, 2), 0.5), oracle.new_ids(n))
+    v = torch.randn((n * m, 1, 2, 2), generator=torch.Generator().manual_seed(3))
+    ones = (0.5 + 0.1 * v.flatten(1)[:, 0] > 0.5).view(n, m).sum(1)
+    assert torch.equal(out, (ones > m / 2).long())
+    # the test is informative: labels disagree within most images, and first label != majority often
+    assert int(((ones > 0) & (ones < m)).sum()) > n / 2
+    first = (0.5 + 0.1 * v.flatten(1)[:, 0] > 0.5).view(n, m)[:, 0].long()
+    assert int((first != out).sum()) >= 5
+
+
+def test_topk_reveals_the_k_best_classes_with_their_probabilities(tiny_model):
+    x = torch.rand(6, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    probs = tiny_model(x).detach().softmax(1)
+    for k in (1, 3):
+        oracle = Oracle(tiny_model, output="topk", k=k)
+        out = oracle.query(x, oracle.new_ids(6))
+        order = probs.argsort(1, descending=True)
+        expected = torch.zeros_like(probs)
+        for i in range(6):
+            for c in order[i, :k].tolist():
+                expected[i, c] = probs[i, c]
+        assert torch.allclose(out, expected, atol=1e-6), k
+        assert torch.equal((out > 0).sum(1), torch.full((6,), k))
