@@ -2,6 +2,7 @@
 
 from rnd.models.checkpoint import (
     CheckpointMeta,
+    check_checkpoint_files,
     checkpoint_paths,
     load_checkpoint,
     read_meta,
@@ -10,13 +11,14 @@ from rnd.models.checkpoint import (
 )
 from rnd.models.cnn import SmallCNN
 from rnd.models.layers import Classifier, Normalize
-from rnd.models.registry import ARCHITECTURES, DATASET_STATS, build_model
+from rnd.models.registry import ARCHITECTURES, DATASET_STATS, MAX_PARAMETERS, build_model
 from rnd.models.resnet import ResNet
 from rnd.models.vgg import VGG
 
 __all__ = [
     "ARCHITECTURES",
     "DATASET_STATS",
+    "MAX_PARAMETERS",
     "VGG",
     "CheckpointMeta",
     "Classifier",
@@ -24,6 +26,7 @@ __all__ = [
     "ResNet",
     "SmallCNN",
     "build_model",
+    "check_checkpoint_files",
     "checkpoint_paths",
     "load_checkpoint",
     "read_meta",

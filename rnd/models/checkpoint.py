@@ -22,8 +22,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from rnd.errors import CheckpointError, UnknownNameError
-from rnd.models.registry import build_model
+from rnd.errors import CheckpointError, RndError
+from rnd.models.registry import build_from_arguments
 
 FORMAT = "rnd-checkpoint"
 FORMAT_VERSION = 1
@@ -52,6 +52,26 @@ def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
     if p.suffix in (".safetensors", ".json"):
         p = p.with_suffix("")
     return p.with_name(p.name + ".safetensors"), p.with_name(p.name + ".json")
+
+
+def check_checkpoint_files(path: str | Path) -> tuple[Path, Path]:
+    """(weights, metadata) paths of `path` after checking both exist; the error names the missing one."""
+    weights, meta_path = checkpoint_paths(path)
+    missing = [p for p in (weights, meta_path) if not p.is_file()]
+    base = weights.with_suffix("")
+    if len(missing) == 2:
+        raise CheckpointError(
+            f"checkpoint {base} not found (neither {weights.name} nor {meta_path.name} exists); "
+            f"check the path, or train one with `rnd train --out {base}`"
+        )
+    if missing:
+        kind = "weights" if missing[0] == weights else "metadata"
+        present = meta_path if missing[0] == weights else weights
+        raise CheckpointError(
+            f"checkpoint {kind} {missing[0]} is missing (only {present.name} is there); restore the "
+            f"file, or retrain with `rnd train --out {base}`"
+        )
+    return weights, meta_path
 
 
 def sha256_file(path: str | Path) -> str:
@@ -118,7 +138,10 @@ def read_meta(path: str | Path) -> CheckpointMeta:
     """Read and validate a checkpoint's JSON metadata (does not touch the weights)."""
     weights, meta_path = checkpoint_paths(path)
     if not meta_path.is_file():
-        raise CheckpointError(f"checkpoint metadata {meta_path} not found (expected beside {weights})")
+        raise CheckpointError(
+            f"checkpoint metadata {meta_path} not found (expected beside {weights.name}); restore it, "
+            f"or retrain with `rnd train --out {weights.with_suffix('')}`"
+        )
     try:
         raw = json.loads(meta_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -131,17 +154,40 @@ def read_meta(path: str | Path) -> CheckpointMeta:
         )
     known = set(CheckpointMeta.__dataclass_fields__)
     try:
-        return CheckpointMeta(**{k: v for k, v in raw.items() if k in known})
+        meta = CheckpointMeta(**{k: v for k, v in raw.items() if k in known})
     except TypeError as exc:
         raise CheckpointError(f"{meta_path} lacks required fields: {exc}") from exc
+    for name, kind in (("architecture", str), ("arch_kwargs", dict), ("dataset", str), ("sha256", str)):
+        if not isinstance(getattr(meta, name), kind):
+            raise CheckpointError(
+                f"{meta_path} is damaged: field {name!r} must be a {kind.__name__}, got "
+                f"{getattr(meta, name)!r}; restore the file, or retrain"
+            )
+    return meta
+
+
+def _state_mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> str:
+    """A one-line summary of how `found` differs from `expected` in keys and shapes ('' if it fits)."""
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    shaped = [k for k in expected if k in found and found[k].shape != expected[k].shape]
+    parts = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shaped)):
+        if not keys:
+            continue
+        shown = [
+            f"{k} {list(found[k].shape)} vs {list(expected[k].shape)}" if label == "mis-shaped" else k
+            for k in keys[:2]
+        ]
+        more = ", ..." if len(keys) > 2 else ""
+        parts.append(f"{len(keys)} {label} (e.g. {', '.join(shown)}{more})")
+    return "; ".join(parts)
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, CheckpointMeta]:
     """Load a checkpoint after checking its sha256; returns (model in eval mode, metadata)."""
-    weights, _ = checkpoint_paths(path)
+    weights, meta_path = check_checkpoint_files(path)
     meta = read_meta(path)
-    if not weights.is_file():
-        raise CheckpointError(f"checkpoint weights {weights} not found")
     digest = sha256_file(weights)
     if digest != meta.sha256:
         raise CheckpointError(
@@ -155,11 +201,20 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     try:
         # initialising layers draws from torch's global RNG; restore it (weights are loaded next)
         with torch.random.fork_rng(devices=[]):
-            model = build_model(meta.architecture, **meta.arch_kwargs)
-    except (UnknownNameError, TypeError) as exc:
-        raise CheckpointError(f"{weights}: cannot rebuild architecture {meta.architecture!r}: {exc}") from exc
+            model = build_from_arguments(meta.architecture, meta.arch_kwargs)
+    except (RndError, TypeError, ValueError) as exc:
+        raise CheckpointError(
+            f"{meta_path} asks for an architecture rnd will not build: {exc}; restore the file, or retrain"
+        ) from exc
+    mismatch = _state_mismatch(model.state_dict(), state)
+    if mismatch:
+        raise CheckpointError(
+            f"{weights} does not fit architecture {meta.architecture!r} of {meta_path.name}: tensors "
+            f"{mismatch}; restore the matching pair of files, or retrain"
+        )
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise CheckpointError(f"{weights} does not fit architecture {meta.architecture!r}: {exc}") from exc
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{weights} does not fit architecture {meta.architecture!r}: {first}") from exc
     return model.to(device).eval(), meta

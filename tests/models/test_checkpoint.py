@@ -4,7 +4,7 @@ import pickle
 import pytest
 import torch
 
-from rnd.errors import CheckpointError, UnknownNameError
+from rnd.errors import CheckpointError, InputError, UnknownNameError
 from rnd.models import ARCHITECTURES, build_model, load_checkpoint, read_meta, save_checkpoint
 
 
@@ -114,3 +114,125 @@ def test_load_does_not_touch_global_rng(saved):
     torch.manual_seed(11)
     load_checkpoint(saved)
     assert torch.equal(torch.rand(3), expected)
+
+
+# -- absurd or damaged metadata: one CheckpointError line naming the file and the way out ----------
+def _set_meta(saved, **fields):
+    path = saved.with_suffix(".json")
+    meta = json.loads(path.read_text())
+    kwargs = fields.pop("arch_kwargs", {})
+    meta.update(fields)
+    if isinstance(kwargs, dict) and isinstance(meta["arch_kwargs"], dict):
+        meta["arch_kwargs"].update(kwargs)
+    else:
+        meta["arch_kwargs"] = kwargs
+    path.write_text(json.dumps(meta))
+
+
+def _assert_one_line(info, *words):
+    message = str(info.value)
+    assert "\n" not in message and len(message) < 400, message
+    for word in words:
+        assert word in message, message
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"num_classes": -3}, ["num_classes must be in [2, 100000], got -3"]),
+        ({"num_classes": 0}, ["num_classes", "got 0"]),
+        ({"num_classes": "10"}, ["num_classes must be an integer"]),
+        ({"num_classes": True}, ["num_classes must be an integer"]),
+        ({"input_shape": [28, 28]}, ["input_shape must be a list of 3 integers"]),
+        ({"input_shape": [1, 28, -28]}, ["input_shape[2]"]),
+        ({"input_shape": [1, 28.0, 28]}, ["input_shape[1] must be an integer"]),
+        ({"width": 10**9}, ["width must be in [1, 4096]"]),
+        ({"width": 4096, "hidden": 65536}, ["parameters", "GB of float32", "above the cap of 100,000,000"]),
+        ({"input_shape": [1, 4096, 4096], "hidden": 128}, ["above the cap"]),
+        ({"mystery": 1}, ["no argument(s) mystery", "it takes: input_shape"]),
+        ({"blocks": [3, 3, 3]}, ["no argument(s) blocks"]),  # resnet's, not small-cnn's
+        ({"std": [0.0]}, ["std must hold positive finite numbers"]),
+        ({"mean": [0.1, 0.2]}, ["mean must be a list of 1 numbers"]),
+        ([1, 2], ["field 'arch_kwargs' must be a dict"]),
+    ],
+)
+def test_absurd_architecture_arguments_are_refused_before_building(saved, kwargs, words):
+    _set_meta(saved, arch_kwargs=kwargs)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(saved)
+    _assert_one_line(info, str(saved.with_suffix(".json")), *words, "restore the file, or retrain")
+
+
+def test_non_string_architecture_is_refused(saved):
+    _set_meta(saved, architecture=["small-cnn"])
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(saved)
+    _assert_one_line(info, "field 'architecture' must be a str")
+
+
+def test_parameter_cap_applies_to_every_build(saved, monkeypatch):
+    from rnd.models import registry
+
+    monkeypatch.setattr(registry, "MAX_PARAMETERS", 1000)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(saved)
+    _assert_one_line(info, "above the cap of 1,000")
+    with pytest.raises(InputError, match="above the cap of 1,000"):
+        build_model("vgg11", (3, 32, 32), 10)
+
+
+def test_build_model_checks_its_arguments():
+    with pytest.raises(InputError, match="num_classes"):
+        build_model("small-cnn", (1, 28, 28), 0)
+    with pytest.raises(InputError, match="no argument"):
+        build_model("vgg11", config="vgg-small")
+    model = build_model("resnet8", (3, 32, 32), 10, width=4)  # defaults and valid values still build
+    assert model.arch_kwargs == {"input_shape": [3, 32, 32], "num_classes": 10, "width": 4}
+
+
+def test_missing_metadata_or_weights_names_the_missing_file(saved):
+    weights, meta = saved.with_suffix(".safetensors"), saved.with_suffix(".json")
+    kept = meta.read_bytes()
+    meta.unlink()
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(saved)
+    _assert_one_line(info, f"checkpoint metadata {meta} is missing", "only m.safetensors", "rnd train --out")
+    meta.write_bytes(kept)
+    weights.unlink()
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(saved)
+    _assert_one_line(info, f"checkpoint weights {weights} is missing", "only m.json", "restore")
+    meta.unlink()
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(saved)
+    _assert_one_line(info, "not found", "neither m.safetensors nor m.json")
+
+
+def _resave_weights(saved, state):
+    import hashlib
+
+    from safetensors.torch import save_file
+
+    weights = saved.with_suffix(".safetensors")
+    save_file(state, str(weights))
+    _set_meta(saved, sha256=hashlib.sha256(weights.read_bytes()).hexdigest())
+
+
+def test_state_dict_mismatch_is_summarised_in_one_line(saved):
+    from safetensors.torch import load_file
+
+    state = load_file(str(saved.with_suffix(".safetensors")))
+    extra = {**state, "extra.a": torch.zeros(1), "extra.b": torch.zeros(1), "extra.c": torch.zeros(1)}
+    del extra["body.0.weight"]
+    _resave_weights(saved, extra)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(saved)
+    _assert_one_line(
+        info, "1 missing (e.g. body.0.weight)", "3 unexpected (e.g. extra.a, extra.b, ...)", "matching pair"
+    )
+    _resave_weights(saved, state)
+    _set_meta(saved, arch_kwargs={"width": 16})
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(saved)
+    _assert_one_line(info, "5 mis-shaped (e.g. body.0.weight [4, 1, 3, 3] vs [16, 1, 3, 3]")
+    assert "size mismatch" not in str(info.value)  # not torch's multi-line diff
