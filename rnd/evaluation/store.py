@@ -258,8 +258,10 @@ def _check_schema(con: sqlite3.Connection, path: Path) -> None:
             )
     problems = [r[0] for r in con.execute("PRAGMA quick_check(3)")]
     if problems != ["ok"]:
+        lines = [ln.strip() for p in problems for ln in p.splitlines()]
+        detail = next((ln for ln in lines if ln and not ln.startswith("***")), "integrity check failed")
         raise InputError(
-            f"{path} is a damaged SQLite database ({problems[0]}); restore a copy or use another --db"
+            f"{path} is a damaged SQLite database ({detail}); restore a copy or use another --db"
         )
 
 

@@ -4,11 +4,16 @@ as an uninterrupted run."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+import random
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -18,7 +23,7 @@ from click.testing import CliRunner
 from rnd.cli import main
 from rnd.evaluation.config import load_config
 from rnd.evaluation.runner import InProcessRunner, plan_sweep, run_sweep
-from rnd.evaluation.store import ResultsStore
+from rnd.evaluation.store import ResultsStore, comparable_content
 from rnd.models import save_checkpoint
 
 CONFIG = """
@@ -147,7 +152,9 @@ def test_existing_databases_are_never_touched_by_a_failed_start(folder, tmp_path
     )
     before = digest(db)
     (folder / "broken.toml").write_text("name = 3\n")
-    assert invoke("sweep", str(folder / "broken.toml"), "--db", str(db)).exit_code == 2
+    broken = invoke("sweep", str(folder / "broken.toml"), "--db", str(db))
+    assert broken.exit_code == 2 and "name" in broken.output, broken.output
+    assert digest(db) == before
     con = sqlite3.connect(db)
     con.execute("UPDATE schema_info SET value = '0' WHERE name = 'schema_version'")
     con.commit()
@@ -157,7 +164,7 @@ def test_existing_databases_are_never_touched_by_a_failed_start(folder, tmp_path
     assert result.exit_code == 2 and "schema version 0" in result.output
     assert digest(db) == before
     report = invoke("report", str(db), "--out", str(tmp_path / "rep"))
-    assert report.exit_code == 2 and digest(db) == before
+    assert report.exit_code == 2 and "schema version 0" in report.output and digest(db) == before
 
 
 def done_cells(db: Path) -> int:
@@ -212,3 +219,229 @@ def test_kill_and_restart_equals_uninterrupted(folder, tmp_path):
     assert final.wait(timeout=300) == 0, final.stderr.read().decode()
     final.stderr.close()
     assert snapshot(db) == ref
+
+
+# -- SIGKILL at random moments, concurrent sweeps, storage errors --------------------------------------
+
+#: Runs `rnd` after a start time (so that several processes start together) and records each cell
+#: attempt as a file under ATTEMPTS, to tell a cell computed twice from one computed once.
+LAUNCH = """
+import os, sys, time, uuid
+from pathlib import Path
+import rnd.evaluation.runner as runner
+start, attempts = float(sys.argv[1]), sys.argv[2]
+original = runner.execute_cell
+def counted(cell, progress=False):
+    if attempts:
+        Path(attempts, cell.key[:16] + "-" + uuid.uuid4().hex).touch()
+    return original(cell, progress)
+runner.execute_cell = counted
+time.sleep(max(0.0, start - time.time()))
+from rnd.cli import main
+sys.argv = ["rnd", *sys.argv[3:]]
+main()
+"""
+
+
+def launch(config: Path, db: Path, *, start: float = 0.0, attempts: Path | None = None) -> subprocess.Popen:
+    args = ["--threads", "1", "sweep", str(config), "--db", str(db), "--no-progress"]
+    return subprocess.Popen(
+        [sys.executable, "-c", LAUNCH, str(start), str(attempts or ""), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def complete_cells_only(db: Path) -> None:
+    """What a killed sweep leaves: every finished cell whole (rows + summary), nothing of others."""
+    if not db.exists() or db.stat().st_size == 0:
+        return
+    mid = snapshot(db)
+    assert mid["duplicates"] == 0
+    done = {k for k, _, s in mid["cells"] if s == "done"}
+    assert {r[0] for r in mid["rows"]} == done == {s[0] for s in mid["summaries"]}
+
+
+@pytest.fixture(scope="module")
+def slow_reference(folder, tmp_path_factory) -> dict:
+    """`slow.toml` run once, uninterrupted, by the CLI in its own process."""
+    db = tmp_path_factory.mktemp("ref") / "reference.sqlite"
+    proc = launch(folder / "slow.toml", db)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    content = comparable_content(db)
+    assert len(content["cells"]) == 6 and len(content["image_results"]) == 24
+    return content
+
+
+def wait_for_file(path: Path, proc: subprocess.Popen, timeout: float = 60) -> bool:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            return False
+        time.sleep(0.0002)
+    return True
+
+
+def kill_and_resume(config: Path, db: Path, rng: random.Random, *, kills: int, span: float) -> int:
+    """Start the sweep `kills` times and SIGKILL it: the first time within 0-30 ms of the database
+    file appearing, later at a random moment of a run; then run it to the end. Returns kills made."""
+    made = 0
+    for i in range(kills):
+        proc = launch(config, db)
+        if i == 0:
+            if wait_for_file(db, proc):
+                time.sleep(rng.uniform(0, 0.03))
+        else:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=rng.uniform(0.5, span))
+        if proc.poll() is None:
+            proc.kill()
+            made += 1
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode in (0, -signal.SIGKILL), err
+        complete_cells_only(db)
+    final = launch(config, db)
+    _, err = final.communicate(timeout=300)
+    assert final.returncode == 0, err
+    return made
+
+
+def test_sigkill_at_random_moments_resumes_to_the_same_database(folder, slow_reference, tmp_path):
+    rng = random.Random(1234)
+    made = 0
+    for trial in range(2):
+        db = tmp_path / f"killed{trial}.sqlite"
+        made += kill_and_resume(folder / "slow.toml", db, rng, kills=3, span=6.0)
+        assert comparable_content(db) == slow_reference
+    assert made >= 4  # most starts were really killed, one of each trial during creation
+
+
+@pytest.mark.slow
+def test_sigkill_many_times(folder, slow_reference, tmp_path):
+    rng = random.Random(99)
+    for trial in range(12):
+        db = tmp_path / f"killed{trial}.sqlite"
+        kill_and_resume(folder / "slow.toml", db, rng, kills=rng.randint(1, 6), span=8.0)
+        assert comparable_content(db) == slow_reference
+
+
+@pytest.mark.parametrize("processes", [2, 4])
+def test_concurrent_sweeps_share_one_new_database(folder, slow_reference, tmp_path, processes):
+    db = tmp_path / "shared.sqlite"
+    attempts = tmp_path / "attempts"
+    attempts.mkdir()
+    start = time.time() + 4 + 2 * processes  # after every interpreter has imported rnd and torch
+    procs = [launch(folder / "slow.toml", db, start=start, attempts=attempts) for _ in range(processes)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0] * processes, [e for _, e in outs]
+    assert comparable_content(db) == slow_reference
+    # each cell computed exactly once, by one of them; every process saw the whole sweep done
+    assert sorted(f.name[:16] for f in attempts.iterdir()) == sorted(
+        k[:16] for k, *_ in slow_reference["cells"]
+    )
+    ran = sum(int(out.split(" run now")[0].rsplit(" ", 1)[1]) for out, _ in outs)
+    assert ran == 6, [o for o, _ in outs]
+
+
+def one_line_error(result, *words: str) -> None:
+    assert result.exit_code == 2, result.output
+    text = result.output.strip()
+    assert text.startswith("error: ") and "\n" not in text and "Traceback" not in text, text
+    for w in words:
+        assert w in text, text
+
+
+def tree(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): digest(p) if p.is_file() else "dir" for p in sorted(root.rglob("*"))}
+
+
+@pytest.mark.parametrize(
+    ("damage", "problem"),
+    [
+        ("DROP TABLE image_results", "table image_results missing"),
+        ("ALTER TABLE cell_summaries DROP COLUMN finished_at", "finished_at of cell_summaries missing"),
+        ("corrupt", "damaged SQLite database"),
+    ],
+)
+def test_damaged_database_is_refused_by_sweep_and_report(folder, tmp_path, damage, problem):
+    db = tmp_path / "r.sqlite"
+    run_sweep(
+        plan_sweep(load_config(folder / "sweep.toml")), db, runner=InProcessRunner(threads=1), progress=False
+    )
+    if damage == "corrupt":
+        data = bytearray(db.read_bytes())
+        at = (len(data) // 4096 - 2) * 4096
+        data[at + 8 : at + 4096] = b"\xa5" * (4096 - 8)
+        db.write_bytes(bytes(data))
+    else:
+        con = sqlite3.connect(db)
+        con.execute(damage)
+        con.commit()
+        con.close()
+    before = tree(tmp_path)
+    sweep = invoke("sweep", str(folder / "sweep.toml"), "--db", str(db), "--no-progress")
+    one_line_error(sweep, problem, "restore a copy or use another --db")
+    one_line_error(invoke("report", str(db), "--out", str(tmp_path / "rep")), problem)
+    assert tree(tmp_path) == before
+
+
+def test_db_below_a_regular_file(folder, tmp_path):
+    (tmp_path / "results").write_text("a file, not a folder")
+    before = tree(tmp_path)
+    result = invoke("sweep", str(folder / "sweep.toml"), "--db", str(tmp_path / "results" / "r.sqlite"))
+    one_line_error(result, "is a file, not a folder")
+    assert tree(tmp_path) == before
+
+
+@pytest.fixture
+def public_dir(folder):
+    """A world-readable copy of the config and checkpoint, for runs as an unprivileged user."""
+    d = Path(tempfile.mkdtemp(prefix="rnd-ro-"))
+    os.chmod(d, 0o755)
+    for name in ("tiny.safetensors", "tiny.json", "sweep.toml"):
+        shutil.copy(folder / name, d / name)
+        os.chmod(d / name, 0o644)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def unprivileged(args: list[str]) -> subprocess.CompletedProcess:
+    """`rnd ARGS` in a process that respects file permissions (root without CAP_DAC_OVERRIDE)."""
+    code = "import sys; from rnd.cli import main; sys.argv = ['rnd', *sys.argv[1:]]; main()"
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("needs util-linux setpriv to drop root's permission override")
+        caps = "-dac_override,-dac_read_search"
+        prefix = [setpriv, f"--bounding-set={caps}", f"--inh-caps={caps}", "--"]
+    return subprocess.run(
+        [*prefix, sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.mark.parametrize("what", ["folder", "file"])
+def test_read_only_results_are_refused_untouched(public_dir, what):
+    config = public_dir / "sweep.toml"
+    config.write_text(
+        config.read_text().replace('checkpoint = "tiny"', f'checkpoint = "{public_dir / "tiny"}"')
+    )
+    db = public_dir / "r.sqlite"
+    if what == "file":
+        run_sweep(
+            plan_sweep(load_config(config), quick=True), db, runner=InProcessRunner(threads=1), progress=False
+        )
+        os.chmod(db, 0o444)
+    else:
+        os.chmod(public_dir, 0o555)
+    before = tree(public_dir)
+    try:
+        proc = unprivileged(["--threads", "1", "sweep", str(config), "--db", str(db), "--no-progress"])
+    finally:
+        os.chmod(public_dir, 0o755)
+    text = proc.stderr.strip()
+    assert proc.returncode == 2 and text.startswith("error: ") and "\n" not in text, proc.stderr
+    assert ("not writable" if what == "folder" else "read-only") in text, text
+    assert tree(public_dir) == before
