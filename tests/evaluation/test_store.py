@@ -475,3 +475,30 @@ def test_recording_releases_the_claim(tmp_path):
             ("failed", None, None),
         ]
         con.close()
+
+
+def test_heartbeat_keeps_claims_fresh_until_closed(tmp_path, monkeypatch):
+    import rnd.evaluation.store as store_module
+
+    monkeypatch.setattr(store_module, "HEARTBEAT_S", 0.05)
+    db = tmp_path / "r.sqlite"
+    c = cell()
+
+    def claimed_at() -> str:
+        con = sqlite3.connect(db)
+        try:
+            return con.execute("SELECT claimed_at FROM cells").fetchone()[0]
+        finally:
+            con.close()
+
+    with ResultsStore(db) as store:
+        store.register_sweep("s", "text", [c], quick=False)
+        store.claim_next([c.key])
+        first = claimed_at()
+        deadline = time.monotonic() + 10
+        while claimed_at() == first and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert claimed_at() > first
+    last = claimed_at()
+    time.sleep(0.2)
+    assert claimed_at() == last  # the beat stopped with the store
