@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from rnd.errors import InputError
@@ -46,8 +47,7 @@ def check_images(
         )
     if x.shape[0] == 0 and not allow_empty:
         raise InputError(f"{name} is an empty batch")
-    if x.numel() and not bool(torch.isfinite(x).all()):
-        raise InputError(f"{name} contain NaN or infinite values")
+    check_finite(x, name)
     if x.numel():
         lo, hi = float(x.min()), float(x.max())
         if lo < -RANGE_TOL or hi > 1 + RANGE_TOL:
@@ -73,24 +73,55 @@ def check_labels(y: object, n: int, num_classes: int | None, *, name: str = "lab
     return y.long()
 
 
-def check_positive(value: float, name: str, *, allow_zero: bool = False) -> float:
-    """Check that a scalar hyper-parameter is a finite positive number."""
+def _bool_or_text(value: object) -> bool:
+    """True for booleans and strings, which float() / int() would silently turn into numbers."""
+    if isinstance(value, torch.Tensor):
+        return value.dtype == torch.bool
+    return isinstance(value, bool | np.bool_ | str | bytes)
+
+
+def check_real(value: float, name: str) -> float:
+    """Check that a scalar is a finite number (not a string or a boolean); returns it as a float."""
+    if _bool_or_text(value):
+        raise InputError(
+            f"{name} must be a number, got {type(value).__name__} {value!r}; pass an int or float"
+        )
     try:
         v = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RuntimeError):
         raise InputError(f"{name} must be a number, got {value!r}") from None
     if v != v or v in (float("inf"), float("-inf")):
         raise InputError(f"{name} must be finite, got {value!r}")
+    return v
+
+
+def check_positive(value: float, name: str, *, allow_zero: bool = False) -> float:
+    """Check that a scalar hyper-parameter is a finite positive number (not a string or a boolean)."""
+    v = check_real(value, name)
     if v < 0 or (v == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise InputError(f"{name} must be {bound}, got {value!r}")
     return v
 
 
-def check_int(value: int, name: str, *, minimum: int = 1) -> int:
-    """Check that a count is an integer no smaller than `minimum`."""
+def check_int(value: int, name: str, *, minimum: int | None = 1) -> int:
+    """Check that a count is an integer (not a string or a boolean) no smaller than `minimum`."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise InputError(f"{name} must be an integer, got {value!r}")
-    if value < minimum:
+        raise InputError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+    if minimum is not None and value < minimum:
         raise InputError(f"{name} must be >= {minimum}, got {value}")
     return value
+
+
+def check_bool(value: bool, name: str) -> bool:
+    """Check that a flag is True or False (a string such as "no" would otherwise count as True)."""
+    if not isinstance(value, bool | np.bool_):
+        raise InputError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+    return bool(value)
+
+
+def check_finite(x: torch.Tensor, name: str = "inputs") -> torch.Tensor:
+    """Check that every value of `x` is finite (one pass); the message says how to find the cause."""
+    if x.numel() and not bool(torch.isfinite(x).all()):
+        raise InputError(f"{name} contain NaN or infinite values; check how they were computed")
+    return x

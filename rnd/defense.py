@@ -12,7 +12,7 @@ import os
 import torch
 from torch import nn
 
-from rnd._checks import check_positive
+from rnd._checks import check_finite, check_int, check_positive, check_real
 from rnd.errors import InputError
 
 
@@ -57,8 +57,14 @@ class RandomNoiseDefense(nn.Module):
         super().__init__()
         if generator is not None and seed is not None:
             raise InputError("give either generator or seed, not both")
-        if clip is not None and not clip[0] < clip[1]:
-            raise InputError(f"clip must be (low, high) with low < high, got {clip!r}")
+        if clip is not None:
+            if not isinstance(clip, tuple | list) or len(clip) != 2:
+                raise InputError(f"clip must be (low, high) or None, got {clip!r}")
+            clip = (check_real(clip[0], "clip low"), check_real(clip[1], "clip high"))
+            if not clip[0] < clip[1]:
+                raise InputError(f"clip must be (low, high) with low < high, got {clip!r}")
+        if seed is not None:
+            check_int(seed, "seed", minimum=None)
         self.model = model
         self.nu = check_positive(nu, "nu", allow_zero=True)
         self.clip = clip
@@ -87,7 +93,11 @@ class RandomNoiseDefense(nn.Module):
         return (v * self.nu).to(x.dtype)
 
     def perturb(self, x: torch.Tensor) -> torch.Tensor:
-        """Return `clip(x + nu * v)`: the input the model actually sees."""
+        """Return `clip(x + nu * v)`: the input the model actually sees.
+
+        NaN or infinite inputs raise `InputError` (clipping would silently turn them into pixels).
+        """
+        check_finite(x)
         if self.nu == 0:
             return x
         out = x + self.noise_like(x)

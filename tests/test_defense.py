@@ -128,3 +128,31 @@ def test_seeded_noise_is_the_documented_generator_stream(seed):
     for _ in range(2):
         expected = (0.5 + 0.05 * torch.randn(x.shape, generator=g)).clamp(0, 1)
         assert torch.equal(d(x), expected)
+
+
+@pytest.mark.parametrize("nu", ["0.1", True, False, b"0.1"])
+def test_nu_as_string_or_boolean_is_refused(nu):
+    with pytest.raises(InputError, match=r"nu must be a number, got (str|bool|bytes)"):
+        RandomNoiseDefense(Identity(), nu=nu)
+
+
+@pytest.mark.parametrize(
+    "kwargs, msg",
+    [({"seed": "7"}, "seed must be an integer"), ({"seed": 7.5}, "seed"), ({"clip": ("0", 1)}, "clip low")],
+)
+def test_bad_seed_and_clip_types(kwargs, msg):
+    with pytest.raises(InputError, match=msg):
+        RandomNoiseDefense(Identity(), nu=0.1, **kwargs)
+
+
+@pytest.mark.parametrize("nu", [0.0, 0.05])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_input_is_refused_not_clipped(nu, bad):
+    """clip(NaN + noise) stays NaN and clip(inf) becomes a valid pixel: both would be garbage."""
+    x = torch.rand(3, 1, 4, 4)
+    x[1, 0, 2, 2] = bad
+    defense = RandomNoiseDefense(Identity(), nu=nu, seed=0)
+    with pytest.raises(InputError, match="NaN or infinite"):
+        defense(x)
+    with pytest.raises(InputError, match="NaN or infinite"):
+        defense.perturb(x)

@@ -233,3 +233,23 @@ def test_topk_reveals_the_k_best_classes_with_their_probabilities(tiny_model):
                 expected[i, c] = probs[i, c]
         assert torch.allclose(out, expected, atol=1e-6), k
         assert torch.equal((out > 0).sum(1), torch.full((6,), k))
+
+
+@pytest.mark.parametrize(
+    "kwargs, msg",
+    [
+        ({"budget": "100"}, "budget must be an integer, got str"),
+        ({"budget": True}, "budget must be an integer, got bool"),
+        ({"eot": "2"}, "eot must be an integer, got str"),
+        ({"eot": True}, "eot must be an integer, got bool"),
+    ],
+)
+def test_budget_and_eot_as_string_or_boolean_are_refused(tiny_model, kwargs, msg):
+    with pytest.raises(InputError, match=msg):
+        Oracle(tiny_model, **kwargs)
+    oracle = Oracle(tiny_model, budget=10)
+    if "eot" in kwargs:  # the per-query override too, and nothing is counted
+        ids = oracle.new_ids(1)
+        with pytest.raises(InputError, match=msg):
+            oracle.query(torch.rand(1, 1, 28, 28), ids, eot=kwargs["eot"])
+        assert oracle.counts_of(ids).tolist() == [0]

@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from tqdm.auto import tqdm
 
-from rnd._checks import check_images, check_int, check_labels, check_positive
+from rnd._checks import check_bool, check_images, check_int, check_labels, check_positive
 from rnd.defense import entropy_seed
 from rnd.errors import InputError, unknown_name
 from rnd.oracle import QueryOracle
@@ -126,11 +126,11 @@ class QueryAttack(ABC):
         if loss not in LOSSES:
             raise unknown_name("loss", loss, LOSSES)
         self.loss_name: LossName = loss
-        self.targeted = bool(targeted)
+        self.targeted = check_bool(targeted, "targeted")
         self.eot = check_int(eot, "eot")
         self.mu_nu_ratio = None if mu_nu_ratio is None else check_positive(mu_nu_ratio, "mu_nu_ratio")
-        self.seed = entropy_seed() if seed is None else int(seed)
-        self.progress = progress
+        self.seed = entropy_seed() if seed is None else check_int(seed, "seed", minimum=None)
+        self.progress = check_bool(progress, "progress")
         self.generator = torch.Generator().manual_seed(self.seed)
         self.oracle: QueryOracle | None = None
 

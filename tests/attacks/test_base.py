@@ -134,3 +134,23 @@ def test_l2_projection_when_x_is_outside_the_ball_but_its_clip_is_inside():
         w = x0 + torch.randn(8, 1, 28, 28, generator=g)
         w = _bisection_projection(w, x0, 1.5)  # a feasible point: in the box and the ball
         assert float(((x - z).flatten(1) * (w - z).flatten(1)).sum(1).max()) <= 1e-5
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+@pytest.mark.parametrize(
+    "kwargs, msg",
+    [
+        ({"eps": "0.1"}, "eps must be a number, got str"),
+        ({"eps": True}, "eps must be a number, got bool"),
+        ({"mu": "0.01"}, "mu must be a number, got str"),
+        ({"mu": True}, "mu must be a number, got bool"),
+        ({"eot": "2"}, "eot must be an integer, got str"),
+        ({"eot": True}, "eot must be an integer, got bool"),
+        ({"mu_nu_ratio": "2"}, "mu_nu_ratio must be a number"),
+        ({"targeted": "no"}, "targeted must be True or False"),
+        ({"seed": "3"}, "seed must be an integer"),
+    ],
+)
+def test_strings_and_booleans_are_refused(name, kwargs, msg):
+    with pytest.raises(InputError, match=msg):
+        make_attack(name, **{"eps": 0.1, **kwargs})
