@@ -41,6 +41,8 @@ _INT_RANGES: dict[str, tuple[int, int]] = {
     "hidden": (1, 65536),
 }
 _CHANNELS, _SIDE, _STAGES, _BLOCKS = (1, 64), (4, 4096), (1, 8), (0, 64)
+#: Every argument check_arch_kwargs validates; an architecture's open arguments must be among them.
+VALIDATED_ARGUMENTS = frozenset({"input_shape", "blocks", "mean", "std", *_INT_RANGES})
 
 
 def _open_parameters(name: str) -> dict[str, inspect.Parameter]:

@@ -236,3 +236,11 @@ def test_state_dict_mismatch_is_summarised_in_one_line(saved):
         load_checkpoint(saved)
     _assert_one_line(info, "5 mis-shaped (e.g. body.0.weight [4, 1, 3, 3] vs [16, 1, 3, 3]")
     assert "size mismatch" not in str(info.value)  # not torch's multi-line diff
+
+
+def test_every_architecture_argument_is_validated():
+    """A new architecture argument needs a check in check_arch_kwargs (type, range) before use."""
+    from rnd.models.registry import VALIDATED_ARGUMENTS, arch_arguments
+
+    for name in ARCHITECTURES:
+        assert set(arch_arguments(name)) <= VALIDATED_ARGUMENTS, name
