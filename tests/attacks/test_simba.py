@@ -56,9 +56,12 @@ def test_rnd_raises_failure_rate(tiny_model, attack_batch):
 def test_second_query_only_when_first_fails(tiny_model, attack_batch):
     x, y = attack_batch
     result = run_checked(SimBA(eps=2.0, basis="dct", seed=0), tiny_model, x[:8], y[:8], budget=40)
-    # steps cost 1 or 2 queries: the counts are not all of one parity, and no image overspends
+    # steps cost 1 or 2 queries (1 + k steps, some with a second query): both parities occur (always
+    # two queries: all odd; never a second: all even), no image overspends, and an image that did not
+    # succeed stops only when less than one step (2 queries) is left
     assert bool((result.queries <= 40).all())
-    assert len(set((result.queries % 2).tolist())) == 2 or bool(result.success.any())
+    assert set((result.queries % 2).tolist()) == {0, 1}
+    assert bool((result.success | (result.queries >= 39)).all())
     eot = run_checked(SimBA(eps=2.0, eot=3, seed=0), tiny_model, x[:4], y[:4], 60, nu=0.02)
     assert bool((eot.queries % 3 == 0).all())
 

@@ -74,8 +74,18 @@ def test_train_writes_checkpoint(tmp_path):
     assert meta["dataset"] == "synthetic" and meta["recipe"]["epochs"] == 1
 
 
-def test_bad_option_values():
-    runner = CliRunner()
-    assert runner.invoke(main, ["demo", "--nu", "-1"]).exit_code == 2
-    assert runner.invoke(main, ["train", "--arch", "alexnet"]).exit_code == 2
-    assert runner.invoke(main, ["train", "--epochs", "0"]).exit_code == 2
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["demo", "--nu", "-1"], ["'--nu'", "-1"]),
+        (["train", "--arch", "alexnet"], ["'--arch'", "'alexnet' is not one of", "'small-cnn'"]),
+        (["train", "--epochs", "0"], ["'--epochs'", "0 is not in the range"]),
+        (["--threads", "0", "demo"], ["'--threads'", "0 is not in the range"]),
+    ],
+)
+def test_bad_option_values(args, words):
+    """Exit 2 with a message naming the option and the value given (not just any exit 2)."""
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for" in result.output
+    assert all(w in result.output for w in words), result.output

@@ -1,10 +1,12 @@
 import json
 
 import pytest
+import torch
 from click.testing import CliRunner
 from PIL import Image
 
 from rnd.cli import main
+from rnd.evaluation import accuracy
 from rnd.models import read_meta, save_checkpoint
 from tests.training.helpers import synthetic_parent
 
@@ -97,7 +99,7 @@ def test_train_adversarial_bad_input(tmp_path, args, words):
     assert not list(tmp_path.iterdir())
 
 
-def test_accuracy_table_and_plot(fm_checkpoint, tmp_path):
+def test_accuracy_table_and_plot(fm_checkpoint, tiny_model, fmnist_test, tmp_path):
     png = tmp_path / "acc.png"
     result = run(
         "accuracy",
@@ -123,7 +125,9 @@ def test_accuracy_table_and_plot(fm_checkpoint, tmp_path):
     with Image.open(png) as im:
         assert im.format == "PNG"
     as_json = json.loads(run("accuracy", fm_checkpoint, "--nu", 0, "--images", 100, "--json").output)
-    assert as_json["tiny"][0]["nu"] == 0.0 and 0 <= as_json["tiny"][0]["mean"] <= 100
+    # nu = 0: the clean accuracy of the checkpoint's model on the first 100 test images, exactly
+    expected = 100 * accuracy(tiny_model, fmnist_test, indices=torch.arange(100))
+    assert as_json["tiny"][0]["nu"] == 0.0 and as_json["tiny"][0]["mean"] == pytest.approx(expected, abs=1e-9)
 
 
 def test_accuracy_refuses_mixed_data_sets_and_bad_plot(fm_checkpoint, parent, tmp_path):

@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 from click.testing import CliRunner
@@ -102,7 +103,17 @@ def test_signflip_end_to_end(checkpoint, tmp_path):
     assert (tmp_path / "signflip.png").stat().st_size > 10_000
     cells = json.loads((tmp_path / "signflip.json").read_text())["cells"]
     assert [(c["mu"], c["nu"]) for c in cells] == [(0.01, 0.01), (0.01, 0.1), (0.1, 0.01), (0.1, 0.1)]
-    assert all(0 <= c["ci_low"] <= c["p_flip"] <= c["ci_high"] <= 1 for c in cells)
+    # each interval is the 95 % Wilson interval of its pooled count over 3 images x 20 draws
+    for c in cells:
+        k = round(c["p_flip"] * 60)
+        assert c["p_flip"] == pytest.approx(k / 60, abs=1e-6)
+        assert (c["ci_low"], c["ci_high"]) == pytest.approx(wilson(k, 60), abs=1e-5)
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    p, d = k / n, 1 + z * z / n
+    centre, half = (p + z * z / (2 * n)) / d, z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def test_smoothing_on_an_analytic_function():
@@ -118,4 +129,5 @@ def test_negative_nu_is_rejected(checkpoint):
     result = run(
         ["signflip", "--checkpoint", str(checkpoint), "--nu", "-0.1", "--mu", "0.1", "--images", "2"]
     )
-    assert result.exit_code == 2 and "nu" in result.output
+    assert result.exit_code == 2, result.output
+    assert result.output == "error: nu (the RND noise level) must be >= 0, got -0.1\n"

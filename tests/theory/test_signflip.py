@@ -84,10 +84,18 @@ def test_tiny_cnn_flip_probability_rises_with_nu_over_mu_and_respects_theorem3(t
     assert torch.equal(res.p_flip, again.p_flip) and torch.equal(res.l0, again.l0)
 
 
-def test_wilson_interval_contains_the_estimate():
+def test_wilson_interval_known_values():
+    """95 % Wilson intervals, by hand: centre (p + z^2/2n) / (1 + z^2/n), half-width
+    z sqrt(p(1-p)/n + z^2/4n^2) / (1 + z^2/n), z = 1.96. 0/10: [0, 0.2775]; 5/10: [0.2366, 0.7634];
+    10/10: [0.7225, 1]; 81/100: [0.7222, 0.8749]; 5/10 at 99 % (z = 2.5758): [0.1842, 0.8158].
+    A wrong z^2 term, a missing denominator or a normal-approximation interval all miss these."""
     lo, hi = wilson_interval(torch.tensor([0.0, 5.0, 10.0]), 10)
-    assert float(lo[0]) == 0 and float(hi[2]) == 1
-    assert float(lo[1]) < 0.5 < float(hi[1])
+    assert lo.tolist() == pytest.approx([0.0, 0.23659, 0.72246], abs=1e-4)
+    assert hi.tolist() == pytest.approx([0.27754, 0.76341, 1.0], abs=1e-4)
+    lo, hi = wilson_interval(torch.tensor([81.0]), 100)
+    assert (float(lo), float(hi)) == pytest.approx((0.72221, 0.87485), abs=1e-4)
+    lo, hi = wilson_interval(torch.tensor([5.0]), 10, z=2.5758)  # 99 %
+    assert (float(lo), float(hi)) == pytest.approx((0.18423, 0.81577), abs=1e-4)
 
 
 def test_bad_input(linear):
