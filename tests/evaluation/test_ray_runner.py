@@ -27,9 +27,18 @@ from rnd.evaluation.store import VOLATILE_SUFFIXES, ResultsStore
 from rnd.evaluation.sweep import Cell, CellResult, execute_cell
 from rnd.models import save_checkpoint
 
-ray = pytest.importorskip("ray")
+try:
+    import ray
+except ModuleNotFoundError:
+    # CI installs Ray (scripts/install.sh dev) and must test the runner: never skip there
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail("Ray is not installed, but CI must test the Ray runner: run scripts/install.sh dev")
+    pytest.skip(
+        "Ray is not installed (pip install 'rnd[ray]' or scripts/install.sh dev): Ray runner not tested",
+        allow_module_level=True,
+    )
 
-from rnd.evaluation.ray_runner import RayRunner  # noqa: E402
+from rnd.evaluation.ray_runner import RayRunner
 
 CONFIG = """name = "ray-test"
 seeds = [3]
@@ -152,7 +161,7 @@ def test_cli_rejects_ray_options_for_inprocess(config_path, tmp_path):
     result = CliRunner().invoke(
         main, ["sweep", str(config_path), "--db", str(tmp_path / "x.sqlite"), "--workers", "2"]
     )
-    assert result.exit_code != 0 and "--runner ray" in result.output
+    assert result.exit_code == 2 and "--runner ray" in result.output, result.output
     assert not (tmp_path / "x.sqlite").exists()
 
 
