@@ -46,6 +46,7 @@ Example::
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import tomllib
@@ -59,6 +60,13 @@ from rnd.oracle import Output
 OUTPUTS: tuple[str, ...] = get_args(Output)
 DEFAULT_MU = "default"  # spelling of mu=None (the attack's own default) in a TOML grid
 
+# Bounds on integers (configs and the command line): what SQLite's int64 and torch hold, and work that ends.
+MAX_BUDGET = 10**9  #: queries per image
+MAX_IMAGES = 10**7  #: images per cell or command (also data.start)
+MAX_SEED = 2**63 - 1  #: seeds: int64, as SQLite stores them
+MAX_COUNT = 10**6  #: draws, votes, EOT samples, epochs, steps and other repeat counts
+MAX_PARAM_INT = 2**63 - 1  #: |integer| in an attack's params table
+
 
 @dataclass(frozen=True)
 class DataSpec:
@@ -70,6 +78,7 @@ class DataSpec:
     images: int = 100
     start: int = 0
     accuracy_images: int = 1000
+    allow_dataset_mismatch: bool = False  # use checkpoints trained on another data set of the same shape
 
 
 @dataclass(frozen=True)
@@ -149,12 +158,20 @@ def _str(value: Any, key: str) -> str:
     return value
 
 
-def _int(value: Any, key: str, minimum: int = 0) -> int:
+def _int(value: Any, key: str, minimum: int = 0, maximum: int = MAX_COUNT) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise _fail(key, f"expected an integer, got {type(value).__name__} {value!r}")
     if value < minimum:
         raise _fail(key, f"must be >= {minimum}, got {value}")
+    if value > maximum:
+        raise _fail(key, f"must be <= {bound_text(maximum)}, got {value}; lower it")
     return value
+
+
+def bound_text(maximum: int) -> str:
+    """A bound as people write it (10**9, 2**63 - 1)."""
+    names = {MAX_BUDGET: "10**9", MAX_IMAGES: "10**7", MAX_SEED: "2**63 - 1", MAX_COUNT: "10**6"}
+    return names.get(maximum, str(maximum))
 
 
 def _float(value: Any, key: str, *, positive: bool = False) -> float:
@@ -195,7 +212,14 @@ def _data(raw: Any, base: Path) -> DataSpec:
     from rnd.data import DATASETS
 
     t = _table(raw, "data")
-    _no_unknown(t, {"dataset", "split", "root", "images", "start", "accuracy_images"}, "data")
+    _no_unknown(
+        t,
+        {"dataset", "split", "root", "images", "start", "accuracy_images", "allow_dataset_mismatch"},
+        "data",
+    )
+    allow = t.get("allow_dataset_mismatch", False)
+    if not isinstance(allow, bool):
+        raise _fail("data.allow_dataset_mismatch", f"expected true or false, got {allow!r}")
     dataset = _str(t.get("dataset", "fashion-mnist"), "data.dataset")
     if dataset not in DATASETS:
         raise _fail("data.dataset", f"unknown data set {dataset!r}; choose one of: {', '.join(DATASETS)}")
@@ -207,9 +231,10 @@ def _data(raw: Any, base: Path) -> DataSpec:
         dataset=dataset,
         split=split,
         root=root,
-        images=_int(t.get("images", 100), "data.images", 1),
-        start=_int(t.get("start", 0), "data.start", 0),
-        accuracy_images=_int(t.get("accuracy_images", 1000), "data.accuracy_images", 1),
+        images=_int(t.get("images", 100), "data.images", 1, MAX_IMAGES),
+        start=_int(t.get("start", 0), "data.start", 0, MAX_IMAGES),
+        accuracy_images=_int(t.get("accuracy_images", 1000), "data.accuracy_images", 1, MAX_IMAGES),
+        allow_dataset_mismatch=allow,
     )
 
 
@@ -243,6 +268,22 @@ def _models(raw: Any, base: Path) -> tuple[ModelSpec, ...]:
     return tuple(out)
 
 
+#: Attack arguments set by an [[attacks]] table's own keys (or by the sweep), never through params.
+OWN_KEYS = ("eps", "norm", "mu", "eot", "seed", "progress")
+
+
+def attack_param_keys(name: str) -> list[str]:
+    """Keyword arguments of attack `name`'s constructor that a params table may set, sorted."""
+    from rnd.attacks import ATTACKS
+    from rnd.attacks.base import QueryAttack
+
+    keys: set[str] = set()
+    for cls in (ATTACKS[name], QueryAttack):  # an attack's **kwargs go to the base class
+        params = inspect.signature(cls.__init__).parameters.values()
+        keys |= {p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    return sorted(keys - {"self", *OWN_KEYS})
+
+
 def _attacks(raw: Any) -> tuple[AttackSpec, ...]:
     from rnd.attacks import ATTACKS
 
@@ -267,18 +308,28 @@ def _attacks(raw: Any) -> tuple[AttackSpec, ...]:
         if "eps" not in t:
             raise _fail(f"{key}.eps", "missing (radius of the threat model, in pixels)")
         params = _table(t.get("params", {}), f"{key}.params")
+        accepted = attack_param_keys(name)
         for k, v in params.items():
-            if k in ("eps", "norm", "mu", "eot", "seed", "progress"):
+            if k in OWN_KEYS:
                 raise _fail(f"{key}.params.{k}", f"set {k} with the attack's own key, not in params")
+            if k not in accepted:
+                raise _fail(
+                    f"{key}.params.{k}",
+                    f"unknown parameter of {name}; accepted keys: {', '.join(accepted) or '(none)'}",
+                )
             if not isinstance(v, str | int | float | bool):
                 raise _fail(f"{key}.params.{k}", f"expected a string, number or boolean, got {v!r}")
+            if isinstance(v, int) and not isinstance(v, bool) and abs(v) > MAX_PARAM_INT:
+                raise _fail(
+                    f"{key}.params.{k}", f"{v} does not fit in 64 bits (|value| <= 2**63 - 1); lower it"
+                )
         spec = AttackSpec(
             name=name,
             norm=norm,
             eps=_grid(t["eps"], f"{key}.eps", lambda v, k: _float(v, k, positive=True)),
             mu=_grid(t.get("mu", DEFAULT_MU), f"{key}.mu", _mu),
             eot=_grid(t.get("eot", 1), f"{key}.eot", lambda v, k: _int(v, k, 1)),
-            budget=_int(t["budget"], f"{key}.budget", 1) if "budget" in t else None,
+            budget=_int(t["budget"], f"{key}.budget", 1, MAX_BUDGET) if "budget" in t else None,
             params=dict(params),
         )
         _try_build(spec, key)
@@ -306,8 +357,8 @@ def _quick(raw: Any) -> QuickRule:
     _no_unknown(t, {"images", "budget", "max_grid"}, "quick")
     d = QuickRule()
     return QuickRule(
-        images=_int(t.get("images", d.images), "quick.images", 1),
-        budget=_int(t.get("budget", d.budget), "quick.budget", 1),
+        images=_int(t.get("images", d.images), "quick.images", 1, MAX_IMAGES),
+        budget=_int(t.get("budget", d.budget), "quick.budget", 1, MAX_BUDGET),
         max_grid=_int(t.get("max_grid", d.max_grid), "quick.max_grid", 2),
     )
 
@@ -341,8 +392,8 @@ def parse_config(text: str, *, base: str | Path = ".", path: str = "<string>") -
         attacks=attacks,
         nu=_grid(defense.get("nu", 0.0), "defense.nu", _float),
         data=_data(raw.get("data", {}), base),
-        seeds=_grid(raw.get("seeds", [0]), "seeds", lambda v, k: _int(v, k, 0)),
-        budget=_int(raw.get("budget", 1000), "budget", 1),
+        seeds=_grid(raw.get("seeds", [0]), "seeds", lambda v, k: _int(v, k, 0, MAX_SEED)),
+        budget=_int(raw.get("budget", 1000), "budget", 1, MAX_BUDGET),
         output=output,
         votes=_int(raw.get("votes", 11), "votes", 1),
         quick=_quick(raw.get("quick", {})),
@@ -355,8 +406,12 @@ def parse_config(text: str, *, base: str | Path = ".", path: str = "<string>") -
 def load_config(path: str | Path) -> SweepConfig:
     """Read and validate a sweep config file (TOML)."""
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"config {p} is a directory, not a file; give the path of a TOML file in it")
+    if not p.exists():
+        raise ConfigError(f"config file {p} not found; check the path")
     if not p.is_file():
-        raise ConfigError(f"config file {p} not found")
+        raise ConfigError(f"config {p} is not a regular file; give the path of a TOML file")
     try:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:

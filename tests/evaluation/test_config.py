@@ -101,3 +101,72 @@ def test_quick_rule(ckpt):
     q = quick_config(cfg)
     assert q.data.images == 7 and q.budget == 300 and q.seeds == (0,)
     assert q.attacks[0].mu == (0.001, 0.005, 0.05) and q.nu == (0.0, 0.02)
+
+
+# -- bounds on integers, accepted attack parameters, data-set mismatch, config paths ----------------
+
+
+@pytest.mark.parametrize(
+    ("text_change", "key", "bound"),
+    [
+        (lambda t: t.replace("budget = 100", f"budget = {2**63}"), "budget", "10**9"),
+        (lambda t: t.replace("budget = 100", "budget = 1000000001"), "budget", "10**9"),
+        (lambda t: t.replace('name = "t"', f'name = "t"\nseeds = [0, {2**63}]'), "seeds[1]", "2**63 - 1"),
+        (lambda t: t.replace("images = 4", f"images = {10**7 + 1}"), "data.images", "10**7"),
+        (lambda t: t.replace("images = 4", f"images = 4\nstart = {2**70}"), "data.start", "10**7"),
+        (
+            lambda t: t.replace("images = 4", f"images = 4\naccuracy_images = {2**64}"),
+            "data.accuracy_images",
+            "",
+        ),
+        (lambda t: t.replace('name = "t"', f'name = "t"\nvotes = {2**63}'), "votes", "10**6"),
+        (lambda t: t.replace("eps = 0.1", f"eps = 0.1\neot = [1, {2**63}]"), "attacks[0].eot[1]", "10**6"),
+        (lambda t: t.replace("eps = 0.1", f"eps = 0.1\nbudget = {2**63}"), "attacks[0].budget", "10**9"),
+        (lambda t: t + f"[quick]\nbudget = {2**63}\n", "quick.budget", "10**9"),
+        (
+            lambda t: t.replace("eps = 0.1", f"eps = 0.1\n[attacks.params]\nq = {2**63}"),
+            "attacks[0].params.q",
+            "64 bits",
+        ),
+    ],
+)
+def test_integers_beyond_the_bounds_name_key_and_bound(ckpt, text_change, key, bound):
+    with pytest.raises(ConfigError) as info:
+        parse_config(text_change(make(ckpt)))
+    msg = str(info.value)
+    assert msg.startswith(f"{key}:") and bound in msg and "lower it" in msg, msg
+
+
+def test_bounds_themselves_are_accepted(ckpt):
+    text = make(ckpt).replace("budget = 100", "budget = 1000000000")
+    cfg = parse_config(text.replace('name = "t"', f'name = "t"\nseeds = [{2**63 - 1}]'))
+    assert cfg.budget == 10**9 and cfg.seeds == (2**63 - 1,)
+
+
+def test_unknown_attack_param_lists_the_accepted_keys(ckpt):
+    with pytest.raises(ConfigError) as info:
+        parse_config(make(ckpt, "[attacks.params]\nqq = 3\n"))
+    msg = str(info.value)
+    assert msg.startswith("attacks[0].params.qq: unknown parameter of nes; accepted keys: ")
+    accepted = msg.split("accepted keys: ")[1].split(", ")
+    assert {"q", "lr", "loss", "targeted"} <= set(accepted) and "eps" not in accepted
+
+
+def test_base_class_params_are_accepted(ckpt):
+    cfg = parse_config(make(ckpt, '[attacks.params]\nloss = "ce"\nq = 5\n'))
+    assert cfg.attacks[0].params == {"loss": "ce", "q": 5}
+
+
+def test_allow_dataset_mismatch_key(ckpt):
+    assert parse_config(make(ckpt)).data.allow_dataset_mismatch is False
+    text = make(ckpt).replace("images = 4", "images = 4\nallow_dataset_mismatch = true")
+    assert parse_config(text).data.allow_dataset_mismatch is True
+    with pytest.raises(ConfigError, match=r"^data.allow_dataset_mismatch: expected true or false"):
+        parse_config(make(ckpt).replace("images = 4", 'images = 4\nallow_dataset_mismatch = "yes"'))
+
+
+def test_a_directory_is_not_a_missing_config(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path)
+    assert "is a directory" in str(info.value) and "not found" not in str(info.value)
+    assert "give the path of a TOML file" in str(info.value)
