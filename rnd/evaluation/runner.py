@@ -138,12 +138,12 @@ class SweepPlan:
 
 def plan_sweep(cfg: SweepConfig, *, quick: bool = False) -> SweepPlan:
     """Apply --quick, expand the grid and check every model and the data set; writes nothing."""
-    from rnd.evaluation.sweep import check_cells
+    from rnd.evaluation.sweep import check_plan
 
     if quick:
         cfg = quick_config(cfg)
     cells = expand(cfg)
-    check_cells(cfg, cells)  # checkpoints load and fit the data, enough images: before any database
+    check_plan(cfg, cells)  # checkpoints load and fit the data, enough images: before any database
     return SweepPlan(cfg, cells, quick)
 
 

@@ -165,11 +165,11 @@ def expand(cfg: Any) -> list[Cell]:
     from rnd.models.checkpoint import checkpoint_paths
 
     cells: list[Cell] = []
-    for m in cfg.models:
+    for i, m in enumerate(cfg.models):
         try:
             meta = read_meta(m.checkpoint)
         except RndError as exc:
-            raise ConfigError(f"models[{m.label}].checkpoint: {exc}") from exc
+            raise ConfigError(f"models[{i}].checkpoint: {exc}") from exc
         sha = meta.sha256 or sha256_file(checkpoint_paths(m.checkpoint)[0])
         for nu in m.nu if m.nu is not None else cfg.nu:
             for a in cfg.attacks:
@@ -214,6 +214,54 @@ def expand(cfg: Any) -> list[Cell]:
     if len(set(keys)) != len(keys):
         raise ConfigError("the grid repeats a cell (the same model appears twice under different labels?)")
     return cells
+
+
+def check_plan(cfg: Any, cells: list[Cell]) -> None:
+    """Check, before any database is opened, what every cell will need: the data set loads and
+    holds `data.start`; each model's checkpoint loads (sha256 verified), fits the data set (shape,
+    classes, and the data set it was trained on unless `data.allow_dataset_mismatch`), and classifies
+    `data.images` images correctly from `data.start`. Raises ConfigError naming the key; the models,
+    data and selections computed here stay in the per-process caches, so the cells reuse them."""
+    from rnd.evaluation.compat import check_model_data
+    from rnd.models import read_meta
+
+    if not cells:
+        return
+    d = cfg.data
+    try:
+        data = _data(cells[0])
+    except RndError as exc:
+        raise ConfigError(f"data.dataset: {exc}") from exc
+    if d.start >= len(data):
+        raise ConfigError(
+            f"data.start: {d.start} is past the end of {d.dataset}/{d.split} ({len(data)} images); "
+            f"choose a start below {len(data)}"
+        )
+    for i, m in enumerate(cfg.models):
+        cell = next((c for c in cells if c.model == m.label), None)
+        if cell is None:
+            continue
+        key = f"models[{i}].checkpoint"
+        try:
+            model = _model(cell)
+            trained_on = read_meta(cell.checkpoint).dataset
+        except RndError as exc:
+            raise ConfigError(f"{key}: {exc}") from exc
+        try:
+            check_model_data(
+                model,
+                trained_on,
+                data,
+                allow_mismatch=d.allow_dataset_mismatch,
+                where=f"model {m.label!r}",
+                allow_hint="set data.allow_dataset_mismatch = true",
+            )
+        except RndError as exc:
+            raise ConfigError(f"{key}: {exc}") from exc
+        try:
+            select_images(cell)
+        except RndError as exc:
+            raise ConfigError(f"data.images: model {m.label!r}: {exc}") from exc
 
 
 # -- execution ---------------------------------------------------------------------------------
