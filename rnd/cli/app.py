@@ -57,7 +57,18 @@ def main(threads: int | None, verbose: int) -> None:
 
 
 def progress_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--progress/--no-progress", default=True, help="show progress bars")(f)
+    """`--progress/--no-progress`; by default, progress bars only when stderr is a terminal (a log
+    file or CI output never fills with carriage-return updates)."""
+
+    def resolve(ctx: click.Context, param: click.Parameter, value: bool | None) -> bool:
+        return sys.stderr.isatty() if value is None else value
+
+    return click.option(
+        "--progress/--no-progress",
+        default=None,
+        callback=resolve,
+        help="show progress bars [default: only when stderr is a terminal]",
+    )(f)
 
 
 def json_option(f: Callable[..., Any]) -> Callable[..., Any]:
