@@ -29,13 +29,23 @@ from tqdm.auto import tqdm
 from rnd.attacks import ATTACKS
 from rnd.attacks.base import LOSSES, QueryAttack
 from rnd.cli.app import json_option, main, progress_option
+from rnd.cli.checks import (
+    MAX_BUDGET,
+    MAX_COUNT,
+    MAX_IMAGES,
+    MAX_SEED,
+    allow_mismatch_option,
+    check_model_data,
+)
 from rnd.data import DATASETS, load_dataset
 from rnd.data.base import ImageDataset
 from rnd.defense import RandomNoiseDefense
 from rnd.errors import ConfigError, InputError, unknown_name
 from rnd.evaluation.attack_eval import TABLE_COLUMNS, AttackEvaluation, evaluate_attack
+from rnd.evaluation.config import bound_text
 from rnd.evaluation.metrics import accuracy, predict
 from rnd.evaluation.tables import format_table
+from rnd.models import read_meta
 
 #: Constructor arguments set by the CLI's own options, never through --param.
 COMMON_KEYS = ("eps", "norm", "mu", "loss", "targeted", "eot", "mu_nu_ratio", "seed", "progress")
@@ -329,7 +339,7 @@ def run_attack(
 )
 @click.option("--budget", type=int, default=10000, show_default=True, help="queries per image")
 @click.option("--batch-size", type=int, default=100, show_default=True, help="images per attack call")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help=f"in [0, {bound_text(MAX_SEED)}]")
 @click.option(
     "--acc-images",
     type=int,
@@ -350,6 +360,7 @@ def run_attack(
     metavar="[ATTACK.]KEY=VALUE",
     help="attack-specific hyper-parameter (repeatable)",
 )
+@allow_mismatch_option
 @json_option
 @progress_option
 def attack(
@@ -373,6 +384,7 @@ def attack(
     acc_images: int | None,
     output: str,
     params: tuple[str, ...],
+    allow_mismatch: bool,
     as_json: bool,
     progress: bool,
 ) -> None:
@@ -384,18 +396,24 @@ def attack(
     from rnd.evaluation.demo import load_or_train_default
 
     # validate everything before loading or training anything
-    for value, name in (
-        (budget, "budget"),
-        (n_images, "images"),
-        (batch_size, "batch-size"),
-        (eot, "eot"),
-        (1 if acc_images is None else acc_images, "acc-images"),
+    for value, name, low, high in (
+        (budget, "budget", 1, MAX_BUDGET),
+        (n_images, "images", 1, MAX_IMAGES),
+        (batch_size, "batch-size", 1, MAX_IMAGES),
+        (eot, "eot", 1, MAX_COUNT),
+        (1 if acc_images is None else acc_images, "acc-images", 1, MAX_IMAGES),
+        (seed, "seed", 0, MAX_SEED),
     ):
-        if value < 1:
-            raise InputError(f"--{name} must be >= 1, got {value}")
+        if value < low:
+            raise InputError(f"--{name} must be >= {low}, got {value}")
+        if value > high:
+            raise InputError(f"--{name} must be <= {bound_text(high)}, got {value}; lower it")
     for nu in nus:
         if not (nu >= 0 and math.isfinite(nu)):
-            raise InputError(f"--nu must be >= 0 (0 = undefended), got {nu}")
+            raise InputError(f"--nu must be >= 0 (0 = undefended) and finite, got {nu}")
+    for value, name in ((eps, "eps"), (mu, "mu"), (mu_nu_ratio, "mu-nu-ratio")):
+        if value is not None and not math.isfinite(value):
+            raise InputError(f"--{name} must be a finite number, got {value}")
     eps = DEFAULT_EPS[norm] if eps is None else eps
     names = attack_names(attacks, norm)
     if not names:
@@ -414,15 +432,19 @@ def attack(
     objs = build_attacks(names, parse_params(params, names), common)
     if target is not None and not targeted:
         raise InputError("--target needs --targeted")
+    for obj in objs:
+        if obj.step_cost > budget:
+            raise InputError(
+                f"{obj.name} needs {obj.step_cost} queries per step, more than --budget {budget}; "
+                "raise --budget or lower --eot"
+            )
 
     model, path = load_or_train_default(checkpoint, progress)
     data = load_dataset(dataset, "test", data_root)
+    check_model_data(
+        model, read_meta(path).dataset, data, allow_mismatch=allow_mismatch, where=f"checkpoint {path}"
+    )
     num_classes = int(getattr(model, "num_classes", data.num_classes))
-    if tuple(getattr(model, "input_shape", data.input_shape)) != data.input_shape:
-        raise InputError(
-            f"the model expects inputs {tuple(model.input_shape)} but {dataset} images are "
-            f"{data.input_shape}; pick the matching --dataset or --checkpoint"
-        )
     rule = parse_target(target, targeted, num_classes)
     idx = select_images(model, data, n_images, rule if isinstance(rule, int) else None)
     x, y = data.get(idx)

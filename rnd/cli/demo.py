@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from rnd.cli.app import json_option, main, progress_option
+from rnd.cli.checks import MAX_BUDGET, MAX_IMAGES, FiniteFloat, allow_mismatch_option, count, seed_option
 from rnd.evaluation.attack_eval import TABLE_COLUMNS
 from rnd.evaluation.demo import run_demo
 from rnd.evaluation.tables import format_table
@@ -21,12 +22,15 @@ from rnd.evaluation.tables import format_table
     default=None,
     help="model checkpoint (trained if missing)",
 )
-@click.option("--nu", type=click.FloatRange(min=0, min_open=True), default=0.02, show_default=True)
-@click.option("--images", "n_images", type=click.IntRange(min=1), default=100, show_default=True)
-@click.option("--budget", type=click.IntRange(min=1), default=1000, show_default=True)
-@click.option("--eps", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True)
+@click.option("--nu", type=FiniteFloat(0, min_open=True), default=0.02, show_default=True)
+@click.option("--images", "n_images", type=count(1, MAX_IMAGES), default=100, show_default=True)
+@click.option(
+    "--budget", type=count(1, MAX_BUDGET), default=1000, show_default=True, help="queries per image"
+)
+@click.option("--eps", type=FiniteFloat(0, 1, min_open=True), default=0.1, show_default=True)
 @click.option("--attack", "attacks", multiple=True, default=("square", "nes"), show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@seed_option
+@allow_mismatch_option
 @json_option
 @progress_option
 def demo(
@@ -37,6 +41,7 @@ def demo(
     eps: float,
     attacks: tuple[str, ...],
     seed: int,
+    allow_mismatch: bool,
     as_json: bool,
     progress: bool,
 ) -> None:
@@ -50,6 +55,7 @@ def demo(
         eps=eps,
         seed=seed,
         progress=progress,
+        allow_dataset_mismatch=allow_mismatch,
     )
     if as_json:
         click.echo(json.dumps(dataclasses.asdict(report), indent=2, default=str))

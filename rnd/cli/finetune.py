@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from rnd.cli.app import main, progress_option
+from rnd.cli.checks import MAX_COUNT, MAX_IMAGES, FiniteFloat, check_output_checkpoint, count, seed_option
 from rnd.cli.train import first_images
 from rnd.data import DATASETS, load_dataset
 from rnd.models import ARCHITECTURES, checkpoint_paths, read_meta
@@ -22,13 +23,20 @@ def default_child_path(parent: Path, sigma: float) -> Path:
 @main.command()
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option(
-    "--sigma", type=float, required=True, help="std of the Gaussian augmentation (pixels in [0, 1])"
+    "--sigma", type=FiniteFloat(), required=True, help="std of the Gaussian augmentation (pixels in [0, 1])"
 )
-@click.option("--samples", "-K", type=int, default=4, show_default=True, help="noise samples per image")
-@click.option("--epochs", type=int, default=1, show_default=True)
-@click.option("--lr", type=float, default=5e-4, show_default=True)
-@click.option("--batch-size", type=int, default=128, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--samples",
+    "-K",
+    type=click.IntRange(max=MAX_COUNT),
+    default=4,
+    show_default=True,
+    help="noise samples per image",
+)
+@click.option("--epochs", type=count(), default=1, show_default=True)
+@click.option("--lr", type=FiniteFloat(0, min_open=True), default=5e-4, show_default=True)
+@click.option("--batch-size", type=count(1, MAX_IMAGES), default=128, show_default=True)
+@seed_option
 @click.option(
     "--arch", type=click.Choice(sorted(ARCHITECTURES)), default=None, help="require this architecture"
 )
@@ -41,7 +49,7 @@ def default_child_path(parent: Path, sigma: float) -> Path:
 )
 @click.option(
     "--train-images",
-    type=click.IntRange(min=1),
+    type=count(1, MAX_IMAGES),
     default=None,
     help="fine-tune on the first N training images only (quick runs) [default: all]",
 )
@@ -66,6 +74,7 @@ def finetune(
     parent (path and sha256) and the recipe; it appears only once training has finished.
     """
     out = out or default_child_path(checkpoint, sigma)
+    check_output_checkpoint(out)  # before fine-tuning: the result is never lost to a bad --out
     train_data = None
     if train_images is not None:
         train_data = first_images(load_dataset(read_meta(checkpoint).dataset, "train"), train_images)

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
 import torch
+from torch import nn
+from tqdm.auto import tqdm
 
-from rnd.cli.app import json_option, main
+from rnd.cli.app import json_option, main, progress_option
+from rnd.cli.checks import MAX_COUNT, MAX_IMAGES, FiniteFloat, check_writable_file, count, seed_option
 from rnd.data import load_dataset
 from rnd.data.base import ImageDataset
 from rnd.errors import InputError
@@ -48,7 +53,22 @@ class FloatList(click.ParamType):
 
 
 def flatten(lists: tuple[list[float], ...]) -> list[float]:
+    """One list from the values of a repeated FloatList option."""
     return [v for values in lists for v in values]
+
+
+@contextlib.contextmanager
+def forward_progress(
+    models: list[nn.Module], desc: str, enabled: bool, total: int | None = None
+) -> Iterator[None]:
+    """A progress bar of images forwarded through `models` (forward hooks), removed afterwards."""
+    with tqdm(total=total, desc=desc, unit="img", disable=not enabled) as bar:
+        hooks = [m.register_forward_hook(lambda _m, _i, out: bar.update(len(out))) for m in models]
+        try:
+            yield
+        finally:
+            for h in hooks:
+                h.remove()
 
 
 @main.command()
@@ -63,12 +83,13 @@ def flatten(lists: tuple[list[float], ...]) -> list[float]:
     help="noise levels: comma-separated (--nu 0,0.05,0.1) and/or the option repeated",
 )
 @click.option("--name", "names", multiple=True, help="legend label per checkpoint [default: file name]")
-@click.option("--draws", type=click.IntRange(min=1), default=5, show_default=True, help="noise draws per nu")
-@click.option("--images", type=click.IntRange(min=1), default=None, help="test images [default: all]")
-@click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--draws", type=count(), default=5, show_default=True, help="noise draws per nu")
+@click.option("--images", type=count(1, MAX_IMAGES), default=None, help="test images [default: all]")
+@click.option("--offset", type=count(0, MAX_IMAGES), default=0, show_default=True)
+@seed_option
 @click.option("--plot", type=click.Path(path_type=Path), default=None, help="write a PNG of accuracy vs nu")
 @json_option
+@progress_option
 def accuracy(
     checkpoints: tuple[Path, ...],
     nus: tuple[list[float], ...],
@@ -79,6 +100,7 @@ def accuracy(
     seed: int,
     plot: Path | None,
     as_json: bool,
+    progress: bool,
 ) -> None:
     """Clean accuracy under RND against nu (mean +- std over noise draws) for each CHECKPOINT."""
     nus = flatten(nus)
@@ -86,6 +108,8 @@ def accuracy(
         raise InputError(f"give one --name per checkpoint ({len(checkpoints)}), got {len(names)}")
     if plot is not None and plot.suffix.lower() != ".png":
         raise InputError(f"--plot writes a PNG; give a path ending in .png, got {plot.name!r}")
+    if plot is not None:
+        check_writable_file(plot, "--plot")  # before the work, not after it
     models, datasets = {}, set()
     for i, path in enumerate(checkpoints):
         model, meta = load_checkpoint(path)
@@ -95,16 +119,21 @@ def accuracy(
         models[label] = model
         datasets.add(meta.dataset)
     if len(datasets) != 1:
-        raise InputError(f"the checkpoints were trained on different data sets ({sorted(datasets)})")
+        raise InputError(
+            f"the checkpoints were trained on different data sets ({', '.join(sorted(datasets))}); "
+            "compare checkpoints of one data set per run"
+        )
     dataset = datasets.pop()
     data, idx = _held_out(dataset, images, offset)
-    results = compare_models(models, data, nus, draws=draws, seed=seed, indices=idx)
+    n = len(data) if idx is None else len(idx)
+    total = len(models) * n * sum(1 if nu == 0 else draws for nu in nus)
+    with forward_progress(list(models.values()), "accuracy", progress, total):
+        results = compare_models(models, data, nus, draws=draws, seed=seed, indices=idx)
     if plot is not None:
         plot_accuracy_vs_nu(results, plot, title=f"Clean accuracy under RND, {dataset}")
     if as_json:
         click.echo(json.dumps({k: [dataclasses.asdict(r) for r in v] for k, v in results.items()}, indent=2))
         return
-    n = len(data) if idx is None else len(idx)
     click.echo(f"clean accuracy (%) under RND on {n} {dataset} test images, mean +- std over {draws} draws")
     width = max(len(k) for k in results) + 2
     click.echo("model".ljust(width) + "".join(f"nu={nu:<12g}" for nu in nus))
@@ -119,7 +148,7 @@ def accuracy(
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option(
     "--max-drop",
-    type=float,
+    type=FiniteFloat(0, 100, min_open=True),
     default=1.0,
     show_default=True,
     help="accuracy budget: largest allowed drop, in percentage points",
@@ -135,19 +164,24 @@ def accuracy(
 )
 @click.option(
     "--refine",
-    type=click.IntRange(min=0),
+    type=count(0),
     default=3,
     show_default=True,
     help="bisection steps between the last nu within budget and the first over it",
 )
-@click.option("--draws", type=click.IntRange(min=2), default=5, show_default=True)
-@click.option("--confidence", type=float, default=0.95, show_default=True, help="one-sided confidence")
+@click.option("--draws", type=count(2, MAX_COUNT), default=5, show_default=True)
 @click.option(
-    "--images", type=click.IntRange(min=1), default=None, help="held-out test images [default: all]"
+    "--confidence",
+    type=FiniteFloat(0.5, 1, max_open=True),
+    default=0.95,
+    show_default=True,
+    help="one-sided confidence",
 )
-@click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--images", type=count(1, MAX_IMAGES), default=None, help="held-out test images [default: all]")
+@click.option("--offset", type=count(0, MAX_IMAGES), default=0, show_default=True)
+@seed_option
 @json_option
+@progress_option
 def calibrate(
     checkpoint: Path,
     max_drop: float,
@@ -159,22 +193,26 @@ def calibrate(
     offset: int,
     seed: int,
     as_json: bool,
+    progress: bool,
 ) -> None:
     """The largest nu whose clean-accuracy drop stays within --max-drop (upper confidence bound)."""
     grid = flatten(grid)
+    if any(v <= 0 for v in grid):
+        raise InputError("--grid values must be > 0 (nu = 0 is the clean model); drop the zeros")
     model, meta = load_checkpoint(checkpoint)
     data, idx = _held_out(meta.dataset, images, offset)
-    cal = calibrate_nu(
-        model,
-        data,
-        max_drop,
-        grid=grid,
-        refine=refine,
-        draws=draws,
-        confidence=confidence,
-        seed=seed,
-        indices=idx,
-    )
+    with forward_progress([model], "calibrate", progress):
+        cal = calibrate_nu(
+            model,
+            data,
+            max_drop,
+            grid=grid,
+            refine=refine,
+            draws=draws,
+            confidence=confidence,
+            seed=seed,
+            indices=idx,
+        )
     if as_json:
         click.echo(json.dumps(dataclasses.asdict(cal), indent=2))
         return

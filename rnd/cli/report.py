@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import click
 
 from rnd.cli.app import main
+from rnd.cli.checks import check_writable_dir
+from rnd.errors import InputError
 from rnd.evaluation.report import write_report
+from rnd.evaluation.store import check_database
+
+#: The way out of every bad DB argument (`rnd report` has no --db option: DB is its argument).
+DB_HINT = "give `rnd report` the path of a results database written by `rnd sweep`"
+
+
+def check_report_db(db: Path) -> None:
+    """Refuse, reading nothing but the header, a DB that is not an rnd results database."""
+    if db.is_dir():
+        raise InputError(f"{db} is a directory, not a results database; {DB_HINT}")
+    if not db.exists():
+        raise InputError(f"results database {db} not found; {DB_HINT}")
+    try:
+        check_database(db)
+    except InputError as exc:  # keep what is wrong, replace the store's way out (it names --db)
+        problem = str(exc).split(";")[0].strip()
+        raise InputError(f"{problem}; {DB_HINT}") from exc
 
 
 @main.command()
@@ -20,8 +40,13 @@ from rnd.evaluation.report import write_report
 )
 def report(db: Path, out: Path | None) -> None:
     """Write OUT/report.md with mu x nu heatmaps, EOT curves, clean accuracy and the main table."""
+    check_report_db(db)
     out = out or db.with_name(db.stem + "-report")
-    result = write_report(db, out)
+    check_writable_dir(out, "--out")
+    try:
+        result = write_report(db, out)
+    except sqlite3.Error as exc:
+        raise InputError(f"results database {db} cannot be read ({exc}); {DB_HINT}") from exc
     click.echo(f"wrote {out / 'report.md'} and {len(result.figures)} figure(s)")
     for h in result.heatmaps:
         click.echo(

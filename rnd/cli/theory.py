@@ -11,6 +11,16 @@ import click
 import torch
 
 from rnd.cli.app import json_option, main, progress_option
+from rnd.cli.checks import (
+    MAX_BUDGET,
+    MAX_COUNT,
+    MAX_IMAGES,
+    FiniteFloat,
+    check_writable_dir,
+    check_writable_file,
+    count,
+    seed_option,
+)
 from rnd.errors import InputError
 
 
@@ -19,9 +29,12 @@ def _floats(ctx: click.Context, param: click.Parameter, value: str | None) -> li
     if value is None:
         return None
     try:
-        return [float(v) for v in value.split(",") if v.strip()]
+        vals = [float(v) for v in value.split(",") if v.strip()]
     except ValueError:
         raise click.BadParameter(f"expected comma-separated numbers, got {value!r}") from None
+    if not all(math.isfinite(v) for v in vals):
+        raise click.BadParameter(f"expected finite numbers (no nan or inf), got {value!r}")
+    return vals
 
 
 def _ints(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
@@ -30,6 +43,8 @@ def _ints(ctx: click.Context, param: click.Parameter, value: str | None) -> list
         return None
     if any(not v.is_integer() for v in vals):
         raise click.BadParameter(f"expected comma-separated integers, got {value!r}")
+    if any(abs(v) > MAX_COUNT for v in vals):
+        raise click.BadParameter(f"each value must be at most 10**6, got {value!r}")
     return [int(v) for v in vals]
 
 
@@ -71,7 +86,8 @@ def _load_model_and_images(checkpoint: Path | None, n_images: int) -> tuple[torc
     model, meta = load_checkpoint(path)
     if meta.dataset != "fashion-mnist":
         raise InputError(
-            f"rnd theory takes its images from Fashion-MNIST; {path} was trained on {meta.dataset}"
+            f"rnd theory takes its images from Fashion-MNIST; {path} was trained on {meta.dataset}: "
+            "give a --checkpoint trained on fashion-mnist"
         )
     data = load_fashion_mnist("test")
     idx = correctly_classified(model, data, n_images)
@@ -89,7 +105,7 @@ def _load_model_and_images(checkpoint: Path | None, n_images: int) -> tuple[torc
 @click.option(
     "--images",
     "n_images",
-    type=click.IntRange(min=1),
+    type=count(1, MAX_IMAGES),
     default=50,
     show_default=True,
     help="first correctly classified test images",
@@ -99,14 +115,12 @@ def _load_model_and_images(checkpoint: Path | None, n_images: int) -> tuple[torc
 @click.option(
     "--grid",
     nargs=3,
-    type=float,
+    type=FiniteFloat(),
     default=(0.001, 0.1, 5),
     show_default=True,
     help="LO HI STEPS: log grid used for --mu / --nu when not given",
 )
-@click.option(
-    "--draws", type=click.IntRange(min=1), default=200, show_default=True, help="(u, v1, v2) draws per image"
-)
+@click.option("--draws", type=count(), default=200, show_default=True, help="(u, v1, v2) draws per image")
 @click.option(
     "--direction", type=click.Choice(["gaussian", "sphere", "sign"]), default="gaussian", show_default=True
 )
@@ -117,9 +131,9 @@ def _load_model_and_images(checkpoint: Path | None, n_images: int) -> tuple[torc
     show_default=True,
     help="local Lipschitz estimate: max gradient norm or max secant slope on the noise segments",
 )
-@click.option("--l0-points", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--l0-points", type=count(), default=32, show_default=True)
 @click.option("--clip/--no-clip", default=True, show_default=True, help="clip every query to [0, 1]")
-@click.option("--seed", type=int, default=0, show_default=True)
+@seed_option
 @click.option(
     "--out", type=click.Path(path_type=Path), default=None, help="folder for signflip.png and signflip.json"
 )
@@ -144,11 +158,13 @@ def signflip(
     """Theorem 3: P(sign h_mu != sign h_nu) by Monte Carlo beside 2 L0 nu sqrt(d) / |h_mu| (eq. 16)."""
     from rnd.theory.signflip import sign_flip_probability
 
+    if not (grid[2].is_integer() and 1 <= grid[2] <= 1000):
+        raise InputError(f"--grid STEPS must be an integer in [1, 1000], got {grid[2]:g}")
     steps = int(grid[2])
-    if steps < 1:
-        raise InputError("--grid STEPS must be >= 1")
     mus = mus or log_grid(grid[0], grid[1], steps)
     nus = nus or log_grid(grid[0], grid[1], steps)
+    if out is not None:
+        check_writable_dir(out, "--out")
     model, x, y, path = _load_model_and_images(checkpoint, n_images)
     result = sign_flip_probability(
         model,
@@ -210,18 +226,28 @@ def signflip(
 
 
 @theory.command()
-@click.option("--l0", type=float, default=1.0, show_default=True, help="Lipschitz constant of f")
-@click.option("--l1", type=float, default=1.0, show_default=True, help="Lipschitz constant of grad f")
-@click.option("--d", "dim", type=int, default=784, show_default=True, help="input dimension")
-@click.option("--R", "radius", type=float, default=1.0, show_default=True, help="threat radius (l2)")
-@click.option("--Q", "iters", type=int, default=10000, show_default=True, help="iterations")
-@click.option("--mu", type=float, default=0.01, show_default=True)
-@click.option("--nu", type=float, default=0.01, show_default=True)
-@click.option("--M", "m", type=int, default=1, show_default=True, help="EOT samples")
-@click.option("--eta", type=float, default=None, help="step size (default: Theorem 1's constant step)")
-@click.option("--eps", type=float, default=None, help="smoothing accuracy (default: mu sqrt(d) L0)")
-@click.option("--delta", type=float, default=0.01, show_default=True, help="target E||grad||^2 (Remark 1)")
-@click.option("--h-mu", type=float, default=None, help="|h_mu(x)| for Theorem 3's bound")
+@click.option("--l0", type=FiniteFloat(), default=1.0, show_default=True, help="Lipschitz constant of f")
+@click.option("--l1", type=FiniteFloat(), default=1.0, show_default=True, help="Lipschitz constant of grad f")
+@click.option(
+    "--d", "dim", type=click.IntRange(max=MAX_BUDGET), default=784, show_default=True, help="input dimension"
+)
+@click.option("--R", "radius", type=FiniteFloat(), default=1.0, show_default=True, help="threat radius (l2)")
+@click.option(
+    "--Q", "iters", type=click.IntRange(max=MAX_BUDGET), default=10000, show_default=True, help="iterations"
+)
+@click.option("--mu", type=FiniteFloat(), default=0.01, show_default=True)
+@click.option("--nu", type=FiniteFloat(), default=0.01, show_default=True)
+@click.option(
+    "--M", "m", type=click.IntRange(max=MAX_COUNT), default=1, show_default=True, help="EOT samples"
+)
+@click.option(
+    "--eta", type=FiniteFloat(), default=None, help="step size (default: Theorem 1's constant step)"
+)
+@click.option("--eps", type=FiniteFloat(), default=None, help="smoothing accuracy (default: mu sqrt(d) L0)")
+@click.option(
+    "--delta", type=FiniteFloat(), default=0.01, show_default=True, help="target E||grad||^2 (Remark 1)"
+)
+@click.option("--h-mu", type=FiniteFloat(), default=None, help="|h_mu(x)| for Theorem 3's bound")
 @click.option("--plot", type=click.Path(path_type=Path), default=None, help="write a PNG of the bounds")
 @json_option
 def bounds(
@@ -245,6 +271,8 @@ def bounds(
 
     mu, nu = b.check_mu_nu(mu, nu)
     b.check_m(m)
+    if plot is not None:
+        check_writable_file(plot, "--plot")
     eps = b.smoothing_gap_bound(l0, mu, dim) if eps is None else eps
     alpha = nu / mu
     step = b.theorem1_step_size(radius, eps, alpha, dim, l0, iters) if eta is None else eta
@@ -299,7 +327,7 @@ def bounds(
     default="quadratic",
     show_default=True,
 )
-@click.option("--d", "dim", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--d", "dim", type=count(1, 10**4), default=20, show_default=True)
 @click.option(
     "--alpha",
     "alphas",
@@ -316,12 +344,12 @@ def bounds(
     show_default=True,
     help="EOT sample counts, comma-separated",
 )
-@click.option("--mu", type=float, default=0.05, show_default=True)
-@click.option("--eta", type=float, default=None, help="step size (default 1 / (4 L1 (d + 4)))")
-@click.option("--iters", type=click.IntRange(min=1), default=300, show_default=True)
-@click.option("--runs", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--radius", type=float, default=2.0, show_default=True, help="threat radius R (l2)")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--mu", type=FiniteFloat(), default=0.05, show_default=True)
+@click.option("--eta", type=FiniteFloat(), default=None, help="step size (default 1 / (4 L1 (d + 4)))")
+@click.option("--iters", type=count(), default=300, show_default=True)
+@click.option("--runs", type=count(), default=32, show_default=True)
+@click.option("--radius", type=FiniteFloat(), default=2.0, show_default=True, help="threat radius R (l2)")
+@seed_option
 @click.option(
     "--out", type=click.Path(path_type=Path), default=None, help="folder for convergence-FUNCTION.png / .json"
 )
@@ -344,6 +372,8 @@ def convergence(
     from rnd.theory.convergence import convergence_experiment
     from rnd.theory.functions import make_function
 
+    if out is not None:
+        check_writable_dir(out, "--out")
     fn = make_function(fname, dim, seed=seed)
     result = convergence_experiment(
         fn, alphas, ms, mu=mu, eta=eta, iters=iters, runs=runs, radius=radius, seed=seed
@@ -391,19 +421,19 @@ def convergence(
     help="the model's CW margin, or an analytic function with known L0",
 )
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None)
-@click.option("--images", "n_images", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--images", "n_images", type=count(1, MAX_IMAGES), default=20, show_default=True)
 @click.option(
     "--d",
     "dim",
-    type=click.IntRange(min=1),
+    type=count(1, 10**4),
     default=20,
     show_default=True,
     help="dimension of the analytic function",
 )
 @click.option("--nu", "nus", callback=_floats, default="0.001,0.01,0.05,0.1", show_default=True)
-@click.option("--samples", type=click.IntRange(min=2), default=256, show_default=True)
-@click.option("--l0-points", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--samples", type=count(2), default=256, show_default=True)
+@click.option("--l0-points", type=count(), default=32, show_default=True)
+@seed_option
 @json_option
 def smoothing(
     fname: str,

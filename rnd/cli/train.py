@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from rnd.cli.app import main, progress_option
+from rnd.cli.checks import MAX_COUNT, MAX_IMAGES, FiniteFloat, check_output_checkpoint, count, seed_option
 from rnd.data import DATASETS, load_dataset
 from rnd.data.base import ImageDataset
 from rnd.models import ARCHITECTURES
@@ -25,10 +26,10 @@ def first_images(data: ImageDataset, n: int | None) -> ImageDataset:
 @main.command()
 @click.option("--arch", type=click.Choice(sorted(ARCHITECTURES)), default="small-cnn", show_default=True)
 @click.option("--dataset", type=click.Choice(DATASETS), default="fashion-mnist", show_default=True)
-@click.option("--epochs", type=click.IntRange(min=1), default=4, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--epochs", type=count(), default=4, show_default=True)
+@click.option("--batch-size", type=count(1, MAX_IMAGES), default=128, show_default=True)
+@click.option("--lr", type=FiniteFloat(0, min_open=True), default=1e-3, show_default=True)
+@seed_option
 @click.option(
     "--out",
     type=click.Path(path_type=Path),
@@ -36,14 +37,43 @@ def first_images(data: ImageDataset, n: int | None) -> ImageDataset:
     help="checkpoint path (default: $RND_HOME/checkpoints/DATASET-ARCH, with -at for --adversarial)",
 )
 @click.option("--adversarial", is_flag=True, help="PGD adversarial training (Madry et al. 2018), l_inf")
-@click.option("--eps", type=float, default=0.1, show_default=True, help="AT: l_inf radius (pixels in [0, 1])")
-@click.option("--pgd-steps", type=int, default=5, show_default=True, help="AT: PGD steps per batch")
 @click.option(
-    "--pgd-step-size", type=float, default=None, help="AT: PGD step size [default: 2.5 * eps / steps]"
+    "--eps",
+    type=FiniteFloat(None, 1),
+    default=0.1,
+    show_default=True,
+    help="AT: l_inf radius (pixels in [0, 1])",
 )
-@click.option("--gf-sigma", type=float, default=None, help="AT: then Gaussian fine-tuning with this sigma")
-@click.option("--gf-samples", type=int, default=4, show_default=True, help="AT+GF: noise samples per image")
-@click.option("--gf-epochs", type=int, default=1, show_default=True, help="AT+GF: fine-tuning epochs")
+@click.option(
+    "--pgd-steps",
+    type=click.IntRange(max=MAX_COUNT),
+    default=5,
+    show_default=True,
+    help="AT: PGD steps per batch",
+)
+@click.option(
+    "--pgd-step-size",
+    type=FiniteFloat(),
+    default=None,
+    help="AT: PGD step size [default: 2.5 * eps / steps]",
+)
+@click.option(
+    "--gf-sigma", type=FiniteFloat(), default=None, help="AT: then Gaussian fine-tuning with this sigma"
+)
+@click.option(
+    "--gf-samples",
+    type=click.IntRange(max=MAX_COUNT),
+    default=4,
+    show_default=True,
+    help="AT+GF: noise samples per image",
+)
+@click.option(
+    "--gf-epochs",
+    type=click.IntRange(max=MAX_COUNT),
+    default=1,
+    show_default=True,
+    help="AT+GF: fine-tuning epochs",
+)
 @click.option(
     "--init",
     "init_from",
@@ -53,7 +83,7 @@ def first_images(data: ImageDataset, n: int | None) -> ImageDataset:
 )
 @click.option(
     "--train-images",
-    type=click.IntRange(min=1),
+    type=count(1, MAX_IMAGES),
     default=None,
     help="train on the first N training images only (quick runs) [default: all]",
 )
@@ -78,21 +108,24 @@ def train(
     progress: bool,
 ) -> None:
     """Train ARCH on DATASET (deterministic under --seed) and write a safetensors checkpoint."""
+    if not adversarial and (gf_sigma is not None or init_from is not None):
+        raise click.UsageError(
+            "--gf-sigma and --init go with --adversarial; use `rnd finetune` to fine-tune a checkpoint"
+        )
+    if not adversarial:
+        out = out or default_checkpoint_path(dataset, arch)
+    else:
+        suffix = "-at" if gf_sigma is None else f"-at-gf{gf_sigma:g}"
+        out = out or default_checkpoint_path(dataset, arch).with_name(f"{dataset}-{arch}{suffix}")
+    check_output_checkpoint(out)  # before training: a trained model is never lost to a bad --out
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
     train_data = first_images(load_dataset(dataset, "train"), train_images) if train_images else None
     if not adversarial:
-        if gf_sigma is not None or init_from is not None:
-            raise click.UsageError(
-                "--gf-sigma and --init go with --adversarial; use `rnd finetune` to fine-tune a checkpoint"
-            )
-        out = out or default_checkpoint_path(dataset, arch)
         _, info = train_model(arch, dataset, out, config, train_data=train_data, progress=progress)
         acc = info["metrics"]["test_accuracy"]
         click.echo(f"{arch} on {dataset}: test accuracy {100 * acc:.2f} %  ->  {out}.safetensors")
         return
     pgd = PGDConfig(eps=eps, steps=pgd_steps, step_size=pgd_step_size)
-    suffix = "-at" if gf_sigma is None else f"-at-gf{gf_sigma:g}"
-    out = out or default_checkpoint_path(dataset, arch).with_name(f"{dataset}-{arch}{suffix}")
     _, info = adversarial_train(
         arch,
         dataset,

@@ -8,13 +8,15 @@ from pathlib import Path
 
 from torch import nn
 
+from rnd._checks import check_int, check_positive
 from rnd.attacks import make_attack
 from rnd.data import load_dataset
 from rnd.defense import RandomNoiseDefense
-from rnd.errors import CheckpointError
+from rnd.errors import CheckpointError, InputError
 from rnd.evaluation.attack_eval import AttackEvaluation, evaluate_attack
+from rnd.evaluation.compat import check_model_data
 from rnd.evaluation.metrics import accuracy, correctly_classified, noisy_accuracy
-from rnd.models import checkpoint_paths, load_checkpoint
+from rnd.models import checkpoint_paths, load_checkpoint, read_meta
 from rnd.training import TrainConfig, default_checkpoint_path, train_model
 
 log = logging.getLogger(__name__)
@@ -60,10 +62,35 @@ def run_demo(
     draws: int = 5,
     seed: int = 0,
     progress: bool = True,
+    allow_dataset_mismatch: bool = False,
 ) -> DemoReport:
-    """Clean accuracy with and without RND, then each attack against both, on Fashion-MNIST."""
+    """Clean accuracy with and without RND, then each attack against both, on Fashion-MNIST.
+
+    Every argument (attack names, nu, eps, counts, each attack's step cost against the budget) is
+    checked before a checkpoint is loaded or trained; a checkpoint trained on another data set is
+    refused unless `allow_dataset_mismatch` (shapes and class count must still match)."""
+    check_positive(nu, "nu")
+    check_positive(eps, "eps")
+    check_int(n_images, "images")
+    check_int(budget, "budget")
+    check_int(draws, "draws")
+    for name in attacks:
+        cost = make_attack(name, eps=eps, norm="linf", seed=seed).step_cost
+        if cost > budget:
+            raise InputError(
+                f"one step of {name} costs {cost} queries, more than --budget {budget}; raise it"
+            )
     model, path = load_or_train_default(checkpoint, progress)
     test = load_dataset("fashion-mnist", "test")
+    check_model_data(
+        model,
+        read_meta(path).dataset,
+        test,
+        allow_mismatch=allow_dataset_mismatch,
+        where=f"checkpoint {path}",
+    )
+    if n_images > len(test):
+        raise InputError(f"--images {n_images} exceeds the {len(test)} test images; ask for fewer")
     clean = accuracy(model, test)
     rnd_mean, rnd_std = noisy_accuracy(RandomNoiseDefense(model, nu=nu, seed=seed), test, draws=draws)
     idx = correctly_classified(model, test, n_images)
