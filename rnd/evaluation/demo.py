@@ -91,9 +91,13 @@ def run_demo(
     )
     if n_images > len(test):
         raise InputError(f"--images {n_images} exceeds the {len(test)} test images; ask for fewer")
+    idx = correctly_classified(model, test, n_images)  # before the accuracy passes: a shortfall fails fast
+    if len(idx) < n_images:
+        raise InputError(
+            f"only {len(idx)} test images are classified correctly by {path}; ask for --images {len(idx)}"
+        )
     clean = accuracy(model, test)
     rnd_mean, rnd_std = noisy_accuracy(RandomNoiseDefense(model, nu=nu, seed=seed), test, draws=draws)
-    idx = correctly_classified(model, test, n_images)
     x, y = test.get(idx)
     report = DemoReport(str(path), nu, 100 * clean, 100 * rnd_mean, 100 * rnd_std)
     for name in attacks:

@@ -188,6 +188,17 @@ def test_demo_validates_before_the_accuracy_pass(work, models, no_work, args, wo
     bad(work, ["demo", "--checkpoint", models / "tiny", "--no-progress", *args], words)
 
 
+def test_demo_asks_for_fewer_images_than_are_correct_before_the_accuracy_pass(work, models, monkeypatch):
+    for attr in ("accuracy", "noisy_accuracy"):
+        monkeypatch.setattr(f"rnd.evaluation.demo.{attr}", _refuse)
+    line = bad(work, ["demo", "--checkpoint", models / "tiny", "--images", "9999"], ["classified correctly"])
+    assert "ask for --images " in line
+
+
+def _refuse(*args, **kwargs):
+    raise WorkStarted("work started before the input was validated")
+
+
 def test_demo_without_checkpoint_never_trains_on_bad_input(work, no_work):
     bad(work, ["demo", "--attack", "bogus", "--no-progress"], ["unknown attack 'bogus'"])
     assert not (work / "home").exists()
