@@ -56,7 +56,12 @@ def load_image_folder(
             labels.append(label)
     if not arrays:
         raise DataNotFoundError(f"no images with extensions {EXTENSIONS} under {root}")
-    if len({a.shape for a in arrays}) > 1:
-        raise InputError(f"images under {root} differ in size; pass size=(height, width)")
+    shapes = sorted({a.shape[:2] for a in arrays})
+    if len(shapes) > 1:
+        sizes = ", ".join(f"{h}x{w}" for h, w in shapes[:3]) + (", ..." if len(shapes) > 3 else "")
+        raise InputError(
+            f"images under {root} differ in size ({sizes}); resize them to the model's input size, or "
+            "in Python call load_image_folder(root, size=(height, width))"
+        )
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     return ImageDataset(f"imagefolder:{root}", "all", images, torch.tensor(labels), classes)

@@ -12,11 +12,11 @@ from rnd._checks import check_int, check_positive
 from rnd.attacks import make_attack
 from rnd.data import load_dataset
 from rnd.defense import RandomNoiseDefense
-from rnd.errors import CheckpointError, InputError
+from rnd.errors import InputError
 from rnd.evaluation.attack_eval import AttackEvaluation, evaluate_attack
 from rnd.evaluation.compat import check_model_data
 from rnd.evaluation.metrics import accuracy, correctly_classified, noisy_accuracy
-from rnd.models import checkpoint_paths, load_checkpoint, read_meta
+from rnd.models import check_checkpoint_files, checkpoint_paths, load_checkpoint, read_meta
 from rnd.training import TrainConfig, default_checkpoint_path, train_model
 
 log = logging.getLogger(__name__)
@@ -29,10 +29,10 @@ def load_or_train_default(path: str | Path | None = None, progress: bool = True)
     """
     explicit = path is not None
     path = Path(path) if path is not None else default_checkpoint_path()
+    if explicit:
+        check_checkpoint_files(path)  # names the missing file (weights or metadata)
     weights, meta = checkpoint_paths(path)
     if not (weights.exists() and meta.exists()):
-        if explicit:
-            raise CheckpointError(f"checkpoint {weights} not found; train one with `rnd train --out {path}`")
         log.warning("no checkpoint at %s: training the default model (a few minutes)", weights)
         train_model(out=path, config=TrainConfig(), progress=progress)
     model, _ = load_checkpoint(path)

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from rnd.errors import RndError, unknown_name
 from rnd.evaluation.config import SweepConfig, quick_config
 from rnd.evaluation.store import ResultsStore, check_cells, check_database, check_location
-from rnd.evaluation.sweep import Cell, CellResult, execute_cell, expand
+from rnd.evaluation.sweep import Cell, CellResult, check_plan, execute_cell, expand
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +138,6 @@ class SweepPlan:
 
 def plan_sweep(cfg: SweepConfig, *, quick: bool = False) -> SweepPlan:
     """Apply --quick, expand the grid and check every model and the data set; writes nothing."""
-    from rnd.evaluation.sweep import check_plan
-
     if quick:
         cfg = quick_config(cfg)
     cells = expand(cfg)

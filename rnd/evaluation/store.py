@@ -458,7 +458,10 @@ class ResultsStore:
         if not p.exists():
             raise InputError(f"results database {p} not found; run `rnd sweep CONFIG --db {p}` first")
         if not check_database(p):
-            raise InputError(f"results database {p} holds no results yet (no sweep has written to it)")
+            raise InputError(
+                f"results database {p} holds no results yet (no sweep has written to it); run "
+                f"`rnd sweep CONFIG --db {p}` first"
+            )
         try:
             con = sqlite3.connect(f"{p.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
             version = _version_of(con, p)

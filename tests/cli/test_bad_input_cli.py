@@ -489,3 +489,12 @@ def test_progress_on_a_terminal(monkeypatch, capsys):
 def test_every_long_command_has_no_progress(command):
     result = CliRunner().invoke(main, [*command, "--help"])
     assert result.exit_code == 0 and "--progress / --no-progress" in result.output
+
+
+@pytest.mark.parametrize("missing", ["json", "safetensors"])
+def test_demo_names_the_missing_checkpoint_file(work, models, no_work, missing):
+    for suffix in ("json", "safetensors"):
+        if suffix != missing:
+            shutil.copy(models / f"tiny.{suffix}", work / f"half.{suffix}")
+    line = bad(work, ["demo", "--checkpoint", work / "half", "--no-progress"], [f"half.{missing}", "missing"])
+    assert "restore the file" in line

@@ -23,7 +23,7 @@ from click.testing import CliRunner
 from rnd.cli import main
 from rnd.evaluation.config import load_config
 from rnd.evaluation.runner import InProcessRunner, plan_sweep, run_sweep
-from rnd.evaluation.store import ResultsStore, comparable_content
+from rnd.evaluation.store import ResultsStore, check_database, comparable_content
 from rnd.models import save_checkpoint
 
 CONFIG = """
@@ -255,7 +255,7 @@ def launch(config: Path, db: Path, *, start: float = 0.0, attempts: Path | None 
 
 def complete_cells_only(db: Path) -> None:
     """What a killed sweep leaves: every finished cell whole (rows + summary), nothing of others."""
-    if not db.exists() or db.stat().st_size == 0:
+    if not check_database(db):  # absent or empty; rolls back a hot journal like any rnd command
         return
     mid = snapshot(db)
     assert mid["duplicates"] == 0

@@ -241,3 +241,14 @@ def test_dataset_labels_outside_its_classes():
         ImageDataset("x", "test", images, torch.tensor([0, 1, 2]), ["a", "b"])
     with pytest.raises(InputError, match="integers"):
         ImageDataset("x", "test", images, torch.tensor([0.0, 1.0, 1.0]), ["a", "b"])
+
+
+def test_image_folder_of_mixed_sizes_says_what_to_do(tmp_path):
+    pil = pytest.importorskip("PIL.Image")
+    (tmp_path / "cat").mkdir()
+    pil.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "cat" / "0.png")
+    pil.fromarray(np.zeros((6, 5, 3), np.uint8)).save(tmp_path / "cat" / "1.png")
+    with pytest.raises(InputError, match=r"differ in size \(4x4, 6x5\); resize them") as info:
+        load_image_folder(tmp_path)
+    assert "\n" not in str(info.value)
+    assert load_image_folder(tmp_path, size=(4, 4)).images.shape == (2, 3, 4, 4)
