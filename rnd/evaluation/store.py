@@ -54,8 +54,7 @@ CLAIM_LEASE_S = 600.0  # a claim from another host is stale after this long with
 BUSY_TIMEOUT_S = 60.0
 INT64_MAX = 2**63 - 1
 
-_SCHEMA = """
-CREATE TABLE schema_info (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+_HISTORY = """
 CREATE TABLE history (
     id INTEGER PRIMARY KEY,
     event TEXT NOT NULL,
@@ -63,6 +62,14 @@ CREATE TABLE history (
     rnd_version TEXT NOT NULL,
     happened_at TEXT NOT NULL
 );
+"""
+
+_SCHEMA = (
+    """
+CREATE TABLE schema_info (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+    + _HISTORY
+    + """
 CREATE TABLE sweeps (
     id INTEGER PRIMARY KEY,
     name TEXT NOT NULL,
@@ -133,6 +140,7 @@ CREATE TABLE cell_summaries (
     finished_at TEXT NOT NULL
 );
 """
+)
 
 #: Version 1 -> 2: wall-clock columns renamed to say what they are, the creation time moved from
 #: schema_info into `history`, and the claim columns that let concurrent sweeps share cells.
@@ -144,13 +152,9 @@ ALTER TABLE cells ADD COLUMN claimed_by TEXT;
 ALTER TABLE cells ADD COLUMN claimed_at TEXT;
 ALTER TABLE cell_summaries RENAME COLUMN seconds TO wall_seconds;
 ALTER TABLE cell_summaries RENAME COLUMN finished TO finished_at;
-CREATE TABLE history (
-    id INTEGER PRIMARY KEY,
-    event TEXT NOT NULL,
-    schema_version INTEGER NOT NULL,
-    rnd_version TEXT NOT NULL,
-    happened_at TEXT NOT NULL
-);
+"""
+    + _HISTORY
+    + """
 INSERT INTO history (event, schema_version, rnd_version, happened_at)
     SELECT 'created', 1, 'unknown', value FROM schema_info WHERE name = 'created';
 DELETE FROM schema_info WHERE name = 'created';
