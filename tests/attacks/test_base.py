@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from rnd import Oracle
+from rnd import Oracle, RandomNoiseDefense
 from rnd.attacks import ATTACKS, Square, make_attack
 from rnd.errors import InputError, UnknownNameError
 
@@ -154,3 +154,39 @@ def test_l2_projection_when_x_is_outside_the_ball_but_its_clip_is_inside():
 def test_strings_and_booleans_are_refused(name, kwargs, msg):
     with pytest.raises(InputError, match=msg):
         make_attack(name, **{"eps": 0.1, **kwargs})
+
+
+def _norms():
+    return [(name, norm) for name in sorted(ATTACKS) for norm in ATTACKS[name].norms]
+
+
+@pytest.mark.parametrize(("name", "norm"), _norms())
+def test_no_attack_touches_the_global_rng(tiny_model, attack_batch, name, norm):
+    """Every registered attack, in every norm, seeded or not (OS entropy), against RND: the global
+    torch RNG state is the same before and after."""
+    x, y = attack_batch
+    for seed in (0, None):
+        attack = make_attack(name, eps=0.1 if norm == "linf" else 1.0, norm=norm, seed=seed)
+        oracle = Oracle(RandomNoiseDefense(tiny_model, nu=0.02, seed=0), budget=3 * attack.step_cost + 1)
+        torch.manual_seed(1)
+        state = torch.get_rng_state()
+        attack(oracle, x[:3], y[:3])
+        assert torch.equal(torch.get_rng_state(), state), (name, norm, seed)
+        assert int(oracle.counts.sum()) > 3  # the attack took steps, not only the first query
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+@pytest.mark.parametrize(("mu", "ratio", "nu"), [(0.01, 2.0, 0.03), (0.05, 2.0, 0.01), (0.01, None, 0.03)])
+def test_adaptive_attacker_uses_max_mu_ratio_nu_against_an_rnd_oracle(
+    tiny_model, attack_batch, name, mu, ratio, nu
+):
+    """mu_used = max(mu, ratio * nu), nu read from the oracle's defense; without a ratio, mu; and
+    against an undefended oracle, mu."""
+    x, y = attack_batch
+    attack = make_attack(name, eps=0.1, mu=mu, mu_nu_ratio=ratio, seed=0)
+    budget = attack.step_cost + 1
+    defended = attack(Oracle(RandomNoiseDefense(tiny_model, nu=nu, seed=0), budget=budget), x[:2], y[:2])
+    expected = mu if ratio is None else max(mu, ratio * nu)
+    assert defended.params["mu_used"] == pytest.approx(expected)
+    plain = attack(Oracle(tiny_model, budget=budget), x[:2], y[:2])
+    assert plain.params["mu_used"] == pytest.approx(mu)

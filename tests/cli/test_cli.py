@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from rnd.cli import main
@@ -89,3 +90,19 @@ def test_bad_option_values(args, words):
     assert result.exit_code == 2, result.output
     assert "Invalid value for" in result.output
     assert all(w in result.output for w in words), result.output
+
+
+def test_threads_option_sets_torch_threads():
+    """`rnd --threads N CMD` runs CMD with N torch CPU threads (checked in-process, then restored)."""
+    before = torch.get_num_threads()
+    seen = []
+    try:
+        for n in (1, 3):
+            result = CliRunner().invoke(
+                main, ["--threads", str(n), "theory", "bounds", "--l0", "2", "--d", "100", "--json"]
+            )
+            assert result.exit_code == 0, result.output
+            seen.append(torch.get_num_threads())
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [1, 3]
