@@ -16,9 +16,12 @@ def test_eg_step_stays_in_box_and_follows_gradient():
     assert torch.equal(eg_step(v, torch.zeros(4), 0.5), eg_step(v, torch.zeros(4), 0.0))
 
 
-@pytest.mark.parametrize(("norm", "eps", "rate"), [("linf", 0.2, 0.5), ("l2", 3.0, 0.5)])
+# Floors measured over 20 attack seeds x 2 tiny models (trained on 1 and 2 torch threads, as
+# conftest does on 1- and 2-core machines), 20 images: the lowest success seen, minus 2 images.
+# Bandits l_inf: lowest 0.50 (mean 0.56); l_2: lowest 0.55 (mean 0.60).
+@pytest.mark.parametrize(("norm", "eps", "rate"), [("linf", 0.2, 0.4), ("l2", 3.0, 0.45)])
 def test_lowers_margin_and_succeeds(tiny_model, attack_batch, norm, eps, rate):
-    x, y = attack_batch[0][:10], attack_batch[1][:10]
+    x, y = attack_batch
     result = run_checked(Bandits(eps=eps, norm=norm, seed=0), tiny_model, x, y, budget=1000)
     assert float(result.success.float().mean()) >= rate
     assert float((true_margin(tiny_model, result.x_adv, y) - true_margin(tiny_model, x, y)).mean()) < 0
@@ -29,7 +32,9 @@ def test_rnd_raises_failure_rate(tiny_model, attack_batch):
     x, y = attack_batch
     plain = run_checked(Bandits(eps=0.1, seed=0), tiny_model, x, y, budget=300)
     noisy = run_checked(Bandits(eps=0.1, seed=0), tiny_model, x, y, budget=300, nu=0.05)
-    assert noisy.failure_rate > plain.failure_rate
+    # RND(0.05) adds 16 points of failure on average (78 -> 94 %); over 20 attack and defense seeds x
+    # 2 models the smallest gain was 10 points: require 5 (one image of margin)
+    assert noisy.failure_rate >= plain.failure_rate + 5
 
 
 def test_step_cost_and_eot(tiny_model, attack_batch):

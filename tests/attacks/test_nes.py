@@ -6,18 +6,22 @@ from rnd.attacks.base import AttackState
 from rnd.errors import InputError
 from tests.attacks.helpers import check_early_stop, run_checked, true_margin
 
+# Floors measured over 20 attack seeds x 2 tiny models (trained on 1 and 2 torch threads, as
+# conftest does on 1- and 2-core machines), 20 images: the lowest success seen, minus 2 images.
+# NES l_inf: lowest 0.75 (mean 0.75); l_2: lowest 0.80 (mean 0.84).
+
 
 def test_lowers_margin_and_succeeds_linf(tiny_model, attack_batch):
     x, y = attack_batch
     result = run_checked(NES(eps=0.2, seed=0, lr=0.02), tiny_model, x, y, budget=3000)
-    assert float(result.success.float().mean()) >= 0.7
+    assert float(result.success.float().mean()) >= 0.65
     assert float((true_margin(tiny_model, result.x_adv, y) - true_margin(tiny_model, x, y)).mean()) < 0
 
 
 def test_l2(tiny_model, attack_batch):
     x, y = attack_batch
     result = run_checked(NES(eps=3.0, norm="l2", seed=0), tiny_model, x, y, budget=3000)
-    assert float(result.success.float().mean()) >= 0.5
+    assert float(result.success.float().mean()) >= 0.7
 
 
 def test_step_cost_and_budget(tiny_model, attack_batch):

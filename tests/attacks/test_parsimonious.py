@@ -20,6 +20,8 @@ def test_block_masks_tile_the_image():
 def test_succeeds_on_undefended_and_lowers_margin(tiny_model, attack_batch):
     x, y = attack_batch
     result = run_checked(Parsimonious(eps=0.2, seed=0), tiny_model, x, y, budget=1000)
+    # over 20 attack seeds x 2 tiny models (trained on 1 and 2 threads) the success was 0.95 every
+    # time: floor = lowest minus 2 images
     assert float(result.success.float().mean()) >= 0.85
     assert bool((true_margin(tiny_model, result.x_adv, y) < true_margin(tiny_model, x, y)).all())
     assert torch.equal(result.success, true_margin(tiny_model, result.x_adv, y) < 0)
@@ -53,7 +55,9 @@ def test_rnd_raises_failure_rate(tiny_model, attack_batch):
     x, y = attack_batch
     plain = run_checked(Parsimonious(eps=0.1, seed=0), tiny_model, x, y, budget=300)
     noisy = run_checked(Parsimonious(eps=0.1, seed=0), tiny_model, x, y, budget=300, nu=0.05)
-    assert noisy.failure_rate > plain.failure_rate
+    # RND(0.05) adds 26 points of failure on average (49 -> 75 %); over 20 attack and defense seeds x
+    # 2 models the smallest gain was 20 points: require 15 (one image of margin)
+    assert noisy.failure_rate >= plain.failure_rate + 15
 
 
 def test_early_stop(tiny_model, attack_batch):

@@ -6,7 +6,10 @@ from rnd.errors import InputError
 from tests.attacks.helpers import check_early_stop, run_checked, true_margin
 
 
-@pytest.mark.parametrize(("norm", "eps", "rate"), [("linf", 0.2, 0.85), ("l2", 3.0, 0.6)])
+# Floors measured over 20 attack seeds x 2 tiny models (trained on 1 and 2 torch threads, as
+# conftest does on 1- and 2-core machines), 20 images: the lowest success seen, minus 2 images.
+# SignHunter is deterministic (its seed is unused): l_inf 0.90 and l_2 0.75 on both models.
+@pytest.mark.parametrize(("norm", "eps", "rate"), [("linf", 0.2, 0.8), ("l2", 3.0, 0.65)])
 def test_succeeds_on_undefended_and_lowers_margin(tiny_model, attack_batch, norm, eps, rate):
     x, y = attack_batch
     result = run_checked(SignHunter(eps=eps, norm=norm, seed=0), tiny_model, x, y, budget=1000)
@@ -38,7 +41,9 @@ def test_rnd_raises_failure_rate(tiny_model, attack_batch):
     x, y = attack_batch
     plain = run_checked(SignHunter(eps=0.1, seed=0), tiny_model, x, y, budget=300)
     noisy = run_checked(SignHunter(eps=0.1, seed=0), tiny_model, x, y, budget=300, nu=0.05)
-    assert noisy.failure_rate > plain.failure_rate
+    # RND(0.05): 55 -> 75 % failure for every one of 20 defense seeds x 2 models: require a gain of
+    # 15 points (one image of margin)
+    assert noisy.failure_rate >= plain.failure_rate + 15
 
 
 def test_early_stop(tiny_model, attack_batch):
@@ -76,7 +81,14 @@ def test_l2_points_keep_norm_mu_inside_the_box():
     norm_filled = (filled._point(x0, signs) - x0).flatten(1).norm(dim=1)
     norm_paper = (paper._point(x0, signs) - x0).flatten(1).norm(dim=1)
     assert torch.allclose(norm_filled, torch.full((3,), 1.5), atol=1e-4)
-    assert bool((norm_paper < 1.2).all())
+    # the paper's point: x0 + (mu / sqrt d) s clipped to the box. The 196 grey pixels keep their step,
+    # a background pixel (at 0) only where s = +1, so ||delta|| = (mu / sqrt d) sqrt(196 + B), B the
+    # number of +1 signs on the background: about 1.19 (B ~ 294 of 588), always <= mu.
+    background = (x0 == 0).flatten(1)
+    b = ((signs > 0) & background).sum(1).double()
+    assert torch.allclose(norm_paper.double(), 1.5 / 28 * (196 + b).sqrt(), atol=1e-5)
+    # and it loses norm: < 1.4 needs B < 487, 16 sd above B's mean 294 (sd 12), so for any seed
+    assert bool((norm_paper < 1.4).all())
     # same signs wherever the point moved
     moved = (filled._point(x0, signs) - x0).flatten(1)
     assert bool((moved * signs >= 0).all())

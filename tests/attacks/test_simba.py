@@ -48,9 +48,12 @@ def test_lowers_margin_and_succeeds(tiny_model, attack_batch, norm, eps, basis, 
 
 def test_rnd_raises_failure_rate(tiny_model, attack_batch):
     x, y = attack_batch
-    plain = run_checked(SimBA(eps=2.0, seed=0), tiny_model, x, y, budget=300)
-    noisy = run_checked(SimBA(eps=2.0, seed=0), tiny_model, x, y, budget=300, nu=0.05)
-    assert noisy.failure_rate > plain.failure_rate
+    # At eps 2 and 300 queries the undefended attack already fails on 85 %. At eps 3 / 1,000 queries:
+    # 60 -> 99 % failure on average; over 20 attack and defense seeds x 2 tiny models the smallest
+    # gain was 30 points: require 25 (one image of margin)
+    plain = run_checked(SimBA(eps=3.0, seed=0), tiny_model, x, y, budget=1000)
+    noisy = run_checked(SimBA(eps=3.0, seed=0), tiny_model, x, y, budget=1000, nu=0.05)
+    assert noisy.failure_rate >= plain.failure_rate + 25
 
 
 def test_second_query_only_when_first_fails(tiny_model, attack_batch):

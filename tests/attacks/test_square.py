@@ -13,7 +13,10 @@ def test_schedule():
     assert square_fraction(0.05, 100, 1000) == square_fraction(0.05, 1000, 10000)
 
 
-@pytest.mark.parametrize(("norm", "eps", "rate"), [("linf", 0.2, 0.9), ("l2", 3.0, 0.6)])
+# Floors measured over 20 attack seeds x 2 tiny models (trained on 1 and 2 torch threads, as
+# conftest does on 1- and 2-core machines), 20 images: the lowest success seen, minus 2 images.
+# Square l_inf: lowest 0.90 (mean 0.945); l_2: lowest 0.75 (mean 0.78).
+@pytest.mark.parametrize(("norm", "eps", "rate"), [("linf", 0.2, 0.8), ("l2", 3.0, 0.65)])
 def test_succeeds_on_undefended_and_lowers_margin(tiny_model, attack_batch, norm, eps, rate):
     x, y = attack_batch
     result = run_checked(Square(eps=eps, norm=norm, seed=0), tiny_model, x, y, budget=2000)
@@ -58,7 +61,9 @@ def test_rnd_raises_failure_rate(tiny_model, attack_batch):
     x, y = attack_batch
     plain = run_checked(Square(eps=0.1, seed=0, mu=0.05), tiny_model, x, y, budget=300)
     noisy = run_checked(Square(eps=0.1, seed=0, mu=0.05), tiny_model, x, y, budget=300, nu=0.05)
-    assert noisy.failure_rate > plain.failure_rate
+    # RND(0.05) adds 25 points of failure on average (54 -> 79 %); over 20 attack and defense seeds x
+    # 2 models the smallest gain was 15 points: require 10 (one image of margin)
+    assert noisy.failure_rate >= plain.failure_rate + 10
 
 
 def test_early_stop(tiny_model, attack_batch):

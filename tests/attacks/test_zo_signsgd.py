@@ -18,9 +18,14 @@ def test_lowers_margin_and_succeeds(tiny_model, attack_batch, norm, eps, rate):
 
 def test_rnd_raises_failure_rate(tiny_model, attack_batch):
     x, y = attack_batch
-    plain = run_checked(ZOSignSGD(eps=0.1, q=30, lr=0.01, seed=0), tiny_model, x, y, budget=300)
-    noisy = run_checked(ZOSignSGD(eps=0.1, q=30, lr=0.01, seed=0), tiny_model, x, y, budget=300, nu=0.05)
-    assert noisy.failure_rate > plain.failure_rate
+    # At eps 0.1 and 300 queries the undefended attack already fails on 90 %, leaving RND one or two
+    # images to show (one seed of 40 showed no gain). At eps 0.2 / 1,000 queries: 38 -> 92 % on
+    # average; over 20 attack and defense seeds x 2 tiny models the smallest gain was 45 points:
+    # require 40 (one image of margin)
+    attack = lambda: ZOSignSGD(eps=0.2, q=10, lr=0.02, seed=0)  # noqa: E731
+    plain = run_checked(attack(), tiny_model, x, y, budget=1000)
+    noisy = run_checked(attack(), tiny_model, x, y, budget=1000, nu=0.05)
+    assert noisy.failure_rate >= plain.failure_rate + 40
 
 
 def test_step_cost_and_eot(tiny_model, attack_batch):
