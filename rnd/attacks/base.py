@@ -152,6 +152,22 @@ class QueryAttack(ABC):
         """Queries one step spends per image at most (including EOT); override per attack."""
         return self.eot
 
+    @property
+    def init_cost(self) -> int:
+        """Queries `init` spends per image at most: the clean image (override when it does more)."""
+        return self.eot
+
+    @property
+    def min_budget(self) -> int:
+        """The smallest per-image budget this attack can run under (its start, or one step)."""
+        return max(self.init_cost, self.step_cost)
+
+    def cost_text(self) -> str:
+        """What `min_budget` pays for, for error messages."""
+        if self.step_cost >= self.init_cost:
+            return f"{self.name} needs {self.step_cost} queries per step"
+        return f"{self.name} needs {self.init_cost} queries to start (clean image and first point)"
+
     # -- the loop ------------------------------------------------------------------------------
     def __call__(
         self,
@@ -181,10 +197,8 @@ class QueryAttack(ABC):
         state = AttackState(images.detach().cpu().clone(), labels, targets, oracle.new_ids(n))
         bar = tqdm(total=n, desc=self.name, disable=not self.progress, unit="img", leave=False)
         try:
-            if self.step_cost > oracle.budget:
-                raise InputError(
-                    f"{self.name} needs {self.step_cost} queries per step, budget is {oracle.budget}"
-                )
+            if self.min_budget > oracle.budget:
+                raise InputError(f"{self.cost_text()}, budget is {oracle.budget}; raise the budget")
             self.init(state)
             finished = 0
             while True:

@@ -164,6 +164,10 @@ class Parsimonious(QueryAttack):
         self.accept(state, rows, x, loss, adv)
 
     # -- the attack ----------------------------------------------------------------------------
+    @property
+    def init_cost(self) -> int:
+        return 2 * self.eot  # the clean image, then the starting point
+
     def init(self, state: AttackState) -> None:
         self.query_start(state)
         n = state.x0.shape[0]

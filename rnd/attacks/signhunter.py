@@ -69,6 +69,10 @@ class SignHunter(QueryAttack):
         step = self.cur_mu if self.norm == "linf" else self.cur_mu / math.sqrt(signs.shape[1])
         return self.project(x0 + step * signs.view_as(x0), x0)
 
+    @property
+    def init_cost(self) -> int:
+        return 2 * self.eot  # the clean image, then the starting point
+
     def init(self, state: AttackState) -> None:
         self.query_start(state)
         n = state.x0.shape[0]

@@ -89,6 +89,10 @@ class Square(QueryAttack):
         super().__init__(eps, norm, **kwargs)  # type: ignore[arg-type]
         self.n_iters = check_int(n_iters, "n_iters")
 
+    @property
+    def init_cost(self) -> int:
+        return 2 * self.eot  # the clean image, then the starting point
+
     def init(self, state: AttackState) -> None:
         if self.norm == "linf":  # the two values a window can take, per pixel (cached per image)
             state.x_plus = (state.x0 + self.eps).clamp(0, 1)  # type: ignore[attr-defined]

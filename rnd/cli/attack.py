@@ -433,10 +433,9 @@ def attack(
     if target is not None and not targeted:
         raise InputError("--target needs --targeted")
     for obj in objs:
-        if obj.step_cost > budget:
+        if obj.min_budget > budget:
             raise InputError(
-                f"{obj.name} needs {obj.step_cost} queries per step, more than --budget {budget}; "
-                "raise --budget or lower --eot"
+                f"{obj.cost_text()}, more than --budget {budget}; raise --budget or lower --eot"
             )
 
     model, path = load_or_train_default(checkpoint, progress)

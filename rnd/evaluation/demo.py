@@ -75,10 +75,11 @@ def run_demo(
     check_int(budget, "budget")
     check_int(draws, "draws")
     for name in attacks:
-        cost = make_attack(name, eps=eps, norm="linf", seed=seed).step_cost
-        if cost > budget:
+        attack = make_attack(name, eps=eps, norm="linf", seed=seed)
+        if attack.min_budget > budget:
             raise InputError(
-                f"one step of {name} costs {cost} queries, more than --budget {budget}; raise it"
+                f"{attack.cost_text()}: it costs {attack.min_budget} queries, more than --budget {budget}; "
+                "raise it"
             )
     model, path = load_or_train_default(checkpoint, progress)
     test = load_dataset("fashion-mnist", "test")

@@ -177,12 +177,12 @@ def expand(cfg: Any) -> list[Cell]:
                 for eps in a.eps:
                     for mu in a.mu:
                         for eot in a.eot:
-                            cost = make_attack(
+                            attack = make_attack(
                                 a.name, eps=eps, norm=a.norm, mu=mu, eot=eot, seed=0, **a.params
-                            ).step_cost
-                            if cost > budget:
+                            )
+                            if attack.min_budget > budget:
                                 raise ConfigError(
-                                    f"attacks[{a.name}]: one step with M={eot} costs {cost} queries, more "
+                                    f"attacks[{a.name}]: with M={eot}, {attack.cost_text()}, more "
                                     f"than the budget {budget}; raise the budget or lower eot"
                                 )
                             for seed in cfg.seeds:

@@ -190,3 +190,20 @@ def test_adaptive_attacker_uses_max_mu_ratio_nu_against_an_rnd_oracle(
     assert defended.params["mu_used"] == pytest.approx(expected)
     plain = attack(Oracle(tiny_model, budget=budget), x[:2], y[:2])
     assert plain.params["mu_used"] == pytest.approx(mu)
+
+
+@pytest.mark.parametrize(("name", "norm"), _norms())
+@pytest.mark.parametrize("eot", [1, 3])
+def test_smallest_budget_runs_and_one_less_is_refused_clearly(tiny_model, attack_batch, name, norm, eot):
+    """An attack runs to the end under `min_budget` (its start, or one step) without ever asking for
+    a query over budget, and one query less is refused before any query with what it needs."""
+    x, y = attack_batch
+    attack = make_attack(name, eps=0.1 if norm == "linf" else 1.0, norm=norm, eot=eot, seed=0)
+    assert attack.min_budget >= attack.init_cost >= eot and attack.min_budget >= attack.step_cost
+    oracle = Oracle(tiny_model, budget=attack.min_budget)
+    result = attack(oracle, x[:4], y[:4])
+    assert int(result.queries.max()) <= attack.min_budget
+    short = Oracle(tiny_model, budget=attack.min_budget - 1)
+    with pytest.raises(InputError, match=rf"{name} needs {attack.min_budget} queries .*raise the budget"):
+        attack(short, x[:4], y[:4])
+    assert int(short.counts.sum()) == 0
