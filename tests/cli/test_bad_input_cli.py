@@ -5,7 +5,6 @@ write (every file under the test's folder is byte-identical afterwards, none app
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ from rnd.cli import main
 from rnd.cli.app import progress_option
 from rnd.evaluation.store import ResultsStore
 from rnd.models import build_model, save_checkpoint
+from tests.cli.helpers import unprivileged
 
 BIG = str(2**63 - 1)  # int64 max: an unbounded budget / count
 HUGE = str(2**64)  # beyond int64
@@ -153,19 +153,20 @@ def test_finetune_out_below_a_file(work, a_file, models, no_work):
     bad(work, args, ["--out", "below", "choose a path in a folder"])
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into read-only folders")
-def test_train_out_in_a_read_only_folder(work, no_work):
+def test_train_out_in_a_read_only_folder(work):
+    """Run in a process that respects permissions (as root: without CAP_DAC_OVERRIDE)."""
     ro = work / "ro"
     ro.mkdir()
     ro.chmod(0o555)
+    before = snapshot(work)
     try:
-        bad(
-            work,
-            ["train", "--dataset", "synthetic", "--out", ro / "m"],
-            ["not writable", "writable location"],
-        )
+        proc = unprivileged(["train", "--dataset", "synthetic", "--out", str(ro / "m")])
     finally:
         ro.chmod(0o755)
+    text = proc.stderr.strip()
+    assert proc.returncode == 2 and text.startswith("error: ") and "\n" not in text, proc.stderr
+    assert "not writable" in text and "writable location" in text, text
+    assert snapshot(work) == before
 
 
 # -- 2. every option is validated before the work starts ---------------------------------------------

@@ -25,6 +25,7 @@ from rnd.evaluation.config import load_config
 from rnd.evaluation.runner import InProcessRunner, plan_sweep, run_sweep
 from rnd.evaluation.store import ResultsStore, check_database, comparable_content
 from rnd.models import save_checkpoint
+from tests.cli.helpers import unprivileged
 
 CONFIG = """
 name = "cli-test"
@@ -405,21 +406,6 @@ def public_dir(folder):
         os.chmod(d / name, 0o644)
     yield d
     shutil.rmtree(d, ignore_errors=True)
-
-
-def unprivileged(args: list[str]) -> subprocess.CompletedProcess:
-    """`rnd ARGS` in a process that respects file permissions (root without CAP_DAC_OVERRIDE)."""
-    code = "import sys; from rnd.cli import main; sys.argv = ['rnd', *sys.argv[1:]]; main()"
-    prefix: list[str] = []
-    if os.geteuid() == 0:
-        setpriv = shutil.which("setpriv")
-        if setpriv is None:
-            pytest.skip("needs util-linux setpriv to drop root's permission override")
-        caps = "-dac_override,-dac_read_search"
-        prefix = [setpriv, f"--bounding-set={caps}", f"--inh-caps={caps}", "--"]
-    return subprocess.run(
-        [*prefix, sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120
-    )
 
 
 @pytest.mark.parametrize("what", ["folder", "file"])
