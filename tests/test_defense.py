@@ -156,3 +156,15 @@ def test_non_finite_input_is_refused_not_clipped(nu, bad):
         defense(x)
     with pytest.raises(InputError, match="NaN or infinite"):
         defense.perturb(x)
+
+
+def test_huge_finite_input_is_not_mistaken_for_infinite():
+    """check_finite's fast path (a finite sum) falls back to a value-by-value check when the sum
+    overflows: finite values are accepted, an inf among them still refused."""
+    x = torch.full((2, 1, 4, 4), 3e38)
+    assert bool(torch.isinf(x.sum()))
+    out = RandomNoiseDefense(Identity(), nu=0.05, seed=0)(x)
+    assert float(out.max()) <= 1.0
+    x[0, 0, 0, 0] = float("inf")
+    with pytest.raises(InputError, match="NaN or infinite"):
+        RandomNoiseDefense(Identity(), nu=0.05, seed=0)(x)
