@@ -35,12 +35,13 @@ fixed step), same setting as above.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from rnd._checks import check_int, check_positive
-from rnd.attacks.base import AttackState, QueryAttack, check_plateau, init_plateau, plateau_update
+from rnd.attacks.base import PlateauState, QueryAttack, check_plateau, init_plateau, plateau_update
 
 
 def _flat_norm(t: torch.Tensor) -> torch.Tensor:
@@ -55,7 +56,14 @@ def eg_step(v: torch.Tensor, g: torch.Tensor, lr: float) -> torch.Tensor:
     return 2 * torch.sigmoid(logit) - 1
 
 
-class Bandits(QueryAttack):
+@dataclass(eq=False)
+class BanditsState(PlateauState):
+    """Bandits's per-image state."""
+
+    prior: torch.Tensor = field(init=False)  # the gradient prior, one value per tile
+
+
+class Bandits(QueryAttack[BanditsState]):
     """Bandits-TD (time and data priors), l_inf and l_2 (`mu` = l_2 norm of each probe).
 
     Args:
@@ -68,6 +76,7 @@ class Bandits(QueryAttack):
     """
 
     name = "bandits"
+    state_type = BanditsState
     norms = ("linf", "l2")
     default_mu = {"linf": 0.01, "l2": 0.01}
 
@@ -99,7 +108,7 @@ class Bandits(QueryAttack):
     def step_cost(self) -> int:
         return 3 * self.eot
 
-    def init(self, state: AttackState) -> None:
+    def init(self, state: BanditsState) -> None:
         self.query_start(state)
         n, c, h, w = state.x0.shape
         self._size = (h, w)
@@ -111,7 +120,7 @@ class Bandits(QueryAttack):
             return v
         return F.interpolate(v, size=self._size, mode="nearest")
 
-    def step(self, state: AttackState, rows: torch.Tensor) -> None:
+    def step(self, state: BanditsState, rows: torch.Tensor) -> None:
         x, v = state.x[rows], state.prior[rows]
         n, mu, delta = x.shape[0], self.cur_mu, self.exploration
         u = self.randn(*v.shape)
@@ -127,7 +136,7 @@ class Bandits(QueryAttack):
             v = v + self.prior_lr * g
         state.prior[rows] = v
         step = self._up(v)
-        lr = state.lr[rows].view(-1, 1, 1, 1)  # type: ignore[attr-defined]
+        lr = state.lr[rows].view(-1, 1, 1, 1)
         if self.norm == "linf":
             x_new = x + lr * step.sign()
         else:

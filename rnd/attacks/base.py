@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Generic, Literal, TypeVar, cast
 
 import torch
 from tqdm.auto import tqdm
@@ -63,25 +63,41 @@ class AttackResult:
         }
 
 
+@dataclass(eq=False)
 class AttackState:
-    """Per-image tensors of one attack call (length N); attacks may attach their own fields."""
+    """Per-image tensors of one attack call (length N). An attack with state of its own declares a
+    dataclass subclass (its fields `field(init=False)`, set in its `init`) as `state_type`."""
 
-    def __init__(
-        self, x0: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None, ids: torch.Tensor
-    ) -> None:
-        n = x0.shape[0]
-        self.x0 = x0
-        self.y = y
-        self.target = target
-        self.ids = ids
-        self.x = x0.clone()  # the attacker's current (best) point
-        self.loss = torch.full((n,), math.inf)  # attacker's loss at x (lower is better)
+    x0: torch.Tensor
+    y: torch.Tensor
+    target: torch.Tensor | None
+    ids: torch.Tensor
+    x: torch.Tensor = field(init=False)  # the attacker's current (best) point
+    loss: torch.Tensor = field(init=False)  # attacker's loss at x (lower is better)
+    success: torch.Tensor = field(init=False)
+    done: torch.Tensor = field(init=False)  # stopped by the attack itself
+    iteration: int = 0
+
+    def __post_init__(self) -> None:
+        n = self.x0.shape[0]
+        self.x = self.x0.clone()
+        self.loss = torch.full((n,), math.inf)
         self.success = torch.zeros(n, dtype=torch.bool)
-        self.done = torch.zeros(n, dtype=torch.bool)  # stopped by the attack itself
-        self.iteration = 0
+        self.done = torch.zeros(n, dtype=torch.bool)
 
 
-class QueryAttack(ABC):
+@dataclass(eq=False)
+class PlateauState(AttackState):
+    """State of the attacks on the plateau step schedule: per-image step size and loss window."""
+
+    lr: torch.Tensor = field(init=False)
+    history: torch.Tensor = field(init=False)  # the last `length` losses (NaN = not yet seen), newest last
+
+
+S = TypeVar("S", bound=AttackState)
+
+
+class QueryAttack(ABC, Generic[S]):
     """Base of all query attacks. Subclasses implement `init` and `step` on the active rows.
 
     Args:
@@ -101,6 +117,8 @@ class QueryAttack(ABC):
     name: ClassVar[str] = "attack"
     norms: ClassVar[tuple[str, ...]] = ("linf", "l2")
     feedback: ClassVar[Literal["scores", "labels"]] = "scores"
+    #: The dataclass of one call's per-image state (an `AttackState` subclass for attacks with more).
+    state_type: ClassVar[type[AttackState]] = AttackState
     default_mu: ClassVar[dict[str, float]] = {"linf": 0.01, "l2": 0.01}
 
     def __init__(
@@ -194,7 +212,7 @@ class QueryAttack(ABC):
             raise InputError("targets given to an untargeted attack; pass targeted=True")
         self.oracle = oracle
         self.cur_mu = self.effective_mu(float(getattr(oracle, "nu", 0.0)))
-        state = AttackState(images.detach().cpu().clone(), labels, targets, oracle.new_ids(n))
+        state = cast(S, self.state_type(images.detach().cpu().clone(), labels, targets, oracle.new_ids(n)))
         bar = tqdm(total=n, desc=self.name, disable=not self.progress, unit="img", leave=False)
         try:
             if self.min_budget > oracle.budget:
@@ -225,11 +243,11 @@ class QueryAttack(ABC):
         )
 
     @abstractmethod
-    def init(self, state: AttackState) -> None:
+    def init(self, state: S) -> None:
         """Set up per-image state (usually: query the starting point)."""
 
     @abstractmethod
-    def step(self, state: AttackState, rows: torch.Tensor) -> None:
+    def step(self, state: S, rows: torch.Tensor) -> None:
         """Advance the active `rows` by one step, updating state.x / loss / success."""
 
     # -- helpers for subclasses ----------------------------------------------------------------
@@ -317,26 +335,25 @@ class QueryAttack(ABC):
         state.success[r] = adv[mask]
 
 
-def init_plateau(state: AttackState, lr: float, length: int) -> None:
+def init_plateau(state: PlateauState, lr: float, length: int) -> None:
     """Per-image step sizes `state.lr` and loss windows `state.history` for `plateau_update`."""
     n = state.x0.shape[0]
-    state.lr = torch.full((n,), float(lr))  # type: ignore[attr-defined]
-    # the last `length` losses per image (NaN = not yet seen), newest last
-    state.history = torch.full((n, max(length, 1)), float("nan"))  # type: ignore[attr-defined]
+    state.lr = torch.full((n,), float(lr))
+    state.history = torch.full((n, max(length, 1)), float("nan"))
 
 
 def plateau_update(
-    state: AttackState, rows: torch.Tensor, loss: torch.Tensor, drop: float, min_lr: float
+    state: PlateauState, rows: torch.Tensor, loss: torch.Tensor, drop: float, min_lr: float
 ) -> None:
     """The plateau schedule of Ilyas et al.'s NES code, per image: divide the step by `drop`
     (not below `min_lr`) where the newest loss is higher than `length` steps before; the window
     then restarts. Shared by every attack that takes gradient-estimate steps."""
-    hist = torch.cat([state.history[rows, 1:], loss[:, None]], 1)  # type: ignore[attr-defined]
+    hist = torch.cat([state.history[rows, 1:], loss[:, None]], 1)
     rising = ~hist[:, 0].isnan() & (hist[:, -1] > hist[:, 0])
-    lr = state.lr[rows]  # type: ignore[attr-defined]
-    state.lr[rows] = torch.where(rising, (lr / drop).clamp_min(min_lr), lr)  # type: ignore[attr-defined]
+    lr = state.lr[rows]
+    state.lr[rows] = torch.where(rising, (lr / drop).clamp_min(min_lr), lr)
     hist[rising] = float("nan")
-    state.history[rows] = hist  # type: ignore[attr-defined]
+    state.history[rows] = hist
 
 
 def check_plateau(length: int, drop: float, lr: float, min_lr: float | None) -> tuple[int, float, float]:

@@ -28,6 +28,7 @@ probe's magnitude is always the threat model's eps.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -70,7 +71,21 @@ def block_masks(
     return mask, ch, top, left
 
 
-class Parsimonious(QueryAttack):
+@dataclass(eq=False)
+class ParsimoniousState(AttackState):
+    """Parsimonious's per-image state: the sign image, the block size, and where each image stands
+    in its pass over the blocks (a batch of candidate blocks, their gains, the phase)."""
+
+    signs: torch.Tensor = field(init=False)  # -1 / +1 per pixel: x = clip(x0 + eps * signs)
+    size: torch.Tensor = field(init=False)  # block side (halved after each full pass)
+    batch: torch.Tensor = field(init=False)  # position of the current candidate batch in `order`
+    phase: torch.Tensor = field(init=False)  # INSERT_EVAL, ... : which query the image waits for
+    cand: torch.Tensor = field(init=False)  # (N, block_batch) block indices of the batch, -1 = none
+    gain: torch.Tensor = field(init=False)  # (N, block_batch) loss change of flipping each candidate
+    order: list[torch.Tensor] = field(init=False)  # each image's order of blocks in this pass
+
+
+class Parsimonious(QueryAttack[ParsimoniousState]):
     """Parsimonious / ECO attack (l_inf only): lazy-greedy insert/delete of +-eps blocks.
 
     Args:
@@ -85,6 +100,7 @@ class Parsimonious(QueryAttack):
     """
 
     name = "parsimonious"
+    state_type = ParsimoniousState
     norms = ("linf",)
     default_mu = {"linf": 0.02}
 
@@ -110,57 +126,57 @@ class Parsimonious(QueryAttack):
         c, h, w = shape
         return c * math.ceil(h / size) * math.ceil(w / size)
 
-    def _load_batch(self, state: AttackState, i: int, want: float) -> None:
+    def _load_batch(self, state: ParsimoniousState, i: int, want: float) -> None:
         """Candidates of image i: blocks of its current batch whose sign is `want` (-1 or +1)."""
-        size = int(state.size[i])  # type: ignore[attr-defined]
-        b = int(state.batch[i])  # type: ignore[attr-defined]
-        ids = state.order[i][b * self.block_batch : (b + 1) * self.block_batch]  # type: ignore[attr-defined]
+        size = int(state.size[i])
+        b = int(state.batch[i])
+        ids = state.order[i][b * self.block_batch : (b + 1) * self.block_batch]
         shape = tuple(state.x0.shape[1:])
         ch, top, left = block_coords(ids, torch.full_like(ids, size), shape)  # type: ignore[arg-type]
-        ids = ids[state.signs[i, ch, top, left] == want]  # type: ignore[attr-defined]
-        state.cand[i] = -1  # type: ignore[attr-defined]
-        state.cand[i, : ids.numel()] = ids  # type: ignore[attr-defined]
-        state.gain[i] = math.inf  # type: ignore[attr-defined]
+        ids = ids[state.signs[i, ch, top, left] == want]
+        state.cand[i] = -1
+        state.cand[i, : ids.numel()] = ids
+        state.gain[i] = math.inf
 
-    def _new_order(self, state: AttackState, i: int) -> None:
-        n_blocks = self._num_blocks(int(state.size[i]), tuple(state.x0.shape[1:]))  # type: ignore[attr-defined,arg-type]
-        state.order[i] = torch.randperm(n_blocks, generator=self.generator)  # type: ignore[attr-defined]
-        state.batch[i] = 0  # type: ignore[attr-defined]
+    def _new_order(self, state: ParsimoniousState, i: int) -> None:
+        n_blocks = self._num_blocks(int(state.size[i]), tuple(state.x0.shape[1:]))  # type: ignore[arg-type]
+        state.order[i] = torch.randperm(n_blocks, generator=self.generator)
+        state.batch[i] = 0
 
-    def _advance(self, state: AttackState, i: int) -> None:
+    def _advance(self, state: ParsimoniousState, i: int) -> None:
         """Finish image i's current phase and load the next one's candidates."""
-        phase = int(state.phase[i])  # type: ignore[attr-defined]
+        phase = int(state.phase[i])
         if phase in (INSERT_EVAL, INSERT_LAZY):
-            state.phase[i] = DELETE_EVAL  # type: ignore[attr-defined]
+            state.phase[i] = DELETE_EVAL
             self._load_batch(state, i, 1.0)
             return
-        state.batch[i] += 1  # type: ignore[attr-defined]
-        if int(state.batch[i]) * self.block_batch >= state.order[i].numel():  # type: ignore[attr-defined]
-            if self.hierarchical and int(state.size[i]) >= 2:  # type: ignore[attr-defined]
-                state.size[i] //= 2  # type: ignore[attr-defined]
+        state.batch[i] += 1
+        if int(state.batch[i]) * self.block_batch >= state.order[i].numel():
+            if self.hierarchical and int(state.size[i]) >= 2:
+                state.size[i] //= 2
             self._new_order(state, i)
-        state.phase[i] = INSERT_EVAL  # type: ignore[attr-defined]
+        state.phase[i] = INSERT_EVAL
         self._load_batch(state, i, -1.0)
 
     def _point(
-        self, state: AttackState, owners: torch.Tensor, ids: torch.Tensor
+        self, state: ParsimoniousState, owners: torch.Tensor, ids: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Signs and points of images `owners` with block `ids` flipped."""
         shape = tuple(state.x0.shape[1:])
-        mask, *_ = block_masks(ids, state.size[owners], shape)  # type: ignore[attr-defined,arg-type]
-        signs = torch.where(mask, -state.signs[owners], state.signs[owners])  # type: ignore[attr-defined]
+        mask, *_ = block_masks(ids, state.size[owners], shape)  # type: ignore[arg-type]
+        signs = torch.where(mask, -state.signs[owners], state.signs[owners])
         return signs, (state.x0[owners] + self.eps * signs).clamp(0, 1)
 
     def _move(
         self,
-        state: AttackState,
+        state: ParsimoniousState,
         rows: torch.Tensor,
         signs: torch.Tensor,
         x: torch.Tensor,
         loss: torch.Tensor,
         adv: torch.Tensor,
     ) -> None:
-        state.signs[rows] = signs  # type: ignore[attr-defined]
+        state.signs[rows] = signs
         self.accept(state, rows, x, loss, adv)
 
     # -- the attack ----------------------------------------------------------------------------
@@ -168,18 +184,18 @@ class Parsimonious(QueryAttack):
     def init_cost(self) -> int:
         return 2 * self.eot  # the clean image, then the starting point
 
-    def init(self, state: AttackState) -> None:
+    def init(self, state: ParsimoniousState) -> None:
         self.query_start(state)
         n = state.x0.shape[0]
         _, h, w = state.x0.shape[1:]
         side = max(1, min(round(math.sqrt(self.cur_mu * h * w)), h, w))
-        state.signs = -torch.ones_like(state.x0)  # type: ignore[attr-defined]
-        state.size = torch.full((n,), side, dtype=torch.long)  # type: ignore[attr-defined]
-        state.batch = torch.zeros(n, dtype=torch.long)  # type: ignore[attr-defined]
-        state.phase = torch.full((n,), INSERT_EVAL, dtype=torch.long)  # type: ignore[attr-defined]
-        state.cand = torch.full((n, self.block_batch), -1, dtype=torch.long)  # type: ignore[attr-defined]
-        state.gain = torch.full((n, self.block_batch), math.inf)  # type: ignore[attr-defined]
-        state.order = [torch.empty(0, dtype=torch.long)] * n  # type: ignore[attr-defined]
+        state.signs = -torch.ones_like(state.x0)
+        state.size = torch.full((n,), side, dtype=torch.long)
+        state.batch = torch.zeros(n, dtype=torch.long)
+        state.phase = torch.full((n,), INSERT_EVAL, dtype=torch.long)
+        state.cand = torch.full((n, self.block_batch), -1, dtype=torch.long)
+        state.gain = torch.full((n, self.block_batch), math.inf)
+        state.order = [torch.empty(0, dtype=torch.long)] * n
         todo = (~state.success).nonzero().flatten()
         if not todo.numel():
             return
@@ -190,8 +206,8 @@ class Parsimonious(QueryAttack):
         loss, adv = self.evaluate(state, x_init, todo)
         self.accept(state, todo, x_init, loss, adv)  # the search starts at s = -1 (paper)
 
-    def step(self, state: AttackState, rows: torch.Tensor) -> None:
-        cand, gain, phase = state.cand, state.gain, state.phase  # type: ignore[attr-defined]
+    def step(self, state: ParsimoniousState, rows: torch.Tensor) -> None:
+        cand, gain, phase = state.cand, state.gain, state.phase
         # phases with nothing to evaluate end at once (at most three in a row)
         empty = rows[(cand[rows] < 0).all(1)]
         while empty.numel():  # ends: every batch holds a block that is either in A or not
@@ -216,7 +232,7 @@ class Parsimonious(QueryAttack):
 
     def _after_eval(
         self,
-        state: AttackState,
+        state: ParsimoniousState,
         ev: torch.Tensor,
         valid: torch.Tensor,
         signs: torch.Tensor,
@@ -228,7 +244,7 @@ class Parsimonious(QueryAttack):
         n, b = valid.shape
         flat = torch.full((n, b), math.inf)
         flat[valid] = loss - state.loss[ev].repeat_interleave(valid.sum(1))
-        state.gain[ev] = flat  # type: ignore[attr-defined]
+        state.gain[ev] = flat
         # position (in the flat list of queries) of each image's chosen candidate
         pos = torch.full((n, b), -1, dtype=torch.long)
         pos[valid] = torch.arange(loss.numel())
@@ -237,13 +253,13 @@ class Parsimonious(QueryAttack):
         first_adv = torch.where(adv_grid.any(1), adv_grid.float().argmax(1), flat.argmin(1))
         chosen = pos.gather(1, first_adv[:, None]).squeeze(1)
         self._move(state, ev, signs[chosen], pts[chosen], loss[chosen], adv[chosen])
-        state.cand[ev, first_adv] = -1  # type: ignore[attr-defined]
-        state.gain[ev, first_adv] = math.inf  # type: ignore[attr-defined]
-        state.phase[ev] += 1  # type: ignore[attr-defined]
+        state.cand[ev, first_adv] = -1
+        state.gain[ev, first_adv] = math.inf
+        state.phase[ev] += 1
 
     def _after_lazy(
         self,
-        state: AttackState,
+        state: ParsimoniousState,
         lz: torch.Tensor,
         slot: torch.Tensor,
         signs: torch.Tensor,
@@ -253,16 +269,16 @@ class Parsimonious(QueryAttack):
     ) -> None:
         """Lazy greedy: flip the re-evaluated block iff its fresh gain is still the best and < 0."""
         fresh = loss - state.loss[lz]
-        others = state.gain[lz].scatter(1, slot[:, None], math.inf)  # type: ignore[attr-defined]
+        others = state.gain[lz].scatter(1, slot[:, None], math.inf)
         still_best = fresh <= others.min(1).values
         take = adv | (still_best & (fresh <= 0))
         stop = ~adv & still_best & (fresh > 0)
         self.accept(state, lz, pts, loss, adv, take)
-        state.signs[lz[take]] = signs[take]  # type: ignore[attr-defined]
-        state.cand[lz[take], slot[take]] = -1  # type: ignore[attr-defined]
-        state.gain[lz[take], slot[take]] = math.inf  # type: ignore[attr-defined]
+        state.signs[lz[take]] = signs[take]
+        state.cand[lz[take], slot[take]] = -1
+        state.gain[lz[take], slot[take]] = math.inf
         keep = ~take & ~stop
-        state.gain[lz[keep], slot[keep]] = fresh[keep]  # type: ignore[attr-defined]
+        state.gain[lz[keep], slot[keep]] = fresh[keep]
         # the lazy pass ends when the best block no longer lowers the loss: drop the rest
-        state.cand[lz[stop]] = -1  # type: ignore[attr-defined]
-        state.gain[lz[stop]] = math.inf  # type: ignore[attr-defined]
+        state.cand[lz[stop]] = -1
+        state.gain[lz[stop]] = math.inf

@@ -24,6 +24,7 @@ the box corner). Same signs, same search, one query per step; `box_fill=False` i
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -31,7 +32,16 @@ import torch
 from rnd.attacks.base import AttackState, Norm, QueryAttack, box_fill
 
 
-class SignHunter(QueryAttack):
+@dataclass(eq=False)
+class SignHunterState(AttackState):
+    """SignHunter's per-image state."""
+
+    signs: torch.Tensor = field(init=False)  # current sign vector per image (N, d)
+    level: torch.Tensor = field(init=False)  # chunk level: the sign vector is cut into 2**level chunks
+    chunk: torch.Tensor = field(init=False)  # next chunk to flip at that level
+
+
+class SignHunter(QueryAttack[SignHunterState]):
     """SignHunter, l_inf and l_2, one query per step (flip a chunk, keep it iff the loss drops).
 
     Args:
@@ -43,6 +53,7 @@ class SignHunter(QueryAttack):
     """
 
     name = "signhunter"
+    state_type = SignHunterState
     norms = ("linf", "l2")
     # Placeholder only: SignHunter's default probe is eps itself (set in __init__).
     default_mu = {"linf": 1.0, "l2": 1.0}
@@ -73,24 +84,24 @@ class SignHunter(QueryAttack):
     def init_cost(self) -> int:
         return 2 * self.eot  # the clean image, then the starting point
 
-    def init(self, state: AttackState) -> None:
+    def init(self, state: SignHunterState) -> None:
         self.query_start(state)
         n = state.x0.shape[0]
         d = state.x0[0].numel()
-        state.signs = torch.ones(n, d)  # type: ignore[attr-defined]
-        state.level = torch.zeros(n, dtype=torch.long)  # type: ignore[attr-defined]
-        state.chunk = torch.zeros(n, dtype=torch.long)  # type: ignore[attr-defined]
+        state.signs = torch.ones(n, d)
+        state.level = torch.zeros(n, dtype=torch.long)
+        state.chunk = torch.zeros(n, dtype=torch.long)
         todo = (~state.success).nonzero().flatten()
         if not todo.numel():
             return
-        x_init = self._point(state.x0[todo], state.signs[todo])  # type: ignore[attr-defined]
+        x_init = self._point(state.x0[todo], state.signs[todo])
         loss, adv = self.evaluate(state, x_init, todo)
         # The walk starts at s = +1 whatever its loss (Alg. 1): the search lives on the vertices.
         self.accept(state, todo, x_init, loss, adv)
 
-    def step(self, state: AttackState, rows: torch.Tensor) -> None:
-        signs = state.signs[rows]  # type: ignore[attr-defined]
-        level, chunk = state.level[rows], state.chunk[rows]  # type: ignore[attr-defined]
+    def step(self, state: SignHunterState, rows: torch.Tensor) -> None:
+        signs = state.signs[rows]
+        level, chunk = state.level[rows], state.chunk[rows]
         d = signs.shape[1]
         length = torch.ceil(d / 2.0**level).long()
         start = chunk * length
@@ -102,10 +113,10 @@ class SignHunter(QueryAttack):
         loss, adv = self.evaluate(state, x_new, rows)
         keep = (loss <= state.loss[rows]) | adv
         self.accept(state, rows, x_new, loss, adv, keep)
-        state.signs[rows[keep]] = cand[keep]  # type: ignore[attr-defined]
+        state.signs[rows[keep]] = cand[keep]
         # next chunk; next level after the last chunk of this one; restart after the finest level
         last = (chunk + 1 == 2**level) | (stop == d)
         finest = length == 1
         chunk = torch.where(last, torch.zeros_like(chunk), chunk + 1)
         level = torch.where(last, torch.where(finest, torch.zeros_like(level), level + 1), level)
-        state.level[rows], state.chunk[rows] = level, chunk  # type: ignore[attr-defined]
+        state.level[rows], state.chunk[rows] = level, chunk

@@ -38,6 +38,7 @@ eps, so every accepted step reaches the box.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -68,7 +69,15 @@ def frequency_rings(h: int, w: int, freq: int, stride: int) -> torch.Tensor:
     return torch.where(level < freq, 0, 1 + (level - freq) // stride).flatten()
 
 
-class SimBA(QueryAttack):
+@dataclass(eq=False)
+class SimBAState(AttackState):
+    """SimBA's per-image state."""
+
+    order: torch.Tensor = field(init=False)  # each image's order of basis directions
+    pos: torch.Tensor = field(init=False)  # next position in that order
+
+
+class SimBA(QueryAttack[SimBAState]):
     """SimBA with the pixel or low-frequency DCT basis, l_2 and l_inf (`mu` = step size).
 
     Args:
@@ -79,6 +88,7 @@ class SimBA(QueryAttack):
     """
 
     name = "simba"
+    state_type = SimBAState
     norms = ("l2", "linf")
     default_mu = {"l2": 0.07, "linf": 0.2}
 
@@ -103,7 +113,7 @@ class SimBA(QueryAttack):
     def step_cost(self) -> int:
         return 2 * self.eot
 
-    def init(self, state: AttackState) -> None:
+    def init(self, state: SimBAState) -> None:
         self.query_start(state)
         n, c, h, w = state.x0.shape
         self._shape = (c, h, w)
@@ -135,7 +145,7 @@ class SimBA(QueryAttack):
         onehot = torch.nn.functional.one_hot(ch, c).float().view(k, c, 1, 1)
         return onehot * plane.unsqueeze(1)
 
-    def step(self, state: AttackState, rows: torch.Tensor) -> None:
+    def step(self, state: SimBAState, rows: torch.Tensor) -> None:
         total = state.order.shape[1]
         wrap = rows[state.pos[rows] >= total]
         if wrap.numel():  # a fresh random order once every direction was tried

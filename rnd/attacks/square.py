@@ -9,6 +9,7 @@ and the RND paper's code, SCLBD/BlackboxBench) and 0.1 for l_2 (the paper's l_2 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import torch
 
@@ -67,7 +68,15 @@ def window_put(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, v: torch.
     return out
 
 
-class Square(QueryAttack):
+@dataclass(eq=False)
+class SquareState(AttackState):
+    """Square's per-image state."""
+
+    x_plus: torch.Tensor = field(init=False)  # x0 + eps, clipped: the +eps corner per pixel
+    x_minus: torch.Tensor = field(init=False)  # x0 - eps, clipped
+
+
+class Square(QueryAttack[SquareState]):
     """Square Attack, l_inf and l_2, one query per step.
 
     l_inf (Alg. 2): start from vertical stripes of +-eps; each step resets one random square (per
@@ -82,6 +91,7 @@ class Square(QueryAttack):
     """
 
     name = "square"
+    state_type = SquareState
     norms = ("linf", "l2")
     default_mu = {"linf": 0.05, "l2": 0.1}
 
@@ -93,10 +103,10 @@ class Square(QueryAttack):
     def init_cost(self) -> int:
         return 2 * self.eot  # the clean image, then the starting point
 
-    def init(self, state: AttackState) -> None:
+    def init(self, state: SquareState) -> None:
         if self.norm == "linf":  # the two values a window can take, per pixel (cached per image)
-            state.x_plus = (state.x0 + self.eps).clamp(0, 1)  # type: ignore[attr-defined]
-            state.x_minus = (state.x0 - self.eps).clamp(0, 1)  # type: ignore[attr-defined]
+            state.x_plus = (state.x0 + self.eps).clamp(0, 1)
+            state.x_minus = (state.x0 - self.eps).clamp(0, 1)
         self.query_start(state)
         todo = (~state.success).nonzero().flatten()
         if not todo.numel():
@@ -116,12 +126,12 @@ class Square(QueryAttack):
         s = round(math.sqrt(p * h * w))
         return max(1, min(s, h - 1, w - 1))
 
-    def step(self, state: AttackState, rows: torch.Tensor) -> None:
+    def step(self, state: SquareState, rows: torch.Tensor) -> None:
         x0, x = state.x0[rows], state.x[rows]
         _, c, h, w = x0.shape
         it = state.iteration + 1
         if self.norm == "linf":
-            xp, xm = state.x_plus[rows], state.x_minus[rows]  # type: ignore[attr-defined]
+            xp, xm = state.x_plus[rows], state.x_minus[rows]
             x_new = self._linf_candidate(xp, xm, x, self._side(h, w, c, it))
         else:
             x_new = self._l2_candidate(x0, x, self._l2_side(h, w, it))

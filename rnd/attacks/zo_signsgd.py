@@ -31,14 +31,23 @@ step followed by the l_2 projection cannot reach the l_2 white-box floor (7 %) a
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 
 from rnd._checks import check_int, check_positive
-from rnd.attacks.base import AttackState, QueryAttack, check_plateau, init_plateau, plateau_update
+from rnd.attacks.base import PlateauState, QueryAttack, check_plateau, init_plateau, plateau_update
 from rnd.errors import InputError
 
 
-class ZOSignSGD(QueryAttack):
+@dataclass(eq=False)
+class ZOSignSGDState(PlateauState):
+    """ZOSignSGD's per-image state."""
+
+    avg_grad: torch.Tensor = field(init=False)  # momentum average of the gradient estimates (ZO-M-signSGD)
+
+
+class ZOSignSGD(QueryAttack[ZOSignSGDState]):
     """ZO-signSGD, l_inf and l_2 (`mu` is the forward finite-difference size per pixel).
 
     Args:
@@ -50,6 +59,7 @@ class ZOSignSGD(QueryAttack):
     """
 
     name = "zo-signsgd"
+    state_type = ZOSignSGDState
     norms = ("linf", "l2")
     default_mu = {"linf": 0.01, "l2": 0.01}
 
@@ -80,12 +90,12 @@ class ZOSignSGD(QueryAttack):
     def step_cost(self) -> int:
         return (self.q + 1) * self.eot
 
-    def init(self, state: AttackState) -> None:
+    def init(self, state: ZOSignSGDState) -> None:
         self.query_start(state)
-        state.avg_grad = torch.zeros_like(state.x0)  # type: ignore[attr-defined]
+        state.avg_grad = torch.zeros_like(state.x0)
         init_plateau(state, self.lr, self.plateau_length)
 
-    def estimate_gradient(self, state: AttackState, rows: torch.Tensor) -> torch.Tensor:
+    def estimate_gradient(self, state: ZOSignSGDState, rows: torch.Tensor) -> torch.Tensor:
         """Forward-difference estimate of the loss gradient at state.x[rows] (one batched query)."""
         x = state.x[rows]
         n, q, mu = x.shape[0], self.q, self.cur_mu
@@ -95,12 +105,12 @@ class ZOSignSGD(QueryAttack):
         diff = (loss.view(n, q) - state.loss[rows].view(n, 1)).view(n, q, *([1] * (x.dim() - 1)))
         return (diff * u).sum(1) / (q * mu)
 
-    def step(self, state: AttackState, rows: torch.Tensor) -> None:
+    def step(self, state: ZOSignSGDState, rows: torch.Tensor) -> None:
         g = self.estimate_gradient(state, rows)
         if self.momentum:
-            g = self.momentum * state.avg_grad[rows] + (1 - self.momentum) * g  # type: ignore[attr-defined]
-            state.avg_grad[rows] = g  # type: ignore[attr-defined]
-        lr = state.lr[rows].view(-1, *([1] * (g.dim() - 1)))  # type: ignore[attr-defined]
+            g = self.momentum * state.avg_grad[rows] + (1 - self.momentum) * g
+            state.avg_grad[rows] = g
+        lr = state.lr[rows].view(-1, *([1] * (g.dim() - 1)))
         x_new = self.project(state.x[rows] - lr * g.sign(), state.x0[rows])
         loss, adv = self.evaluate(state, x_new, rows)
         self.accept(state, rows, x_new, loss, adv)
