@@ -27,16 +27,17 @@ from whitebox_floor import EPS, model_and_images  # bench/ is the script's direc
 
 from rnd import Oracle
 from rnd.attacks import make_attack
-from rnd.attacks.base import AttackState, QueryAttack
+from rnd.attacks.base import AttackState
+from rnd.attacks.score import ScoreAttack
 
 
-def exact_class(cls: type[QueryAttack], model: nn.Module) -> type[QueryAttack]:
+def exact_class(cls: type[ScoreAttack], model: nn.Module) -> type[ScoreAttack]:
     """A subclass of `cls` whose gradient estimate is the exact gradient of its own loss; one query
     (the new point) per step. Only for attacks with an `estimate_gradient(state, rows)` method."""
     if not hasattr(cls, "estimate_gradient"):
         raise ValueError(f"{cls.name} has no gradient estimate to replace")
 
-    def estimate_gradient(self: QueryAttack, state: AttackState, rows: torch.Tensor) -> torch.Tensor:
+    def estimate_gradient(self: ScoreAttack, state: AttackState, rows: torch.Tensor) -> torch.Tensor:
         assert self.oracle is not None
         x = state.x[rows].clone().requires_grad_(True)
         with torch.enable_grad():

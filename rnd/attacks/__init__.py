@@ -1,4 +1,5 @@
-"""Query-based black-box attacks, batched on one base (`QueryAttack`)."""
+"""Query-based black-box attacks, batched on one core (`QueryAttack`); the score-based ones on
+`ScoreAttack`."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from rnd.attacks.bandits import Bandits
 from rnd.attacks.base import AttackResult, AttackState, QueryAttack
 from rnd.attacks.nes import NES
 from rnd.attacks.parsimonious import Parsimonious
+from rnd.attacks.score import ScoreAttack
 from rnd.attacks.signhunter import SignHunter
 from rnd.attacks.simba import SimBA
 from rnd.attacks.square import Square
@@ -34,6 +36,7 @@ __all__ = [
     "Bandits",
     "Parsimonious",
     "QueryAttack",
+    "ScoreAttack",
     "SignHunter",
     "SimBA",
     "Square",

@@ -28,7 +28,7 @@ the default Fashion-MNIST model (100 images, eps_inf 0.1, 10,000 queries), failu
 
 Step schedule: as for NES, the image step of each image is divided by `plateau_drop` (2) whenever
 its loss is higher than `plateau_length` (5) steps before, down to lr / 200 (Ilyas et al.'s NES
-code, `base.plateau_update`); 13 % failure with it, 14 % without (`plateau_length=0`, the paper's
+code, `score.plateau_update`); 13 % failure with it, 14 % without (`plateau_length=0`, the paper's
 fixed step), same setting as above.
 """
 
@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from rnd._checks import check_int, check_positive
-from rnd.attacks.base import PlateauState, QueryAttack, check_plateau, init_plateau, plateau_update
+from rnd.attacks.score import PlateauState, ScoreAttack, check_plateau, init_plateau, plateau_update
 
 
 def _flat_norm(t: torch.Tensor) -> torch.Tensor:
@@ -63,7 +63,7 @@ class BanditsState(PlateauState):
     prior: torch.Tensor = field(init=False)  # the gradient prior, one value per tile
 
 
-class Bandits(QueryAttack[BanditsState]):
+class Bandits(ScoreAttack[BanditsState]):
     """Bandits-TD (time and data priors), l_inf and l_2 (`mu` = l_2 norm of each probe).
 
     Args:
@@ -72,7 +72,7 @@ class Bandits(QueryAttack[BanditsState]):
         exploration: delta, the size of the exploration noise added to the prior (>0).
         tile: side in pixels of the prior's tiles (1 = no data prior).
         plateau_length, plateau_drop, min_lr: the step schedule (`plateau_length=0`: fixed step).
-        Other arguments: see `QueryAttack`.
+        Other arguments: see `ScoreAttack`.
     """
 
     name = "bandits"

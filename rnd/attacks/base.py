@@ -1,9 +1,11 @@
-"""The shared base of every query attack: batching, active masks, losses, projection, accounting.
+"""The query-loop core of every attack: batching, active masks, budgets, projection, seeds.
 
-Every image of a batch advances together. Each step the base hands the attack the rows that are
-still active (not yet successful, with budget left for one more step); the attack builds all their
+Every image of a batch advances together. Each step the core hands the attack the rows that are
+still active (not stopped, with budget left for one more step); the attack builds all their
 queries as one batch, so the model sees few, large forwards. Queries are counted by the oracle
-alone, and the result's `queries` are the oracle's counts.
+alone, and the result's `queries` are the oracle's counts. What feedback an attack works from is
+one level up: `rnd.attacks.score.ScoreAttack` (losses from scores, stop at the first observed
+success).
 """
 
 from __future__ import annotations
@@ -18,12 +20,10 @@ from tqdm.auto import tqdm
 
 from rnd._checks import check_bool, check_images, check_int, check_labels, check_positive
 from rnd.defense import entropy_seed
-from rnd.errors import InputError, unknown_name
+from rnd.errors import InputError
 from rnd.oracle import QueryOracle
 
 Norm = Literal["linf", "l2"]
-LossName = Literal["margin", "ce"]
-LOSSES: tuple[str, ...] = ("margin", "ce")
 
 
 @dataclass
@@ -86,27 +86,18 @@ class AttackState:
         self.done = torch.zeros(n, dtype=torch.bool)
 
 
-@dataclass(eq=False)
-class PlateauState(AttackState):
-    """State of the attacks on the plateau step schedule: per-image step size and loss window."""
-
-    lr: torch.Tensor = field(init=False)
-    history: torch.Tensor = field(init=False)  # the last `length` losses (NaN = not yet seen), newest last
-
-
 S = TypeVar("S", bound=AttackState)
 
 
 class QueryAttack(ABC, Generic[S]):
-    """Base of all query attacks. Subclasses implement `init` and `step` on the active rows.
+    """The core of all query attacks. Subclasses implement `init` and `step` on the active rows
+    (and `active`, which rows go on).
 
     Args:
         eps: radius of the threat model (l_inf or l_2 ball around the clean image, in pixels).
         norm: "linf" or "l2" (each attack lists the norms it defines).
         mu: the attacker's probe size (finite-difference step, search step, square size...): the
             seed's `mu`, the one name a sweep varies across attacks. Default: the attack's paper.
-        loss: "margin" (CW margin on log-probabilities) or "ce" (log-probability of the true class;
-            of the target when targeted); both are minimised.
         targeted: if True, `__call__` needs `targets` and success means predicting the target.
         eot: M answers averaged per query (Expectation over Transformation), costing M queries.
         mu_nu_ratio: adaptive attacker who knows the defense's nu: uses max(mu, ratio * nu).
@@ -127,7 +118,6 @@ class QueryAttack(ABC, Generic[S]):
         norm: Norm = "linf",
         *,
         mu: float | None = None,
-        loss: LossName = "margin",
         targeted: bool = False,
         eot: int = 1,
         mu_nu_ratio: float | None = None,
@@ -141,9 +131,6 @@ class QueryAttack(ABC, Generic[S]):
             )
         self.norm: Norm = norm
         self.mu = check_positive(self.default_mu[norm] if mu is None else mu, "mu")
-        if loss not in LOSSES:
-            raise unknown_name("loss", loss, LOSSES)
-        self.loss_name: LossName = loss
         self.targeted = check_bool(targeted, "targeted")
         self.eot = check_int(eot, "eot")
         self.mu_nu_ratio = None if mu_nu_ratio is None else check_positive(mu_nu_ratio, "mu_nu_ratio")
@@ -220,7 +207,7 @@ class QueryAttack(ABC, Generic[S]):
             self.init(state)
             finished = 0
             while True:
-                active = ~state.success & ~state.done & (oracle.remaining(state.ids) >= self.step_cost)
+                active = self.active(state) & (oracle.remaining(state.ids) >= self.step_cost)
                 newly = n - int(active.sum()) - finished
                 if newly:
                     finished += newly
@@ -242,6 +229,10 @@ class QueryAttack(ABC, Generic[S]):
             params={**self.params(), "mu_used": self.cur_mu},
         )
 
+    def active(self, state: S) -> torch.Tensor:
+        """Which images go on (before the budget check): those the attack has not stopped."""
+        return ~state.done
+
     @abstractmethod
     def init(self, state: S) -> None:
         """Set up per-image state (usually: query the starting point)."""
@@ -251,41 +242,6 @@ class QueryAttack(ABC, Generic[S]):
         """Advance the active `rows` by one step, updating state.x / loss / success."""
 
     # -- helpers for subclasses ----------------------------------------------------------------
-    def evaluate(
-        self, state: AttackState, x: torch.Tensor, rows: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Query `x` (row i belongs to image `rows[i]`); return (loss, adversarial?) per row."""
-        assert self.oracle is not None
-        scores = self.oracle.query(x, state.ids[rows], eot=self.eot)
-        return self.loss_from_scores(scores, state, rows)
-
-    def loss_from_scores(
-        self, scores: torch.Tensor, state: AttackState, rows: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Margin or CE loss (to minimise) and the adversarial flag from the oracle's scores."""
-        assert self.oracle is not None
-        if self.oracle.output == "logits":
-            logp = scores.log_softmax(1)
-        else:
-            logp = scores.clamp_min(1e-30).log()
-        y = state.y[rows]
-        pred = scores.argmax(1)
-        if self.targeted:
-            assert state.target is not None
-            t = state.target[rows]
-            adv = pred == t
-            own = logp.gather(1, t[:, None]).squeeze(1)
-            if self.loss_name == "ce":
-                return -own, adv
-            other = logp.scatter(1, t[:, None], -math.inf).amax(1)
-            return other - own, adv
-        adv = pred != y
-        own = logp.gather(1, y[:, None]).squeeze(1)
-        if self.loss_name == "ce":
-            return own, adv
-        other = logp.scatter(1, y[:, None], -math.inf).amax(1)
-        return own - other, adv
-
     def project(self, x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
         """Euclidean projection onto {z in [0, 1]^d : ||z - x0|| <= eps} in the attack's norm.
 
@@ -311,58 +267,6 @@ class QueryAttack(ABC, Generic[S]):
 
     def randint(self, high: int, shape: tuple[int, ...] | torch.Size, low: int = 0) -> torch.Tensor:
         return torch.randint(low, high, tuple(shape), generator=self.generator)
-
-    def query_start(self, state: AttackState) -> None:
-        """Query the clean images once: initial loss, and success if already misclassified."""
-        rows = torch.arange(state.x0.shape[0])
-        state.loss, state.success = self.evaluate(state, state.x0, rows)
-
-    def accept(
-        self,
-        state: AttackState,
-        rows: torch.Tensor,
-        x_new: torch.Tensor,
-        loss: torch.Tensor,
-        adv: torch.Tensor,
-        mask: torch.Tensor | None = None,
-    ) -> None:
-        """Move `rows` to `x_new` where `mask` (default: all), and record loss / success there."""
-        if mask is None:
-            mask = torch.ones(rows.numel(), dtype=torch.bool)
-        r = rows[mask]
-        state.x[r] = x_new[mask]
-        state.loss[r] = loss[mask]
-        state.success[r] = adv[mask]
-
-
-def init_plateau(state: PlateauState, lr: float, length: int) -> None:
-    """Per-image step sizes `state.lr` and loss windows `state.history` for `plateau_update`."""
-    n = state.x0.shape[0]
-    state.lr = torch.full((n,), float(lr))
-    state.history = torch.full((n, max(length, 1)), float("nan"))
-
-
-def plateau_update(
-    state: PlateauState, rows: torch.Tensor, loss: torch.Tensor, drop: float, min_lr: float
-) -> None:
-    """The plateau schedule of Ilyas et al.'s NES code, per image: divide the step by `drop`
-    (not below `min_lr`) where the newest loss is higher than `length` steps before; the window
-    then restarts. Shared by every attack that takes gradient-estimate steps."""
-    hist = torch.cat([state.history[rows, 1:], loss[:, None]], 1)
-    rising = ~hist[:, 0].isnan() & (hist[:, -1] > hist[:, 0])
-    lr = state.lr[rows]
-    state.lr[rows] = torch.where(rising, (lr / drop).clamp_min(min_lr), lr)
-    hist[rising] = float("nan")
-    state.history[rows] = hist
-
-
-def check_plateau(length: int, drop: float, lr: float, min_lr: float | None) -> tuple[int, float, float]:
-    """Validated (plateau_length, plateau_drop, min_lr); min_lr defaults to lr / 200 (1e-2 -> 5e-5)."""
-    length = check_int(length, "plateau_length", minimum=0)
-    drop = check_positive(drop, "plateau_drop")
-    if drop <= 1:
-        raise InputError(f"plateau_drop must be > 1 (the step is divided by it), got {drop!r}")
-    return length, drop, lr / 200 if min_lr is None else check_positive(min_lr, "min_lr")
 
 
 def box_fill(x0: torch.Tensor, delta: torch.Tensor, norm: float, iterations: int = 12) -> torch.Tensor:

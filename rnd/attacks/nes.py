@@ -28,7 +28,8 @@ from typing import Any
 import torch
 
 from rnd._checks import check_int, check_positive
-from rnd.attacks.base import Norm, PlateauState, QueryAttack, check_plateau, init_plateau, plateau_update
+from rnd.attacks.base import Norm
+from rnd.attacks.score import PlateauState, ScoreAttack, check_plateau, init_plateau, plateau_update
 from rnd.errors import InputError
 
 
@@ -39,11 +40,11 @@ class NESState(PlateauState):
     avg_grad: torch.Tensor = field(init=False)  # momentum average of the gradient estimates
 
 
-class NES(QueryAttack[NESState]):
+class NES(ScoreAttack[NESState]):
     """NES with antithetic sampling, momentum and plateau decay, l_inf and l_2.
 
     Args:
-        eps, norm, mu and the shared options: see `QueryAttack` (`mu` is the finite-difference
+        eps, norm, mu and the shared options: see `ScoreAttack` (`mu` is the finite-difference
             size per pixel, the std of the Gaussian probes).
         q: antithetic pairs per gradient estimate (2q probe queries per step).
         lr: step size (l_inf: per pixel; l_2: l_2 length of a step). Default 0.01 / eps / 10.

@@ -34,7 +34,8 @@ from typing import Any
 import torch
 
 from rnd._checks import check_int
-from rnd.attacks.base import AttackState, Norm, QueryAttack
+from rnd.attacks.base import AttackState, Norm
+from rnd.attacks.score import ScoreAttack
 
 INSERT_EVAL, INSERT_LAZY, DELETE_EVAL, DELETE_LAZY = 0, 1, 2, 3
 
@@ -85,11 +86,11 @@ class ParsimoniousState(AttackState):
     order: list[torch.Tensor] = field(init=False)  # each image's order of blocks in this pass
 
 
-class Parsimonious(QueryAttack[ParsimoniousState]):
+class Parsimonious(ScoreAttack[ParsimoniousState]):
     """Parsimonious / ECO attack (l_inf only): lazy-greedy insert/delete of +-eps blocks.
 
     Args:
-        eps, mu and the shared options: see `QueryAttack` (`mu`: fraction of the pixels one
+        eps, mu and the shared options: see `ScoreAttack` (`mu`: fraction of the pixels one
             initial block covers; default 0.02, i.e. 4 x 4 blocks on 28 x 28).
         block_batch: blocks searched together by one lazy-greedy pass (paper and RND code: 64).
         hierarchical: halve the blocks after each sweep over the image (paper: True).

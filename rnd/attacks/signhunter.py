@@ -29,7 +29,8 @@ from typing import Any
 
 import torch
 
-from rnd.attacks.base import AttackState, Norm, QueryAttack, box_fill
+from rnd.attacks.base import AttackState, Norm, box_fill
+from rnd.attacks.score import ScoreAttack
 
 
 @dataclass(eq=False)
@@ -41,11 +42,11 @@ class SignHunterState(AttackState):
     chunk: torch.Tensor = field(init=False)  # next chunk to flip at that level
 
 
-class SignHunter(QueryAttack[SignHunterState]):
+class SignHunter(ScoreAttack[SignHunterState]):
     """SignHunter, l_inf and l_2, one query per step (flip a chunk, keep it iff the loss drops).
 
     Args:
-        eps, norm, mu and the shared options: see `QueryAttack`; `mu=None` means `mu = eps`.
+        eps, norm, mu and the shared options: see `ScoreAttack`; `mu=None` means `mu = eps`.
 
     Example:
         >>> attack = SignHunter(eps=0.1, seed=0)

@@ -44,7 +44,8 @@ from typing import Literal
 import torch
 
 from rnd._checks import check_int
-from rnd.attacks.base import AttackState, QueryAttack
+from rnd.attacks.base import AttackState
+from rnd.attacks.score import ScoreAttack
 from rnd.errors import unknown_name
 
 Basis = Literal["pixel", "dct"]
@@ -77,14 +78,14 @@ class SimBAState(AttackState):
     pos: torch.Tensor = field(init=False)  # next position in that order
 
 
-class SimBA(QueryAttack[SimBAState]):
+class SimBA(ScoreAttack[SimBAState]):
     """SimBA with the pixel or low-frequency DCT basis, l_2 and l_inf (`mu` = step size).
 
     Args:
         basis: "pixel" (default) or "dct".
         freq: side of the low-frequency block searched first (dct basis; >= 1).
         stride: width of each following frequency ring (dct basis; >= 1).
-        Other arguments: see `QueryAttack`.
+        Other arguments: see `ScoreAttack`.
     """
 
     name = "simba"

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 import torch
 
 from rnd._checks import check_int
-from rnd.attacks.base import AttackState, QueryAttack
+from rnd.attacks.base import AttackState
+from rnd.attacks.score import ScoreAttack
 
 #: Iteration thresholds (on a 10,000-iteration scale) at which the square fraction halves.
 _SCHEDULE = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -76,7 +77,7 @@ class SquareState(AttackState):
     x_minus: torch.Tensor = field(init=False)  # x0 - eps, clipped
 
 
-class Square(QueryAttack[SquareState]):
+class Square(ScoreAttack[SquareState]):
     """Square Attack, l_inf and l_2, one query per step.
 
     l_inf (Alg. 2): start from vertical stripes of +-eps; each step resets one random square (per
@@ -86,7 +87,7 @@ class Square(QueryAttack[SquareState]):
     Windows are odd, at least 3 pixels wide, for l_2.
 
     Args:
-        eps, norm, mu and the shared options: see `QueryAttack` (`mu` is p_init).
+        eps, norm, mu and the shared options: see `ScoreAttack` (`mu` is p_init).
         n_iters: the iteration scale of the p schedule (paper: 10,000, the usual budget).
     """
 

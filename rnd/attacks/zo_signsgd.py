@@ -14,7 +14,7 @@ instead of g: the momentum variant ZO-M-signSGD that Liu et al. study alongside 
 
 Step schedule: the step of each image is divided by `plateau_drop` (2) whenever its loss is
 higher than `plateau_length` (5) steps before, down to lr / 200: the schedule of Ilyas et al.'s NES
-code (`base.plateau_update`), which Liu et al. do not use; `plateau_length=0` is their fixed step.
+code (`score.plateau_update`), which Liu et al. do not use; `plateau_length=0` is their fixed step.
 
 Defaults: mu = 0.01 per pixel, q = 30 directions, lr = 0.01, as in the RND paper's code
 (SCLBD/BlackboxBench, CIFAR-10 configs, 2.55/255 on the [0, 1] scale). Measured on the default
@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import torch
 
 from rnd._checks import check_int, check_positive
-from rnd.attacks.base import PlateauState, QueryAttack, check_plateau, init_plateau, plateau_update
+from rnd.attacks.score import PlateauState, ScoreAttack, check_plateau, init_plateau, plateau_update
 from rnd.errors import InputError
 
 
@@ -47,7 +47,7 @@ class ZOSignSGDState(PlateauState):
     avg_grad: torch.Tensor = field(init=False)  # momentum average of the gradient estimates (ZO-M-signSGD)
 
 
-class ZOSignSGD(QueryAttack[ZOSignSGDState]):
+class ZOSignSGD(ScoreAttack[ZOSignSGDState]):
     """ZO-signSGD, l_inf and l_2 (`mu` is the forward finite-difference size per pixel).
 
     Args:
@@ -55,7 +55,7 @@ class ZOSignSGD(QueryAttack[ZOSignSGDState]):
         lr: size of the sign step per pixel (default 0.01), the start of the plateau schedule.
         momentum: ZO-M-signSGD's beta, in [0, 1) (0: plain ZO-signSGD).
         plateau_length, plateau_drop, min_lr: the step schedule (`plateau_length=0`: fixed step).
-        Other arguments: see `QueryAttack`.
+        Other arguments: see `ScoreAttack`.
     """
 
     name = "zo-signsgd"

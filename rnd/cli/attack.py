@@ -27,7 +27,8 @@ import torch
 from tqdm.auto import tqdm
 
 from rnd.attacks import ATTACKS
-from rnd.attacks.base import LOSSES, QueryAttack
+from rnd.attacks.base import QueryAttack
+from rnd.attacks.score import LOSSES
 from rnd.cli.app import json_option, main, progress_option
 from rnd.cli.checks import (
     MAX_BUDGET,

@@ -278,7 +278,9 @@ def attack_param_keys(name: str) -> list[str]:
     from rnd.attacks.base import QueryAttack
 
     keys: set[str] = set()
-    for cls in (ATTACKS[name], QueryAttack):  # an attack's **kwargs go to the base class
+    for cls in ATTACKS[name].__mro__:  # an attack's **kwargs go up to its base classes
+        if not (isinstance(cls, type) and issubclass(cls, QueryAttack)) or "__init__" not in vars(cls):
+            continue
         params = inspect.signature(cls.__init__).parameters.values()
         keys |= {p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
     return sorted(keys - {"self", *OWN_KEYS})

@@ -1,7 +1,7 @@
 """The attack objective f the theory is measured on: the CW margin loss of a classifier.
 
 f(x) = log p_y(x) - max_{j != y} log p_j(x), the untargeted margin on log-probabilities that the
-attacks minimise (`rnd.attacks.base.QueryAttack.loss_from_scores` with loss="margin"); f < 0 means
+attacks minimise (`rnd.attacks.score.ScoreAttack.loss_from_scores` with loss="margin"); f < 0 means
 misclassified. Optionally f is composed with clipping to [0, 1] (what RND and the attacks' projection
 do to every query): clipping is 1-Lipschitz, so f∘clip satisfies Assumption 1 with the same L0.
 """

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from rnd.attacks import NES
-from rnd.attacks.base import AttackState
+from rnd.attacks.score import PlateauState
 from rnd.errors import InputError
 from tests.attacks.helpers import check_early_stop, run_checked, true_margin
 
@@ -65,7 +65,7 @@ def test_momentum_and_plateau_checked():
 
 def test_plateau_halves_the_step_when_loss_rises():
     nes = NES(eps=0.1, plateau_length=3)
-    state = AttackState(torch.zeros(2, 1, 4, 4), torch.tensor([0, 1]), None, torch.arange(2))
+    state = PlateauState(torch.zeros(2, 1, 4, 4), torch.tensor([0, 1]), None, torch.arange(2))
     state.lr = torch.full((2,), 0.01)
     state.history = torch.full((2, 3), float("nan"))
     rows = torch.arange(2)

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from rnd.attacks import ATTACKS
-from rnd.attacks.base import AttackState, QueryAttack
+from rnd.attacks.base import AttackState
+from rnd.attacks.score import ScoreAttack
 from rnd.data.base import ImageDataset
 from rnd.evaluation import sweep
 from rnd.evaluation.attack_eval import attack_and_recheck, evaluate_attack
@@ -30,7 +31,7 @@ P_VOTE = sum(math.comb(VOTES, k) * P_ONE**k * (1 - P_ONE) ** (VOTES - k) for k i
 N = 4000  # images: a rate's standard deviation is at most 0.8 points; every band below is >= 4 sd
 
 
-class Idle(QueryAttack):
+class Idle(ScoreAttack[AttackState]):
     """Queries the clean image once (observed success = that one answer), then stops."""
 
     name = "idle"

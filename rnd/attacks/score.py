@@ -1,0 +1,139 @@
+"""ScoreAttack: the base of the score-based attacks (the oracle answers probabilities or logits).
+
+On top of the query-loop core (`rnd.attacks.base.QueryAttack`): the attacker's loss from the scores
+(CW margin or cross-entropy on log-probabilities, minimised), the first query at the clean image,
+and the stopping rule: an image stops at its first observed success (the oracle's answer, noisy
+under RND, is what the attacker sees). Also the plateau step schedule shared by the
+gradient-estimation attacks (NES, ZO-signSGD, Bandits).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from rnd._checks import check_int, check_positive
+from rnd.attacks.base import AttackState, Norm, QueryAttack, S
+from rnd.errors import InputError, unknown_name
+
+LossName = Literal["margin", "ce"]
+LOSSES: tuple[str, ...] = ("margin", "ce")
+
+
+@dataclass(eq=False)
+class PlateauState(AttackState):
+    """State of the attacks on the plateau step schedule: per-image step size and loss window."""
+
+    lr: torch.Tensor = field(init=False)
+    history: torch.Tensor = field(init=False)  # the last `length` losses (NaN = not yet seen), newest last
+
+
+class ScoreAttack(QueryAttack[S]):
+    """Base of the score-based attacks. Subclasses implement `init` (usually `query_start` first)
+    and `step`, querying through `evaluate`.
+
+    Args:
+        loss: "margin" (CW margin on log-probabilities) or "ce" (log-probability of the true class;
+            of the target when targeted); both are minimised.
+        eps, norm and the rest: see `QueryAttack`.
+    """
+
+    def __init__(self, eps: float, norm: Norm = "linf", *, loss: LossName = "margin", **kwargs: Any) -> None:
+        super().__init__(eps, norm, **kwargs)
+        if loss not in LOSSES:
+            raise unknown_name("loss", loss, LOSSES)
+        self.loss_name: LossName = loss
+
+    def active(self, state: S) -> torch.Tensor:
+        """Images not yet fooled (as observed) and not stopped by the attack."""
+        return ~state.success & ~state.done
+
+    def evaluate(
+        self, state: AttackState, x: torch.Tensor, rows: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Query `x` (row i belongs to image `rows[i]`); return (loss, adversarial?) per row."""
+        assert self.oracle is not None
+        scores = self.oracle.query(x, state.ids[rows], eot=self.eot)
+        return self.loss_from_scores(scores, state, rows)
+
+    def loss_from_scores(
+        self, scores: torch.Tensor, state: AttackState, rows: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Margin or CE loss (to minimise) and the adversarial flag from the oracle's scores."""
+        assert self.oracle is not None
+        if self.oracle.output == "logits":
+            logp = scores.log_softmax(1)
+        else:
+            logp = scores.clamp_min(1e-30).log()
+        y = state.y[rows]
+        pred = scores.argmax(1)
+        if self.targeted:
+            assert state.target is not None
+            t = state.target[rows]
+            adv = pred == t
+            own = logp.gather(1, t[:, None]).squeeze(1)
+            if self.loss_name == "ce":
+                return -own, adv
+            other = logp.scatter(1, t[:, None], -math.inf).amax(1)
+            return other - own, adv
+        adv = pred != y
+        own = logp.gather(1, y[:, None]).squeeze(1)
+        if self.loss_name == "ce":
+            return own, adv
+        other = logp.scatter(1, y[:, None], -math.inf).amax(1)
+        return own - other, adv
+
+    def query_start(self, state: AttackState) -> None:
+        """Query the clean images once: initial loss, and success if already misclassified."""
+        rows = torch.arange(state.x0.shape[0])
+        state.loss, state.success = self.evaluate(state, state.x0, rows)
+
+    def accept(
+        self,
+        state: AttackState,
+        rows: torch.Tensor,
+        x_new: torch.Tensor,
+        loss: torch.Tensor,
+        adv: torch.Tensor,
+        mask: torch.Tensor | None = None,
+    ) -> None:
+        """Move `rows` to `x_new` where `mask` (default: all), and record loss / success there."""
+        if mask is None:
+            mask = torch.ones(rows.numel(), dtype=torch.bool)
+        r = rows[mask]
+        state.x[r] = x_new[mask]
+        state.loss[r] = loss[mask]
+        state.success[r] = adv[mask]
+
+
+def init_plateau(state: PlateauState, lr: float, length: int) -> None:
+    """Per-image step sizes `state.lr` and loss windows `state.history` for `plateau_update`."""
+    n = state.x0.shape[0]
+    state.lr = torch.full((n,), float(lr))
+    state.history = torch.full((n, max(length, 1)), float("nan"))
+
+
+def plateau_update(
+    state: PlateauState, rows: torch.Tensor, loss: torch.Tensor, drop: float, min_lr: float
+) -> None:
+    """The plateau schedule of Ilyas et al.'s NES code, per image: divide the step by `drop`
+    (not below `min_lr`) where the newest loss is higher than `length` steps before; the window
+    then restarts. Shared by every attack that takes gradient-estimate steps."""
+    hist = torch.cat([state.history[rows, 1:], loss[:, None]], 1)
+    rising = ~hist[:, 0].isnan() & (hist[:, -1] > hist[:, 0])
+    lr = state.lr[rows]
+    state.lr[rows] = torch.where(rising, (lr / drop).clamp_min(min_lr), lr)
+    hist[rising] = float("nan")
+    state.history[rows] = hist
+
+
+def check_plateau(length: int, drop: float, lr: float, min_lr: float | None) -> tuple[int, float, float]:
+    """Validated (plateau_length, plateau_drop, min_lr); min_lr defaults to lr / 200 (1e-2 -> 5e-5)."""
+    length = check_int(length, "plateau_length", minimum=0)
+    drop = check_positive(drop, "plateau_drop")
+    if drop <= 1:
+        raise InputError(f"plateau_drop must be > 1 (the step is divided by it), got {drop!r}")
+    return length, drop, lr / 200 if min_lr is None else check_positive(min_lr, "min_lr")
