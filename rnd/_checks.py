@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -129,3 +131,29 @@ def check_finite(x: torch.Tensor, name: str = "inputs") -> torch.Tensor:
     if x.numel() and not bool(x.sum().isfinite()) and not bool(torch.isfinite(x).all()):
         raise InputError(f"{name} contain NaN or infinite values; check how they were computed")
     return x
+
+
+def existing_ancestor(path: Path) -> Path:
+    """The nearest ancestor of `path` (or `path` itself) that exists; symlinks are followed."""
+    p = path
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def check_writable_file(path: Path, option: str) -> None:
+    # `option` names the file in the message: "--plot", "results database", ...
+    """Check that a file can be written at `path` (its folder creatable and writable); writes nothing."""
+    path = path.expanduser()
+    if path.is_dir():
+        raise InputError(f"{option} {path} is a directory, a file name is expected; give a file path")
+    base = existing_ancestor(path.parent)
+    if not base.is_dir():
+        raise InputError(
+            f"{option} {path} lies below {base}, which is a file, not a folder; "
+            "choose a path in a folder (or remove that file)"
+        )
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise InputError(f"{option} {path}: folder {base} is not writable; choose a writable location")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise InputError(f"{option} {path} exists and is read-only; choose another path or make it writable")

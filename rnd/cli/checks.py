@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from rnd._checks import check_writable_file, existing_ancestor
 from rnd.errors import InputError
 from rnd.evaluation.compat import check_model_data
 from rnd.evaluation.config import MAX_BUDGET, MAX_COUNT, MAX_IMAGES, MAX_SEED
@@ -34,37 +35,12 @@ __all__ = [
 ]
 
 
-def _existing_ancestor(path: Path) -> Path:
-    """The nearest ancestor of `path` (or `path` itself) that exists; symlinks are followed."""
-    p = path
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    return p
-
-
-def check_writable_file(path: Path, option: str) -> None:
-    """Check that a file can be written at `path` (its folder creatable and writable); writes nothing."""
-    path = path.expanduser()
-    if path.is_dir():
-        raise InputError(f"{option} {path} is a directory, a file name is expected; give a file path")
-    base = _existing_ancestor(path.parent)
-    if not base.is_dir():
-        raise InputError(
-            f"{option} {path} lies below {base}, which is a file, not a folder; "
-            "choose a path in a folder (or remove that file)"
-        )
-    if not os.access(base, os.W_OK | os.X_OK):
-        raise InputError(f"{option} {path}: folder {base} is not writable; choose a writable location")
-    if path.exists() and not os.access(path, os.W_OK):
-        raise InputError(f"{option} {path} exists and is read-only; choose another path or make it writable")
-
-
 def check_writable_dir(path: Path, option: str) -> None:
     """Check that folder `path` exists or can be created, and is writable; creates nothing."""
     path = path.expanduser()
     if path.exists() and not path.is_dir():
         raise InputError(f"{option} {path} is a file, a folder is expected; give a folder path")
-    base = _existing_ancestor(path)
+    base = existing_ancestor(path)
     if not base.is_dir():
         raise InputError(
             f"{option} {path} lies below {base}, which is a file, not a folder; choose another folder"

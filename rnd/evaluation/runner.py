@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from rnd.errors import RndError, unknown_name
 from rnd.evaluation.config import SweepConfig, quick_config
-from rnd.evaluation.store import ResultsStore, check_cells, check_database, check_location
+from rnd.evaluation.store import ResultsStore, check_cells
 from rnd.evaluation.sweep import Cell, CellResult, check_plan, execute_cell, expand
 
 log = logging.getLogger(__name__)
@@ -162,9 +162,7 @@ def run_sweep(
     share the work, and a process waits for cells claimed by another live process (taking them
     over if that process dies). A cell that failed here is not retried in the same call.
     """
-    check_cells(plan.cells)
-    check_location(db)
-    check_database(db)
+    check_cells(plan.cells)  # before ResultsStore creates the file
     runner = runner or InProcessRunner()
     keys = [c.key for c in plan.cells]
     by_key = {c.key: c for c in plan.cells}
@@ -208,11 +206,11 @@ def run_sweep(
         try:
             while True:
                 runner.run(claims(), on_result, on_error)
-                left = {k: v for k, v in store.unfinished(keys).items() if k not in attempted}
-                if not left:
+                unfinished = store.unfinished(keys)
+                if unfinished.keys() <= attempted:
                     break
                 # the rest is claimed by other live processes (or freed since): wait, then try again
-                bar.n = len(keys) - len(store.unfinished(keys))
+                bar.n = len(keys) - len(unfinished)
                 bar.refresh()
                 time.sleep(poll_s)
         finally:

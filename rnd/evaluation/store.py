@@ -43,6 +43,7 @@ from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from rnd._checks import check_writable_file
 from rnd.errors import InputError
 from rnd.evaluation.sweep import Cell, CellResult
 
@@ -292,9 +293,21 @@ def _migrate(con: sqlite3.Connection, version: int) -> None:
     con.execute("UPDATE schema_info SET value = ? WHERE name = 'schema_version'", (str(SCHEMA_VERSION),))
 
 
-def _header(p: Path) -> bytes:
-    with open(p, "rb") as fh:
-        return fh.read(len(SQLITE_MAGIC))
+def _has_content(p: Path) -> bool:
+    """False for an absent or empty file (a new database goes there); True for an SQLite file;
+    InputError, reading nothing but the header, for anything else."""
+    if not p.exists():
+        return False
+    if not p.is_file():
+        raise InputError(f"results database {p} is not a file; choose another --db")
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(len(SQLITE_MAGIC))
+    except OSError as exc:
+        raise InputError(f"cannot read results database {p}: {exc.strerror or exc}") from exc
+    if head and head != SQLITE_MAGIC:
+        raise InputError(f"{p} is not an SQLite database; choose another --db")
+    return head != b""
 
 
 def _storage_error(path: Path, exc: sqlite3.Error) -> InputError:
@@ -322,19 +335,7 @@ def check_location(path: str | Path) -> None:
     p = Path(path)
     if p.exists() and not p.is_file():
         raise InputError(f"results database {p} is not a file; choose another --db")
-    parent = p.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise InputError(f"cannot create results database {p}: {parent} is a file, not a folder")
-    folder = p.parent if p.parent.exists() else parent
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise InputError(
-            f"cannot write results database {p}: folder {folder} is not writable (SQLite needs to write "
-            "its journal beside the file); choose another --db"
-        )
-    if p.exists() and not os.access(p, os.W_OK):
-        raise InputError(f"results database {p} is read-only; make it writable, or use another --db")
+    check_writable_file(p, "results database")  # the folder too: SQLite writes its journal beside it
 
 
 def check_database(path: str | Path) -> bool:
@@ -342,18 +343,8 @@ def check_database(path: str | Path) -> bool:
     created) or an rnd results database this rnd can open (True: this schema or an older one);
     anything else raises InputError and the file is left as it is."""
     p = Path(path)
-    if not p.exists():
+    if not _has_content(p):
         return False
-    if not p.is_file():
-        raise InputError(f"results database {p} is not a file; choose another --db")
-    try:
-        head = _header(p)
-    except OSError as exc:
-        raise InputError(f"cannot read results database {p}: {exc.strerror or exc}") from exc
-    if head == b"":
-        return False
-    if head != SQLITE_MAGIC:
-        raise InputError(f"{p} is not an SQLite database; choose another --db")
     mode = "rw" if Path(f"{p}-journal").exists() else "ro"  # a hot journal needs rw to roll back
     try:
         con = sqlite3.connect(f"{p.resolve().as_uri()}?mode={mode}", uri=True, timeout=BUSY_TIMEOUT_S)
@@ -420,7 +411,7 @@ class ResultsStore:
             self.con = self._open_readonly()
         else:
             check_location(self.path)
-            check_database(self.path)
+            _has_content(self.path)  # a foreign format is refused before SQLite opens it read-write
             self.path.parent.mkdir(parents=True, exist_ok=True)
             try:
                 self.con = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_S)
