@@ -34,8 +34,11 @@ class AttackResult:
     x_adv: torch.Tensor
     success: torch.Tensor
     queries: torch.Tensor
-    loss: torch.Tensor
+    loss: torch.Tensor | None = None  # score attacks: the attacker's loss at x_adv
+    distance: torch.Tensor | None = None  # label-only attacks: ||x_adv - x|| in the attack's norm
     params: dict[str, Any] = field(default_factory=dict)
+    #: label-only attacks: (query counts, median distance there): the distance-vs-queries curve
+    distance_curve: list[tuple[int, float]] | None = None
 
     @property
     def failure_rate(self) -> float:
@@ -73,7 +76,6 @@ class AttackState:
     target: torch.Tensor | None
     ids: torch.Tensor
     x: torch.Tensor = field(init=False)  # the attacker's current (best) point
-    loss: torch.Tensor = field(init=False)  # attacker's loss at x (lower is better)
     success: torch.Tensor = field(init=False)
     done: torch.Tensor = field(init=False)  # stopped by the attack itself
     iteration: int = 0
@@ -81,7 +83,6 @@ class AttackState:
     def __post_init__(self) -> None:
         n = self.x0.shape[0]
         self.x = self.x0.clone()
-        self.loss = torch.full((n,), math.inf)
         self.success = torch.zeros(n, dtype=torch.bool)
         self.done = torch.zeros(n, dtype=torch.bool)
 
@@ -182,8 +183,7 @@ class QueryAttack(ABC, Generic[S]):
         targets: torch.Tensor | None = None,
     ) -> AttackResult:
         """Attack every image of the batch; returns x_adv, observed success and queries per image."""
-        if self.feedback == "scores" and oracle.output == "labels":
-            raise InputError(f"{self.name} is score-based and needs an oracle with scores, not labels")
+        self.check_oracle(oracle)
         if oracle.budget is None:
             raise InputError("the oracle needs a query budget (Oracle(..., budget=N))")
         check_images(images, oracle.input_shape)
@@ -217,21 +217,32 @@ class QueryAttack(ABC, Generic[S]):
                     break
                 self.step(state, active.nonzero().flatten())
                 state.iteration += 1
+                self.after_step(state)
+            return self.result(state)
         finally:
             bar.close()
             self.oracle = None
+
+    def result(self, state: S) -> AttackResult:
+        """The call's `AttackResult` (families add what they measure: loss, distance)."""
+        assert self.oracle is not None
         return AttackResult(
             attack=self.name,
             x_adv=state.x,
             success=state.success.clone(),
-            queries=oracle.counts_of(state.ids),
-            loss=state.loss,
+            queries=self.oracle.counts_of(state.ids),
             params={**self.params(), "mu_used": self.cur_mu},
         )
+
+    def check_oracle(self, oracle: QueryOracle) -> None:
+        """Refuse an oracle whose answers this attack cannot work from (families override)."""
 
     def active(self, state: S) -> torch.Tensor:
         """Which images go on (before the budget check): those the attack has not stopped."""
         return ~state.done
+
+    def after_step(self, state: S) -> None:
+        """Called after every step (families record what they track over queries)."""
 
     @abstractmethod
     def init(self, state: S) -> None:

@@ -34,8 +34,8 @@ from typing import Any
 import torch
 
 from rnd._checks import check_int
-from rnd.attacks.base import AttackState, Norm
-from rnd.attacks.score import ScoreAttack
+from rnd.attacks.base import Norm
+from rnd.attacks.score import ScoreAttack, ScoreState
 
 INSERT_EVAL, INSERT_LAZY, DELETE_EVAL, DELETE_LAZY = 0, 1, 2, 3
 
@@ -73,7 +73,7 @@ def block_masks(
 
 
 @dataclass(eq=False)
-class ParsimoniousState(AttackState):
+class ParsimoniousState(ScoreState):
     """Parsimonious's per-image state: the sign image, the block size, and where each image stands
     in its pass over the blocks (a batch of candidate blocks, their gains, the phase)."""
 

@@ -11,27 +11,42 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 
 from rnd._checks import check_int, check_positive
-from rnd.attacks.base import AttackState, Norm, QueryAttack, S
+from rnd.attacks.base import AttackResult, AttackState, Norm, QueryAttack
 from rnd.errors import InputError, unknown_name
+from rnd.oracle import QueryOracle
 
 LossName = Literal["margin", "ce"]
 LOSSES: tuple[str, ...] = ("margin", "ce")
 
 
 @dataclass(eq=False)
-class PlateauState(AttackState):
+class ScoreState(AttackState):
+    """Per-image state of a score attack: the core's, plus the attacker's loss at x."""
+
+    loss: torch.Tensor = field(init=False)  # attacker's loss at x (lower is better)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.loss = torch.full((self.x0.shape[0],), math.inf)
+
+
+@dataclass(eq=False)
+class PlateauState(ScoreState):
     """State of the attacks on the plateau step schedule: per-image step size and loss window."""
 
     lr: torch.Tensor = field(init=False)
     history: torch.Tensor = field(init=False)  # the last `length` losses (NaN = not yet seen), newest last
 
 
-class ScoreAttack(QueryAttack[S]):
+SS = TypeVar("SS", bound=ScoreState)
+
+
+class ScoreAttack(QueryAttack[SS]):
     """Base of the score-based attacks. Subclasses implement `init` (usually `query_start` first)
     and `step`, querying through `evaluate`.
 
@@ -47,12 +62,23 @@ class ScoreAttack(QueryAttack[S]):
             raise unknown_name("loss", loss, LOSSES)
         self.loss_name: LossName = loss
 
-    def active(self, state: S) -> torch.Tensor:
+    state_type = ScoreState
+
+    def check_oracle(self, oracle: QueryOracle) -> None:
+        if oracle.output == "labels":
+            raise InputError(f"{self.name} is score-based and needs an oracle with scores, not labels")
+
+    def result(self, state: SS) -> AttackResult:
+        out = super().result(state)
+        out.loss = state.loss
+        return out
+
+    def active(self, state: SS) -> torch.Tensor:
         """Images not yet fooled (as observed) and not stopped by the attack."""
         return ~state.success & ~state.done
 
     def evaluate(
-        self, state: AttackState, x: torch.Tensor, rows: torch.Tensor
+        self, state: ScoreState, x: torch.Tensor, rows: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Query `x` (row i belongs to image `rows[i]`); return (loss, adversarial?) per row."""
         assert self.oracle is not None
@@ -60,7 +86,7 @@ class ScoreAttack(QueryAttack[S]):
         return self.loss_from_scores(scores, state, rows)
 
     def loss_from_scores(
-        self, scores: torch.Tensor, state: AttackState, rows: torch.Tensor
+        self, scores: torch.Tensor, state: ScoreState, rows: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Margin or CE loss (to minimise) and the adversarial flag from the oracle's scores."""
         assert self.oracle is not None
@@ -86,14 +112,14 @@ class ScoreAttack(QueryAttack[S]):
         other = logp.scatter(1, y[:, None], -math.inf).amax(1)
         return own - other, adv
 
-    def query_start(self, state: AttackState) -> None:
+    def query_start(self, state: ScoreState) -> None:
         """Query the clean images once: initial loss, and success if already misclassified."""
         rows = torch.arange(state.x0.shape[0])
         state.loss, state.success = self.evaluate(state, state.x0, rows)
 
     def accept(
         self,
-        state: AttackState,
+        state: ScoreState,
         rows: torch.Tensor,
         x_new: torch.Tensor,
         loss: torch.Tensor,

@@ -29,12 +29,12 @@ from typing import Any
 
 import torch
 
-from rnd.attacks.base import AttackState, Norm, box_fill
-from rnd.attacks.score import ScoreAttack
+from rnd.attacks.base import Norm, box_fill
+from rnd.attacks.score import ScoreAttack, ScoreState
 
 
 @dataclass(eq=False)
-class SignHunterState(AttackState):
+class SignHunterState(ScoreState):
     """SignHunter's per-image state."""
 
     signs: torch.Tensor = field(init=False)  # current sign vector per image (N, d)

@@ -44,8 +44,7 @@ from typing import Literal
 import torch
 
 from rnd._checks import check_int
-from rnd.attacks.base import AttackState
-from rnd.attacks.score import ScoreAttack
+from rnd.attacks.score import ScoreAttack, ScoreState
 from rnd.errors import unknown_name
 
 Basis = Literal["pixel", "dct"]
@@ -71,7 +70,7 @@ def frequency_rings(h: int, w: int, freq: int, stride: int) -> torch.Tensor:
 
 
 @dataclass(eq=False)
-class SimBAState(AttackState):
+class SimBAState(ScoreState):
     """SimBA's per-image state."""
 
     order: torch.Tensor = field(init=False)  # each image's order of basis directions

@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from rnd._checks import check_int
-from rnd.attacks.base import AttackState
-from rnd.attacks.score import ScoreAttack
+from rnd.attacks.score import ScoreAttack, ScoreState
 
 #: Iteration thresholds (on a 10,000-iteration scale) at which the square fraction halves.
 _SCHEDULE = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -70,7 +69,7 @@ def window_put(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, v: torch.
 
 
 @dataclass(eq=False)
-class SquareState(AttackState):
+class SquareState(ScoreState):
     """Square's per-image state."""
 
     x_plus: torch.Tensor = field(init=False)  # x0 + eps, clipped: the +eps corner per pixel

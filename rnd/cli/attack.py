@@ -435,9 +435,7 @@ def attack(
         raise InputError("--target needs --targeted")
     for obj in objs:
         if obj.min_budget > budget:
-            raise InputError(
-                f"{obj.cost_text()}, more than --budget {budget}; raise --budget or lower --eot"
-            )
+            raise InputError(f"{obj.cost_text()}, more than --budget {budget}; raise --budget or lower --eot")
 
     model, path = load_or_train_default(checkpoint, progress)
     data = load_dataset(dataset, "test", data_root)
