@@ -37,8 +37,9 @@ class AttackResult:
     loss: torch.Tensor | None = None  # score attacks: the attacker's loss at x_adv
     distance: torch.Tensor | None = None  # label-only attacks: ||x_adv - x|| in the attack's norm
     params: dict[str, Any] = field(default_factory=dict)
-    #: label-only attacks: (query counts, median distance there): the distance-vs-queries curve
-    distance_curve: list[tuple[int, float]] | None = None
+    #: label-only attacks: the query counts at which `trace` (N x len) holds each image's distance
+    trace_queries: list[int] | None = None
+    trace: torch.Tensor | None = None
 
     @property
     def failure_rate(self) -> float:
@@ -56,14 +57,38 @@ class AttackResult:
         q = self.queries[self.success].double()
         return float(q.quantile(0.5)) if q.numel() else math.nan
 
+    @property
+    def median_distance(self) -> float:
+        """Median over images of the final distance (label-only attacks; inf counts; NaN if none)."""
+        return median(self.distance) if self.distance is not None else math.nan
+
+    def distance_curve(self) -> list[tuple[int, float]]:
+        """(queries, median distance over all images after at most that many): the usual plot of
+        label-only attacks. Empty for score attacks."""
+        if self.trace is None or self.trace_queries is None:
+            return []
+        return [(q, median(self.trace[:, j])) for j, q in enumerate(self.trace_queries)]
+
     def summary(self) -> dict[str, Any]:
-        return {
+        out = {
             "attack": self.attack,
             "images": int(self.success.numel()),
             "failure_rate": self.failure_rate,
             "mean_queries": self.mean_queries,
             "median_queries": self.median_queries,
         }
+        if self.distance is not None:
+            out["median_distance"] = self.median_distance
+        return out
+
+
+def median(values: torch.Tensor) -> float:
+    """Median of a 1-D tensor that may hold inf (the mean of the two middle values; NaN if empty)."""
+    if not values.numel():
+        return math.nan
+    v = values.double().sort().values
+    n = v.numel()
+    return float((v[(n - 1) // 2] + v[n // 2]) / 2)
 
 
 @dataclass(eq=False)

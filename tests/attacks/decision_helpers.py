@@ -1,0 +1,49 @@
+"""Checks every label-only attack must pass; each decision attack's test module calls them."""
+
+from __future__ import annotations
+
+import torch
+
+from rnd import Oracle, RandomNoiseDefense
+from rnd.attacks.decision import EPS_TOL, DecisionAttack
+from tests.conftest import CountingModel
+
+
+def run_decision(attack: DecisionAttack, model, x, y, budget: int, nu: float = 0.0, targets=None, **kw):
+    """Run a label-only `attack` through a counting model and check the accounting invariants:
+    queries reported == images forwarded, no image past the budget, x_adv in [0, 1], distances
+    equal to ||x_adv - x||, successes within eps and observed adversarial by the clean model
+    when there is no noise."""
+    counted = CountingModel(model)
+    target_model = RandomNoiseDefense(counted, nu=nu, seed=0) if nu else counted
+    oracle = Oracle(target_model, output="labels", budget=budget)
+    result = attack(oracle, x, y, targets, **kw)
+    assert int(result.queries.sum()) == counted.images
+    assert int(result.queries.max()) <= budget
+    assert result.x_adv.shape == x.shape
+    assert float(result.x_adv.min()) >= 0 and float(result.x_adv.max()) <= 1
+    assert result.distance is not None and result.trace is not None
+    d = (result.x_adv - x).flatten(1)
+    d = d.abs().amax(1) if attack.norm == "linf" else d.norm(dim=1)
+    found = result.distance.isfinite()
+    torch.testing.assert_close(d[found], result.distance[found], rtol=1e-5, atol=1e-6)
+    assert torch.equal(result.success, found & (result.distance <= attack.eps + EPS_TOL))
+    # the trace never rises and ends at the final distance
+    t = result.trace
+    assert bool((t[:, 1:] <= t[:, :-1]).all())
+    assert torch.equal(t[:, -1], result.distance)
+    if not nu:
+        with torch.no_grad():
+            pred = model(result.x_adv[found]).argmax(1)
+        hit = pred == targets[found] if targets is not None else pred != y[found]
+        assert bool(hit.all())
+    return result
+
+
+def check_batch_independent(factory, model, x, y, budget: int) -> None:
+    """The same images attacked in one batch and one at a time give the same result."""
+    whole = run_decision(factory(), model, x, y, budget)
+    parts = [run_decision(factory(), model, x[i : i + 1], y[i : i + 1], budget) for i in range(len(y))]
+    assert torch.equal(whole.queries, torch.cat([p.queries for p in parts]))
+    assert torch.equal(whole.success, torch.cat([p.success for p in parts]))
+    torch.testing.assert_close(whole.distance, torch.cat([p.distance for p in parts]))
