@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rnd.attacks import ATTACKS
-from rnd.attacks.base import QueryAttack
+from rnd.attacks.base import QueryAttack, median
 from rnd.attacks.score import LOSSES
 from rnd.cli.app import json_option, main, progress_option
 from rnd.cli.checks import (
@@ -42,7 +42,7 @@ from rnd.data import DATASETS, load_dataset
 from rnd.data.base import ImageDataset
 from rnd.defense import RandomNoiseDefense
 from rnd.errors import ConfigError, InputError, unknown_name
-from rnd.evaluation.attack_eval import TABLE_COLUMNS, AttackEvaluation, evaluate_attack
+from rnd.evaluation.attack_eval import AttackEvaluation, evaluate_attack, table_columns
 from rnd.evaluation.config import bound_text
 from rnd.evaluation.metrics import accuracy, predict
 from rnd.evaluation.tables import format_table
@@ -69,14 +69,21 @@ def attack_names(requested: tuple[str, ...], norm: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def constructor_parameters(cls: type[QueryAttack]) -> dict[str, inspect.Parameter]:
+    """Every keyword argument `cls` accepts, its own and its base classes' (where **kwargs go)."""
+    out: dict[str, inspect.Parameter] = {}
+    for base in cls.__mro__:
+        if not (isinstance(base, type) and issubclass(base, QueryAttack)) or "__init__" not in vars(base):
+            continue
+        for k, p in inspect.signature(base.__init__).parameters.items():
+            if k != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+                out.setdefault(k, p)
+    return out
+
+
 def attack_keywords(cls: type[QueryAttack]) -> dict[str, inspect.Parameter]:
-    """Attack-specific keyword arguments of `cls`'s constructor (those --param may set)."""
-    params = inspect.signature(cls.__init__).parameters
-    return {
-        k: p
-        for k, p in params.items()
-        if k != "self" and k not in COMMON_KEYS and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
-    }
+    """Attack-specific keyword arguments of `cls` (those --param may set)."""
+    return {k: p for k, p in constructor_parameters(cls).items() if k not in COMMON_KEYS}
 
 
 def _hint(cls: type[QueryAttack], key: str) -> Any:
@@ -170,8 +177,10 @@ def build_attacks(
     """Construct every selected attack (all validation happens here, before any work)."""
     attacks = []
     for n in names:
+        accepted = constructor_parameters(ATTACKS[n])  # label-only attacks take no loss
+        own = {k: v for k, v in common.items() if k in accepted}
         try:
-            attacks.append(ATTACKS[n](**common, **params[n]))
+            attacks.append(ATTACKS[n](**own, **params[n]))
         except TypeError as exc:
             raise ConfigError(f"cannot configure {n}: {exc}") from exc
     return attacks
@@ -234,9 +243,20 @@ def make_targets(rule: str | int | None, y: torch.Tensor, num_classes: int, seed
     return torch.full_like(y, int(rule))
 
 
+def finite_or_none(values: torch.Tensor) -> list[float | None]:
+    """Values for JSON: inf (no adversarial point found) becomes null."""
+    return [v if math.isfinite(v) else None for v in values.tolist()]
+
+
 # -- running -------------------------------------------------------------------------------------------
-def merge(parts: list[AttackEvaluation], queries: torch.Tensor, success: torch.Tensor) -> AttackEvaluation:
-    """One evaluation from the per-batch ones (rates weighted by images; query stats recomputed)."""
+def merge(
+    parts: list[AttackEvaluation],
+    queries: torch.Tensor,
+    success: torch.Tensor,
+    distance: torch.Tensor | None = None,
+) -> AttackEvaluation:
+    """One evaluation from the per-batch ones (rates weighted by images; query and distance
+    statistics recomputed over all images)."""
     n = sum(p.images for p in parts)
     rate = lambda key: sum(getattr(p, key) * p.images for p in parts) / max(n, 1)  # noqa: E731
     q = queries[success].double()
@@ -248,6 +268,7 @@ def merge(parts: list[AttackEvaluation], queries: torch.Tensor, success: torch.T
         failure_rate_vote=rate("failure_rate_vote"),
         mean_queries=float(q.mean()) if q.numel() else math.nan,
         median_queries=float(q.quantile(0.5)) if q.numel() else math.nan,
+        median_distance=math.nan if distance is None else median(distance),
     )
 
 
@@ -265,9 +286,10 @@ def run_attack(
     seed: int,
     clean_accuracy: float,
     progress: bool,
-) -> tuple[AttackEvaluation, torch.Tensor, torch.Tensor]:
-    """Attack (x, y) in batches of `batch_size`; returns the merged evaluation, queries, success."""
-    parts, queries, success = [], [], []
+) -> tuple[AttackEvaluation, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Attack (x, y) in batches of `batch_size`; returns the merged evaluation, queries, success
+    and (label-only attacks) distance per image."""
+    parts, queries, success, distance = [], [], [], []
     out = "labels" if attack.feedback == "labels" else output
     label = f"{attack.name} nu={nu:g}"
     with tqdm(total=len(y), desc=label, unit="img", disable=not progress) as bar:
@@ -288,12 +310,15 @@ def run_attack(
             parts.append(ev)
             queries.append(res.queries)
             success.append(res.success)
+            if res.distance is not None:
+                distance.append(res.distance)
             q, s = torch.cat(queries), torch.cat(success)
             bar.update(len(res.success))
             mean_q = float(q[s].double().mean()) if bool(s.any()) else math.nan
             bar.set_postfix(mean_q=f"{mean_q:.0f}", success=f"{float(s.float().mean()):.2f}")
     q, s = torch.cat(queries), torch.cat(success)
-    return merge(parts, q, s), q, s
+    d = torch.cat(distance) if distance else None
+    return merge(parts, q, s, d), q, s, d
 
 
 @main.command()
@@ -308,7 +333,13 @@ def run_attack(
 @click.option("--norm", type=click.Choice(["linf", "l2"]), default="linf", show_default=True)
 @click.option("--eps", type=float, default=None, help="threat radius in pixels [default: 0.1 linf, 1.5 l2]")
 @click.option("--mu", type=float, default=None, help="attacker's probe size [default: each attack's paper]")
-@click.option("--eot", type=int, default=1, show_default=True, help="answers averaged per query (M)")
+@click.option(
+    "--eot",
+    type=int,
+    default=1,
+    show_default=True,
+    help="M answers per query: averaged (score attacks, EOT) or voted (label-only attacks)",
+)
 @click.option("--mu-nu-ratio", type=float, default=None, help="adaptive attacker: mu = max(mu, ratio * nu)")
 @click.option("--loss", type=click.Choice(LOSSES), default="margin", show_default=True)
 @click.option("--targeted", is_flag=True, help="targeted attack (targets chosen by --target)")
@@ -389,10 +420,13 @@ def attack(
     as_json: bool,
     progress: bool,
 ) -> None:
-    """Run score-based query attacks against a model, undefended (nu=0) and with RND.
+    """Run query attacks against a model, undefended (nu=0) and with RND.
 
-    Prints the same table as `rnd demo`: failure rate as the attacker observed it, by a vote of
-    fresh noisy answers and by the clean model, and mean/median queries of successful attacks.
+    Score-based attacks see --output; label-only attacks (hsja, sign-opt, geoda, rays, sign-flip,
+    psj) always get an oracle that answers labels only, and report the median distance of their
+    best adversarial point. Prints the same table as `rnd demo`: failure rate as the attacker
+    observed it, by a vote of fresh noisy answers and by the clean model, and mean/median queries
+    of successful attacks.
     """
     from rnd.evaluation.demo import load_or_train_default
 
@@ -460,7 +494,7 @@ def attack(
     detail: list[dict[str, Any]] = []
     for obj in objs:
         for nu in nus:
-            ev, q, s = run_attack(
+            ev, q, s, d = run_attack(
                 obj,
                 model,
                 x,
@@ -475,7 +509,8 @@ def attack(
                 progress=progress,
             )
             rows.append(ev)
-            detail.append({"queries": q.tolist(), "success": s.tolist()})
+            dist = None if d is None else finite_or_none(d)
+            detail.append({"queries": q.tolist(), "success": s.tolist(), "distance": dist})
 
     settings = {
         "checkpoint": str(path),
@@ -510,4 +545,4 @@ def attack(
         f"{n_images} correctly classified test images, {norm} eps={eps:g}, budget {budget} queries, "
         f"{kind}, loss {loss}, EOT M={eot}; 'observed' = the attacker's own noisy answer\n"
     )
-    click.echo(format_table(rows, TABLE_COLUMNS))
+    click.echo(format_table(rows, table_columns(rows)))

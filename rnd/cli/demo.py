@@ -10,7 +10,7 @@ import click
 
 from rnd.cli.app import json_option, main, progress_option
 from rnd.cli.checks import MAX_BUDGET, MAX_IMAGES, FiniteFloat, allow_mismatch_option, count, seed_option
-from rnd.evaluation.attack_eval import TABLE_COLUMNS
+from rnd.evaluation.attack_eval import table_columns
 from rnd.evaluation.demo import run_demo
 from rnd.evaluation.tables import format_table
 
@@ -70,4 +70,4 @@ def demo(
         f"\n{n_images} correctly classified test images, eps_inf={eps:g}, budget {budget} queries; "
         "'observed' = the attacker's own noisy answer (paper protocol)\n"
     )
-    click.echo(format_table(report.rows, TABLE_COLUMNS))
+    click.echo(format_table(report.rows, table_columns(report.rows)))

@@ -36,6 +36,7 @@ class AttackEvaluation:
     failure_rate_clean: float  # % of x_adv that the clean model still classifies correctly
     failure_rate_vote: float  # % of x_adv not fooling a majority of fresh noisy answers
     clean_accuracy: float = math.nan
+    median_distance: float = math.nan  # label-only attacks: median ||x_adv - x|| over images
     params: dict[str, Any] = field(default_factory=dict)
 
 
@@ -75,8 +76,11 @@ def attack_and_recheck(
     votes: int = 11,
 ) -> tuple[AttackResult, torch.Tensor, torch.Tensor]:
     """Attack `base` (RND-wrapped when nu > 0) through a fresh oracle; return the result and, per
-    image, whether x_adv fools the clean model and a majority of `votes` fresh noisy answers."""
+    image, whether x_adv fools the clean model and a majority of `votes` fresh noisy answers.
+    A label-only attack always gets an oracle that answers labels."""
     model: nn.Module = RandomNoiseDefense(base, nu=nu, seed=defense_seed) if nu > 0 else base
+    if attack.feedback == "labels":
+        output = "labels"
     oracle = Oracle(model, output=output, budget=budget)
     result = attack(oracle, x, y, targets)
     clean_hit, vote_hit = recheck(model, base, result.x_adv, y, votes, targets)
@@ -124,6 +128,7 @@ def evaluate_attack(
         failure_rate_clean=pct(clean_hit & observed),
         failure_rate_vote=pct(vote_hit & observed),
         clean_accuracy=clean_accuracy,
+        median_distance=result.median_distance,
         params=result.params,
     )
     return ev, result
@@ -141,4 +146,12 @@ TABLE_COLUMNS = [
     ("failure_rate_clean", "fail % (clean)"),
     ("mean_queries", "mean q"),
     ("median_queries", "median q"),
+    ("median_distance", "median dist"),
 ]
+
+
+def table_columns(rows: list[AttackEvaluation]) -> list[tuple[str, str]]:
+    """TABLE_COLUMNS, without the distance column when no row has one (score attacks only)."""
+    if any(not math.isnan(r.median_distance) for r in rows):
+        return TABLE_COLUMNS
+    return [c for c in TABLE_COLUMNS if c[0] != "median_distance"]

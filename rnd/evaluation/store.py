@@ -1,6 +1,6 @@
 """The results database: SQLite (stdlib), one file, crash-safe, resumable, shared by concurrent sweeps.
 
-Tables (schema version 2):
+Tables (schema version 3):
   schema_info     name -> value; `schema_version` must equal `SCHEMA_VERSION`
   history         what happened to the file: created, migrated (with the schema and rnd versions)
   sweeps          one row per (config text, quick) ever started, with the config itself
@@ -9,9 +9,11 @@ Tables (schema version 2):
                   computing it (`claimed_by`, cleared when the cell is finished)
   sweep_cells     which cells each sweep asked for
   image_results   one row per (cell, attacked image): data-set index, label, observed success,
-                  queries, success re-checked on the clean model and by a noisy vote
+                  queries, success re-checked on the clean model and by a noisy vote, and (label-only
+                  attacks) the distance of the attacker's best point (NULL for score attacks)
   cell_summaries  one row per finished cell: failure rates three ways, mean / median queries,
-                  clean accuracy, the image indices, the attack's full parameters, rnd version
+                  clean accuracy, the image indices, the attack's full parameters, rnd version, and
+                  (label-only attacks) the median distance and the median distance against queries
 
 Guarantees (each pinned by a test in tests/evaluation/test_store*.py and tests/cli/test_sweep_cli.py):
 - Creating the schema, recording a finished cell (rows + summary + status), registering a sweep and
@@ -47,7 +49,7 @@ from rnd._checks import check_writable_file
 from rnd.errors import InputError
 from rnd.evaluation.sweep import Cell, CellResult
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SQLITE_MAGIC = b"SQLite format 3\x00"
 VOLATILE_SUFFIXES = ("_at", "_seconds")
 HEARTBEAT_S = 30.0
@@ -122,6 +124,7 @@ CREATE TABLE image_results (
     queries INTEGER NOT NULL,
     success_clean INTEGER NOT NULL,
     success_vote INTEGER NOT NULL,
+    distance REAL,
     PRIMARY KEY (cell_key, position)
 );
 CREATE TABLE cell_summaries (
@@ -138,7 +141,9 @@ CREATE TABLE cell_summaries (
     attack_params TEXT NOT NULL,
     rnd_version TEXT NOT NULL,
     wall_seconds REAL NOT NULL,
-    finished_at TEXT NOT NULL
+    finished_at TEXT NOT NULL,
+    median_distance REAL,
+    distance_curve TEXT
 );
 """
 )
@@ -159,6 +164,12 @@ ALTER TABLE cell_summaries RENAME COLUMN finished TO finished_at;
 INSERT INTO history (event, schema_version, rnd_version, happened_at)
     SELECT 'created', 1, 'unknown', value FROM schema_info WHERE name = 'created';
 DELETE FROM schema_info WHERE name = 'created';
+""",
+    # Version 2 -> 3: the distances of label-only attacks (NULL in every row written before).
+    2: """
+ALTER TABLE image_results ADD COLUMN distance REAL;
+ALTER TABLE cell_summaries ADD COLUMN median_distance REAL;
+ALTER TABLE cell_summaries ADD COLUMN distance_curve TEXT;
 """,
 }
 
@@ -190,7 +201,12 @@ SUMMARY_COLUMNS = (
     "median_queries",
     "clean_accuracy",
     "model_accuracy",
+    "median_distance",
 )
+
+
+#: Summary values stored as NULL when undefined (NaN), read back as NaN.
+NULLABLE_SUMMARY = ("mean_queries", "median_queries", "clean_accuracy", "model_accuracy", "median_distance")
 
 
 def _now() -> str:
@@ -531,7 +547,7 @@ class ResultsStore:
             if row[0] == "done":
                 return False
             self.con.executemany(
-                "INSERT INTO image_results VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO image_results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
                         key,
@@ -542,14 +558,15 @@ class ResultsStore:
                         r.queries,
                         int(r.success_clean),
                         int(r.success_vote),
+                        None if r.distance is None else _real(r.distance),
                     )
                     for r in result.rows
                 ],
             )
             self.con.execute(
                 f"INSERT INTO cell_summaries (cell_key, {', '.join(SUMMARY_COLUMNS)}, indices,"
-                " attack_params, rnd_version, wall_seconds, finished_at)"
-                f" VALUES (?, {', '.join('?' * len(SUMMARY_COLUMNS))}, ?, ?, ?, ?, ?)",
+                " attack_params, rnd_version, wall_seconds, finished_at, distance_curve)"
+                f" VALUES (?, {', '.join('?' * len(SUMMARY_COLUMNS))}, ?, ?, ?, ?, ?, ?)",
                 (
                     key,
                     *[_real(getattr(s, c)) for c in SUMMARY_COLUMNS],
@@ -558,6 +575,7 @@ class ResultsStore:
                     result.rnd_version,
                     result.seconds,
                     _now(),
+                    None if s.distance_curve is None else json.dumps(s.distance_curve),
                 ),
             )
             self.con.execute(
@@ -636,7 +654,9 @@ class ResultsStore:
             d.update({k: r[k] for k in r.keys() if k not in ("spec", "cell_key")})  # noqa: SIM118
             d["attack_params"] = json.loads(r["attack_params"])
             d["indices"] = json.loads(r["indices"])
-            for k in ("mean_queries", "median_queries", "clean_accuracy", "model_accuracy"):
+            curve = r["distance_curve"]
+            d["distance_curve"] = None if curve is None else [tuple(p) for p in json.loads(curve)]
+            for k in NULLABLE_SUMMARY:
                 if d[k] is None:
                     d[k] = math.nan
             out.append(d)

@@ -102,6 +102,7 @@ class ImageRow:
     queries: int
     success_clean: bool  # ... and x_adv also fools the clean model
     success_vote: bool  # ... and x_adv also fools a majority of `votes` fresh noisy answers
+    distance: float | None = None  # label-only attacks: ||x_adv - x|| (inf: no adversarial point found)
 
 
 @dataclass
@@ -116,6 +117,9 @@ class CellSummary:
     median_queries: float
     clean_accuracy: float  # % under the cell's defense (nu), on `accuracy_images` images
     model_accuracy: float  # % of the undefended model on the same images
+    median_distance: float = math.nan  # label-only attacks: median final distance over images
+    #: label-only attacks: (queries, median distance over images after at most that many queries)
+    distance_curve: list[tuple[int, float]] | None = None
 
 
 @dataclass
@@ -131,8 +135,16 @@ class CellResult:
     seconds: float = 0.0
 
 
-def summarize_rows(rows: list[ImageRow], clean_accuracy: float, model_accuracy: float) -> CellSummary:
-    """The three failure rates and the query statistics of successes, from per-image rows."""
+def summarize_rows(
+    rows: list[ImageRow],
+    clean_accuracy: float,
+    model_accuracy: float,
+    distance_curve: list[tuple[int, float]] | None = None,
+) -> CellSummary:
+    """The three failure rates and the query statistics of successes, from per-image rows (and the
+    median distance, for label-only attacks)."""
+    from rnd.attacks.base import median as median_of
+
     n = len(rows)
 
     def fail(attr: str) -> float:
@@ -141,6 +153,7 @@ def summarize_rows(rows: list[ImageRow], clean_accuracy: float, model_accuracy: 
     q = torch.tensor([r.queries for r in rows if r.success], dtype=torch.float64)
     mean = float(q.mean()) if q.numel() else math.nan
     median = float(q.quantile(0.5)) if q.numel() else math.nan
+    dists = [r.distance for r in rows if r.distance is not None]
     return CellSummary(
         n,
         fail("success"),
@@ -150,6 +163,8 @@ def summarize_rows(rows: list[ImageRow], clean_accuracy: float, model_accuracy: 
         median,
         clean_accuracy,
         model_accuracy,
+        median_of(torch.tensor(dists, dtype=torch.float64)) if dists else math.nan,
+        distance_curve,
     )
 
 
@@ -180,6 +195,12 @@ def expand(cfg: Any) -> list[Cell]:
                             attack = make_attack(
                                 a.name, eps=eps, norm=a.norm, mu=mu, eot=eot, seed=0, **a.params
                             )
+                            output = output_for(attack, cfg.output)
+                            if output is None:
+                                raise ConfigError(
+                                    f"attacks[{a.name}]: a score-based attack cannot run on "
+                                    f"output = {cfg.output!r}; use probs, logits or topk"
+                                )
                             if attack.min_budget > budget:
                                 raise ConfigError(
                                     f"attacks[{a.name}]: with M={eot}, {attack.cost_text()}, more "
@@ -203,7 +224,7 @@ def expand(cfg: Any) -> list[Cell]:
                                         budget=budget,
                                         nu=nu,
                                         seed=seed,
-                                        output=cfg.output,
+                                        output=output,
                                         votes=cfg.votes,
                                         accuracy_images=cfg.data.accuracy_images,
                                         params=json.dumps(a.params, sort_keys=True, separators=(",", ":")),
@@ -214,6 +235,15 @@ def expand(cfg: Any) -> list[Cell]:
     if len(set(keys)) != len(keys):
         raise ConfigError("the grid repeats a cell (the same model appears twice under different labels?)")
     return cells
+
+
+def output_for(attack: Any, output: str) -> str | None:
+    """What the oracle answers for `attack`: labels for a label-only attack whatever the configured
+    scores output (it sees only labels), the configured output for a score attack; None when a
+    score attack is configured on labels."""
+    if attack.feedback == "labels":
+        return "labels"
+    return None if output == "labels" else output
 
 
 def check_plan(cfg: Any, cells: list[Cell]) -> None:
@@ -397,14 +427,16 @@ def execute_cell(cell: Cell, progress: bool = False) -> CellResult:
             queries=int(result.queries[i]),
             success_clean=bool(observed[i] & clean_hit[i]),
             success_vote=bool(observed[i] & vote_hit[i]),
+            distance=None if result.distance is None else float(result.distance[i]),
         )
         for i in range(len(y))
     ]
+    curve = result.distance_curve() or None
     return CellResult(
         key=cell.key,
         cell=cell,
         rows=rows,
-        summary=summarize_rows(rows, clean_acc, model_acc),
+        summary=summarize_rows(rows, clean_acc, model_acc, curve),
         attack_params=_json_safe(result.params),
         rnd_version=__version__,
         seconds=time.perf_counter() - t0,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
 import os
 import signal
 import socket
@@ -160,7 +161,7 @@ def test_writer_killed_mid_transaction_leaves_last_commit(tmp_path):
         import os, signal, sqlite3
         con = sqlite3.connect({str(db)!r}, isolation_level=None)
         con.execute("BEGIN IMMEDIATE")
-        con.execute("INSERT INTO image_results VALUES ({c.key!r}, 0, 1, 2, 1, 5, 1, 1)")
+        con.execute("INSERT INTO image_results VALUES ({c.key!r}, 0, 1, 2, 1, 5, 1, 1, NULL)")
         con.execute("UPDATE cells SET status = 'done'")
         os.kill(os.getpid(), signal.SIGKILL)
     """)
@@ -370,7 +371,7 @@ def test_schema_1_is_migrated_keeping_every_row(tmp_path):
         assert r["failure_rate_vote"] == 66.7 and r["wall_seconds"] == 1.5 and r["indices"] == [10, 11, 12]
     assert digest(db) == before
     with ResultsStore(db) as store:
-        assert store.image_rows() == old_rows
+        assert store.image_rows() == [(*row, None) for row in old_rows]  # no distance: score attack
         (r,) = store.results()
         assert r["finished_at"] == "2026-11-01T10:01:00+00:00" and r["mean_queries"] == 41.0
         assert store.sweeps()[0]["created_at"] == "2026-11-01T10:00:00+00:00"
@@ -382,7 +383,86 @@ def test_schema_1_is_migrated_keeping_every_row(tmp_path):
     first = con.execute("SELECT event, schema_version, happened_at FROM history ORDER BY id").fetchone()
     assert first == ("created", 1, "2026-11-01T10:00:00+00:00")
     con.close()
-    assert history(db) == ["created", "migrated from schema 1"]
+    assert history(db) == ["created", "migrated from schema 1", "migrated from schema 2"]
+
+
+# -- migration from schema 2 --------------------------------------------------------------------------
+
+
+def c_spec(c: Cell) -> str:
+    return json.dumps(c.identity(), sort_keys=True)
+
+
+def v2_database(path: Path) -> Path:
+    """A database exactly as rnd wrote schema version 2 (its DDL kept in schema_v2.sql), with one
+    finished cell, one pending cell and a history row."""
+    con = sqlite3.connect(path)
+    con.executescript((Path(__file__).parent / "schema_v2.sql").read_text())
+    created = "2026-11-20T10:00:00+00:00"
+    con.execute("INSERT INTO schema_info VALUES ('schema_version', '2')")
+    con.execute("INSERT INTO history VALUES (1, 'created', 2, '0.2.0', ?)", (created,))
+    con.execute("INSERT INTO sweeps VALUES (1, 's', 'sha', 0, 'text', 'cfg.toml', '0.2.0', ?)", (created,))
+    cols = ", ".join("?" * len(STORE_CELL_COLUMNS))
+    for c, status in ((cell(), "done"), (cell(seed=7), "pending")):
+        d = c.to_dict()
+        con.execute(
+            f"INSERT INTO cells VALUES (?, ?, {cols}, ?, NULL, ?, NULL, NULL)",
+            (c.key, c_spec(c), *[d[k] for k in STORE_CELL_COLUMNS], status, created),
+        )
+        con.execute("INSERT INTO sweep_cells VALUES (1, ?)", (c.key,))
+    c = cell()
+    con.executemany(
+        "INSERT INTO image_results VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [(c.key, i, 10 + i, i, 1, 40 + i, 1, int(i == 0)) for i in range(3)],
+    )
+    con.execute(
+        "INSERT INTO cell_summaries VALUES (?, 3, 0.0, 0.0, 66.7, 41.0, 41.0, 90.0, 91.0, '[10, 11, 12]',"
+        " '{\"mu\": 0.01}', '0.2.0', 1.5, ?)",
+        (c.key, created),
+    )
+    con.commit()
+    con.close()
+    return path
+
+
+def test_schema_2_is_migrated_keeping_every_row(tmp_path):
+    db = v2_database(tmp_path / "v2.sqlite")
+    old = sqlite3.connect(db)
+    old_rows = old.execute("SELECT * FROM image_results ORDER BY position").fetchall()
+    old_cells = old.execute("SELECT * FROM cells ORDER BY key").fetchall()
+    old.close()
+    before = digest(db)
+    with ResultsStore(db, readonly=True) as store:
+        (r,) = store.results()
+        assert r["failure_rate_vote"] == 66.7 and math.isnan(r["median_distance"])
+        assert r["distance_curve"] is None
+    assert digest(db) == before
+    with ResultsStore(db) as store:
+        assert store.image_rows() == [(*row, None) for row in old_rows]
+        assert store.status_counts() == {"done": 1, "pending": 1}
+        assert store.record(result(cell())) is False  # still done
+        assert store.record(result(cell(seed=7)))  # the pending cell can be finished
+    con = sqlite3.connect(db)
+    assert con.execute("SELECT * FROM cells WHERE key = ?", (cell().key,)).fetchone() == next(
+        row for row in old_cells if row[0] == cell().key
+    )
+    con.close()
+    assert history(db) == ["created", "migrated from schema 2"]
+
+
+def test_distances_round_trip(tmp_path):
+    c = cell()
+    r = result(c)
+    for i, row in enumerate(r.rows):
+        row.distance = [0.05, math.inf, 0.2][i % 3]
+    r.summary = summarize_rows(r.rows, 90.0, 91.0, [(10, math.inf), (100, 0.2), (1000, 0.05)])
+    with ResultsStore(tmp_path / "d.sqlite") as store:
+        store.register_sweep("s", "text", [c], quick=False)
+        assert store.record(r)
+        (got,) = store.results()
+        assert got["median_distance"] == r.summary.median_distance
+        assert got["distance_curve"] == [(10, math.inf), (100, 0.2), (1000, 0.05)]
+        assert [row[-1] for row in store.image_rows()] == [row.distance for row in r.rows]
 
 
 # -- comparing databases ------------------------------------------------------------------------------
