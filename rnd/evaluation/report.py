@@ -3,7 +3,9 @@
 The figures are found in the data, not declared: every group of finished cells that varies in both
 `mu` and `nu` (same model, attack, norm, eps, M, budget, images) becomes a mu x nu heatmap of the
 failure rate (the seed's figures: geometric grids drawn on evenly spaced, i.e. logarithmic, axes);
-every group that varies in M becomes an EOT curve (failure rate and mean queries against M); every
+every group that varies in M becomes an EOT curve (failure rate and mean queries against M); the
+label-only attacks of one (model, norm, eps, budget) share a figure of the median distance of their
+best adversarial point against queries (the usual plot for decision-based attacks); every
 model measured at two or more nu gives a clean-accuracy-against-nu curve; and all cells form the
 main table (model / defense x attack: failure rate observed, by noisy vote, by the clean model,
 and mean queries). Several seeds of one grid point are averaged.
@@ -34,6 +36,7 @@ METRICS = (
     "median_queries",
     "clean_accuracy",
     "model_accuracy",
+    "median_distance",
 )
 
 
@@ -76,9 +79,21 @@ def average_seeds(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         d["mu"] = effective_mu(rs[0])
         d["seeds"] = len(rs)
         for m in METRICS:
-            d[m] = _mean(r[m] for r in rs)
+            d[m] = _mean(r.get(m, math.nan) for r in rs)
+        d["distance_curve"] = mean_curve([r.get("distance_curve") for r in rs])
         out.append(d)
     return out
+
+
+def mean_curve(curves: list[list[tuple[int, float]] | None]) -> list[tuple[int, float]] | None:
+    """Pointwise mean of distance curves recorded at the same query counts (None if there are none;
+    the first one when the counts differ)."""
+    have = [c for c in curves if c]
+    if not have:
+        return None
+    if any([q for q, _ in c] != [q for q, _ in have[0]] for c in have):
+        return have[0]
+    return [(q, _mean(c[j][1] for c in have)) for j, (q, _) in enumerate(have[0])]
 
 
 def _slug(*parts: Any) -> str:
@@ -229,6 +244,56 @@ def plot_accuracy(curves: dict[str, list[tuple[float, float]]], path: Path) -> N
     plt.close(fig)
 
 
+def distance_groups(points: list[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
+    """Label-only cells by (model, norm, eps, budget, images): one distance figure each."""
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in points:
+        if r.get("distance_curve"):
+            groups[(r["model"], r["norm"], r["eps"], r["budget"], r["images"])].append(r)
+    return {k: sorted(v, key=_line_key) for k, v in groups.items()}
+
+
+def _line_key(r: dict[str, Any]) -> tuple:
+    return (r["attack"], r["nu"], r["eot"], r["mu"])
+
+
+def _line_label(r: dict[str, Any]) -> str:
+    extra = f" M={r['eot']}" if r["eot"] > 1 else ""
+    return f"{r['attack']} {_defense(r['nu'])}{extra}"
+
+
+def plot_distances(key: tuple, rs: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    model, norm, eps, budget, images = key
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for r in rs:
+        pts = [(q, d) for q, d in r["distance_curve"] if math.isfinite(d)]
+        if pts:
+            style = "-" if r["nu"] == 0 else "--"
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker=".", label=_line_label(r))
+    ax.axhline(eps, color="black", lw=0.8, ls=":", label=f"eps = {eps:g}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("queries per image")
+    ax.set_ylabel(f"median {norm} distance of the best adversarial point")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    ax.set_title(f"label-only attacks on {model} ({images} images, {budget} queries)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def curve_at(curve: list[tuple[int, float]], queries: int) -> float:
+    """The curve's value at the largest recorded count <= `queries` (NaN before the first)."""
+    vals = [d for q, d in curve if q <= queries]
+    return vals[-1] if vals else math.nan
+
+
 def _defense(nu: float) -> str:
     return "none" if nu == 0 else f"RND nu={nu:g}"
 
@@ -285,6 +350,7 @@ def full_table(points: list[dict[str, Any]]) -> list[str]:
         "fail % clean",
         "mean q",
         "median q",
+        "median dist",
         "clean acc %",
     ]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -307,6 +373,7 @@ def full_table(points: list[dict[str, Any]]) -> list[str]:
             _fmt(r["failure_rate_clean"]),
             _fmt(r["mean_queries"], 0),
             _fmt(r["median_queries"], 0),
+            _fmt(r.get("median_distance", math.nan), 3),
             _fmt(r["clean_accuracy"]),
         ]
         out.append("| " + " | ".join(vals) + " |")
@@ -383,6 +450,33 @@ def write_report(db: str | Path, out: str | Path) -> Report:
                     f"{_fmt(r['failure_rate_vote'])} | {_fmt(r['failure_rate_clean'])} | "
                     f"{_fmt(r['mean_queries'], 0)} |"
                 )
+        md.append("")
+    for key, rs in sorted(distance_groups(points).items()):
+        model, norm, eps, budget, _images = key
+        name = f"distance_{_slug(model, norm, f'eps{eps:g}', f'q{budget}')}.png"
+        plot_distances(key, rs, out / name)
+        report.figures.append(name)
+        marks = sorted({budget // 10, budget // 2, budget} - {0})
+        md += [
+            f"## Label-only attacks: median {norm} distance against queries on {model}",
+            "",
+            f"![distance {norm}]({name})",
+            "",
+            f"Median over images of the distance of the best point observed adversarial (eps = {eps:g}; "
+            "inf = no adversarial point yet).",
+            "",
+            "| attack | defense | M | fail % obs | fail % vote | fail % clean | "
+            + " | ".join(f"dist @ {q} q" for q in marks)
+            + " |",
+            "|" + "---|" * (6 + len(marks)),
+        ]
+        for r in rs:
+            md.append(
+                f"| {r['attack']} | {_defense(r['nu'])} | {r['eot']} | {_fmt(r['failure_rate'])} | "
+                f"{_fmt(r['failure_rate_vote'])} | {_fmt(r['failure_rate_clean'])} | "
+                + " | ".join(_fmt(curve_at(r["distance_curve"], q), 3) for q in marks)
+                + " |"
+            )
         md.append("")
     acc: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in points:

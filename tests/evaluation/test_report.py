@@ -93,3 +93,29 @@ def test_empty_database_report(tmp_path):
     ResultsStore(path).close()
     report = write_report(path, tmp_path / "rep")
     assert report.figures == [] and "No finished cells yet." in report.markdown
+
+
+def test_label_only_distance_figure_and_table(tmp_path):
+    path = tmp_path / "d.sqlite"
+    with ResultsStore(path) as store:
+        for nu, scale in ((0.0, 1.0), (0.02, 2.0)):
+            c = Cell(
+                model="std", checkpoint="/m", checkpoint_sha256="cd" * 32, dataset="fashion-mnist",
+                split="test", images=4, start=0, attack="hsja", norm="l2", eps=1.5, mu=None, eot=1,
+                budget=1000, nu=nu, seed=0, output="labels",
+            )  # fmt: skip
+            dists = [0.5 * scale, 1.0 * scale, 2.0 * scale, math.inf]
+            rows = [ImageRow(i, i, 0, d <= 1.5, 100, d <= 1.5, d <= 1.5, d) for i, d in enumerate(dists)]
+            curve = [(10, math.inf), (100, 3.0 * scale), (500, 2.0 * scale), (1000, 1.5 * scale)]
+            store.register_sweep("s", "cfg", [c], quick=False)
+            store.record(CellResult(c.key, c, rows, summarize_rows(rows, 90.0, 90.0, curve), {"mu": 0.1}))
+    out = tmp_path / "rep"
+    report = write_report(path, out)
+    (fig,) = [n for n in report.figures if n.startswith("distance_")]
+    assert (out / fig).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = report.markdown
+    assert "median l2 distance against queries on std" in md
+    # medians at 100 / 500 / 1000 queries; the final medians in the full table (1.5 and 3.0)
+    assert "| hsja | none | 1 | 50.0 | 50.0 | 50.0 | 3.000 | 2.000 | 1.500 |" in md
+    assert "| hsja | RND nu=0.02 | 1 | 75.0 | 75.0 | 75.0 | 6.000 | 4.000 | 3.000 |" in md
+    assert "| 1.500 |" in md and "| 3.000 |" in md
