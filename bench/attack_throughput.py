@@ -2,7 +2,8 @@
 
     python bench/attack_throughput.py [--attack NAME ...] [--budget 300] [--batch 100] [--rounds 3]
 
-For every registered attack (l_inf, eps 0.1 by default) on the default model architecture (the
+For every registered attack, score-based and label-only (l_inf, eps 0.1 by default; label-only
+attacks get a labels oracle and run their whole budget) on the default model architecture (the
 trained default checkpoint when present, otherwise a freshly initialised small CNN, which the
 output says), one thread: run the attack on a batch of 100 test images for a fixed per-image
 budget and count the images it forwards (the oracle's counts, i.e. queries). The ratio printed
@@ -122,8 +123,11 @@ def attack_rate(
 ) -> tuple[float, float, float, float, float]:
     """(forwarded images / s, images per query call, images per model forward, success rate,
     share of the attack's time spent inside the model's forward)."""
-    attack = make_attack(name, eps=eps, norm="linf", seed=seed)
-    oracle = CallCountingOracle(model, budget=budget)
+    labels = ATTACKS[name].feedback == "labels"
+    # label-only attacks run the whole budget (stop_at_eps=False), so their batch stays full too
+    extra = {"stop_at_eps": False} if labels else {}
+    attack = make_attack(name, eps=eps, norm="linf", seed=seed, **extra)
+    oracle = CallCountingOracle(model, budget=budget, output="labels" if labels else "probs")
     with forward_seconds(model) as in_model:
         start = clock()
         result = attack(oracle, x, y)
