@@ -27,6 +27,7 @@ HopSkipJump as published (Chen, Jordan, Wainwright 2020).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import time
 import warnings
@@ -140,10 +141,8 @@ def strength(name, wrapper, x, y, eps, norm, budget):
     start = time.perf_counter()
     for i in range(len(y)):
         wrapper.reset(x[i : i + 1], y[i : i + 1], eps, norm, budget)
-        try:
+        with contextlib.suppress(Stop):
             PEERS[name](wrapper, x[i : i + 1], y[i : i + 1], eps, norm, budget, seed=i)
-        except Stop:
-            pass
         out.append((wrapper.first is not None, wrapper.first or 0, wrapper.best))
     return out, time.perf_counter() - start
 
@@ -152,14 +151,12 @@ def throughput(name, wrapper, x, y, eps, norm, per_image: int) -> float:
     """Forwarded images / s of `name` attacking all images in its own batching."""
     wrapper.reset(budget=per_image * len(y), stop_at_success=False)
     start = time.perf_counter()
-    try:
+    with contextlib.suppress(Stop):
         if name == "rnd":
             attack = make_attack("hsja", eps=eps, norm=norm, seed=0, stop_at_eps=False)
             attack(Oracle(wrapper, output="labels", budget=per_image), x, y)
         else:
             PEERS[name](wrapper, x, y, eps, norm, None)
-    except Stop:
-        pass
     return wrapper.count / (time.perf_counter() - start)
 
 
@@ -212,10 +209,11 @@ def main() -> None:
             dist = torch.tensor([r[2] for r in rows]).sort().values
             med_d = float(dist[(len(dist) - 1) // 2] + dist[len(dist) // 2]) / 2
             rate = throughput(name, wrapper, x, y, eps, norm, args.throughput_budget)
+            mean_q = float(q.mean()) if q.numel() else math.nan
+            median_q = float(q.median()) if q.numel() else math.nan
             print(
                 f"{norm:<6}{eps:>5g}  {name:<9}{100 * float((~ok).float().mean()):>7.1f}"
-                f"{float(q.mean()) if q.numel() else math.nan:>9.0f}"
-                f"{float(q.median()) if q.numel() else math.nan:>9.0f}{med_d:>12.3f}{rate:>8.0f}{secs:>11.0f}",
+                f"{mean_q:>9.0f}{median_q:>9.0f}{med_d:>12.3f}{rate:>8.0f}{secs:>11.0f}",
                 flush=True,
             )
 
