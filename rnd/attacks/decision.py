@@ -159,6 +159,7 @@ class DecisionAttack(QueryAttack[DS]):
         if todo.numel():
             self.start(state, todo)
         state.done |= ~state.dist.isfinite()  # no adversarial start within the budget: failed
+        state.done |= state.dist == 0  # the clean image is (observed) adversarial: nothing to shrink
         self.after_step(state)
 
     def start(self, state: DS, rows: torch.Tensor) -> None:
