@@ -156,6 +156,11 @@ def test_strings_and_booleans_are_refused(name, kwargs, msg):
         make_attack(name, **{"eps": 0.1, **kwargs})
 
 
+def oracle_for(attack, model, **kwargs):
+    """An oracle answering what `attack` works from: scores, or labels for a label-only attack."""
+    return Oracle(model, output="labels" if attack.feedback == "labels" else "probs", **kwargs)
+
+
 def _norms():
     return [(name, norm) for name in sorted(ATTACKS) for norm in ATTACKS[name].norms]
 
@@ -167,7 +172,9 @@ def test_no_attack_touches_the_global_rng(tiny_model, attack_batch, name, norm):
     x, y = attack_batch
     for seed in (0, None):
         attack = make_attack(name, eps=0.1 if norm == "linf" else 1.0, norm=norm, seed=seed)
-        oracle = Oracle(RandomNoiseDefense(tiny_model, nu=0.02, seed=0), budget=3 * attack.step_cost + 1)
+        oracle = oracle_for(
+            attack, RandomNoiseDefense(tiny_model, nu=0.02, seed=0), budget=3 * attack.step_cost + 1
+        )
         torch.manual_seed(1)
         state = torch.get_rng_state()
         attack(oracle, x[:3], y[:3])
@@ -185,10 +192,12 @@ def test_adaptive_attacker_uses_max_mu_ratio_nu_against_an_rnd_oracle(
     x, y = attack_batch
     attack = make_attack(name, eps=0.1, mu=mu, mu_nu_ratio=ratio, seed=0)
     budget = attack.step_cost + 1
-    defended = attack(Oracle(RandomNoiseDefense(tiny_model, nu=nu, seed=0), budget=budget), x[:2], y[:2])
+    defended = attack(
+        oracle_for(attack, RandomNoiseDefense(tiny_model, nu=nu, seed=0), budget=budget), x[:2], y[:2]
+    )
     expected = mu if ratio is None else max(mu, ratio * nu)
     assert defended.params["mu_used"] == pytest.approx(expected)
-    plain = attack(Oracle(tiny_model, budget=budget), x[:2], y[:2])
+    plain = attack(oracle_for(attack, tiny_model, budget=budget), x[:2], y[:2])
     assert plain.params["mu_used"] == pytest.approx(mu)
 
 
@@ -200,10 +209,10 @@ def test_smallest_budget_runs_and_one_less_is_refused_clearly(tiny_model, attack
     x, y = attack_batch
     attack = make_attack(name, eps=0.1 if norm == "linf" else 1.0, norm=norm, eot=eot, seed=0)
     assert attack.min_budget >= attack.init_cost >= eot and attack.min_budget >= attack.step_cost
-    oracle = Oracle(tiny_model, budget=attack.min_budget)
+    oracle = oracle_for(attack, tiny_model, budget=attack.min_budget)
     result = attack(oracle, x[:4], y[:4])
     assert int(result.queries.max()) <= attack.min_budget
-    short = Oracle(tiny_model, budget=attack.min_budget - 1)
+    short = oracle_for(attack, tiny_model, budget=attack.min_budget - 1)
     with pytest.raises(InputError, match=rf"{name} needs {attack.min_budget} queries .*raise the budget"):
         attack(short, x[:4], y[:4])
     assert int(short.counts.sum()) == 0
