@@ -8,6 +8,7 @@ from typing import Any
 from rnd.attacks.bandits import Bandits
 from rnd.attacks.base import AttackResult, AttackState, QueryAttack
 from rnd.attacks.decision import DecisionAttack
+from rnd.attacks.geoda import GeoDA
 from rnd.attacks.hsja import HopSkipJump
 from rnd.attacks.nes import NES
 from rnd.attacks.parsimonious import Parsimonious
@@ -31,7 +32,7 @@ SCORE_ATTACKS: tuple[type[QueryAttack], ...] = (
     SignHunter,
 )
 #: Label-only attacks (the oracle answers labels only).
-DECISION_ATTACKS: tuple[type[QueryAttack], ...] = (HopSkipJump, RayS, SignFlip)
+DECISION_ATTACKS: tuple[type[QueryAttack], ...] = (HopSkipJump, GeoDA, RayS, SignFlip)
 ATTACKS: dict[str, type[QueryAttack]] = {cls.name: cls for cls in SCORE_ATTACKS + DECISION_ATTACKS}
 
 
@@ -51,6 +52,7 @@ __all__ = [
     "AttackState",
     "Bandits",
     "DecisionAttack",
+    "GeoDA",
     "HopSkipJump",
     "Parsimonious",
     "QueryAttack",

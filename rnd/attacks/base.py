@@ -305,7 +305,9 @@ class QueryAttack(ABC, Generic[S]):
         return torch.randint(low, high, tuple(shape), generator=self.generator)
 
 
-def box_fill(x0: torch.Tensor, delta: torch.Tensor, norm: float, iterations: int = 12) -> torch.Tensor:
+def box_fill(
+    x0: torch.Tensor, delta: torch.Tensor, norm: float | torch.Tensor, iterations: int = 12
+) -> torch.Tensor:
     """Rescale each row of `delta` to l_2 norm `norm` inside the [0, 1] box around `x0`.
 
     Returns sign(delta) * min(k |delta|, room) with room the distance from x0 to the box face in
