@@ -308,7 +308,8 @@ class QueryAttack(ABC, Generic[S]):
 def box_fill(
     x0: torch.Tensor, delta: torch.Tensor, norm: float | torch.Tensor, iterations: int = 12
 ) -> torch.Tensor:
-    """Rescale each row of `delta` to l_2 norm `norm` inside the [0, 1] box around `x0`.
+    """Rescale each row of `delta` to l_2 norm `norm` (a number, or an (N, 1) tensor of one per row)
+    inside the [0, 1] box around `x0`.
 
     Returns sign(delta) * min(k |delta|, room) with room the distance from x0 to the box face in
     the direction of delta, and the scale k chosen per row so that the l_2 norm is `norm` (or the
