@@ -12,6 +12,7 @@ from rnd.attacks.geoda import GeoDA
 from rnd.attacks.hsja import HopSkipJump
 from rnd.attacks.nes import NES
 from rnd.attacks.parsimonious import Parsimonious
+from rnd.attacks.psj import PopSkipJump
 from rnd.attacks.rays import RayS
 from rnd.attacks.score import ScoreAttack
 from rnd.attacks.sign_flip import SignFlip
@@ -32,7 +33,7 @@ SCORE_ATTACKS: tuple[type[QueryAttack], ...] = (
     SignHunter,
 )
 #: Label-only attacks (the oracle answers labels only).
-DECISION_ATTACKS: tuple[type[QueryAttack], ...] = (HopSkipJump, GeoDA, RayS, SignFlip)
+DECISION_ATTACKS: tuple[type[QueryAttack], ...] = (HopSkipJump, PopSkipJump, GeoDA, RayS, SignFlip)
 ATTACKS: dict[str, type[QueryAttack]] = {cls.name: cls for cls in SCORE_ATTACKS + DECISION_ATTACKS}
 
 
@@ -55,6 +56,7 @@ __all__ = [
     "GeoDA",
     "HopSkipJump",
     "Parsimonious",
+    "PopSkipJump",
     "QueryAttack",
     "RayS",
     "ScoreAttack",
