@@ -16,6 +16,7 @@ from rnd.attacks.psj import PopSkipJump
 from rnd.attacks.rays import RayS
 from rnd.attacks.score import ScoreAttack
 from rnd.attacks.sign_flip import SignFlip
+from rnd.attacks.sign_opt import SignOPT
 from rnd.attacks.signhunter import SignHunter
 from rnd.attacks.simba import SimBA
 from rnd.attacks.square import Square
@@ -33,7 +34,14 @@ SCORE_ATTACKS: tuple[type[QueryAttack], ...] = (
     SignHunter,
 )
 #: Label-only attacks (the oracle answers labels only).
-DECISION_ATTACKS: tuple[type[QueryAttack], ...] = (HopSkipJump, PopSkipJump, GeoDA, RayS, SignFlip)
+DECISION_ATTACKS: tuple[type[QueryAttack], ...] = (
+    HopSkipJump,
+    PopSkipJump,
+    SignOPT,
+    GeoDA,
+    RayS,
+    SignFlip,
+)
 ATTACKS: dict[str, type[QueryAttack]] = {cls.name: cls for cls in SCORE_ATTACKS + DECISION_ATTACKS}
 
 
@@ -62,6 +70,7 @@ __all__ = [
     "ScoreAttack",
     "SignFlip",
     "SignHunter",
+    "SignOPT",
     "SimBA",
     "Square",
     "ZOSignSGD",
