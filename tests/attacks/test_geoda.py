@@ -9,6 +9,8 @@ from rnd.attacks.simba import dct_matrix
 from rnd.errors import InputError
 from tests.attacks.decision_helpers import check_batch_independent, run_decision
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def test_probe_subspace_is_low_frequency():
     assert default_sub_dim(32) == 10 and default_sub_dim(28) == 9 and default_sub_dim(2) == 1

@@ -7,15 +7,7 @@ from rnd.attacks.hsja import HopSkipJump, along, halvings
 from tests.attacks.decision_helpers import check_batch_independent, run_decision
 from tests.attacks.test_decision import LineSearch
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Label-only attacks forward many small batches, which two threads slow down tenfold on a
-    loaded two-core machine; restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 EPS = {"l2": 4.5, "linf": 0.35}  # easy: most of the tiny model's images are within these in 1,000 queries

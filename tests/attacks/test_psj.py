@@ -7,16 +7,9 @@ from rnd.attacks.psj import PopSkipJump, contradicted, p_adv, quantile
 from rnd.errors import InputError
 from tests.attacks.decision_helpers import check_batch_independent, run_decision
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 EPS = {"l2": 4.5, "linf": 0.35}  # easy for the tiny model (see test_hsja)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Many small forwards: one thread is ten times faster than two on a loaded two-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def truly_adversarial(model, res, x, y, eps: float, nu: float) -> tuple[float, float]:

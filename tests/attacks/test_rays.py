@@ -6,15 +6,7 @@ from rnd.attacks.rays import RayS
 from rnd.errors import InputError
 from tests.attacks.decision_helpers import check_batch_independent, run_decision
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Label-only attacks forward many small batches: one thread is faster (and much faster when
-    another process holds a core)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_shrinks_and_succeeds(tiny_model, attack_batch):

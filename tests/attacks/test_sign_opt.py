@@ -5,6 +5,8 @@ from rnd.attacks.sign_opt import SignOPT, unit
 from rnd.errors import InputError
 from tests.attacks.decision_helpers import check_batch_independent, run_decision
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 # small probe counts keep the file fast on 2 cores; the defaults are checked in test_defaults
 FAST = {"k": 20, "n_init": 10}
 
