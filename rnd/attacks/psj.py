@@ -171,9 +171,8 @@ class PopSkipJump(HopSkipJump):
         tg = lo[:, None] + (hi - lo)[:, None] * (torch.arange(g) + 0.5) / g
         s = torch.tensor(WIDTHS).view(1, 1, 1, -1)
         p = p_adv(ts[:, :, None, None], tg[:, None, :, None], s, self.floor)
-        y = ys[:, :, None, None]
-        ll = (y * p.log() + (1 - y) * (1 - p).log()) * seen[:, :, None, None]
-        logp = ll.sum(1)
+        like = torch.where(ys[:, :, None, None] > 0, p, 1 - p)  # one log per answer, not two
+        logp = (like.log() * seen[:, :, None, None]).sum(1)
         post = (logp - logp.flatten(1).amax(1).view(-1, 1, 1)).exp()
         return post / post.sum((1, 2), keepdim=True), tg
 
@@ -190,7 +189,8 @@ class PopSkipJump(HopSkipJump):
         tol = self.theta(x0[0].numel()) if self.line_tol is None else self.line_tol
         live = torch.ones(n, dtype=torch.bool)  # a row that stops stays stopped (batch-independent)
         for q in range(self.line_queries + 1):
-            post, tg = self.posterior(lo, hi, ts, ys, seen)
+            k = q + 2  # answers so far fill the first k columns: the rest add nothing
+            post, tg = self.posterior(lo, hi, ts[:, :k], ys[:, :k], seen[:, :k])
             for _ in range(3):  # zoom in where the posterior has gathered
                 marg = post.sum(2)
                 a, b = quantile(tg, marg, 0.005), quantile(tg, marg, 0.995)
@@ -201,7 +201,7 @@ class PopSkipJump(HopSkipJump):
                 span = b - a + cell
                 lo = torch.where(narrow, (a - span).clamp_min(0.0), lo)
                 hi = torch.where(narrow, (b + span).clamp(max=1.0), hi)
-                post, tg = self.posterior(lo, hi, ts, ys, seen)
+                post, tg = self.posterior(lo, hi, ts[:, :k], ys[:, :k], seen[:, :k])
             marg = post.sum(2)
             width = quantile(tg, marg, 0.9) - quantile(tg, marg, 0.1)
             if q == self.line_queries:
