@@ -99,3 +99,27 @@ def test_oracle_family_checks(tiny_model, attack_batch):
         Square(eps=0.1)(Oracle(tiny_model, output="labels", budget=30), x, y)
     with pytest.raises(InputError, match="to start"):
         LineSearch(eps=0.2, eot=3)(Oracle(tiny_model, output="labels", budget=5), x, y)
+
+
+@pytest.fixture(scope="module")
+def batch32(tiny_model, fmnist_test):
+    from rnd.evaluation import correctly_classified
+
+    return fmnist_test.get(correctly_classified(tiny_model, fmnist_test, 32))
+
+
+def _decision_norms():
+    from rnd.attacks import DECISION_ATTACKS
+
+    return [(cls.name, norm) for cls in DECISION_ATTACKS for norm in cls.norms]
+
+
+@pytest.mark.parametrize(("name", "norm"), _decision_norms())
+def test_every_label_only_attack_is_batch_independent_1_vs_32(tiny_model, batch32, one_thread, name, norm):
+    """The same 32 images in one batch of 32 and in 32 batches of 1: equal queries, successes and
+    distances (per-image generators; every stage masks per image)."""
+    from rnd.attacks import make_attack
+
+    x, y = batch32
+    eps = 0.2 if norm == "linf" else 2.5
+    check_batch_independent(lambda: make_attack(name, eps=eps, norm=norm, seed=7), tiny_model, x, y, 60)
