@@ -13,7 +13,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_probe_subspace_is_low_frequency():
-    assert default_sub_dim(32) == 10 and default_sub_dim(28) == 9 and default_sub_dim(2) == 1
+    assert default_sub_dim(32) == 10 and default_sub_dim(28) == 20 and default_sub_dim(2) == 1
     dh, dw = subspace_basis(28, 28, 9, 9)
     torch.testing.assert_close(dh @ dh.T, torch.eye(9), atol=1e-5, rtol=0)
     z = torch.randn(50, 1, 9, 9)
@@ -43,14 +43,16 @@ def test_probe_schedule_grows_within_budget():
 @pytest.mark.parametrize(("norm", "eps", "rate"), [("l2", 4.0, 0.65), ("linf", 0.3, 0.8)])
 def test_shrinks_and_succeeds(tiny_model, attack_batch, norm, eps, rate):
     x, y = attack_batch
-    res = run_decision(GeoDA(eps=eps, norm=norm, seed=0), tiny_model, x, y, 300)
+    # sub_dim 9: the small subspace converges fastest at a few hundred queries (the default, 20 at
+    # 28 x 28, is the best at 10,000)
+    res = run_decision(GeoDA(eps=eps, norm=norm, seed=0, sub_dim=9), tiny_model, x, y, 300)
     assert float(res.success.float().mean()) >= rate
     curve = res.distance_curve()
     assert curve[-1][0] == 300 and curve[-1][1] < 0.5 * curve[0][1]
     # the iterations after the start shrink the distance (not only the first binary search)
-    long = run_decision(GeoDA(eps=eps, norm=norm, seed=0, stop_at_eps=False), tiny_model, x[:6], y[:6], 200)
+    long = run_decision(GeoDA(eps=eps, norm=norm, seed=0, stop_at_eps=False), tiny_model, x[:6], y[:6], 300)
     at = dict(long.distance_curve())
-    assert at[200] < 0.7 * at[50]
+    assert at[300] < 0.7 * at[50]
 
 
 def test_budget_never_exceeded(tiny_model, attack_batch):
