@@ -1,6 +1,7 @@
 """HopSkipJump side by side: rnd's, ART's and foolbox's, on one model, images, eps and budget.
 
     python bench/decision_peers.py [--images 50] [--budget 10000] [--norm l2 --norm linf] [--threads 1]
+        [--part both|strength|throughput]
 
 Needs the bench extra (`pip install -e '.[bench]'`: adversarial-robustness-toolbox, foolbox).
 
@@ -180,6 +181,7 @@ def main() -> None:
     p.add_argument("--peer", action="append", choices=tuple(PEERS), default=None)
     p.add_argument("--throughput-budget", type=int, default=500, help="queries per image, throughput run")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--part", choices=("both", "strength", "throughput"), default="both")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
@@ -203,16 +205,20 @@ def main() -> None:
     for norm in args.norm or ["l2", "linf"]:
         eps = args.eps_l2 if norm == "l2" else args.eps_linf
         for name in peers:
-            rows, secs = strength(name, wrapper, x, y, eps, norm, args.budget)
-            ok = torch.tensor([r[0] for r in rows])
-            q = torch.tensor([float(r[1]) for r in rows])[ok]
-            dist = torch.tensor([r[2] for r in rows]).sort().values
-            med_d = float(dist[(len(dist) - 1) // 2] + dist[len(dist) // 2]) / 2
-            rate = throughput(name, wrapper, x, y, eps, norm, args.throughput_budget)
-            mean_q = float(q.mean()) if q.numel() else math.nan
-            median_q = float(q.median()) if q.numel() else math.nan
+            fail = mean_q = median_q = med_d = rate = secs = math.nan
+            if args.part != "throughput":
+                rows, secs = strength(name, wrapper, x, y, eps, norm, args.budget)
+                ok = torch.tensor([r[0] for r in rows])
+                q = torch.tensor([float(r[1]) for r in rows])[ok]
+                dist = torch.tensor([r[2] for r in rows]).sort().values
+                med_d = float(dist[(len(dist) - 1) // 2] + dist[len(dist) // 2]) / 2
+                fail = 100 * float((~ok).float().mean())
+                mean_q = float(q.mean()) if q.numel() else math.nan
+                median_q = float(q.median()) if q.numel() else math.nan
+            if args.part != "strength":
+                rate = throughput(name, wrapper, x, y, eps, norm, args.throughput_budget)
             print(
-                f"{norm:<6}{eps:>5g}  {name:<9}{100 * float((~ok).float().mean()):>7.1f}"
+                f"{norm:<6}{eps:>5g}  {name:<9}{fail:>7.1f}"
                 f"{mean_q:>9.0f}{median_q:>9.0f}{med_d:>12.3f}{rate:>8.0f}{secs:>11.0f}",
                 flush=True,
             )
