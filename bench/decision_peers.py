@@ -15,9 +15,9 @@ That is generous to the references (a probe they did not notice still counts) an
 all three. The wrapper stops a run at the first success or when the budget is spent.
 
 Throughput: each implementation attacks all images in its own batching (rnd and foolbox: one
-lock-step batch; ART: its loop over images, probes batched by `batch_size`) until it has forwarded
-`--throughput-budget` images per image; forwarded images / s, beside plain forwards of the model
-at batch 100 in the same run.
+lock-step batch; ART: one call per image, its probes batched by `batch_size`), `--throughput-budget`
+queries per image; forwarded images / s, beside plain forwards of the model at batch 100 in the
+same run.
 
 Settings: rnd's defaults; ART: max_eval 10000, init_eval 100, init_size 100, max_iter unbounded
 (the wrapper stops it); foolbox: initial_gradient_eval_steps 100, max_gradient_eval_steps 10000,
@@ -149,9 +149,19 @@ def strength(name, wrapper, x, y, eps, norm, budget):
 
 
 def throughput(name, wrapper, x, y, eps, norm, per_image: int) -> float:
-    """Forwarded images / s of `name` attacking all images in its own batching."""
+    """Forwarded images / s of `name` attacking all images in its own batching, `per_image`
+    queries each: rnd and foolbox attack the whole batch in lock-step (foolbox stopped when the
+    batch has spent per_image x images); ART loops over the images itself, so it gets one call per
+    image, stopped at per_image (one call on all images would spend the whole quota on the first)."""
+    total, start = 0, time.perf_counter()
+    if name == "art":
+        for i in range(len(y)):
+            wrapper.reset(budget=per_image, stop_at_success=False)
+            with contextlib.suppress(Stop):
+                run_art(wrapper, x[i : i + 1], y[i : i + 1], eps, norm, None, seed=i)
+            total += wrapper.count
+        return total / (time.perf_counter() - start)
     wrapper.reset(budget=per_image * len(y), stop_at_success=False)
-    start = time.perf_counter()
     with contextlib.suppress(Stop):
         if name == "rnd":
             attack = make_attack("hsja", eps=eps, norm=norm, seed=0, stop_at_eps=False)
