@@ -452,13 +452,13 @@ def write_report(db: str | Path, out: str | Path) -> Report:
                 )
         md.append("")
     for key, rs in sorted(distance_groups(points).items()):
-        model, norm, eps, budget, _images = key
-        name = f"distance_{_slug(model, norm, f'eps{eps:g}', f'q{budget}')}.png"
+        model, norm, eps, budget, images = key
+        name = f"distance_{_slug(model, norm, f'eps{eps:g}', f'q{budget}', f'n{images}')}.png"
         plot_distances(key, rs, out / name)
         report.figures.append(name)
         marks = sorted({budget // 10, budget // 2, budget} - {0})
         md += [
-            f"## Label-only attacks: median {norm} distance against queries on {model}",
+            f"## Label-only attacks: median {norm} distance against queries on {model} ({images} images)",
             "",
             f"![distance {norm}]({name})",
             "",

@@ -114,7 +114,7 @@ def test_label_only_distance_figure_and_table(tmp_path):
     (fig,) = [n for n in report.figures if n.startswith("distance_")]
     assert (out / fig).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = report.markdown
-    assert "median l2 distance against queries on std" in md
+    assert "median l2 distance against queries on std (4 images)" in md
     # medians at 100 / 500 / 1000 queries; the final medians in the full table (1.5 and 3.0)
     assert "| hsja | none | 1 | 50.0 | 50.0 | 50.0 | 3.000 | 2.000 | 1.500 |" in md
     assert "| hsja | RND nu=0.02 | 1 | 75.0 | 75.0 | 75.0 | 6.000 | 4.000 | 3.000 |" in md
