@@ -269,7 +269,8 @@ def plot_distances(key: tuple, rs: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     model, norm, eps, budget, images = key
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    cols = 1 + len(rs) // 18  # legend columns beside the plot
+    fig, ax = plt.subplots(figsize=(6.0 + 2.4 * cols, 4.2))
     for r in rs:
         pts = [(q, d) for q, d in r["distance_curve"] if math.isfinite(d)]
         if pts:
@@ -279,9 +280,9 @@ def plot_distances(key: tuple, rs: list[dict[str, Any]], path: Path) -> None:
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("queries per image")
-    ax.set_ylabel(f"median {norm} distance of the best adversarial point")
+    ax.set_ylabel(f"median {norm} distance (best adversarial point)")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=cols)
     ax.set_title(f"label-only attacks on {model} ({images} images, {budget} queries)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
