@@ -383,7 +383,7 @@ def run_attack(
     type=click.Choice(["probs", "logits", "topk"]),
     default="probs",
     show_default=True,
-    help="what the oracle reveals",
+    help="what the oracle reveals to score attacks (label-only attacks always get labels only)",
 )
 @click.option(
     "--param",
