@@ -170,3 +170,21 @@ def test_a_directory_is_not_a_missing_config(tmp_path):
         load_config(tmp_path)
     assert "is a directory" in str(info.value) and "not found" not in str(info.value)
     assert "give the path of a TOML file" in str(info.value)
+
+
+def test_every_paper_config_is_valid(tiny_model, tmp_path):
+    """configs/paper/*.toml parse and pass every check (their checkpoints pointed at a test one)."""
+    import re
+    from pathlib import Path
+
+    from rnd.evaluation.config import parse_config
+    from rnd.models import save_checkpoint
+
+    save_checkpoint(tiny_model, tmp_path / "ck", dataset="fashion-mnist")
+    configs = sorted((Path(__file__).parents[2] / "configs" / "paper").glob("*.toml"))
+    assert any(p.name == "decision.toml" for p in configs)
+    for path in configs:
+        ours = f'checkpoint = "{tmp_path / "ck"}"'
+        text = re.sub(r'^checkpoint = ".*"$', ours, path.read_text(), flags=re.M)
+        cfg = parse_config(text, base=tmp_path, path=str(path))
+        assert cfg.attacks and cfg.models, path.name
