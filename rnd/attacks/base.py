@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rnd._checks import check_bool, check_images, check_int, check_labels, check_positive
-from rnd.defense import entropy_seed
+from rnd._rng import entropy_seed
 from rnd.errors import InputError
 from rnd.oracle import QueryOracle
 

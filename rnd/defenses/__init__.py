@@ -1,0 +1,34 @@
+"""Defenses: one file per defense on `Defense`, a registry, and one constructor `build_defense`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from rnd.defenses.base import Defense, DefenseSpec
+from rnd.defenses.input_noise import RandomNoiseDefense
+from rnd.defenses.none import NoDefense
+from rnd.errors import InputError, unknown_name
+
+DEFENSES: dict[str, type[Defense]] = {cls.name: cls for cls in (NoDefense, RandomNoiseDefense)}
+
+
+def build_defense(spec: str | DefenseSpec, model: nn.Module, seed: int | None = None) -> Defense:
+    """The defense `spec` (a `DefenseSpec` or its text, e.g. "rnd:nu=0.02", "none") around `model`.
+    `seed` seeds a randomised defense's own generator (OS entropy when None)."""
+    s = DefenseSpec.parse(spec) if isinstance(spec, str) else spec
+    if s.name not in DEFENSES:
+        raise unknown_name("defense", s.name, list(DEFENSES))
+    cls = DEFENSES[s.name]
+    kwargs: dict[str, Any] = dict(s.params)
+    if cls.randomised:
+        kwargs["seed"] = seed
+    try:
+        return cls(model, **kwargs)
+    except TypeError as exc:
+        known = ", ".join(cls.public) or "(none)"
+        raise InputError(f"defense {s}: {exc}; its parameters are: {known}") from None
+
+
+__all__ = ["DEFENSES", "Defense", "DefenseSpec", "NoDefense", "RandomNoiseDefense", "build_defense"]
