@@ -165,7 +165,6 @@ class GeoDA(DecisionAttack[GeoDAState]):
         self._schedule = probe_schedule(self.oracle.budget // self.eot, self.lam)
         super().init(state)
         state.normal = torch.zeros_like(state.x0)
-        state.done |= state.dist == 0  # misclassified already: nothing to shrink
         rows = (self.active(state) & state.dist.isfinite()).nonzero().flatten()
         if rows.numel():
             x0, xa = state.x0[rows], state.x[rows]

@@ -146,7 +146,6 @@ class HopSkipJump(DecisionAttack[HopSkipJumpState]):
         n = state.x0.shape[0]
         state.it = torch.ones(n, dtype=torch.int64)
         state.xb, state.db = state.x.clone(), state.dist.clone()
-        state.done |= state.dist <= 0  # the clean image is adversarial: nothing to shrink
         rows = (self.active(state) & state.dist.isfinite() & (state.dist > 0)).nonzero().flatten()
         if rows.numel():
             self.initial_search(state, rows)

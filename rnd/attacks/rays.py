@@ -78,7 +78,6 @@ class RayS(DecisionAttack[RaySState]):
         state.stage = torch.zeros(n, dtype=torch.long)
         state.block = torch.zeros(n, dtype=torch.long)
         super().init(state)
-        state.done |= state.dist == 0  # the clean image is adversarial: nothing to shrink
 
     def start(self, state: RaySState, rows: torch.Tensor) -> None:
         """The all-ones ray (its corner, then a binary search), then block flips at the corner

@@ -89,7 +89,6 @@ class SignFlip(DecisionAttack[SignFlipState]):
         state.proj_kept = torch.zeros(n)
         state.flip_kept = torch.zeros(n)
         state.steps = torch.zeros(n, dtype=torch.long)
-        state.done |= state.dist == 0  # the clean image is adversarial: nothing to shrink
         rows = (state.dist.isfinite() & (state.dist > 0)).nonzero().flatten()
         if rows.numel():
             x0, xa = state.x0[rows], state.x[rows]

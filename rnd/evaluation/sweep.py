@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from rnd.attacks.base import median as median_of
 from rnd.errors import ConfigError, InputError, RndError
 
 SEED_SALT_DEFENSE = "defense"
@@ -143,7 +144,6 @@ def summarize_rows(
 ) -> CellSummary:
     """The three failure rates and the query statistics of successes, from per-image rows (and the
     median distance, for label-only attacks)."""
-    from rnd.attacks.base import median as median_of
 
     n = len(rows)
 

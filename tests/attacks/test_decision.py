@@ -123,3 +123,17 @@ def test_every_label_only_attack_is_batch_independent_1_vs_32(tiny_model, batch3
     x, y = batch32
     eps = 0.2 if norm == "linf" else 2.5
     check_batch_independent(lambda: make_attack(name, eps=eps, norm=norm, seed=7), tiny_model, x, y, 60)
+
+
+@pytest.mark.parametrize(("name", "norm"), _decision_norms())
+def test_an_image_already_misclassified_costs_one_decision(tiny_model, fmnist_test, one_thread, name, norm):
+    """Distance 0 from the first query: the image stops there, even with stop_at_eps=False."""
+    from rnd.attacks import make_attack
+
+    x, y = fmnist_test.get(torch.arange(200))
+    with torch.no_grad():
+        wrong = (tiny_model(x).argmax(1) != y).nonzero().flatten()[:2]
+    eps = 0.1 if norm == "linf" else 1.0
+    attack = make_attack(name, eps=eps, norm=norm, seed=0, stop_at_eps=False, eot=3)
+    res = run_decision(attack, tiny_model, x[wrong], y[wrong], 100)
+    assert res.queries.tolist() == [3, 3] and res.distance.tolist() == [0.0, 0.0]
