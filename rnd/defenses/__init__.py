@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from torch import nn
@@ -16,13 +17,16 @@ DEFENSES: dict[str, type[Defense]] = {cls.name: cls for cls in (NoDefense, Rando
 
 def build_defense(spec: str | DefenseSpec, model: nn.Module, seed: int | None = None) -> Defense:
     """The defense `spec` (a `DefenseSpec` or its text, e.g. "rnd:nu=0.02", "none") around `model`.
-    `seed` seeds a randomised defense's own generator (OS entropy when None)."""
+    `seed` seeds the defense's own generator (a randomised defense's noise, a detector's secret salt;
+    OS entropy when None); it goes to every defense whose constructor takes `seed`."""
     s = DefenseSpec.parse(spec) if isinstance(spec, str) else spec
     if s.name not in DEFENSES:
         raise unknown_name("defense", s.name, list(DEFENSES))
     cls = DEFENSES[s.name]
     kwargs: dict[str, Any] = dict(s.params)
-    if cls.randomised:
+    if "seed" in kwargs:
+        raise InputError(f"defense {s}: the seed is not a spec parameter (it comes from the evaluation)")
+    if "seed" in inspect.signature(cls.__init__).parameters:
         kwargs["seed"] = seed
     try:
         return cls(model, **kwargs)
