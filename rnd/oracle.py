@@ -3,10 +3,16 @@
 Every image forwarded is counted against the id of the source image it was derived from; the count
 is the single source of "queries" in every report. With EOT (Athalye et al. 2018; the paper's
 eq. 13) each query is answered with the mean of M answers and costs M queries.
+
+Refusals: a stateful defense (a detector) refuses a query by answering its row with all-NaN
+logits. The refused query still costs; the attacker sees NaN scores or the label -1 (`REFUSED`), and
+the oracle records per id how many queries were refused and the id's query count at its first
+refusal (`refusals`, `first_refusal`). The oracle never looks at which defense sits behind it.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Literal, Protocol, runtime_checkable
 
@@ -14,11 +20,12 @@ import torch
 from torch import nn
 
 from rnd._checks import IMAGE_DTYPE, RANGE_TOL, check_images, check_int
-from rnd.defense import defense_nu
 from rnd.errors import BudgetExceededError, InputError, unknown_name
 
 Output = Literal["probs", "logits", "topk", "labels"]
 OUTPUTS: tuple[str, ...] = ("probs", "logits", "topk", "labels")
+#: The label an oracle answering labels gives to a refused query.
+REFUSED = -1
 
 
 @runtime_checkable
@@ -115,23 +122,32 @@ class Oracle:
             device = p.device if p is not None else torch.device("cpu")
         self.device = torch.device(device)
         self._counts = torch.zeros(0, dtype=torch.int64)
+        self._refusals = torch.zeros(0, dtype=torch.int64)
+        self._first_refusal = torch.zeros(0, dtype=torch.int64)
         self.forwards = 0  # number of model calls made, for throughput accounting
-
-    @property
-    def nu(self) -> float:
-        """The RND noise level of the model behind the oracle (what an adaptive attacker knows)."""
-        return defense_nu(self.model)
 
     @property
     def counts(self) -> torch.Tensor:
         """Queries counted so far for every allocated id (a copy)."""
         return self._counts.clone()
 
+    @property
+    def refusals(self) -> torch.Tensor:
+        """Refused queries so far for every allocated id (a copy)."""
+        return self._refusals.clone()
+
+    @property
+    def first_refusal(self) -> torch.Tensor:
+        """Per id: its query count when it was first refused (-1: never refused)."""
+        return self._first_refusal.clone()
+
     def new_ids(self, n: int) -> torch.Tensor:
         """Allocate `n` fresh image ids with zero queries."""
         check_int(n, "n", minimum=0)
         start = self._counts.numel()
         self._counts = torch.cat([self._counts, torch.zeros(n, dtype=torch.int64)])
+        self._refusals = torch.cat([self._refusals, torch.zeros(n, dtype=torch.int64)])
+        self._first_refusal = torch.cat([self._first_refusal, torch.full((n,), -1, dtype=torch.int64)])
         return torch.arange(start, start + n)
 
     def counts_of(self, ids: torch.Tensor) -> torch.Tensor:
@@ -186,7 +202,9 @@ class Oracle:
 
         Each row costs `eot` queries (default: the oracle's M). Returns (N, classes) scores, or
         (N,) int64 labels with output="labels". With EOT, scores are the mean of M answers and
-        labels the most frequent of M labels (ties to the smallest class index).
+        labels the most frequent of M labels (ties to the smallest class index). A refused row
+        (see the module docstring) is answered NaN / `REFUSED` and still costs; with EOT, refused
+        repeats are left out of the mean or vote, and the row is refused when all M are.
         """
         m = self.eot if eot is None else check_int(eot, "eot", minimum=1)
         self._check_queries(x)
@@ -204,8 +222,14 @@ class Oracle:
                     f"query would exceed the budget of {self.budget} for ids {bad}; "
                     "check Oracle.remaining(ids) before querying"
                 )
-        answers = self._answer(x, m)
+        answers, refused = self._answer(x, m)
         counts += cost
+        if bool(refused.any()):
+            hit = torch.bincount(ids[refused] - lo, minlength=hi - lo + 1)
+            self._refusals[lo : hi + 1] += hit
+            first = self._first_refusal[lo : hi + 1]
+            new = (hit > 0) & (first < 0)
+            first[new] = counts[new]
         return answers
 
     @torch.inference_mode()
@@ -221,7 +245,8 @@ class Oracle:
             self.forwards += 1
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 
-    def _answer(self, x: torch.Tensor, m: int) -> torch.Tensor:
+    def _answer(self, x: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(answers, refused row mask)."""
         n = x.shape[0]
         xm = x if m == 1 else x.repeat_interleave(m, dim=0)
         logits = self._forward(xm).cpu()
@@ -229,6 +254,25 @@ class Oracle:
             raise InputError(
                 f"model returned shape {tuple(logits.shape)}, expected ({n * m}, {self.num_classes})"
             )
+        nan = logits.isnan()
+        if not bool(nan.any()):
+            return self._scores_or_labels(logits, n, m), torch.zeros(n, dtype=torch.bool)
+        refused_m = nan.all(1)
+        refused = refused_m.view(n, m).all(1)
+        if m == 1 or self.output != "labels":
+            out = self._scores_or_labels(logits, n, m, refused_m)
+        else:
+            labels = logits.argmax(1)
+            votes = torch.zeros(n, self.num_classes)
+            votes.scatter_add_(1, labels.view(n, m), (~refused_m).float().view(n, m))
+            out = votes.argmax(1)
+        if self.output == "labels":
+            return torch.where(refused, REFUSED, out), refused
+        return torch.where(refused[:, None], math.nan, out), refused
+
+    def _scores_or_labels(
+        self, logits: torch.Tensor, n: int, m: int, refused_m: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if self.output == "labels":
             labels = logits.argmax(1)
             if m == 1:
@@ -244,4 +288,8 @@ class Oracle:
                 k = min(self.k, self.num_classes)
                 top = scores.topk(k, dim=1).indices
                 scores = torch.zeros_like(scores).scatter_(1, top, scores.gather(1, top))
-        return scores if m == 1 else scores.view(n, m, -1).mean(1)
+        if m == 1:
+            return scores
+        if refused_m is None:
+            return scores.view(n, m, -1).mean(1)
+        return scores.view(n, m, -1).nanmean(1)  # refused repeats left out; all refused: NaN

@@ -1,8 +1,11 @@
+import math
+
 import pytest
 import torch
 
 from rnd import Oracle, RandomNoiseDefense
 from rnd.errors import BudgetExceededError, InputError, UnknownNameError
+from rnd.oracle import REFUSED
 from tests.conftest import CountingModel
 
 
@@ -151,9 +154,57 @@ def test_bad_configuration(tiny_model):
         Oracle(torch.nn.Linear(3, 2))
 
 
-def test_nu_visible_to_adaptive_attacker(tiny_model):
-    assert Oracle(tiny_model).nu == 0.0
-    assert Oracle(RandomNoiseDefense(tiny_model, nu=0.03)).nu == 0.03
+def test_the_oracle_does_not_tell_the_defense():
+    """What an adaptive attacker knows is passed to it explicitly (attack `assume=`), not read here."""
+    assert not hasattr(Oracle, "nu")
+
+
+class Refusing(torch.nn.Module):
+    """Refuses (all-NaN logits) every row whose first pixel is above 0.5, as a detector would."""
+
+    input_shape = (1, 2, 2)
+    num_classes = 3
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.stack([x.flatten(1).sum(1), -x.flatten(1).sum(1), torch.zeros(len(x))], 1)
+        out[x.flatten(1)[:, 0] > 0.5] = math.nan
+        return out
+
+
+@pytest.mark.parametrize("output", ["probs", "logits", "topk", "labels"])
+def test_refused_queries_cost_and_are_answered_nan_or_minus_one(output):
+    oracle = Oracle(Refusing(), output=output, budget=20)
+    oracle.new_ids(3)
+    x = torch.full((4, 1, 2, 2), 0.25)
+    x[1, 0, 0, 0] = x[3, 0, 0, 0] = 0.9  # rows 1 and 3 are refused; they belong to ids 1 and 2
+    out = oracle.query(x, torch.tensor([0, 1, 2, 2]))
+    assert oracle.counts.tolist() == [1, 1, 2]
+    assert oracle.refusals.tolist() == [0, 1, 1] and oracle.first_refusal.tolist() == [-1, 1, 2]
+    if output == "labels":
+        assert out.tolist() == [0, REFUSED, 0, REFUSED]
+    else:
+        assert bool(out[[1, 3]].isnan().all()) and bool(out[[0, 2]].isfinite().all())
+    oracle.query(x[1:2], torch.tensor([1]))
+    assert oracle.refusals.tolist() == [0, 2, 1] and oracle.first_refusal.tolist() == [-1, 1, 2]
+
+
+def test_refused_repeats_are_left_out_of_eot():
+    """With EOT, a row is refused only when all M repeats are; otherwise the answered ones count."""
+
+    class EveryOther(Refusing):
+        calls = 0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = super().forward(x)
+            out[::2] = math.nan
+            return out
+
+    for output in ("probs", "labels"):
+        oracle = Oracle(EveryOther(), output=output, budget=20, eot=2)
+        ids = oracle.new_ids(1)
+        out = oracle.query(torch.full((1, 1, 2, 2), 0.25), ids)
+        assert oracle.counts.tolist() == [2] and oracle.refusals.tolist() == [0]
+        assert (out.tolist() == [0]) if output == "labels" else bool(out.isfinite().all())
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])

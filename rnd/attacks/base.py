@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Literal, TypeVar, cast
 
@@ -126,7 +127,11 @@ class QueryAttack(ABC, Generic[S]):
             seed's `mu`, the one name a sweep varies across attacks. Default: the attack's paper.
         targeted: if True, `__call__` needs `targets` and success means predicting the target.
         eot: M answers averaged per query (Expectation over Transformation), costing M queries.
-        mu_nu_ratio: adaptive attacker who knows the defense's nu: uses max(mu, ratio * nu).
+        mu_nu_ratio: adaptive attacker who knows the defense's nu: uses max(mu, ratio * nu), nu
+            from `assume`.
+        assume: what the attacker is told about the defense: its public parameters (for RND
+            `{"nu": 0.02, ...}`, what `Defense.public_params()` gives). Passed explicitly, never
+            read from the model behind the oracle; empty: the attacker assumes nothing.
         seed: seed of the attack's own generator (OS entropy when None).
         progress: show a progress bar.
     """
@@ -147,6 +152,7 @@ class QueryAttack(ABC, Generic[S]):
         targeted: bool = False,
         eot: int = 1,
         mu_nu_ratio: float | None = None,
+        assume: Mapping[str, Any] | None = None,
         seed: int | None = None,
         progress: bool = False,
     ) -> None:
@@ -160,6 +166,9 @@ class QueryAttack(ABC, Generic[S]):
         self.targeted = check_bool(targeted, "targeted")
         self.eot = check_int(eot, "eot")
         self.mu_nu_ratio = None if mu_nu_ratio is None else check_positive(mu_nu_ratio, "mu_nu_ratio")
+        if assume is not None and not isinstance(assume, Mapping):
+            raise InputError(f"assume must be a mapping of the defense's public parameters, got {assume!r}")
+        self.assume: dict[str, Any] = dict(assume or {})
         self.seed = entropy_seed() if seed is None else check_int(seed, "seed", minimum=None)
         self.progress = check_bool(progress, "progress")
         self.generator = torch.Generator().manual_seed(self.seed)
@@ -171,6 +180,12 @@ class QueryAttack(ABC, Generic[S]):
         skip = {"generator", "oracle", "progress"}
         out = {k: v for k, v in vars(self).items() if k not in skip and not k.startswith("_")}
         return {"attack": self.name, **out}
+
+    @property
+    def assumed_nu(self) -> float:
+        """The input-noise level the attacker was told (`assume["nu"]`, 0 when not told)."""
+        nu = self.assume.get("nu", 0.0)
+        return float(nu) if isinstance(nu, int | float) and not isinstance(nu, bool) else 0.0
 
     def effective_mu(self, nu: float) -> float:
         """The probe size used against a defense of level `nu` (adaptive attackers scale up)."""
@@ -223,7 +238,7 @@ class QueryAttack(ABC, Generic[S]):
         elif targets is not None:
             raise InputError("targets given to an untargeted attack; pass targeted=True")
         self.oracle = oracle
-        self.cur_mu = self.effective_mu(float(getattr(oracle, "nu", 0.0)))
+        self.cur_mu = self.effective_mu(self.assumed_nu)
         state = cast(S, self.state_type(images.detach().cpu().clone(), labels, targets, oracle.new_ids(n)))
         bar = tqdm(total=n, desc=self.name, disable=not self.progress, unit="img", leave=False)
         try:

@@ -190,7 +190,8 @@ class DecisionAttack(QueryAttack[DS]):
 
     def votes(self, state: DS, x: torch.Tensor, rows: torch.Tensor, m: int) -> torch.Tensor:
         """Query each row of `x` m times (m queries each; rows may repeat an image); return how
-        many answers were adversarial (not the true label, or the target when targeted)."""
+        many answers were adversarial (not the true label, or the target when targeted). A refused
+        query (label `REFUSED`, from a detector) is not evidence of adversariality: it counts no."""
         assert self.oracle is not None
         ids = state.ids[rows]
         if m > 1:
@@ -200,7 +201,7 @@ class DecisionAttack(QueryAttack[DS]):
             assert state.target is not None
             hit = labels == state.target[rows][:, None]
         else:
-            hit = labels != state.y[rows][:, None]
+            hit = (labels != state.y[rows][:, None]) & (labels >= 0)
         return hit.sum(1)
 
     def decide(self, state: DS, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

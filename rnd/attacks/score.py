@@ -88,7 +88,20 @@ class ScoreAttack(QueryAttack[SS]):
     def loss_from_scores(
         self, scores: torch.Tensor, state: ScoreState, rows: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Margin or CE loss (to minimise) and the adversarial flag from the oracle's scores."""
+        """Margin or CE loss (to minimise) and the adversarial flag from the oracle's scores.
+
+        A refused query (all-NaN scores, from a detector) reads as no change: the loss at the current
+        point of its image, and not adversarial."""
+        assert self.oracle is not None
+        refused = scores.isnan().all(1)
+        if bool(refused.any()):
+            loss, adv = self._loss_from_scores(scores.nan_to_num(0.0), state, rows)
+            return torch.where(refused, state.loss[rows], loss), adv & ~refused
+        return self._loss_from_scores(scores, state, rows)
+
+    def _loss_from_scores(
+        self, scores: torch.Tensor, state: ScoreState, rows: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         assert self.oracle is not None
         if self.oracle.output == "logits":
             logp = scores.log_softmax(1)

@@ -184,20 +184,22 @@ def test_no_attack_touches_the_global_rng(tiny_model, attack_batch, name, norm):
 
 @pytest.mark.parametrize("name", sorted(ATTACKS))
 @pytest.mark.parametrize(("mu", "ratio", "nu"), [(0.01, 2.0, 0.03), (0.05, 2.0, 0.01), (0.01, None, 0.03)])
-def test_adaptive_attacker_uses_max_mu_ratio_nu_against_an_rnd_oracle(
+def test_adaptive_attacker_uses_max_mu_ratio_nu_of_what_it_is_told(
     tiny_model, attack_batch, name, mu, ratio, nu
 ):
-    """mu_used = max(mu, ratio * nu), nu read from the oracle's defense; without a ratio, mu; and
-    against an undefended oracle, mu."""
+    """mu_used = max(mu, ratio * nu), nu from what the attacker is told (`assume`, a defense's
+    public parameters); without a ratio, mu; told nothing, mu, even against an RND oracle (the
+    attacker never reads the defense off the model)."""
     x, y = attack_batch
-    attack = make_attack(name, eps=0.1, mu=mu, mu_nu_ratio=ratio, seed=0)
+    defense = RandomNoiseDefense(tiny_model, nu=nu, seed=0)
+    attack = make_attack(name, eps=0.1, mu=mu, mu_nu_ratio=ratio, assume=defense.public_params(), seed=0)
     budget = attack.step_cost + 1
-    defended = attack(
-        oracle_for(attack, RandomNoiseDefense(tiny_model, nu=nu, seed=0), budget=budget), x[:2], y[:2]
-    )
+    defended = attack(oracle_for(attack, defense, budget=budget), x[:2], y[:2])
     expected = mu if ratio is None else max(mu, ratio * nu)
     assert defended.params["mu_used"] == pytest.approx(expected)
-    plain = attack(oracle_for(attack, tiny_model, budget=budget), x[:2], y[:2])
+    assert defended.params["assume"]["nu"] == nu
+    untold = make_attack(name, eps=0.1, mu=mu, mu_nu_ratio=ratio, seed=0)
+    plain = untold(oracle_for(untold, defense, budget=budget), x[:2], y[:2])
     assert plain.params["mu_used"] == pytest.approx(mu)
 
 
