@@ -17,8 +17,22 @@ from rnd.cli.app import json_option, main, progress_option
 from rnd.cli.checks import MAX_COUNT, MAX_IMAGES, FiniteFloat, check_writable_file, count, seed_option
 from rnd.data import load_dataset
 from rnd.data.base import ImageDataset
+from rnd.defenses import DefenseSpec
 from rnd.errors import InputError
-from rnd.evaluation.noise_accuracy import DEFAULT_GRID, calibrate_nu, compare_models, plot_accuracy_vs_nu
+from rnd.evaluation.noise_accuracy import (
+    DEFAULT_GRIDS,
+    RND,
+    Calibration,
+    DefenseCalibration,
+    DropMeasure,
+    ParamDrop,
+    calibrate_defense,
+    calibrate_nu,
+    compare_models,
+    defense_spec,
+    plot_accuracy_vs_nu,
+    with_value,
+)
 from rnd.models import checkpoint_paths, load_checkpoint
 
 
@@ -144,8 +158,26 @@ def accuracy(
         click.echo(f"plot: {plot}")
 
 
+def _grids_help() -> str:
+    return "; ".join(f"{d} {p}: {','.join(f'{v:g}' for v in g)}" for (d, p), g in DEFAULT_GRIDS.items())
+
+
 @main.command()
 @click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option(
+    "--defense",
+    "defense",
+    default="rnd",
+    show_default=True,
+    metavar="NAME[:KEY=VALUE,...]",
+    help="defense to calibrate, with any fixed parameters (e.g. feature-noise:layers=stages)",
+)
+@click.option(
+    "--param",
+    default=None,
+    metavar="NAME",
+    help="its strength parameter to choose [default: nu for rnd / low-confidence, sigma for feature-noise]",
+)
 @click.option(
     "--max-drop",
     type=FiniteFloat(0, 100, min_open=True),
@@ -158,16 +190,17 @@ def accuracy(
     "grid",
     type=FloatList(),
     multiple=True,
-    default=(",".join(f"{v:g}" for v in DEFAULT_GRID),),
-    show_default=True,
-    help="nu values to try: comma-separated and/or the option repeated",
+    default=(),
+    help="values to try: comma-separated and/or the option repeated [default per defense: "
+    + _grids_help()
+    + "]",
 )
 @click.option(
     "--refine",
     type=count(0),
     default=3,
     show_default=True,
-    help="bisection steps between the last nu within budget and the first over it",
+    help="bisection steps between the last value within budget and the first over it",
 )
 @click.option("--draws", type=count(2, MAX_COUNT), default=5, show_default=True)
 @click.option(
@@ -184,6 +217,8 @@ def accuracy(
 @progress_option
 def calibrate(
     checkpoint: Path,
+    defense: str,
+    param: str | None,
     max_drop: float,
     grid: tuple[list[float], ...],
     refine: int,
@@ -195,45 +230,62 @@ def calibrate(
     as_json: bool,
     progress: bool,
 ) -> None:
-    """The largest nu whose clean-accuracy drop stays within --max-drop (upper confidence bound)."""
-    grid = flatten(grid)
-    if any(v <= 0 for v in grid):
-        raise InputError("--grid values must be > 0 (nu = 0 is the clean model); drop the zeros")
+    """The largest strength (RND's nu by default) whose clean-accuracy drop stays within --max-drop
+    (upper confidence bound), and the defense spec to use."""
+    name = defense.partition(":")[0].strip()
+    if param is None:
+        param = next((p for d, p in DEFAULT_GRIDS if d == name), "nu")  # the first gridded one
+    spec = defense_spec(defense, param)
+    values = flatten(grid)
+    if any(v <= 0 for v in values):
+        raise InputError(f"--grid values must be > 0 ({param} = 0 is the clean model); drop the zeros")
+    if not values:
+        if (spec.name, param) not in DEFAULT_GRIDS:
+            raise InputError(f"no default grid for {spec.name} {param}; give --grid values")
+        values = list(DEFAULT_GRIDS[spec.name, param])
     model, meta = load_checkpoint(checkpoint)
     data, idx = _held_out(meta.dataset, images, offset)
+    kwargs = dict(grid=values, refine=refine, draws=draws, confidence=confidence, seed=seed, indices=idx)
     with forward_progress([model], "calibrate", progress):
-        cal = calibrate_nu(
-            model,
-            data,
-            max_drop,
-            grid=grid,
-            refine=refine,
-            draws=draws,
-            confidence=confidence,
-            seed=seed,
-            indices=idx,
-        )
+        if spec == RND and param == "nu":
+            cal: Calibration | DefenseCalibration = calibrate_nu(model, data, max_drop, **kwargs)
+        else:
+            cal = calibrate_defense(model, data, spec, param, max_drop, **kwargs)
     if as_json:
         click.echo(json.dumps(dataclasses.asdict(cal), indent=2))
         return
-    pct = f"{100 * confidence:g} %"
-    click.echo(
-        f"clean accuracy {cal.clean_accuracy:.2f} % on {cal.images} held-out {meta.dataset} test images"
-    )
+    _print_calibration(cal, spec, param, meta.dataset, draws)
+
+
+def _value(m: DropMeasure | ParamDrop) -> float:
+    return m.nu if isinstance(m, DropMeasure) else m.value
+
+
+def _print_calibration(
+    cal: Calibration | DefenseCalibration, spec: DefenseSpec, param: str, dataset: str, draws: int
+) -> None:
+    pct = f"{100 * cal.confidence:g} %"
+    click.echo(f"clean accuracy {cal.clean_accuracy:.2f} % on {cal.images} held-out {dataset} test images")
     if cal.chosen is None:
         first = cal.next_over
+        assert first is not None  # a grid has at least one value: it was measured and exceeded the budget
         click.echo(
-            f"no nu on the grid keeps the drop within {max_drop:g} points: at nu={first.nu:g} the drop is "
-            f"{first.drop:.2f} (upper {pct} bound {first.upper:.2f}); nu = 0 (no RND)"
+            f"no {param} on the grid keeps the drop within {cal.max_drop:g} points: "
+            f"at {param}={_value(first):g} the drop is {first.drop:.2f} "
+            f"(upper {pct} bound {first.upper:.2f}); "
+            f"{param} = 0 (no {'RND' if spec == RND else spec.name})"
         )
         return
     c = cal.chosen
     click.echo(
-        f"nu = {c.nu:.4g}: accuracy {c.accuracy:.2f} %, drop {c.drop:.2f} +- {c.std:.2f} points "
-        f"(upper {pct} bound {c.upper:.2f} <= {max_drop:g}, {draws} draws)"
+        f"{param} = {_value(c):.4g}: accuracy {c.accuracy:.2f} %, drop {c.drop:.2f} +- {c.std:.2f} points "
+        f"(upper {pct} bound {c.upper:.2f} <= {cal.max_drop:g}, {draws} draws)"
     )
     if cal.next_over is not None:
         o = cal.next_over
-        click.echo(f"next nu = {o.nu:.4g} exceeds the budget: drop {o.drop:.2f}, upper bound {o.upper:.2f}")
+        click.echo(
+            f"next {param} = {_value(o):.4g} exceeds the budget: drop {o.drop:.2f}, upper bound {o.upper:.2f}"
+        )
     else:
-        click.echo("every nu on the grid is within budget; extend --grid to go further")
+        click.echo(f"every {param} on the grid is within budget; extend --grid to go further")
+    click.echo(f"spec: {with_value(spec, param, _value(c))}")

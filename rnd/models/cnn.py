@@ -42,3 +42,14 @@ class SmallCNN(Classifier):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
+
+    @property
+    def head(self) -> nn.Linear:
+        return self.body[-1]  # type: ignore[return-value]
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body[:-1](self.normalize(x))
+
+    def feature_layers(self) -> dict[str, str]:
+        """stage1 / stage2: after each conv-ReLU-pool block; penultimate: the hidden dense ReLU."""
+        return {"stage1": "body.2", "stage2": "body.5", "penultimate": "body.8"}

@@ -21,7 +21,15 @@ class Normalize(nn.Module):
 
 
 class Classifier(nn.Module):
-    """Base of rnd's models: pixels in [0, 1] of `input_shape` in, logits over `num_classes` out."""
+    """Base of rnd's models: pixels in [0, 1] of `input_shape` in, logits over `num_classes` out.
+
+    The features / head split: `embed(x)` gives the penultimate features (the input of the final
+    linear layer `head`), so `head(embed(x)) == forward(x)`; `feature_layers()` names the hidden
+    layers at which a defense may act (`rnd.defenses.feature_noise`), each the output of a submodule.
+    """
+
+    #: The final linear layer, penultimate features to logits (a submodule or a property).
+    head: nn.Module
 
     def __init__(
         self,
@@ -37,6 +45,17 @@ class Classifier(nn.Module):
         self.normalize = Normalize(mean or [0.5] * c, std or [0.5] * c)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised pixels to logits (the whole network after `normalize`)."""
+        raise NotImplementedError
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Pixels to the penultimate features, shape (N, head.in_features)."""
+        raise NotImplementedError
+
+    def feature_layers(self) -> dict[str, str]:
+        """Named hidden layers, in forward order: friendly name ("stage1", ..., "penultimate") to the
+        path of the submodule whose output is that feature (for `get_submodule` / forward hooks).
+        "penultimate" is always last: the input of `head`."""
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

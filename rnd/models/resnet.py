@@ -49,14 +49,27 @@ class ResNet(Classifier):
         )
         stages: list[nn.Module] = []
         c = width
+        #: friendly stage name -> index in `stages` of its last block (stages without blocks are skipped)
+        self._stage_ends: dict[str, int] = {}
         for i, n in enumerate(blocks):
             cout = width * 2**i
             for j in range(n):
                 stages.append(BasicBlock(c, cout, 2 if (i > 0 and j == 0) else 1))
                 c = cout
+            if n:
+                self._stage_ends[f"stage{i + 1}"] = len(stages) - 1
         self.stages = nn.Sequential(*stages)
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())  # no parameters: same state_dict
         self.head = nn.Linear(c, num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.stages(self.stem(x))
-        return self.head(F.adaptive_avg_pool2d(out, 1).flatten(1))
+        return self.head(self.pool(self.stages(self.stem(x))))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.stages(self.stem(self.normalize(x))))
+
+    def feature_layers(self) -> dict[str, str]:
+        """stem: after the stem conv; stageK: after the K-th stage of blocks; penultimate: the
+        globally pooled features (the input of `head`)."""
+        names = {k: f"stages.{i}" for k, i in self._stage_ends.items()}
+        return {"stem": "stem", **names, "penultimate": "pool"}

@@ -30,9 +30,12 @@ class VGG(Classifier):
         super().__init__(input_shape, num_classes, mean, std)
         layers: list[nn.Module] = []
         c = self.input_shape[0]
+        #: index in `body` of each stage's last module (each pool, and the last ReLU after the last pool)
+        self._stage_ends: list[int] = []
         for item in CONFIGS[config]:
             if item == "M":
                 layers.append(nn.MaxPool2d(2))
+                self._stage_ends.append(len(layers) - 1)
             else:
                 layers += [
                     nn.Conv2d(c, int(item), 3, padding=1),
@@ -40,8 +43,19 @@ class VGG(Classifier):
                     nn.ReLU(inplace=True),
                 ]
                 c = int(item)
+        if CONFIGS[config][-1] != "M":
+            self._stage_ends.append(len(layers) - 1)
         self.body = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.head = nn.Linear(c, num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(self.normalize(x))
+
+    def feature_layers(self) -> dict[str, str]:
+        """stageK: after the K-th conv stack (its pool; the last stack may end without one);
+        penultimate: the globally pooled features (the input of `head`)."""
+        names = {f"stage{k + 1}": f"body.{i}" for k, i in enumerate(self._stage_ends)}
+        return {**names, "penultimate": f"body.{len(self.body) - 1}"}

@@ -1,0 +1,108 @@
+"""`rnd calibrate --defense NAME[:params] --param NAME`: any defense's strength for an accuracy budget."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from rnd.cli import main
+from rnd.defenses import DefenseSpec, build_defense
+from rnd.models import save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_model, tmp_path_factory):
+    path = tmp_path_factory.mktemp("cal") / "tiny"
+    save_checkpoint(tiny_model, path, dataset="fashion-mnist", recipe={"kind": "standard"})
+    return path
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+FAST = ("--refine", 0, "--draws", 3, "--images", 300, "--no-progress")
+
+
+def test_feature_noise_prints_sigma_and_the_spec(checkpoint, tiny_model):
+    result = run(
+        "calibrate", checkpoint, "--defense", "feature-noise", "--grid", "0.05,50", "--max-drop", 3, *FAST
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[1].startswith("sigma = 0.05: accuracy") and "upper 95 % bound" in lines[1]
+    assert lines[2].startswith("next sigma = 50 exceeds the budget")
+    assert lines[-1] == "spec: feature-noise:sigma=0.05"
+    spec = lines[-1].removeprefix("spec: ")
+    assert DefenseSpec.parse(spec).params == {"sigma": 0.05}
+    build_defense(spec, tiny_model)
+
+
+def test_json_names_the_parameter_and_the_spec(checkpoint):
+    result = run(
+        "calibrate", checkpoint, "--defense", "feature-noise:layers=stages", "--param", "sigma",
+        "--grid", "0.001", "--grid", "50", "--max-drop", 3, "--json", *FAST,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    cal = json.loads(result.stdout)
+    assert cal["param"] == "sigma" and cal["defense"] == "feature-noise:layers=stages"
+    assert cal["spec"] == "feature-noise:layers=stages,sigma=0.001" and cal["value"] == 0.001
+    assert cal["chosen"]["upper"] <= 3 < cal["next_over"]["upper"]
+
+
+def test_default_is_rnd_nu_with_its_spec(checkpoint):
+    result = run("calibrate", checkpoint, "--grid", "0.05,0.6", "--max-drop", 3, *FAST)
+    assert result.exit_code == 0, result.output
+    assert "nu = 0.05: accuracy" in result.output and result.stdout.splitlines()[-1] == "spec: rnd:nu=0.05"
+    as_json = json.loads(
+        run("calibrate", checkpoint, "--grid", "0.05,0.6", "--max-drop", 3, "--json", *FAST).output
+    )
+    assert as_json["nu"] == 0.05 and "param" not in as_json  # the RND record keeps its fields
+
+
+def test_low_confidence_tau_when_nothing_fits(checkpoint):
+    result = run(
+        "calibrate", checkpoint, "--defense", "low-confidence:nu=0.6", "--param", "tau",
+        "--grid", "1", "--max-drop", 0.5, *FAST,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "no tau on the grid keeps the drop within 0.5 points: at tau=1 the drop is" in result.output
+    assert result.stdout.rstrip().endswith("tau = 0 (no low-confidence)")
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--defense", "nope"], "unknown defense 'nope'; choose one of:"),
+        (
+            ["--defense", "feature-noise", "--param", "nu"],
+            "no public parameter 'nu' to calibrate; choose one of: sigma",
+        ),
+        (["--defense", "rnd:nu=0.1"], "fixes nu; leave it out"),
+        (["--defense", "rnd:nu"], "is not key=value"),
+        (["--defense", "low-confidence:nu=0.1", "--param", "temperature"], "no default grid"),
+        (["--defense", "feature-noise", "--grid", "0,1"], "--grid values must be > 0 (sigma = 0"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_before_any_work(checkpoint, monkeypatch, args, words):
+    def refuse(*_a, **_k):
+        raise AssertionError("work started before the input was checked")
+
+    for name in ("calibrate_nu", "calibrate_defense", "load_checkpoint"):
+        monkeypatch.setattr(f"rnd.cli.noise_accuracy.{name}", refuse)
+    result = run("calibrate", checkpoint, *args)
+    assert result.exit_code == 2, result.output
+    message = result.stderr.strip()
+    assert "\n" not in message and words in message, message
+
+
+def test_a_bad_fixed_parameter_is_refused_before_measuring(checkpoint, monkeypatch):
+    def refuse(*_a, **_k):
+        raise AssertionError("measured before the spec was checked")
+
+    monkeypatch.setattr("rnd.evaluation.noise_accuracy.measure_defense_drop", refuse)
+    result = run("calibrate", checkpoint, "--defense", "feature-noise:layers=stage9", *FAST)
+    assert (
+        result.exit_code == 2
+        and "no feature layer 'stage9'; choose from: stage1, stage2, penultimate" in result.stderr
+    )
