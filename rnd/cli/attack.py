@@ -23,11 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import click
-import torch
 from tqdm.auto import tqdm
 
 from rnd.attacks import ATTACKS
-from rnd.attacks.base import QueryAttack, median
+from rnd.attacks.base import QueryAttack
 from rnd.attacks.score import LOSSES
 from rnd.cli.app import json_option, main, progress_option
 from rnd.cli.checks import (
@@ -39,12 +38,10 @@ from rnd.cli.checks import (
     check_model_data,
 )
 from rnd.data import DATASETS, load_dataset
-from rnd.data.base import ImageDataset
-from rnd.defense import RandomNoiseDefense
+from rnd.defenses import rnd_nu
 from rnd.errors import ConfigError, InputError, unknown_name
-from rnd.evaluation.attack_eval import AttackEvaluation, evaluate_attack, table_columns
+from rnd.evaluation.attack_eval import AttackEvaluation, table_columns
 from rnd.evaluation.config import bound_text
-from rnd.evaluation.metrics import accuracy, predict
 from rnd.evaluation.tables import format_table
 from rnd.models import read_meta
 
@@ -186,139 +183,65 @@ def build_attacks(
     return attacks
 
 
-# -- images and targets ------------------------------------------------------------------------------
-def parse_target(target: str | None, targeted: bool, num_classes: int) -> str | int | None:
+# -- defenses and targets ----------------------------------------------------------------------------
+def defense_specs(defenses: tuple[str, ...], nus: tuple[float, ...]) -> list[str]:
+    """Canonical spec texts from --defense and --nu (a shorthand for rnd:nu=...), in the order given;
+    none and rnd:nu=0.02 when neither is given."""
+    from rnd.defenses import DEFENSES, canonical_defense, legacy_defense
+
+    for nu in nus:
+        if not (nu >= 0 and math.isfinite(nu)):
+            raise InputError(f"--nu must be >= 0 (0 = undefended) and finite, got {nu}")
+    out = [canonical_defense(d) for d in defenses] + [legacy_defense(nu) for nu in nus]
+    for spec in out:
+        name = spec.partition(":")[0]
+        if name not in DEFENSES:
+            raise unknown_name("defense", name, list(DEFENSES))
+    return list(dict.fromkeys(out)) or ["none", "rnd:nu=0.02"]
+
+
+def parse_target(target: str | None, targeted: bool, num_classes: int) -> str | None:
     """Validate --target: a rule name or a class index in [0, num_classes)."""
-    if target is None:
-        return "random" if targeted else None
-    if not targeted:
+    from rnd.evaluation.sweep import check_target
+
+    if target is not None and not targeted:
         raise InputError("--target needs --targeted")
-    if target in TARGET_RULES:
-        return target
-    try:
-        c = int(target)
-    except ValueError:
-        raise InputError(
-            f"--target must be {', '.join(TARGET_RULES)} or a class index, got {target!r}"
-        ) from None
-    if not 0 <= c < num_classes:
-        raise InputError(f"--target {c} is out of range: the model has classes 0..{num_classes - 1}")
-    return c
-
-
-def select_images(
-    model: torch.nn.Module, data: ImageDataset, n: int, exclude_label: int | None = None
-) -> torch.Tensor:
-    """Indices of the first `n` test images the model classifies correctly (and not of class
-    `exclude_label`, the fixed target)."""
-    found: list[torch.Tensor] = []
-    count = 0
-    for lo in range(0, len(data), 1000):
-        idx = torch.arange(lo, min(lo + 1000, len(data)))
-        x, y = data.get(idx)
-        ok = (predict(model, x) == y) & (y != (-1 if exclude_label is None else exclude_label))
-        found.append(idx[ok])
-        count += int(ok.sum())
-        if count >= n:
-            break
-    sel = torch.cat(found)[:n] if found else torch.zeros(0, dtype=torch.int64)
-    if sel.numel() < n:
-        raise InputError(
-            f"only {sel.numel()} test images are classified correctly (and eligible); "
-            f"ask for --images {sel.numel()}"
-        )
-    return sel
-
-
-def make_targets(rule: str | int | None, y: torch.Tensor, num_classes: int, seed: int) -> torch.Tensor | None:
-    """Targets by the documented rule (module docstring)."""
-    if rule is None:
+    if not targeted:
         return None
-    if rule == "next":
-        return (y + 1) % num_classes
-    if rule == "random":
-        g = torch.Generator().manual_seed(seed)
-        shift = torch.randint(1, num_classes, y.shape, generator=g)
-        return (y + shift) % num_classes
-    return torch.full_like(y, int(rule))
+    rule = "random" if target is None else target
+    try:
+        return check_target(rule, num_classes)
+    except InputError:
+        if rule.lstrip("-").isdigit():
+            raise InputError(
+                f"--target {rule} is out of range: the model has classes 0..{num_classes - 1}"
+            ) from None
+        raise InputError(f"--target must be random, next or a class index, got {rule!r}") from None
 
 
-def finite_or_none(values: torch.Tensor) -> list[float | None]:
+def finite_or_none(values: list[float | None]) -> list[float | None]:
     """Values for JSON: inf (no adversarial point found) becomes null."""
-    return [v if math.isfinite(v) else None for v in values.tolist()]
+    return [v if v is not None and math.isfinite(v) else None for v in values]
 
 
-# -- running -------------------------------------------------------------------------------------------
-def merge(
-    parts: list[AttackEvaluation],
-    queries: torch.Tensor,
-    success: torch.Tensor,
-    distance: torch.Tensor | None = None,
-) -> AttackEvaluation:
-    """One evaluation from the per-batch ones (rates weighted by images; query and distance
-    statistics recomputed over all images)."""
-    n = sum(p.images for p in parts)
-    rate = lambda key: sum(getattr(p, key) * p.images for p in parts) / max(n, 1)  # noqa: E731
-    q = queries[success].double()
-    return dataclasses.replace(
-        parts[0],
-        images=n,
-        failure_rate=rate("failure_rate"),
-        failure_rate_clean=rate("failure_rate_clean"),
-        failure_rate_vote=rate("failure_rate_vote"),
-        mean_queries=float(q.mean()) if q.numel() else math.nan,
-        median_queries=float(q.quantile(0.5)) if q.numel() else math.nan,
-        median_distance=math.nan if distance is None else median(distance),
+def evaluation_of(result: Any) -> AttackEvaluation:
+    """The table row of one executed cell."""
+    c, s = result.cell, result.summary
+    return AttackEvaluation(
+        attack=c.attack,
+        norm=c.norm,
+        defense=c.defense,
+        images=s.images,
+        failure_rate=s.failure_rate,
+        mean_queries=s.mean_queries,
+        median_queries=s.median_queries,
+        failure_rate_clean=s.failure_rate_clean,
+        failure_rate_vote=s.failure_rate_vote,
+        clean_accuracy=s.clean_accuracy,
+        median_distance=s.median_distance,
+        params=result.attack_params,
+        detection_rate=s.detection_rate,
     )
-
-
-def run_attack(
-    attack: QueryAttack,
-    model: torch.nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    targets: torch.Tensor | None,
-    *,
-    nu: float,
-    budget: int,
-    batch_size: int,
-    output: str,
-    seed: int,
-    clean_accuracy: float,
-    progress: bool,
-) -> tuple[AttackEvaluation, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Attack (x, y) in batches of `batch_size`; returns the merged evaluation, queries, success
-    and (label-only attacks) distance per image."""
-    parts, queries, success, distance = [], [], [], []
-    out = "labels" if attack.feedback == "labels" else output
-    label = f"{attack.name} nu={nu:g}"
-    with tqdm(total=len(y), desc=label, unit="img", disable=not progress) as bar:
-        for b, lo in enumerate(range(0, len(y), batch_size)):
-            sl = slice(lo, lo + batch_size)
-            ev, res = evaluate_attack(
-                attack,
-                model,
-                x[sl],
-                y[sl],
-                nu=nu,
-                budget=budget,
-                output=out,  # type: ignore[arg-type]
-                defense_seed=seed + 1 + b,
-                targets=None if targets is None else targets[sl],
-                clean_accuracy=clean_accuracy,
-            )
-            parts.append(ev)
-            queries.append(res.queries)
-            success.append(res.success)
-            if res.distance is not None:
-                distance.append(res.distance)
-            q, s = torch.cat(queries), torch.cat(success)
-            bar.update(len(res.success))
-            mean_q = float(q[s].double().mean()) if bool(s.any()) else math.nan
-            bar.set_postfix(mean_q=f"{mean_q:.0f}", success=f"{float(s.float().mean()):.2f}")
-    q, s = torch.cat(queries), torch.cat(success)
-    d = torch.cat(distance) if distance else None
-    return merge(parts, q, s, d), q, s, d
 
 
 @main.command()
@@ -345,13 +268,18 @@ def run_attack(
 @click.option("--targeted", is_flag=True, help="targeted attack (targets chosen by --target)")
 @click.option("--target", default=None, help="random (default) | next ((y+1) mod C) | a class index")
 @click.option(
+    "--defense",
+    "defenses",
+    multiple=True,
+    metavar="SPEC",
+    help="defense spec (repeatable): none, rnd:nu=0.02, aaa, ... [default: none and rnd:nu=0.02]",
+)
+@click.option(
     "--nu",
     "nus",
     type=float,
     multiple=True,
-    default=(0.0, 0.02),
-    show_default=True,
-    help="RND noise level (repeatable); 0 = undefended",
+    help="shorthand for --defense rnd:nu=NU (repeatable); 0 = undefended",
 )
 @click.option(
     "--checkpoint",
@@ -370,13 +298,19 @@ def run_attack(
     help="correctly classified test images to attack",
 )
 @click.option("--budget", type=int, default=10000, show_default=True, help="queries per image")
-@click.option("--batch-size", type=int, default=100, show_default=True, help="images per attack call")
+@click.option(
+    "--batch-size",
+    type=int,
+    default=4096,
+    show_default=True,
+    help="largest number of images per model forward (memory only: results do not depend on it)",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help=f"in [0, {bound_text(MAX_SEED)}]")
 @click.option(
     "--acc-images",
     type=int,
     default=None,
-    help="measure clean accuracy (with and without RND) on the first N test images [default: all]",
+    help="measure clean accuracy (with and without each defense) on the first N test images [default: all]",
 )
 @click.option(
     "--output",
@@ -405,6 +339,7 @@ def attack(
     loss: str,
     targeted: bool,
     target: str | None,
+    defenses: tuple[str, ...],
     nus: tuple[float, ...],
     checkpoint: Path | None,
     dataset: str,
@@ -420,15 +355,22 @@ def attack(
     as_json: bool,
     progress: bool,
 ) -> None:
-    """Run query attacks against a model, undefended (nu=0) and with RND.
+    """Run query attacks against a model behind each defense (undefended and RND by default).
 
-    Score-based attacks see --output; label-only attacks (hsja, sign-opt, geoda, rays, sign-flip,
-    psj) always get an oracle that answers labels only, and report the median distance of their
-    best adversarial point. Prints the same table as `rnd demo`: failure rate as the attacker
-    observed it, by a vote of fresh noisy answers and by the clean model, and mean/median queries
-    of successful attacks.
+    Builds the same cells as `rnd sweep` (one per attack x defense) and runs them through the same
+    executor, so a cell gives the same numbers here and in a sweep. Score-based attacks see
+    --output; label-only attacks (hsja, sign-opt, geoda, rays, sign-flip, psj) always get an oracle
+    that answers labels only, and report the median distance of their best adversarial point. The
+    attacker is told each defense's public parameters (what --mu-nu-ratio scales with). Prints the
+    failure rate as the attacker observed it, by a vote of fresh noisy answers and by the clean
+    model, mean/median queries of successful attacks, and the % of images a stateful defense
+    detected.
     """
+    from rnd.defenses import build_defense
+    from rnd.evaluation.config import AttackSpec, DataSpec, ModelSpec, SweepConfig
     from rnd.evaluation.demo import load_or_train_default
+    from rnd.evaluation.metrics import correctly_classified
+    from rnd.evaluation.sweep import execute_cell, expand, fixed_target
 
     # validate everything before loading or training anything
     for value, name, low, high in (
@@ -443,9 +385,7 @@ def attack(
             raise InputError(f"--{name} must be >= {low}, got {value}")
         if value > high:
             raise InputError(f"--{name} must be <= {bound_text(high)}, got {value}; lower it")
-    for nu in nus:
-        if not (nu >= 0 and math.isfinite(nu)):
-            raise InputError(f"--nu must be >= 0 (0 = undefended) and finite, got {nu}")
+    specs = defense_specs(defenses, nus)
     for value, name in ((eps, "eps"), (mu, "mu"), (mu_nu_ratio, "mu-nu-ratio")):
         if value is not None and not math.isfinite(value):
             raise InputError(f"--{name} must be a finite number, got {value}")
@@ -464,7 +404,8 @@ def attack(
         seed=seed,
         progress=progress,
     )
-    objs = build_attacks(names, parse_params(params, names), common)
+    per_attack = parse_params(params, names)
+    objs = build_attacks(names, per_attack, common)
     if target is not None and not targeted:
         raise InputError("--target needs --targeted")
     for obj in objs:
@@ -476,41 +417,59 @@ def attack(
     check_model_data(
         model, read_meta(path).dataset, data, allow_mismatch=allow_mismatch, where=f"checkpoint {path}"
     )
+    for spec in specs:
+        try:
+            build_defense(spec, model, seed=0)
+        except InputError as exc:
+            raise InputError(f"--defense {spec}: {exc}") from None
     num_classes = int(getattr(model, "num_classes", data.num_classes))
     rule = parse_target(target, targeted, num_classes)
-    idx = select_images(model, data, n_images, rule if isinstance(rule, int) else None)
-    x, y = data.get(idx)
-    targets = make_targets(rule, y, num_classes, seed)
+    found = correctly_classified(model, data, n_images, exclude_label=fixed_target(rule))
+    if found.numel() < n_images:
+        raise InputError(
+            f"only {found.numel()} test images are classified correctly (and eligible); "
+            f"ask for --images {found.numel()}"
+        )
 
-    acc_idx = None if acc_images is None else torch.arange(min(acc_images, len(data)))
-    clean = 100 * accuracy(model, data, indices=acc_idx)
-    accs = {
-        nu: clean
-        if nu == 0
-        else 100 * accuracy(RandomNoiseDefense(model, nu=nu, seed=seed), data, indices=acc_idx)
-        for nu in nus
-    }
-    rows: list[AttackEvaluation] = []
-    detail: list[dict[str, Any]] = []
-    for obj in objs:
-        for nu in nus:
-            ev, q, s, d = run_attack(
-                obj,
-                model,
-                x,
-                y,
-                targets,
-                nu=nu,
-                budget=budget,
-                batch_size=batch_size,
-                output=output,
-                seed=seed,
-                clean_accuracy=accs[nu],
-                progress=progress,
+    # only what differs from the attack's defaults, so the cells are those a sweep config would make
+    extra = {k: v for k, v in (("loss", loss), ("mu_nu_ratio", mu_nu_ratio)) if v not in (None, "margin")}
+    cfg = SweepConfig(
+        name="rnd attack",
+        models=(ModelSpec(label=path.name, checkpoint=str(path)),),
+        attacks=tuple(
+            AttackSpec(
+                name=n,
+                norm=norm,
+                eps=(eps,),
+                mu=(mu,),
+                eot=(eot,),
+                params={
+                    **{k: v for k, v in extra.items() if k in constructor_parameters(ATTACKS[n])},
+                    **per_attack[n],
+                },
+                target=rule,
             )
-            rows.append(ev)
-            dist = None if d is None else finite_or_none(d)
-            detail.append({"queries": q.tolist(), "success": s.tolist(), "distance": dist})
+            for n in names
+        ),
+        defenses=tuple(specs),
+        data=DataSpec(
+            dataset=dataset,
+            split="test",
+            root=None if data_root is None else str(data_root),
+            images=n_images,
+            accuracy_images=len(data) if acc_images is None else acc_images,
+            allow_dataset_mismatch=allow_mismatch,
+        ),
+        seeds=(seed,),
+        budget=budget,
+        output=output,
+    )
+    cells = sorted(expand(cfg), key=lambda c: (names.index(c.attack), specs.index(c.defense)))
+    results = []
+    for cell in tqdm(cells, desc="cells", unit="cell", disable=not progress or len(cells) < 2):
+        results.append(execute_cell(cell, progress=progress, max_batch=batch_size))
+    rows = [evaluation_of(r) for r in results]
+    clean = results[0].summary.model_accuracy
 
     settings = {
         "checkpoint": str(path),
@@ -527,15 +486,30 @@ def attack(
         "eot": eot,
         "loss": loss,
         "acc_images": acc_images,
+        "defenses": specs,
     }
     if as_json:
+        first = results[0]
         report = {
             **settings,
             "clean_accuracy": clean,
-            "indices": idx.tolist(),
-            "labels": y.tolist(),
-            "targets": None if targets is None else targets.tolist(),
-            "rows": [{**dataclasses.asdict(r), **d} for r, d in zip(rows, detail, strict=True)],
+            "indices": [r.index for r in first.rows],
+            "labels": [r.label for r in first.rows],
+            "targets": None if rule is None else [r.target for r in first.rows],
+            "rows": [
+                {
+                    **dataclasses.asdict(ev),
+                    "nu": res.cell.nu if rnd_nu(res.cell.defense) is not None else None,
+                    "cell_key": res.key,
+                    "queries": [r.queries for r in res.rows],
+                    "success": [r.success for r in res.rows],
+                    "distance": None
+                    if all(r.distance is None for r in res.rows)
+                    else finite_or_none([r.distance for r in res.rows]),
+                    "first_refusal": [r.first_refusal for r in res.rows],
+                }
+                for ev, res in zip(rows, results, strict=True)
+            ],
         }
         click.echo(json.dumps(report, indent=2, default=str))
         return

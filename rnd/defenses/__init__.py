@@ -8,11 +8,21 @@ from typing import Any
 from torch import nn
 
 from rnd.defenses.base import Defense, DefenseSpec
+from rnd.defenses.feature_noise import FeatureNoiseDefense
 from rnd.defenses.input_noise import RandomNoiseDefense
+from rnd.defenses.low_confidence import LowConfidenceNoise
 from rnd.defenses.none import NoDefense
 from rnd.errors import InputError, unknown_name
 
-DEFENSES: dict[str, type[Defense]] = {cls.name: cls for cls in (NoDefense, RandomNoiseDefense)}
+DEFENSES: dict[str, type[Defense]] = {
+    cls.name: cls
+    for cls in (
+        NoDefense,
+        RandomNoiseDefense,
+        FeatureNoiseDefense,
+        LowConfidenceNoise,
+    )
+}
 
 
 def build_defense(spec: str | DefenseSpec, model: nn.Module, seed: int | None = None) -> Defense:
@@ -35,4 +45,38 @@ def build_defense(spec: str | DefenseSpec, model: nn.Module, seed: int | None = 
         raise InputError(f"defense {s}: {exc}; its parameters are: {known}") from None
 
 
-__all__ = ["DEFENSES", "Defense", "DefenseSpec", "NoDefense", "RandomNoiseDefense", "build_defense"]
+def canonical_defense(spec: str) -> str:
+    """The canonical text of a defense spec (parameters sorted); RND at nu = 0 is `none` (the same
+    answers). Raises InputError for text that is not a spec."""
+    s = DefenseSpec.parse(spec)
+    if s.name == "rnd" and set(s.params) == {"nu"} and s.params["nu"] == 0:
+        return "none"
+    return str(s)
+
+
+def legacy_defense(nu: float) -> str:
+    """The spec of a cell written when the defense was a bare nu."""
+    return "none" if nu == 0 else canonical_defense(f"rnd:nu={float(nu)!r}")
+
+
+def rnd_nu(defense: str) -> float | None:
+    """nu when `defense` is plain RND (`rnd:nu=X`) or `none` (0); None for any other defense."""
+    s = DefenseSpec.parse(defense)
+    if s.name == "none" and not s.params:
+        return 0.0
+    nu = s.params.get("nu")
+    if s.name == "rnd" and set(s.params) == {"nu"} and isinstance(nu, int | float):
+        return float(nu)
+    return None
+
+
+__all__ = [
+    "DEFENSES",
+    "Defense",
+    "DefenseSpec",
+    "FeatureNoiseDefense",
+    "LowConfidenceNoise",
+    "NoDefense",
+    "RandomNoiseDefense",
+    "build_defense",
+]

@@ -8,6 +8,7 @@ an adaptive attacker may be told). Every defense is named by a `DefenseSpec`, `n
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -95,5 +96,24 @@ class Defense(nn.Module):
 
     @property
     def spec(self) -> DefenseSpec:
-        """The spec that builds this defense again (its public parameters)."""
-        return DefenseSpec(self.name, {k: v for k, v in self.public_params().items() if v is not None})
+        """The spec that builds this defense again: its public parameters, less those at their
+        constructor default (so RND at the default clip is `rnd:nu=0.02`)."""
+        defaults = {
+            k: p.default
+            for k, p in inspect.signature(type(self).__init__).parameters.items()
+            if p.default is not inspect.Parameter.empty
+        }
+        return DefenseSpec(
+            self.name,
+            {
+                k: v
+                for k, v in self.public_params().items()
+                if v is not None and not (k in defaults and _same(defaults[k], v))
+            },
+        )
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, tuple | list) and isinstance(b, tuple | list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from rnd.attacks.base import AttackResult, QueryAttack
-from rnd.defense import RandomNoiseDefense
+from rnd.defenses import Defense, build_defense, canonical_defense
 from rnd.evaluation.metrics import predict
 from rnd.oracle import Oracle, Output
 
@@ -27,8 +27,7 @@ class AttackEvaluation:
 
     attack: str
     norm: str
-    defense: str
-    nu: float
+    defense: str  # the defense's spec text (`none`, `rnd:nu=0.02`, ...)
     images: int
     failure_rate: float  # % judged by the attacker's observation (paper protocol)
     mean_queries: float  # over observed successes
@@ -38,6 +37,7 @@ class AttackEvaluation:
     clean_accuracy: float = math.nan
     median_distance: float = math.nan  # label-only attacks: median ||x_adv - x|| over images
     params: dict[str, Any] = field(default_factory=dict)
+    detection_rate: float = 0.0  # % of images with a refused query (stateful defenses)
 
 
 def recheck(
@@ -62,29 +62,44 @@ def recheck(
     return clean, counts > votes / 2
 
 
+def defended(base: nn.Module, defense: Defense | str | None, nu: float, seed: int | None) -> Defense:
+    """The model the oracle answers with: `defense` (an object or a spec text, built around `base`
+    with `seed`), or RND at `nu` when no defense is given (the older form)."""
+    if defense is None:
+        defense = f"rnd:nu={float(nu)!r}" if nu > 0 else "none"
+    if isinstance(defense, str):
+        defense = build_defense(canonical_defense(defense), base, seed=seed)
+    return defense
+
+
 def attack_and_recheck(
     attack: QueryAttack,
     base: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
     *,
+    defense: Defense | str | None = None,
     nu: float = 0.0,
     budget: int = 10000,
     output: Output = "probs",
     defense_seed: int | None = None,
     targets: torch.Tensor | None = None,
     votes: int = 11,
-) -> tuple[AttackResult, torch.Tensor, torch.Tensor]:
-    """Attack `base` (RND-wrapped when nu > 0) through a fresh oracle; return the result and, per
-    image, whether x_adv fools the clean model and a majority of `votes` fresh noisy answers.
+    max_batch: int | None = None,
+) -> tuple[AttackResult, torch.Tensor, torch.Tensor, Oracle]:
+    """Attack `defense` around `base` (or RND at `nu`) through a fresh oracle; return the result,
+    whether each x_adv fools the clean model and a majority of `votes` fresh answers of the defended
+    model (the answer itself for a deterministic defense), and the oracle (its refusal counts).
     A label-only attack always gets an oracle that answers labels."""
-    model: nn.Module = RandomNoiseDefense(base, nu=nu, seed=defense_seed) if nu > 0 else base
+    model = defended(base, defense, nu, defense_seed)
     if attack.feedback == "labels":
         output = "labels"
-    oracle = Oracle(model, output=output, budget=budget)
+    oracle = Oracle(
+        model, output=output, budget=budget, **({} if max_batch is None else {"max_batch": max_batch})
+    )
     result = attack(oracle, x, y, targets)
     clean_hit, vote_hit = recheck(model, base, result.x_adv, y, votes, targets)
-    return result, clean_hit, vote_hit
+    return result, clean_hit, vote_hit, oracle
 
 
 def evaluate_attack(
@@ -93,6 +108,7 @@ def evaluate_attack(
     x: torch.Tensor,
     y: torch.Tensor,
     *,
+    defense: Defense | str | None = None,
     nu: float = 0.0,
     budget: int = 10000,
     output: Output = "probs",
@@ -101,26 +117,17 @@ def evaluate_attack(
     clean_accuracy: float = math.nan,
     votes: int = 11,
 ) -> tuple[AttackEvaluation, AttackResult]:
-    """Attack `base` (wrapped in RND when nu > 0) on (x, y) and measure the outcome."""
-    result, clean_hit, vote_hit = attack_and_recheck(
-        attack,
-        base,
-        x,
-        y,
-        nu=nu,
-        budget=budget,
-        output=output,
-        defense_seed=defense_seed,
-        targets=targets,
-        votes=votes,
+    """Attack `base` behind `defense` (or RND at `nu`) on (x, y) and measure the outcome."""
+    model = defended(base, defense, nu, defense_seed)
+    result, clean_hit, vote_hit, _ = attack_and_recheck(
+        attack, base, x, y, defense=model, budget=budget, output=output, targets=targets, votes=votes
     )
     observed = result.success
     pct = lambda fooled: 100.0 * float((~fooled).sum()) / max(len(y), 1)  # noqa: E731
     ev = AttackEvaluation(
         attack=attack.name,
         norm=attack.norm,
-        defense="rnd" if nu > 0 else "none",
-        nu=nu,
+        defense=str(model.spec),
         images=len(y),
         failure_rate=result.failure_rate,
         mean_queries=result.mean_queries,
@@ -138,7 +145,6 @@ TABLE_COLUMNS = [
     ("attack", "attack"),
     ("norm", "norm"),
     ("defense", "defense"),
-    ("nu", "nu"),
     ("clean_accuracy", "clean acc %"),
     ("images", "images"),
     ("failure_rate", "fail % (observed)"),
@@ -151,7 +157,11 @@ TABLE_COLUMNS = [
 
 
 def table_columns(rows: list[AttackEvaluation]) -> list[tuple[str, str]]:
-    """TABLE_COLUMNS, without the distance column when no row has one (score attacks only)."""
-    if any(not math.isnan(r.median_distance) for r in rows):
-        return TABLE_COLUMNS
-    return [c for c in TABLE_COLUMNS if c[0] != "median_distance"]
+    """TABLE_COLUMNS, without the distance column when no row has one (score attacks only), and
+    with the detection column when some row was refused (a stateful defense)."""
+    cols = TABLE_COLUMNS
+    if all(math.isnan(r.median_distance) for r in rows):
+        cols = [c for c in cols if c[0] != "median_distance"]
+    if any(r.detection_rate > 0 for r in rows):
+        cols = [*cols, ("detection_rate", "detected %")]
+    return cols

@@ -1,6 +1,6 @@
 """Sweep configurations: a TOML file parsed into dataclasses and validated before anything runs.
 
-A sweep is the grid of the seed's evaluation (DESIGN section 1.7): models x defense levels `nu` x
+A sweep is the grid of the seed's evaluation (DESIGN section 1.7): models x defenses x
 attacks (norm, eps, probe size `mu`, EOT `M`) x seeds, measured on the first `images` test images
 each model classifies correctly. Every check happens here, so a bad file fails before a results
 database is opened. Errors name the key path, e.g. ``attacks[1].mu[0]``.
@@ -20,13 +20,17 @@ Example::
     start = 0                # first data-set index searched
     accuracy_images = 1000   # images for the clean accuracy under noise of each (model, nu)
 
-    [defense]
-    nu = [0.0, 0.01, 0.02]   # 0 = undefended
+    [[defenses]]             # each table: a defense name and its parameters; a list is a grid
+    name = "rnd"
+    nu = [0.0, 0.01, 0.02]   # rnd at nu = 0 is the undefended model ("none")
+    [[defenses]]
+    name = "aaa"             # or give spec texts: defenses = ["none", "rnd:nu=0.02", "aaa"]
+    # (older files: [defense] nu = [0.0, 0.02] still works and means none + rnd:nu=0.02)
 
     [[models]]
     label = "standard"
     checkpoint = "~/.cache/rnd/checkpoints/fashion-mnist-small-cnn"
-    # nu = [0.0, 0.02]       # optional: this model's own nu grid
+    # defenses = ["none", "rnd:nu=0.02"]   # optional: this model's own defenses (or nu = [...])
 
     [[attacks]]
     name = "nes"
@@ -35,6 +39,8 @@ Example::
     mu = [0.001, 0.01, "default"]   # omitted: the attack's default only
     eot = [1]
     # budget = 2000
+    # targeted = true        # with target = "random" (default) | "next" | a class index
+    # defenses = ["aaa"]     # run only against these of the defenses (an adaptive attack)
     [attacks.params]         # extra keyword arguments of the attack class
     q = 15
 
@@ -83,11 +89,11 @@ class DataSpec:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A checkpoint under a label, optionally with its own nu grid."""
+    """A checkpoint under a label, optionally with its own defenses (canonical spec texts)."""
 
     label: str
     checkpoint: str
-    nu: tuple[float, ...] | None = None
+    defenses: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -101,12 +107,15 @@ class AttackSpec:
     eot: tuple[int, ...] = (1,)
     budget: int | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    target: str | None = None  # targeted attacks: the target rule (see rnd.evaluation.sweep.check_target)
+    #: run only against these of the grid's defenses (an adaptive attack aimed at some of them)
+    defenses: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
 class QuickRule:
     """The `--quick` size: images -> min(images, quick.images), budget -> min(budget, quick.budget),
-    seeds -> the first one, and every grid (nu, mu, eps, eot) longer than `max_grid` thinned to
+    seeds -> the first one, and every grid (defenses, mu, eps, eot) longer than `max_grid` thinned to
     `max_grid` evenly spaced entries that keep both ends. Defaults: 10 images, 500 queries, 3."""
 
     images: int = 10
@@ -121,7 +130,7 @@ class SweepConfig:
     name: str
     models: tuple[ModelSpec, ...]
     attacks: tuple[AttackSpec, ...]
-    nu: tuple[float, ...]
+    defenses: tuple[str, ...]
     data: DataSpec = DataSpec()
     seeds: tuple[int, ...] = (0,)
     budget: int = 1000
@@ -247,7 +256,9 @@ def _models(raw: Any, base: Path) -> tuple[ModelSpec, ...]:
     for i, item in enumerate(raw):
         key = f"models[{i}]"
         t = _table(item, key)
-        _no_unknown(t, {"label", "checkpoint", "nu"}, key)
+        _no_unknown(t, {"label", "checkpoint", "nu", "defenses"}, key)
+        if "nu" in t and "defenses" in t:
+            raise _fail(key, "give nu or defenses, not both")
         if "checkpoint" not in t:
             raise _fail(f"{key}.checkpoint", "missing (path of NAME.safetensors / NAME.json)")
         path = _path(t["checkpoint"], f"{key}.checkpoint", base)
@@ -260,8 +271,12 @@ def _models(raw: Any, base: Path) -> tuple[ModelSpec, ...]:
                 "or fix the path",
             )
         label = _str(t.get("label", weights.stem), f"{key}.label")
-        nu = _grid(t["nu"], f"{key}.nu", _float) if "nu" in t else None
-        out.append(ModelSpec(label=label, checkpoint=str(weights.with_suffix("")), nu=nu))
+        defenses = None
+        if "nu" in t:
+            defenses = _nu_defenses(_grid(t["nu"], f"{key}.nu", _float), f"{key}.nu")
+        elif "defenses" in t:
+            defenses = _defense_texts(t["defenses"], f"{key}.defenses")
+        out.append(ModelSpec(label=label, checkpoint=str(weights.with_suffix("")), defenses=defenses))
     labels = [m.label for m in out]
     if len(set(labels)) != len(labels):
         raise _fail("models", f"labels must be unique, got {labels}")
@@ -269,7 +284,80 @@ def _models(raw: Any, base: Path) -> tuple[ModelSpec, ...]:
 
 
 #: Attack arguments set by an [[attacks]] table's own keys (or by the sweep), never through params.
-OWN_KEYS = ("eps", "norm", "mu", "eot", "seed", "progress")
+OWN_KEYS = ("eps", "norm", "mu", "eot", "seed", "progress", "targeted", "assume")
+
+
+def _spec_text(value: Any, key: str) -> str:
+    from rnd.defenses import DEFENSES
+    from rnd.evaluation.sweep import canonical_defense
+
+    text = _str(value, key)
+    try:
+        out = canonical_defense(text)
+    except RndError as exc:
+        raise _fail(key, str(exc)) from exc
+    name = out.partition(":")[0]
+    if name not in DEFENSES:
+        raise _fail(key, f"unknown defense {name!r}; choose one of: {', '.join(sorted(DEFENSES))}")
+    return out
+
+
+def _unique(specs: list[str], key: str) -> tuple[str, ...]:
+    if len(set(specs)) != len(specs):
+        raise _fail(key, f"the same defense appears twice: {specs}")
+    if not specs:
+        raise _fail(key, "no defense given")
+    return tuple(specs)
+
+
+def _nu_defenses(nus: tuple[float, ...], key: str) -> tuple[str, ...]:
+    from rnd.evaluation.sweep import legacy_defense
+
+    return _unique([legacy_defense(nu) for nu in nus], key)
+
+
+def _defense_texts(value: Any, key: str) -> tuple[str, ...]:
+    values = value if isinstance(value, list) else [value]
+    return _unique([_spec_text(v, f"{key}[{i}]") for i, v in enumerate(values)], key)
+
+
+def _defense_tables(raw: Any, key: str = "defenses") -> tuple[str, ...]:
+    """`[[defenses]]` tables (name + parameters, a list is a grid) or a list of spec texts."""
+    import itertools
+
+    if not isinstance(raw, list) or not raw:
+        raise _fail(key, 'expected a non-empty array: [[defenses]] tables or ["none", "rnd:nu=0.02"]')
+    if all(isinstance(v, str) for v in raw):
+        return _defense_texts(raw, key)
+    specs: list[str] = []
+    for i, item in enumerate(raw):
+        k = f"{key}[{i}]"
+        if isinstance(item, str):
+            specs.append(_spec_text(item, k))
+            continue
+        t = dict(_table(item, k))
+        name = _str(t.pop("name", None), f"{k}.name")
+        grids = []
+        for p, v in sorted(t.items()):
+            values = v if isinstance(v, list) else [v]
+            if not values:
+                raise _fail(f"{k}.{p}", "empty grid; give at least one value")
+            for j, one in enumerate(values):
+                if not isinstance(one, str | int | float | bool):
+                    raise _fail(f"{k}.{p}[{j}]", f"expected a string, number or boolean, got {one!r}")
+                if isinstance(one, float) and not math.isfinite(one):
+                    raise _fail(f"{k}.{p}[{j}]", f"must be finite, got {one}")
+            grids.append([(p, one) for one in values])
+        for combo in itertools.product(*grids):
+            text = name + (":" + ",".join(f"{p}={_toml_value(v)}" for p, v in combo) if combo else "")
+            specs.append(_spec_text(text, k))
+    return _unique(specs, key)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return repr(v) if isinstance(v, float) else str(v)
 
 
 def attack_param_keys(name: str) -> list[str]:
@@ -295,7 +383,9 @@ def _attacks(raw: Any) -> tuple[AttackSpec, ...]:
     for i, item in enumerate(raw):
         key = f"attacks[{i}]"
         t = _table(item, key)
-        _no_unknown(t, {"name", "norm", "eps", "mu", "eot", "budget", "params"}, key)
+        _no_unknown(
+            t, {"name", "norm", "eps", "mu", "eot", "budget", "params", "targeted", "target", "defenses"}, key
+        )
         name = _str(t.get("name"), f"{key}.name")
         if name not in ATTACKS:
             raise _fail(
@@ -333,10 +423,31 @@ def _attacks(raw: Any) -> tuple[AttackSpec, ...]:
             eot=_grid(t.get("eot", 1), f"{key}.eot", lambda v, k: _int(v, k, 1)),
             budget=_int(t["budget"], f"{key}.budget", 1, MAX_BUDGET) if "budget" in t else None,
             params=dict(params),
+            target=_target(t, key),
+            defenses=_defense_texts(t["defenses"], f"{key}.defenses") if "defenses" in t else None,
         )
         _try_build(spec, key)
         out.append(spec)
     return tuple(out)
+
+
+def _target(t: dict[str, Any], key: str) -> str | None:
+    from rnd.evaluation.sweep import check_target
+
+    targeted = t.get("targeted", False)
+    if not isinstance(targeted, bool):
+        raise _fail(f"{key}.targeted", f"expected true or false, got {targeted!r}")
+    if "target" in t and not targeted:
+        raise _fail(f"{key}.target", "needs targeted = true")
+    if not targeted:
+        return None
+    rule = t.get("target", "random")
+    if isinstance(rule, bool) or not isinstance(rule, str | int):
+        raise _fail(f"{key}.target", f'expected "random", "next" or a class index, got {rule!r}')
+    try:
+        return check_target(str(rule))
+    except RndError as exc:
+        raise _fail(f"{key}.target", str(exc)) from exc
 
 
 def _try_build(spec: AttackSpec, key: str) -> None:
@@ -347,7 +458,16 @@ def _try_build(spec: AttackSpec, key: str) -> None:
         for mu in spec.mu:
             for eot in spec.eot:
                 try:
-                    make_attack(spec.name, eps=eps, norm=spec.norm, mu=mu, eot=eot, seed=0, **spec.params)
+                    make_attack(
+                        spec.name,
+                        eps=eps,
+                        norm=spec.norm,
+                        mu=mu,
+                        eot=eot,
+                        seed=0,
+                        targeted=spec.target is not None,
+                        **spec.params,
+                    )
                 except TypeError as exc:
                     raise _fail(f"{key}.params", f"{spec.name} rejects these parameters: {exc}") from exc
                 except RndError as exc:
@@ -365,7 +485,19 @@ def _quick(raw: Any) -> QuickRule:
     )
 
 
-TOP_KEYS = {"name", "seeds", "budget", "output", "votes", "data", "defense", "models", "attacks", "quick"}
+TOP_KEYS = {
+    "name",
+    "seeds",
+    "budget",
+    "output",
+    "votes",
+    "data",
+    "defense",
+    "defenses",
+    "models",
+    "attacks",
+    "quick",
+}
 
 
 def parse_config(text: str, *, base: str | Path = ".", path: str = "<string>") -> SweepConfig:
@@ -381,6 +513,12 @@ def parse_config(text: str, *, base: str | Path = ".", path: str = "<string>") -
         raise _fail("output", f"unknown output {output!r}; choose one of: {', '.join(OUTPUTS)}")
     defense = _table(raw.get("defense", {}), "defense")
     _no_unknown(defense, {"nu"}, "defense")
+    if "defenses" in raw and "nu" in defense:
+        raise _fail("defenses", "give [[defenses]] or the older [defense] nu = [...], not both")
+    if "defenses" in raw:
+        defenses = _defense_tables(raw["defenses"])
+    else:
+        defenses = _nu_defenses(_grid(defense.get("nu", 0.0), "defense.nu", _float), "defense.nu")
     attacks = _attacks(raw.get("attacks"))
     if output == "labels":
         from rnd.attacks import ATTACKS
@@ -388,11 +526,17 @@ def parse_config(text: str, *, base: str | Path = ".", path: str = "<string>") -
         scored = [a.name for a in attacks if ATTACKS[a.name].feedback == "scores"]
         if scored:
             raise _fail("output", f"'labels' hides the scores that {', '.join(scored)} need")
+    models = _models(raw.get("models"), base)
+    for i, a in enumerate(attacks):
+        for spec in a.defenses or ():
+            grids = [m.defenses if m.defenses is not None else defenses for m in models]
+            if not any(spec in g for g in grids):
+                raise _fail(f"attacks[{i}].defenses", f"{spec!r} is not among the sweep's defenses")
     cfg = SweepConfig(
         name=_str(raw.get("name", Path(path).stem), "name"),
-        models=_models(raw.get("models"), base),
+        models=models,
         attacks=attacks,
-        nu=_grid(defense.get("nu", 0.0), "defense.nu", _float),
+        defenses=defenses,
         data=_data(raw.get("data", {}), base),
         seeds=_grid(raw.get("seeds", [0]), "seeds", lambda v, k: _int(v, k, 0, MAX_SEED)),
         budget=_int(raw.get("budget", 1000), "budget", 1, MAX_BUDGET),
@@ -442,8 +586,11 @@ def quick_config(cfg: SweepConfig) -> SweepConfig:
         ),
         seeds=cfg.seeds[:1],
         budget=min(cfg.budget, q.budget),
-        nu=thin(cfg.nu, q.max_grid),
-        models=tuple(replace(m, nu=None if m.nu is None else thin(m.nu, q.max_grid)) for m in cfg.models),
+        defenses=thin(cfg.defenses, q.max_grid),
+        models=tuple(
+            replace(m, defenses=None if m.defenses is None else thin(m.defenses, q.max_grid))
+            for m in cfg.models
+        ),
         attacks=tuple(
             replace(
                 a,

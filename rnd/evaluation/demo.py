@@ -11,7 +11,7 @@ from torch import nn
 from rnd._checks import check_int, check_positive
 from rnd.attacks import make_attack
 from rnd.data import load_dataset
-from rnd.defense import RandomNoiseDefense
+from rnd.defenses import build_defense
 from rnd.errors import InputError
 from rnd.evaluation.attack_eval import AttackEvaluation, evaluate_attack
 from rnd.evaluation.compat import check_model_data
@@ -98,7 +98,7 @@ def run_demo(
             f"only {len(idx)} test images are classified correctly by {path}; ask for --images {len(idx)}"
         )
     clean = accuracy(model, test)
-    rnd_mean, rnd_std = noisy_accuracy(RandomNoiseDefense(model, nu=nu, seed=seed), test, draws=draws)
+    rnd_mean, rnd_std = noisy_accuracy(build_defense(f"rnd:nu={nu!r}", model, seed=seed), test, draws=draws)
     x, y = test.get(idx)
     report = DemoReport(str(path), nu, 100 * clean, 100 * rnd_mean, 100 * rnd_std)
     for name in attacks:
@@ -109,7 +109,7 @@ def run_demo(
                 model,
                 x,
                 y,
-                nu=level,
+                defense=f"rnd:nu={level!r}",
                 budget=budget,
                 defense_seed=seed + 1,
                 clean_accuracy=100 * (rnd_mean if level else clean),

@@ -13,10 +13,15 @@ from rnd.data.base import ImageDataset
 
 @torch.inference_mode()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """Predicted labels of `model` for pixels `x`, in batches."""
+    """Predicted labels of `model` for pixels `x`, in batches; -1 for a row a detector refused
+    (all-NaN logits), which is never a correct answer."""
     model.eval()
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    return torch.cat([model(c.to(device)).argmax(1).cpu() for c in x.split(batch_size)])
+    out = []
+    for c in x.split(batch_size):
+        z = model(c.to(device)).cpu()
+        out.append(torch.where(z.isnan().all(1), -1, z.argmax(1)))
+    return torch.cat(out)
 
 
 def accuracy(
@@ -45,15 +50,24 @@ def noisy_accuracy(
 
 
 def correctly_classified(
-    model: nn.Module, data: ImageDataset, n: int, start: int = 0, batch_size: int = 1000
+    model: nn.Module,
+    data: ImageDataset,
+    n: int,
+    start: int = 0,
+    batch_size: int = 1000,
+    exclude_label: int | None = None,
 ) -> torch.Tensor:
-    """Indices of the first `n` images (from `start`, in order) that `model` classifies correctly."""
+    """Indices of the first `n` images (from `start`, in order) that `model` classifies correctly
+    (and whose label is not `exclude_label`: a fixed target class)."""
     found: list[torch.Tensor] = []
     count = 0
     for lo in range(start, len(data), batch_size):
         idx = torch.arange(lo, min(lo + batch_size, len(data)))
         x, y = data.get(idx)
-        ok = idx[predict(model, x, batch_size) == y]
+        keep = predict(model, x, batch_size) == y
+        if exclude_label is not None:
+            keep &= y != exclude_label
+        ok = idx[keep]
         found.append(ok)
         count += len(ok)
         if count >= n:

@@ -13,6 +13,7 @@ and mean queries). Several seeds of one grid point are averaged.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections import defaultdict
@@ -68,9 +69,10 @@ def average_seeds(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             effective_mu(r),
             r["eot"],
             r["budget"],
-            r["nu"],
+            r["defense"],
             r["output"],
             r["params"],
+            r.get("target"),
         )
         groups[k].append(r)
     out = []
@@ -124,9 +126,16 @@ class Report:
     figures: list[str] = field(default_factory=list)
 
 
+def rnd_points(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The points whose defense is plain RND or none (those with a place on a nu axis)."""
+    from rnd.defenses import rnd_nu
+
+    return [r for r in points if rnd_nu(r["defense"]) is not None]
+
+
 def heatmaps(points: list[dict[str, Any]]) -> list[Heatmap]:
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
-    for r in points:
+    for r in rnd_points(points):
         groups[(r["model"], r["attack"], r["norm"], r["eps"], r["eot"], r["budget"], r["images"])].append(r)
     out = []
     for (model, attack, norm, eps, eot, budget, images), rs in sorted(groups.items()):
@@ -180,7 +189,7 @@ def plot_heatmap(h: Heatmap, path: Path) -> None:
 
 def eot_groups(points: list[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
-    for r in points:
+    for r in rnd_points(points):
         groups[(r["model"], r["attack"], r["norm"], r["eps"], r["budget"], r["images"])].append(r)
     out = {}
     for k, rs in groups.items():
@@ -254,12 +263,12 @@ def distance_groups(points: list[dict[str, Any]]) -> dict[tuple, list[dict[str, 
 
 
 def _line_key(r: dict[str, Any]) -> tuple:
-    return (r["attack"], r["nu"], r["eot"], r["mu"])
+    return (r["attack"], r["defense"], r["eot"], r["mu"])
 
 
 def _line_label(r: dict[str, Any]) -> str:
     extra = f" M={r['eot']}" if r["eot"] > 1 else ""
-    return f"{r['attack']} {_defense(r['nu'])}{extra}"
+    return f"{r['attack']} {_defense(r['defense'])}{extra}"
 
 
 def plot_distances(key: tuple, rs: list[dict[str, Any]], path: Path) -> None:
@@ -274,7 +283,7 @@ def plot_distances(key: tuple, rs: list[dict[str, Any]], path: Path) -> None:
     for r in rs:
         pts = [(q, d) for q, d in r["distance_curve"] if math.isfinite(d)]
         if pts:
-            style = "-" if r["nu"] == 0 else "--"
+            style = "-" if r["defense"] == "none" else "--"
             ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker=".", label=_line_label(r))
     ax.axhline(eps, color="black", lw=0.8, ls=":", label=f"eps = {eps:g}")
     ax.set_xscale("log")
@@ -295,40 +304,76 @@ def curve_at(curve: list[tuple[int, float]], queries: int) -> float:
     return vals[-1] if vals else math.nan
 
 
-def _defense(nu: float) -> str:
+def _defense(spec: str) -> str:
+    """How a defense spec reads in a table: `none`, `RND nu=0.02`, or the spec itself."""
+    from rnd.defenses import rnd_nu
+
+    nu = rnd_nu(spec)
+    if nu is None:
+        return spec
     return "none" if nu == 0 else f"RND nu={nu:g}"
 
 
+def _variant(r: dict[str, Any], default_mu: float) -> str:
+    """An attack setting's column label: attack, norm, eps, and what differs from the plain attack
+    (M, mu, extra parameters, target)."""
+    out = f"{r['attack']} {r['norm']} eps={r['eps']:g}"
+    if r["eot"] > 1:
+        out += f" M={r['eot']}"
+    if not math.isclose(r["mu"], default_mu):
+        out += f" mu={r['mu']:g}"
+    params = json.loads(r["params"]) if isinstance(r["params"], str) else dict(r["params"])
+    out += "".join(f" {k}={v}" for k, v in sorted(params.items()))
+    if r.get("target"):
+        out += f" target={r['target']}"
+    return out
+
+
 def main_table(points: list[dict[str, Any]]) -> list[str]:
-    """Markdown: one row per (model, defense), one column per attack setting; cells of the pivot
-    are "observed / vote / clean failure % (mean queries)". Only grid points at M=1 and the attack's
-    default mu enter the pivot (the full list follows)."""
+    """Markdown: one row per (model, defense), one column per attack setting (attack, norm, eps,
+    and M, mu, parameters or target where they differ from the plain attack); cells of the pivot
+    are "observed / vote / clean failure % (mean queries)", plus the % of images detected where a
+    stateful defense refused queries. A mu grid of more than two values (a heatmap sweep) enters
+    at the attack's default mu only (the full list follows)."""
     from rnd.attacks import ATTACKS
 
     def default_mu(r: dict[str, Any]) -> float:
         cls = ATTACKS.get(r["attack"])
         return cls.default_mu.get(r["norm"], math.nan) if cls else math.nan
 
-    chosen = [r for r in points if r["eot"] == 1 and math.isclose(r["mu"], default_mu(r))]
-    cols = sorted({(r["attack"], r["norm"], r["eps"]) for r in chosen})
-    rows = sorted({(r["model"], r["nu"]) for r in chosen})
+    mus: dict[tuple, set[float]] = defaultdict(set)
+    for r in points:
+        mus[(r["model"], r["attack"], r["norm"], r["eps"])].add(r["mu"])
+    chosen = [
+        r
+        for r in points
+        if len(mus[(r["model"], r["attack"], r["norm"], r["eps"])]) <= 2
+        or math.isclose(r["mu"], default_mu(r))
+    ]
+    col_of = {id(r): _variant(r, default_mu(r)) for r in chosen}
+    cols = sorted(set(col_of.values()))
+    rows = sorted(
+        {(r["model"], r["defense"]) for r in chosen}, key=lambda md: (md[0], md[1] != "none", md[1])
+    )
     at: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for r in chosen:
-        at[(r["model"], r["nu"], r["attack"], r["norm"], r["eps"])].append(r)
-    head = ["model", "defense", "clean acc %"] + [f"{a} {n} eps={e:g}" for a, n, e in cols]
+        at[(r["model"], r["defense"], col_of[id(r)])].append(r)
+    head = ["model", "defense", "clean acc %", *cols]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for model, nu in rows:
-        accs = [r["clean_accuracy"] for r in chosen if r["model"] == model and r["nu"] == nu]
-        line = [model, _defense(nu), _fmt(_mean(accs))]
-        for a, n, e in cols:
-            rs = at.get((model, nu, a, n, e), [])
+    for model, defense in rows:
+        accs = [r["clean_accuracy"] for r in chosen if r["model"] == model and r["defense"] == defense]
+        line = [model, _defense(defense), _fmt(_mean(accs))]
+        for col in cols:
+            rs = at.get((model, defense, col), [])
             if len(rs) != 1:
                 line.append("" if not rs else "several")
                 continue
             r = rs[0]
+            det = r.get("detection_rate")
             line.append(
                 f"{_fmt(r['failure_rate'])} / {_fmt(r['failure_rate_vote'])} / "
                 f"{_fmt(r['failure_rate_clean'])} ({_fmt(r['mean_queries'], 0)})"
+                + (f" det {_fmt(det, 0)}%" if det is not None and not math.isnan(det) and det > 0 else "")
             )
         out.append("| " + " | ".join(line) + " |")
     return out
@@ -337,7 +382,7 @@ def main_table(points: list[dict[str, Any]]) -> list[str]:
 def full_table(points: list[dict[str, Any]]) -> list[str]:
     head = [
         "model",
-        "nu",
+        "defense",
         "attack",
         "norm",
         "eps",
@@ -356,11 +401,11 @@ def full_table(points: list[dict[str, Any]]) -> list[str]:
     ]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in sorted(
-        points, key=lambda r: (r["model"], r["attack"], r["norm"], r["eps"], r["eot"], r["mu"], r["nu"])
+        points, key=lambda r: (r["model"], r["attack"], r["norm"], r["eps"], r["eot"], r["mu"], r["defense"])
     ):
         vals = [
             r["model"],
-            f"{r['nu']:g}",
+            r["defense"],
             r["attack"],
             r["norm"],
             f"{r['eps']:g}",
@@ -473,14 +518,14 @@ def write_report(db: str | Path, out: str | Path) -> Report:
         ]
         for r in rs:
             md.append(
-                f"| {r['attack']} | {_defense(r['nu'])} | {r['eot']} | {_fmt(r['failure_rate'])} | "
+                f"| {r['attack']} | {_defense(r['defense'])} | {r['eot']} | {_fmt(r['failure_rate'])} | "
                 f"{_fmt(r['failure_rate_vote'])} | {_fmt(r['failure_rate_clean'])} | "
                 + " | ".join(_fmt(curve_at(r["distance_curve"], q), 3) for q in marks)
                 + " |"
             )
         md.append("")
     acc: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for r in points:
+    for r in rnd_points(points):
         acc[r["model"]][r["nu"]].append(r["clean_accuracy"])
     curves = {m: sorted((nu, _mean(v)) for nu, v in d.items()) for m, d in acc.items() if len(d) >= 2}
     if curves:

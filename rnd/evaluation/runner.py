@@ -194,7 +194,7 @@ def run_sweep(
                 outcome.ran += 1
                 bar.update(1)
                 s = result.summary
-                bar.set_postfix_str(f"{result.cell.attack} nu={result.cell.nu:g} fail={s.failure_rate:.0f}%")
+                bar.set_postfix_str(f"{result.cell.attack} {result.cell.defense} fail={s.failure_rate:.0f}%")
 
         def on_error(cell: Cell, exc: BaseException) -> None:
             msg = f"{type(exc).__name__}: {exc}"

@@ -1,19 +1,24 @@
 """The results database: SQLite (stdlib), one file, crash-safe, resumable, shared by concurrent sweeps.
 
-Tables (schema version 3):
+Tables (schema version 4):
   schema_info     name -> value; `schema_version` must equal `SCHEMA_VERSION`
   history         what happened to the file: created, migrated (with the schema and rnd versions)
   sweeps          one row per (config text, quick) ever started, with the config itself
-  cells           one row per cell key: every parameter as columns and as JSON, status
+  cells           one row per cell key: every parameter as columns (the defense as its spec text;
+                  `nu` is RND's level, 0 for other defenses) and as JSON, status
                   (pending | done | failed), the error of a failed run, and the claim of the process
                   computing it (`claimed_by`, cleared when the cell is finished)
   sweep_cells     which cells each sweep asked for
   image_results   one row per (cell, attacked image): data-set index, label, observed success,
                   queries, success re-checked on the clean model and by a noisy vote, and (label-only
-                  attacks) the distance of the attacker's best point (NULL for score attacks)
+                  attacks) the distance of the attacker's best point (NULL for score attacks),
+                  the query count at the first refusal by a stateful defense (NULL: never
+                  refused) and the target class of a targeted attack
   cell_summaries  one row per finished cell: failure rates three ways, mean / median queries,
                   clean accuracy, the image indices, the attack's full parameters, rnd version, and
-                  (label-only attacks) the median distance and the median distance against queries
+                  (label-only attacks) the median distance and the median distance against
+                  queries, and (stateful defenses) the % of images detected and the median
+                  queries until the first detection
 
 Guarantees (each pinned by a test in tests/evaluation/test_store*.py and tests/cli/test_sweep_cli.py):
 - Creating the schema, recording a finished cell (rows + summary + status), registering a sweep and
@@ -49,7 +54,7 @@ from rnd._checks import check_writable_file
 from rnd.errors import InputError
 from rnd.evaluation.sweep import Cell, CellResult
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 SQLITE_MAGIC = b"SQLite format 3\x00"
 VOLATILE_SUFFIXES = ("_at", "_seconds")
 HEARTBEAT_S = 30.0
@@ -108,7 +113,9 @@ CREATE TABLE cells (
     error TEXT,
     updated_at TEXT NOT NULL,
     claimed_by TEXT,
-    claimed_at TEXT
+    claimed_at TEXT,
+    defense TEXT NOT NULL,
+    target TEXT
 );
 CREATE TABLE sweep_cells (
     sweep_id INTEGER NOT NULL REFERENCES sweeps(id),
@@ -125,6 +132,8 @@ CREATE TABLE image_results (
     success_clean INTEGER NOT NULL,
     success_vote INTEGER NOT NULL,
     distance REAL,
+    first_refusal INTEGER,
+    target INTEGER,
     PRIMARY KEY (cell_key, position)
 );
 CREATE TABLE cell_summaries (
@@ -143,7 +152,9 @@ CREATE TABLE cell_summaries (
     wall_seconds REAL NOT NULL,
     finished_at TEXT NOT NULL,
     median_distance REAL,
-    distance_curve TEXT
+    distance_curve TEXT,
+    detection_rate REAL,
+    median_first_refusal REAL
 );
 """
 )
@@ -171,7 +182,30 @@ ALTER TABLE image_results ADD COLUMN distance REAL;
 ALTER TABLE cell_summaries ADD COLUMN median_distance REAL;
 ALTER TABLE cell_summaries ADD COLUMN distance_curve TEXT;
 """,
+    # Version 3 -> 4: defenses as spec texts (filled from nu by `_defense_from_nu`), targeted cells,
+    # and the refusals of stateful defenses (none before: detection rate 0).
+    3: """
+ALTER TABLE cells ADD COLUMN defense TEXT NOT NULL DEFAULT 'none';
+ALTER TABLE cells ADD COLUMN target TEXT;
+ALTER TABLE image_results ADD COLUMN first_refusal INTEGER;
+ALTER TABLE image_results ADD COLUMN target INTEGER;
+ALTER TABLE cell_summaries ADD COLUMN detection_rate REAL;
+ALTER TABLE cell_summaries ADD COLUMN median_first_refusal REAL;
+UPDATE cell_summaries SET detection_rate = 0;
+""",
 }
+
+
+def _defense_from_nu(con: sqlite3.Connection) -> None:
+    """Schema 4: the defense of every cell written when it was a bare nu (`none`, `rnd:nu=X`)."""
+    from rnd.defenses import legacy_defense
+
+    for key, nu in con.execute("SELECT key, nu FROM cells").fetchall():
+        con.execute("UPDATE cells SET defense = ? WHERE key = ?", (legacy_defense(float(nu)), key))
+
+
+#: Python steps run after a migration's SQL (values SQL cannot compute).
+_MIGRATION_STEPS = {3: _defense_from_nu}
 
 CELL_COLUMNS = (
     "model",
@@ -191,6 +225,8 @@ CELL_COLUMNS = (
     "seed",
     "output",
     "params",
+    "defense",
+    "target",
 )
 SUMMARY_COLUMNS = (
     "images",
@@ -202,11 +238,35 @@ SUMMARY_COLUMNS = (
     "clean_accuracy",
     "model_accuracy",
     "median_distance",
+    "detection_rate",
+    "median_first_refusal",
 )
 
 
 #: Summary values stored as NULL when undefined (NaN), read back as NaN.
-NULLABLE_SUMMARY = ("mean_queries", "median_queries", "clean_accuracy", "model_accuracy", "median_distance")
+NULLABLE_SUMMARY = (
+    "mean_queries",
+    "median_queries",
+    "clean_accuracy",
+    "model_accuracy",
+    "median_distance",
+    "detection_rate",
+    "median_first_refusal",
+)
+#: Columns of image_results, in the order `record` writes them.
+IMAGE_COLUMNS = (
+    "cell_key",
+    "position",
+    "image_index",
+    "label",
+    "success",
+    "queries",
+    "success_clean",
+    "success_vote",
+    "distance",
+    "first_refusal",
+    "target",
+)
 
 
 def _now() -> str:
@@ -301,6 +361,8 @@ def _migrate(con: sqlite3.Connection, version: int) -> None:
     while version < SCHEMA_VERSION:
         for stmt in _statements(_MIGRATIONS[version]):
             con.execute(stmt)
+        if version in _MIGRATION_STEPS:
+            _MIGRATION_STEPS[version](con)
         version += 1
         con.execute(
             "INSERT INTO history (event, schema_version, rnd_version, happened_at) VALUES (?, ?, ?, ?)",
@@ -523,7 +585,7 @@ class ResultsStore:
                 "SELECT id FROM sweeps WHERE config_sha256 = ? AND quick = ?", (sha, int(quick))
             ).fetchone()[0]
             for cell in cells:
-                d = cell.to_dict()
+                d = cell.to_dict() | {"nu": cell.nu}
                 values = [d[c] for c in CELL_COLUMNS]
                 self.con.execute(
                     f"INSERT OR IGNORE INTO cells (key, spec, {', '.join(CELL_COLUMNS)}, status, updated_at) "
@@ -547,7 +609,8 @@ class ResultsStore:
             if row[0] == "done":
                 return False
             self.con.executemany(
-                "INSERT INTO image_results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO image_results ({', '.join(IMAGE_COLUMNS)}) "
+                f"VALUES ({', '.join('?' * len(IMAGE_COLUMNS))})",
                 [
                     (
                         key,
@@ -559,6 +622,8 @@ class ResultsStore:
                         int(r.success_clean),
                         int(r.success_vote),
                         None if r.distance is None else _real(r.distance),
+                        r.first_refusal,
+                        r.target,
                     )
                     for r in result.rows
                 ],
@@ -644,9 +709,10 @@ class ResultsStore:
     def results(self) -> list[dict[str, Any]]:
         """Every finished cell: its parameters joined with its summary, one dict per cell."""
         rows = self.con.execute(
-            "SELECT c.key, c.spec, s.*, c.checkpoint FROM cells c "
+            "SELECT c.key, c.spec, s.*, c.checkpoint, c.defense, c.nu, c.target FROM cells c "
             "JOIN cell_summaries s ON s.cell_key = c.key "
-            "WHERE c.status = 'done' ORDER BY c.model, c.attack, c.norm, c.eps, c.nu, c.mu, c.eot, c.seed"
+            "WHERE c.status = 'done' "
+            "ORDER BY c.model, c.attack, c.norm, c.eps, c.defense, c.mu, c.eot, c.seed"
         ).fetchall()
         out = []
         for r in rows:

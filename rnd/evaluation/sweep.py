@@ -1,12 +1,15 @@
 """Sweep cells: the grid of a `SweepConfig` expanded into independent, reproducible units of work.
 
-A `Cell` is one (model, nu, attack, norm, eps, mu, M, budget, seed) measurement on one image
-selection. It is frozen and JSON-serialisable; its `key` is the sha256 of its canonical JSON (the
-checkpoint is identified by its sha256, not by where the file lies), so the same measurement has
-the same key in every database and on every machine. `execute_cell(cell)` is a pure function of
-the cell: it loads what it needs, runs the attack with generators seeded from the cell, and
-returns a `CellResult`; the same cell gives the same numbers in any process, which is what lets a
-sweep resume, or run its cells on other workers (one task per cell).
+A `Cell` is one (model, defense, attack, norm, eps, mu, M, budget, seed) measurement on one image
+selection; the defense is a canonical spec text (`none`, `rnd:nu=0.02`, `aaa:interval=6`). It is
+frozen and JSON-serialisable; its `key` is the sha256 of its canonical JSON (the checkpoint is
+identified by its sha256, not by where the file lies), so the same measurement has the same key in
+every database and on every machine. Keys written before defenses were specs stay valid: an RND
+or undefended cell is identified by its `nu` as before, and `target` enters only when set.
+`execute_cell(cell)` is a pure function of the cell: it loads what it needs, builds its defense,
+runs the attack with generators seeded from the cell, and returns a `CellResult`; the same cell
+gives the same numbers in any process, which is what lets a sweep resume, or run its cells on
+other workers (one task per cell).
 """
 
 from __future__ import annotations
@@ -22,10 +25,12 @@ import torch
 from torch import nn
 
 from rnd.attacks.base import median as median_of
+from rnd.defenses import canonical_defense, legacy_defense, rnd_nu
 from rnd.errors import ConfigError, InputError, RndError
 
 SEED_SALT_DEFENSE = "defense"
 SEED_SALT_ACCURACY = "accuracy"
+SEED_SALT_TARGETS = "targets"
 
 
 def derive_seed(seed: int, purpose: str) -> int:
@@ -52,28 +57,51 @@ class Cell:
     mu: float | None
     eot: int
     budget: int
-    nu: float
+    defense: str
     seed: int
     output: str = "probs"
     votes: int = 11
     accuracy_images: int = 1000
     params: str = "{}"  # extra attack keyword arguments, canonical JSON
     data_root: str | None = None
+    target: str | None = None  # None: untargeted; else the target rule ("random", "next", "3")
 
     #: Fields that locate files on this machine; not part of the measurement's identity.
     LOCAL: ClassVar[tuple[str, ...]] = ("checkpoint", "data_root")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "defense", canonical_defense(self.defense))
+        object.__setattr__(self, "target", check_target(self.target))
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Cell:
+        """A cell from `to_dict()` or `identity()` output, including those written before defense
+        specs (a `nu` and no `defense`)."""
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        out = {k: v for k, v in d.items() if k in known}
+        if "defense" not in out and "nu" in d:
+            out["defense"] = legacy_defense(float(d["nu"]))
+        return cls(**out)
 
     def identity(self) -> dict[str, Any]:
-        """What the measurement depends on (everything but local paths)."""
-        return {k: v for k, v in self.to_dict().items() if k not in self.LOCAL}
+        """What the measurement depends on (everything but local paths), in the form that keeps the
+        keys of cells written before defense specs: `nu` for RND / none, `target` only when set."""
+        d = {k: v for k, v in self.to_dict().items() if k not in self.LOCAL}
+        nu = rnd_nu(self.defense)
+        if nu is not None:
+            del d["defense"]
+            d["nu"] = nu
+        if self.target is None:
+            del d["target"]
+        return d
+
+    @property
+    def nu(self) -> float:
+        """RND's noise level when the defense is RND (0 when undefended or another defense)."""
+        return rnd_nu(self.defense) or 0.0
 
     @property
     def key(self) -> str:
@@ -87,8 +115,8 @@ class Cell:
     def label(self) -> str:
         mu = "default" if self.mu is None else f"{self.mu:g}"
         return (
-            f"{self.model} nu={self.nu:g} {self.attack}/{self.norm} eps={self.eps:g} mu={mu} "
-            f"M={self.eot} seed={self.seed}"
+            f"{self.model} {self.defense} {self.attack}/{self.norm} eps={self.eps:g} mu={mu} "
+            f"M={self.eot} seed={self.seed}{'' if self.target is None else ' target=' + self.target}"
         )
 
 
@@ -104,6 +132,8 @@ class ImageRow:
     success_clean: bool  # ... and x_adv also fools the clean model
     success_vote: bool  # ... and x_adv also fools a majority of `votes` fresh noisy answers
     distance: float | None = None  # label-only attacks: ||x_adv - x|| (inf: no adversarial point found)
+    first_refusal: int | None = None  # stateful defenses: the image's query count at its first refusal
+    target: int | None = None  # targeted cells: the target class
 
 
 @dataclass
@@ -121,6 +151,8 @@ class CellSummary:
     median_distance: float = math.nan  # label-only attacks: median final distance over images
     #: label-only attacks: (queries, median distance over images after at most that many queries)
     distance_curve: list[tuple[int, float]] | None = None
+    detection_rate: float = 0.0  # % of images with at least one refused query (stateful defenses)
+    median_first_refusal: float = math.nan  # over detected images: queries until the first refusal
 
 
 @dataclass
@@ -154,6 +186,7 @@ def summarize_rows(
     mean = float(q.mean()) if q.numel() else math.nan
     median = float(q.quantile(0.5)) if q.numel() else math.nan
     dists = [r.distance for r in rows if r.distance is not None]
+    firsts = torch.tensor([r.first_refusal for r in rows if r.first_refusal is not None], dtype=torch.float64)
     return CellSummary(
         n,
         fail("success"),
@@ -165,6 +198,8 @@ def summarize_rows(
         model_accuracy,
         median_of(torch.tensor(dists, dtype=torch.float64)) if dists else math.nan,
         distance_curve,
+        100.0 * firsts.numel() / max(n, 1),
+        float(firsts.quantile(0.5)) if firsts.numel() else math.nan,
     )
 
 
@@ -186,14 +221,23 @@ def expand(cfg: Any) -> list[Cell]:
         except RndError as exc:
             raise ConfigError(f"models[{i}].checkpoint: {exc}") from exc
         sha = meta.sha256 or sha256_file(checkpoint_paths(m.checkpoint)[0])
-        for nu in m.nu if m.nu is not None else cfg.nu:
+        for defense in m.defenses if m.defenses is not None else cfg.defenses:
             for a in cfg.attacks:
+                if a.defenses is not None and defense not in a.defenses:
+                    continue
                 budget = a.budget if a.budget is not None else cfg.budget
                 for eps in a.eps:
                     for mu in a.mu:
                         for eot in a.eot:
                             attack = make_attack(
-                                a.name, eps=eps, norm=a.norm, mu=mu, eot=eot, seed=0, **a.params
+                                a.name,
+                                eps=eps,
+                                norm=a.norm,
+                                mu=mu,
+                                eot=eot,
+                                seed=0,
+                                targeted=a.target is not None,
+                                **a.params,
                             )
                             output = output_for(attack, cfg.output)
                             if output is None:
@@ -222,13 +266,14 @@ def expand(cfg: Any) -> list[Cell]:
                                         mu=mu,
                                         eot=eot,
                                         budget=budget,
-                                        nu=nu,
+                                        defense=defense,
                                         seed=seed,
                                         output=output,
                                         votes=cfg.votes,
                                         accuracy_images=cfg.data.accuracy_images,
                                         params=json.dumps(a.params, sort_keys=True, separators=(",", ":")),
                                         data_root=cfg.data.root,
+                                        target=a.target,
                                     )
                                 )
     keys = [c.key for c in cells]
@@ -249,8 +294,9 @@ def output_for(attack: Any, output: str) -> str | None:
 def check_plan(cfg: Any, cells: list[Cell]) -> None:
     """Check, before any database is opened, what every cell will need: the data set loads and
     holds `data.start`; each model's checkpoint loads (sha256 verified), fits the data set (shape,
-    classes, and the data set it was trained on unless `data.allow_dataset_mismatch`), and classifies
-    `data.images` images correctly from `data.start`. Raises ConfigError naming the key; the models,
+    classes, and the data set it was trained on unless `data.allow_dataset_mismatch`), takes each of
+    its defenses (names, parameters, feature layers), and classifies `data.images` images correctly
+    from `data.start` (not of a fixed target class). Raises ConfigError naming the key; the models,
     data and selections computed here stay in the per-process caches, so the cells reuse them."""
     from rnd.evaluation.compat import check_model_data
     from rnd.models import read_meta
@@ -288,10 +334,20 @@ def check_plan(cfg: Any, cells: list[Cell]) -> None:
             )
         except RndError as exc:
             raise ConfigError(f"{key}: {exc}") from exc
-        try:
-            select_images(cell)
-        except RndError as exc:
-            raise ConfigError(f"data.images: model {m.label!r}: {exc}") from exc
+        from rnd.defenses import build_defense
+
+        where = f"models[{i}].defenses" if m.defenses is not None else "defenses"
+        for spec in m.defenses if m.defenses is not None else cfg.defenses:
+            try:
+                build_defense(spec, model, seed=0)
+            except RndError as exc:
+                raise ConfigError(f"{where}: model {m.label!r}: {exc}") from exc
+        for c in {c.target: c for c in cells if c.model == m.label}.values():
+            try:
+                check_target(c.target, int(getattr(model, "num_classes", data.num_classes)))
+                select_images(c)
+            except RndError as exc:
+                raise ConfigError(f"data.images: model {m.label!r}: {exc}") from exc
 
 
 # -- execution ---------------------------------------------------------------------------------
@@ -299,8 +355,8 @@ def check_plan(cfg: Any, cells: list[Cell]) -> None:
 # Per-process caches: a worker that runs many cells loads each model and data set once.
 _MODELS: dict[tuple[str, str], nn.Module] = {}
 _DATA: dict[tuple[str, str, str | None], Any] = {}
-_SELECTION: dict[tuple[str, str, str, int, int], torch.Tensor] = {}
-_ACCURACY: dict[tuple[str, str, str, float, int, int], float] = {}
+_SELECTION: dict[tuple[str, str, str, int, int, int | None], torch.Tensor] = {}
+_ACCURACY: dict[tuple[str, str, str, str, int, int], float] = {}
 
 
 def _model(cell: Cell) -> nn.Module:
@@ -329,12 +385,14 @@ def _data(cell: Cell) -> Any:
 
 
 def select_images(cell: Cell) -> torch.Tensor:
-    """Data-set indices of the first `cell.images` images (from `start`) the clean model gets right."""
+    """Data-set indices of the first `cell.images` images (from `start`) the clean model gets right
+    (and, with a fixed target class, not of that class)."""
     from rnd.evaluation.metrics import correctly_classified
 
-    k = (cell.checkpoint_sha256, cell.dataset, cell.split, cell.images, cell.start)
+    fixed = fixed_target(cell.target)
+    k = (cell.checkpoint_sha256, cell.dataset, cell.split, cell.images, cell.start, fixed)
     if k not in _SELECTION:
-        idx = correctly_classified(_model(cell), _data(cell), cell.images, cell.start)
+        idx = correctly_classified(_model(cell), _data(cell), cell.images, cell.start, exclude_label=fixed)
         if len(idx) < cell.images:
             raise InputError(
                 f"only {len(idx)} images from index {cell.start} of {cell.dataset}/{cell.split} are "
@@ -345,24 +403,63 @@ def select_images(cell: Cell) -> torch.Tensor:
 
 
 def clean_accuracies(cell: Cell) -> tuple[float, float]:
-    """(accuracy % under RND at the cell's nu, accuracy % of the undefended model) on the first
-    `accuracy_images` images of the split; the noise is seeded from the cell seed."""
-    from rnd.defense import RandomNoiseDefense
+    """(accuracy % under the cell's defense, accuracy % of the undefended model) on the first
+    `accuracy_images` images of the split; a random defense's noise is seeded from the cell seed
+    (one draw per image: the mean over images estimates the mean over draws)."""
+    from rnd.defenses import build_defense
     from rnd.evaluation.metrics import accuracy
 
     data = _data(cell)
     n = min(cell.accuracy_images, len(data))
     idx = torch.arange(n)
     out = []
-    for nu in (cell.nu, 0.0):
-        k = (cell.checkpoint_sha256, cell.dataset, cell.split, nu, n, cell.seed)
+    for defense in (cell.defense, "none"):
+        k = (cell.checkpoint_sha256, cell.dataset, cell.split, defense, n, cell.seed)
         if k not in _ACCURACY:
             model = _model(cell)
-            if nu > 0:
-                model = RandomNoiseDefense(model, nu=nu, seed=derive_seed(cell.seed, SEED_SALT_ACCURACY))
+            if defense != "none":
+                model = build_defense(defense, model, seed=derive_seed(cell.seed, SEED_SALT_ACCURACY))
             _ACCURACY[k] = 100.0 * accuracy(model, data, indices=idx)
         out.append(_ACCURACY[k])
     return out[0], out[1]
+
+
+TARGET_RULES = ("random", "next")
+
+
+def check_target(target: str | None, num_classes: int | None = None) -> str | None:
+    """A target rule: None (untargeted), "random" (a uniformly random other class, seeded by the
+    cell seed), "next" ((y + 1) mod C) or a class index as text ("3"); InputError otherwise."""
+    if target is None or target in TARGET_RULES:
+        return target
+    try:
+        c = int(target)
+    except (TypeError, ValueError):
+        raise InputError(
+            f"target must be {', '.join(TARGET_RULES)} or a class index, got {target!r}"
+        ) from None
+    if c < 0 or (num_classes is not None and c >= num_classes):
+        top = "" if num_classes is None else f" 0..{num_classes - 1}"
+        raise InputError(f"target class {c} is out of range: the model has classes{top}")
+    return str(c)
+
+
+def fixed_target(target: str | None) -> int | None:
+    """The class of a fixed-class target rule, else None."""
+    return int(target) if target is not None and target not in TARGET_RULES else None
+
+
+def make_targets(target: str | None, y: torch.Tensor, num_classes: int, seed: int) -> torch.Tensor | None:
+    """One target class per image by the rule `target` (see `check_target`)."""
+    if target is None:
+        return None
+    if target == "next":
+        return (y + 1) % num_classes
+    if target == "random":
+        g = torch.Generator().manual_seed(seed)
+        shift = torch.randint(1, num_classes, y.shape, generator=g)
+        return (y + shift) % num_classes
+    return torch.full_like(y, int(target))
 
 
 def _json_safe(value: Any) -> Any:
@@ -379,16 +476,19 @@ def _json_safe(value: Any) -> Any:
     return str(value)
 
 
-def execute_cell(cell: Cell, progress: bool = False) -> CellResult:
-    """Run one cell: load the checkpoint, select images, attack through an oracle (RND when nu > 0),
-    re-check each x_adv on the clean model and by a vote of fresh noisy answers.
+def execute_cell(cell: Cell, progress: bool = False, max_batch: int | None = None) -> CellResult:
+    """Run one cell: load the checkpoint, select images, build the cell's defense (`build_defense`,
+    seeded with `derive_seed(cell.seed, "defense")`), attack through an oracle, re-check each x_adv
+    on the clean model and by a vote of fresh answers. The attacker is told the defense's public
+    parameters (`assume=`), as an adaptive attacker would know them; its generator is seeded with
+    `cell.seed`. `max_batch` bounds the images per forward (memory only: results do not change).
 
-    Shares `attack_and_recheck` with `rnd.evaluation.attack_eval.evaluate_attack` (same oracle, same
-    re-check, same seeds give the same numbers) but keeps the per-image outcomes. The attack's generator is
-    seeded with `cell.seed`, the defense's with `derive_seed(cell.seed, "defense")`.
+    The one executor of `rnd attack`, `rnd sweep` and the Ray runner: the same cell gives the same
+    numbers in any of them.
     """
     from rnd import __version__
     from rnd.attacks import make_attack
+    from rnd.defenses import build_defense
     from rnd.evaluation.attack_eval import attack_and_recheck
 
     t0 = time.perf_counter()
@@ -396,6 +496,10 @@ def execute_cell(cell: Cell, progress: bool = False) -> CellResult:
     idx = select_images(cell)
     x, y = _data(cell).get(idx)
     clean_acc, model_acc = clean_accuracies(cell)
+    defense = build_defense(cell.defense, base, seed=derive_seed(cell.seed, SEED_SALT_DEFENSE))
+    params = dict(cell.attack_params)
+    if cell.target is not None:
+        params["targeted"] = True
     attack = make_attack(
         cell.attack,
         eps=cell.eps,
@@ -404,20 +508,25 @@ def execute_cell(cell: Cell, progress: bool = False) -> CellResult:
         eot=cell.eot,
         seed=cell.seed,
         progress=progress,
-        **cell.attack_params,
+        assume=defense.public_params(),
+        **params,
     )
-    result, clean_hit, vote_hit = attack_and_recheck(
+    num_classes = int(getattr(base, "num_classes", 0) or _data(cell).num_classes)
+    targets = make_targets(cell.target, y, num_classes, derive_seed(cell.seed, SEED_SALT_TARGETS))
+    result, clean_hit, vote_hit, oracle = attack_and_recheck(
         attack,
         base,
         x,
         y,
-        nu=cell.nu,
+        defense=defense,
         budget=cell.budget,
         output=cell.output,  # type: ignore[arg-type]
-        defense_seed=derive_seed(cell.seed, SEED_SALT_DEFENSE),
         votes=cell.votes,
+        targets=targets,
+        max_batch=max_batch,
     )
     observed = result.success
+    first = oracle.first_refusal  # the oracle is fresh: its ids are the images, in order
     rows = [
         ImageRow(
             position=i,
@@ -428,6 +537,8 @@ def execute_cell(cell: Cell, progress: bool = False) -> CellResult:
             success_clean=bool(observed[i] & clean_hit[i]),
             success_vote=bool(observed[i] & vote_hit[i]),
             distance=None if result.distance is None else float(result.distance[i]),
+            first_refusal=None if int(first[i]) < 0 else int(first[i]),
+            target=None if targets is None else int(targets[i]),
         )
         for i in range(len(y))
     ]

@@ -78,7 +78,7 @@ def test_repeat_and_vote_costs_m(tiny_model, attack_batch):
 
 def test_under_noise_and_adaptive_mu(tiny_model, attack_batch):
     x, y = attack_batch
-    attack = GeoDA(eps=0.3, norm="linf", seed=5, mu_nu_ratio=0.5)
+    attack = GeoDA(eps=0.3, norm="linf", seed=5, mu_nu_ratio=0.5, assume={"nu": 0.02})
     res = run_decision(attack, tiny_model, x[:6], y[:6], 120, nu=0.02)
     assert res.params["mu_used"] == pytest.approx(0.01)  # max(2e-4, 0.5 * nu)
 

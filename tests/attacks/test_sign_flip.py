@@ -63,7 +63,7 @@ def test_given_starts(tiny_model, attack_batch):
 def test_mu_is_the_step_and_scales_with_nu(tiny_model, attack_batch):
     x, y = attack_batch
     assert SignFlip(eps=0.05).mu == 0.004
-    attack = SignFlip(eps=0.05, mu_nu_ratio=0.5, seed=6)
+    attack = SignFlip(eps=0.05, mu_nu_ratio=0.5, assume={"nu": 0.02}, seed=6)
     oracle = Oracle(RandomNoiseDefense(tiny_model, nu=0.02, seed=0), output="labels", budget=20)
     res = attack(oracle, x[:3], y[:3])
     assert res.params["mu"] == 0.004 and res.params["mu_used"] == pytest.approx(0.01)

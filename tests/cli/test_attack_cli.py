@@ -7,7 +7,8 @@ from click.testing import CliRunner
 from rnd.attacks import ATTACKS
 from rnd.attacks.square import Square
 from rnd.cli import main
-from rnd.cli.attack import attack_names, coerce, make_targets
+from rnd.cli.attack import attack_names, coerce
+from rnd.evaluation.sweep import SEED_SALT_TARGETS, derive_seed, make_targets
 from rnd.models import save_checkpoint
 
 
@@ -76,9 +77,9 @@ def test_table_has_a_row_per_attack_and_nu(checkpoint):
     rows = [line.split() for line in result.output.splitlines() if line.strip().startswith(("square", "nes"))]
     assert [(r[0], r[2]) for r in rows] == [
         ("square", "none"),
-        ("square", "rnd"),
+        ("square", "rnd:nu=0.05"),
         ("nes", "none"),
-        ("nes", "rnd"),
+        ("nes", "rnd:nu=0.05"),
     ]
 
 
@@ -90,7 +91,12 @@ def test_targeted_rules(checkpoint):
     assert fixed["targets"] == [3] * 5 and 3 not in fixed["labels"]
     rnd = run_json(checkpoint, *common)
     assert rnd["target_rule"] == "random"
-    assert rnd["targets"] == make_targets("random", torch.tensor(rnd["labels"]), 10, seed=0).tolist()
+    assert (
+        rnd["targets"]
+        == make_targets(
+            "random", torch.tensor(rnd["labels"]), 10, seed=derive_seed(0, SEED_SALT_TARGETS)
+        ).tolist()
+    )
     assert all(t != y for t, y in zip(rnd["targets"], rnd["labels"], strict=True))
     row = rnd["rows"][0]  # undefended: the clean model predicts the target on every observed success
     assert row["failure_rate"] == pytest.approx(row["failure_rate_clean"])

@@ -23,7 +23,7 @@ def test_demo_end_to_end(checkpoint):
     lines = result.output.splitlines()
     assert any(line.startswith("clean accuracy, RND nu=0.02") for line in lines)
     rows = [line.split() for line in lines if line.strip().startswith(("square", "nes"))]
-    assert len(rows) == 4 and {r[2] for r in rows} == {"none", "rnd"}
+    assert len(rows) == 4 and {r[2] for r in rows} == {"none", "rnd:nu=0.02"}
 
 
 def test_demo_json(checkpoint):
@@ -46,7 +46,7 @@ def test_demo_json(checkpoint):
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert len(report["rows"]) == 2
-    assert report["rows"][0]["defense"] == "none" and report["rows"][1]["nu"] == 0.02
+    assert report["rows"][0]["defense"] == "none" and report["rows"][1]["defense"] == "rnd:nu=0.02"
     assert report["rows"][0]["images"] == 4
 
 

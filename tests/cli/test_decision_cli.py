@@ -123,7 +123,7 @@ def test_sweep_stores_distances_and_report_plots_them(tiny_model, tmp_path):
     for r in results:
         assert r["distance_curve"] and r["distance_curve"][-1][0] == 120
         assert r["median_distance"] == r["distance_curve"][-1][1]
-    assert len(rows) == 12 and all(row[-1] is not None and row[-1] > 0 for row in rows)
+    assert len(rows) == 12 and all(row[8] is not None and row[8] > 0 for row in rows)
     out = tmp_path / "rep"
     rep = runner.invoke(main, ["report", str(db), "--out", str(out)])
     assert rep.exit_code == 0, rep.output

@@ -39,10 +39,13 @@ def test_build_defense_matches_the_classes(tiny_model, attack_batch):
     assert isinstance(built, RandomNoiseDefense) and torch.equal(built(x), direct(x))
     assert built.randomised and not built.stateful
     assert built.public_params() == {"nu": 0.02, "clip": (0.0, 1.0)}
-    assert str(built.spec) == "rnd:clip=(0.0, 1.0),nu=0.02"
+    assert str(built.spec) == "rnd:nu=0.02"  # parameters at their default are left out
+    again = build_defense(str(built.spec), tiny_model, seed=3)  # the spec builds it again
+    assert again.public_params() == built.public_params()
+    assert torch.equal(again(x), RandomNoiseDefense(tiny_model, nu=0.02, seed=3)(x))
     none = build_defense("none", tiny_model)
     assert isinstance(none, NoDefense) and not none.randomised and torch.equal(none(x), tiny_model(x))
-    assert set(DEFENSES) == {"none", "rnd"}
+    assert {"none", "rnd", "feature-noise", "low-confidence"} <= set(DEFENSES)
 
 
 def test_unknown_defense_or_parameter():

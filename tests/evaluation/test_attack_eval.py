@@ -20,6 +20,7 @@ from rnd.attacks import ATTACKS
 from rnd.attacks.base import AttackState
 from rnd.attacks.score import ScoreAttack
 from rnd.data.base import ImageDataset
+from rnd.defenses import legacy_defense
 from rnd.evaluation import sweep
 from rnd.evaluation.attack_eval import attack_and_recheck, evaluate_attack
 from rnd.evaluation.sweep import Cell, execute_cell
@@ -63,7 +64,7 @@ def test_the_construction():
 def test_clean_rechecks_the_undefended_model_and_vote_is_a_majority_of_fresh_answers():
     x, y = _points()
     attack = Idle(eps=0.1, seed=0)
-    result, clean_hit, vote_hit = attack_and_recheck(
+    result, clean_hit, vote_hit, _ = attack_and_recheck(
         attack, Fringe(), x, y, nu=NU, budget=10, defense_seed=5, votes=VOTES
     )
     assert torch.equal(result.x_adv, x) and bool((result.queries == 1).all())  # one query each
@@ -105,7 +106,7 @@ def test_sweep_cell_rows_follow_the_same_three_definitions(monkeypatch):
         mu=None,
         eot=1,
         budget=10,
-        nu=NU,
+        defense=legacy_defense(NU),
         seed=0,
         votes=VOTES,
         accuracy_images=N,

@@ -29,7 +29,7 @@ def make(
 
 def test_valid_config_parses(ckpt):
     cfg = parse_config(make(ckpt, 'mu = [0.001, "default"]\neot = [1, 2]\n[attacks.params]\nq = 5\n'))
-    assert cfg.nu == (0.0, 0.02)
+    assert cfg.defenses == ("none", "rnd:nu=0.02")  # the older [defense] nu form
     a = cfg.attacks[0]
     assert a.mu == (0.001, None) and a.eot == (1, 2) and a.params == {"q": 5} and a.eps == (0.1,)
     assert cfg.data.images == 4 and cfg.budget == 100 and cfg.models[0].label == "m"
@@ -100,7 +100,7 @@ def test_quick_rule(ckpt):
     assert cfg.quick == QuickRule(7, 300, 3)
     q = quick_config(cfg)
     assert q.data.images == 7 and q.budget == 300 and q.seeds == (0,)
-    assert q.attacks[0].mu == (0.001, 0.005, 0.05) and q.nu == (0.0, 0.02)
+    assert q.attacks[0].mu == (0.001, 0.005, 0.05) and q.defenses == ("none", "rnd:nu=0.02")
 
 
 # -- bounds on integers, accepted attack parameters, data-set mismatch, config paths ----------------
@@ -149,7 +149,8 @@ def test_unknown_attack_param_lists_the_accepted_keys(ckpt):
     msg = str(info.value)
     assert msg.startswith("attacks[0].params.qq: unknown parameter of nes; accepted keys: ")
     accepted = msg.split("accepted keys: ")[1].split(", ")
-    assert {"q", "lr", "loss", "targeted"} <= set(accepted) and "eps" not in accepted
+    assert {"q", "lr", "loss", "mu_nu_ratio"} <= set(accepted) and "eps" not in accepted
+    assert "targeted" not in accepted  # an [[attacks]] table's own key: targeted = true
 
 
 def test_base_class_params_are_accepted(ckpt):
@@ -188,3 +189,69 @@ def test_every_paper_config_is_valid(tiny_model, tmp_path):
         text = re.sub(r'^checkpoint = ".*"$', ours, path.read_text(), flags=re.M)
         cfg = parse_config(text, base=tmp_path, path=str(path))
         assert cfg.attacks and cfg.models, path.name
+
+
+# -- defenses and targets -----------------------------------------------------------------------------
+
+
+def with_defenses(ckpt, block: str, attack_extra: str = "") -> str:
+    return (
+        f'name = "t"\nbudget = 100\n{block}\n[data]\nimages = 4\n'
+        f'[[models]]\nlabel = "m"\ncheckpoint = "{ckpt}"\n'
+        f'[[attacks]]\nname = "nes"\nnorm = "linf"\neps = 0.1\n{attack_extra}'
+    )
+
+
+def test_defense_tables_expand_their_grids_in_canonical_form(ckpt):
+    block = '[[defenses]]\nname = "none"\n[[defenses]]\nname = "rnd"\nnu = [0.0, 0.01, 0.02]\n'
+    block += '[[defenses]]\nname = "aaa"\ninterval = 6\n'
+    cfg = parse_config(with_defenses(ckpt, block).replace('[[defenses]]\nname = "none"\n', "", 1))
+    assert cfg.defenses == ("none", "rnd:nu=0.01", "rnd:nu=0.02", "aaa:interval=6")
+
+
+def test_defense_spec_texts(ckpt):
+    cfg = parse_config(with_defenses(ckpt, 'defenses = ["none", "rnd:nu=0.02", "aaa"]'))
+    assert cfg.defenses == ("none", "rnd:nu=0.02", "aaa")
+
+
+@pytest.mark.parametrize(
+    ("block", "key", "words"),
+    [
+        ('defenses = ["nope"]', "defenses[0]", "unknown defense 'nope'"),
+        ('defenses = ["rnd:nu"]', "defenses[0]", "not key=value"),
+        ('defenses = ["none", "rnd:nu=0"]', "defenses", "twice"),
+        ('[[defenses]]\nname = "rnd"\nnu = []', "defenses[0].nu", "empty grid"),
+        ('[defense]\nnu = [0.02]\n[[defenses]]\nname = "none"', "defenses", "not both"),
+    ],
+)
+def test_bad_defenses_name_the_key(ckpt, block, key, words):
+    with pytest.raises(ConfigError) as info:
+        parse_config(with_defenses(ckpt, block))
+    assert str(info.value).startswith(f"{key}: ") and words in str(info.value)
+
+
+def test_targeted_attack_tables(ckpt):
+    cfg = parse_config(with_defenses(ckpt, 'defenses = ["none"]', 'targeted = true\ntarget = "next"\n'))
+    assert cfg.attacks[0].target == "next"
+    assert (
+        parse_config(with_defenses(ckpt, 'defenses = ["none"]', "targeted = true\n")).attacks[0].target
+        == "random"
+    )
+    for extra, words in (
+        ('target = "next"\n', "needs targeted = true"),
+        ('targeted = true\ntarget = "sideways"\n', "target must be"),
+        ("[attacks.params]\ntargeted = true\n", "own key"),
+    ):
+        with pytest.raises(ConfigError, match=words):
+            parse_config(with_defenses(ckpt, 'defenses = ["none"]', extra))
+
+
+def test_an_attack_can_be_aimed_at_some_defenses(ckpt):
+    from rnd.evaluation.sweep import expand
+
+    text = with_defenses(ckpt, 'defenses = ["none", "rnd:nu=0.02"]', 'defenses = ["rnd:nu=0.02"]\n')
+    cfg = parse_config(text)
+    assert cfg.attacks[0].defenses == ("rnd:nu=0.02",)
+    assert [c.defense for c in expand(cfg)] == ["rnd:nu=0.02"]
+    with pytest.raises(ConfigError, match=r"attacks\[0\].defenses: 'aaa' is not among"):
+        parse_config(with_defenses(ckpt, 'defenses = ["none"]', 'defenses = ["aaa"]\n'))

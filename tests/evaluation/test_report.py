@@ -7,6 +7,7 @@ import math
 
 import pytest
 
+from rnd.defenses import legacy_defense
 from rnd.evaluation.report import heatmaps, write_report
 from rnd.evaluation.store import ResultsStore
 from rnd.evaluation.sweep import Cell, CellResult, ImageRow, summarize_rows
@@ -27,7 +28,7 @@ def stored(store: ResultsStore, fails: int, *, mu, nu, eot=1, seed=0, acc=90.0) 
         mu=mu,
         eot=eot,
         budget=1000,
-        nu=nu,
+        defense=legacy_defense(nu),
         seed=seed,
     )
     rows = [ImageRow(i, i, 0, i >= fails, 100 * eot, i >= fails, i >= fails) for i in range(10)]
@@ -102,7 +103,7 @@ def test_label_only_distance_figure_and_table(tmp_path):
             c = Cell(
                 model="std", checkpoint="/m", checkpoint_sha256="cd" * 32, dataset="fashion-mnist",
                 split="test", images=4, start=0, attack="hsja", norm="l2", eps=1.5, mu=None, eot=1,
-                budget=1000, nu=nu, seed=0, output="labels",
+                budget=1000, defense=legacy_defense(nu), seed=0, output="labels",
             )  # fmt: skip
             dists = [0.5 * scale, 1.0 * scale, 2.0 * scale, math.inf]
             rows = [ImageRow(i, i, 0, d <= 1.5, 100, d <= 1.5, d <= 1.5, d) for i, d in enumerate(dists)]

@@ -15,10 +15,12 @@ import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from rnd.defenses import legacy_defense
 from rnd.errors import InputError
 from rnd.evaluation.store import (
     CLAIM_LEASE_S,
@@ -46,7 +48,7 @@ def cell(nu: float = 0.02, seed: int = 0) -> Cell:
         mu=None,
         eot=1,
         budget=100,
-        nu=nu,
+        defense=legacy_defense(nu),
         seed=seed,
     )
 
@@ -161,7 +163,7 @@ def test_writer_killed_mid_transaction_leaves_last_commit(tmp_path):
         import os, signal, sqlite3
         con = sqlite3.connect({str(db)!r}, isolation_level=None)
         con.execute("BEGIN IMMEDIATE")
-        con.execute("INSERT INTO image_results VALUES ({c.key!r}, 0, 1, 2, 1, 5, 1, 1, NULL)")
+        con.execute("INSERT INTO image_results VALUES ({c.key!r}, 0, 1, 2, 1, 5, 1, 1, NULL, NULL, NULL)")
         con.execute("UPDATE cells SET status = 'done'")
         os.kill(os.getpid(), signal.SIGKILL)
     """)
@@ -333,7 +335,7 @@ def v1_database(path: Path) -> Path:
     con.execute("INSERT INTO schema_info VALUES ('schema_version', '1'), ('created', ?)", (created,))
     c = cell()
     con.execute("INSERT INTO sweeps VALUES (1, 's', 'sha', 0, 'text', 'cfg.toml', '0.1.0', ?)", (created,))
-    d = c.to_dict()
+    d = c.to_dict() | {"nu": c.nu}
     cols = ", ".join("?" * len(STORE_CELL_COLUMNS))
     con.execute(
         f"INSERT INTO cells VALUES (?, ?, {cols}, 'done', NULL, '2026-11-01T10:01:00+00:00')",
@@ -371,7 +373,9 @@ def test_schema_1_is_migrated_keeping_every_row(tmp_path):
         assert r["failure_rate_vote"] == 66.7 and r["wall_seconds"] == 1.5 and r["indices"] == [10, 11, 12]
     assert digest(db) == before
     with ResultsStore(db) as store:
-        assert store.image_rows() == [(*row, None) for row in old_rows]  # no distance: score attack
+        # no distance (score attack), never refused, untargeted
+        assert store.image_rows() == [(*row, None, None, None) for row in old_rows]
+        assert r["defense"] == "rnd:nu=0.02" and r["nu"] == 0.02
         (r,) = store.results()
         assert r["finished_at"] == "2026-11-01T10:01:00+00:00" and r["mean_queries"] == 41.0
         assert store.sweeps()[0]["created_at"] == "2026-11-01T10:00:00+00:00"
@@ -383,7 +387,12 @@ def test_schema_1_is_migrated_keeping_every_row(tmp_path):
     first = con.execute("SELECT event, schema_version, happened_at FROM history ORDER BY id").fetchone()
     assert first == ("created", 1, "2026-11-01T10:00:00+00:00")
     con.close()
-    assert history(db) == ["created", "migrated from schema 1", "migrated from schema 2"]
+    assert history(db) == [
+        "created",
+        "migrated from schema 1",
+        "migrated from schema 2",
+        "migrated from schema 3",
+    ]
 
 
 # -- migration from schema 2 --------------------------------------------------------------------------
@@ -404,7 +413,7 @@ def v2_database(path: Path) -> Path:
     con.execute("INSERT INTO sweeps VALUES (1, 's', 'sha', 0, 'text', 'cfg.toml', '0.2.0', ?)", (created,))
     cols = ", ".join("?" * len(STORE_CELL_COLUMNS))
     for c, status in ((cell(), "done"), (cell(seed=7), "pending")):
-        d = c.to_dict()
+        d = c.to_dict() | {"nu": c.nu}
         con.execute(
             f"INSERT INTO cells VALUES (?, ?, {cols}, ?, NULL, ?, NULL, NULL)",
             (c.key, c_spec(c), *[d[k] for k in STORE_CELL_COLUMNS], status, created),
@@ -438,16 +447,16 @@ def test_schema_2_is_migrated_keeping_every_row(tmp_path):
         assert r["distance_curve"] is None
     assert digest(db) == before
     with ResultsStore(db) as store:
-        assert store.image_rows() == [(*row, None) for row in old_rows]
+        assert store.image_rows() == [(*row, None, None, None) for row in old_rows]
         assert store.status_counts() == {"done": 1, "pending": 1}
         assert store.record(result(cell())) is False  # still done
         assert store.record(result(cell(seed=7)))  # the pending cell can be finished
     con = sqlite3.connect(db)
-    assert con.execute("SELECT * FROM cells WHERE key = ?", (cell().key,)).fetchone() == next(
-        row for row in old_cells if row[0] == cell().key
-    )
+    old_row = next(row for row in old_cells if row[0] == cell().key)
+    new_row = con.execute("SELECT * FROM cells WHERE key = ?", (cell().key,)).fetchone()
+    assert new_row == (*old_row, "rnd:nu=0.02", None)  # every old value kept; defense from nu, untargeted
     con.close()
-    assert history(db) == ["created", "migrated from schema 2"]
+    assert history(db) == ["created", "migrated from schema 2", "migrated from schema 3"]
 
 
 def test_distances_round_trip(tmp_path):
@@ -462,7 +471,7 @@ def test_distances_round_trip(tmp_path):
         (got,) = store.results()
         assert got["median_distance"] == r.summary.median_distance
         assert got["distance_curve"] == [(10, math.inf), (100, 0.2), (1000, 0.05)]
-        assert [row[-1] for row in store.image_rows()] == [row.distance for row in r.rows]
+        assert [row[8] for row in store.image_rows()] == [row.distance for row in r.rows]
 
 
 # -- comparing databases ------------------------------------------------------------------------------
@@ -582,3 +591,84 @@ def test_heartbeat_keeps_claims_fresh_until_closed(tmp_path, monkeypatch):
     last = claimed_at()
     time.sleep(0.2)
     assert claimed_at() == last  # the beat stopped with the store
+
+
+# -- migration from schema 3 --------------------------------------------------------------------------
+
+
+def v3_database(path: Path) -> Path:
+    """A database exactly as rnd wrote schema version 3 (its DDL kept in schema_v3.sql): an
+    undefended and an RND cell, done, with rows, summaries and a distance; a pending cell."""
+    con = sqlite3.connect(path)
+    con.executescript((Path(__file__).parent / "schema_v3.sql").read_text())
+    created = "2026-11-28T10:00:00+00:00"
+    con.execute("INSERT INTO schema_info VALUES ('schema_version', '3')")
+    con.execute("INSERT INTO history VALUES (1, 'created', 3, '0.3.0', ?)", (created,))
+    con.execute("INSERT INTO sweeps VALUES (1, 's', 'sha', 0, 'text', 'cfg.toml', '0.3.0', ?)", (created,))
+    cols = ", ".join("?" * len(STORE_CELL_COLUMNS))
+    for c, status in ((cell(0.0), "done"), (cell(0.02), "done"), (cell(0.05, seed=3), "pending")):
+        d = c.to_dict() | {"nu": c.nu}
+        con.execute(
+            f"INSERT INTO cells VALUES (?, ?, {cols}, ?, NULL, ?, NULL, NULL)",
+            (c.key, c_spec(c), *[d[k] for k in STORE_CELL_COLUMNS], status, created),
+        )
+        con.execute("INSERT INTO sweep_cells VALUES (1, ?)", (c.key,))
+        if status == "done":
+            con.executemany(
+                "INSERT INTO image_results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(c.key, i, 10 + i, i, 1, 40 + i, 1, 1, 0.5 * i) for i in range(3)],
+            )
+            con.execute(
+                "INSERT INTO cell_summaries VALUES (?, 3, 0.0, 0.0, 0.0, 41.0, 41.0, 90.0, 91.0,"
+                " '[10, 11, 12]', '{}', '0.3.0', 1.5, ?, 0.5, '[[10, 0.5]]')",
+                (c.key, created),
+            )
+    con.commit()
+    con.close()
+    return path
+
+
+def test_schema_3_is_migrated_keeping_every_row_and_every_key(tmp_path):
+    """Every row of a schema 3 database survives; each cell's defense is filled from its nu; the
+    keys are those the current Cell computes (a resumed sweep finds its finished cells done)."""
+    db = v3_database(tmp_path / "v3.sqlite")
+    old = sqlite3.connect(db)
+    tables = ("cells", "image_results", "cell_summaries")
+    before = {t: sorted(old.execute(f"SELECT * FROM {t}").fetchall()) for t in tables}
+    old.close()
+    with ResultsStore(db) as store:
+        assert store.status_counts() == {"done": 2, "pending": 1}
+        by_defense = {r["defense"]: r for r in store.results()}
+        assert set(by_defense) == {"none", "rnd:nu=0.02"}
+        assert by_defense["none"]["nu"] == 0.0 and by_defense["rnd:nu=0.02"]["detection_rate"] == 0
+        assert by_defense["none"]["distance_curve"] == [(10, 0.5)]
+    con = sqlite3.connect(db)
+    for t in tables:  # every old row, every old value, in the old columns
+        after = sorted(con.execute(f"SELECT * FROM {t}").fetchall())
+        assert [row[: len(before[t][0])] for row in after] == before[t]
+    assert con.execute("SELECT defense FROM cells ORDER BY nu").fetchall() == [
+        ("none",),
+        ("rnd:nu=0.02",),
+        ("rnd:nu=0.05",),
+    ]
+    con.close()
+    with ResultsStore(db) as store:
+        assert store.record(result(cell(0.02))) is False  # the same key: already done
+        assert store.record(result(cell(0.05, seed=3)))  # the pending one finishes
+    assert history(db)[-1] == "migrated from schema 3"
+
+
+def test_defense_and_target_and_refusals_round_trip(tmp_path):
+    """A rival defense, a targeted cell and a detector's refusals are stored and read back."""
+    c = replace(cell(), defense="aaa:interval=6", target="next")
+    r = result(c)
+    r.rows[0].first_refusal, r.rows[0].target = 7, 3
+    r.summary = summarize_rows(r.rows, 90.0, 91.0)
+    with ResultsStore(tmp_path / "t.sqlite") as store:
+        store.register_sweep("s", "text", [c], quick=False)
+        assert store.record(r)
+        (got,) = store.results()
+        assert got["defense"] == "aaa:interval=6" and got["target"] == "next"
+        assert got["detection_rate"] == pytest.approx(100 / 3) and got["median_first_refusal"] == 7
+        assert store.image_rows()[0][9:] == (7, 3)
+    assert c.key != cell().key and "defense" in c.identity() and "nu" not in c.identity()

@@ -69,7 +69,7 @@ def test_cell_key_is_stable_and_local_paths_do_not_count(plan):
     c = plan.cells[0]
     assert len(c.key) == 64 and c.key == Cell.from_dict(json.loads(json.dumps(c.to_dict()))).key
     assert replace(c, checkpoint="/elsewhere/tiny").key == c.key
-    assert replace(c, nu=0.01).key != c.key and replace(c, seed=1).key != c.key
+    assert replace(c, defense="rnd:nu=0.01").key != c.key and replace(c, seed=1).key != c.key
     assert pickle.loads(pickle.dumps(c)) == c
 
 
