@@ -81,7 +81,8 @@ class Blacklight(Defense):
         cache_size: entries of the window -> digest cache (a power of two; 0 turns it off).
 
     After every forward: `last_flagged` (bool, one per row of that call); totals `queries_seen`,
-    `queries_flagged`; `stored` queries in the history; `reset()` forgets the history.
+    `queries_flagged`; `stored` queries in the history; `reset()` forgets the history. The history
+    is plain state, not thread-safe: serve the detector from one worker, or call it under a lock.
 
     Spec: `blacklight` (`blacklight:threshold=20`); stateful, deterministic; public parameters:
     step, window, top, threshold (the salt is secret).
