@@ -1,7 +1,8 @@
 """ScoreAttack: the base of the score-based attacks (the oracle answers probabilities or logits).
 
 On top of the query-loop core (`rnd.attacks.base.QueryAttack`): the attacker's loss from the scores
-(CW margin or cross-entropy on log-probabilities, minimised), the first query at the clean image,
+(CW margin, cross-entropy or the scale-invariant DLR ratio on log-probabilities, minimised), the
+first query at the clean image,
 and the stopping rule: an image stops at its first observed success (the oracle's answer, noisy
 under RND, is what the attacker sees). Also the plateau step schedule shared by the
 gradient-estimation attacks (NES, ZO-signSGD, Bandits).
@@ -20,8 +21,8 @@ from rnd.attacks.base import AttackResult, AttackState, Norm, QueryAttack
 from rnd.errors import InputError, unknown_name
 from rnd.oracle import QueryOracle
 
-LossName = Literal["margin", "ce"]
-LOSSES: tuple[str, ...] = ("margin", "ce")
+LossName = Literal["margin", "ce", "dlr"]
+LOSSES: tuple[str, ...] = ("margin", "ce", "dlr")
 
 
 @dataclass(eq=False)
@@ -51,8 +52,9 @@ class ScoreAttack(QueryAttack[SS]):
     and `step`, querying through `evaluate`.
 
     Args:
-        loss: "margin" (CW margin on log-probabilities) or "ce" (log-probability of the true class;
-            of the target when targeted); both are minimised.
+        loss: "margin" (CW margin on log-probabilities), "ce" (log-probability of the true class;
+            of the target when targeted) or "dlr" (the margin divided by a spread of the
+            log-probabilities, invariant to scaled logits: see `dlr_loss`); all are minimised.
         eps, norm and the rest: see `QueryAttack`.
     """
 
@@ -67,6 +69,11 @@ class ScoreAttack(QueryAttack[SS]):
     def check_oracle(self, oracle: QueryOracle) -> None:
         if oracle.output == "labels":
             raise InputError(f"{self.name} is score-based and needs an oracle with scores, not labels")
+        need = 4 if self.targeted else 3
+        if self.loss_name == "dlr" and oracle.num_classes < need:
+            raise InputError(
+                f"loss='dlr' needs at least {need} classes ({oracle.num_classes} here); use loss='margin'"
+            )
 
     def result(self, state: SS) -> AttackResult:
         out = super().result(state)
@@ -109,6 +116,12 @@ class ScoreAttack(QueryAttack[SS]):
             logp = scores.clamp_min(1e-30).log()
         y = state.y[rows]
         pred = scores.argmax(1)
+        if self.loss_name == "dlr":
+            if not self.targeted:
+                return dlr_loss(logp, y), pred != y
+            assert state.target is not None
+            t = state.target[rows]
+            return dlr_loss(logp, y, t), pred == t
         if self.targeted:
             assert state.target is not None
             t = state.target[rows]
@@ -146,6 +159,31 @@ class ScoreAttack(QueryAttack[SS]):
         state.x[r] = x_new[mask]
         state.loss[r] = loss[mask]
         state.success[r] = adv[mask]
+
+
+def dlr_loss(logp: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+    """The DLR loss (Croce & Hein, ICML 2020, eq. 6 and 7) on log-probabilities, to minimise: the
+    counter to random logit scaling (`rnd.defenses.logit_scaling`, Dashtbani et al., TMLR 2026).
+
+    Untargeted: `(l_y - max_{i != y} l_i) / (l_(1) - l_(3))`; targeted: `(max_{i != t} l_i - l_t) /
+    (l_(1) - (l_(3) + l_(4)) / 2)`, with `l = log p` and `l_(k)` the k-th largest. Why it is scale
+    invariant: for logits `z` and a scale `m > 0`, `log softmax(m z)_i = m z_i - logsumexp(m z)`, so
+    every difference `l_i - l_j` becomes `m (z_i - z_j)` and the order of the classes is unchanged.
+    Numerator and denominator are differences of log-probabilities, both scale by `m`, and the ratio
+    does not move; the plain margin moves by the factor `m` itself. Hence a random search comparing
+    two answers scaled by different `m` compares the true losses again. (Exact up to float rounding
+    while no probability underflows; the denominator is floored at 1e-12.)
+    """
+    ordered = logp.sort(dim=1, descending=True).values
+    if target is None:
+        own = logp.gather(1, y[:, None]).squeeze(1)
+        other = logp.scatter(1, y[:, None], -math.inf).amax(1)
+        spread = ordered[:, 0] - ordered[:, 2]
+        return (own - other) / spread.clamp_min(1e-12)
+    own = logp.gather(1, target[:, None]).squeeze(1)
+    other = logp.scatter(1, target[:, None], -math.inf).amax(1)
+    spread = ordered[:, 0] - (ordered[:, 2] + ordered[:, 3]) / 2
+    return (other - own) / spread.clamp_min(1e-12)
 
 
 def init_plateau(state: PlateauState, lr: float, length: int) -> None:

@@ -136,7 +136,14 @@ class Square(ScoreAttack[SquareState]):
         else:
             x_new = self._l2_candidate(x0, x, self._l2_side(h, w, it))
         loss, adv = self.evaluate(state, x_new, rows)
-        self.accept(state, rows, x_new, loss, adv, loss < state.loss[rows])
+        self.accept(state, rows, x_new, loss, adv, self.improved(state, rows, loss, adv))
+
+    def improved(
+        self, state: SquareState, rows: torch.Tensor, loss: torch.Tensor, adv: torch.Tensor
+    ) -> torch.Tensor:
+        """Which candidates replace the current point: those with a lower loss (eq. 5). The
+        adaptive variants (`rnd.attacks.square_adaptive`) override this rule."""
+        return loss < state.loss[rows]
 
     # -- l_inf ---------------------------------------------------------------------------------
     def _linf_candidate(self, xp: torch.Tensor, xm: torch.Tensor, x: torch.Tensor, s: int) -> torch.Tensor:
