@@ -7,6 +7,7 @@ from typing import Any
 
 from rnd.attacks.bandits import Bandits
 from rnd.attacks.base import AttackResult, AttackState, QueryAttack
+from rnd.attacks.blinding import Blinded, BlindingOracle
 from rnd.attacks.decision import DecisionAttack
 from rnd.attacks.geoda import GeoDA
 from rnd.attacks.hsja import HopSkipJump
@@ -20,6 +21,7 @@ from rnd.attacks.sign_opt import SignOPT
 from rnd.attacks.signhunter import SignHunter
 from rnd.attacks.simba import SimBA
 from rnd.attacks.square import Square
+from rnd.attacks.square_adaptive import SquareAdaptive
 from rnd.attacks.zo_signsgd import ZOSignSGD
 from rnd.errors import unknown_name
 
@@ -27,6 +29,7 @@ from rnd.errors import unknown_name
 SCORE_ATTACKS: tuple[type[QueryAttack], ...] = (
     NES,
     Square,
+    SquareAdaptive,
     ZOSignSGD,
     Bandits,
     SimBA,
@@ -45,11 +48,22 @@ DECISION_ATTACKS: tuple[type[QueryAttack], ...] = (
 ATTACKS: dict[str, type[QueryAttack]] = {cls.name: cls for cls in SCORE_ATTACKS + DECISION_ATTACKS}
 
 
-def make_attack(name: str, **kwargs: Any) -> QueryAttack:
-    """Build a registered attack by name (e.g. "square", "nes") with its keyword arguments."""
+#: Keyword arguments `make_attack` takes for every attack (attacker-side wrappers, not the attack's own).
+WRAPPER_KEYS = ("blind",)
+
+
+def make_attack(name: str, *, blind: float | None = None, **kwargs: Any) -> QueryAttack:
+    """Build a registered attack by name (e.g. "square", "nes") with its keyword arguments.
+
+    `blind=a` wraps it in `Blinded(attack, amplitude=a)`: every query blinded by fresh +-a noise,
+    the counter to a similarity detector (`rnd.attacks.blinding`); its generator is seeded from the
+    attack's seed (a stream of its own)."""
     if name not in ATTACKS:
         raise unknown_name("attack", name, list(ATTACKS))
-    return ATTACKS[name](**kwargs)
+    attack = ATTACKS[name](**kwargs)
+    if not blind:  # None or 0: no blind
+        return attack
+    return Blinded(attack, amplitude=blind, seed=(attack.seed * 1_000_003 + 7) % 2**63)  # type: ignore[return-value]
 
 
 __all__ = [
@@ -60,6 +74,8 @@ __all__ = [
     "AttackResult",
     "AttackState",
     "Bandits",
+    "Blinded",
+    "BlindingOracle",
     "DecisionAttack",
     "GeoDA",
     "HopSkipJump",
@@ -73,6 +89,7 @@ __all__ = [
     "SignOPT",
     "SimBA",
     "Square",
+    "SquareAdaptive",
     "ZOSignSGD",
     "make_attack",
 ]

@@ -237,6 +237,11 @@ class Blinded:
         self.generator = torch.Generator().manual_seed(self.seed)
         self.last_oracle: BlindingOracle | None = None
 
+    def __getattr__(self, name: str) -> Any:  # feedback, min_budget, cost_text, seed, ...: the attack's
+        if name == "attack":
+            raise AttributeError(name)
+        return getattr(self.attack, name)
+
     @property
     def name(self) -> str:
         return f"blinded-{self.attack.name}"

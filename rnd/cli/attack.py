@@ -25,7 +25,7 @@ from typing import Any
 import click
 from tqdm.auto import tqdm
 
-from rnd.attacks import ATTACKS
+from rnd.attacks import ATTACKS, make_attack
 from rnd.attacks.base import QueryAttack
 from rnd.attacks.score import LOSSES
 from rnd.cli.app import json_option, main, progress_option
@@ -78,9 +78,16 @@ def constructor_parameters(cls: type[QueryAttack]) -> dict[str, inspect.Paramete
     return out
 
 
+#: --param keys every attack takes through make_attack (e.g. blind=0.02: the detector's counter).
+WRAPPER_PARAMS = {
+    "blind": inspect.Parameter("blind", inspect.Parameter.KEYWORD_ONLY, default=0.0, annotation=float)
+}
+
+
 def attack_keywords(cls: type[QueryAttack]) -> dict[str, inspect.Parameter]:
-    """Attack-specific keyword arguments of `cls` (those --param may set)."""
-    return {k: p for k, p in constructor_parameters(cls).items() if k not in COMMON_KEYS}
+    """Attack-specific keyword arguments of `cls` (those --param may set), and the wrapper's."""
+    own = {k: p for k, p in constructor_parameters(cls).items() if k not in COMMON_KEYS}
+    return {**own, **WRAPPER_PARAMS}
 
 
 def _hint(cls: type[QueryAttack], key: str) -> Any:
@@ -177,7 +184,7 @@ def build_attacks(
         accepted = constructor_parameters(ATTACKS[n])  # label-only attacks take no loss
         own = {k: v for k, v in common.items() if k in accepted}
         try:
-            attacks.append(ATTACKS[n](**own, **params[n]))
+            attacks.append(make_attack(n, **own, **params[n]))
         except TypeError as exc:
             raise ConfigError(f"cannot configure {n}: {exc}") from exc
     return attacks

@@ -7,11 +7,14 @@ from typing import Any
 
 from torch import nn
 
+from rnd.defenses.aaa import AAA
 from rnd.defenses.base import Defense, DefenseSpec
 from rnd.defenses.feature_noise import FeatureNoiseDefense
 from rnd.defenses.input_noise import RandomNoiseDefense
+from rnd.defenses.logit_scaling import RandomLogitScaling
 from rnd.defenses.low_confidence import LowConfidenceNoise
 from rnd.defenses.none import NoDefense
+from rnd.defenses.stateful import Blacklight
 from rnd.errors import InputError, unknown_name
 
 DEFENSES: dict[str, type[Defense]] = {
@@ -19,8 +22,11 @@ DEFENSES: dict[str, type[Defense]] = {
     for cls in (
         NoDefense,
         RandomNoiseDefense,
+        AAA,
+        RandomLogitScaling,
         FeatureNoiseDefense,
         LowConfidenceNoise,
+        Blacklight,
     )
 }
 
@@ -71,12 +77,15 @@ def rnd_nu(defense: str) -> float | None:
 
 
 __all__ = [
+    "AAA",
     "DEFENSES",
+    "Blacklight",
     "Defense",
     "DefenseSpec",
     "FeatureNoiseDefense",
     "LowConfidenceNoise",
     "NoDefense",
+    "RandomLogitScaling",
     "RandomNoiseDefense",
     "build_defense",
 ]

@@ -371,7 +371,9 @@ def attack_param_keys(name: str) -> list[str]:
             continue
         params = inspect.signature(cls.__init__).parameters.values()
         keys |= {p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
-    return sorted(keys - {"self", *OWN_KEYS})
+    from rnd.attacks import WRAPPER_KEYS
+
+    return sorted((keys | set(WRAPPER_KEYS)) - {"self", *OWN_KEYS})
 
 
 def _attacks(raw: Any) -> tuple[AttackSpec, ...]:

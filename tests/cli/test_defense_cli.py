@@ -127,3 +127,22 @@ def test_bad_defense_specs_fail_with_one_line(checkpoint, tmp_path, spec, words)
     assert out.exit_code == 2, out.output
     assert "defenses" in out.output and len(out.output.strip().splitlines()) == 1
     assert not db.exists()
+
+
+def test_detector_refusals_are_reported_and_blinding_is_an_attack_option(checkpoint):
+    """Against Blacklight, plain Square is refused (detected) on every image; the table gains the
+    detection column; blind=A runs the same attack blinded, through the same cell machinery."""
+    common = ["--json", "--attack", "square", "--defense", "blacklight", "--images", "3", "--budget", "30"]
+    plain = attack(checkpoint, *common)
+    assert plain.exit_code == 0, plain.output
+    (row,) = json.loads(plain.output)["rows"]
+    assert row["detection_rate"] == 100.0 and all(q is not None and q >= 2 for q in row["first_refusal"])
+    blinded = attack(checkpoint, *common, "--param", "blind=0.05")
+    assert blinded.exit_code == 0, blinded.output
+    (brow,) = json.loads(blinded.output)["rows"]
+    assert brow["params"]["blind_amplitude"] == 0.05 and brow["cell_key"] != row["cell_key"]
+    assert brow["detection_rate"] < row["detection_rate"]
+    text = attack(
+        checkpoint, "--attack", "square", "--defense", "blacklight", "--images", "3", "--budget", "30"
+    )
+    assert text.exit_code == 0 and "detected %" in text.output
