@@ -112,6 +112,9 @@ def test_targeted_cells_run_in_sweeps(checkpoint, tmp_path):
         ("rnd:nu=abc", "nu"),
         ("rnd:nu", "not key=value"),
         ("rnd:seed=3", "seed is not a spec parameter"),
+        ("feature-noise:sigma=0.5,layers=fc9", "fc9"),
+        ("feature-noise:sigma=-0.5", "sigma"),
+        ("aaa:variant=cosine", "cosine"),
     ],
 )
 def test_bad_defense_specs_fail_with_one_line(checkpoint, tmp_path, spec, words):
