@@ -25,8 +25,8 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from rnd._checks import check_int, check_positive
-from rnd._rng import entropy_seed, generator_for
+from rnd._checks import check_positive
+from rnd._rng import DeviceGenerators, own_generator
 from rnd.defenses.base import Defense
 from rnd.errors import InputError
 
@@ -43,25 +43,6 @@ def _active() -> set[int]:
     if tokens is None:
         tokens = _ACTIVE.tokens = set()
     return tokens
-
-
-class _DeviceGenerators:
-    """The defense's generator, and one per other device seeded from it (thread-safe creation)."""
-
-    def __init__(self, generator: torch.Generator) -> None:
-        self.base = generator
-        self._lock = threading.Lock()
-        self._by_device: dict[torch.device, torch.Generator] = {torch.device(generator.device): generator}
-
-    def get(self, device: torch.device) -> torch.Generator:
-        if device.type == "cuda" and device.index is None:
-            device = torch.device("cuda", torch.cuda.current_device())
-        with self._lock:
-            g = self._by_device.get(device)
-            if g is None:
-                seed = int(torch.randint(0, 2**62, (1,), generator=self.base).item())
-                g = self._by_device[device] = generator_for(device, seed)
-            return g
 
 
 def _inert_hook() -> _InertHook:
@@ -83,7 +64,7 @@ class _NoiseHook:
 
     Holds no reference to the defense (so the defense can be collected and its hooks removed)."""
 
-    def __init__(self, token: int, sigma: float, generators: _DeviceGenerators) -> None:
+    def __init__(self, token: int, sigma: float, generators: DeviceGenerators) -> None:
         self.token, self.sigma, self.generators = token, sigma, generators
 
     def __call__(self, module: nn.Module, inputs: Any, output: Any) -> Any:
@@ -173,10 +154,7 @@ class FeatureNoiseDefense(Defense):
         seed: int | None = None,
     ) -> None:
         super().__init__()
-        if generator is not None and seed is not None:
-            raise InputError("give either generator or seed, not both")
-        if seed is not None:
-            check_int(seed, "seed", minimum=None)
+        generator = own_generator(generator, seed)
         if not isinstance(layers, str) and not (
             isinstance(layers, Sequence) and all(isinstance(n, str) for n in layers)
         ):
@@ -187,11 +165,9 @@ class FeatureNoiseDefense(Defense):
         self.layers = "+".join(
             dict.fromkeys(n.strip() for n in (layers.split("+") if isinstance(layers, str) else layers))
         )
-        if generator is None:
-            generator = generator_for(torch.device("cpu"), entropy_seed() if seed is None else seed)
         self.generator = generator
         self._token = next(_TOKENS)
-        generators = _DeviceGenerators(generator)
+        generators = DeviceGenerators(generator)
         handles = [
             model.get_submodule(path).register_forward_hook(_NoiseHook(self._token, self.sigma, generators))
             for path in dict.fromkeys(self.paths.values())

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rnd._checks import check_finite, check_int, check_positive, check_real
-from rnd._rng import entropy_seed, generator_for
+from rnd._checks import check_finite, check_positive, check_real
+from rnd._rng import DeviceGenerators, own_generator
 from rnd.defenses.base import Defense
 from rnd.errors import InputError
 
@@ -50,39 +50,22 @@ class RandomNoiseDefense(Defense):
         seed: int | None = None,
     ) -> None:
         super().__init__()
-        if generator is not None and seed is not None:
-            raise InputError("give either generator or seed, not both")
+        generator = own_generator(generator, seed)
         if clip is not None:
             if not isinstance(clip, tuple | list) or len(clip) != 2:
                 raise InputError(f"clip must be (low, high) or None, got {clip!r}")
             clip = (check_real(clip[0], "clip low"), check_real(clip[1], "clip high"))
             if not clip[0] < clip[1]:
                 raise InputError(f"clip must be (low, high) with low < high, got {clip!r}")
-        if seed is not None:
-            check_int(seed, "seed", minimum=None)
         self.model = model
         self.nu = check_positive(nu, "nu", allow_zero=True)
         self.clip = clip
-        if generator is None:
-            generator = generator_for(torch.device("cpu"), entropy_seed() if seed is None else seed)
         self.generator = generator
-        self._device_generators: dict[torch.device, torch.Generator] = {
-            torch.device(generator.device): generator
-        }
-
-    def _generator(self, device: torch.device) -> torch.Generator:
-        if device.type == "cuda" and device.index is None:
-            device = torch.device("cuda", torch.cuda.current_device())
-        g = self._device_generators.get(device)
-        if g is None:
-            seed = int(torch.randint(0, 2**62, (1,), generator=self.generator).item())
-            g = generator_for(device, seed)
-            self._device_generators[device] = g
-        return g
+        self._generators = DeviceGenerators(generator)
 
     def noise_like(self, x: torch.Tensor) -> torch.Tensor:
         """Draw `nu * v`, `v ~ N(0, I)`, shaped and typed like `x`, from the defense's generator."""
-        g = self._generator(x.device)
+        g = self._generators.get(x.device)
         dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
         v = torch.randn(x.shape, generator=g, device=x.device, dtype=dtype)
         return (v * self.nu).to(x.dtype)

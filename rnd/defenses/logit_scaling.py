@@ -20,8 +20,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rnd._checks import check_finite, check_int, check_positive
-from rnd._rng import entropy_seed, generator_for
+from rnd._checks import check_finite, check_positive
+from rnd._rng import own_generator
 from rnd.defenses.base import Defense
 from rnd.errors import InputError
 
@@ -57,18 +57,13 @@ class RandomLogitScaling(Defense):
         seed: int | None = None,
     ) -> None:
         super().__init__()
-        if generator is not None and seed is not None:
-            raise InputError("give either generator or seed, not both")
-        if seed is not None:
-            check_int(seed, "seed", minimum=None)
+        generator = own_generator(generator, seed)
         self.model = model
         self.low = check_positive(low, "low")
         self.high = check_positive(high, "high")
         if self.high < self.low:
             raise InputError(f"RLS needs low <= high, got low={low!r}, high={high!r}")
-        if generator is None:
-            generator = generator_for(torch.device("cpu"), entropy_seed() if seed is None else seed)
-        elif torch.device(generator.device).type != "cpu":
+        if torch.device(generator.device).type != "cpu":
             raise InputError("the RLS generator must be a CPU torch.Generator")
         self.generator = generator
 
