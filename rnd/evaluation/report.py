@@ -548,7 +548,10 @@ def write_report(db: str | Path, out: str | Path) -> Report:
         md += [
             "## Main table",
             "",
-            "Cells: failure % observed / vote / clean (mean queries); M = 1 and each attack's default mu.",
+            "Cells: failure % observed / vote / clean (mean queries), and det = % of images a stateful "
+            "defense detected. One column per attack setting: M, mu (as used) and parameters are named "
+            "where they differ from the plain attack; an empty cell was not run (an adaptive attack is "
+            "aimed at the defenses it counters).",
             "",
         ]
         md += main_table(points)

@@ -120,3 +120,37 @@ def test_label_only_distance_figure_and_table(tmp_path):
     assert "| hsja | none | 1 | 50.0 | 50.0 | 50.0 | 3.000 | 2.000 | 1.500 |" in md
     assert "| hsja | RND nu=0.02 | 1 | 75.0 | 75.0 | 75.0 | 6.000 | 4.000 | 3.000 |" in md
     assert "| 1.500 |" in md and "| 3.000 |" in md
+
+
+def test_main_table_has_a_row_per_defense_and_a_column_per_attack_variant(tmp_path):
+    """Rival defenses are rows under their spec; an adaptive attack (other parameters) gets its own
+    column, empty for the defenses it was not aimed at; a detector's detections are shown; rival
+    rows stay off the nu axes (no clean-accuracy-against-nu curve from them)."""
+    path = tmp_path / "rivals.sqlite"
+    with ResultsStore(path) as store:
+        for defense, attack, params, fails, refused in (
+            ("none", "square", "{}", 1, 0),
+            ("aaa", "square", "{}", 8, 0),
+            ("aaa", "square-adaptive", '{"rule":"up"}', 5, 0),
+            ("blacklight:threshold=45", "square", "{}", 10, 10),
+        ):
+            c = Cell(
+                model="std", checkpoint="/m", checkpoint_sha256="cd" * 32, dataset="fashion-mnist",
+                split="test", images=10, start=0, attack=attack, norm="linf", eps=0.1, mu=None, eot=1,
+                budget=1000, defense=defense, seed=0, params=params,
+            )  # fmt: skip
+            rows = [
+                ImageRow(
+                    i, i, 0, i >= fails, 100, i >= fails, i >= fails, first_refusal=3 if i < refused else None
+                )
+                for i in range(10)
+            ]
+            store.register_sweep("s", "cfg", [c], quick=False)
+            store.record(CellResult(c.key, c, rows, summarize_rows(rows, 90.0, 91.0), {"mu": 0.05, "mu_used": 0.05}))
+    md = write_report(path, tmp_path / "rep").markdown
+    head = next(line for line in md.splitlines() if line.startswith("| model | defense | clean acc %"))
+    assert "square linf eps=0.1 |" in head and "square-adaptive linf eps=0.1 rule=up |" in head
+    assert "| std | none | 90.0 | 10.0 / 10.0 / 10.0 (100) |  |" in md
+    assert "| std | aaa | 90.0 | 80.0 / 80.0 / 80.0 (100) | 50.0 / 50.0 / 50.0 (100) |" in md
+    assert "| std | blacklight:threshold=45 | 90.0 | 100.0 / 100.0 / 100.0 (n/a) det 100% |  |" in md
+    assert "Clean accuracy against nu" not in md
