@@ -393,9 +393,9 @@ def attack(
         if value > high:
             raise InputError(f"--{name} must be <= {bound_text(high)}, got {value}; lower it")
     specs = defense_specs(defenses, nus)
-    for value, name in ((eps, "eps"), (mu, "mu"), (mu_nu_ratio, "mu-nu-ratio")):
-        if value is not None and not math.isfinite(value):
-            raise InputError(f"--{name} must be a finite number, got {value}")
+    for number, name in ((eps, "eps"), (mu, "mu"), (mu_nu_ratio, "mu-nu-ratio")):
+        if number is not None and not math.isfinite(number):
+            raise InputError(f"--{name} must be a finite number, got {number}")
     eps = DEFAULT_EPS[norm] if eps is None else eps
     names = attack_names(attacks, norm)
     if not names:

@@ -94,9 +94,7 @@ def attack_and_recheck(
     model = defended(base, defense, nu, defense_seed)
     if attack.feedback == "labels":
         output = "labels"
-    oracle = Oracle(
-        model, output=output, budget=budget, **({} if max_batch is None else {"max_batch": max_batch})
-    )
+    oracle = Oracle(model, output=output, budget=budget, max_batch=4096 if max_batch is None else max_batch)
     result = attack(oracle, x, y, targets)
     clean_hit, vote_hit = recheck(model, base, result.x_adv, y, votes, targets)
     return result, clean_hit, vote_hit, oracle
