@@ -146,7 +146,9 @@ def test_main_table_has_a_row_per_defense_and_a_column_per_attack_variant(tmp_pa
                 for i in range(10)
             ]
             store.register_sweep("s", "cfg", [c], quick=False)
-            store.record(CellResult(c.key, c, rows, summarize_rows(rows, 90.0, 91.0), {"mu": 0.05, "mu_used": 0.05}))
+            store.record(
+                CellResult(c.key, c, rows, summarize_rows(rows, 90.0, 91.0), {"mu": 0.05, "mu_used": 0.05})
+            )
     md = write_report(path, tmp_path / "rep").markdown
     head = next(line for line in md.splitlines() if line.startswith("| model | defense | clean acc %"))
     assert "square linf eps=0.1 |" in head and "square-adaptive linf eps=0.1 rule=up |" in head
