@@ -672,3 +672,10 @@ def test_defense_and_target_and_refusals_round_trip(tmp_path):
         assert got["detection_rate"] == pytest.approx(100 / 3) and got["median_first_refusal"] == 7
         assert store.image_rows()[0][9:] == (7, 3)
     assert c.key != cell().key and "defense" in c.identity() and "nu" not in c.identity()
+
+
+def test_cell_keys_written_before_defense_specs_are_kept():
+    """Keys computed by rnd before defenses became specs (schema 3), pinned: a resumed sweep finds
+    its finished undefended and RND cells under the same keys."""
+    assert cell(0.0).key == "476af857ea44c0e55a6fce23acbc948dbc235688519bdc60522ee356c3ec9b70"
+    assert cell(0.02).key == "7f9fce18b38107cba7137502a730bf2852114c2cf97de01e9c138567c26a8e0f"
