@@ -177,3 +177,18 @@ def test_unknown_runner_and_missing_ray():
     except ModuleNotFoundError:
         with pytest.raises(InputError, match=r"rnd\[ray\]"):
             make_runner("ray")
+
+
+def test_the_attacker_is_told_the_cells_defense(plan):
+    """execute_cell passes the defense's public parameters to the attack (assume=): an adaptive
+    attacker scales its probe with the cell's nu; told nothing about an undefended cell."""
+    rnd_cell = next(c for c in plan.cells if c.nu > 0 and c.mu == 0.05)
+    adaptive = replace(rnd_cell, params='{"mu_nu_ratio":2.0}', images=1, budget=5)
+    got = execute_cell(adaptive).attack_params
+    assert got["assume"] == {"nu": 0.05, "clip": [0.0, 1.0]}
+    assert got["mu_used"] == pytest.approx(max(0.05, 2.0 * 0.05))
+    plain = replace(adaptive, defense="none")
+    assert (
+        execute_cell(plain).attack_params["assume"] == {}
+        and execute_cell(plain).attack_params["mu_used"] == 0.05
+    )
