@@ -1,4 +1,4 @@
-"""The attacker's only view of a model: answers per query, and an exact per-image query count.
+"""The in-process oracle: the attacker's only view of a local model, with an exact per-image count.
 
 Every image forwarded is counted against the id of the source image it was derived from; the count
 is the single source of "queries" in every report. With EOT (Athalye et al. 2018; the paper's
@@ -14,36 +14,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
 from rnd._checks import IMAGE_DTYPE, RANGE_TOL, check_images, check_int
 from rnd.errors import BudgetExceededError, InputError, unknown_name
-
-Output = Literal["probs", "logits", "topk", "labels"]
-OUTPUTS: tuple[str, ...] = ("probs", "logits", "topk", "labels")
-#: The label an oracle answering labels gives to a refused query.
-REFUSED = -1
-
-
-@runtime_checkable
-class QueryOracle(Protocol):
-    """What attacks need from an oracle, wherever the model runs (in process or over HTTP)."""
-
-    output: Output
-    budget: int | None
-    num_classes: int
-    input_shape: tuple[int, ...]
-
-    def new_ids(self, n: int) -> torch.Tensor: ...
-
-    def query(self, x: torch.Tensor, ids: torch.Tensor, eot: int | None = None) -> torch.Tensor: ...
-
-    def counts_of(self, ids: torch.Tensor) -> torch.Tensor: ...
-
-    def remaining(self, ids: torch.Tensor) -> torch.Tensor: ...
+from rnd.oracle.protocol import OUTPUTS, REFUSED, Output
 
 
 def model_attr(model: nn.Module, name: str) -> object | None:
