@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install rnd from nothing into ./.venv: the Debian data package, CPU PyTorch, the package itself.
 #   scripts/install.sh          runtime only
-#   scripts/install.sh dev      plus test and lint tools and Ray (its runner is tested in CI)
+#   scripts/install.sh dev      plus test and lint tools, Ray and the server (both tested in CI)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-}"
@@ -18,7 +18,7 @@ fi
 # the CPU build first, so the loose torch>=2.3 requirement below installs nothing more
 .venv/bin/python -m pip install -q torch==2.13.0
 if [ "$extras" = "dev" ]; then
-    .venv/bin/python -m pip install -q -e '.[dev,ray]'
+    .venv/bin/python -m pip install -q -e '.[dev,ray,serve]'
 else
     .venv/bin/python -m pip install -q -e .
 fi
