@@ -4,6 +4,7 @@ from rnd.cli import (  # noqa: F401  (registers the subcommands)
     attack,
     demo,
     finetune,
+    keys,
     noise_accuracy,
     report,
     sweep,
