@@ -1,0 +1,1 @@
+"""Serving a defended model: the Open Inference Protocol app, dynamic batching, keys and quotas."""
