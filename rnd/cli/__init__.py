@@ -7,6 +7,7 @@ from rnd.cli import (  # noqa: F401  (registers the subcommands)
     keys,
     noise_accuracy,
     report,
+    serve,
     sweep,
     theory,
     train,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import AsyncIterator
 from typing import Any, Literal, Protocol
@@ -51,6 +52,8 @@ SERVED_OUTPUTS = ("probs", "topk", "labels")
 #: TorchServe's default body cap (DESIGN section 7).
 MAX_BODY_BYTES = 6_553_500
 QUOTA_HEADER = "X-Quota-Remaining"
+#: Retry-After sent with a refusal that waiting will not lift (quota used up): a day.
+QUOTA_RETRY_AFTER_S = 86_400
 
 
 class Charge(Protocol):
@@ -130,6 +133,7 @@ def create_app(
     input_shape = tuple(int(s) for s in shape)  # type: ignore[union-attr]
     num_classes = int(classes)  # type: ignore[call-overload]
     metrics = _Metrics()
+    last_left: dict[Any, int] = {}  # per key id: remaining quota after this app's last charge
     batcher = Batcher(defense, max_batch=max_batch, max_wait_ms=max_wait_ms, on_batch=metrics.batch.observe)
 
     @contextlib.asynccontextmanager
@@ -189,13 +193,14 @@ def create_app(
 
     async def quota_headers(key_id: Any) -> dict[str, str]:
         """The remaining quota of a key without charging it (when the store can tell)."""
+        if key_id is None:
+            return {}
+        left = last_left.get(key_id)
         peek = getattr(keys, "remaining", None)
-        if key_id is None or peek is None:
-            return {}
-        try:
-            left = await run_in_threadpool(peek, key_id)
-        except Exception:  # the header is informative; a store that cannot peek sends none
-            return {}
+        if peek is not None:
+            # the header is informative: a failed peek falls back to the last charge's figure
+            with contextlib.suppress(Exception):
+                left = await run_in_threadpool(peek, key_id)
         return {} if left is None else {QUOTA_HEADER: str(int(left))}
 
     async def authorize(request: Request) -> tuple[Any, Response | None]:
@@ -253,12 +258,19 @@ def create_app(
         if keys is not None:
             charge = await run_in_threadpool(keys.charge, key_id, n)
             if charge.remaining is not None:
+                last_left[key_id] = int(charge.remaining)
                 headers[QUOTA_HEADER] = str(int(charge.remaining))
             if not charge.ok:
-                reason = charge.reason or "quota"
-                if charge.retry_after is not None:
-                    headers["Retry-After"] = str(max(1, int(np.ceil(charge.retry_after))))
-                return refuse(429, f"refused: {reason}", _reason_label(reason), headers)
+                why = _reason_label(charge.reason or "quota")
+                if why == "revoked":
+                    return refuse(401, "invalid or revoked API key", "bad_key")
+                after = charge.retry_after if charge.retry_after is not None else QUOTA_RETRY_AFTER_S
+                headers["Retry-After"] = str(max(1, math.ceil(after)))
+                if why == "rate":
+                    reason = f"rate limit: {n} images refused; retry after {headers['Retry-After']} s"
+                else:
+                    reason = f"quota exhausted: {n} images asked, {charge.remaining} left on this key"
+                return refuse(429, reason, why, headers)
         logits = await asyncio.wrap_future(batcher.submit(torch.from_numpy(req.images.copy())))
         body_out, out_headers = build_response(
             name, _outputs(logits, output, k), binary=req.binary_output, request_id=req.id

@@ -403,3 +403,74 @@ def test_remote_oracle_budget_eot_and_quota_refusal(model: nn.Module) -> None:
         keys.left["k1"] += 2
         with pytest.raises(Exception, match="remaining quota"):
             oracle.query(torch.from_numpy(images(1)), other)
+
+
+def test_real_keystore_end_to_end(model: nn.Module, tmp_path: Any) -> None:
+    from rnd.serving.keys import KeyStore
+
+    store = KeyStore(tmp_path / "keys.sqlite")
+    secret = store.add("auditor", budget=200)
+    with serve(model, keys=store) as s:
+        oracle = RemoteOracle(s.url, NAME, secret, budget=20)
+        x, y = _attack_set(model, 4)
+        result = make_attack("square", eps=0.1, seed=0)(oracle, x, y)
+        used = {row["name"]: row["used"] for row in store.list()}["auditor"]
+        assert int(result.queries.sum()) == used == s.metric("rnd_images_total")
+        r = s.client.post(INFER, json=json_body(images(1)), headers={"Authorization": f"Bearer {secret}"})
+        assert r.headers["X-Quota-Remaining"] == str(200 - used - 1)
+        with pytest.raises(BudgetExceededError, match="quota"):
+            oracle.query(torch.from_numpy(images(200 - used)), oracle.new_ids(200 - used))
+        store.revoke("auditor")
+        assert (
+            s.client.post(
+                INFER, json=json_body(images(1)), headers={"Authorization": f"Bearer {secret}"}
+            ).status_code
+            == 401
+        )
+    store.close()
+
+
+def test_rnd_serve_cli(model: nn.Module, tmp_path: Any) -> None:
+    """`rnd serve` on a saved checkpoint answers under the checkpoint's name."""
+    import socket
+    import subprocess
+    import sys
+
+    from rnd.models import save_checkpoint
+
+    save_checkpoint(model, tmp_path / "tiny-net", dataset="fashion-mnist")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from rnd.cli import main; main()",
+            "serve",
+            str(tmp_path / "tiny-net"),
+            "--port",
+            str(port),
+            "--seed",
+            "1",
+        ],
+        stderr=subprocess.PIPE,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{url}/v2/health/ready").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, (
+                proc.stderr.read().decode() if proc.stderr else ""
+            )
+            time.sleep(0.1)
+        r = httpx.post(f"{url}/v2/models/tiny-net/infer", json=json_body(images(2)))
+        assert r.status_code == 200 and decode(r).shape == (2, 10)
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -1,0 +1,104 @@
+"""`rnd serve`: put a defended checkpoint behind an Open Inference Protocol (KServe v2) endpoint.
+
+The defense (`--defense`, e.g. `rnd:nu=0.02`) runs inside the server with its own generator, seeded
+from the OS unless `--seed` says otherwise; what clients see is `--output`. With `--keys`, every
+request needs `Authorization: Bearer KEY` (keys made by `rnd keys add`) and is charged per image.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+from rnd.cli.app import main
+from rnd.cli.checks import MAX_SEED, count
+from rnd.defenses import build_defense
+from rnd.models import checkpoint_paths, load_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+def _model_name(checkpoint: str) -> str:
+    """The checkpoint's file stem: `models/fashion-mnist-small-cnn.safetensors` -> its stem."""
+    weights, _ = checkpoint_paths(checkpoint)
+    return weights.name.removesuffix(".safetensors")
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.option("--defense", default="rnd:nu=0.02", show_default=True, help="defense spec applied server-side")
+@click.option(
+    "--output",
+    type=click.Choice(["probs", "topk", "labels"]),
+    default="probs",
+    show_default=True,
+    help="what clients see",
+)
+@click.option("--k", "k", type=count(1, 10_000), default=5, show_default=True, help="classes shown by topk")
+@click.option("--name", default=None, help="model name in the URL [default: the checkpoint's file stem]")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--keys", "keys_db", type=click.Path(dir_okay=False), default=None, help="API key database")
+@click.option("--max-batch", type=count(1, 65_536), default=256, show_default=True, help="images per forward")
+@click.option(
+    "--max-wait-ms",
+    type=click.FloatRange(0, 10_000),
+    default=2.0,
+    show_default=True,
+    help="how long a request waits for others to share its forward",
+)
+@click.option("--max-body-bytes", type=count(1, 2**31), default=6_553_500, show_default=True)
+@click.option("--seed", type=count(0, MAX_SEED), default=None, help="defense seed [default: OS entropy]")
+@click.option("--device", default="cpu", show_default=True)
+def serve(
+    checkpoint: str,
+    defense: str,
+    output: str,
+    k: int,
+    name: str | None,
+    host: str,
+    port: int,
+    keys_db: str | None,
+    max_batch: int,
+    max_wait_ms: float,
+    max_body_bytes: int,
+    seed: int | None,
+    device: str,
+) -> None:
+    """Serve CHECKPOINT with a defense inside (Open Inference Protocol on uvicorn)."""
+    # optional extra (`pip install rnd[serve]`): imported here so the rest of the CLI works without it
+    try:
+        import uvicorn
+
+        from rnd.serving.app import create_app
+    except ImportError as exc:
+        raise click.ClickException(
+            f"{exc.name} is missing; install the serve extra: pip install 'rnd[serve]'"
+        ) from None
+    model, _ = load_checkpoint(checkpoint, device=device)
+    defended = build_defense(defense, model, seed=seed)
+    keys = None
+    if keys_db is not None:
+        from rnd.serving.keys import KeyStore
+
+        keys = KeyStore(Path(keys_db))
+    model_name = name or _model_name(checkpoint)
+    app = create_app(
+        model,
+        defended,
+        name=model_name,
+        output=output,  # type: ignore[arg-type]
+        k=k,
+        keys=keys,
+        max_batch=max_batch,
+        max_wait_ms=max_wait_ms,
+        max_body_bytes=max_body_bytes,
+    )
+    click.echo(
+        f"serving {model_name} ({defended.spec}, output {output}) on http://{host}:{port}"
+        f"/v2/models/{model_name}" + (f" with keys from {keys_db}" if keys else ""),
+        err=True,
+    )
+    uvicorn.run(app, host=host, port=port, log_level="warning")
