@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -249,7 +250,9 @@ def create_app(
             chunks.append(chunk)
         body = b"".join(chunks)
         try:
-            req = parse_infer(body, request.headers.get(HEADER_LENGTH), input_shape)
+            args = (body, request.headers.get(HEADER_LENGTH), input_shape)
+            # a large body is parsed off the event loop (JSON of many images takes milliseconds)
+            req = await run_in_threadpool(parse_infer, *args) if len(body) > 65_536 else parse_infer(*args)
         except RequestError as exc:
             why = "bad_request" if exc.status == 400 else "invalid_input"
             return refuse(exc.status, exc.reason, why, await quota_headers(key_id))
@@ -272,9 +275,11 @@ def create_app(
                     reason = f"quota exhausted: {n} images asked, {charge.remaining} left on this key"
                 return refuse(429, reason, why, headers)
         logits = await asyncio.wrap_future(batcher.submit(torch.from_numpy(req.images.copy())))
-        body_out, out_headers = build_response(
-            name, _outputs(logits, output, k), binary=req.binary_output, request_id=req.id
-        )
+        values = _outputs(logits, output, k)
+        build = functools.partial(build_response, name, values, binary=req.binary_output, request_id=req.id)
+        # JSON of many numbers takes milliseconds: built off the event loop
+        big_json = not req.binary_output and values.size > 4096
+        body_out, out_headers = await run_in_threadpool(build) if big_json else build()
         metrics.images.inc(n)
         return Response(body_out, headers={**out_headers, **headers})
 

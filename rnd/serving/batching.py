@@ -54,6 +54,7 @@ class Batcher:
         self.device = torch.device(device)
         self._queue: queue.Queue[tuple[torch.Tensor, Future[torch.Tensor]] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
+        self._carry: tuple[torch.Tensor, Future[torch.Tensor]] | None = None  # owned by the worker
         self.forwards = 0
 
     @property
@@ -94,7 +95,7 @@ class Batcher:
             if item is None:
                 return items, True
             if size + item[0].shape[0] > self.max_batch:
-                self._queue.put(item)  # starts the next batch (order among waiters is kept loosely)
+                self._carry = item  # does not fit: it starts the next batch
                 break
             items.append(item)
             size += item[0].shape[0]
@@ -103,7 +104,7 @@ class Batcher:
     def _run(self) -> None:
         stop = False
         while not stop:
-            first = self._queue.get()
+            first, self._carry = (self._carry, None) if self._carry is not None else (self._queue.get(), None)
             if first is None:
                 break
             items, stop = self._gather(first)

@@ -474,3 +474,22 @@ def test_rnd_serve_cli(model: nn.Module, tmp_path: Any) -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_batcher_merges_splits_and_chunks(model: nn.Module) -> None:
+    from rnd.serving.batching import Batcher
+
+    sizes: list[int] = []
+    batcher = Batcher(model, max_batch=4, max_wait_ms=50.0, on_batch=sizes.append)
+    batcher.start()
+    try:
+        xs = [torch.from_numpy(images(n, seed=n)) for n in (1, 2, 3, 10)]
+        futures = [batcher.submit(x) for x in xs]
+        outs = [f.result(10) for f in futures]
+    finally:
+        batcher.stop()
+    with torch.inference_mode():
+        for x, out in zip(xs, outs, strict=True):
+            assert torch.allclose(out, model(x), atol=1e-5)
+    assert max(sizes) <= 4 and sum(sizes) == 16 and sizes[0] == 3  # 1 + 2 merged; 3 did not fit
+    assert not batcher.running and batcher.submit(xs[0]).exception() is not None
