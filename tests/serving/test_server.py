@@ -31,8 +31,8 @@ NAME = "tiny"
 class Served:
     """uvicorn serving `app` on 127.0.0.1 in a background thread."""
 
-    def __init__(self, app: Any) -> None:
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+    def __init__(self, app: Any, lifespan: str = "on") -> None:
+        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan=lifespan)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.app = app
@@ -493,3 +493,12 @@ def test_batcher_merges_splits_and_chunks(model: nn.Module) -> None:
             assert torch.allclose(out, model(x), atol=1e-5)
     assert max(sizes) <= 4 and sum(sizes) == 16 and sizes[0] == 3  # 1 + 2 merged; 3 did not fit
     assert not batcher.running and batcher.submit(xs[0]).exception() is not None
+
+
+def test_not_ready_until_the_batcher_runs(model: nn.Module) -> None:
+    app = create_app(model, build_defense("none", model), name=NAME)
+    with Served(app, lifespan="off") as s:  # the lifespan starts the batcher: here it never runs
+        assert s.client.get("/v2/health/live").status_code == 200
+        assert s.client.get("/v2/health/ready").status_code == 503
+        r = s.client.post(INFER, json=json_body(images(1)))
+        assert r.status_code == 503 and "not ready" in r.json()["error"]
