@@ -38,7 +38,10 @@ class RemoteOracle:
         max_request: most images sent in one HTTP request (a query is split into as few requests).
         check_quota: compare the server's remaining quota with this oracle's own count.
 
-    `output`, `num_classes` and `input_shape` come from the model's metadata.
+    `output`, `num_classes` and `input_shape` come from the model's metadata, and requests are kept
+    under the server's body cap when the metadata gives it. Refused rows (a stateful defense behind
+    the server: NaN scores or the label `REFUSED`) are recorded in `refusals` and `first_refusal`
+    as the local oracle does.
     """
 
     def __init__(
@@ -79,7 +82,13 @@ class RemoteOracle:
         self.output: Output = output
         self.num_classes = int(classes)
         self.k = int(params.get("k") or 1)
+        cap = params.get("max_body_bytes")
+        per_image = 4 * math.prod(self.input_shape)
+        if isinstance(cap, int) and cap > 0:  # requests stay under the server's body cap
+            self.max_request = max(1, min(self.max_request, (cap - 4096) // per_image))
         self._counts = torch.zeros(0, dtype=torch.int64)
+        self._refusals = torch.zeros(0, dtype=torch.int64)
+        self._first_refusal = torch.zeros(0, dtype=torch.int64)
         self._server_left: int | None = None  # the server's remaining quota after our last request
         self.requests = 0
 
@@ -88,10 +97,22 @@ class RemoteOracle:
     def counts(self) -> torch.Tensor:
         return self._counts.clone()
 
+    @property
+    def refusals(self) -> torch.Tensor:
+        """Refused queries so far for every allocated id (a copy), as `Oracle.refusals`."""
+        return self._refusals.clone()
+
+    @property
+    def first_refusal(self) -> torch.Tensor:
+        """Per id: its query count when it was first refused (-1: never refused)."""
+        return self._first_refusal.clone()
+
     def new_ids(self, n: int) -> torch.Tensor:
         check_int(n, "n", minimum=0)
         start = self._counts.numel()
         self._counts = torch.cat([self._counts, torch.zeros(n, dtype=torch.int64)])
+        self._refusals = torch.cat([self._refusals, torch.zeros(n, dtype=torch.int64)])
+        self._first_refusal = torch.cat([self._first_refusal, torch.full((n,), -1, dtype=torch.int64)])
         return torch.arange(start, start + n)
 
     def _check_ids(self, ids: torch.Tensor) -> torch.Tensor:
@@ -145,6 +166,13 @@ class RemoteOracle:
             parts.append(self._infer(xm[rows].numpy()))
             self._counts.index_add_(0, idm[rows], torch.ones(parts[-1].shape[0], dtype=torch.int64))
         answers = parts[0] if len(parts) == 1 else torch.cat(parts)
+        refused_m = answers == REFUSED if self.output == "labels" else answers.isnan().all(1)
+        refused = refused_m.view(n, m).all(1)
+        if bool(refused.any()):  # as the local oracle: per row, and the count at the first refusal
+            hit = torch.bincount(ids[refused], minlength=self._counts.numel())
+            self._refusals += hit
+            new = (hit > 0) & (self._first_refusal < 0)
+            self._first_refusal[new] = self._counts[new]
         return self._reduce(answers, n, m)
 
     def _reduce(self, answers: torch.Tensor, n: int, m: int) -> torch.Tensor:

@@ -167,7 +167,13 @@ def create_app(
         "outputs": [
             {"name": OUTPUT_NAME, "datatype": "INT64" if output == "labels" else "FP32", "shape": out_shape}
         ],
-        "parameters": {"output": output, "k": k, "num_classes": num_classes},
+        "parameters": {
+            "output": output,
+            "k": k,
+            "num_classes": num_classes,
+            "max_body_bytes": max_body_bytes,
+            "max_batch": max_batch,
+        },
     }
 
     @app.get("/v2/models/{model_name}")

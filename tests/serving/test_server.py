@@ -502,3 +502,33 @@ def test_not_ready_until_the_batcher_runs(model: nn.Module) -> None:
         assert s.client.get("/v2/health/ready").status_code == 503
         r = s.client.post(INFER, json=json_body(images(1)))
         assert r.status_code == 503 and "not ready" in r.json()["error"]
+
+
+@pytest.mark.parametrize("output", ["probs", "labels"])
+def test_remote_oracle_records_refusals_like_the_local_oracle(model: nn.Module, output: str) -> None:
+    """Blacklight behind the server refuses repeats: the same refusals as in process."""
+    x = torch.from_numpy(images(3, seed=11))
+    batches = [[0, 1, 2], [0, 1], [0, 1, 2], [1, 2]]  # rows per query: repeats get refused
+    local = Oracle(build_defense("blacklight", model, seed=0), output=output, budget=50)  # type: ignore[arg-type]
+    with serve(model, "blacklight", output=output) as s, RemoteOracle(s.url, NAME, budget=50) as remote:
+        answers = []
+        for oracle in (local, remote):
+            ids = oracle.new_ids(3)
+            answers.append([oracle.query(x[rows], ids[rows]) for rows in batches])
+        assert remote.refusals.tolist() == local.refusals.tolist() and int(local.refusals.sum()) > 0
+        assert remote.first_refusal.tolist() == local.first_refusal.tolist()
+        for a, b in zip(*answers, strict=True):
+            assert torch.equal(
+                a.isnan() if output == "probs" else a == -1, b.isnan() if output == "probs" else b == -1
+            )
+
+
+def test_remote_oracle_keeps_requests_under_the_body_cap(model: nn.Module) -> None:
+    with serve(model, "none", max_body_bytes=40_000) as s, RemoteOracle(s.url, NAME, budget=5) as oracle:
+        assert oracle.max_request == (40_000 - 4096) // (4 * 784)
+        p = oracle.query(torch.from_numpy(images(30)), oracle.new_ids(30), eot=2)
+        assert p.shape == (30, 10) and oracle.requests == -(-60 // oracle.max_request)
+        assert (
+            s.metric("rnd_images_total") == 60
+            and s.metric("rnd_refusals_total", '{reason="body_too_large"}') == 0
+        )
