@@ -333,6 +333,19 @@ def evaluation_of(result: Any) -> AttackEvaluation:
     metavar="[ATTACK.]KEY=VALUE",
     help="attack-specific hyper-parameter (repeatable)",
 )
+@click.option(
+    "--url", default=None, help="attack a served model (rnd serve, Open Inference Protocol) at this URL"
+)
+@click.option("--key", envvar="RND_KEY", default=None, help="API key for --url (or $RND_KEY)")
+@click.option(
+    "--model-name", default=None, help="served model's name for --url [default: the only one served]"
+)
+@click.option(
+    "--assume-defense",
+    default=None,
+    metavar="SPEC",
+    help="with --url: what the attacker is told about the server's defense (e.g. rnd:nu=0.02)",
+)
 @allow_mismatch_option
 @json_option
 @progress_option
@@ -358,6 +371,10 @@ def attack(
     acc_images: int | None,
     output: str,
     params: tuple[str, ...],
+    url: str | None,
+    key: str | None,
+    model_name: str | None,
+    assume_defense: str | None,
     allow_mismatch: bool,
     as_json: bool,
     progress: bool,
@@ -419,6 +436,32 @@ def attack(
         if obj.min_budget > budget:
             raise InputError(f"{obj.cost_text()}, more than --budget {budget}; raise --budget or lower --eot")
 
+    if url is not None:
+        if checkpoint is not None or defenses or nus:
+            raise InputError(
+                "--url attacks the served model behind the server's own defense: "
+                "drop --checkpoint, --defense and --nu"
+            )
+        remote_attack(
+            objs,
+            url,
+            key,
+            model_name,
+            assume_defense,
+            dataset,
+            data_root,
+            n_images,
+            budget,
+            seed,
+            targeted,
+            target,
+            as_json,
+        )
+        return
+    if assume_defense is not None:
+        raise InputError(
+            "--assume-defense is for --url (a local defense tells the attacker its public parameters)"
+        )
     model, path = load_or_train_default(checkpoint, progress)
     data = load_dataset(dataset, "test", data_root)
     check_model_data(
@@ -527,3 +570,77 @@ def attack(
         f"{kind}, loss {loss}, EOT M={eot}; 'observed' = the attacker's own noisy answer\n"
     )
     click.echo(format_table(rows, table_columns(rows)))
+
+
+def remote_attack(
+    objs: list[QueryAttack],
+    url: str,
+    key: str | None,
+    model_name: str | None,
+    assume_defense: str | None,
+    dataset: str,
+    data_root: Path | None,
+    n_images: int,
+    budget: int,
+    seed: int,
+    targeted: bool,
+    target: str | None,
+    as_json: bool,
+) -> None:
+    """`rnd attack --url`: every attack through one RemoteOracle (its counts checked against the
+    server's quota header); success observed and by a vote of fresh answers; the clean model is
+    not visible from outside (its column says n/a)."""
+    from rnd.defenses import DefenseSpec
+    from rnd.evaluation.remote_eval import evaluate_remote, select_remote
+    from rnd.evaluation.sweep import SEED_SALT_TARGETS, derive_seed, make_targets
+    from rnd.oracle.remote import RemoteOracle
+
+    assume = {} if assume_defense is None else dict(DefenseSpec.parse(assume_defense).params)
+    url, name = _served_model(url, model_name)
+    oracle = RemoteOracle(url, name, key, budget=budget)
+    data = load_dataset(dataset, "test", data_root)
+    if tuple(data.get([0])[0].shape[1:]) != oracle.input_shape:
+        raise InputError(f"{dataset} images do not fit the served model's input {oracle.input_shape}")
+    rule = parse_target(target, targeted, oracle.num_classes)
+    idx = select_remote(oracle, data, n_images)
+    x, y = data.get(idx)
+    targets = make_targets(rule, y, oracle.num_classes, derive_seed(seed, SEED_SALT_TARGETS))
+    label = "remote" if assume_defense is None else f"remote (told {assume_defense})"
+    rows = []
+    for obj in objs:
+        obj.assume = assume
+        ev, _ = evaluate_remote(obj, oracle, x, y, defense=label, targets=targets)
+        rows.append(ev)
+    if as_json:
+        report = {
+            "url": url,
+            "model": name,
+            "output": oracle.output,
+            "budget": budget,
+            "images": n_images,
+            "indices": idx.tolist(),
+            "queries_sent": int(oracle.counts.sum()),
+            "rows": [dataclasses.asdict(r) for r in rows],
+        }
+        click.echo(json.dumps(report, indent=2, default=str))
+        return
+    click.echo(
+        f"served model {name!r} at {url} (answers {oracle.output}); {int(oracle.counts.sum())} queries sent"
+    )
+    click.echo(
+        f"{n_images} test images the endpoint answers correctly, budget {budget}; 'clean' is not visible "
+        "from outside (n/a); 'vote' = majority of 11 fresh answers of the endpoint\n"
+    )
+    click.echo(format_table(rows, table_columns(rows)))
+
+
+def _served_model(url: str, model_name: str | None) -> tuple[str, str]:
+    """(base URL, model name) from `--url BASE/v2/models/NAME` or `--url BASE --model-name NAME`."""
+    base, sep, name = url.rstrip("/").partition("/v2/models/")
+    if sep and name and "/" not in name:
+        if model_name is not None and model_name != name:
+            raise InputError(f"--url names model {name!r} and --model-name {model_name!r}; give one")
+        return base, name
+    if model_name is None:
+        raise InputError("give the served model: --url BASE/v2/models/NAME or --model-name NAME")
+    return base, model_name
