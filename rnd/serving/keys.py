@@ -333,6 +333,17 @@ class KeyStore:
 
         return self._run(select)
 
+    def remaining(self, key_id: str) -> int:
+        """Images left on key `key_id`, without charging it (the server's quota header on refusals)."""
+
+        def select(con: sqlite3.Connection) -> int:
+            row = con.execute("SELECT budget, used FROM keys WHERE name = ?", (key_id,)).fetchone()
+            if row is None:
+                raise InputError(f"no key named {key_id!r}")
+            return int(row["budget"] - row["used"])
+
+        return self._run(select)
+
     def authorize(self, token: str) -> str | None:
         """The key id (its name) of a live key whose secret is `token`; None for anything else."""
         if not isinstance(token, str) or not token:
