@@ -1,21 +1,23 @@
 """`rnd serve`: put a defended checkpoint behind an Open Inference Protocol (KServe v2) endpoint.
 
 The defense (`--defense`, e.g. `rnd:nu=0.02`) runs inside the server with its own generator, seeded
-from the OS unless `--seed` says otherwise; what clients see is `--output`. With `--keys`, every
+from the OS unless `--seed` says otherwise (with `--workers N`, each worker mixes the seed with its
+pid, so no two draw the same noise); what clients see is `--output`. With `--keys`, every
 request needs `Authorization: Bearer KEY` (keys made by `rnd keys add`) and is charged per image.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from pathlib import Path
 
 import click
 
 from rnd.cli.app import main
 from rnd.cli.checks import MAX_SEED, count
-from rnd.defenses import build_defense
-from rnd.models import checkpoint_paths, load_checkpoint
+from rnd.models import checkpoint_paths
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,13 @@ def _model_name(checkpoint: str) -> str:
 @click.option("--max-body-bytes", type=count(1, 2**31), default=6_553_500, show_default=True)
 @click.option("--seed", type=count(0, MAX_SEED), default=None, help="defense seed [default: OS entropy]")
 @click.option("--device", default="cpu", show_default=True)
+@click.option(
+    "--workers",
+    type=count(1, 256),
+    default=1,
+    show_default=True,
+    help="server processes sharing the port and the key store (each loads the model)",
+)
 def serve(
     checkpoint: str,
     defense: str,
@@ -66,39 +75,50 @@ def serve(
     max_body_bytes: int,
     seed: int | None,
     device: str,
+    workers: int,
 ) -> None:
     """Serve CHECKPOINT with a defense inside (Open Inference Protocol on uvicorn)."""
     # optional extra (`pip install rnd[serve]`): imported here so the rest of the CLI works without it
     try:
         import uvicorn
 
-        from rnd.serving.app import create_app
+        from rnd.serving.factory import ENV, build_app
     except ImportError as exc:
         raise click.ClickException(
             f"{exc.name} is missing; install the serve extra: pip install 'rnd[serve]'"
         ) from None
-    model, _ = load_checkpoint(checkpoint, device=device)
-    defended = build_defense(defense, model, seed=seed)
-    keys = None
-    if keys_db is not None:
-        from rnd.serving.keys import KeyStore
-
-        keys = KeyStore(Path(keys_db))
     model_name = name or _model_name(checkpoint)
-    app = create_app(
-        model,
-        defended,
-        name=model_name,
-        output=output,  # type: ignore[arg-type]
-        k=k,
-        keys=keys,
-        max_batch=max_batch,
-        max_wait_ms=max_wait_ms,
-        max_body_bytes=max_body_bytes,
-    )
+    settings = {
+        "checkpoint": str(checkpoint),
+        "defense": defense,
+        "seed": seed,
+        "name": model_name,
+        "output": output,
+        "k": k,
+        "keys": None if keys_db is None else str(Path(keys_db)),
+        "max_batch": max_batch,
+        "max_wait_ms": max_wait_ms,
+        "max_body_bytes": max_body_bytes,
+        "device": device,
+    }
+    app = build_app(settings)  # checks the checkpoint, defense and key store before serving
+    where = f"http://{host}:{port}/v2/models/{model_name}"
     click.echo(
-        f"serving {model_name} ({defended.spec}, output {output}) on http://{host}:{port}"
-        f"/v2/models/{model_name}" + (f" with keys from {keys_db}" if keys else ""),
+        f"serving {model_name} ({defense}, output {output}) on {where}"
+        + (f" with keys from {keys_db}" if keys_db else "")
+        + (f", {workers} worker processes" if workers > 1 else ""),
         err=True,
     )
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    if workers == 1:
+        uvicorn.run(app, host=host, port=port, log_level="warning")
+        return
+    del app
+    os.environ[ENV] = json.dumps(settings)
+    uvicorn.run(
+        "rnd.serving.factory:app_from_env",
+        factory=True,
+        workers=workers,
+        host=host,
+        port=port,
+        log_level="warning",
+    )
