@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from rnd._checks import IMAGE_DTYPE, RANGE_TOL, check_images, check_int
-from rnd.errors import BudgetExceededError, InputError, unknown_name
+from rnd.errors import InputError, unknown_name
+from rnd.oracle.ledger import Ledger
 from rnd.oracle.protocol import OUTPUTS, REFUSED, Output
 
 
@@ -34,7 +35,7 @@ def model_attr(model: nn.Module, name: str) -> object | None:
     return None
 
 
-class Oracle:
+class Oracle(Ledger):
     """Answer queries to `model` and count them per image id.
 
     Args:
@@ -98,67 +99,8 @@ class Oracle:
             p = next(model.parameters(), None)
             device = p.device if p is not None else torch.device("cpu")
         self.device = torch.device(device)
-        self._counts = torch.zeros(0, dtype=torch.int64)
-        self._refusals = torch.zeros(0, dtype=torch.int64)
-        self._first_refusal = torch.zeros(0, dtype=torch.int64)
+        self._init_ledger()
         self.forwards = 0  # number of model calls made, for throughput accounting
-
-    @property
-    def counts(self) -> torch.Tensor:
-        """Queries counted so far for every allocated id (a copy)."""
-        return self._counts.clone()
-
-    @property
-    def refusals(self) -> torch.Tensor:
-        """Refused queries so far for every allocated id (a copy)."""
-        return self._refusals.clone()
-
-    @property
-    def first_refusal(self) -> torch.Tensor:
-        """Per id: its query count when it was first refused (-1: never refused)."""
-        return self._first_refusal.clone()
-
-    def new_ids(self, n: int) -> torch.Tensor:
-        """Allocate `n` fresh image ids with zero queries."""
-        check_int(n, "n", minimum=0)
-        start = self._counts.numel()
-        self._counts = torch.cat([self._counts, torch.zeros(n, dtype=torch.int64)])
-        self._refusals = torch.cat([self._refusals, torch.zeros(n, dtype=torch.int64)])
-        self._first_refusal = torch.cat([self._first_refusal, torch.full((n,), -1, dtype=torch.int64)])
-        return torch.arange(start, start + n)
-
-    def counts_of(self, ids: torch.Tensor) -> torch.Tensor:
-        return self._counts[self._check_ids(ids)]
-
-    def remaining(self, ids: torch.Tensor) -> torch.Tensor:
-        """Queries left per id (a large number when there is no budget)."""
-        used = self.counts_of(ids)
-        if self.budget is None:
-            return torch.full_like(used, 2**62)
-        return self.budget - used
-
-    def exhausted(self, ids: torch.Tensor) -> torch.Tensor:
-        """Boolean mask of ids whose budget is used up."""
-        return self.remaining(ids) <= 0
-
-    def _check_ids(self, ids: torch.Tensor) -> torch.Tensor:
-        return self._ids_range(ids)[0]
-
-    def _ids_range(self, ids: torch.Tensor) -> tuple[torch.Tensor, int, int]:
-        """Checked ids on the CPU, with their smallest and largest value (0, -1 when empty)."""
-        if not isinstance(ids, torch.Tensor) or ids.dtype != torch.int64 or ids.dim() != 1:
-            raise InputError("ids must be a 1-D int64 tensor of ids from Oracle.new_ids")
-        ids = ids.cpu()
-        if not ids.numel():
-            return ids, 0, -1
-        lo_t, hi_t = torch.aminmax(ids)  # one pass instead of min() and max()
-        lo, hi = int(lo_t), int(hi_t)
-        if lo < 0 or hi >= self._counts.numel():
-            raise InputError(
-                f"unknown image id in [{lo}, {hi}]; "
-                f"allocate ids with new_ids() (allocated: {self._counts.numel()})"
-            )
-        return ids, lo, hi
 
     def _check_queries(self, x: torch.Tensor) -> None:
         """check_images(x) with one pass over the pixels when x is valid (the common case)."""
@@ -188,25 +130,10 @@ class Oracle:
         ids, lo, hi = self._ids_range(ids)
         if ids.numel() != x.shape[0]:
             raise InputError(f"got {x.shape[0]} queries but {ids.numel()} ids")
-        # cost per id over the span of ids in this query only (not every id ever allocated)
-        cost = torch.bincount(ids - lo, minlength=hi - lo + 1) * m
-        counts = self._counts[lo : hi + 1]  # a view: updated in place below
-        if self.budget is not None:
-            over = (counts + cost > self.budget) & (cost > 0)
-            if bool(over.any()):
-                bad = (over.nonzero().flatten()[:5] + lo).tolist()
-                raise BudgetExceededError(
-                    f"query would exceed the budget of {self.budget} for ids {bad}; "
-                    "check Oracle.remaining(ids) before querying"
-                )
+        cost = self._cost(ids, lo, hi, m)  # over the span of ids in this query only
         answers, refused = self._answer(x, m)
-        counts += cost
-        if bool(refused.any()):
-            hit = torch.bincount(ids[refused] - lo, minlength=hi - lo + 1)
-            self._refusals[lo : hi + 1] += hit
-            first = self._first_refusal[lo : hi + 1]
-            new = (hit > 0) & (first < 0)
-            first[new] = counts[new]
+        self._counts[lo : hi + 1] += cost
+        self._record_refusals(ids, lo, hi, refused)
         return answers
 
     @torch.inference_mode()

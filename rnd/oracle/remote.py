@@ -19,13 +19,14 @@ import torch
 
 from rnd._checks import check_images, check_int
 from rnd.errors import BudgetExceededError, InputError, RndError
+from rnd.oracle.ledger import Ledger
 from rnd.oracle.protocol import OUTPUTS, REFUSED, Output
 
 QUOTA_HEADER = "x-quota-remaining"
 HEADER_LENGTH = "inference-header-content-length"
 
 
-class RemoteOracle:
+class RemoteOracle(Ledger):
     """Answer queries with a served model over HTTP (binary tensors, one connection pool).
 
     Args:
@@ -86,56 +87,9 @@ class RemoteOracle:
         per_image = 4 * math.prod(self.input_shape)
         if isinstance(cap, int) and cap > 0:  # requests stay under the server's body cap
             self.max_request = max(1, min(self.max_request, (cap - 4096) // per_image))
-        self._counts = torch.zeros(0, dtype=torch.int64)
-        self._refusals = torch.zeros(0, dtype=torch.int64)
-        self._first_refusal = torch.zeros(0, dtype=torch.int64)
+        self._init_ledger()
         self._server_left: int | None = None  # the server's remaining quota after our last request
         self.requests = 0
-
-    # -- bookkeeping, as the local oracle ------------------------------------------------------
-    @property
-    def counts(self) -> torch.Tensor:
-        return self._counts.clone()
-
-    @property
-    def refusals(self) -> torch.Tensor:
-        """Refused queries so far for every allocated id (a copy), as `Oracle.refusals`."""
-        return self._refusals.clone()
-
-    @property
-    def first_refusal(self) -> torch.Tensor:
-        """Per id: its query count when it was first refused (-1: never refused)."""
-        return self._first_refusal.clone()
-
-    def new_ids(self, n: int) -> torch.Tensor:
-        check_int(n, "n", minimum=0)
-        start = self._counts.numel()
-        self._counts = torch.cat([self._counts, torch.zeros(n, dtype=torch.int64)])
-        self._refusals = torch.cat([self._refusals, torch.zeros(n, dtype=torch.int64)])
-        self._first_refusal = torch.cat([self._first_refusal, torch.full((n,), -1, dtype=torch.int64)])
-        return torch.arange(start, start + n)
-
-    def _check_ids(self, ids: torch.Tensor) -> torch.Tensor:
-        if not isinstance(ids, torch.Tensor) or ids.dtype != torch.int64 or ids.dim() != 1:
-            raise InputError("ids must be a 1-D int64 tensor of ids from RemoteOracle.new_ids")
-        ids = ids.cpu()
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self._counts.numel()):
-            raise InputError(
-                f"unknown image id; allocate ids with new_ids() (allocated: {self._counts.numel()})"
-            )
-        return ids
-
-    def counts_of(self, ids: torch.Tensor) -> torch.Tensor:
-        return self._counts[self._check_ids(ids)]
-
-    def remaining(self, ids: torch.Tensor) -> torch.Tensor:
-        used = self.counts_of(ids)
-        if self.budget is None:
-            return torch.full_like(used, 2**62)
-        return self.budget - used
-
-    def exhausted(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.remaining(ids) <= 0
 
     # -- queries -------------------------------------------------------------------------------
     def query(self, x: torch.Tensor, ids: torch.Tensor, eot: int | None = None) -> torch.Tensor:
@@ -145,19 +99,11 @@ class RemoteOracle:
         charged them) and a 429 raises `BudgetExceededError` (quota) or `InputError` (rate)."""
         m = self.eot if eot is None else check_int(eot, "eot", minimum=1)
         check_images(x, self.input_shape, name="queries")
-        ids = self._check_ids(ids)
+        ids, lo, hi = self._ids_range(ids)
         if ids.numel() != x.shape[0]:
             raise InputError(f"got {x.shape[0]} queries but {ids.numel()} ids")
         n = x.shape[0]
-        if self.budget is not None:
-            cost = torch.bincount(ids, minlength=self._counts.numel()) * m
-            over = (self._counts + cost > self.budget) & (cost > 0)
-            if bool(over.any()):
-                bad = over.nonzero().flatten()[:5].tolist()
-                raise BudgetExceededError(
-                    f"query would exceed the budget of {self.budget} for ids {bad}; "
-                    "check RemoteOracle.remaining(ids) before querying"
-                )
+        self._cost(ids, lo, hi, m)  # raises, sending nothing, when an id would pass its budget
         xm = x.detach().cpu() if m == 1 else x.detach().cpu().repeat_interleave(m, dim=0)
         idm = ids if m == 1 else ids.repeat_interleave(m)
         parts = []
@@ -167,12 +113,7 @@ class RemoteOracle:
             self._counts.index_add_(0, idm[rows], torch.ones(parts[-1].shape[0], dtype=torch.int64))
         answers = parts[0] if len(parts) == 1 else torch.cat(parts)
         refused_m = answers == REFUSED if self.output == "labels" else answers.isnan().all(1)
-        refused = refused_m.view(n, m).all(1)
-        if bool(refused.any()):  # as the local oracle: per row, and the count at the first refusal
-            hit = torch.bincount(ids[refused], minlength=self._counts.numel())
-            self._refusals += hit
-            new = (hit > 0) & (self._first_refusal < 0)
-            self._first_refusal[new] = self._counts[new]
+        self._record_refusals(ids, lo, hi, refused_m.view(n, m).all(1))
         return self._reduce(answers, n, m)
 
     def _reduce(self, answers: torch.Tensor, n: int, m: int) -> torch.Tensor:
