@@ -182,8 +182,11 @@ def build_response(
     if request_id is not None:
         doc["id"] = request_id
     if not binary:
-        out["data"] = values.reshape(-1).tolist()
-        return json.dumps(doc).encode(), {"content-type": "application/json"}
+        data = values.reshape(-1).tolist()
+        if datatype == "FP32" and bool(np.isnan(values).any()):  # refused rows: null, which is JSON
+            data = [None if v != v else v for v in data]
+        out["data"] = data
+        return json.dumps(doc, allow_nan=False).encode(), {"content-type": "application/json"}
     raw = values.tobytes()
     out["parameters"] = {"binary_data_size": len(raw)}
     header = json.dumps(doc).encode()

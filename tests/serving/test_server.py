@@ -532,3 +532,23 @@ def test_remote_oracle_keeps_requests_under_the_body_cap(model: nn.Module) -> No
             s.metric("rnd_images_total") == 60
             and s.metric("rnd_refusals_total", '{reason="body_too_large"}') == 0
         )
+
+
+def test_refused_rows_are_null_in_json_answers(model: nn.Module) -> None:
+    """A detector's refused row comes back as JSON nulls (strict JSON, no NaN literal), and the
+    client-side parser reads them as NaN again."""
+    from rnd.serving.codec import parse_response
+
+    x = images(1)
+    with serve(model, "blacklight") as s:
+        first = s.client.post(f"/v2/models/{NAME}/infer", json=json_body(x))
+        again = s.client.post(f"/v2/models/{NAME}/infer", json=json_body(x))  # the same query: refused
+    assert first.status_code == again.status_code == 200
+
+    def no_nan(token: str) -> None:
+        raise AssertionError(f"non-standard JSON constant {token}")
+
+    doc = json.loads(again.content, parse_constant=no_nan)
+    assert doc["outputs"][0]["data"] == [None] * 10
+    assert bool(np.isnan(parse_response(again.content, None)).all())
+    assert bool(np.isfinite(parse_response(first.content, None)).all())
