@@ -428,6 +428,10 @@ def attack(
         seed=seed,
         progress=progress,
     )
+    if assume_defense is not None:  # what a remote attacker is told, checked before any work
+        from rnd.defenses import DefenseSpec
+
+        common["assume"] = dict(DefenseSpec.parse(assume_defense).params)
     per_attack = parse_params(params, names)
     objs = build_attacks(names, per_attack, common)
     if target is not None and not targeted:
@@ -590,12 +594,10 @@ def remote_attack(
     """`rnd attack --url`: every attack through one RemoteOracle (its counts checked against the
     server's quota header); success observed and by a vote of fresh answers; the clean model is
     not visible from outside (its column says n/a)."""
-    from rnd.defenses import DefenseSpec
     from rnd.evaluation.remote_eval import evaluate_remote, select_remote
     from rnd.evaluation.sweep import SEED_SALT_TARGETS, derive_seed, make_targets
     from rnd.oracle.remote import RemoteOracle
 
-    assume = {} if assume_defense is None else dict(DefenseSpec.parse(assume_defense).params)
     url, name = _served_model(url, model_name)
     oracle = RemoteOracle(url, name, key, budget=budget)
     data = load_dataset(dataset, "test", data_root)
@@ -607,8 +609,7 @@ def remote_attack(
     targets = make_targets(rule, y, oracle.num_classes, derive_seed(seed, SEED_SALT_TARGETS))
     label = "remote" if assume_defense is None else f"remote (told {assume_defense})"
     rows = []
-    for obj in objs:
-        obj.assume = assume
+    for obj in objs:  # told `--assume-defense` at construction (`assume=`)
         ev, _ = evaluate_remote(obj, oracle, x, y, defense=label, targets=targets)
         rows.append(ev)
     if as_json:

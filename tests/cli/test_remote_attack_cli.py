@@ -64,3 +64,23 @@ def test_remote_options_are_checked(checkpoint):
         main, ["attack", "--assume-defense", "rnd:nu=0.02", "--checkpoint", str(checkpoint)]
     )
     assert res.exit_code == 2 and "--assume-defense is for --url" in res.output
+
+
+def test_remote_detection_and_what_the_attacker_is_told(tiny_model):
+    """Behind a served detector, Square's refusals show as detections; --assume-defense reaches
+    the attacker (an adaptive NES scales its probe with the nu it was told)."""
+    app = create_app(tiny_model, build_defense("blacklight", tiny_model, seed=0), name="tiny")
+    with Served(app) as served:
+        url = f"{served.url}/v2/models/tiny"
+        common = ["attack", "--url", url, "--images", "3", "--budget", "80", "--json", "--no-progress"]
+        res = CliRunner().invoke(main, [*common, "--attack", "square"])
+        assert res.exit_code == 0, res.output
+        (row,) = json.loads(res.output)["rows"]
+        assert row["detection_rate"] == 100.0
+        told = CliRunner().invoke(
+            main, [*common, "--attack", "nes", "--mu-nu-ratio", "2", "--assume-defense", "rnd:nu=0.05"]
+        )
+        assert told.exit_code == 0, told.output
+        (nes,) = json.loads(told.output)["rows"]
+        assert nes["params"]["assume"] == {"nu": 0.05} and nes["params"]["mu_used"] == pytest.approx(0.1)
+        assert nes["defense"] == "remote (told rnd:nu=0.05)"

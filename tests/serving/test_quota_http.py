@@ -62,17 +62,19 @@ def test_64_clients_2000_requests_on_a_1000_image_budget(tmp_path):
     store.close()
 
 
-def start_server(checkpoint, keys, port: int):
+def start_server(checkpoint, keys, port: int, *extra: str, start_new_session: bool = False):
     import subprocess
     import sys
     import time
 
     cmd = [sys.executable, "-c", "from rnd.cli import main; main()", "serve", str(checkpoint)]
     proc = subprocess.Popen(
-        [*cmd, "--port", str(port), "--keys", str(keys), "--seed", "1"], stderr=subprocess.PIPE
+        [*cmd, "--port", str(port), "--keys", str(keys), "--seed", "1", *extra],
+        stderr=subprocess.PIPE,
+        start_new_session=start_new_session,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 90
     while True:
         try:
             if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:

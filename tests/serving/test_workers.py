@@ -7,9 +7,7 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
-import time
 
 import httpx
 import torch
@@ -17,7 +15,7 @@ import torch
 from rnd.models import build_model, save_checkpoint
 from rnd.serving.factory import worker_seed
 from rnd.serving.keys import KeyStore
-from tests.serving.test_quota_http import body
+from tests.serving.test_quota_http import body, start_server
 
 
 def test_two_workers_share_one_quota(tmp_path):
@@ -29,20 +27,8 @@ def test_two_workers_share_one_quota(tmp_path):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    cmd = [sys.executable, "-c", "from rnd.cli import main; main()", "serve", str(tmp_path / "tiny")]
-    cmd += ["--port", str(port), "--keys", str(keys), "--workers", "2", "--seed", "3"]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    proc, url = start_server(tmp_path / "tiny", keys, port, "--workers", "2", start_new_session=True)
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read().decode()
-            time.sleep(0.2)
         workers = subprocess.run(
             ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True
         ).stdout.split()
