@@ -4,6 +4,9 @@ The defense (`--defense`, e.g. `rnd:nu=0.02`) runs inside the server with its ow
 from the OS unless `--seed` says otherwise (with `--workers N`, each worker mixes the seed with its
 pid, so no two draw the same noise); what clients see is `--output`. With `--keys`, every
 request needs `Authorization: Bearer KEY` (keys made by `rnd keys add`) and is charged per image.
+
+`--engine ray --replicas N` deploys the same app on Ray Serve instead (`rnd.serving.ray_engine`):
+N replicas, each with its own model and noise, behind Ray Serve's HTTP proxy, sharing the key store.
 """
 
 from __future__ import annotations
@@ -59,7 +62,25 @@ def _model_name(checkpoint: str) -> str:
     type=count(1, 256),
     default=1,
     show_default=True,
-    help="server processes sharing the port and the key store (each loads the model)",
+    help="server processes sharing the port and the key store (each loads the model); uvicorn only",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(["uvicorn", "ray"]),
+    default="uvicorn",
+    show_default=True,
+    help="uvicorn processes on this machine, or Ray Serve replicas (pip install 'rnd[ray,serve]')",
+)
+@click.option(
+    "--replicas",
+    type=count(1, 1024),
+    default=None,
+    help="Ray Serve replicas, each loading the model  [default: 1]; ray only",
+)
+@click.option(
+    "--ray-address",
+    default=None,
+    help="join this Ray cluster instead of starting a local Ray; ray only",
 )
 def serve(
     checkpoint: str,
@@ -76,8 +97,16 @@ def serve(
     seed: int | None,
     device: str,
     workers: int,
+    engine: str,
+    replicas: int | None,
+    ray_address: str | None,
 ) -> None:
-    """Serve CHECKPOINT with a defense inside (Open Inference Protocol on uvicorn)."""
+    """Serve CHECKPOINT with a defense inside (Open Inference Protocol on uvicorn or Ray Serve)."""
+    ctx = click.get_current_context()
+    if engine == "uvicorn" and (replicas is not None or ray_address is not None):
+        raise click.UsageError("--replicas and --ray-address go with --engine ray")
+    if engine == "ray" and ctx.get_parameter_source("workers") != click.core.ParameterSource.DEFAULT:
+        raise click.UsageError("--workers goes with --engine uvicorn; use --replicas with --engine ray")
     # optional extra (`pip install rnd[serve]`): imported here so the rest of the CLI works without it
     try:
         import uvicorn
@@ -101,14 +130,33 @@ def serve(
         "max_body_bytes": max_body_bytes,
         "device": device,
     }
+    if engine == "ray":
+        try:
+            import ray.serve  # noqa: F401
+        except ImportError:
+            raise click.ClickException(
+                "ray[serve] is missing; install the ray and serve extras: pip install 'rnd[ray,serve]'"
+            ) from None
     app = build_app(settings)  # checks the checkpoint, defense and key store before serving
     where = f"http://{host}:{port}/v2/models/{model_name}"
+    if engine == "ray":
+        replicas = replicas or 1
+        scale = f", {replicas} Ray Serve replicas" + (f" on {ray_address}" if ray_address else "")
+    else:
+        scale = f", {workers} worker processes" if workers > 1 else ""
     click.echo(
         f"serving {model_name} ({defense}, output {output}) on {where}"
         + (f" with keys from {keys_db}" if keys_db else "")
-        + (f", {workers} worker processes" if workers > 1 else ""),
+        + scale,
         err=True,
     )
+    if engine == "ray":
+        from rnd.serving.ray_engine import serve_forever
+
+        del app
+        threads = ctx.find_root().params.get("threads")
+        serve_forever(settings, replicas=replicas, host=host, port=port, address=ray_address, threads=threads)
+        return
     if workers == 1:
         uvicorn.run(app, host=host, port=port, log_level="warning")
         return
