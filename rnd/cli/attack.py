@@ -207,8 +207,8 @@ def defense_specs(defenses: tuple[str, ...], nus: tuple[float, ...]) -> list[str
     return list(dict.fromkeys(out)) or ["none", "rnd:nu=0.02"]
 
 
-def parse_target(target: str | None, targeted: bool, num_classes: int) -> str | None:
-    """Validate --target: a rule name or a class index in [0, num_classes)."""
+def parse_target(target: str | None, targeted: bool, num_classes: int | None) -> str | None:
+    """Validate --target: a rule name or a class index in [0, num_classes) (None: not known yet)."""
     from rnd.evaluation.sweep import check_target
 
     if target is not None and not targeted:
@@ -219,7 +219,7 @@ def parse_target(target: str | None, targeted: bool, num_classes: int) -> str | 
     try:
         return check_target(rule, num_classes)
     except InputError:
-        if rule.lstrip("-").isdigit():
+        if rule.lstrip("-").isdigit() and num_classes is not None:
             raise InputError(
                 f"--target {rule} is out of range: the model has classes 0..{num_classes - 1}"
             ) from None
@@ -447,7 +447,9 @@ def attack(
                 "drop --checkpoint, --defense and --nu"
             )
         remote_attack(
-            objs,
+            names,
+            per_attack,
+            dict(norm=norm, eps=eps, mu=mu, eot=eot, extra=extra_params(loss, mu_nu_ratio)),
             url,
             key,
             model_name,
@@ -457,9 +459,11 @@ def attack(
             n_images,
             budget,
             seed,
-            targeted,
-            target,
+            1000 if acc_images is None else acc_images,
+            parse_target(target, targeted, None),
+            batch_size,
             as_json,
+            progress,
         )
         return
     if assume_defense is not None:
@@ -485,8 +489,7 @@ def attack(
             f"ask for --images {found.numel()}"
         )
 
-    # only what differs from the attack's defaults, so the cells are those a sweep config would make
-    extra = {k: v for k, v in (("loss", loss), ("mu_nu_ratio", mu_nu_ratio)) if v not in (None, "margin")}
+    extra = extra_params(loss, mu_nu_ratio)
     cfg = SweepConfig(
         name="rnd attack",
         models=(ModelSpec(label=path.name, checkpoint=str(path)),),
@@ -576,8 +579,15 @@ def attack(
     click.echo(format_table(rows, table_columns(rows)))
 
 
+def extra_params(loss: str, mu_nu_ratio: float | None) -> dict[str, Any]:
+    """Only what differs from the attacks' defaults, so the cells are those a sweep config makes."""
+    return {k: v for k, v in (("loss", loss), ("mu_nu_ratio", mu_nu_ratio)) if v not in (None, "margin")}
+
+
 def remote_attack(
-    objs: list[QueryAttack],
+    names: list[str],
+    per_attack: dict[str, dict[str, Any]],
+    setting: dict[str, Any],
     url: str,
     key: str | None,
     model_name: str | None,
@@ -587,61 +597,91 @@ def remote_attack(
     n_images: int,
     budget: int,
     seed: int,
-    targeted: bool,
-    target: str | None,
+    acc_images: int,
+    rule: str | None,
+    batch_size: int,
     as_json: bool,
+    progress: bool,
 ) -> None:
-    """`rnd attack --url`: every attack through one RemoteOracle (its counts checked against the
-    server's quota header); success observed and by a vote of fresh answers; the clean model is
-    not visible from outside (its column says n/a)."""
-    from rnd.evaluation.remote_eval import evaluate_remote, select_remote
-    from rnd.evaluation.sweep import SEED_SALT_TARGETS, derive_seed, make_targets
+    """`rnd attack --url`: the cells of a `[target]` sweep (one per attack), checked against the
+    endpoint before any query and run by the same executor; success observed and by a vote of fresh
+    answers; the clean model is not visible from outside (its column says n/a)."""
+    from rnd.defenses import canonical_defense
+    from rnd.evaluation.config import AttackSpec, DataSpec, RemoteTarget, SweepConfig, served_model
+    from rnd.evaluation.remote_eval import check_remote
+    from rnd.evaluation.sweep import execute_cell, expand
     from rnd.oracle.remote import RemoteOracle
 
-    url, name = _served_model(url, model_name)
-    oracle = RemoteOracle(url, name, key, budget=budget)
-    data = load_dataset(dataset, "test", data_root)
-    if tuple(data.get([0])[0].shape[1:]) != oracle.input_shape:
-        raise InputError(f"{dataset} images do not fit the served model's input {oracle.input_shape}")
-    rule = parse_target(target, targeted, oracle.num_classes)
-    idx = select_remote(oracle, data, n_images)
-    x, y = data.get(idx)
-    targets = make_targets(rule, y, oracle.num_classes, derive_seed(seed, SEED_SALT_TARGETS))
-    label = "remote" if assume_defense is None else f"remote (told {assume_defense})"
-    rows = []
-    for obj in objs:  # told `--assume-defense` at construction (`assume=`)
-        ev, _ = evaluate_remote(obj, oracle, x, y, defense=label, targets=targets)
-        rows.append(ev)
+    base, name = served_model(url, model_name, name_option="--model-name")
+    with RemoteOracle(base, name, key) as probe:  # the endpoint's metadata; no query is sent
+        served_output = probe.output
+    scored = [n for n in names if ATTACKS[n].feedback == "scores"]
+    if scored and served_output == "labels":
+        raise InputError(f"{scored[0]} needs scores and the endpoint answers labels only")
+    assume = None if assume_defense is None else canonical_defense(assume_defense)
+    cfg = SweepConfig(
+        name="rnd attack --url",
+        models=(),
+        attacks=tuple(
+            AttackSpec(
+                name=n,
+                norm=setting["norm"],
+                eps=(setting["eps"],),
+                mu=(setting["mu"],),
+                eot=(setting["eot"],),
+                params={
+                    **{k: v for k, v in setting["extra"].items() if k in constructor_parameters(ATTACKS[n])},
+                    **per_attack[n],
+                },
+                target=rule,
+            )
+            for n in names
+        ),
+        defenses=("remote",),
+        data=DataSpec(
+            dataset=dataset,
+            split="test",
+            root=None if data_root is None else str(data_root),
+            images=n_images,
+            accuracy_images=acc_images,
+        ),
+        seeds=(seed,),
+        budget=budget,
+        output=served_output,
+        target=RemoteTarget(url=f"{base}/v2/models/{name}", label=name, key_env="", assume=assume),
+    )
+    cells = sorted(expand(cfg), key=lambda c: names.index(c.attack))
+    check_remote(cells, key)
+    results = []
+    for cell in tqdm(cells, desc="cells", unit="cell", disable=not progress or len(cells) < 2):
+        results.append(execute_cell(cell, progress=progress, max_batch=batch_size, key=key))
+    rows = [evaluation_of(r) for r in results]
+    for ev in rows:
+        ev.defense = "remote" if assume is None else f"remote (told {assume})"
+    sent = sum(r.queries_sent for r in results)
+    first = results[0]
     if as_json:
         report = {
-            "url": url,
+            "url": base,
             "model": name,
-            "output": oracle.output,
+            "output": served_output,
             "budget": budget,
             "images": n_images,
-            "indices": idx.tolist(),
-            "queries_sent": int(oracle.counts.sum()),
-            "rows": [dataclasses.asdict(r) for r in rows],
+            "endpoint_accuracy": first.summary.clean_accuracy,
+            "indices": [r.index for r in first.rows],
+            "queries_sent": sent,
+            "rows": [
+                {**dataclasses.asdict(ev), "cell_key": res.key} for ev, res in zip(rows, results, strict=True)
+            ],
         }
         click.echo(json.dumps(report, indent=2, default=str))
         return
     click.echo(
-        f"served model {name!r} at {url} (answers {oracle.output}); {int(oracle.counts.sum())} queries sent"
+        f"served model {name!r} at {base} (answers {served_output}, {first.summary.clean_accuracy:.2f} % "
+        f"correct on {acc_images} test images); {sent} queries sent"
     )
     click.echo(
         f"{n_images} test images the endpoint answers correctly, budget {budget}; 'clean' is not visible "
         "from outside (n/a); 'vote' = majority of 11 fresh answers of the endpoint\n"
     )
     click.echo(format_table(rows, table_columns(rows)))
-
-
-def _served_model(url: str, model_name: str | None) -> tuple[str, str]:
-    """(base URL, model name) from `--url BASE/v2/models/NAME` or `--url BASE --model-name NAME`."""
-    base, sep, name = url.rstrip("/").partition("/v2/models/")
-    if sep and name and "/" not in name:
-        if model_name is not None and model_name != name:
-            raise InputError(f"--url names model {name!r} and --model-name {model_name!r}; give one")
-        return base, name
-    if model_name is None:
-        raise InputError("give the served model: --url BASE/v2/models/NAME or --model-name NAME")
-    return base, model_name

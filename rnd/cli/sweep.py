@@ -68,6 +68,12 @@ def sweep(
         return
     if runner_name != "ray" and (workers is not None or ray_address is not None):
         raise click.UsageError("--workers and --ray-address apply to --runner ray only")
+    if runner_name == "ray" and any(c.remote for c in plan.cells):
+        from rnd.errors import InputError
+
+        raise InputError(
+            "a [target] endpoint sweep runs with --runner inprocess (its API key stays in this process)"
+        )
     options = {"workers": workers, "address": ray_address} if runner_name == "ray" else {}
     runner = make_runner(runner_name, **options)
     # the Ray runner checks a cluster address before the database is opened (a failure changes nothing)

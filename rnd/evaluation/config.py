@@ -48,6 +48,15 @@ Example::
     images = 10
     budget = 300
     max_grid = 3
+
+A sweep against a served endpoint (`rnd serve`, or any Open Inference Protocol server) names it in
+`[target]` instead of `[[models]]` and defenses (the defense is the server's own)::
+
+    [target]
+    url = "http://127.0.0.1:8000/v2/models/fashion-mnist-small-cnn"
+    label = "prod"                   # the model's name in reports [default: the served name]
+    key_env = "RND_KEY"              # the environment variable holding the API key (never the file)
+    assume_defense = "rnd:nu=0.02"   # what the attackers are told [default: nothing]
 """
 
 from __future__ import annotations
@@ -113,6 +122,48 @@ class AttackSpec:
 
 
 @dataclass(frozen=True)
+class RemoteTarget:
+    """A served endpoint to attack: `url` is BASE/v2/models/NAME; the API key is read from the
+    environment variable `key_env` when the cells run, never stored; `assume` is the defense spec
+    the attackers are told (None: nothing)."""
+
+    url: str
+    label: str
+    key_env: str = "RND_KEY"
+    assume: str | None = None
+
+    @property
+    def base(self) -> str:
+        return served_model(self.url)[0]
+
+    @property
+    def model(self) -> str:
+        return served_model(self.url)[1]
+
+
+def served_model(url: str, model_name: str | None = None, name_option: str = "") -> tuple[str, str]:
+    """(base URL, model name) from `BASE/v2/models/NAME`, or from `BASE` and `model_name` (given
+    as `name_option` on a command line)."""
+    from rnd.errors import InputError
+
+    if not url.startswith(("http://", "https://")):
+        raise InputError(f"the endpoint URL must start with http:// or https://, got {url!r}")
+    base, sep, name = url.rstrip("/").partition("/v2/models/")
+    if sep and name and "/" not in name:
+        if model_name is not None and model_name != name:
+            raise InputError(
+                f"the URL names model {name!r} and {name_option or 'the model name'} {model_name!r}; give one"
+            )
+        return base, name
+    if model_name is None:
+        raise InputError(
+            "give the served model: a URL BASE/v2/models/NAME"
+            + (f" or {name_option} NAME" if name_option else "")
+        )
+    return base, model_name
+
+
+@dataclass(frozen=True)
 class QuickRule:
     """The `--quick` size: images -> min(images, quick.images), budget -> min(budget, quick.budget),
     seeds -> the first one, and every grid (defenses, mu, eps, eot) longer than `max_grid` thinned to
@@ -139,6 +190,7 @@ class SweepConfig:
     quick: QuickRule = QuickRule()
     source: str = ""
     path: str = ""
+    target: RemoteTarget | None = None  # a served endpoint instead of `models` (which is then empty)
 
 
 # -- typed readers that name the key path in every error ---------------------------------------
@@ -499,7 +551,29 @@ TOP_KEYS = {
     "models",
     "attacks",
     "quick",
+    "target",
 }
+
+
+def _remote_target(raw: Any) -> RemoteTarget:
+    t = _table(raw, "target")
+    _no_unknown(t, {"url", "label", "key_env", "assume_defense"}, "target")
+    if "url" not in t:
+        raise _fail("target.url", "missing (the endpoint, BASE/v2/models/NAME)")
+    url = _str(t["url"], "target.url")
+    try:
+        _, name = served_model(url)
+    except RndError as exc:
+        raise _fail("target.url", str(exc)) from None
+    key_env = _str(t.get("key_env", "RND_KEY"), "target.key_env")
+    if not key_env.replace("_", "").isalnum():
+        raise _fail("target.key_env", f"expected an environment variable name, got {key_env!r}")
+    assume = None
+    if "assume_defense" in t:
+        assume = _spec_text(t["assume_defense"], "target.assume_defense")
+    return RemoteTarget(
+        url=url.rstrip("/"), label=_str(t.get("label", name), "target.label"), key_env=key_env, assume=assume
+    )
 
 
 def parse_config(text: str, *, base: str | Path = ".", path: str = "<string>") -> SweepConfig:
@@ -517,10 +591,20 @@ def parse_config(text: str, *, base: str | Path = ".", path: str = "<string>") -
     _no_unknown(defense, {"nu"}, "defense")
     if "defenses" in raw and "nu" in defense:
         raise _fail("defenses", "give [[defenses]] or the older [defense] nu = [...], not both")
+    target = None
+    if "target" in raw:
+        target = _remote_target(raw["target"])
+        for k in ("models", "defenses", "defense"):
+            if k in raw:
+                raise _fail(k, "a [target] endpoint is the model, behind the server's own defense: drop it")
     if "defenses" in raw:
         defenses = _defense_tables(raw["defenses"])
     else:
         defenses = _nu_defenses(_grid(defense.get("nu", 0.0), "defense.nu", _float), "defense.nu")
+    if target is not None:
+        from rnd.evaluation.sweep import REMOTE_DEFENSE
+
+        defenses = (REMOTE_DEFENSE,)
     attacks = _attacks(raw.get("attacks"))
     if output == "labels":
         from rnd.attacks import ATTACKS
@@ -528,8 +612,10 @@ def parse_config(text: str, *, base: str | Path = ".", path: str = "<string>") -
         scored = [a.name for a in attacks if ATTACKS[a.name].feedback == "scores"]
         if scored:
             raise _fail("output", f"'labels' hides the scores that {', '.join(scored)} need")
-    models = _models(raw.get("models"), base)
+    models = _models(raw.get("models"), base) if target is None else ()
     for i, a in enumerate(attacks):
+        if target is not None and a.defenses is not None:
+            raise _fail(f"attacks[{i}].defenses", "a [target] sweep has one defense, the server's")
         for spec in a.defenses or ():
             grids = [m.defenses if m.defenses is not None else defenses for m in models]
             if not any(spec in g for g in grids):
@@ -547,6 +633,7 @@ def parse_config(text: str, *, base: str | Path = ".", path: str = "<string>") -
         quick=_quick(raw.get("quick", {})),
         source=text,
         path=path,
+        target=target,
     )
     return cfg
 

@@ -1,26 +1,34 @@
-"""Attacking a served model over the wire (`rnd attack --url`): the same attacks, counted by the
-`RemoteOracle`, judged the ways that can be measured from outside.
+"""Cells against a served endpoint (`rnd attack --url`, a sweep's `[target]`): the same attacks
+through a `RemoteOracle`, judged the ways that can be measured from outside.
 
 From outside, the owner's clean model is not visible: success is judged by the attacker's own
 observation and by a vote of fresh answers of the endpoint (each vote costs a query, charged to
-the key like any other); the clean-model judgement is reported as not measured (NaN), never
-guessed. Images are the first test images the endpoint itself answers correctly (one query each).
-What the attacker is told about the defense is explicit (`assume`, e.g. from `--assume-defense
-rnd:nu=0.02`), never read from the server.
+the key like any other); the clean-model judgement is recorded as not measured (None / NaN),
+never guessed, and so is the accuracy of the model without its defense. The clean accuracy
+column is the endpoint's own accuracy (under its defense) on `accuracy_images` test images, one
+query each. Images are the first test images from `start` the endpoint answers correctly (one
+query each). What the attacker is told about the defense is the cell's `assume` spec, never read
+from the server. The API key comes from the caller or from the environment variable the cell
+names (`key_env`); it is never part of a cell or of the results.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import time
 from typing import Any
 
 import torch
 
 from rnd.attacks.base import QueryAttack
 from rnd.data.base import ImageDataset
-from rnd.errors import InputError
-from rnd.evaluation.attack_eval import AttackEvaluation
+from rnd.errors import ConfigError, InputError, RndError
 from rnd.oracle.protocol import QueryOracle
+
+# Per-process caches, as for local cells: (url, images, start) -> indices; (url, n) -> accuracy %.
+_SELECTION: dict[tuple[str, int, int], torch.Tensor] = {}
+_ACCURACY: dict[tuple[str, int], float] = {}
 
 
 def predicted(oracle: QueryOracle, answers: torch.Tensor) -> torch.Tensor:
@@ -30,14 +38,21 @@ def predicted(oracle: QueryOracle, answers: torch.Tensor) -> torch.Tensor:
     return torch.where(answers.isnan().all(1), -1, answers.nan_to_num(-1.0).argmax(1))
 
 
-def select_remote(oracle: QueryOracle, data: ImageDataset, n: int, chunk: int = 500) -> torch.Tensor:
-    """Indices of the first `n` test images the endpoint answers correctly (one query each)."""
+def _answered_correctly(oracle: QueryOracle, data: ImageDataset, idx: torch.Tensor) -> torch.Tensor:
+    x, y = data.get(idx)
+    return predicted(oracle, oracle.query(x, oracle.new_ids(len(idx)), eot=1)) == y
+
+
+def select_remote(
+    oracle: QueryOracle, data: ImageDataset, n: int, start: int = 0, chunk: int = 500
+) -> torch.Tensor:
+    """Indices of the first `n` test images from `start` the endpoint answers correctly (one query
+    each)."""
     found: list[torch.Tensor] = []
     count = 0
-    for lo in range(0, len(data), chunk):
+    for lo in range(start, len(data), chunk):
         idx = torch.arange(lo, min(lo + chunk, len(data)))
-        x, y = data.get(idx)
-        ok = predicted(oracle, oracle.query(x, oracle.new_ids(len(idx)), eot=1)) == y
+        ok = _answered_correctly(oracle, data, idx)
         found.append(idx[ok])
         count += int(ok.sum())
         if count >= n:
@@ -45,9 +60,20 @@ def select_remote(oracle: QueryOracle, data: ImageDataset, n: int, chunk: int = 
     sel = torch.cat(found)[:n] if found else torch.zeros(0, dtype=torch.int64)
     if sel.numel() < n:
         raise InputError(
-            f"the endpoint answers only {sel.numel()} test images correctly; ask for --images {sel.numel()}"
+            f"the endpoint answers only {sel.numel()} test images from index {start} correctly; "
+            f"ask for {sel.numel()} images"
         )
     return sel
+
+
+def endpoint_accuracy(oracle: QueryOracle, data: ImageDataset, n: int, chunk: int = 500) -> float:
+    """% of the first `n` test images the endpoint answers correctly (under its defense)."""
+    n = min(n, len(data))
+    hits = sum(
+        int(_answered_correctly(oracle, data, torch.arange(lo, min(lo + chunk, n))).sum())
+        for lo in range(0, n, chunk)
+    )
+    return 100.0 * hits / max(n, 1)
 
 
 def vote_remote(
@@ -63,42 +89,142 @@ def vote_remote(
     return hits > votes / 2
 
 
-def evaluate_remote(
-    attack: QueryAttack,
-    oracle: QueryOracle,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    defense: str = "remote",
-    votes: int = 11,
-    targets: torch.Tensor | None = None,
-) -> tuple[AttackEvaluation, Any]:
-    """Run `attack` through the remote `oracle` on (x, y); observed and vote judgements (the clean
-    one cannot be measured from outside: NaN)."""
-    if attack.feedback == "labels" and oracle.output != "labels":
+def check_feedback(attack: QueryAttack, output: str) -> None:
+    """A label-only attack needs an endpoint answering labels; a score attack, one answering scores."""
+    if attack.feedback == "labels" and output != "labels":
         raise InputError(
-            f"{attack.name} is label-only and the endpoint answers {oracle.output}; "
-            "serve it with --output labels"
+            f"{attack.name} is label-only and the endpoint answers {output}; serve it with --output labels"
         )
-    if attack.feedback == "scores" and oracle.output == "labels":
+    if attack.feedback == "scores" and output == "labels":
         raise InputError(f"{attack.name} needs scores and the endpoint answers labels only")
-    first = oracle.counts.numel()  # the attack allocates its images' ids next, in order
-    result = attack(oracle, x, y, targets)
-    refused = oracle.first_refusal[first : first + len(y)] >= 0
-    vote = vote_remote(oracle, result.x_adv, y, votes, targets)
-    observed = result.success
-    ev = AttackEvaluation(
-        attack=attack.name,
-        norm=attack.norm,
-        defense=defense,
-        images=len(y),
-        failure_rate=result.failure_rate,
-        mean_queries=result.mean_queries,
-        median_queries=result.median_queries,
-        failure_rate_clean=math.nan,
-        failure_rate_vote=100.0 * float((~(observed & vote)).sum()) / max(len(y), 1),
-        median_distance=result.median_distance,
-        params=result.params,
-        detection_rate=100.0 * float(refused.float().mean()) if len(y) else 0.0,
+
+
+def api_key(cell: Any, given: str | None = None) -> str | None:
+    """The key for an endpoint cell: the one given, else `$<cell.key_env>` (None: no key)."""
+    if given is not None:
+        return given
+    return os.environ.get(cell.key_env) if cell.key_env else None
+
+
+def connect(cell: Any, key: str | None, **kw: Any) -> Any:
+    """A `RemoteOracle` on the cell's endpoint (reads its metadata: output, classes, input shape)."""
+    from rnd.evaluation.config import served_model
+    from rnd.oracle.remote import RemoteOracle
+
+    base, name = served_model(cell.url)
+    return RemoteOracle(base, name, key, **kw)
+
+
+def check_remote(cells: list[Any], key: str | None = None) -> None:
+    """Before anything is written: the endpoint answers with this key, its output fits every
+    cell's attack and the data set's images fit its input; ConfigError naming `target` otherwise.
+    Reads metadata only (no query is charged)."""
+    from rnd.attacks import make_attack
+    from rnd.evaluation.sweep import _data, check_target
+
+    if not cells:
+        return
+    first = cells[0]
+    key = api_key(first, key)
+    try:
+        oracle = connect(first, key)
+    except RndError as exc:
+        hint = ""
+        if key is None and first.key_env and ("401" in str(exc) or "key" in str(exc).lower()):
+            hint = f"; set ${first.key_env} to the API key"
+        raise ConfigError(f"target.url: {exc}{hint}") from None
+    with oracle:
+        try:
+            data = _data(first)
+        except RndError as exc:
+            raise ConfigError(f"data.dataset: {exc}") from exc
+        if first.start >= len(data):
+            raise ConfigError(
+                f"data.start: {first.start} is past the end of {first.dataset}/{first.split} "
+                f"({len(data)} images); choose a start below {len(data)}"
+            )
+        shape = tuple(data.get([0])[0].shape[1:])
+        if shape != oracle.input_shape:
+            raise ConfigError(
+                f"data.dataset: {first.dataset} images are {shape}, the endpoint takes {oracle.input_shape}"
+            )
+        for c in cells:
+            attack = make_attack(c.attack, eps=c.eps, norm=c.norm, mu=c.mu, eot=c.eot, **c.attack_params)
+            try:
+                check_feedback(attack, oracle.output)
+                check_target(c.target, oracle.num_classes)
+            except RndError as exc:
+                raise ConfigError(f"target.url: {exc}") from None
+            if attack.feedback == "scores" and c.output != oracle.output:
+                raise ConfigError(
+                    f"output: the endpoint answers {oracle.output}, the sweep says {c.output!r}; "
+                    f'set output = "{oracle.output}"'
+                )
+
+
+def execute_remote_cell(
+    cell: Any, progress: bool = False, max_batch: int | None = None, key: str | None = None
+) -> Any:
+    """Run one endpoint cell (see the module docstring); returns a `CellResult` whose
+    `queries_sent` counts every query this cell charged to the key (selection and accuracy
+    included the first time this process needs them)."""
+    from rnd import __version__
+    from rnd.attacks import make_attack
+    from rnd.defenses import DefenseSpec
+    from rnd.evaluation.sweep import (
+        SEED_SALT_TARGETS,
+        CellResult,
+        _data,
+        _json_safe,
+        derive_seed,
+        image_rows,
+        make_targets,
+        summarize_rows,
     )
-    return ev, result
+
+    t0 = time.perf_counter()
+    kw = {} if max_batch is None else {"max_request": max_batch}
+    with connect(cell, api_key(cell, key), budget=cell.budget, **kw) as oracle:
+        data = _data(cell)
+        k = (cell.url, cell.images, cell.start)
+        if k not in _SELECTION:
+            _SELECTION[k] = select_remote(oracle, data, cell.images, cell.start)
+        idx = _SELECTION[k]
+        ka = (cell.url, min(cell.accuracy_images, len(data)))
+        if ka not in _ACCURACY:
+            _ACCURACY[ka] = endpoint_accuracy(oracle, data, ka[1])
+        x, y = data.get(idx)
+        params = dict(cell.attack_params)
+        if cell.target is not None:
+            params["targeted"] = True
+        assume = {} if cell.assume is None else dict(DefenseSpec.parse(cell.assume).params)
+        attack = make_attack(
+            cell.attack,
+            eps=cell.eps,
+            norm=cell.norm,
+            mu=cell.mu,
+            eot=cell.eot,
+            seed=cell.seed,
+            progress=progress,
+            assume=assume,
+            **params,
+        )
+        check_feedback(attack, oracle.output)
+        targets = make_targets(cell.target, y, oracle.num_classes, derive_seed(cell.seed, SEED_SALT_TARGETS))
+        first = oracle.counts.numel()  # the attack allocates its images' ids next, in order
+        result = attack(oracle, x, y, targets)
+        refusals = oracle.first_refusal[first : first + len(y)]
+        vote_hit = vote_remote(oracle, result.x_adv, y, cell.votes, targets)
+        sent = int(oracle.counts.sum())
+    rows = image_rows(idx, y, result, None, vote_hit, refusals, targets)
+    curve = result.distance_curve() or None
+    return CellResult(
+        key=cell.key,
+        cell=cell,
+        rows=rows,
+        summary=summarize_rows(rows, _ACCURACY[ka], math.nan, curve),
+        attack_params=_json_safe(result.params),
+        rnd_version=__version__,
+        seconds=time.perf_counter() - t0,
+        queries_sent=sent,
+    )

@@ -73,6 +73,8 @@ def average_seeds(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             r["output"],
             r["params"],
             r.get("target"),
+            r.get("url"),
+            r.get("assume"),
         )
         groups[k].append(r)
     out = []
@@ -304,10 +306,19 @@ def curve_at(curve: list[tuple[int, float]], queries: int) -> float:
     return vals[-1] if vals else math.nan
 
 
+def row_defense(r: dict[str, Any]) -> str:
+    """A record's defense as a table row tells it: the spec, or for a served endpoint `remote`
+    with the defense its attackers were told."""
+    return r["defense"] if not r.get("assume") else f"{r['defense']} (told {r['assume']})"
+
+
 def _defense(spec: str) -> str:
     """How a defense spec reads in a table: `none`, `RND nu=0.02`, or the spec itself."""
     from rnd.defenses import rnd_nu
+    from rnd.evaluation.sweep import REMOTE_DEFENSE
 
+    if spec.startswith(REMOTE_DEFENSE):
+        return spec
     nu = rnd_nu(spec)
     if nu is None:
         return spec
@@ -353,15 +364,15 @@ def main_table(points: list[dict[str, Any]]) -> list[str]:
     col_of = {id(r): _variant(r, default_mu(r)) for r in chosen}
     cols = sorted(set(col_of.values()))
     rows = sorted(
-        {(r["model"], r["defense"]) for r in chosen}, key=lambda md: (md[0], md[1] != "none", md[1])
+        {(r["model"], row_defense(r)) for r in chosen}, key=lambda md: (md[0], md[1] != "none", md[1])
     )
     at: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for r in chosen:
-        at[(r["model"], r["defense"], col_of[id(r)])].append(r)
+        at[(r["model"], row_defense(r), col_of[id(r)])].append(r)
     head = ["model", "defense", "clean acc %", *cols]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for model, defense in rows:
-        accs = [r["clean_accuracy"] for r in chosen if r["model"] == model and r["defense"] == defense]
+        accs = [r["clean_accuracy"] for r in chosen if r["model"] == model and row_defense(r) == defense]
         line = [model, _defense(defense), _fmt(_mean(accs))]
         for col in cols:
             rs = at.get((model, defense, col), [])
@@ -405,7 +416,7 @@ def full_table(points: list[dict[str, Any]]) -> list[str]:
     ):
         vals = [
             r["model"],
-            r["defense"],
+            row_defense(r),
             r["attack"],
             r["norm"],
             f"{r['eps']:g}",
@@ -446,14 +457,18 @@ def write_report(db: str | Path, out: str | Path) -> Report:
     )
     if results:
         versions = sorted({r["rnd_version"] for r in results})
-        shas = sorted({f"{r['model']}: {r['checkpoint_sha256'][:12]}" for r in results})
-        md.append(f"rnd version(s): {', '.join(versions)}. Checkpoints (sha256): {'; '.join(shas)}.")
+        shas = sorted({f"{r['model']}: {r.get('url') or r['checkpoint_sha256'][:12]}" for r in results})
+        md.append(
+            f"rnd version(s): {', '.join(versions)}. Checkpoints (sha256) or endpoints: {'; '.join(shas)}."
+        )
     md += [
         "",
         "Failure rate = failed / attacked (correctly classified) images, in %. Three ways: "
         "**observed** = the attacker's own noisy answer said success (the paper's protocol, the "
         "headline); **vote** = x_adv also fools a majority of fresh noisy answers; **clean** = x_adv "
-        "also fools the undefended model. Mean / median queries over observed successes.",
+        "also fools the undefended model (n/a for a served endpoint, whose model is not visible from "
+        "outside; its clean accuracy is the endpoint's own, under its defense). Mean / median queries "
+        "over observed successes.",
         "",
     ]
     report = Report("")

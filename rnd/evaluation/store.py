@@ -1,17 +1,20 @@
 """The results database: SQLite (stdlib), one file, crash-safe, resumable, shared by concurrent sweeps.
 
-Tables (schema version 4):
+Tables (schema version 5):
   schema_info     name -> value; `schema_version` must equal `SCHEMA_VERSION`
   history         what happened to the file: created, migrated (with the schema and rnd versions)
   sweeps          one row per (config text, quick) ever started, with the config itself
   cells           one row per cell key: every parameter as columns (the defense as its spec text;
                   `nu` is RND's level, 0 for other defenses) and as JSON, status
                   (pending | done | failed), the error of a failed run, and the claim of the process
-                  computing it (`claimed_by`, cleared when the cell is finished)
+                  computing it (`claimed_by`, cleared when the cell is finished); a cell run
+                  against a served endpoint has its `url` and the defense its attacker was told
+                  (`assume`), both NULL for local cells
   sweep_cells     which cells each sweep asked for
   image_results   one row per (cell, attacked image): data-set index, label, observed success,
                   queries, success re-checked on the clean model and by a noisy vote, and (label-only
                   attacks) the distance of the attacker's best point (NULL for score attacks),
+                  the clean-model re-check NULL where it cannot be measured (an endpoint's model),
                   the query count at the first refusal by a stateful defense (NULL: never
                   refused) and the target class of a targeted attack
   cell_summaries  one row per finished cell: failure rates three ways, mean / median queries,
@@ -54,7 +57,7 @@ from rnd._checks import check_writable_file
 from rnd.errors import InputError
 from rnd.evaluation.sweep import Cell, CellResult
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 SQLITE_MAGIC = b"SQLite format 3\x00"
 VOLATILE_SUFFIXES = ("_at", "_seconds")
 HEARTBEAT_S = 30.0
@@ -69,6 +72,47 @@ CREATE TABLE history (
     schema_version INTEGER NOT NULL,
     rnd_version TEXT NOT NULL,
     happened_at TEXT NOT NULL
+);
+"""
+
+# The two tables schema 5 rebuilt (SQLite cannot drop a NOT NULL in place): migration 4 creates
+# them from these texts, so a later schema that changes either table needs texts of its own.
+_IMAGE_RESULTS = """
+CREATE TABLE image_results (
+    cell_key TEXT NOT NULL REFERENCES cells(key),
+    position INTEGER NOT NULL,
+    image_index INTEGER NOT NULL,
+    label INTEGER NOT NULL,
+    success INTEGER NOT NULL,
+    queries INTEGER NOT NULL,
+    success_clean INTEGER,
+    success_vote INTEGER NOT NULL,
+    distance REAL,
+    first_refusal INTEGER,
+    target INTEGER,
+    PRIMARY KEY (cell_key, position)
+);
+"""
+_CELL_SUMMARIES = """
+CREATE TABLE cell_summaries (
+    cell_key TEXT PRIMARY KEY REFERENCES cells(key),
+    images INTEGER NOT NULL,
+    failure_rate REAL NOT NULL,
+    failure_rate_clean REAL,
+    failure_rate_vote REAL NOT NULL,
+    mean_queries REAL,
+    median_queries REAL,
+    clean_accuracy REAL,
+    model_accuracy REAL,
+    indices TEXT NOT NULL,
+    attack_params TEXT NOT NULL,
+    rnd_version TEXT NOT NULL,
+    wall_seconds REAL NOT NULL,
+    finished_at TEXT NOT NULL,
+    median_distance REAL,
+    distance_curve TEXT,
+    detection_rate REAL,
+    median_first_refusal REAL
 );
 """
 
@@ -115,48 +159,18 @@ CREATE TABLE cells (
     claimed_by TEXT,
     claimed_at TEXT,
     defense TEXT NOT NULL,
-    target TEXT
+    target TEXT,
+    url TEXT,
+    assume TEXT
 );
 CREATE TABLE sweep_cells (
     sweep_id INTEGER NOT NULL REFERENCES sweeps(id),
     cell_key TEXT NOT NULL REFERENCES cells(key),
     PRIMARY KEY (sweep_id, cell_key)
 );
-CREATE TABLE image_results (
-    cell_key TEXT NOT NULL REFERENCES cells(key),
-    position INTEGER NOT NULL,
-    image_index INTEGER NOT NULL,
-    label INTEGER NOT NULL,
-    success INTEGER NOT NULL,
-    queries INTEGER NOT NULL,
-    success_clean INTEGER NOT NULL,
-    success_vote INTEGER NOT NULL,
-    distance REAL,
-    first_refusal INTEGER,
-    target INTEGER,
-    PRIMARY KEY (cell_key, position)
-);
-CREATE TABLE cell_summaries (
-    cell_key TEXT PRIMARY KEY REFERENCES cells(key),
-    images INTEGER NOT NULL,
-    failure_rate REAL NOT NULL,
-    failure_rate_clean REAL NOT NULL,
-    failure_rate_vote REAL NOT NULL,
-    mean_queries REAL,
-    median_queries REAL,
-    clean_accuracy REAL,
-    model_accuracy REAL,
-    indices TEXT NOT NULL,
-    attack_params TEXT NOT NULL,
-    rnd_version TEXT NOT NULL,
-    wall_seconds REAL NOT NULL,
-    finished_at TEXT NOT NULL,
-    median_distance REAL,
-    distance_curve TEXT,
-    detection_rate REAL,
-    median_first_refusal REAL
-);
 """
+    + _IMAGE_RESULTS
+    + _CELL_SUMMARIES
 )
 
 #: Version 1 -> 2: wall-clock columns renamed to say what they are, the creation time moved from
@@ -193,6 +207,13 @@ ALTER TABLE cell_summaries ADD COLUMN detection_rate REAL;
 ALTER TABLE cell_summaries ADD COLUMN median_first_refusal REAL;
 UPDATE cell_summaries SET detection_rate = 0;
 """,
+    # Version 4 -> 5: cells against a served endpoint (`url`, and the defense its attacker was
+    # told, `assume`), and the clean-model judgement may be unmeasured (NULL): the two tables are
+    # rebuilt without that NOT NULL by `_rebuild_nullable`, keeping every row and column.
+    4: """
+ALTER TABLE cells ADD COLUMN url TEXT;
+ALTER TABLE cells ADD COLUMN assume TEXT;
+""",
 }
 
 
@@ -204,8 +225,19 @@ def _defense_from_nu(con: sqlite3.Connection) -> None:
         con.execute("UPDATE cells SET defense = ? WHERE key = ?", (legacy_defense(float(nu)), key))
 
 
-#: Python steps run after a migration's SQL (values SQL cannot compute).
-_MIGRATION_STEPS = {3: _defense_from_nu}
+def _rebuild_nullable(con: sqlite3.Connection) -> None:
+    """Schema 5: image_results and cell_summaries recreated from their schema 5 texts (the
+    clean-model columns nullable), every row copied column by column name."""
+    for table, ddl in (("image_results", _IMAGE_RESULTS), ("cell_summaries", _CELL_SUMMARIES)):
+        cols = ", ".join(r[0] for r in con.execute("SELECT name FROM pragma_table_info(?)", (table,)))
+        con.execute(ddl.replace(f"CREATE TABLE {table} (", f"CREATE TABLE {table}_v5 (").strip().rstrip(";"))
+        con.execute(f"INSERT INTO {table}_v5 ({cols}) SELECT {cols} FROM {table}")
+        con.execute(f"DROP TABLE {table}")
+        con.execute(f"ALTER TABLE {table}_v5 RENAME TO {table}")
+
+
+#: Python steps run after a migration's SQL (values SQL cannot compute, tables SQLite cannot alter).
+_MIGRATION_STEPS = {3: _defense_from_nu, 4: _rebuild_nullable}
 
 CELL_COLUMNS = (
     "model",
@@ -227,6 +259,8 @@ CELL_COLUMNS = (
     "params",
     "defense",
     "target",
+    "url",
+    "assume",
 )
 SUMMARY_COLUMNS = (
     "images",
@@ -245,6 +279,7 @@ SUMMARY_COLUMNS = (
 
 #: Summary values stored as NULL when undefined (NaN), read back as NaN.
 NULLABLE_SUMMARY = (
+    "failure_rate_clean",
     "mean_queries",
     "median_queries",
     "clean_accuracy",
@@ -619,7 +654,7 @@ class ResultsStore:
                         r.label,
                         int(r.success),
                         r.queries,
-                        int(r.success_clean),
+                        None if r.success_clean is None else int(r.success_clean),
                         int(r.success_vote),
                         None if r.distance is None else _real(r.distance),
                         r.first_refusal,
@@ -709,7 +744,8 @@ class ResultsStore:
     def results(self) -> list[dict[str, Any]]:
         """Every finished cell: its parameters joined with its summary, one dict per cell."""
         rows = self.con.execute(
-            "SELECT c.key, c.spec, s.*, c.checkpoint, c.defense, c.nu, c.target FROM cells c "
+            "SELECT c.key, c.spec, s.*, c.checkpoint, c.defense, c.nu, c.target, c.url, c.assume "
+            "FROM cells c "
             "JOIN cell_summaries s ON s.cell_key = c.key "
             "WHERE c.status = 'done' "
             "ORDER BY c.model, c.attack, c.norm, c.eps, c.defense, c.mu, c.eot, c.seed"

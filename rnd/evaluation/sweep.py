@@ -6,6 +6,9 @@ frozen and JSON-serialisable; its `key` is the sha256 of its canonical JSON (the
 identified by its sha256, not by where the file lies), so the same measurement has the same key in
 every database and on every machine. Keys written before defenses were specs stay valid: an RND
 or undefended cell is identified by its `nu` as before, and `target` enters only when set.
+A cell against a served endpoint (`url`, from a config's `[target]`) has the defense `remote`
+(the server's own, unknown here) and records what its attacker was told (`assume`); both enter
+the key only when set.
 `execute_cell(cell)` is a pure function of the cell: it loads what it needs, builds its defense,
 runs the attack with generators seeded from the cell, and returns a `CellResult`; the same cell
 gives the same numbers in any process, which is what lets a sweep resume, or run its cells on
@@ -31,6 +34,8 @@ from rnd.errors import ConfigError, InputError, RndError
 SEED_SALT_DEFENSE = "defense"
 SEED_SALT_ACCURACY = "accuracy"
 SEED_SALT_TARGETS = "targets"
+#: The defense of a cell against a served endpoint: the server's own, not known to the sweep.
+REMOTE_DEFENSE = "remote"
 
 
 def derive_seed(seed: int, purpose: str) -> int:
@@ -65,12 +70,25 @@ class Cell:
     params: str = "{}"  # extra attack keyword arguments, canonical JSON
     data_root: str | None = None
     target: str | None = None  # None: untargeted; else the target rule ("random", "next", "3")
+    url: str | None = None  # a served endpoint (BASE/v2/models/NAME) instead of a local checkpoint
+    assume: str | None = None  # endpoint cells: the defense spec the attacker is told (None: nothing)
+    key_env: str | None = None  # endpoint cells: the environment variable holding the API key
 
-    #: Fields that locate files on this machine; not part of the measurement's identity.
-    LOCAL: ClassVar[tuple[str, ...]] = ("checkpoint", "data_root")
+    #: Fields that locate files or secrets on this machine; not part of the measurement's identity.
+    LOCAL: ClassVar[tuple[str, ...]] = ("checkpoint", "data_root", "key_env")
 
     def __post_init__(self) -> None:
+        if self.url is not None and self.defense != REMOTE_DEFENSE:
+            raise InputError(
+                f"a cell against {self.url} has the defense {REMOTE_DEFENSE!r}, got {self.defense!r}"
+            )
+        if self.url is None and self.assume is not None:
+            raise InputError(
+                "assume is for cells against a served endpoint (a local defense is told as it is)"
+            )
         object.__setattr__(self, "defense", canonical_defense(self.defense))
+        if self.assume is not None:
+            object.__setattr__(self, "assume", canonical_defense(self.assume))
         object.__setattr__(self, "target", check_target(self.target))
 
     def to_dict(self) -> dict[str, Any]:
@@ -94,14 +112,19 @@ class Cell:
         if nu is not None:
             del d["defense"]
             d["nu"] = nu
-        if self.target is None:
-            del d["target"]
+        for optional in ("target", "url", "assume"):
+            if d[optional] is None:
+                del d[optional]
         return d
 
     @property
     def nu(self) -> float:
-        """RND's noise level when the defense is RND (0 when undefended or another defense)."""
+        """RND's noise level when the defense is RND (0 when undefended, another defense or remote)."""
         return rnd_nu(self.defense) or 0.0
+
+    @property
+    def remote(self) -> bool:
+        return self.url is not None
 
     @property
     def key(self) -> str:
@@ -114,8 +137,9 @@ class Cell:
 
     def label(self) -> str:
         mu = "default" if self.mu is None else f"{self.mu:g}"
+        defense = self.defense if self.assume is None else f"{self.defense} (told {self.assume})"
         return (
-            f"{self.model} {self.defense} {self.attack}/{self.norm} eps={self.eps:g} mu={mu} "
+            f"{self.model} {defense} {self.attack}/{self.norm} eps={self.eps:g} mu={mu} "
             f"M={self.eot} seed={self.seed}{'' if self.target is None else ' target=' + self.target}"
         )
 
@@ -129,7 +153,7 @@ class ImageRow:
     label: int
     success: bool  # observed by the attacker through its (noisy) oracle: the paper's protocol
     queries: int
-    success_clean: bool  # ... and x_adv also fools the clean model
+    success_clean: bool | None  # ... and x_adv also fools the clean model (None: not visible, remote)
     success_vote: bool  # ... and x_adv also fools a majority of `votes` fresh noisy answers
     distance: float | None = None  # label-only attacks: ||x_adv - x|| (inf: no adversarial point found)
     first_refusal: int | None = None  # stateful defenses: the image's query count at its first refusal
@@ -147,7 +171,7 @@ class CellSummary:
     mean_queries: float
     median_queries: float
     clean_accuracy: float  # % under the cell's defense (nu), on `accuracy_images` images
-    model_accuracy: float  # % of the undefended model on the same images
+    model_accuracy: float  # % of the undefended model on the same images (NaN: an endpoint's)
     median_distance: float = math.nan  # label-only attacks: median final distance over images
     #: label-only attacks: (queries, median distance over images after at most that many queries)
     distance_curve: list[tuple[int, float]] | None = None
@@ -166,6 +190,7 @@ class CellResult:
     attack_params: dict[str, Any] = field(default_factory=dict)
     rnd_version: str = ""
     seconds: float = 0.0
+    queries_sent: int = 0  # endpoint cells: queries charged to the key by this run (0: local)
 
 
 def summarize_rows(
@@ -180,7 +205,10 @@ def summarize_rows(
     n = len(rows)
 
     def fail(attr: str) -> float:
-        return 100.0 * sum(not getattr(r, attr) for r in rows) / max(n, 1)
+        values = [getattr(r, attr) for r in rows]
+        if any(v is None for v in values):  # not measured (the clean model behind an endpoint)
+            return math.nan
+        return 100.0 * sum(not v for v in values) / max(n, 1)
 
     q = torch.tensor([r.queries for r in rows if r.success], dtype=torch.float64)
     mean = float(q.mean()) if q.numel() else math.nan
@@ -215,13 +243,23 @@ def expand(cfg: Any) -> list[Cell]:
     from rnd.models.checkpoint import checkpoint_paths
 
     cells: list[Cell] = []
+    # (label, checkpoint, sha256, defenses, endpoint fields) of each model, local or served
+    sources: list[tuple[str, str, str, tuple[str, ...], dict[str, Any]]] = []
     for i, m in enumerate(cfg.models):
         try:
             meta = read_meta(m.checkpoint)
         except RndError as exc:
             raise ConfigError(f"models[{i}].checkpoint: {exc}") from exc
         sha = meta.sha256 or sha256_file(checkpoint_paths(m.checkpoint)[0])
-        for defense in m.defenses if m.defenses is not None else cfg.defenses:
+        sources.append(
+            (m.label, m.checkpoint, sha, m.defenses if m.defenses is not None else cfg.defenses, {})
+        )
+    t = getattr(cfg, "target", None)
+    if t is not None:
+        remote = {"url": t.url, "assume": t.assume, "key_env": t.key_env}
+        sources.append((t.label, "", "", (REMOTE_DEFENSE,), remote))
+    for label, checkpoint, sha, defenses, remote in sources:
+        for defense in defenses:
             for a in cfg.attacks:
                 if a.defenses is not None and defense not in a.defenses:
                     continue
@@ -253,8 +291,8 @@ def expand(cfg: Any) -> list[Cell]:
                             for seed in cfg.seeds:
                                 cells.append(
                                     Cell(
-                                        model=m.label,
-                                        checkpoint=m.checkpoint,
+                                        model=label,
+                                        checkpoint=checkpoint,
                                         checkpoint_sha256=sha,
                                         dataset=cfg.data.dataset,
                                         split=cfg.data.split,
@@ -274,6 +312,7 @@ def expand(cfg: Any) -> list[Cell]:
                                         params=json.dumps(a.params, sort_keys=True, separators=(",", ":")),
                                         data_root=cfg.data.root,
                                         target=a.target,
+                                        **remote,
                                     )
                                 )
     keys = [c.key for c in cells]
@@ -302,6 +341,11 @@ def check_plan(cfg: Any, cells: list[Cell]) -> None:
     from rnd.models import read_meta
 
     if not cells:
+        return
+    if getattr(cfg, "target", None) is not None:
+        from rnd.evaluation.remote_eval import check_remote
+
+        check_remote(cells)
         return
     d = cfg.data
     try:
@@ -476,7 +520,9 @@ def _json_safe(value: Any) -> Any:
     return str(value)
 
 
-def execute_cell(cell: Cell, progress: bool = False, max_batch: int | None = None) -> CellResult:
+def execute_cell(
+    cell: Cell, progress: bool = False, max_batch: int | None = None, key: str | None = None
+) -> CellResult:
     """Run one cell: load the checkpoint, select images, build the cell's defense (`build_defense`,
     seeded with `derive_seed(cell.seed, "defense")`), attack through an oracle, re-check each x_adv
     on the clean model and by a vote of fresh answers. The attacker is told the defense's public
@@ -484,8 +530,13 @@ def execute_cell(cell: Cell, progress: bool = False, max_batch: int | None = Non
     `cell.seed`. `max_batch` bounds the images per forward (memory only: results do not change).
 
     The one executor of `rnd attack`, `rnd sweep` and the Ray runner: the same cell gives the same
-    numbers in any of them.
+    numbers in any of them. A cell against a served endpoint runs through a `RemoteOracle`
+    (`rnd.evaluation.remote_eval`; `key`: its API key, else `$<cell.key_env>`).
     """
+    if cell.remote:
+        from rnd.evaluation.remote_eval import execute_remote_cell
+
+        return execute_remote_cell(cell, progress, max_batch, key)
     from rnd import __version__
     from rnd.attacks import make_attack
     from rnd.defenses import build_defense
@@ -525,23 +576,7 @@ def execute_cell(cell: Cell, progress: bool = False, max_batch: int | None = Non
         targets=targets,
         max_batch=max_batch,
     )
-    observed = result.success
-    first = oracle.first_refusal  # the oracle is fresh: its ids are the images, in order
-    rows = [
-        ImageRow(
-            position=i,
-            index=int(idx[i]),
-            label=int(y[i]),
-            success=bool(observed[i]),
-            queries=int(result.queries[i]),
-            success_clean=bool(observed[i] & clean_hit[i]),
-            success_vote=bool(observed[i] & vote_hit[i]),
-            distance=None if result.distance is None else float(result.distance[i]),
-            first_refusal=None if int(first[i]) < 0 else int(first[i]),
-            target=None if targets is None else int(targets[i]),
-        )
-        for i in range(len(y))
-    ]
+    rows = image_rows(idx, y, result, clean_hit, vote_hit, oracle.first_refusal, targets)
     curve = result.distance_curve() or None
     return CellResult(
         key=cell.key,
@@ -552,6 +587,35 @@ def execute_cell(cell: Cell, progress: bool = False, max_batch: int | None = Non
         rnd_version=__version__,
         seconds=time.perf_counter() - t0,
     )
+
+
+def image_rows(
+    idx: torch.Tensor,
+    y: torch.Tensor,
+    result: Any,
+    clean_hit: torch.Tensor | None,
+    vote_hit: torch.Tensor,
+    first_refusal: torch.Tensor,
+    targets: torch.Tensor | None,
+) -> list[ImageRow]:
+    """Per-image rows of an attack's result; the re-checks count only images the attacker believed
+    fooled; `clean_hit` None: the clean model was not visible (an endpoint)."""
+    observed = result.success
+    return [
+        ImageRow(
+            position=i,
+            index=int(idx[i]),
+            label=int(y[i]),
+            success=bool(observed[i]),
+            queries=int(result.queries[i]),
+            success_clean=None if clean_hit is None else bool(observed[i] & clean_hit[i]),
+            success_vote=bool(observed[i] & vote_hit[i]),
+            distance=None if result.distance is None else float(result.distance[i]),
+            first_refusal=None if int(first_refusal[i]) < 0 else int(first_refusal[i]),
+            target=None if targets is None else int(targets[i]),
+        )
+        for i in range(len(y))
+    ]
 
 
 def result_to_dict(result: CellResult) -> dict[str, Any]:

@@ -255,3 +255,48 @@ def test_an_attack_can_be_aimed_at_some_defenses(ckpt):
     assert [c.defense for c in expand(cfg)] == ["rnd:nu=0.02"]
     with pytest.raises(ConfigError, match=r"attacks\[0\].defenses: 'aaa' is not among"):
         parse_config(with_defenses(ckpt, 'defenses = ["none"]', 'defenses = ["aaa"]\n'))
+
+
+ENDPOINT = (
+    'name = "e"\n[target]\nurl = "http://127.0.0.1:9/v2/models/m"\n[[attacks]]\nname = "square"\neps = 0.1\n'
+)
+
+
+def test_an_endpoint_target_replaces_models_and_defenses():
+    """`[target]`: one model, the endpoint, behind the server's own defense `remote`; the cells name
+    the URL and what the attacker is told, and the key's variable stays out of their identity."""
+    from rnd.evaluation.sweep import expand
+
+    cfg = parse_config(ENDPOINT.replace("[[attacks]]", 'assume_defense = "rnd:nu=0.020"\n[[attacks]]'))
+    t = cfg.target
+    assert (t.base, t.model, t.label, t.key_env, t.assume) == (
+        "http://127.0.0.1:9", "m", "m", "RND_KEY", "rnd:nu=0.02",
+    )  # fmt: skip
+    assert cfg.models == () and cfg.defenses == ("remote",)
+    (c,) = expand(cfg)
+    assert (c.defense, c.url, c.assume, c.checkpoint, c.nu) == (
+        "remote", "http://127.0.0.1:9/v2/models/m", "rnd:nu=0.02", "", 0.0,
+    )  # fmt: skip
+    assert "key_env" not in c.identity() and c.identity()["url"] == c.url
+    told_nothing = expand(parse_config(ENDPOINT))[0]
+    assert told_nothing.assume is None and told_nothing.key != c.key
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [
+        (lambda t: t.replace('url = "http://127.0.0.1:9/v2/models/m"', 'label = "x"'), "target.url"),
+        (lambda t: t.replace("http://127.0.0.1:9/v2/models/m", "127.0.0.1:9/v2/models/m"), "target.url"),
+        (lambda t: t.replace("/v2/models/m", ""), "target.url"),  # no model name
+        (lambda t: t.replace("[[attacks]]", "colour = 1\n[[attacks]]"), "target.colour"),
+        (lambda t: t.replace("[[attacks]]", 'key_env = "A B"\n[[attacks]]'), "target.key_env"),
+        (lambda t: t.replace("[[attacks]]", 'assume_defense = "nope"\n[[attacks]]'), "target.assume_defense"),
+        (lambda t: t + 'defenses = ["none"]\n', "attacks[0].defenses"),
+        (lambda t: t.replace('name = "e"', 'name = "e"\ndefenses = ["none"]'), "defenses"),
+        (lambda t: t.replace('name = "e"', 'name = "e"\n[defense]\nnu = [0.02]'), "defense"),
+    ],
+)
+def test_bad_endpoint_targets_name_the_key(change, key):
+    with pytest.raises(ConfigError) as info:
+        parse_config(change(ENDPOINT))
+    assert str(info.value).startswith(f"{key}:"), str(info.value)

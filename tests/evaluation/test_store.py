@@ -392,6 +392,7 @@ def test_schema_1_is_migrated_keeping_every_row(tmp_path):
         "migrated from schema 1",
         "migrated from schema 2",
         "migrated from schema 3",
+        "migrated from schema 4",
     ]
 
 
@@ -454,9 +455,15 @@ def test_schema_2_is_migrated_keeping_every_row(tmp_path):
     con = sqlite3.connect(db)
     old_row = next(row for row in old_cells if row[0] == cell().key)
     new_row = con.execute("SELECT * FROM cells WHERE key = ?", (cell().key,)).fetchone()
-    assert new_row == (*old_row, "rnd:nu=0.02", None)  # every old value kept; defense from nu, untargeted
+    # every old value kept; defense from nu, untargeted, local (no url, nothing assumed)
+    assert new_row == (*old_row, "rnd:nu=0.02", None, None, None)
     con.close()
-    assert history(db) == ["created", "migrated from schema 2", "migrated from schema 3"]
+    assert history(db) == [
+        "created",
+        "migrated from schema 2",
+        "migrated from schema 3",
+        "migrated from schema 4",
+    ]
 
 
 def test_distances_round_trip(tmp_path):
@@ -655,7 +662,7 @@ def test_schema_3_is_migrated_keeping_every_row_and_every_key(tmp_path):
     with ResultsStore(db) as store:
         assert store.record(result(cell(0.02))) is False  # the same key: already done
         assert store.record(result(cell(0.05, seed=3)))  # the pending one finishes
-    assert history(db)[-1] == "migrated from schema 3"
+    assert history(db)[-2:] == ["migrated from schema 3", "migrated from schema 4"]
 
 
 def test_defense_and_target_and_refusals_round_trip(tmp_path):
@@ -679,3 +686,80 @@ def test_cell_keys_written_before_defense_specs_are_kept():
     its finished undefended and RND cells under the same keys."""
     assert cell(0.0).key == "476af857ea44c0e55a6fce23acbc948dbc235688519bdc60522ee356c3ec9b70"
     assert cell(0.02).key == "7f9fce18b38107cba7137502a730bf2852114c2cf97de01e9c138567c26a8e0f"
+
+
+# -- migration from schema 4 --------------------------------------------------------------------------
+
+
+def v4_database(path: Path) -> Path:
+    """A database exactly as rnd wrote schema version 4 (its DDL kept in schema_v4.sql): a done RND
+    cell of a rival-era sweep with rows and summary (a refusal, a target), and a pending cell."""
+    con = sqlite3.connect(path)
+    con.executescript((Path(__file__).parent / "schema_v4.sql").read_text())
+    created = "2026-11-30T10:00:00+00:00"
+    con.execute("INSERT INTO schema_info VALUES ('schema_version', '4')")
+    con.execute("INSERT INTO history VALUES (1, 'created', 4, '0.4.0', ?)", (created,))
+    con.execute("INSERT INTO sweeps VALUES (1, 's', 'sha', 0, 'text', 'cfg.toml', '0.4.0', ?)", (created,))
+    cols = ", ".join("?" * len(STORE_CELL_COLUMNS))
+    for c, status in ((cell(0.02), "done"), (cell(0.05, seed=3), "pending")):
+        d = c.to_dict() | {"nu": c.nu}
+        con.execute(
+            f"INSERT INTO cells VALUES (?, ?, {cols}, ?, NULL, ?, NULL, NULL, ?, NULL)",
+            (c.key, c_spec(c), *[d[k] for k in STORE_CELL_COLUMNS], status, created, c.defense),
+        )
+        con.execute("INSERT INTO sweep_cells VALUES (1, ?)", (c.key,))
+        if status == "done":
+            con.executemany(
+                "INSERT INTO image_results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(c.key, i, 10 + i, i, 1, 40 + i, i % 2, 1, None, [7, None, None][i], 3) for i in range(3)],
+            )
+            con.execute(
+                "INSERT INTO cell_summaries VALUES (?, 3, 0.0, 33.3, 0.0, 41.0, 41.0, 90.0, 91.0,"
+                " '[10, 11, 12]', '{}', '0.4.0', 1.5, ?, NULL, NULL, 33.3, 7.0)",
+                (c.key, created),
+            )
+    con.commit()
+    con.close()
+    return path
+
+
+def test_schema_4_is_migrated_keeping_every_row_and_the_clean_column_becomes_nullable(tmp_path):
+    """Schema 4 -> 5 rebuilds image_results and cell_summaries (the clean-model judgement may be
+    unmeasured, NULL): every old row and value survives, in the old column order; the cells gain
+    url and assume (NULL); a resumed sweep finds its done cell done; an endpoint cell, with no
+    clean judgement, is stored and read back."""
+    db = v4_database(tmp_path / "v4.sqlite")
+    old = sqlite3.connect(db)
+    tables = ("cells", "image_results", "cell_summaries")
+    before = {t: sorted(old.execute(f"SELECT * FROM {t}").fetchall()) for t in tables}
+    old.close()
+    with ResultsStore(db, readonly=True) as store:  # a read migrates a copy in memory only
+        (r,) = store.results()
+        assert r["failure_rate_clean"] == 33.3 and r["median_first_refusal"] == 7.0
+    with ResultsStore(db) as store:
+        assert store.status_counts() == {"done": 1, "pending": 1}
+        assert store.record(result(cell(0.02))) is False
+    con = sqlite3.connect(db)
+    for t in tables:
+        after = sorted(con.execute(f"SELECT * FROM {t}").fetchall())
+        assert [row[: len(before[t][0])] for row in after] == before[t]
+    assert {r[0] for r in con.execute("SELECT url FROM cells")} == {None}
+    notnull = dict(con.execute("SELECT name, \"notnull\" FROM pragma_table_info('image_results')").fetchall())
+    assert notnull["success_clean"] == 0 and notnull["success_vote"] == 1
+    con.close()
+    assert history(db)[-1] == "migrated from schema 4"
+    remote = replace(
+        cell(0.0), checkpoint="", checkpoint_sha256="", defense="remote",
+        url="http://127.0.0.1:9/v2/models/m", assume="rnd:nu=0.02", key_env="RND_KEY",
+    )  # fmt: skip
+    rows = [ImageRow(i, 10 + i, i, True, 40 + i, None, i == 0) for i in range(3)]
+    res = CellResult(remote.key, remote, rows, summarize_rows(rows, 90.0, math.nan), {}, "0.5.0", 1.0)
+    with ResultsStore(db) as store:
+        store.register_sweep("remote", "text2", [remote], quick=False)
+        assert store.record(res)
+        got = next(r for r in store.results() if r["defense"] == "remote")
+        assert got["url"] == remote.url and got["assume"] == "rnd:nu=0.02"
+        assert math.isnan(got["failure_rate_clean"]) and math.isnan(got["model_accuracy"])
+        assert got["failure_rate_vote"] == pytest.approx(200 / 3)
+        assert [r[6] for r in store.image_rows(remote.key)] == [None, None, None]
+    assert remote.key != replace(remote, assume=None).key and "key_env" not in remote.identity()
