@@ -20,6 +20,7 @@ ARCHITECTURES: dict[str, Callable[..., Classifier]] = {
     "small-cnn": SmallCNN,
     "vgg-small": partial(VGG, config="vgg-small"),
     "vgg11": partial(VGG, config="vgg11"),
+    "vgg16": partial(VGG, config="vgg16"),
     "resnet8": partial(ResNet, blocks=(1, 1, 1)),
     "resnet20": partial(ResNet, blocks=(3, 3, 3)),
 }
