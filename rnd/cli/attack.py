@@ -605,7 +605,7 @@ def remote_attack(
 ) -> None:
     """`rnd attack --url`: the cells of a `[target]` sweep (one per attack), checked against the
     endpoint before any query and run by the same executor; success observed and by a vote of fresh
-    answers; the clean model is not visible from outside (its column says n/a)."""
+    answers; the clean model is not visible from outside (its column says -)."""
     from rnd.defenses import canonical_defense
     from rnd.evaluation.config import AttackSpec, DataSpec, RemoteTarget, SweepConfig, served_model
     from rnd.evaluation.remote_eval import check_remote
@@ -681,7 +681,7 @@ def remote_attack(
         f"correct on {acc_images} test images); {sent} queries sent"
     )
     click.echo(
-        f"{n_images} test images the endpoint answers correctly, budget {budget}; 'clean' is not visible "
-        "from outside (n/a); 'vote' = majority of 11 fresh answers of the endpoint\n"
+        f"{n_images} test images the endpoint answers correctly, budget {budget}; 'clean' (-) is not "
+        "visible from outside; 'vote' = majority of 11 fresh answers of the endpoint\n"
     )
     click.echo(format_table(rows, table_columns(rows)))
