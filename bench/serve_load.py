@@ -1,7 +1,7 @@
 """Load on `rnd serve` over loopback: requests/s, images/s and p50 / p99 latency, against the
 in-process forward of the same defended model at the same batch, in one run.
 
-    python bench/serve_load.py [--seconds 5] [--clients 1,8,64] [--threads 1]
+    python bench/serve_load.py [--seconds 5] [--clients 1,8,64] [--threads 1] [--checkpoint CK]
 
 Starts two servers in their own processes (`rnd serve` on the default checkpoint with RND nu 0.02:
 dynamic batching on, max batch 256 / 2 ms, and off, max batch 1), then for each setting runs
@@ -115,13 +115,21 @@ def in_process(batch: int, seconds: float, threads: int) -> float:
 
 
 def main() -> None:
+    global CHECKPOINT
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--clients", default="1,8,64")
     p.add_argument(
         "--threads", type=int, default=1, help="torch threads of the servers and the in-process run"
     )
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=CHECKPOINT,
+        help="the served checkpoint (a bigger model shows batching where the forward, not HTTP, dominates)",
+    )
     args = p.parse_args()
+    CHECKPOINT = args.checkpoint.expanduser()
     clients = [int(c) for c in args.clients.split(",")]
     servers = {"on": start(256, args.threads), "off": start(1, args.threads)}
     try:
