@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from rnd.defenses import build_defense
-from rnd.models import load_checkpoint
+from rnd.models import load_checkpoint, read_meta
 from rnd.serving.codec import build_request
 
 CHECKPOINT = Path("~/.cache/rnd/checkpoints/fashion-mnist-small-cnn").expanduser()
@@ -66,8 +66,12 @@ def start(max_batch: int, threads: int) -> tuple[subprocess.Popen, str]:
     raise SystemExit("rnd serve did not start")
 
 
+def input_shape() -> tuple[int, ...]:
+    return tuple(read_meta(CHECKPOINT).arch_kwargs.get("input_shape", (1, 28, 28)))
+
+
 def load(url: str, clients: int, images: int, binary: bool, seconds: float) -> dict[str, float]:
-    x = np.random.default_rng(0).random((images, 1, 28, 28), dtype=np.float32)
+    x = np.random.default_rng(0).random((images, *input_shape()), dtype=np.float32)
     body, headers = build_request(x, binary=binary)
     lat: list[float] = []
     lock = threading.Lock()
@@ -105,7 +109,7 @@ def in_process(batch: int, seconds: float, threads: int) -> float:
     torch.set_num_threads(threads)
     model, _ = load_checkpoint(CHECKPOINT)
     defended = build_defense(SPEC, model.eval(), seed=0)
-    x = torch.rand(batch, 1, 28, 28)
+    x = torch.rand(batch, *input_shape())
     n, t0 = 0, time.perf_counter()
     with torch.inference_mode():
         while time.perf_counter() - t0 < seconds:
