@@ -11,6 +11,7 @@ from typing import Any
 import click
 import torch
 
+from rnd.device import DEVICE_CHOICES, set_default_device
 from rnd.errors import RndError
 
 
@@ -46,14 +47,22 @@ class RndGroup(click.Group):
 @click.option(
     "--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads (default: torch's choice)"
 )
+@click.option(
+    "--device",
+    default=None,
+    metavar="DEVICE",
+    help=f"where models run: {DEVICE_CHOICES} [default: cpu]; a command's own --device wins",
+)
 @click.option("-v", "--verbose", count=True, help="more log output (-vv for debug)")
 @click.version_option(package_name="rnd")
-def main(threads: int | None, verbose: int) -> None:
+def main(threads: int | None, device: str | None, verbose: int) -> None:
     """rnd: Random Noise Defense against query-based black-box attacks, and its evaluation."""
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if threads is not None:
         torch.set_num_threads(threads)
+    if device is not None:
+        set_default_device(device)  # InputError (one line, exit 2) for a device this machine lacks
 
 
 def progress_option(f: Callable[..., Any]) -> Callable[..., Any]:

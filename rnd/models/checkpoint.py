@@ -22,6 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from rnd.device import default_device
 from rnd.errors import CheckpointError, RndError
 from rnd.models.registry import build_from_arguments
 
@@ -184,8 +185,13 @@ def _state_mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.Te
     return "; ".join(parts)
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, CheckpointMeta]:
-    """Load a checkpoint after checking its sha256; returns (model in eval mode, metadata)."""
+def load_checkpoint(
+    path: str | Path, device: str | torch.device | None = None
+) -> tuple[nn.Module, CheckpointMeta]:
+    """Load a checkpoint after checking its sha256; returns (model in eval mode, metadata) on
+    `device` (default: `rnd.device.default_device()`, what `rnd --device` chose)."""
+    if device is None:
+        device = default_device()
     weights, meta_path = check_checkpoint_files(path)
     meta = read_meta(path)
     digest = sha256_file(weights)
