@@ -26,6 +26,14 @@ def first_images(data: ImageDataset, n: int | None) -> ImageDataset:
 @main.command()
 @click.option("--arch", type=click.Choice(sorted(ARCHITECTURES)), default="small-cnn", show_default=True)
 @click.option("--dataset", type=click.Choice(DATASETS), default="fashion-mnist", show_default=True)
+@click.option(
+    "--data-root",
+    "--root",
+    "data_root",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="folder of the data set (cifar10: the binary version's folder, or set $RND_CIFAR10)",
+)
 @click.option("--epochs", type=count(), default=4, show_default=True)
 @click.option("--batch-size", type=count(1, MAX_IMAGES), default=128, show_default=True)
 @click.option("--lr", type=FiniteFloat(0, min_open=True), default=1e-3, show_default=True)
@@ -91,6 +99,7 @@ def first_images(data: ImageDataset, n: int | None) -> ImageDataset:
 def train(
     arch: str,
     dataset: str,
+    data_root: Path | None,
     epochs: int,
     batch_size: int,
     lr: float,
@@ -119,9 +128,12 @@ def train(
         out = out or default_checkpoint_path(dataset, arch).with_name(f"{dataset}-{arch}{suffix}")
     check_output_checkpoint(out)  # before training: a trained model is never lost to a bad --out
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
-    train_data = first_images(load_dataset(dataset, "train"), train_images) if train_images else None
+    train_data = first_images(load_dataset(dataset, "train", data_root), train_images)
+    test_data = load_dataset(dataset, "test", data_root)
     if not adversarial:
-        _, info = train_model(arch, dataset, out, config, train_data=train_data, progress=progress)
+        _, info = train_model(
+            arch, dataset, out, config, train_data=train_data, test_data=test_data, progress=progress
+        )
         acc = info["metrics"]["test_accuracy"]
         click.echo(f"{arch} on {dataset}: test accuracy {100 * acc:.2f} %  ->  {out}.safetensors")
         return
@@ -137,6 +149,7 @@ def train(
         gf_epochs=gf_epochs,
         init_from=init_from,
         train_data=train_data,
+        test_data=test_data,
         progress=progress,
     )
     m = info["metrics"]

@@ -27,8 +27,9 @@ def load_cifar10(split: Literal["train", "test"] = "test", root: str | Path | No
     root = root or os.environ.get("RND_CIFAR10")
     if root is None:
         raise DataNotFoundError(
-            "CIFAR-10 is not bundled: download the binary version once, then pass root= (or set "
-            "RND_CIFAR10) to the folder holding data_batch_1.bin ... test_batch.bin"
+            "CIFAR-10 is not bundled: download its binary version (cifar-10-binary.tar.gz) once, unpack "
+            "it, then point root= (command line: --data-root) or $RND_CIFAR10 at the folder holding "
+            "data_batch_1.bin ... test_batch.bin"
         )
     root = Path(root)
     if (root / "cifar-10-batches-bin").is_dir():
@@ -39,8 +40,8 @@ def load_cifar10(split: Literal["train", "test"] = "test", root: str | Path | No
         path = root / name
         if not path.is_file():
             raise DataNotFoundError(
-                f"CIFAR-10 file {path} not found; point root= (or RND_CIFAR10) at the folder holding "
-                "data_batch_1.bin ... test_batch.bin of the binary version"
+                f"CIFAR-10 file {path} not found; point root= (command line: --data-root) or "
+                "$RND_CIFAR10 at the folder holding data_batch_1.bin ... test_batch.bin of the binary version"
             )
         raw = np.fromfile(path, dtype=np.uint8)
         if raw.size == 0 or raw.size % _RECORD:
