@@ -1,4 +1,5 @@
-"""Models for pixel inputs in [0, 1] (normalisation inside), a registry, and safe checkpoints."""
+"""Models for pixel inputs in [0, 1] (normalisation inside), a registry, safe checkpoints, and
+`load_model`: one loader for a checkpoint, a TorchScript file or the user's own factory."""
 
 from rnd.models.checkpoint import (
     CheckpointMeta,
@@ -13,6 +14,7 @@ from rnd.models.cnn import SmallCNN
 from rnd.models.layers import Classifier, Normalize
 from rnd.models.registry import ARCHITECTURES, DATASET_STATS, MAX_PARAMETERS, build_model
 from rnd.models.resnet import ResNet
+from rnd.models.source import ModelInfo, load_model, model_kind, model_sha256
 from rnd.models.vgg import VGG
 
 __all__ = [
@@ -22,6 +24,7 @@ __all__ = [
     "VGG",
     "CheckpointMeta",
     "Classifier",
+    "ModelInfo",
     "Normalize",
     "ResNet",
     "SmallCNN",
@@ -29,6 +32,9 @@ __all__ = [
     "check_checkpoint_files",
     "checkpoint_paths",
     "load_checkpoint",
+    "load_model",
+    "model_kind",
+    "model_sha256",
     "read_meta",
     "save_checkpoint",
     "sha256_file",
