@@ -43,7 +43,7 @@ from rnd.errors import ConfigError, InputError, unknown_name
 from rnd.evaluation.attack_eval import AttackEvaluation, table_columns
 from rnd.evaluation.config import bound_text
 from rnd.evaluation.tables import format_table
-from rnd.models import read_meta
+from rnd.models import load_model, read_meta
 
 #: Constructor arguments set by the CLI's own options, never through --param.
 COMMON_KEYS = ("eps", "norm", "mu", "loss", "targeted", "eot", "mu_nu_ratio", "seed", "progress")
@@ -294,6 +294,26 @@ def evaluation_of(result: Any) -> AttackEvaluation:
     default=None,
     help="model checkpoint [default: the default Fashion-MNIST CNN, trained if missing]",
 )
+@click.option(
+    "--model",
+    "model_spec",
+    default=None,
+    metavar="SPEC",
+    help="your own model: an rnd checkpoint, a TorchScript file (model.pt + model.json metadata) "
+    "or package.module:factory",
+)
+@click.option(
+    "--weights",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="with --model package.module:factory: a safetensors state_dict loaded with strict=True",
+)
+@click.option(
+    "--input-shape", default=None, metavar="C,H,W", help="with --model: the input shape (else from metadata)"
+)
+@click.option(
+    "--num-classes", type=int, default=None, help="with --model: the class count (else from metadata)"
+)
 @click.option("--dataset", type=click.Choice(DATASETS), default="fashion-mnist", show_default=True)
 @click.option("--data-root", type=click.Path(path_type=Path), default=None, help="folder of the data set")
 @click.option(
@@ -362,6 +382,10 @@ def attack(
     defenses: tuple[str, ...],
     nus: tuple[float, ...],
     checkpoint: Path | None,
+    model_spec: str | None,
+    weights: Path | None,
+    input_shape: str | None,
+    num_classes: int | None,
     dataset: str,
     data_root: Path | None,
     n_images: int,
@@ -389,6 +413,10 @@ def attack(
     failure rate as the attacker observed it, by a vote of fresh noisy answers and by the clean
     model, mean/median queries of successful attacks, and the % of images a stateful defense
     detected.
+
+    The model is --checkpoint (rnd's own) or --model, any source `rnd.models.load_model` takes: a
+    checkpoint, a TorchScript file with its metadata beside it, or package.module:factory with
+    --weights; --input-shape / --num-classes give metadata the model does not carry.
     """
     from rnd.defenses import build_defense
     from rnd.evaluation.config import AttackSpec, DataSpec, ModelSpec, SweepConfig
@@ -410,6 +438,7 @@ def attack(
         if value > high:
             raise InputError(f"--{name} must be <= {bound_text(high)}, got {value}; lower it")
     specs = defense_specs(defenses, nus)
+    model_meta = model_options(checkpoint, model_spec, weights, input_shape, num_classes)
     for number, name in ((eps, "eps"), (mu, "mu"), (mu_nu_ratio, "mu-nu-ratio")):
         if number is not None and not math.isfinite(number):
             raise InputError(f"--{name} must be a finite number, got {number}")
@@ -441,10 +470,10 @@ def attack(
             raise InputError(f"{obj.cost_text()}, more than --budget {budget}; raise --budget or lower --eot")
 
     if url is not None:
-        if checkpoint is not None or defenses or nus:
+        if checkpoint is not None or model_spec is not None or defenses or nus:
             raise InputError(
                 "--url attacks the served model behind the server's own defense: "
-                "drop --checkpoint, --defense and --nu"
+                "drop --checkpoint, --model, --defense and --nu"
             )
         remote_attack(
             names,
@@ -470,11 +499,24 @@ def attack(
         raise InputError(
             "--assume-defense is for --url (a local defense tells the attacker its public parameters)"
         )
-    model, path = load_or_train_default(checkpoint, progress)
     data = load_dataset(dataset, "test", data_root)
-    check_model_data(
-        model, read_meta(path).dataset, data, allow_mismatch=allow_mismatch, where=f"checkpoint {path}"
-    )
+    if model_spec is None:
+        model, path = load_or_train_default(checkpoint, progress)
+        source = ModelSpec(label=path.name, checkpoint=str(path))
+        trained_on, where, shown = read_meta(path).dataset, f"checkpoint {path}", str(path)
+    else:
+        model, info = load_model(model_spec, weights, meta=model_meta)
+        spec_text = model_spec if info.kind == "factory" else str(Path(model_spec).expanduser())
+        source = ModelSpec(
+            label=model_spec.rpartition(":")[2] if info.kind == "factory" else Path(spec_text).stem,
+            checkpoint=spec_text,
+            weights=None if weights is None else str(weights),
+            model_meta=json.dumps(model_meta, sort_keys=True, separators=(",", ":")) if model_meta else None,
+            given_as="model",
+        )
+        # a model that does not say what it was trained on is not refused for the data set's name
+        trained_on, where, shown = info.dataset or data.name, f"model {model_spec}", info.describe()
+    check_model_data(model, trained_on, data, allow_mismatch=allow_mismatch, where=where)
     for spec in specs:
         try:
             build_defense(spec, model, seed=0)
@@ -492,7 +534,7 @@ def attack(
     extra = extra_params(loss, mu_nu_ratio)
     cfg = SweepConfig(
         name="rnd attack",
-        models=(ModelSpec(label=path.name, checkpoint=str(path)),),
+        models=(source,),
         attacks=tuple(
             AttackSpec(
                 name=n,
@@ -529,7 +571,9 @@ def attack(
     clean = results[0].summary.model_accuracy
 
     settings = {
-        "checkpoint": str(path),
+        "checkpoint": source.checkpoint,
+        "weights": source.weights,
+        "model_sha256": results[0].cell.checkpoint_sha256,
         "dataset": dataset,
         "norm": norm,
         "eps": eps,
@@ -570,13 +614,46 @@ def attack(
         }
         click.echo(json.dumps(report, indent=2, default=str))
         return
-    click.echo(f"model: {path}  ({dataset}, clean accuracy {clean:.2f} %)")
+    click.echo(f"model: {shown}  ({dataset}, clean accuracy {clean:.2f} %)")
     kind = f"targeted ({rule})" if targeted else "untargeted"
     click.echo(
         f"{n_images} correctly classified test images, {norm} eps={eps:g}, budget {budget} queries, "
         f"{kind}, loss {loss}, EOT M={eot}; 'observed' = the attacker's own noisy answer\n"
     )
     click.echo(format_table(rows, table_columns(rows)))
+
+
+def model_options(
+    checkpoint: Path | None,
+    model_spec: str | None,
+    weights: Path | None,
+    input_shape: str | None,
+    num_classes: int | None,
+) -> dict[str, Any]:
+    """Check --checkpoint / --model and their companions; the metadata --input-shape and
+    --num-classes give (checked by `rnd.models.source.check_meta`), {} when neither is given."""
+    from rnd.models.source import check_meta
+
+    if checkpoint is not None and model_spec is not None:
+        raise InputError("give --checkpoint or --model, not both (--model also takes a checkpoint path)")
+    if model_spec is None:
+        for value, name in (
+            (weights, "--weights"),
+            (input_shape, "--input-shape"),
+            (num_classes, "--num-classes"),
+        ):
+            if value is not None:
+                raise InputError(f"{name} goes with --model SPEC (your own model)")
+        return {}
+    meta: dict[str, Any] = {}
+    if input_shape is not None:
+        try:
+            meta["input_shape"] = [int(v) for v in input_shape.split(",")]
+        except ValueError:
+            raise InputError(f"--input-shape takes C,H,W (e.g. 1,28,28), got {input_shape!r}") from None
+    if num_classes is not None:
+        meta["num_classes"] = num_classes
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in check_meta(meta, "--model").items()}
 
 
 def extra_params(loss: str, mu_nu_ratio: float | None) -> dict[str, Any]:

@@ -31,6 +31,9 @@ Example::
     label = "standard"
     checkpoint = "~/.cache/rnd/checkpoints/fashion-mnist-small-cnn"
     # defenses = ["none", "rnd:nu=0.02"]   # optional: this model's own defenses (or nu = [...])
+    # or your own model instead of checkpoint = ...: model = "net.pt" (TorchScript, metadata in
+    # net.json or here) or model = "mypkg.nets:build" with weights = "net.safetensors";
+    # input_shape = [1, 28, 28], num_classes = 10, dataset = "fashion-mnist", class_names = [...]
 
     [[attacks]]
     name = "nes"
@@ -62,6 +65,7 @@ A sweep against a served endpoint (`rnd serve`, or any Open Inference Protocol s
 from __future__ import annotations
 
 import inspect
+import json
 import math
 import os
 import tomllib
@@ -98,11 +102,19 @@ class DataSpec:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A checkpoint under a label, optionally with its own defenses (canonical spec texts)."""
+    """A model under a label, optionally with its own defenses (canonical spec texts).
+
+    `checkpoint` is the model spec of `rnd.models.load_model`: an rnd checkpoint, a TorchScript
+    file or `package.module:factory` (with `weights`, a safetensors file); `model_meta` is the
+    metadata given in the config (input_shape, num_classes, dataset, class_names) as canonical
+    JSON; `given_as` is the config key it came from (for error messages)."""
 
     label: str
     checkpoint: str
     defenses: tuple[str, ...] | None = None
+    weights: str | None = None
+    model_meta: str | None = None
+    given_as: str = "checkpoint"
 
 
 @dataclass(frozen=True)
@@ -299,8 +311,74 @@ def _data(raw: Any, base: Path) -> DataSpec:
     )
 
 
-def _models(raw: Any, base: Path) -> tuple[ModelSpec, ...]:
+def _checkpoint_path(value: Any, key: str, base: Path) -> tuple[str, str]:
+    """(spec, default label) of an rnd checkpoint path, after checking both of its files exist."""
     from rnd.models import checkpoint_paths
+
+    weights, meta = checkpoint_paths(_path(value, key, base))
+    missing = [p for p in (weights, meta) if not p.is_file()]
+    if missing:
+        raise _fail(
+            key,
+            f"checkpoint {missing[0]} does not exist; create it (`rnd train`, `rnd finetune`) "
+            "or fix the path",
+        )
+    return str(weights.with_suffix("")), weights.stem
+
+
+def _model_source(t: dict[str, Any], key: str, base: Path) -> dict[str, Any]:
+    """ModelSpec fields of a [[models]] table's `checkpoint = ...` or `model = ...` (with its
+    `weights` and metadata fields); every file is checked to exist."""
+    from rnd.models import model_kind
+    from rnd.models.source import META_FIELDS, check_meta
+
+    if ("checkpoint" in t) == ("model" in t):
+        raise _fail(
+            key,
+            "give exactly one of checkpoint (an rnd checkpoint) and model (a TorchScript file or "
+            "package.module:factory)",
+        )
+    given = "checkpoint" if "checkpoint" in t else "model"
+    meta = {k: t[k] for k in META_FIELDS if k in t}
+    try:
+        fields = check_meta(meta, "model metadata")
+    except RndError as exc:
+        raise _fail(f"{key}.{next(iter(meta))}" if len(meta) == 1 else key, str(exc)) from None
+    text = _str(t[given], f"{key}.{given}")
+    kind = model_kind(text)
+    if given == "checkpoint" and kind != "checkpoint":
+        raise _fail(f"{key}.checkpoint", f"{text!r} is a {kind} model; give it as model = {text!r}")
+    if "weights" in t and kind != "factory":
+        raise _fail(f"{key}.weights", f"weights are for a package.module:factory model, not a {kind}")
+    if kind != "torchscript" and kind != "factory" and fields:
+        raise _fail(key, f"an rnd checkpoint carries its own metadata; drop {', '.join(sorted(fields))}")
+    weights = None
+    if kind == "factory":
+        spec, label = text, text.rpartition(":")[2]
+        if "weights" in t:
+            path = _path(t["weights"], f"{key}.weights", base)
+            if not path.is_file():
+                raise _fail(f"{key}.weights", f"weights file {path} does not exist; fix the path")
+            weights = str(path)
+    elif kind == "torchscript":
+        path = _path(text, f"{key}.model", base)
+        if not path.is_file():
+            raise _fail(f"{key}.model", f"TorchScript file {path} does not exist; fix the path")
+        spec, label = str(path), path.stem
+    else:
+        spec, label = _checkpoint_path(text, f"{key}.{given}", base)
+    canon = {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}
+    return {
+        "checkpoint": spec,
+        "weights": weights,
+        "model_meta": json.dumps(canon, sort_keys=True, separators=(",", ":")) if canon else None,
+        "given_as": given,
+        "label": label,
+    }
+
+
+def _models(raw: Any, base: Path) -> tuple[ModelSpec, ...]:
+    from rnd.models.source import META_FIELDS
 
     if not isinstance(raw, list) or not raw:
         raise _fail("models", "expected a non-empty array of tables ([[models]] with label and checkpoint)")
@@ -308,27 +386,24 @@ def _models(raw: Any, base: Path) -> tuple[ModelSpec, ...]:
     for i, item in enumerate(raw):
         key = f"models[{i}]"
         t = _table(item, key)
-        _no_unknown(t, {"label", "checkpoint", "nu", "defenses"}, key)
+        _no_unknown(t, {"label", "checkpoint", "model", "weights", "nu", "defenses", *META_FIELDS}, key)
         if "nu" in t and "defenses" in t:
             raise _fail(key, "give nu or defenses, not both")
-        if "checkpoint" not in t:
-            raise _fail(f"{key}.checkpoint", "missing (path of NAME.safetensors / NAME.json)")
-        path = _path(t["checkpoint"], f"{key}.checkpoint", base)
-        weights, meta = checkpoint_paths(path)
-        missing = [p for p in (weights, meta) if not p.is_file()]
-        if missing:
+        if "checkpoint" not in t and "model" not in t:
             raise _fail(
                 f"{key}.checkpoint",
-                f"checkpoint {missing[0]} does not exist; create it (`rnd train`, `rnd finetune`) "
-                "or fix the path",
+                "missing (path of NAME.safetensors / NAME.json; or model = a TorchScript file or "
+                "package.module:factory)",
             )
-        label = _str(t.get("label", weights.stem), f"{key}.label")
+        source = _model_source(t, key, base)
+        default_label = source.pop("label")
+        label = _str(t.get("label", default_label), f"{key}.label")
         defenses = None
         if "nu" in t:
             defenses = _nu_defenses(_grid(t["nu"], f"{key}.nu", _float), f"{key}.nu")
         elif "defenses" in t:
             defenses = _defense_texts(t["defenses"], f"{key}.defenses")
-        out.append(ModelSpec(label=label, checkpoint=str(weights.with_suffix("")), defenses=defenses))
+        out.append(ModelSpec(label=label, defenses=defenses, **source))
     labels = [m.label for m in out]
     if len(set(labels)) != len(labels):
         raise _fail("models", f"labels must be unique, got {labels}")

@@ -2,10 +2,12 @@
 
 A `Cell` is one (model, defense, attack, norm, eps, mu, M, budget, seed) measurement on one image
 selection; the defense is a canonical spec text (`none`, `rnd:nu=0.02`, `aaa:interval=6`). It is
-frozen and JSON-serialisable; its `key` is the sha256 of its canonical JSON (the checkpoint is
-identified by its sha256, not by where the file lies), so the same measurement has the same key in
-every database and on every machine. Keys written before defenses were specs stay valid: an RND
-or undefended cell is identified by its `nu` as before, and `target` enters only when set.
+frozen and JSON-serialisable; its `key` is the sha256 of its canonical JSON (the model is
+identified by its sha256, `rnd.models.ModelInfo.sha256`, not by where the file lies; `checkpoint`
+holds the model spec: an rnd checkpoint, a TorchScript file or `module:factory`), so the same
+measurement has the same key in every database and on every machine. Keys written before defenses
+were specs stay valid: an RND or undefended cell is identified by its `nu` as before, and `target`
+enters only when set.
 A cell against a served endpoint (`url`, from a config's `[target]`) has the defense `remote`
 (the server's own, unknown here) and records what its attacker was told (`assume`); both enter
 the key only when set.
@@ -30,6 +32,7 @@ from torch import nn
 from rnd.attacks.base import median as median_of
 from rnd.defenses import canonical_defense, legacy_defense, rnd_nu
 from rnd.errors import ConfigError, InputError, RndError
+from rnd.models.source import ModelInfo
 
 SEED_SALT_DEFENSE = "defense"
 SEED_SALT_ACCURACY = "accuracy"
@@ -73,9 +76,12 @@ class Cell:
     url: str | None = None  # a served endpoint (BASE/v2/models/NAME) instead of a local checkpoint
     assume: str | None = None  # endpoint cells: the defense spec the attacker is told (None: nothing)
     key_env: str | None = None  # endpoint cells: the environment variable holding the API key
+    weights: str | None = None  # a factory model's weights file (`checkpoint` holds the model spec)
+    model_meta: str | None = None  # metadata given for the model (input_shape, ...), canonical JSON
 
-    #: Fields that locate files or secrets on this machine; not part of the measurement's identity.
-    LOCAL: ClassVar[tuple[str, ...]] = ("checkpoint", "data_root", "key_env")
+    #: Fields that locate files or secrets on this machine, or describe the model `checkpoint_sha256`
+    #: identifies; not part of the measurement's identity.
+    LOCAL: ClassVar[tuple[str, ...]] = ("checkpoint", "data_root", "key_env", "weights", "model_meta")
 
     def __post_init__(self) -> None:
         if self.url is not None and self.defense != REMOTE_DEFENSE:
@@ -237,22 +243,22 @@ def summarize_rows(
 def expand(cfg: Any) -> list[Cell]:
     """All cells of a `SweepConfig`, in a stable order; checks every attack's step fits its budget.
 
-    Reads each checkpoint's metadata (its recorded sha256, verified against the file on load)."""
+    Identifies each model by `rnd.models.model_sha256` (a checkpoint's recorded sha256, verified
+    against the file on load; a TorchScript or weights file's hash; a weightless factory's state)."""
     from rnd.attacks import make_attack
-    from rnd.models import read_meta, sha256_file
-    from rnd.models.checkpoint import checkpoint_paths
+    from rnd.models import model_sha256
 
     cells: list[Cell] = []
-    # (label, checkpoint, sha256, defenses, endpoint fields) of each model, local or served
+    # (label, model spec, sha256, defenses, model or endpoint fields) of each model, local or served
     sources: list[tuple[str, str, str, tuple[str, ...], dict[str, Any]]] = []
     for i, m in enumerate(cfg.models):
         try:
-            meta = read_meta(m.checkpoint)
+            sha = model_sha256(m.checkpoint, m.weights)
         except RndError as exc:
-            raise ConfigError(f"models[{i}].checkpoint: {exc}") from exc
-        sha = meta.sha256 or sha256_file(checkpoint_paths(m.checkpoint)[0])
+            raise ConfigError(f"models[{i}].{m.given_as}: {exc}") from exc
+        local = {"weights": m.weights, "model_meta": m.model_meta}
         sources.append(
-            (m.label, m.checkpoint, sha, m.defenses if m.defenses is not None else cfg.defenses, {})
+            (m.label, m.checkpoint, sha, m.defenses if m.defenses is not None else cfg.defenses, local)
         )
     t = getattr(cfg, "target", None)
     if t is not None:
@@ -338,7 +344,6 @@ def check_plan(cfg: Any, cells: list[Cell]) -> None:
     from `data.start` (not of a fixed target class). Raises ConfigError naming the key; the models,
     data and selections computed here stay in the per-process caches, so the cells reuse them."""
     from rnd.evaluation.compat import check_model_data
-    from rnd.models import read_meta
 
     if not cells:
         return
@@ -361,10 +366,11 @@ def check_plan(cfg: Any, cells: list[Cell]) -> None:
         cell = next((c for c in cells if c.model == m.label), None)
         if cell is None:
             continue
-        key = f"models[{i}].checkpoint"
+        key = f"models[{i}].{m.given_as}"
         try:
             model = _model(cell)
-            trained_on = read_meta(cell.checkpoint).dataset
+            # a model that does not say what it was trained on is not refused for the data set's name
+            trained_on = _model_info(cell).dataset or data.name
         except RndError as exc:
             raise ConfigError(f"{key}: {exc}") from exc
         try:
@@ -397,26 +403,37 @@ def check_plan(cfg: Any, cells: list[Cell]) -> None:
 # -- execution ---------------------------------------------------------------------------------
 
 # Per-process caches: a worker that runs many cells loads each model and data set once.
-_MODELS: dict[tuple[str, str], nn.Module] = {}
+_MODELS: dict[tuple[str, str | None, str], tuple[nn.Module, ModelInfo]] = {}
 _DATA: dict[tuple[str, str, str | None], Any] = {}
 _SELECTION: dict[tuple[str, str, str, int, int, int | None], torch.Tensor] = {}
 _ACCURACY: dict[tuple[str, str, str, str, int, int], float] = {}
 
 
-def _model(cell: Cell) -> nn.Module:
+def _loaded(cell: Cell) -> tuple[nn.Module, ModelInfo]:
+    """The cell's model (`rnd.models.load_model`: checkpoint, TorchScript file or factory) and its
+    info, checked to be the model the cell was planned with (same sha256)."""
     from rnd.errors import CheckpointError
-    from rnd.models import load_checkpoint
+    from rnd.models import load_model
 
-    k = (cell.checkpoint, cell.checkpoint_sha256)
+    k = (cell.checkpoint, cell.weights, cell.checkpoint_sha256)
     if k not in _MODELS:
-        model, meta = load_checkpoint(cell.checkpoint)
-        if meta.sha256 != cell.checkpoint_sha256:
+        meta = None if cell.model_meta is None else json.loads(cell.model_meta)
+        model, info = load_model(cell.checkpoint, cell.weights, meta=meta)
+        if info.sha256 != cell.checkpoint_sha256:
             raise CheckpointError(
-                f"{cell.checkpoint} has sha256 {meta.sha256[:12]}..., the sweep expects "
-                f"{cell.checkpoint_sha256[:12]}...; the checkpoint changed since the sweep was planned"
+                f"{cell.checkpoint} has sha256 {info.sha256[:12]}..., the sweep expects "
+                f"{cell.checkpoint_sha256[:12]}...; the model changed since the sweep was planned"
             )
-        _MODELS[k] = model.eval()
+        _MODELS[k] = (model.eval(), info)
     return _MODELS[k]
+
+
+def _model(cell: Cell) -> nn.Module:
+    return _loaded(cell)[0]
+
+
+def _model_info(cell: Cell) -> ModelInfo:
+    return _loaded(cell)[1]
 
 
 def _data(cell: Cell) -> Any:

@@ -306,7 +306,9 @@ def _check_output(
         with torch.no_grad():
             out = model(torch.zeros(1, *shape, device=device))
     except Exception as exc:  # the user's model: any failure means the metadata does not fit it
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()] or [type(exc).__name__]
+        # TorchScript's message starts with a banner and a traceback; its last line says what failed
+        first = lines[-1] if lines[0].startswith("The following operation failed") else lines[0]
         raise InputError(
             f"{where}: a forward of one zero image of shape {(1, *shape)} failed ({first}); check input_shape"
         ) from exc
@@ -343,7 +345,7 @@ def _load_torchscript(path: Path, device: torch.device) -> nn.Module:
     except (RuntimeError, ValueError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise InputError(
-            f"{path} is not a TorchScript file ({first[:120]}); save one with "
+            f"{path} is not a TorchScript file ({first.split('. ')[0][:120]}); save one with "
             "torch.jit.save(torch.jit.script(model), path), or give an rnd checkpoint"
         ) from exc
 
