@@ -18,7 +18,7 @@ fi
 # the CPU build first, so the loose torch>=2.3 requirement below installs nothing more
 .venv/bin/python -m pip install -q torch==2.13.0
 if [ "$extras" = "dev" ]; then
-    .venv/bin/python -m pip install -q -e '.[dev,ray,serve]'
+    .venv/bin/python -m pip install -q -e '.[dev,ray,serve,imagenet]'
 else
     .venv/bin/python -m pip install -q -e .
 fi

@@ -1,0 +1,96 @@
+"""ImageNet images at 224 x 224: foolbox's 20 labelled samples, and folders of the user's own.
+
+The samples are the JPEG files `foolbox/data/imagenet_<NN>_<label>.jpg` that the foolbox wheel
+carries (`pip install 'rnd[imagenet]'`); only the files are used. The package is found with
+`importlib.util.find_spec("foolbox")`, which locates a top-level package without executing its
+`__init__` (so foolbox, eagerpy and their imports are never loaded).
+
+Both loaders keep the aspect ratio: the shorter side is resized (bicubic, Pillow) to 224 and the
+centre 224 x 224 cut out (`rnd.data.imagefolder.fit_image(..., fit="crop")`); pixels are RGB, as
+uint8, returned in [0, 1] by `ImageDataset.get`. The samples are 512 x 512 already centred, so
+only one (1024 x 683) is cropped.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rnd.data.base import ImageDataset
+from rnd.data.imagefolder import fit_image, load_image_folder
+from rnd.errors import DataError, DataNotFoundError, InputError
+
+SIZE = (224, 224)
+NUM_CLASSES = 1000
+#: ImageNet class names as label indices ("0" ... "999"): no installed package ships the names.
+CLASS_NAMES = tuple(str(i) for i in range(NUM_CLASSES))
+_SAMPLE = re.compile(r"^imagenet_(\d+)_(\d+)\.(?:jpe?g|png)$")
+_WNID = re.compile(r"^n\d{8}$")
+HINT = "pip install 'rnd[imagenet]' (foolbox's wheel carries the 20 samples)"
+
+
+def samples_folder() -> Path:
+    """foolbox's data folder, found without importing foolbox."""
+    spec = importlib.util.find_spec("foolbox")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataNotFoundError(f"the ImageNet samples are not installed: {HINT}")
+    return Path(next(iter(spec.submodule_search_locations))) / "data"
+
+
+def load_imagenet_samples(root: str | Path | None = None) -> ImageDataset:
+    """foolbox's 20 labelled ImageNet samples (or those in `root`), 224 x 224 RGB, labels from
+    the file names `imagenet_<NN>_<label>.jpg`, in file-name order."""
+    try:
+        from PIL import Image
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise InputError(f"the ImageNet samples need Pillow: {HINT}") from exc
+    folder = Path(root) if root is not None else samples_folder()
+    files = sorted(p for p in folder.glob("imagenet_*") if _SAMPLE.match(p.name)) if folder.is_dir() else []
+    if not files:
+        raise DataNotFoundError(f"no ImageNet samples (imagenet_NN_LABEL.jpg) in {folder}: {HINT}")
+    arrays, labels = [], []
+    for path in files:
+        try:
+            with Image.open(path) as im:
+                arrays.append(np.asarray(fit_image(im.convert("RGB"), SIZE, "crop"), dtype=np.uint8))
+        except OSError as exc:
+            raise DataError(f"cannot read ImageNet sample {path} ({exc}); reinstall: {HINT}") from exc
+        labels.append(int(_SAMPLE.match(path.name).group(2)))  # type: ignore[union-attr]
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    return ImageDataset("imagenet-samples", "test", images, torch.tensor(labels), list(CLASS_NAMES))
+
+
+def load_imagenet_folder(root: str | Path) -> ImageDataset:
+    """`root/<class>/<image>` at 224 x 224 (centre crop), with ImageNet labels.
+
+    Sub-folders named by class index ("0" ... "999", leading zeros allowed) take that label; a
+    folder of all 1000 WordNet ids (n01440764, ...) takes the standard order, which is the sorted
+    ids. A subset of WordNet ids cannot be mapped without the id list, which no installed package
+    ships: rename those folders to their class indices.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataNotFoundError(f"image folder {root} does not exist")
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if folders and all(_WNID.match(f) for f in folders):
+        if len(folders) != NUM_CLASSES:
+            raise DataError(
+                f"{root} has {len(folders)} WordNet-id folders, not all {NUM_CLASSES}, so their class "
+                "indices are unknown; rename each folder to its ImageNet class index (0-999)"
+            )
+        index = {f: i for i, f in enumerate(folders)}
+    else:
+        bad = [f for f in folders if not f.isdigit() or int(f) >= NUM_CLASSES]
+        if bad:
+            raise DataError(
+                f"sub-folder(s) {', '.join(bad[:3])} of {root} are neither ImageNet class indices "
+                f"(0-{NUM_CLASSES - 1}) nor WordNet ids; rename them"
+            )
+        index = {f: int(f) for f in folders}
+    data = load_image_folder(root, size=SIZE, fit="crop", class_index=index, classes=CLASS_NAMES)
+    data.name = f"imagenet-folder:{root}"
+    return data
