@@ -1,6 +1,7 @@
 """Attack throughput as a ratio of the bare model's forward throughput, measured in one run.
 
     python bench/attack_throughput.py [--attack NAME ...] [--budget 300] [--batch 100] [--rounds 3]
+        [--model SPEC --dataset NAME]
 
 For every registered attack, score-based and label-only (l_inf, eps 0.1 by default; label-only
 attacks get a labels oracle and run their whole budget) on the default model architecture (the
@@ -19,6 +20,10 @@ thread batches of a few hundred images or more run up to 2x slower per image tha
 
 The images are the correctly classified test images with the largest clean margin, so that the
 batch stays full for most of the budget; the mean forward batch shows how full it stayed.
+`--model` measures any model `rnd.models.load_model` takes (checkpoint, TorchScript, or
+`package.module:factory`) on `--dataset`'s test images, e.g. EfficientNet-Lite0 on ImageNet:
+`--model rnd.models.imagenet:efficientnet_lite0 --dataset imagenet-samples --batch 16` (17 of the
+20 samples are classified correctly: a batch beyond that includes misclassified images).
 With `--nu` > 0 the same is measured against the RND-defended model (raw = defended forwards).
 
 The last column, `in model`, is the share of the attack's own time spent inside the model's
@@ -41,6 +46,7 @@ from rnd import Oracle, RandomNoiseDefense
 from rnd.attacks import ATTACKS, make_attack
 from rnd.data import load_dataset
 from rnd.models import build_model, checkpoint_paths, load_checkpoint
+from rnd.models import load_model as load_model_spec
 from rnd.training import default_checkpoint_path
 
 #: CPU time of this process by default: on a shared machine it is far less disturbed by other
@@ -48,8 +54,12 @@ from rnd.training import default_checkpoint_path
 clock = time.process_time
 
 
-def load_model() -> tuple[nn.Module, str]:
-    """The trained default checkpoint if present, else a freshly initialised small CNN."""
+def load_model(spec: str | None = None) -> tuple[nn.Module, str]:
+    """The model `spec` names (`rnd.models.load_model`); by default the trained default checkpoint
+    if present, else a freshly initialised small CNN."""
+    if spec is not None:
+        model, info = load_model_spec(spec, device="cpu")
+        return model, f"{spec} ({info.kind}, sha256 {info.sha256[:12]})"
     weights, meta = checkpoint_paths(default_checkpoint_path())
     if weights.exists() and meta.exists():
         model, _ = load_checkpoint(default_checkpoint_path())
@@ -59,9 +69,12 @@ def load_model() -> tuple[nn.Module, str]:
 
 
 @torch.inference_mode()
-def hard_images(model: nn.Module, n: int, pool: int = 2000) -> tuple[torch.Tensor, torch.Tensor]:
+def hard_images(
+    model: nn.Module, n: int, pool: int = 2000, dataset: str = "fashion-mnist"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The `n` correctly classified test images (of the first `pool`) with the largest margin."""
-    x, y = load_dataset("fashion-mnist", "test").get(torch.arange(pool))
+    data = load_dataset(dataset, "test")
+    x, y = data.get(torch.arange(min(pool, len(data))))
     logp = torch.cat([model(c) for c in x.split(500)]).log_softmax(1)
     own = logp.gather(1, y[:, None]).squeeze(1)
     margin = own - logp.scatter(1, y[:, None], -float("inf")).amax(1)
@@ -152,13 +165,15 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seconds", type=float, default=1.5, help="duration of each raw measurement")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--model", default=None, help="checkpoint, TorchScript file or package.module:factory")
+    p.add_argument("--dataset", default="fashion-mnist", help="test images to attack (a data set name)")
     p.add_argument("--clock", choices=("cpu", "wall"), default="cpu", help="process CPU time or wall time")
     args = p.parse_args()
     global clock
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     torch.set_num_threads(args.threads)
-    base, origin = load_model()
-    x, y = hard_images(base, args.batch)
+    base, origin = load_model(args.model)
+    x, y = hard_images(base, args.batch, dataset=args.dataset)
     names = args.attack or sorted(ATTACKS)
     models = {"none": base}
     if args.nu > 0:
