@@ -6,10 +6,20 @@ queries as one batch, so the model sees few, large forwards. Queries are counted
 alone, and the result's `queries` are the oracle's counts. What feedback an attack works from is
 one level up: `rnd.attacks.score.ScoreAttack` (losses from scores, stop at the first observed
 success).
+
+Devices: an attack's state lives on the device of the images it is given (put them on the model's
+device, where the oracle answers, and no query makes a host round trip beyond the oracle's own
+bookkeeping). Off the CPU the loop runs inside `with torch.device(images.device)`, so every tensor
+an attack file builds (`torch.zeros`, `torch.arange`, ...) lands there without naming a device.
+Randomness always comes from CPU `torch.Generator`s (the same seed gives the same numbers on every
+device): `randn` / `rand` / `randint` draw on the CPU and make one host-to-device copy, never a
+copy back. Per step the loop itself reads one number back from the device (how many images are
+still active: the Python-level decision to go on); the README's "Devices" lists the others.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -109,8 +119,13 @@ class AttackState:
     def __post_init__(self) -> None:
         n = self.x0.shape[0]
         self.x = self.x0.clone()
-        self.success = torch.zeros(n, dtype=torch.bool)
-        self.done = torch.zeros(n, dtype=torch.bool)
+        self.success = torch.zeros(n, dtype=torch.bool, device=self.x0.device)
+        self.done = torch.zeros(n, dtype=torch.bool, device=self.x0.device)
+
+    @property
+    def device(self) -> torch.device:
+        """Where this call's state lives: the device of the images attacked."""
+        return self.x0.device
 
 
 S = TypeVar("S", bound=AttackState)
@@ -173,6 +188,7 @@ class QueryAttack(ABC, Generic[S]):
         self.progress = check_bool(progress, "progress")
         self.generator = torch.Generator().manual_seed(self.seed)
         self.oracle: QueryOracle | None = None
+        self._device = torch.device("cpu")  # the current call's images' device
 
     # -- configuration -------------------------------------------------------------------------
     def params(self) -> dict[str, Any]:
@@ -239,29 +255,40 @@ class QueryAttack(ABC, Generic[S]):
             raise InputError("targets given to an untargeted attack; pass targeted=True")
         self.oracle = oracle
         self.cur_mu = self.effective_mu(self.assumed_nu)
-        state = cast(S, self.state_type(images.detach().cpu().clone(), labels, targets, oracle.new_ids(n)))
+        self._device = device = images.device
+        targets = None if targets is None else targets.to(device)
         bar = tqdm(total=n, desc=self.name, disable=not self.progress, unit="img", leave=False)
         try:
-            if self.min_budget > oracle.budget:
-                raise InputError(f"{self.cost_text()}, budget is {oracle.budget}; raise the budget")
-            self.init(state)
-            finished = 0
-            while True:
-                active = self.active(state) & (oracle.remaining(state.ids) >= self.step_cost)
-                newly = n - int(active.sum()) - finished
-                if newly:
-                    finished += newly
-                    bar.update(newly)
-                    bar.set_postfix(success=f"{float(state.success.float().mean()):.2f}")
-                if not bool(active.any()):
-                    break
-                self.step(state, active.nonzero().flatten())
-                state.iteration += 1
-                self.after_step(state)
-            return self.result(state)
+            with on_device(device):
+                state = cast(
+                    S,
+                    self.state_type(
+                        images.detach().clone(), labels.to(device), targets, oracle.new_ids(n).to(device)
+                    ),
+                )
+                if self.min_budget > oracle.budget:
+                    raise InputError(f"{self.cost_text()}, budget is {oracle.budget}; raise the budget")
+                self.init(state)
+                finished = 0
+                while True:
+                    active = self.active(state) & (oracle.remaining(state.ids) >= self.step_cost)
+                    left = int(active.sum())  # the loop's one read-back per step
+                    newly = n - left - finished
+                    if newly:
+                        finished += newly
+                        bar.update(newly)
+                        if self.progress:
+                            bar.set_postfix(success=f"{float(state.success.float().mean()):.2f}")
+                    if not left:
+                        break
+                    self.step(state, active.nonzero().flatten())
+                    state.iteration += 1
+                    self.after_step(state)
+                return self.result(state)
         finally:
             bar.close()
             self.oracle = None
+            self._device = torch.device("cpu")
 
     def result(self, state: S) -> AttackResult:
         """The call's `AttackResult` (families add what they measure: loss, distance)."""
@@ -310,14 +337,28 @@ class QueryAttack(ABC, Generic[S]):
             z[idx] = (x0[idx] + box_fill(x0[idx], x[idx] - x0[idx], self.eps)).clamp(0.0, 1.0)
         return z
 
+    # The attack's generator is on the CPU: draws are made there (the same stream on every device)
+    # and copied to the call's device once (host to device, never back).
     def randn(self, *shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=self.generator)
+        return to_device(torch.randn(*shape, generator=self.generator, device="cpu"), self._device)
 
     def rand(self, *shape: int) -> torch.Tensor:
-        return torch.rand(*shape, generator=self.generator)
+        return to_device(torch.rand(*shape, generator=self.generator, device="cpu"), self._device)
 
     def randint(self, high: int, shape: tuple[int, ...] | torch.Size, low: int = 0) -> torch.Tensor:
-        return torch.randint(low, high, tuple(shape), generator=self.generator)
+        draw = torch.randint(low, high, tuple(shape), generator=self.generator, device="cpu")
+        return to_device(draw, self._device)
+
+
+def on_device(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """`with torch.device(device)` off the CPU (tensors built without a device land there); on the
+    CPU nothing (the default already, and no per-call overhead of a torch function mode)."""
+    return contextlib.nullcontext() if device.type == "cpu" else torch.device(device)
+
+
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`x` (drawn on the CPU) on `device`: the same tensor on the CPU, else one non-blocking copy."""
+    return x if device.type == "cpu" else x.to(device, non_blocking=True)
 
 
 def box_fill(

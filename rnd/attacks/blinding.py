@@ -93,8 +93,9 @@ class BlindingOracle:
         self.budget = oracle.budget
         self.num_classes = oracle.num_classes
         self.input_shape = oracle.input_shape
-        self._ids = torch.zeros(0, dtype=torch.int64)
-        self._x0 = torch.zeros(0, *oracle.input_shape)
+        # host-side state: the blind's generator is a CPU one (queries make one round trip here)
+        self._ids = torch.zeros(0, dtype=torch.int64, device="cpu")
+        self._x0 = torch.zeros(0, *oracle.input_shape, device="cpu")
         #: queries the wrapper added by re-querying refused rows
         self.retried = 0
 
@@ -120,7 +121,10 @@ class BlindingOracle:
     def _origin(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(x0 per row, mask of rows whose origin is known)."""
         if not self._ids.numel():
-            return torch.zeros(ids.numel(), *self.input_shape), torch.zeros(ids.numel(), dtype=torch.bool)
+            cpu = torch.device("cpu")
+            return torch.zeros(ids.numel(), *self.input_shape, device=cpu), torch.zeros(
+                ids.numel(), dtype=torch.bool, device=cpu
+            )
         pos = torch.searchsorted(self._ids, ids.cpu()).clamp(max=self._ids.numel() - 1)
         known = self._ids[pos] == ids.cpu()
         return self._x0[pos], known
@@ -131,9 +135,9 @@ class BlindingOracle:
         a = b.amplitude
         xc = x.detach().cpu()
         if b.noise == "sign":
-            delta = (torch.randint(0, 2, xc.shape, generator=b.generator) * 2 - 1).float() * a
+            delta = (torch.randint(0, 2, xc.shape, generator=b.generator, device="cpu") * 2 - 1).float() * a
         else:
-            delta = (torch.rand(xc.shape, generator=b.generator) * 2 - 1) * a
+            delta = (torch.rand(xc.shape, generator=b.generator, device="cpu") * 2 - 1) * a
         x0, known = self._origin(ids)
         lo, hi = torch.zeros_like(xc), torch.ones_like(xc)
         eps, norm = b.eps, b.norm
@@ -164,14 +168,14 @@ class BlindingOracle:
             if not bool(refused.any()):
                 break
             rows = refused.nonzero().flatten()
-            rid = ids.cpu()[rows]
+            rid = ids.cpu()[rows.cpu()]
             # at most remaining // cost retries per id (rank of each row among its id's rows)
             order = rid.argsort(stable=True)
             sid = rid[order]
             first = torch.searchsorted(sid, sid)
             rank = torch.empty_like(order)
-            rank[order] = torch.arange(sid.numel()) - first
-            rows = rows[rank < self.oracle.remaining(rid) // cost]
+            rank[order] = torch.arange(sid.numel(), device="cpu") - first
+            rows = rows[(rank < self.oracle.remaining(rid) // cost).to(rows.device)]
             if not rows.numel():
                 break
             again = self._ask(x[rows], ids[rows], eot, cost)
@@ -193,7 +197,7 @@ class BlindingOracle:
         refused = self._refused(answers).view(n, m)
         if answers.dim() == 2:
             return answers.view(n, m, -1).nanmean(1)
-        votes = torch.zeros(n, self.num_classes)
+        votes = torch.zeros(n, self.num_classes, device="cpu")
         votes.scatter_add_(1, answers.clamp(min=0).view(n, m).cpu(), (~refused).float().cpu())
         return torch.where(refused.all(1).cpu(), REFUSED, votes.argmax(1)).to(answers.device)
 

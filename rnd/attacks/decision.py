@@ -15,7 +15,10 @@ Batching: every image advances in lock-step. Steps whose cost varies per image (
 step-size searches, growing probe counts) ask `affordable` how many decisions each image can still
 pay for and never go past it; an image that cannot afford its next decision stops with what it has.
 Random draws come from one generator per image, seeded from the attack's seed and the image's own
-pixels and label, so an image's attack does not depend on what else is in the batch.
+pixels and label, so an image's attack does not depend on what else is in the batch. The generators
+are CPU ones on every device (the same streams everywhere): `row_randn` / `row_rand` draw on the
+CPU and make one non-blocking host-to-device copy; choosing the rows' generators reads the row
+indices back (`rows.tolist()`), a Python-level decision.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from typing import Any, ClassVar, TypeVar
 import torch
 
 from rnd._checks import check_bool, check_images
-from rnd.attacks.base import AttackResult, AttackState, Norm, QueryAttack
+from rnd.attacks.base import AttackResult, AttackState, Norm, QueryAttack, to_device
 from rnd.errors import InputError
 from rnd.oracle import QueryOracle
 
@@ -52,7 +55,7 @@ def query_grid(budget: int) -> list[int]:
 def image_seeds(seed: int, x0: torch.Tensor, y: torch.Tensor) -> list[int]:
     """One 63-bit seed per image from the attack seed and the image's bytes and label."""
     out = []
-    for img, label in zip(x0, y.tolist(), strict=True):
+    for img, label in zip(x0.cpu(), y.tolist(), strict=True):
         h = hashlib.sha256(f"{seed}:{label}:".encode())
         h.update(img.contiguous().numpy().tobytes())
         out.append(int.from_bytes(h.digest()[:8], "big") >> 1)
@@ -72,7 +75,7 @@ class DecisionState(AttackState):
     def __post_init__(self) -> None:
         super().__post_init__()
         n = self.x0.shape[0]
-        self.dist = torch.full((n,), math.inf)
+        self.dist = torch.full((n,), math.inf, device=self.x0.device)
 
 
 DS = TypeVar("DS", bound=DecisionState)
@@ -115,7 +118,7 @@ class DecisionAttack(QueryAttack[DS]):
             check_images(starts, tuple(images.shape[1:]), name="starts")
             if starts.shape[0] != images.shape[0]:
                 raise InputError(f"got {starts.shape[0]} starts for {images.shape[0]} images")
-        self._starts = None if starts is None else starts.detach().cpu()
+        self._starts = None if starts is None else starts.detach().to(images.device)
         try:
             return super().__call__(oracle, images, labels, targets)
         finally:
@@ -146,9 +149,9 @@ class DecisionAttack(QueryAttack[DS]):
         assert self.oracle is not None and self.oracle.budget is not None
         state.gens = [torch.Generator().manual_seed(s) for s in image_seeds(self.seed, state.x0, state.y)]
         grid = query_grid(self.oracle.budget)
-        state.grid = torch.tensor(grid, dtype=torch.int64)
-        state.trace = torch.full((state.x0.shape[0], len(grid)), math.inf)
-        rows = torch.arange(state.x0.shape[0])
+        state.grid = torch.tensor(grid, dtype=torch.int64, device=state.device)
+        state.trace = torch.full((state.x0.shape[0], len(grid)), math.inf, device=state.device)
+        rows = torch.arange(state.x0.shape[0], device=state.device)
         adv = self.decide(state, state.x0, rows)
         self.accept(state, rows[adv], state.x0[adv])
         todo = rows[~adv]
@@ -170,7 +173,7 @@ class DecisionAttack(QueryAttack[DS]):
         """Uniform-noise images, one per image per round, until one is observed adversarial
         (at most `tries` rounds and what the budget allows); accepted as is. Returns the mask of
         `rows` that found one."""
-        found = torch.zeros(rows.numel(), dtype=torch.bool)
+        found = torch.zeros(rows.numel(), dtype=torch.bool, device=rows.device)
         for _ in range(tries):
             go = ~found & (self.affordable(state, rows) >= 1)
             if not bool(go.any()):
@@ -196,7 +199,7 @@ class DecisionAttack(QueryAttack[DS]):
         ids = state.ids[rows]
         if m > 1:
             x, ids = x.repeat_interleave(m, dim=0), ids.repeat_interleave(m)
-        labels = self.oracle.query(x.contiguous(), ids, eot=1).view(-1, m)
+        labels = self.oracle.query(x.contiguous(), ids, eot=1).to(rows.device).view(-1, m)
         if self.targeted:
             assert state.target is not None
             hit = labels == state.target[rows][:, None]
@@ -208,7 +211,7 @@ class DecisionAttack(QueryAttack[DS]):
         """Is each row of `x` adversarial? The majority of `eot` labels (one label when eot = 1).
         Callers make sure every row can afford it (`affordable`)."""
         if not rows.numel():
-            return torch.zeros(0, dtype=torch.bool)
+            return torch.zeros(0, dtype=torch.bool, device=rows.device)
         return self.votes(state, x, rows, self.eot) * 2 > self.eot
 
     def distance(self, x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
@@ -220,7 +223,7 @@ class DecisionAttack(QueryAttack[DS]):
         """Take the observed-adversarial points `x_new` for `rows` where they are closer than the
         best so far; returns the mask of rows that improved."""
         if not rows.numel():
-            return torch.zeros(0, dtype=torch.bool)
+            return torch.zeros(0, dtype=torch.bool, device=rows.device)
         d = self.distance(x_new, state.x0[rows])
         better = d < state.dist[rows]
         r = rows[better]
@@ -243,7 +246,7 @@ class DecisionAttack(QueryAttack[DS]):
         (one forward per halving) while hi - lo > tol and they can afford a decision. Returns
         (lo, hi); the caller accepts `point(.., hi)`."""
         lo, hi = lo.clone(), hi.clone()
-        tol_t = torch.as_tensor(tol, dtype=hi.dtype).expand_as(hi)
+        tol_t = torch.as_tensor(tol, dtype=hi.dtype, device=hi.device).expand_as(hi)
         while True:
             go = (hi - lo > tol_t) & (self.affordable(state, rows) >= 1)
             if not bool(go.any()):
@@ -256,12 +259,14 @@ class DecisionAttack(QueryAttack[DS]):
 
     # -- per-image randomness ------------------------------------------------------------------
     def row_randn(self, state: DS, rows: torch.Tensor, *shape: int) -> torch.Tensor:
-        """Standard normal draws of `shape` for each row, each from its image's generator."""
-        return torch.stack([torch.randn(*shape, generator=state.gens[r]) for r in rows.tolist()])
+        """Standard normal draws of `shape` for each row, each from its image's (CPU) generator."""
+        draws = [torch.randn(*shape, generator=state.gens[r], device="cpu") for r in rows.tolist()]
+        return to_device(torch.stack(draws), rows.device)
 
     def row_rand(self, state: DS, rows: torch.Tensor, *shape: int) -> torch.Tensor:
-        """Uniform [0, 1) draws of `shape` for each row, each from its image's generator."""
-        return torch.stack([torch.rand(*shape, generator=state.gens[r]) for r in rows.tolist()])
+        """Uniform [0, 1) draws of `shape` for each row, each from its image's (CPU) generator."""
+        draws = [torch.rand(*shape, generator=state.gens[r], device="cpu") for r in rows.tolist()]
+        return to_device(torch.stack(draws), rows.device)
 
     # -- what is recorded ----------------------------------------------------------------------
     def after_step(self, state: DS) -> None:

@@ -43,7 +43,7 @@ from typing import Any
 import torch
 
 from rnd._checks import check_int, check_positive
-from rnd.attacks.base import Norm
+from rnd.attacks.base import Norm, to_device
 from rnd.attacks.decision import DecisionAttack, DecisionState
 
 #: Precision (on the blend factor) of the authors' first search from the random start towards x0.
@@ -196,10 +196,10 @@ class HopSkipJump(DecisionAttack[HopSkipJumpState]):
         draws = []
         for r, kr in zip(rows.tolist(), k.tolist(), strict=True):
             if self.norm == "l2":
-                draws.append(torch.randn(kr, *shape, generator=state.gens[r]))
+                draws.append(torch.randn(kr, *shape, generator=state.gens[r], device="cpu"))
             else:
-                draws.append(2 * torch.rand(kr, *shape, generator=state.gens[r]) - 1)
-        u = torch.cat(draws)
+                draws.append(2 * torch.rand(kr, *shape, generator=state.gens[r], device="cpu") - 1)
+        u = to_device(torch.cat(draws), rows.device)  # CPU generators: one host-to-device copy
         u = u / u.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * len(shape)))
         seg = torch.arange(rows.numel()).repeat_interleave(k)
         base, dl = state.xb[rows][seg], delta[seg].view(-1, *([1] * len(shape)))

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from rnd._checks import check_int
-from rnd.attacks.base import Norm
+from rnd.attacks.base import Norm, to_device
 from rnd.attacks.score import ScoreAttack, ScoreState
 
 INSERT_EVAL, INSERT_LAZY, DELETE_EVAL, DELETE_LAZY = 0, 1, 2, 3
@@ -141,7 +141,8 @@ class Parsimonious(ScoreAttack[ParsimoniousState]):
 
     def _new_order(self, state: ParsimoniousState, i: int) -> None:
         n_blocks = self._num_blocks(int(state.size[i]), tuple(state.x0.shape[1:]))  # type: ignore[arg-type]
-        state.order[i] = torch.randperm(n_blocks, generator=self.generator)
+        order = torch.randperm(n_blocks, generator=self.generator, device="cpu")
+        state.order[i] = to_device(order, state.device)
         state.batch[i] = 0
 
     def _advance(self, state: ParsimoniousState, i: int) -> None:

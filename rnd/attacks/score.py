@@ -33,7 +33,7 @@ class ScoreState(AttackState):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.loss = torch.full((self.x0.shape[0],), math.inf)
+        self.loss = torch.full((self.x0.shape[0],), math.inf, device=self.x0.device)
 
 
 @dataclass(eq=False)
@@ -90,7 +90,7 @@ class ScoreAttack(QueryAttack[SS]):
         """Query `x` (row i belongs to image `rows[i]`); return (loss, adversarial?) per row."""
         assert self.oracle is not None
         scores = self.oracle.query(x, state.ids[rows], eot=self.eot)
-        return self.loss_from_scores(scores, state, rows)
+        return self.loss_from_scores(scores.to(state.device), state, rows)  # no-op on one device
 
     def loss_from_scores(
         self, scores: torch.Tensor, state: ScoreState, rows: torch.Tensor
@@ -98,13 +98,12 @@ class ScoreAttack(QueryAttack[SS]):
         """Margin or CE loss (to minimise) and the adversarial flag from the oracle's scores.
 
         A refused query (all-NaN scores, from a detector) reads as no change: the loss at the current
-        point of its image, and not adversarial."""
+        point of its image, and not adversarial. Branch-free (no read-back from the device): with
+        no refusal the masks change nothing, bit for bit."""
         assert self.oracle is not None
         refused = scores.isnan().all(1)
-        if bool(refused.any()):
-            loss, adv = self._loss_from_scores(scores.nan_to_num(0.0), state, rows)
-            return torch.where(refused, state.loss[rows], loss), adv & ~refused
-        return self._loss_from_scores(scores, state, rows)
+        loss, adv = self._loss_from_scores(torch.where(refused[:, None], 0.0, scores), state, rows)
+        return torch.where(refused, state.loss[rows], loss), adv & ~refused
 
     def _loss_from_scores(
         self, scores: torch.Tensor, state: ScoreState, rows: torch.Tensor
@@ -140,7 +139,7 @@ class ScoreAttack(QueryAttack[SS]):
 
     def query_start(self, state: ScoreState) -> None:
         """Query the clean images once: initial loss, and success if already misclassified."""
-        rows = torch.arange(state.x0.shape[0])
+        rows = torch.arange(state.x0.shape[0], device=state.device)
         state.loss, state.success = self.evaluate(state, state.x0, rows)
 
     def accept(
@@ -154,7 +153,7 @@ class ScoreAttack(QueryAttack[SS]):
     ) -> None:
         """Move `rows` to `x_new` where `mask` (default: all), and record loss / success there."""
         if mask is None:
-            mask = torch.ones(rows.numel(), dtype=torch.bool)
+            mask = torch.ones(rows.numel(), dtype=torch.bool, device=rows.device)
         r = rows[mask]
         state.x[r] = x_new[mask]
         state.loss[r] = loss[mask]
@@ -189,8 +188,8 @@ def dlr_loss(logp: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = 
 def init_plateau(state: PlateauState, lr: float, length: int) -> None:
     """Per-image step sizes `state.lr` and loss windows `state.history` for `plateau_update`."""
     n = state.x0.shape[0]
-    state.lr = torch.full((n,), float(lr))
-    state.history = torch.full((n, max(length, 1)), float("nan"))
+    state.lr = torch.full((n,), float(lr), device=state.device)
+    state.history = torch.full((n, max(length, 1)), float("nan"), device=state.device)
 
 
 def plateau_update(

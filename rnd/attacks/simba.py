@@ -44,6 +44,7 @@ from typing import Literal
 import torch
 
 from rnd._checks import check_int
+from rnd.attacks.base import to_device
 from rnd.attacks.score import ScoreAttack, ScoreState
 from rnd.errors import unknown_name
 
@@ -125,7 +126,8 @@ class SimBA(ScoreAttack[SimBAState]):
         """k random orders of all c*h*w basis indices (index = channel*h*w + u*w + v); for the DCT
         basis, low-frequency rings come first and each ring is shuffled across channels."""
         c, h, w = self._shape
-        keys = torch.rand(k, c * h * w, generator=self.generator, dtype=torch.float64)
+        keys = torch.rand(k, c * h * w, generator=self.generator, dtype=torch.float64, device="cpu")
+        keys = to_device(keys, self._device)
         if self.basis == "dct":
             rings = frequency_rings(h, w, self.freq, self.stride).repeat(c)
             keys = keys + rings.double()

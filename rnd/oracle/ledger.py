@@ -1,6 +1,10 @@
 """Per-image-id bookkeeping every oracle keeps (DESIGN section 3), in one place for the local and
 the remote oracle: query counts, the budget rule (a query that would take an id past its budget
-raises and counts nothing), refusals and each id's count at its first refusal."""
+raises and counts nothing), refusals and each id's count at its first refusal.
+
+The counts live on the CPU (bookkeeping, and the budget rule is a Python-level decision); ids may
+live on any device. A query copies its ids to the host once (the one device-to-host transfer the
+ledger needs); `counts_of` / `remaining` / `exhausted` answer on the device of the ids given."""
 
 from __future__ import annotations
 
@@ -16,9 +20,9 @@ class Ledger:
     budget: int | None
 
     def _init_ledger(self) -> None:
-        self._counts = torch.zeros(0, dtype=torch.int64)
-        self._refusals = torch.zeros(0, dtype=torch.int64)
-        self._first_refusal = torch.zeros(0, dtype=torch.int64)
+        self._counts = torch.zeros(0, dtype=torch.int64, device="cpu")
+        self._refusals = torch.zeros(0, dtype=torch.int64, device="cpu")
+        self._first_refusal = torch.zeros(0, dtype=torch.int64, device="cpu")
 
     @property
     def counts(self) -> torch.Tensor:
@@ -39,13 +43,17 @@ class Ledger:
         """Allocate `n` fresh image ids with zero queries."""
         check_int(n, "n", minimum=0)
         start = self._counts.numel()
-        self._counts = torch.cat([self._counts, torch.zeros(n, dtype=torch.int64)])
-        self._refusals = torch.cat([self._refusals, torch.zeros(n, dtype=torch.int64)])
-        self._first_refusal = torch.cat([self._first_refusal, torch.full((n,), -1, dtype=torch.int64)])
-        return torch.arange(start, start + n)
+        zeros = torch.zeros(n, dtype=torch.int64, device="cpu")
+        self._counts = torch.cat([self._counts, zeros])
+        self._refusals = torch.cat([self._refusals, zeros])
+        self._first_refusal = torch.cat(
+            [self._first_refusal, torch.full((n,), -1, dtype=torch.int64, device="cpu")]
+        )
+        return torch.arange(start, start + n, device="cpu")
 
     def counts_of(self, ids: torch.Tensor) -> torch.Tensor:
-        return self._counts[self._check_ids(ids)]
+        """Queries counted so far per id, on the device of `ids`."""
+        return self._counts[self._check_ids(ids)].to(ids.device, non_blocking=True)
 
     def remaining(self, ids: torch.Tensor) -> torch.Tensor:
         """Queries left per id (a large number when there is no budget)."""
@@ -95,6 +103,7 @@ class Ledger:
         """Count the refused rows per id, and each id's count (already charged) at its first."""
         if not bool(refused.any()):
             return
+        refused = refused.cpu()  # only when some row was refused
         hit = torch.bincount(ids[refused] - lo, minlength=hi - lo + 1)
         self._refusals[lo : hi + 1] += hit
         first = self._first_refusal[lo : hi + 1]

@@ -12,8 +12,10 @@ refusal (`refusals`, `first_refusal`). The oracle never looks at which defense s
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Literal
 
 import torch
 from torch import nn
@@ -22,6 +24,42 @@ from rnd._checks import IMAGE_DTYPE, RANGE_TOL, check_images, check_int
 from rnd.errors import InputError, unknown_name
 from rnd.oracle.ledger import Ledger
 from rnd.oracle.protocol import OUTPUTS, REFUSED, Output
+
+log = logging.getLogger(__name__)
+
+#: `Oracle(compile=...)`: False (eager), True (`torch.compile`), "auto" (see `AUTO_COMPILE`).
+Compile = bool | Literal["auto"]
+#: What compile="auto" picks per device type. Measured by bench/compile_speedup.py (see the Oracle
+#: docstring): on the CPU torch.compile did not pay (or not enough to matter), so eager; CUDA is not
+#: measured yet, so eager there too until a GPU run shows a real speed-up with identical answers.
+AUTO_COMPILE: dict[str, bool] = {"cpu": False, "cuda": False}
+
+
+class CompiledForward:
+    """`torch.compile(model, dynamic=True)` (one graph for every batch size), falling back to the
+    eager model, with one warning, if compiling or running the graph fails (no C compiler for the
+    CPU backend, an operator the backend lacks). Dynamo guards and graph breaks keep the model's
+    Python semantics, so a randomised or stateful defense behind the oracle stays what it is."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.failed = False
+        self._fast: Callable[[torch.Tensor], torch.Tensor] = torch.compile(model, dynamic=True)  # type: ignore[assignment]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.failed:
+            try:
+                return self._fast(x)
+            except Exception as exc:  # backend errors have no common type
+                self.failed = True
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                log.warning("torch.compile failed (%s: %s); forwarding eagerly", type(exc).__name__, first)
+        return self.model(x)
+
+
+def compile_model(model: nn.Module, compile: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The forward the oracle calls: the model itself, or a `CompiledForward` of it."""
+    return CompiledForward(model) if compile else model
 
 
 def model_attr(model: nn.Module, name: str) -> object | None:
@@ -48,6 +86,12 @@ class Oracle(Ledger):
         k: number of classes revealed with output="topk".
         max_batch: largest number of images sent to the model in one forward (memory bound).
         input_shape, num_classes: taken from the model when it defines them.
+        device: where the model runs (default: the device of its parameters). Queries are moved
+            there, and answers live there: an attack whose images are on the model's device makes
+            no host round trip per query beyond the ledger's (the ids and the budget rule).
+        compile: forward through `torch.compile` (True), eagerly (False), or "auto": compiled only
+            on a device type where it was measured to pay (`AUTO_COMPILE`; today: nowhere).
+            bench/compile_speedup.py measures eager against compiled on the CPU.
 
     Ids are allocated with `new_ids(n)`; a batch may mix images of many ids and repeat an id, and
     is still answered with one forward per chunk of at most `max_batch` images. On the CPU the
@@ -72,6 +116,7 @@ class Oracle(Ledger):
         input_shape: Sequence[int] | None = None,
         num_classes: int | None = None,
         device: torch.device | str | None = None,
+        compile: Compile = "auto",
     ) -> None:
         if output not in OUTPUTS:
             raise unknown_name("oracle output", output, OUTPUTS)
@@ -99,6 +144,10 @@ class Oracle(Ledger):
             p = next(model.parameters(), None)
             device = p.device if p is not None else torch.device("cpu")
         self.device = torch.device(device)
+        if compile not in (True, False, "auto"):
+            raise InputError(f"compile must be True, False or 'auto', got {compile!r}")
+        self.compiled = AUTO_COMPILE.get(self.device.type, False) if compile == "auto" else bool(compile)
+        self._call = compile_model(self.model, self.compiled)
         self._init_ledger()
         self.forwards = 0  # number of model calls made, for throughput accounting
 
@@ -145,7 +194,7 @@ class Oracle(Ledger):
         size = max(1, -(-x.shape[0] // chunks))  # equal chunks: 200 images -> 2 x 100
         outs = []
         for chunk in x.split(size):
-            outs.append(self.model(chunk.to(self.device)).float())
+            outs.append(self._call(chunk.to(self.device, non_blocking=True)).float())
             self.forwards += 1
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 
@@ -153,21 +202,23 @@ class Oracle(Ledger):
         """(answers, refused row mask)."""
         n = x.shape[0]
         xm = x if m == 1 else x.repeat_interleave(m, dim=0)
-        logits = self._forward(xm).cpu()
+        logits = self._forward(xm)  # answers stay on the model's device
         if logits.shape != (n * m, self.num_classes):
             raise InputError(
                 f"model returned shape {tuple(logits.shape)}, expected ({n * m}, {self.num_classes})"
             )
         nan = logits.isnan()
         if not bool(nan.any()):
-            return self._scores_or_labels(logits, n, m), torch.zeros(n, dtype=torch.bool)
+            return self._scores_or_labels(logits, n, m), torch.zeros(
+                n, dtype=torch.bool, device=logits.device
+            )
         refused_m = nan.all(1)
         refused = refused_m.view(n, m).all(1)
         if m == 1 or self.output != "labels":
             out = self._scores_or_labels(logits, n, m, refused_m)
         else:
             labels = logits.argmax(1)
-            votes = torch.zeros(n, self.num_classes)
+            votes = torch.zeros(n, self.num_classes, device=logits.device)
             votes.scatter_add_(1, labels.view(n, m), (~refused_m).float().view(n, m))
             out = votes.argmax(1)
         if self.output == "labels":
@@ -181,8 +232,8 @@ class Oracle(Ledger):
             labels = logits.argmax(1)
             if m == 1:
                 return labels
-            votes = torch.zeros(n, self.num_classes)
-            votes.scatter_add_(1, labels.view(n, m), torch.ones(n, m))
+            votes = torch.zeros(n, self.num_classes, device=logits.device)
+            votes.scatter_add_(1, labels.view(n, m), torch.ones(n, m, device=logits.device))
             return votes.argmax(1)
         if self.output == "logits":
             scores = logits
