@@ -2,6 +2,7 @@
 
 from rnd.cli import (  # noqa: F401  (registers the subcommands)
     attack,
+    audit,
     demo,
     finetune,
     keys,

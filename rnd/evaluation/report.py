@@ -108,6 +108,20 @@ def _fmt(v: float, digits: int = 1) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
 
+def _ci(r: dict[str, Any], col: str, compact: bool = False) -> str:
+    """A failure rate with its 95 % Wilson interval over the record's images (times its seeds):
+    `51.0 [41.3, 60.6]`, or `51 [41-61]` when compact; `n/a` when not measured."""
+    from rnd.evaluation.audit import rate_interval
+
+    v = r[col]
+    if v is None or math.isnan(v):
+        return "n/a"
+    lo, hi = rate_interval(v, int(r["images"]) * int(r.get("seeds", 1)))
+    if compact:
+        return f"{v:.0f} [{lo:.0f}-{hi:.0f}]"
+    return f"{v:.1f} [{lo:.1f}, {hi:.1f}]"
+
+
 @dataclass
 class Heatmap:
     """Failure rates (%) over mu (rows) x nu (columns) for one attack setting."""
@@ -382,8 +396,8 @@ def main_table(points: list[dict[str, Any]]) -> list[str]:
             r = rs[0]
             det = r.get("detection_rate")
             line.append(
-                f"{_fmt(r['failure_rate'])} / {_fmt(r['failure_rate_vote'])} / "
-                f"{_fmt(r['failure_rate_clean'])} ({_fmt(r['mean_queries'], 0)})"
+                f"{_ci(r, 'failure_rate', True)} / {_ci(r, 'failure_rate_vote', True)} / "
+                f"{_ci(r, 'failure_rate_clean', True)} ({_fmt(r['mean_queries'], 0)})"
                 + (f" det {_fmt(det, 0)}%" if det is not None and not math.isnan(det) and det > 0 else "")
             )
         out.append("| " + " | ".join(line) + " |")
@@ -425,9 +439,9 @@ def full_table(points: list[dict[str, Any]]) -> list[str]:
             str(r["budget"]),
             str(r["images"]),
             str(r["seeds"]),
-            _fmt(r["failure_rate"]),
-            _fmt(r["failure_rate_vote"]),
-            _fmt(r["failure_rate_clean"]),
+            _ci(r, "failure_rate"),
+            _ci(r, "failure_rate_vote"),
+            _ci(r, "failure_rate_clean"),
             _fmt(r["mean_queries"], 0),
             _fmt(r["median_queries"], 0),
             _fmt(r.get("median_distance", math.nan), 3),
@@ -467,8 +481,9 @@ def write_report(db: str | Path, out: str | Path) -> Report:
         "**observed** = the attacker's own noisy answer said success (the paper's protocol, the "
         "headline); **vote** = x_adv also fools a majority of fresh noisy answers; **clean** = x_adv "
         "also fools the undefended model (n/a for a served endpoint, whose model is not visible from "
-        "outside; its clean accuracy is the endpoint's own, under its defense). Mean / median queries "
-        "over observed successes.",
+        "outside; its clean accuracy is the endpoint's own, under its defense). Each rate carries its "
+        "95 % Wilson interval over the images attacked (times the seeds averaged), in brackets: 20-100 "
+        "images leave wide ones. Mean / median queries over observed successes.",
         "",
     ]
     report = Report("")
@@ -507,8 +522,8 @@ def write_report(db: str | Path, out: str | Path) -> Report:
         for (mu, nu), rs in sorted(lines.items()):
             for r in rs:
                 md.append(
-                    f"| {mu:g} | {nu:g} | {r['eot']} | {_fmt(r['failure_rate'])} | "
-                    f"{_fmt(r['failure_rate_vote'])} | {_fmt(r['failure_rate_clean'])} | "
+                    f"| {mu:g} | {nu:g} | {r['eot']} | {_ci(r, 'failure_rate')} | "
+                    f"{_ci(r, 'failure_rate_vote')} | {_ci(r, 'failure_rate_clean')} | "
                     f"{_fmt(r['mean_queries'], 0)} |"
                 )
         md.append("")
@@ -533,8 +548,8 @@ def write_report(db: str | Path, out: str | Path) -> Report:
         ]
         for r in rs:
             md.append(
-                f"| {r['attack']} | {_defense(r['defense'])} | {r['eot']} | {_fmt(r['failure_rate'])} | "
-                f"{_fmt(r['failure_rate_vote'])} | {_fmt(r['failure_rate_clean'])} | "
+                f"| {r['attack']} | {_defense(r['defense'])} | {r['eot']} | {_ci(r, 'failure_rate')} | "
+                f"{_ci(r, 'failure_rate_vote')} | {_ci(r, 'failure_rate_clean')} | "
                 + " | ".join(_fmt(curve_at(r["distance_curve"], q), 3) for q in marks)
                 + " |"
             )
@@ -563,7 +578,8 @@ def write_report(db: str | Path, out: str | Path) -> Report:
         md += [
             "## Main table",
             "",
-            "Cells: failure % observed / vote / clean (mean queries), and det = % of images a stateful "
+            "Cells: failure % observed / vote / clean, each with its 95 % interval, (mean queries), and "
+            "det = % of images a stateful "
             "defense detected. One column per attack setting: M, mu (as used) and parameters are named "
             "where they differ from the plain attack; an empty cell was not run (an adaptive attack is "
             "aimed at the defenses it counters).",

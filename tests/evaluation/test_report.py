@@ -75,9 +75,10 @@ def test_report_figures_and_numbers(db, tmp_path):
         assert (out / n).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (out / "report.md").read_text()
     assert "| 0.001 | 20 | 50 | 80 |" in md and "| 0.005 | 10 | 40 | 60 |" in md
-    assert "| 0.01 | 0.01 | 5 | 30.0 | 30.0 | 30.0 | 500 |" in md  # EOT row: M=5, 3 of 10 failed
+    # EOT row: M=5, 3 of 10 failed, with the 95 % Wilson interval of 3 / 10
+    assert "| 0.01 | 0.01 | 5 | 30.0 [10.8, 60.3] | 30.0 [10.8, 60.3] | 30.0 [10.8, 60.3] | 500 |" in md
     # main table: the default-mu (0.01) M=1 cell at nu=0.01: 60 % failed, 100 queries each
-    assert "| std | RND nu=0.01 | 89.0 | 60.0 / 60.0 / 60.0 (100) |" in md
+    assert "| std | RND nu=0.01 | 89.0 | 60 [31-83] / 60 [31-83] / 60 [31-83] (100) |" in md
 
 
 def test_no_heatmap_without_two_axes(db):
@@ -117,8 +118,14 @@ def test_label_only_distance_figure_and_table(tmp_path):
     md = report.markdown
     assert "median l2 distance against queries on std (4 images)" in md
     # medians at 100 / 500 / 1000 queries; the final medians in the full table (1.5 and 3.0)
-    assert "| hsja | none | 1 | 50.0 | 50.0 | 50.0 | 3.000 | 2.000 | 1.500 |" in md
-    assert "| hsja | RND nu=0.02 | 1 | 75.0 | 75.0 | 75.0 | 6.000 | 4.000 | 3.000 |" in md
+    assert (
+        "| hsja | none | 1 | 50.0 [15.0, 85.0] | 50.0 [15.0, 85.0] | 50.0 [15.0, 85.0] "
+        "| 3.000 | 2.000 | 1.500 |" in md
+    )
+    assert (
+        "| hsja | RND nu=0.02 | 1 | 75.0 [30.1, 95.4] | 75.0 [30.1, 95.4] | 75.0 [30.1, 95.4] "
+        "| 6.000 | 4.000 | 3.000 |" in md
+    )
     assert "| 1.500 |" in md and "| 3.000 |" in md
 
 
@@ -152,7 +159,13 @@ def test_main_table_has_a_row_per_defense_and_a_column_per_attack_variant(tmp_pa
     md = write_report(path, tmp_path / "rep").markdown
     head = next(line for line in md.splitlines() if line.startswith("| model | defense | clean acc %"))
     assert "square linf eps=0.1 |" in head and "square-adaptive linf eps=0.1 rule=up |" in head
-    assert "| std | none | 90.0 | 10.0 / 10.0 / 10.0 (100) |  |" in md
-    assert "| std | aaa | 90.0 | 80.0 / 80.0 / 80.0 (100) | 50.0 / 50.0 / 50.0 (100) |" in md
-    assert "| std | blacklight:threshold=45 | 90.0 | 100.0 / 100.0 / 100.0 (n/a) det 100% |  |" in md
+    assert "| std | none | 90.0 | 10 [2-40] / 10 [2-40] / 10 [2-40] (100) |  |" in md
+    assert (
+        "| std | aaa | 90.0 | 80 [49-94] / 80 [49-94] / 80 [49-94] (100) "
+        "| 50 [24-76] / 50 [24-76] / 50 [24-76] (100) |" in md
+    )
+    assert (
+        "| std | blacklight:threshold=45 | 90.0 | 100 [72-100] / 100 [72-100] "
+        "/ 100 [72-100] (n/a) det 100% |  |" in md
+    )
     assert "Clean accuracy against nu" not in md

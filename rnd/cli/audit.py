@@ -1,0 +1,120 @@
+"""`rnd audit`: one command that tells a model owner how robust their deployment is (see
+`rnd.evaluation.audit` for what it runs and how it judges)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import click
+
+from rnd.cli.app import main, progress_option
+from rnd.cli.checks import MAX_IMAGES, check_writable_dir, count, seed_option
+from rnd.evaluation.config import MAX_BUDGET
+
+
+@main.command()
+@click.argument("model", required=False, type=click.Path(path_type=Path))
+@click.option("--url", default=None, help="audit a served endpoint instead (BASE/v2/models/NAME)")
+@click.option("--key", envvar="RND_KEY", default=None, help="API key for --url (or $RND_KEY)")
+@click.option(
+    "--assume-defense", default=None, help="with --url: what the attackers are told (e.g. rnd:nu=0.02)"
+)
+@click.option(
+    "--defense",
+    default="rnd",
+    show_default=True,
+    help="defense to audit: a name to calibrate (rnd, feature-noise, low-confidence) or a full spec",
+)
+@click.option(
+    "--max-drop",
+    type=click.FloatRange(0, 100, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="clean-accuracy budget, percentage points (one-sided 95 % bound)",
+)
+@click.option("--threat", type=click.Choice(["scores", "labels", "both"]), default="both", show_default=True)
+@click.option(
+    "--budget", type=count(1, MAX_BUDGET), default=10_000, show_default=True, help="queries per image"
+)
+@click.option("--images", type=count(1, MAX_IMAGES), default=500, show_default=True, help="images per attack")
+@click.option("--quick", is_flag=True, help="20 images, 1,000 queries: minutes, not hours")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("audit"), show_default=True)
+@click.option(
+    "--db", type=click.Path(path_type=Path), default=None, help="results store [default: OUT/audit.sqlite]"
+)
+@seed_option
+@progress_option
+def audit(
+    model: Path | None,
+    url: str | None,
+    key: str | None,
+    assume_defense: str | None,
+    defense: str,
+    max_drop: float,
+    threat: str,
+    budget: int,
+    images: int,
+    quick: bool,
+    out: Path,
+    db: Path | None,
+    seed: int,
+    progress: bool,
+) -> None:
+    """Calibrate the defense to --max-drop, run every attack of the threat model and its adaptive
+    forms, and write OUT/report.html and OUT/report.json (resumable: rerun to continue)."""
+    from rnd.errors import InputError
+    from rnd.evaluation.audit import AuditRequest, AuditSize, plan_audit, run_audit, write_json
+    from rnd.evaluation.audit_html import write_html
+    from rnd.evaluation.store import check_location
+
+    t0 = time.perf_counter()
+    if url is not None and model is not None:
+        raise InputError("give MODEL or --url, not both")
+    if url is None and assume_defense is not None:
+        raise InputError("--assume-defense is for --url (a local defense is told as it is)")
+    check_writable_dir(out, "--out")
+    db = db or out / "audit.sqlite"
+    check_location(db)
+    checkpoint = None
+    if url is None:
+        from rnd.evaluation.demo import load_or_train_default
+
+        _, path = load_or_train_default(model, progress)
+        checkpoint = str(path)
+    if url is not None and key is not None:
+        os.environ["RND_KEY"] = key  # the endpoint cells read their key from $RND_KEY, in this process
+    req = AuditRequest(
+        checkpoint=checkpoint,
+        url=url,
+        defense=defense if url is None else "remote",
+        max_drop=max_drop,
+        threat=threat,
+        size=AuditSize(images=images, budget=budget, grid_images=min(100, images)),
+        seed=seed,
+        assume=assume_defense,
+        quick=quick,
+    )
+    plan = plan_audit(req)  # everything checked and calibrated; nothing written yet
+    click.echo(
+        f"auditing {plan.config.name.removeprefix('rnd audit ')} behind {plan.defense}: "
+        f"{len(plan.sweep.cells)} cells (+ a mu x nu grid), results in {db}",
+        err=True,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    report = run_audit(plan, db, progress=progress)
+    write_json(report, out / "report.json")
+    write_html(report, out / "report.html")
+    for threat_name, v in report["verdict"].items():
+        w = v["worst"]
+        if w is None:
+            continue
+        base = v["undefended_worst"]
+        click.echo(
+            f"{threat_name:>6}: worst case {w['failure']:.1f} % failure [{w['low']:.1f}, {w['high']:.1f}] "
+            f"(by vote) from {w['attack']}"
+            + ("" if base is None else f"; undefended {base['failure']:.1f} % ({base['attack']})")
+            + f"; {v['attacks']} attacks"
+        )
+    click.echo(f"wrote {out / 'report.html'} and {out / 'report.json'} in {time.perf_counter() - t0:.0f} s")

@@ -1,0 +1,593 @@
+"""`rnd audit`: how robust is a deployment, in one run (the question of the seed's product provider).
+
+1. Strength: the defense's strength parameter is calibrated to the clean-accuracy budget
+   (`calibrate_defense`: the largest value whose one-sided upper bound on the drop stays within
+   `max_drop` points), or taken as given when the spec names it (`rnd:nu=0.02`) or when the model
+   is a served endpoint (its defense is the server's).
+2. The suite for the threat model (`suite`): every score-based attack in each norm it supports, every
+   label-only attack likewise, and the adaptive forms against the defense: EOT with M in {5, 10} at
+   the same total budget (each query costs M), a larger probe (`mu_nu_ratio`), repeat-and-vote
+   label-only attacks (EOT on labels) and the noise-aware HopSkipJump (`psj`); deterministic and
+   stateful rivals get the counter their papers answer to (`COUNTERS`). The undefended model gets the
+   plain suite, for comparison.
+3. Every cell runs through the sweep machinery (`run_sweep`: a resumable SQLite store, a killed audit
+   resumes), success judged three ways; the headline per threat model is the worst case over
+   attacks, judged by a vote of fresh answers of the defended model (what the deployment itself
+   answers; the clean-model judgement is beside it, and n/a for an endpoint). Every failure rate
+   carries its 95 % Wilson interval.
+4. Then the strongest score attack against the defense (lowest vote failure) on a mu x nu grid, for
+   the picture of what the noise-to-probe ratio does (RND only).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rnd.errors import InputError
+
+THREATS = ("scores", "labels", "both")
+EPS = {"linf": 0.1, "l2": 1.5}
+EOT_M = (5, 10)  # with M = 1, the plain attack: M in {1, 5, 10} at equal total budget
+VOTE_M = 5  # repeat-and-vote label-only attacks
+LARGER_MU_RATIO = 2.0  # the adaptive probe: mu = max(mu, 2 nu)
+#: Counters of the deterministic and stateful rivals (attack, norm, params), from their papers.
+COUNTERS: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
+    "aaa": [("square-adaptive", "linf", {"rule": "up"}), ("square-adaptive", "linf", {"rule": "switch"})],
+    "rls": [("square", "linf", {"loss": "dlr"}), ("nes", "linf", {"loss": "dlr"})],
+    "blacklight": [("square", "linf", {"blind": 0.05}), ("nes", "linf", {"blind": 0.05})],
+}
+#: The strength parameter calibrated per defense (the first gridded one).
+STRENGTH = {"rnd": "nu", "feature-noise": "sigma", "low-confidence": "nu"}
+#: The mu x nu picture: probe sizes as multiples of the attack's default, nu as multiples of the audit's.
+MU_FACTORS = (0.1, 1.0, 10.0)
+NU_FACTORS = (0.0, 0.5, 1.0, 2.0)
+#: Query counts of the failure-rate-against-queries curves, as fractions of the budget.
+CURVE_POINTS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
+SCHEMA = "rnd-audit/1"
+
+
+@dataclass(frozen=True)
+class AuditSize:
+    """How big an audit is: `--quick` is 20 images, 1,000 queries, 2,000 accuracy images."""
+
+    images: int = 500
+    budget: int = 10_000
+    accuracy_images: int = 10_000
+    grid_images: int = 100  # the mu x nu picture
+
+    def quick(self) -> AuditSize:
+        return AuditSize(
+            images=min(self.images, 20),
+            budget=min(self.budget, 1000),
+            accuracy_images=min(self.accuracy_images, 2000),
+            grid_images=min(self.grid_images, 10),
+        )
+
+
+def wilson(failures: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson interval of a failure rate, in % (NaN, NaN for no images)."""
+    if n <= 0:
+        return math.nan, math.nan
+    from rnd.theory.signflip import wilson_interval
+
+    lo, hi = wilson_interval(torch.tensor(float(failures)), n, z)
+    return 100.0 * float(lo), 100.0 * float(hi)
+
+
+def rate_interval(rate: float, n: int) -> tuple[float, float]:
+    """The Wilson interval of a failure rate given in % of `n` images (NaN for NaN)."""
+    if rate is None or math.isnan(rate):
+        return math.nan, math.nan
+    return wilson(round(rate * n / 100.0), n)
+
+
+def suite(threat: str, defense: str, *, remote: bool = False) -> list[dict[str, Any]]:
+    """The attacks of an audit for `threat` against `defense` (a spec; `none` gets the plain suite):
+    dicts with name, norm, eps, eot, mu, params (an `AttackSpec`'s fields)."""
+    from rnd.attacks import ATTACKS
+    from rnd.defenses import DEFENSES, DefenseSpec
+
+    if threat not in THREATS:
+        raise InputError(f"unknown threat {threat!r}; choose one of: {', '.join(THREATS)}")
+    name = DefenseSpec.parse(defense).name
+    defended = name != "none"
+    cls = DEFENSES.get(name)
+    # an endpoint's defense is the server's: it may be random, so it gets the adaptive forms too
+    randomised = remote or name == "remote" or (cls is not None and cls.randomised)
+    out: list[dict[str, Any]] = []
+
+    def add(attack: str, norm: str, eot: int = 1, params: dict[str, Any] | None = None) -> None:
+        out.append({"name": attack, "norm": norm, "eps": EPS[norm], "eot": eot, "params": params or {}})
+
+    plain_scores = [n for n, c in ATTACKS.items() if c.feedback == "scores" and n != "square-adaptive"]
+    plain_labels = [n for n, c in ATTACKS.items() if c.feedback == "labels" and n != "psj"]
+    if threat in ("scores", "both"):
+        for a in plain_scores:
+            for norm in ATTACKS[a].norms:
+                add(a, norm)
+        if defended and randomised:
+            for a in plain_scores:
+                if "linf" in ATTACKS[a].norms:
+                    for m in EOT_M:
+                        add(a, "linf", eot=m)
+                    add(a, "linf", params={"mu_nu_ratio": LARGER_MU_RATIO})
+        for a, norm, params in COUNTERS.get(name, []) if defended else []:
+            add(a, norm, params=params)
+    if threat in ("labels", "both"):
+        for a in plain_labels:
+            for norm in ATTACKS[a].norms:
+                add(a, norm)
+        if defended and randomised:
+            for norm in ATTACKS["psj"].norms:
+                add("psj", norm)
+            add("hsja", "l2", eot=VOTE_M)
+            add("sign-opt", "l2", eot=VOTE_M)
+    return out
+
+
+@dataclass
+class AuditPlan:
+    """What an audit runs: the sweep config of its suite, and how its strength was chosen."""
+
+    config: Any  # SweepConfig
+    defense: str  # the defense spec audited (calibrated, given, or `remote`)
+    calibration: dict[str, Any] | None  # the calibration's measurements (None: not calibrated)
+    request: dict[str, Any] = field(default_factory=dict)
+    sweep: Any = None  # the SweepPlan of the suite
+
+
+def strength_of(defense: str) -> tuple[str, str | None]:
+    """(spec, param): the parameter to calibrate, or None when the spec already gives it (or there
+    is no strength to choose: none, aaa, rls, blacklight)."""
+    from rnd.defenses import DefenseSpec
+
+    spec = DefenseSpec.parse(defense)
+    param = STRENGTH.get(spec.name)
+    if param is None or param in spec.params:
+        return str(spec), None
+    return str(spec), param
+
+
+def check_budget(threat: str, defense: str, budget: int) -> None:
+    """Every attack of the suite fits `budget` queries per image (its first step at least): an
+    InputError naming the first that does not, before anything is calibrated or run."""
+    from rnd.attacks import make_attack
+
+    for a in suite(threat, defense):
+        attack = make_attack(a["name"], eps=a["eps"], norm=a["norm"], eot=a["eot"], **a["params"])
+        if attack.min_budget > budget:
+            raise InputError(
+                f"--budget {budget} is too small for the suite: {a['name']} {a['norm']} with M={a['eot']} "
+                f"needs {attack.min_budget} queries per image; give at least "
+                f"--budget {max_budget(threat, defense)}"
+            )
+
+
+def max_budget(threat: str, defense: str) -> int:
+    """The least budget every attack of the suite fits in."""
+    from rnd.attacks import make_attack
+
+    return max(
+        make_attack(a["name"], eps=a["eps"], norm=a["norm"], eot=a["eot"], **a["params"]).min_budget
+        for a in suite(threat, defense)
+    )
+
+
+def calibrate(
+    model: Any, data: Any, defense: str, param: str, max_drop: float, images: int, seed: int
+) -> tuple[str, dict[str, Any]]:
+    """The calibrated spec and what was measured (`calibrate_defense` on the first `images` test
+    images, 5 draws, 3 bisection steps); InputError when no strength keeps the drop in budget."""
+    from rnd.evaluation.noise_accuracy import calibrate_defense
+
+    idx = torch.arange(min(images, len(data)))
+    cal = calibrate_defense(model, data, defense, param, max_drop, refine=3, seed=seed, indices=idx)
+    info = {
+        "defense": cal.defense,
+        "param": cal.param,
+        "value": cal.value,
+        "spec": cal.spec,
+        "max_drop": cal.max_drop,
+        "confidence": cal.confidence,
+        "clean_accuracy": cal.clean_accuracy,
+        "images": cal.images,
+        "draws": cal.draws,
+        "tried": [asdict(t) for t in sorted(cal.tried, key=lambda t: t.value)],
+    }
+    if cal.spec is None:
+        raise InputError(
+            f"no {param} of {defense} keeps the clean-accuracy drop within {max_drop:g} points "
+            f"(the smallest tried costs {cal.next_over.drop:.2f}); raise --max-drop"  # type: ignore[union-attr]
+        )
+    return cal.spec, info
+
+
+def audit_config(
+    *,
+    label: str,
+    checkpoint: str | None,
+    target: Any | None,
+    defense: str,
+    threat: str,
+    size: AuditSize,
+    seed: int,
+    dataset: str,
+    source: str,
+) -> Any:
+    """The `SweepConfig` of an audit's suite (both the defense and, for a local model, `none`)."""
+    from rnd.evaluation.config import AttackSpec, DataSpec, ModelSpec, SweepConfig
+
+    remote = target is not None
+    defenses = ("remote",) if remote else tuple(dict.fromkeys(("none", defense)))
+    attacks: list[Any] = []
+    seen: set[str] = set()
+    for d in defenses:
+        for a in suite(threat, d):
+            k = json.dumps(a, sort_keys=True)
+            spec = AttackSpec(
+                name=a["name"],
+                norm=a["norm"],
+                eps=(a["eps"],),
+                eot=(a["eot"],),
+                params=a["params"],
+                defenses=None if remote else tuple(x for x in defenses if _in_suite(a, threat, x)),
+            )
+            if k not in seen:
+                seen.add(k)
+                attacks.append(spec)
+    return SweepConfig(
+        name=f"rnd audit {label}",
+        models=() if remote else (ModelSpec(label=label, checkpoint=str(checkpoint)),),
+        attacks=tuple(attacks),
+        defenses=defenses,
+        data=DataSpec(dataset=dataset, images=size.images, accuracy_images=size.accuracy_images),
+        seeds=(seed,),
+        budget=size.budget,
+        output="probs",
+        source=source,
+        target=target,
+    )
+
+
+def _in_suite(attack: dict[str, Any], threat: str, defense: str) -> bool:
+    key = json.dumps(attack, sort_keys=True)
+    return any(json.dumps(a, sort_keys=True) == key for a in suite(threat, defense))
+
+
+def grid_config(base: Any, strongest: dict[str, Any], nu: float, size: AuditSize, source: str) -> Any:
+    """The mu x nu picture of the strongest score attack: its default mu times `MU_FACTORS` against
+    RND at `nu` times `NU_FACTORS`, on `size.grid_images` images."""
+    from rnd.attacks import ATTACKS
+    from rnd.evaluation.config import AttackSpec
+
+    default_mu = ATTACKS[strongest["attack"]].default_mu[strongest["norm"]]
+    defenses = tuple(dict.fromkeys("none" if f == 0 else f"rnd:nu={nu * f:.6g}" for f in NU_FACTORS))
+    from rnd.defenses import canonical_defense
+
+    defenses = tuple(canonical_defense(d) for d in defenses)
+    return replace(
+        base,
+        name=base.name + " (mu x nu)",
+        attacks=(
+            AttackSpec(
+                name=strongest["attack"],
+                norm=strongest["norm"],
+                eps=(strongest["eps"],),
+                mu=tuple(float(f"{default_mu * f:.6g}") for f in MU_FACTORS),
+                eot=(1,),
+            ),
+        ),
+        defenses=defenses,
+        models=tuple(replace(m, defenses=None) for m in base.models),
+        data=replace(base.data, images=size.grid_images),
+        source=source + "\n# mu x nu",
+    )
+
+
+def source_text(request: dict[str, Any]) -> str:
+    """The text an audit registers as its sweep's config (the request, canonical JSON)."""
+    return json.dumps({"rnd-audit": request}, sort_keys=True, indent=1)
+
+
+def request_digest(request: dict[str, Any]) -> str:
+    return hashlib.sha256(source_text(request).encode()).hexdigest()[:12]
+
+
+def family(attack: str) -> str:
+    from rnd.attacks import ATTACKS
+
+    return ATTACKS[attack].feedback
+
+
+def variant_label(r: dict[str, Any]) -> str:
+    """An attack setting as a verdict row names it: `square linf eps=0.1 M=5 mu_nu_ratio=2`."""
+    out = f"{r['attack']} {r['norm']} eps={r['eps']:g}"
+    if r["eot"] > 1:
+        out += f" M={r['eot']}"
+    params = json.loads(r["params"]) if isinstance(r["params"], str) else dict(r["params"])
+    out += "".join(f" {k}={v}" for k, v in sorted(params.items()))
+    return out
+
+
+def query_curve(rows: list[tuple[Any, ...]], budget: int) -> list[tuple[int, float]]:
+    """Failure % against queries: at q, the images not yet fooled (observed) after q queries."""
+    n = len(rows)
+    points = sorted({max(1, round(f * budget)) for f in CURVE_POINTS})
+    # image_results columns: cell_key, position, image_index, label, success, queries, ...
+    return [(q, 100.0 * sum(1 for r in rows if not (r[4] and r[5] <= q)) / max(n, 1)) for q in points]
+
+
+def verdicts(results: list[dict[str, Any]], image_rows: dict[str, list[tuple[Any, ...]]]) -> dict[str, Any]:
+    """Per (defense, threat model): every attack's three failure rates with their intervals, and
+    the worst case over attacks (headline: by vote), each traceable to its cell key."""
+    out: dict[str, Any] = {}
+    for r in results:
+        fam = family(r["attack"])
+        entry = out.setdefault(r["defense"], {}).setdefault(fam, {"attacks": []})
+        n = int(r["images"])
+        row = {
+            "attack": variant_label(r),
+            "cell_key": r["key"],
+            "images": n,
+            "queries_budget": r["budget"],
+            "mean_queries": r["mean_queries"],
+            "clean_accuracy": r["clean_accuracy"],
+            "curve": query_curve(image_rows.get(r["key"], []), int(r["budget"])),
+        }
+        for what, col in (
+            ("observed", "failure_rate"),
+            ("vote", "failure_rate_vote"),
+            ("clean", "failure_rate_clean"),
+        ):
+            rate = r[col]
+            lo, hi = rate_interval(rate, n)
+            row[what] = {"failure": rate, "low": lo, "high": hi}
+        entry["attacks"].append(row)
+    for by_threat in out.values():
+        for entry in by_threat.values():
+            entry["attacks"].sort(key=lambda a: a["attack"])
+            for what in ("observed", "vote", "clean"):
+                rated = [a for a in entry["attacks"] if not math.isnan(a[what]["failure"])]
+                entry[f"worst_{what}"] = (
+                    None
+                    if not rated
+                    else min(rated, key=lambda a: (a[what]["failure"], a["attack"]))["attack"]
+                )
+    return out
+
+
+def strongest_score_attack(results: list[dict[str, Any]], defense: str) -> dict[str, Any] | None:
+    """The plain (M = 1, no extra parameters) score attack with the lowest vote failure against
+    `defense`; None when there is none."""
+    plain = [
+        r
+        for r in results
+        if r["defense"] == defense
+        and family(r["attack"]) == "scores"
+        and r["eot"] == 1
+        and (json.loads(r["params"]) if isinstance(r["params"], str) else r["params"]) == {}
+    ]
+    if not plain:
+        return None
+    best = min(plain, key=lambda r: (r["failure_rate_vote"], r["attack"], r["norm"]))
+    return {"attack": best["attack"], "norm": best["norm"], "eps": best["eps"], "cell_key": best["key"]}
+
+
+def write_json(report: dict[str, Any], path: Path) -> None:
+    """report.json: strict JSON (NaN -> null)."""
+
+    def clean(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {str(k): clean(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [clean(x) for x in v]
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        return v
+
+    path.write_text(json.dumps(clean(report), indent=1, sort_keys=True, allow_nan=False) + "\n")
+
+
+# -- running an audit ------------------------------------------------------------------------------
+
+
+@dataclass
+class AuditRequest:
+    """What `rnd audit` was asked (the JSON of it identifies the audit's sweep in the store)."""
+
+    checkpoint: str | None
+    url: str | None
+    defense: str = "rnd"
+    max_drop: float = 1.0
+    threat: str = "both"
+    size: AuditSize = field(default_factory=AuditSize)
+    seed: int = 0
+    dataset: str = "fashion-mnist"
+    key_env: str = "RND_KEY"
+    assume: str | None = None
+    quick: bool = False
+
+
+def plan_audit(req: AuditRequest) -> AuditPlan:
+    """Check everything and choose the strength, writing nothing: the model loads (or the endpoint
+    answers with the key), the defense builds, the suite fits the budget; calibrates when asked."""
+    from rnd.evaluation.config import RemoteTarget, served_model
+    from rnd.evaluation.runner import plan_sweep
+
+    if req.threat not in THREATS:
+        raise InputError(f"unknown threat {req.threat!r}; choose one of: {', '.join(THREATS)}")
+    size = req.size.quick() if req.quick else req.size
+    request = {
+        "checkpoint_sha256": None,
+        "url": req.url,
+        "defense": req.defense,
+        "max_drop": req.max_drop,
+        "threat": req.threat,
+        "size": asdict(size),
+        "seed": req.seed,
+        "dataset": req.dataset,
+        "assume": req.assume,
+        "quick": req.quick,
+    }
+    check_budget(req.threat, "remote" if req.url is not None else strength_of(req.defense)[0], size.budget)
+    calibration = None
+    if req.url is not None:
+        base, name = served_model(req.url, name_option="the URL's /v2/models/NAME")
+        target = RemoteTarget(
+            url=f"{base}/v2/models/{name}", label=name, key_env=req.key_env, assume=req.assume
+        )
+        defense, label, checkpoint = "remote", name, None
+    else:
+        from rnd.data import load_dataset
+        from rnd.defenses import build_defense
+        from rnd.models import load_checkpoint
+
+        model, meta = load_checkpoint(str(req.checkpoint))
+        request["checkpoint_sha256"] = meta.sha256
+        spec, param = strength_of(req.defense)
+        if param is None:
+            build_defense(spec, model, seed=0)  # a bad name or parameter fails here
+            defense = spec
+        else:
+            data = load_dataset(req.dataset, "test")
+            defense, calibration = calibrate(
+                model, data, spec, param, req.max_drop, size.accuracy_images, req.seed
+            )
+        target, label, checkpoint = None, Path(str(req.checkpoint)).name, str(req.checkpoint)
+    cfg = audit_config(
+        label=label,
+        checkpoint=checkpoint,
+        target=target,
+        defense=defense,
+        threat=req.threat,
+        size=size,
+        seed=req.seed,
+        dataset=req.dataset,
+        source=source_text(request),
+    )
+    sweep = plan_sweep(cfg)  # expands the grid (budgets checked), checks the model / endpoint and data
+    return AuditPlan(config=cfg, defense=defense, calibration=calibration, request=request, sweep=sweep)
+
+
+def run_audit(plan: AuditPlan, db: str | Path, progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) the audit's cells in `db`, then the mu x nu grid of the strongest score
+    attack (RND only); returns the report (see `write_json`; schema in docs/audit-report.md)."""
+    from rnd.defenses import rnd_nu
+    from rnd.evaluation.runner import plan_sweep, run_sweep
+    from rnd.evaluation.store import ResultsStore
+
+    outcomes = [run_sweep(plan.sweep, db, progress=progress)]
+    keys = {c.key for c in plan.sweep.cells}
+    with ResultsStore(db, readonly=True) as store:
+        results = [r for r in store.results() if r["key"] in keys]
+    grid = None
+    nu = rnd_nu(plan.defense) if plan.defense != "remote" else None
+    strongest = strongest_score_attack(results, plan.defense)
+    if strongest is not None and nu:
+        size = AuditSize(**plan.request["size"])
+        gcfg = grid_config(plan.config, strongest, nu, size, plan.config.source)
+        gplan = plan_sweep(gcfg)
+        outcomes.append(run_sweep(gplan, db, progress=progress))
+        grid = gplan
+    failed = [f for o in outcomes for f in o.failed]
+    if failed:
+        raise InputError(
+            f"{len(failed)} audit cell(s) failed, e.g. {failed[0][0]}: {failed[0][1]}; "
+            "rerun the same command to retry them (finished cells are kept)"
+        )
+    return build_report(plan, db, grid, strongest)
+
+
+def build_report(
+    plan: AuditPlan, db: str | Path, grid: Any, strongest: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The audit report (plain data, JSON-ready) from the store: no wall-clock values, so a
+    resumed audit gives the same report as an uninterrupted one."""
+    from rnd.evaluation.store import ResultsStore
+
+    keys = [c.key for c in plan.sweep.cells]
+    gkeys = [] if grid is None else [c.key for c in grid.cells]
+    with ResultsStore(db, readonly=True) as store:
+        by_key = {r["key"]: r for r in store.results()}
+        rows = {k: store.image_rows(k) for k in keys}
+    results = [by_key[k] for k in keys if k in by_key]
+    cells = verdicts(results, rows)
+    remote = plan.defense == "remote"
+    threats = [t for t in ("scores", "labels") if plan.request["threat"] in (t, "both")]
+    verdict: dict[str, Any] = {}
+    for t in threats:
+        mine = cells.get(plan.defense, {}).get(t)
+        base = cells.get("none", {}).get(t)
+        if mine is None:
+            continue
+
+        def pick(entry: dict[str, Any] | None, what: str) -> dict[str, Any] | None:
+            if entry is None or entry[f"worst_{what}"] is None:
+                return None
+            a = next(a for a in entry["attacks"] if a["attack"] == entry[f"worst_{what}"])
+            return {"attack": a["attack"], "cell_key": a["cell_key"], **a[what]}
+
+        verdict[t] = {
+            "headline": "vote",
+            "worst": pick(mine, "vote"),
+            "worst_observed": pick(mine, "observed"),
+            "worst_clean": None if remote else pick(mine, "clean"),
+            "undefended_worst": pick(base, "vote"),
+            "attacks": len(mine["attacks"]),
+        }
+    first = next((r for r in results if r["defense"] == plan.defense), results[0] if results else {})
+    report: dict[str, Any] = {
+        "schema": SCHEMA,
+        "request": plan.request,
+        "model": {"url": first.get("url")}
+        if remote
+        else {"label": first.get("model"), "checkpoint_sha256": first.get("checkpoint_sha256")},
+        "defense": plan.defense,
+        "calibration": plan.calibration,
+        "clean_accuracy": {
+            "defended": first.get("clean_accuracy"),
+            "undefended": None if remote else first.get("model_accuracy"),
+            "images": plan.config.data.accuracy_images,
+        },
+        "not_measured": ["clean-model success", "clean accuracy without the defense", "strength calibration"]
+        if remote
+        else [],
+        "attacks_run": sorted(
+            {a["attack"] for by in cells.values() for e in by.values() for a in e["attacks"]}
+        ),
+        "verdict": verdict,
+        "cells": cells,
+        "mu_nu": None,
+        "db": str(db),
+    }
+    if grid is not None and strongest is not None:
+        from rnd.defenses import rnd_nu
+        from rnd.evaluation.report import effective_mu
+
+        g = [by_key[k] for k in gkeys if k in by_key]
+        mus = sorted({effective_mu(r) for r in g})
+        nus = sorted({rnd_nu(r["defense"]) or 0.0 for r in g})
+        at = {(effective_mu(r), rnd_nu(r["defense"]) or 0.0): r for r in g}
+
+        def matrix(col: str) -> list[list[float | None]]:
+            return [[at[(m, n)][col] if (m, n) in at else None for n in nus] for m in mus]
+
+        report["mu_nu"] = {
+            "attack": f"{strongest['attack']} {strongest['norm']} eps={strongest['eps']:g}",
+            "chosen_from": strongest["cell_key"],
+            "images": plan.request["size"]["grid_images"],
+            "mu": mus,
+            "nu": nus,
+            "observed": matrix("failure_rate"),
+            "vote": matrix("failure_rate_vote"),
+            "clean": matrix("failure_rate_clean"),
+            "cell_keys": [[at[(m, n)]["key"] if (m, n) in at else None for n in nus] for m in mus],
+        }
+    return report

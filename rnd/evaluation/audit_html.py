@@ -1,0 +1,223 @@
+"""The audit's `report.html`: one self-contained page (figures embedded as PNG data URIs, inline
+CSS, no script, no request leaves the machine) drawn from the report dict of `rnd.evaluation.audit`.
+
+Sections: the verdict per threat model (worst case over attacks, by vote, with its 95 % interval
+and cell key), the clean accuracy against the defense's strength (the calibration), failure rate
+against queries for each attack, the mu x nu picture of the strongest score attack, and every
+attack's three failure rates with intervals and cell keys.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+CSS = """
+body { font: 15px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 1.8em; border-bottom: 1px solid #ccc; }
+table { border-collapse: collapse; margin: .6em 0; } td, th { padding: .25em .7em; border: 1px solid #ddd; }
+th { background: #f3f3f3; text-align: left; } td.n { text-align: right; font-variant-numeric: tabular-nums; }
+.verdict td.big { font-size: 1.35em; font-weight: 600; } code { font-size: .9em; color: #555; }
+.note { color: #555; } img { max-width: 100%; }
+"""
+
+
+def _pct(v: float | None, digits: int = 1) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+
+def _rate(r: dict[str, Any] | None) -> str:
+    if r is None or r.get("failure") is None or math.isnan(r["failure"]):
+        return "n/a"
+    return f"{r['failure']:.1f} % [{r['low']:.1f}, {r['high']:.1f}]"
+
+
+def _key(k: str | None) -> str:
+    return "" if not k else f"<code title='{html.escape(k)}'>{html.escape(k[:12])}</code>"
+
+
+def _png(fig: Any) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def curve_figure(report: dict[str, Any], threat: str) -> str | None:
+    """Failure % (observed) against queries: each attack against the defense, solid; undefended, dotted."""
+    defense = report["defense"]
+    entry = report["cells"].get(defense, {}).get(threat)
+    if not entry:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, 4.4))
+    for a in entry["attacks"]:
+        q = [p[0] for p in a["curve"]]
+        ax.plot(q, [p[1] for p in a["curve"]], "-", marker=".", label=a["attack"])
+    base = report["cells"].get("none", {}).get(threat)
+    for a in base["attacks"] if base and defense != "none" else []:
+        ax.plot([p[0] for p in a["curve"]], [p[1] for p in a["curve"]], ":", color="grey", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_ylim(-2, 102)
+    ax.set_xlabel("queries per image")
+    ax.set_ylabel("failure % (attacker's observation)")
+    ax.set_title(f"{threat}-based attacks against {defense} (dotted grey: undefended)", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=1 + len(entry["attacks"]) // 22)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def accuracy_figure(report: dict[str, Any]) -> str | None:
+    """Clean accuracy under the defense against its strength (the calibration's measurements)."""
+    cal = report.get("calibration")
+    if not cal or not cal.get("tried"):
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    pts = [(0.0, cal["clean_accuracy"])] + [(t["value"], t["accuracy"]) for t in cal["tried"]]
+    ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-")
+    ax.axhline(cal["clean_accuracy"] - cal["max_drop"], color="red", ls=":", lw=0.9, label="budget")
+    ax.axvline(cal["value"], color="green", ls="--", lw=0.9, label=f"chosen {cal['param']}={cal['value']:g}")
+    ax.set_xlabel(f"{cal['defense']} {cal['param']}")
+    ax.set_ylabel("clean accuracy % under the defense")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def mu_nu_figure(report: dict[str, Any]) -> str | None:
+    g = report.get("mu_nu")
+    if not g:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for ax, what in zip(axes, ("vote", "observed"), strict=True):
+        grid = [[math.nan if v is None else v for v in row] for row in g[what]]
+        im = ax.imshow(grid, origin="lower", cmap="viridis", vmin=0, vmax=100, aspect="auto")
+        ax.set_xticks(range(len(g["nu"])), [f"{v:g}" for v in g["nu"]])
+        ax.set_yticks(range(len(g["mu"])), [f"{v:g}" for v in g["mu"]])
+        ax.set_xlabel("defense nu")
+        ax.set_ylabel("attacker mu")
+        ax.set_title(f"failure % ({what})", fontsize=10)
+        for i, row in enumerate(grid):
+            for j, v in enumerate(row):
+                if not math.isnan(v):
+                    ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=8,
+                            color="white" if v < 60 else "black")  # fmt: skip
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.suptitle(f"mu x nu: {g['attack']} ({g['images']} images)", fontsize=10)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def render(report: dict[str, Any]) -> str:
+    """The page's HTML text."""
+    e = html.escape
+    req = report["request"]
+    model = report["model"]
+    who = model.get("url") or f"{model.get('label')} (sha256 {str(model.get('checkpoint_sha256'))[:12]})"
+    acc = report["clean_accuracy"]
+    parts = [
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>rnd audit: {e(str(who))}</title><style>{CSS}</style></head><body>",
+        f"<h1>rnd audit: {e(str(who))} behind {e(report['defense'])}</h1>",
+        f"<p>Threat model {e(req['threat'])}; {req['size']['images']} correctly classified test images "
+        f"per attack, {req['size']['budget']:,} queries each{' (quick)' if req['quick'] else ''}; "
+        f"seed {req['seed']}. "
+        f"Clean accuracy under the defense {_pct(acc['defended'], 2)} %, without it "
+        f"{_pct(acc['undefended'], 2)} % ({acc['images']:,} test images).</p>",
+    ]
+    cal = report.get("calibration")
+    if cal:
+        parts.append(
+            f"<p>Strength: {e(cal['param'])} = {cal['value']:g}, the largest whose clean-accuracy drop "
+            f"stays within {cal['max_drop']:g} points ({100 * cal['confidence']:g} % one-sided bound, "
+            f"{cal['draws']} noise draws on {cal['images']:,} images): <b>{e(str(cal['spec']))}</b>.</p>"
+        )
+    if report["not_measured"]:
+        parts.append(
+            "<p class='note'>Not measurable from outside the endpoint, so not reported: "
+            + e(", ".join(report["not_measured"])) + ".</p>"
+        )  # fmt: skip
+    parts += [
+        "<h2>Verdict</h2>",
+        "<p class='note'>Failure rate = attacked images the attack did not fool, in %, with its 95 % Wilson "
+        "interval. Headline: the worst case over every attack run, judged by a vote of fresh answers of the "
+        "defended model (what the deployment answers). Beside it: judged by the attacker's own "
+        "observation, and by the clean model.</p>",
+        "<table class='verdict'><tr><th>threat model</th><th>worst case (vote)</th><th>by</th><th>cell</th>"
+        "<th>worst observed</th><th>worst clean</th><th>undefended worst</th><th>attacks run</th></tr>",
+    ]
+    for threat, v in report["verdict"].items():
+        w = v["worst"] or {}
+        parts.append(
+            f"<tr><td>{e(threat)}</td><td class='big n'>{_rate(v['worst'])}</td>"
+            f"<td>{e(w.get('attack', ''))}</td>"
+            f"<td>{_key(w.get('cell_key'))}</td><td class='n'>{_rate(v['worst_observed'])}</td>"
+            f"<td class='n'>{_rate(v['worst_clean'])}</td><td class='n'>{_rate(v['undefended_worst'])}</td>"
+            f"<td class='n'>{v['attacks']}</td></tr>"
+        )
+    parts.append("</table>")
+    fig = accuracy_figure(report)
+    if fig:
+        parts += [
+            "<h2>Clean accuracy against the defense's strength</h2>",
+            f"<img alt='accuracy' src='{fig}'>",
+        ]
+    for threat in report["verdict"]:
+        fig = curve_figure(report, threat)
+        if fig:
+            parts += [
+                f"<h2>Failure rate against queries: {e(threat)}</h2>",
+                f"<img alt='curve {e(threat)}' src='{fig}'>",
+            ]
+    fig = mu_nu_figure(report)
+    if fig:
+        parts += [
+            "<h2>mu x nu for the strongest score attack</h2>",
+            "<p class='note'>Rows: the attacker's probe size mu; columns: RND's nu (0: undefended). "
+            "RND helps where nu is large against mu.</p>",
+            f"<img alt='mu x nu' src='{fig}'>",
+        ]
+    parts.append("<h2>Every attack</h2>")
+    for defense, by_threat in report["cells"].items():
+        for threat, entry in by_threat.items():
+            parts += [
+                f"<h3>{e(threat)}-based, against {e(defense)}</h3>",
+                "<table><tr><th>attack</th><th>vote</th><th>observed</th><th>clean</th><th>mean queries</th>"
+                "<th>cell</th></tr>",
+            ]
+            for a in entry["attacks"]:
+                parts.append(
+                    f"<tr><td>{e(a['attack'])}</td><td class='n'>{_rate(a['vote'])}</td>"
+                    f"<td class='n'>{_rate(a['observed'])}</td><td class='n'>{_rate(a['clean'])}</td>"
+                    f"<td class='n'>{_pct(a['mean_queries'], 0)}</td><td>{_key(a['cell_key'])}</td></tr>"
+                )
+            parts.append("</table>")
+    parts.append(
+        f"<p class='note'>Every number comes from the results store {e(report['db'])}: a cell key names its "
+        "row in <code>cells</code>, its images in <code>image_results</code>. Schema "
+        f"{e(report['schema'])}.</p></body></html>"
+    )
+    return "\n".join(parts)
+
+
+def write_html(report: dict[str, Any], path: Path) -> None:
+    path.write_text(render(report), encoding="utf-8")

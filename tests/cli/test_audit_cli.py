@@ -1,0 +1,168 @@
+"""`rnd audit` end to end on a small model: calibration, the suite, report.json (its schema pinned)
+and a self-contained report.html; a rerun sends nothing and writes the same report; a SIGKILL at a
+random point and a rerun give the same report as an uninterrupted run; an endpoint audit marks what
+cannot be measured from outside; bad input changes nothing."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from rnd.cli import main
+from rnd.defenses import build_defense
+from rnd.evaluation.store import comparable_content
+from rnd.models import save_checkpoint
+from rnd.serving.app import create_app
+from rnd.serving.keys import KeyStore
+from tests.evaluation.test_audit import check_schema
+from tests.serving.test_server import Served
+
+#: Small enough for the default suite: 2 images, the least budget the suite's EOT attacks fit in.
+ARGS = ["--threat", "scores", "--images", "2", "--budget", "640", "--max-drop", "5", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_model, tmp_path_factory):
+    path = tmp_path_factory.mktemp("audit") / "tiny"
+    save_checkpoint(tiny_model, path, dataset="fashion-mnist", recipe={"kind": "test"})
+    return path
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-c", "from rnd.cli import main; main()", "--threads", "1", "audit", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def audited(checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("audited") / "out"
+    res = run_cli(str(checkpoint), *ARGS, "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    return out, res
+
+
+def without_db(report: dict) -> dict:
+    return {k: v for k, v in report.items() if k != "db"}
+
+
+def test_audit_calibrates_runs_the_suite_and_writes_both_reports(audited):
+    out, res = audited
+    report = json.loads((out / "report.json").read_text())
+    check_schema(report)
+    cal = report["calibration"]
+    assert cal["param"] == "nu" and report["defense"] == cal["spec"] and cal["value"] > 0
+    assert report["defense"].startswith("rnd:nu=")
+    assert set(report["cells"]) == {"none", report["defense"]}
+    v = report["verdict"]["scores"]
+    assert v["attacks"] == 34 and len(report["cells"]["none"]["scores"]["attacks"]) == 13
+    assert report["mu_nu"] is not None and report["mu_nu"]["nu"][0] == 0.0 and len(report["mu_nu"]["mu"]) == 3
+    assert "worst case" in res.stdout and "report.html" in res.stdout
+    con = sqlite3.connect(out / "audit.sqlite")
+    keys = {r[0] for r in con.execute("SELECT key FROM cells WHERE status = 'done'")}
+    con.close()
+    assert v["worst"]["cell_key"] in keys and all(
+        k in keys for row in report["mu_nu"]["cell_keys"] for k in row
+    )
+    page = (out / "report.html").read_text()
+    assert page.count("src='data:image/png;base64,") >= 3  # accuracy, curves, mu x nu
+    assert not re.search(r"(src|href)\s*=\s*['\"]?https?:", page)  # nothing is fetched
+    assert "<h2>Verdict</h2>" in page and v["worst"]["cell_key"][:12] in page
+
+
+def test_a_rerun_sends_nothing_and_writes_the_same_report(audited, checkpoint):
+    out, _ = audited
+    first = (out / "report.json").read_text()
+    before = comparable_content(out / "audit.sqlite")
+    res = run_cli(str(checkpoint), *ARGS, "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    assert (out / "report.json").read_text() == first
+    assert comparable_content(out / "audit.sqlite") == before
+
+
+def test_sigkill_at_a_random_point_then_rerun_gives_the_uninterrupted_report(audited, checkpoint, tmp_path):
+    out, _ = audited
+    want = without_db(json.loads((out / "report.json").read_text()))
+    killed = tmp_path / "killed"
+    db = killed / "audit.sqlite"
+    cmd = [sys.executable, "-c", "from rnd.cli import main; main()", "--threads", "1", "audit"]
+    proc = subprocess.Popen([*cmd, str(checkpoint), *ARGS, "--out", str(killed)], stderr=subprocess.DEVNULL)
+    stop_at = random.Random().randint(3, 40)  # cells done before the kill
+    deadline = time.monotonic() + 600
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
+            done = con.execute("SELECT COUNT(*) FROM cells WHERE status = 'done'").fetchone()[0]
+            con.close()
+        except sqlite3.Error:
+            done = 0
+        if done >= stop_at:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    proc.wait(30)
+    assert not (killed / "report.json").exists() or proc.returncode == 0
+    res = run_cli(str(checkpoint), *ARGS, "--out", str(killed))
+    assert res.returncode == 0, res.stderr
+    assert without_db(json.loads((killed / "report.json").read_text())) == want
+
+
+def test_an_endpoint_audit_marks_what_it_cannot_measure(tiny_model, tmp_path):
+    store = KeyStore(tmp_path / "keys.sqlite")
+    key = store.add("auditor", budget=1_000_000)
+    app = create_app(
+        tiny_model, build_defense("rnd:nu=0.02", tiny_model, seed=0), name="tiny", output="labels", keys=store
+    )
+    out = tmp_path / "out"
+    with Served(app) as served:
+        res = CliRunner().invoke(
+            main,
+            ["audit", "--url", f"{served.url}/v2/models/tiny", "--key", key, "--threat", "labels",
+             "--images", "2", "--budget", "640", "--out", str(out), "--no-progress"],
+        )  # fmt: skip
+        assert res.exit_code == 0, res.output
+    report = json.loads((out / "report.json").read_text())
+    check_schema(report, remote=True)
+    assert report["defense"] == "remote" and report["calibration"] is None
+    assert "clean-model success" in report["not_measured"]
+    v = report["verdict"]["labels"]
+    assert v["worst_clean"] is None and v["undefended_worst"] is None and v["attacks"] == 12
+    assert report["clean_accuracy"]["undefended"] is None
+    assert report["mu_nu"] is None
+    assert "n/a" in (out / "report.html").read_text()
+    assert store.list()[0]["used"] > 0
+    store.close()
+
+
+def test_bad_input_changes_nothing(checkpoint, tiny_model, tmp_path):
+    store = KeyStore(tmp_path / "keys.sqlite")
+    store.add("auditor", budget=1000)
+    app = create_app(tiny_model, build_defense("none", tiny_model), name="tiny", keys=store)
+    out = tmp_path / "out"
+    with Served(app) as served:
+        cases = [
+            (["--url", "http://127.0.0.1:9/v2/models/x", "--key", "k"], "cannot reach"),
+            (["--url", f"{served.url}/v2/models/tiny", "--key", "wrong"], "401"),
+            ([str(checkpoint), "--budget", "100"], "too small for the suite"),
+            ([str(checkpoint), "--threat", "pixels"], "pixels"),
+            ([str(checkpoint), "--defense", "nope"], "unknown defense"),
+            ([str(checkpoint), "--defense", "rnd:nu=-1"], "nu"),
+            ([str(checkpoint), "--assume-defense", "rnd:nu=0.02"], "--url"),
+            ([str(checkpoint), "--url", f"{served.url}/v2/models/tiny"], "not both"),
+        ]
+        for args, words in cases:
+            res = CliRunner().invoke(main, ["audit", *args, "--out", str(out), "--no-progress"])
+            assert res.exit_code == 2, (args, res.output)
+            assert words in res.output, (args, res.output)
+            assert len(res.output.strip().splitlines()) == 1 or words == "pixels", res.output
+            assert not out.exists()
+    assert store.list()[0]["used"] == 0
+    store.close()

@@ -1,0 +1,116 @@
+"""`rnd audit`'s parts: the suite per defense and threat model, the intervals and curves, and the
+report's JSON schema (docs/audit-report.md), pinned on a real audit of a small model."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from rnd.errors import InputError
+from rnd.evaluation.audit import (
+    SCHEMA,
+    AuditSize,
+    query_curve,
+    rate_interval,
+    strength_of,
+    suite,
+    wilson,
+)
+
+
+def names(entries: list[dict]) -> list[str]:
+    out = []
+    for a in entries:
+        label = f"{a['name']} {a['norm']}" + (f" M={a['eot']}" if a["eot"] > 1 else "")
+        out += [label + "".join(f" {k}={v}" for k, v in sorted(a["params"].items()))]
+    return out
+
+
+def test_the_suite_is_every_attack_and_the_counters_of_each_defense():
+    plain_scores = names(suite("scores", "none"))
+    assert len(plain_scores) == 13 and "parsimonious linf" in plain_scores
+    assert "parsimonious l2" not in plain_scores and not any("M=" in n for n in plain_scores)
+    assert len(suite("labels", "none")) == 8 and "psj l2" not in names(suite("labels", "none"))
+    rnd = names(suite("both", "rnd:nu=0.02"))
+    for counter in ("square linf M=5", "square linf M=10", "nes linf mu_nu_ratio=2.0", "psj l2", "psj linf",
+                    "hsja l2 M=5", "sign-opt l2 M=5"):  # fmt: skip
+        assert counter in rnd
+    assert len(rnd) == 13 + 14 + 7 + 8 + 4
+    assert "square-adaptive linf rule=up" in names(suite("scores", "aaa"))
+    assert not any("M=" in n for n in names(suite("scores", "aaa")))  # deterministic: no EOT
+    assert "square linf loss=dlr" in names(suite("scores", "rls"))
+    assert "nes linf blind=0.05" in names(suite("scores", "blacklight:threshold=45"))
+    assert len(names(suite("scores", "remote"))) == 34  # the server's defense may be random
+    with pytest.raises(InputError, match="unknown threat"):
+        suite("pixels", "none")
+
+
+def test_strength_is_calibrated_only_when_the_spec_leaves_it_open():
+    assert strength_of("rnd") == ("rnd", "nu")
+    assert strength_of("rnd:nu=0.02") == ("rnd:nu=0.02", None)
+    assert strength_of("feature-noise:layers=stages") == ("feature-noise:layers=stages", "sigma")
+    assert strength_of("aaa") == ("aaa", None)
+
+
+def test_intervals_and_curves():
+    lo, hi = wilson(3, 10)
+    assert (round(lo, 1), round(hi, 1)) == (10.8, 60.3)
+    assert rate_interval(30.0, 10) == (lo, hi)
+    assert all(math.isnan(v) for v in rate_interval(math.nan, 10))
+    # rows: (cell_key, position, index, label, success, queries, ...)
+    rows = [("k", 0, 0, 0, 1, 10), ("k", 1, 1, 0, 1, 300), ("k", 2, 2, 0, 0, 1000), ("k", 3, 3, 0, 1, 1)]
+    curve = dict(query_curve(rows, 1000))
+    assert curve[10] == 50.0 and curve[300] == 25.0 and curve[1000] == 25.0
+    assert AuditSize().quick() == AuditSize(20, 1000, 2000, 10)
+
+
+TOP = {
+    "schema", "request", "model", "defense", "calibration", "clean_accuracy", "not_measured",
+    "attacks_run", "verdict", "cells", "mu_nu", "db",
+}  # fmt: skip
+RATE = {"failure", "low", "high"}
+
+
+def check_schema(report: dict, remote: bool = False) -> None:
+    """The keys and types docs/audit-report.md documents."""
+    assert set(report) == TOP and report["schema"] == SCHEMA
+    assert set(report["request"]) == {
+        "checkpoint_sha256", "url", "defense", "max_drop", "threat", "size", "seed", "dataset", "assume",
+        "quick",
+    }  # fmt: skip
+    assert set(report["request"]["size"]) == {"images", "budget", "accuracy_images", "grid_images"}
+    assert set(report["model"]) == ({"url"} if remote else {"label", "checkpoint_sha256"})
+    assert set(report["clean_accuracy"]) == {"defended", "undefended", "images"}
+    if report["calibration"] is not None:
+        cal = report["calibration"]
+        assert set(cal) == {
+            "defense", "param", "value", "spec", "max_drop", "confidence", "clean_accuracy", "images",
+            "draws", "tried",
+        }  # fmt: skip
+        assert all(set(t) == {"value", "drop", "std", "upper", "accuracy"} for t in cal["tried"])
+        assert [t["value"] for t in cal["tried"]] == sorted(t["value"] for t in cal["tried"])
+    for v in report["verdict"].values():
+        assert set(v) == {
+            "headline", "worst", "worst_observed", "worst_clean", "undefended_worst", "attacks",
+        }  # fmt: skip
+        assert v["headline"] == "vote" and set(v["worst"]) == {"attack", "cell_key", *RATE}
+        assert v["worst"]["low"] <= v["worst"]["failure"] <= v["worst"]["high"]
+    for by_threat in report["cells"].values():
+        for entry in by_threat.values():
+            assert set(entry) == {"attacks", "worst_observed", "worst_vote", "worst_clean"}
+            for a in entry["attacks"]:
+                assert set(a) == {
+                    "attack", "cell_key", "images", "queries_budget", "mean_queries", "clean_accuracy",
+                    "curve", "observed", "vote", "clean",
+                }  # fmt: skip
+                assert set(a["vote"]) == RATE and len(a["cell_key"]) == 64
+                assert all(len(p) == 2 for p in a["curve"])
+    if report["mu_nu"] is not None:
+        g = report["mu_nu"]
+        assert set(g) == {
+            "attack", "chosen_from", "images", "mu", "nu", "observed", "vote", "clean", "cell_keys",
+        }  # fmt: skip
+        assert len(g["vote"]) == len(g["mu"]) and all(len(row) == len(g["nu"]) for row in g["vote"])
+    json.dumps(report, allow_nan=False)  # strict JSON
