@@ -12,6 +12,7 @@ refusal (`refusals`, `first_refusal`). The oracle never looks at which defense s
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -196,10 +197,14 @@ class Oracle(Ledger):
             size = max(1, min(size, self.cpu_chunk))
         chunks = max(1, -(-x.shape[0] // size))
         size = max(1, -(-x.shape[0] // chunks))  # equal chunks: 200 images -> 2 x 100
+        # tensors the model builds without naming a device land on its own device, whatever
+        # `with torch.device(...)` the caller runs under (an attack runs under its images' device)
+        here = contextlib.nullcontext() if torch.get_default_device() == self.device else self.device
         outs = []
-        for chunk in x.split(size):
-            outs.append(self._call(chunk.to(self.device, non_blocking=True)).float())
-            self.forwards += 1
+        with here:
+            for chunk in x.split(size):
+                outs.append(self._call(chunk.to(self.device, non_blocking=True)).float())
+                self.forwards += 1
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 
     def _answer(self, x: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
