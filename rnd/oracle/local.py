@@ -33,7 +33,7 @@ Compile = bool | Literal["auto"]
 #: What compile="auto" picks per device type. CPU: eager, though the steady-state forward is faster
 #: compiled (figures in the Oracle docstring): the answers differ from eager by ~1e-6 (a changed
 #: bit flips near-tie decisions, so every seeded CPU number would move), and compiling costs more
-#: than a short run (13 s small CNN, 3 min EfficientNet-Lite0). CUDA: not measured yet.
+#: than a short run (6-13 s small CNN, 3 min EfficientNet-Lite0). CUDA: not measured yet.
 AUTO_COMPILE: dict[str, bool] = {"cpu": False, "cuda": False}
 
 
@@ -93,10 +93,11 @@ class Oracle(Ledger):
             no host round trip per query beyond the ledger's (the ids and the budget rule).
         compile: forward through `torch.compile` (True), eagerly (False), or "auto": compiled only
             on a device type where it was measured to pay (`AUTO_COMPILE`; today: nowhere).
-            bench/compile_speedup.py, CPU, 1 thread, load average 5 (4 users on 2 cores), compiled
-            / eager images/s: small CNN 1.16x (batch 1), 1.36x (64), 1.27x (256), max |diff| of
-            the logits 2.4e-6; EfficientNet-Lite0 1.18x (1), 1.54x (8), 7e-6. Dynamo keeps a
-            seeded defense's noise stream (tested), so True is safe behind any defense.
+            bench/compile_speedup.py, CPU, 1 thread, 2 shared cores, compiled / eager images/s:
+            small CNN 1.23x (batch 1), 1.30x (64), 2.13x (256) at load 3.4 (1.16x, 1.36x, 1.27x
+            at load 5), max |diff| of the logits 2.4e-6, compile 6-13 s; EfficientNet-Lite0 1.18x
+            (1), 1.54x (8) at load 5, 7e-6, compile 185 s. Dynamo keeps a seeded defense's noise
+            stream (tested), so True is safe behind any defense.
 
     Ids are allocated with `new_ids(n)`; a batch may mix images of many ids and repeat an id, and
     is still answered with one forward per chunk of at most `max_batch` images. On the CPU the
