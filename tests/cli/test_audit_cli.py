@@ -26,8 +26,20 @@ from rnd.serving.keys import KeyStore
 from tests.evaluation.test_audit import check_schema
 from tests.serving.test_server import Served
 
-#: Small enough for the default suite: 2 images, the least budget the suite's EOT attacks fit in.
-ARGS = ["--threat", "scores", "--images", "2", "--budget", "640", "--max-drop", "5", "--no-progress"]
+#: Small enough for the default suite: 2 images, the least budget the suite's EOT attacks fit in,
+#: and --quick's 2,000 images for the calibration.
+ARGS = [
+    "--threat",
+    "scores",
+    "--images",
+    "2",
+    "--budget",
+    "640",
+    "--max-drop",
+    "5",
+    "--quick",
+    "--no-progress",
+]
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +100,7 @@ def test_a_rerun_sends_nothing_and_writes_the_same_report(audited, checkpoint):
     assert comparable_content(out / "audit.sqlite") == before
 
 
+@pytest.mark.slow
 def test_sigkill_at_a_random_point_then_rerun_gives_the_uninterrupted_report(audited, checkpoint, tmp_path):
     out, _ = audited
     want = without_db(json.loads((out / "report.json").read_text()))
