@@ -179,3 +179,57 @@ def test_bad_input_changes_nothing(checkpoint, tiny_model, tmp_path):
             assert not out.exists()
     assert store.list()[0]["used"] == 0
     store.close()
+
+
+CHROMIUM_FLAGS = [
+    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--disable-default-apps", "--disable-extensions", "--host-resolver-rules=MAP * ~NOTFOUND",
+]  # fmt: skip
+
+
+def page_requests(netlog: dict) -> list[str]:
+    """URLs the page itself asked for (the browser's own housekeeping has no origin)."""
+    types = {v: k for k, v in netlog["constants"]["logEventTypes"].items()}
+    return [
+        e["params"]["url"]
+        for e in netlog["events"]
+        if types[e["type"]] == "URL_REQUEST_START_JOB"
+        and "url" in e.get("params", {})
+        and e["params"].get("initiator") != "not an origin"
+    ]
+
+
+def render(page, tmp_path, name: str) -> tuple[list[str], object]:
+    import shutil
+
+    from PIL import Image
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("needs Debian's chromium (apt-get install chromium)")
+    shot, log = tmp_path / f"{name}.png", tmp_path / f"{name}.json"
+    subprocess.run(
+        [browser, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / name}", f"--log-net-log={log}",
+         "--window-size=1200,2600", f"--screenshot={shot}", page.as_uri()],
+        capture_output=True, timeout=120, check=True,
+    )  # fmt: skip
+    return page_requests(json.loads(log.read_text())), Image.open(shot).convert("RGB")
+
+
+@pytest.mark.slow
+def test_the_html_report_renders_in_a_real_browser_with_nothing_fetched(audited, tmp_path):
+    """Headless Chromium renders report.html: the screenshot shows the page (text and figures: many
+    colours), the page asks for nothing over the network; a page that did would be caught."""
+    out, _ = audited
+    requests, shot = render(out / "report.html", tmp_path, "report")
+    assert requests == []
+    colours = shot.getcolors(maxcolors=1 << 20)
+    assert colours is not None and len(colours) > 200  # figures (viridis, lines), not a blank page
+    shot.save(out / "report-screenshot.png")
+    leaky = tmp_path / "leaky.html"
+    leaky.write_text(
+        (out / "report.html").read_text().replace("</body>", "<img src='http://rnd.invalid/x.png'></body>")
+    )
+    requests, _ = render(leaky, tmp_path, "leaky")
+    assert requests == ["http://rnd.invalid/x.png"]
