@@ -6,7 +6,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import torch
 from torch import nn
 
 from rnd._checks import check_int, check_positive
@@ -72,18 +74,7 @@ def run_demo(
     Every argument (attack names, nu, eps, counts, each attack's step cost against the budget) is
     checked before a checkpoint is loaded or trained; a checkpoint trained on another data set is
     refused unless `allow_dataset_mismatch` (shapes and class count must still match)."""
-    check_positive(nu, "nu")
-    check_positive(eps, "eps")
-    check_int(n_images, "images")
-    check_int(budget, "budget")
-    check_int(draws, "draws")
-    for name in attacks:
-        attack = make_attack(name, eps=eps, norm="linf", seed=seed)
-        if attack.min_budget > budget:
-            raise InputError(
-                f"{attack.cost_text()}: it costs {attack.min_budget} queries, more than --budget {budget}; "
-                "raise it"
-            )
+    _check_demo(nu, eps, n_images, budget, draws, attacks, seed)
     model, path = load_or_train_default(checkpoint, progress)
     test = load_dataset("fashion-mnist", "test")
     check_model_data(
@@ -104,20 +95,9 @@ def run_demo(
     rnd_mean, rnd_std = noisy_accuracy(build_defense(f"rnd:nu={nu!r}", model, seed=seed), test, draws=draws)
     x, y = test.get(idx)
     report = DemoReport(str(path), nu, 100 * clean, 100 * rnd_mean, 100 * rnd_std)
-    for name in attacks:
-        for level in (0.0, nu):
-            attack = make_attack(name, eps=eps, norm="linf", seed=seed, progress=progress)
-            ev, _ = evaluate_attack(
-                attack,
-                model,
-                x,
-                y,
-                defense=f"rnd:nu={level!r}",
-                budget=budget,
-                defense_seed=seed + 1,
-                clean_accuracy=100 * (rnd_mean if level else clean),
-            )
-            report.rows.append(ev)
+    report.rows += _attack_rows(
+        model, x, y, attacks, nu, eps, budget, seed, progress, {0.0: clean, nu: rnd_mean}
+    )
     return report
 
 
@@ -165,20 +145,9 @@ def run_imagenet_demo(
 
     Arguments are checked before the model is loaded. About 5 minutes on 2 CPU threads with the
     defaults (the attacks behind RND run their whole budget on most images)."""
-    check_positive(nu, "nu")
-    check_positive(eps, "eps")
-    check_int(n_images, "images")
-    check_int(budget, "budget")
-    check_int(draws, "draws")
+    _check_demo(nu, eps, n_images, budget, draws, attacks, seed)
     for level in accuracy_nus:
         check_positive(level, "accuracy nu")
-    for name in attacks:
-        attack = make_attack(name, eps=eps, norm="linf", seed=seed)
-        if attack.min_budget > budget:
-            raise InputError(
-                f"{attack.cost_text()}: it costs {attack.min_budget} queries, more than --budget {budget}; "
-                "raise it"
-            )
     data = load_imagenet_samples()
     if n_images > len(data):
         raise InputError(f"--images {n_images} exceeds the {len(data)} ImageNet samples; ask for fewer")
@@ -198,6 +167,45 @@ def run_imagenet_demo(
         if level in accuracy_nus:
             report.rnd.append(NoisyAccuracy(level, 100 * mean, 100 * std, draws))
     x, y = data.get(idx)
+    report.rows += _attack_rows(
+        model, x, y, attacks, nu, eps, budget, seed, progress, {0.0: clean, nu: noisy[nu]}
+    )
+    return report
+
+
+def _check_demo(
+    nu: float, eps: float, n_images: int, budget: int, draws: int, attacks: tuple[str, ...], seed: int
+) -> None:
+    """The demos' arguments, and each attack's first step against the budget, before any model loads."""
+    check_positive(nu, "nu")
+    check_positive(eps, "eps")
+    check_int(n_images, "images")
+    check_int(budget, "budget")
+    check_int(draws, "draws")
+    for name in attacks:
+        attack = make_attack(name, eps=eps, norm="linf", seed=seed)
+        if attack.min_budget > budget:
+            raise InputError(
+                f"{attack.cost_text()}: it costs {attack.min_budget} queries, more than --budget {budget}; "
+                "raise it"
+            )
+
+
+def _attack_rows(
+    model: Any,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    attacks: tuple[str, ...],
+    nu: float,
+    eps: float,
+    budget: int,
+    seed: int,
+    progress: bool,
+    clean_of: dict[float, float],
+) -> list[AttackEvaluation]:
+    """Each attack (l_inf, eps) against the model undefended and behind RND at `nu`; `clean_of` is
+    the clean accuracy (a fraction) at each of the two levels."""
+    rows = []
     for name in attacks:
         for level in (0.0, nu):
             attack = make_attack(name, eps=eps, norm="linf", seed=seed, progress=progress)
@@ -209,7 +217,7 @@ def run_imagenet_demo(
                 defense=f"rnd:nu={level!r}",
                 budget=budget,
                 defense_seed=seed + 1,
-                clean_accuracy=100 * (noisy[level] if level else clean),
+                clean_accuracy=100 * clean_of[level],
             )
-            report.rows.append(ev)
-    return report
+            rows.append(ev)
+    return rows

@@ -169,13 +169,13 @@ def execute_remote_cell(
     `queries_sent` counts every query this cell charged to the key (selection and accuracy
     included the first time this process needs them)."""
     from rnd import __version__
-    from rnd.attacks import make_attack
     from rnd.defenses import DefenseSpec
     from rnd.evaluation.sweep import (
         SEED_SALT_TARGETS,
         CellResult,
         _data,
         _json_safe,
+        cell_attack,
         derive_seed,
         image_rows,
         make_targets,
@@ -194,21 +194,8 @@ def execute_remote_cell(
         if ka not in _ACCURACY:
             _ACCURACY[ka] = endpoint_accuracy(oracle, data, ka[1])
         x, y = data.get(idx)
-        params = dict(cell.attack_params)
-        if cell.target is not None:
-            params["targeted"] = True
         assume = {} if cell.assume is None else dict(DefenseSpec.parse(cell.assume).params)
-        attack = make_attack(
-            cell.attack,
-            eps=cell.eps,
-            norm=cell.norm,
-            mu=cell.mu,
-            eot=cell.eot,
-            seed=cell.seed,
-            progress=progress,
-            assume=assume,
-            **params,
-        )
+        attack = cell_attack(cell, assume, progress)
         check_feedback(attack, oracle.output)
         targets = make_targets(cell.target, y, oracle.num_classes, derive_seed(cell.seed, SEED_SALT_TARGETS))
         first = oracle.counts.numel()  # the attack allocates its images' ids next, in order

@@ -537,6 +537,26 @@ def _json_safe(value: Any) -> Any:
     return str(value)
 
 
+def cell_attack(cell: Cell, assume: dict[str, Any], progress: bool = False) -> Any:
+    """The cell's attack, seeded with `cell.seed` and told `assume` about the defense."""
+    from rnd.attacks import make_attack
+
+    params = dict(cell.attack_params)
+    if cell.target is not None:
+        params["targeted"] = True
+    return make_attack(
+        cell.attack,
+        eps=cell.eps,
+        norm=cell.norm,
+        mu=cell.mu,
+        eot=cell.eot,
+        seed=cell.seed,
+        progress=progress,
+        assume=assume,
+        **params,
+    )
+
+
 def execute_cell(
     cell: Cell, progress: bool = False, max_batch: int | None = None, key: str | None = None
 ) -> CellResult:
@@ -555,7 +575,6 @@ def execute_cell(
 
         return execute_remote_cell(cell, progress, max_batch, key)
     from rnd import __version__
-    from rnd.attacks import make_attack
     from rnd.defenses import build_defense
     from rnd.evaluation.attack_eval import attack_and_recheck
 
@@ -565,20 +584,7 @@ def execute_cell(
     x, y = _data(cell).get(idx)
     clean_acc, model_acc = clean_accuracies(cell)
     defense = build_defense(cell.defense, base, seed=derive_seed(cell.seed, SEED_SALT_DEFENSE))
-    params = dict(cell.attack_params)
-    if cell.target is not None:
-        params["targeted"] = True
-    attack = make_attack(
-        cell.attack,
-        eps=cell.eps,
-        norm=cell.norm,
-        mu=cell.mu,
-        eot=cell.eot,
-        seed=cell.seed,
-        progress=progress,
-        assume=defense.public_params(),
-        **params,
-    )
+    attack = cell_attack(cell, defense.public_params(), progress)
     num_classes = int(getattr(base, "num_classes", 0) or _data(cell).num_classes)
     targets = make_targets(cell.target, y, num_classes, derive_seed(cell.seed, SEED_SALT_TARGETS))
     result, clean_hit, vote_hit, oracle = attack_and_recheck(
