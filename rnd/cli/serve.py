@@ -20,6 +20,7 @@ import click
 
 from rnd.cli.app import main
 from rnd.cli.checks import MAX_SEED, count
+from rnd.device import default_device, resolve_device
 from rnd.models import checkpoint_paths
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ def _model_name(checkpoint: str) -> str:
 )
 @click.option("--max-body-bytes", type=count(1, 2**31), default=6_553_500, show_default=True)
 @click.option("--seed", type=count(0, MAX_SEED), default=None, help="defense seed [default: OS entropy]")
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", default=None, help="where the model runs [default: rnd --device, else cpu]")
 @click.option(
     "--workers",
     type=count(1, 256),
@@ -95,7 +96,7 @@ def serve(
     max_wait_ms: float,
     max_body_bytes: int,
     seed: int | None,
-    device: str,
+    device: str | None,
     workers: int,
     engine: str,
     replicas: int | None,
@@ -128,7 +129,7 @@ def serve(
         "max_batch": max_batch,
         "max_wait_ms": max_wait_ms,
         "max_body_bytes": max_body_bytes,
-        "device": device,
+        "device": str(resolve_device(device) if device is not None else default_device()),
     }
     if engine == "ray":
         try:
