@@ -220,8 +220,10 @@ def audit_config(
     seed: int,
     dataset: str,
     source: str,
+    output: str = "probs",
 ) -> Any:
-    """The `SweepConfig` of an audit's suite (both the defense and, for a local model, `none`)."""
+    """The `SweepConfig` of an audit's suite (both the defense and, for a local model, `none`);
+    `output` is what score attacks see (an endpoint's own)."""
     from rnd.evaluation.config import AttackSpec, DataSpec, ModelSpec, SweepConfig
 
     remote = target is not None
@@ -250,7 +252,7 @@ def audit_config(
         data=DataSpec(dataset=dataset, images=size.images, accuracy_images=size.accuracy_images),
         seeds=(seed,),
         budget=size.budget,
-        output="probs",
+        output=output,
         source=source,
         target=target,
     )
@@ -444,6 +446,7 @@ def plan_audit(req: AuditRequest) -> AuditPlan:
             url=f"{base}/v2/models/{name}", label=name, key_env=req.key_env, assume=req.assume
         )
         defense, label, checkpoint = "remote", name, None
+        output = _endpoint_output(target, req.threat)
     else:
         from rnd.data import load_dataset
         from rnd.defenses import build_defense
@@ -461,6 +464,7 @@ def plan_audit(req: AuditRequest) -> AuditPlan:
                 model, data, spec, param, req.max_drop, size.accuracy_images, req.seed
             )
         target, label, checkpoint = None, Path(str(req.checkpoint)).name, str(req.checkpoint)
+        output = "probs"
     cfg = audit_config(
         label=label,
         checkpoint=checkpoint,
@@ -471,9 +475,30 @@ def plan_audit(req: AuditRequest) -> AuditPlan:
         seed=req.seed,
         dataset=req.dataset,
         source=source_text(request),
+        output=output,
     )
     sweep = plan_sweep(cfg)  # expands the grid (budgets checked), checks the model / endpoint and data
     return AuditPlan(config=cfg, defense=defense, calibration=calibration, request=request, sweep=sweep)
+
+
+def _endpoint_output(target: Any, threat: str) -> str:
+    """What the endpoint answers (its metadata; no query is charged): the score attacks' output,
+    or an InputError when it answers labels only and the threat model has score attacks."""
+    import os
+
+    from rnd.errors import RndError
+    from rnd.oracle.remote import RemoteOracle
+
+    try:
+        with RemoteOracle(target.base, target.model, os.environ.get(target.key_env)) as oracle:
+            output = oracle.output
+    except RndError as exc:
+        raise InputError(f"--url: {exc}") from None
+    if output == "labels" and threat != "labels":
+        raise InputError(
+            "the endpoint answers labels only, which score attacks cannot use; give --threat labels"
+        )
+    return "probs" if output == "labels" else output
 
 
 def run_audit(plan: AuditPlan, db: str | Path, progress: bool = True) -> dict[str, Any]:

@@ -136,6 +136,10 @@ def test_an_endpoint_audit_marks_what_it_cannot_measure(tiny_model, tmp_path):
     )
     out = tmp_path / "out"
     with Served(app) as served:
+        both = CliRunner().invoke(
+            main, ["audit", "--url", f"{served.url}/v2/models/tiny", "--key", key, "--out", str(out)]
+        )
+        assert both.exit_code == 2 and "give --threat labels" in both.output and not out.exists()
         res = CliRunner().invoke(
             main,
             ["audit", "--url", f"{served.url}/v2/models/tiny", "--key", key, "--threat", "labels",
