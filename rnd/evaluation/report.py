@@ -81,6 +81,7 @@ def average_seeds(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for rs in groups.values():
         d = dict(rs[0])
         d["mu"] = effective_mu(rs[0])
+        d["mu_given"] = rs[0].get("mu") is not None  # False: the attack's own default
         d["seeds"] = len(rs)
         for m in METRICS:
             d[m] = _mean(r.get(m, math.nan) for r in rs)
@@ -345,7 +346,7 @@ def _variant(r: dict[str, Any], default_mu: float) -> str:
     out = f"{r['attack']} {r['norm']} eps={r['eps']:g}"
     if r["eot"] > 1:
         out += f" M={r['eot']}"
-    if not math.isclose(r["mu"], default_mu):
+    if r.get("mu_given", True) and not math.isclose(r["mu"], default_mu):
         out += f" mu={r['mu']:g}"
     params = json.loads(r["params"]) if isinstance(r["params"], str) else dict(r["params"])
     out += "".join(f" {k}={v}" for k, v in sorted(params.items()))

@@ -169,3 +169,12 @@ def test_main_table_has_a_row_per_defense_and_a_column_per_attack_variant(tmp_pa
         "/ 100 [72-100] (n/a) det 100% |  |" in md
     )
     assert "Clean accuracy against nu" not in md
+
+
+def test_a_column_names_mu_only_when_the_cell_set_it():
+    """SignHunter records its probe as eps; at its own default the column says no mu."""
+    from rnd.evaluation.report import _variant
+
+    r = {"attack": "signhunter", "norm": "linf", "eps": 0.1, "eot": 1, "mu": 0.1, "params": "{}"}
+    assert _variant({**r, "mu_given": False}, 1.0) == "signhunter linf eps=0.1"
+    assert _variant({**r, "mu_given": True}, 1.0) == "signhunter linf eps=0.1 mu=0.1"
