@@ -76,6 +76,9 @@ def test_audit_calibrates_runs_the_suite_and_writes_both_reports(audited):
     assert set(report["cells"]) == {"none", report["defense"]}
     v = report["verdict"]["scores"]
     assert v["attacks"] == 34 and len(report["cells"]["none"]["scores"]["attacks"]) == 13
+    mine = report["cells"][report["defense"]]["scores"]["attacks"]
+    assert v["worst"]["failure"] == min(a["vote"]["failure"] for a in mine)  # the worst case over attacks
+    assert v["worst_observed"]["failure"] == min(a["observed"]["failure"] for a in mine)
     assert report["mu_nu"] is not None and report["mu_nu"]["nu"][0] == 0.0 and len(report["mu_nu"]["mu"]) == 3
     assert "worst case" in res.stdout and "report.html" in res.stdout
     con = sqlite3.connect(out / "audit.sqlite")
