@@ -419,7 +419,7 @@ def attack(
     --weights; --input-shape / --num-classes give metadata the model does not carry.
     """
     from rnd.defenses import build_defense
-    from rnd.evaluation.config import AttackSpec, DataSpec, ModelSpec, SweepConfig
+    from rnd.evaluation.config import DataSpec, ModelSpec, SweepConfig
     from rnd.evaluation.demo import load_or_train_default
     from rnd.evaluation.metrics import correctly_classified
     from rnd.evaluation.sweep import execute_cell, expand, fixed_target
@@ -475,24 +475,22 @@ def attack(
                 "--url attacks the served model behind the server's own defense: "
                 "drop --checkpoint, --model, --defense and --nu"
             )
+        rule = parse_target(target, targeted, None)
         remote_attack(
-            names,
-            per_attack,
-            dict(norm=norm, eps=eps, mu=mu, eot=eot, extra=extra_params(loss, mu_nu_ratio)),
-            url,
-            key,
-            model_name,
-            assume_defense,
-            dataset,
-            data_root,
-            n_images,
-            budget,
-            seed,
-            1000 if acc_images is None else acc_images,
-            parse_target(target, targeted, None),
-            batch_size,
-            as_json,
-            progress,
+            attack_specs(names, per_attack, norm, eps, mu, eot, extra_params(loss, mu_nu_ratio), rule),
+            url=url,
+            key=key,
+            model_name=model_name,
+            assume_defense=assume_defense,
+            dataset=dataset,
+            data_root=data_root,
+            n_images=n_images,
+            budget=budget,
+            seed=seed,
+            acc_images=1000 if acc_images is None else acc_images,
+            batch_size=batch_size,
+            as_json=as_json,
+            progress=progress,
         )
         return
     if assume_defense is not None:
@@ -535,21 +533,7 @@ def attack(
     cfg = SweepConfig(
         name="rnd attack",
         models=(source,),
-        attacks=tuple(
-            AttackSpec(
-                name=n,
-                norm=norm,
-                eps=(eps,),
-                mu=(mu,),
-                eot=(eot,),
-                params={
-                    **{k: v for k, v in extra.items() if k in constructor_parameters(ATTACKS[n])},
-                    **per_attack[n],
-                },
-                target=rule,
-            )
-            for n in names
-        ),
+        attacks=attack_specs(names, per_attack, norm, eps, mu, eot, extra, rule),
         defenses=tuple(specs),
         data=DataSpec(
             dataset=dataset,
@@ -661,10 +645,40 @@ def extra_params(loss: str, mu_nu_ratio: float | None) -> dict[str, Any]:
     return {k: v for k, v in (("loss", loss), ("mu_nu_ratio", mu_nu_ratio)) if v not in (None, "margin")}
 
 
-def remote_attack(
+def attack_specs(
     names: list[str],
     per_attack: dict[str, dict[str, Any]],
-    setting: dict[str, Any],
+    norm: str,
+    eps: float,
+    mu: float | None,
+    eot: int,
+    extra: dict[str, Any],
+    rule: str | None,
+) -> tuple[Any, ...]:
+    """One `AttackSpec` per attack of the command line: its own `--param`s, and the shared extras
+    (loss, mu_nu_ratio) where the attack takes them, so the cells are those a sweep config makes."""
+    from rnd.evaluation.config import AttackSpec
+
+    return tuple(
+        AttackSpec(
+            name=n,
+            norm=norm,
+            eps=(eps,),
+            mu=(mu,),
+            eot=(eot,),
+            params={
+                **{k: v for k, v in extra.items() if k in constructor_parameters(ATTACKS[n])},
+                **per_attack[n],
+            },
+            target=rule,
+        )
+        for n in names
+    )
+
+
+def remote_attack(
+    attacks: tuple[Any, ...],
+    *,
     url: str,
     key: str | None,
     model_name: str | None,
@@ -675,7 +689,6 @@ def remote_attack(
     budget: int,
     seed: int,
     acc_images: int,
-    rule: str | None,
     batch_size: int,
     as_json: bool,
     progress: bool,
@@ -684,7 +697,7 @@ def remote_attack(
     endpoint before any query and run by the same executor; success observed and by a vote of fresh
     answers; the clean model is not visible from outside (its column says -)."""
     from rnd.defenses import canonical_defense
-    from rnd.evaluation.config import AttackSpec, DataSpec, RemoteTarget, SweepConfig, served_model
+    from rnd.evaluation.config import DataSpec, RemoteTarget, SweepConfig, served_model
     from rnd.evaluation.remote_eval import check_remote
     from rnd.evaluation.sweep import execute_cell, expand
     from rnd.oracle.remote import RemoteOracle
@@ -692,6 +705,7 @@ def remote_attack(
     base, name = served_model(url, model_name, name_option="--model-name")
     with RemoteOracle(base, name, key) as probe:  # the endpoint's metadata; no query is sent
         served_output = probe.output
+    names = [a.name for a in attacks]
     scored = [n for n in names if ATTACKS[n].feedback == "scores"]
     if scored and served_output == "labels":
         raise InputError(f"{scored[0]} needs scores and the endpoint answers labels only")
@@ -699,21 +713,7 @@ def remote_attack(
     cfg = SweepConfig(
         name="rnd attack --url",
         models=(),
-        attacks=tuple(
-            AttackSpec(
-                name=n,
-                norm=setting["norm"],
-                eps=(setting["eps"],),
-                mu=(setting["mu"],),
-                eot=(setting["eot"],),
-                params={
-                    **{k: v for k, v in setting["extra"].items() if k in constructor_parameters(ATTACKS[n])},
-                    **per_attack[n],
-                },
-                target=rule,
-            )
-            for n in names
-        ),
+        attacks=attacks,
         defenses=("remote",),
         data=DataSpec(
             dataset=dataset,

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from rnd.errors import InputError
+from rnd.evaluation.metrics import rate_interval
 
 THREATS = ("scores", "labels", "both")
 EPS = {"linf": 0.1, "l2": 1.5}
@@ -69,23 +70,6 @@ class AuditSize:
             accuracy_images=min(self.accuracy_images, 2000),
             grid_images=min(self.grid_images, 10),
         )
-
-
-def wilson(failures: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95 % Wilson interval of a failure rate, in % (NaN, NaN for no images)."""
-    if n <= 0:
-        return math.nan, math.nan
-    from rnd.theory.signflip import wilson_interval
-
-    lo, hi = wilson_interval(torch.tensor(float(failures)), n, z)
-    return 100.0 * float(lo), 100.0 * float(hi)
-
-
-def rate_interval(rate: float, n: int) -> tuple[float, float]:
-    """The Wilson interval of a failure rate given in % of `n` images (NaN for NaN)."""
-    if rate is None or math.isnan(rate):
-        return math.nan, math.nan
-    return wilson(round(rate * n / 100.0), n)
 
 
 def suite(threat: str, defense: str, *, remote: bool = False) -> list[dict[str, Any]]:
@@ -160,24 +144,17 @@ def check_budget(threat: str, defense: str, budget: int) -> None:
     InputError naming the first that does not, before anything is calibrated or run."""
     from rnd.attacks import make_attack
 
-    for a in suite(threat, defense):
-        attack = make_attack(a["name"], eps=a["eps"], norm=a["norm"], eot=a["eot"], **a["params"])
-        if attack.min_budget > budget:
+    costs = [
+        (a, make_attack(a["name"], eps=a["eps"], norm=a["norm"], eot=a["eot"], **a["params"]).min_budget)
+        for a in suite(threat, defense)
+    ]
+    least = max(c for _, c in costs)
+    for a, cost in costs:
+        if cost > budget:
             raise InputError(
                 f"--budget {budget} is too small for the suite: {a['name']} {a['norm']} with M={a['eot']} "
-                f"needs {attack.min_budget} queries per image; give at least "
-                f"--budget {max_budget(threat, defense)}"
+                f"needs {cost} queries per image; give at least --budget {least}"
             )
-
-
-def max_budget(threat: str, defense: str) -> int:
-    """The least budget every attack of the suite fits in."""
-    from rnd.attacks import make_attack
-
-    return max(
-        make_attack(a["name"], eps=a["eps"], norm=a["norm"], eot=a["eot"], **a["params"]).min_budget
-        for a in suite(threat, defense)
-    )
 
 
 def calibrate(
@@ -228,22 +205,25 @@ def audit_config(
 
     remote = target is not None
     defenses = ("remote",) if remote else tuple(dict.fromkeys(("none", defense)))
+    suites = {d: [json.dumps(a, sort_keys=True) for a in suite(threat, d)] for d in defenses}
     attacks: list[Any] = []
     seen: set[str] = set()
     for d in defenses:
         for a in suite(threat, d):
             k = json.dumps(a, sort_keys=True)
-            spec = AttackSpec(
-                name=a["name"],
-                norm=a["norm"],
-                eps=(a["eps"],),
-                eot=(a["eot"],),
-                params=a["params"],
-                defenses=None if remote else tuple(x for x in defenses if _in_suite(a, threat, x)),
+            if k in seen:
+                continue
+            seen.add(k)
+            attacks.append(
+                AttackSpec(
+                    name=a["name"],
+                    norm=a["norm"],
+                    eps=(a["eps"],),
+                    eot=(a["eot"],),
+                    params=a["params"],
+                    defenses=None if remote else tuple(x for x in defenses if k in suites[x]),
+                )
             )
-            if k not in seen:
-                seen.add(k)
-                attacks.append(spec)
     return SweepConfig(
         name=f"rnd audit {label}",
         models=() if remote else (ModelSpec(label=label, checkpoint=str(checkpoint)),),
@@ -256,11 +236,6 @@ def audit_config(
         source=source,
         target=target,
     )
-
-
-def _in_suite(attack: dict[str, Any], threat: str, defense: str) -> bool:
-    key = json.dumps(attack, sort_keys=True)
-    return any(json.dumps(a, sort_keys=True) == key for a in suite(threat, defense))
 
 
 def grid_config(base: Any, strongest: dict[str, Any], nu: float, size: AuditSize, source: str) -> Any:
@@ -530,6 +505,14 @@ def run_audit(plan: AuditPlan, db: str | Path, progress: bool = True) -> dict[st
     return build_report(plan, db, grid, strongest)
 
 
+def _worst(entry: dict[str, Any] | None, what: str) -> dict[str, Any] | None:
+    """The worst case of a threat model's entry judged by `what`, with its cell key (None if none)."""
+    if entry is None or entry[f"worst_{what}"] is None:
+        return None
+    a = next(a for a in entry["attacks"] if a["attack"] == entry[f"worst_{what}"])
+    return {"attack": a["attack"], "cell_key": a["cell_key"], **a[what]}
+
+
 def build_report(
     plan: AuditPlan, db: str | Path, grid: Any, strongest: dict[str, Any] | None
 ) -> dict[str, Any]:
@@ -552,19 +535,12 @@ def build_report(
         base = cells.get("none", {}).get(t)
         if mine is None:
             continue
-
-        def pick(entry: dict[str, Any] | None, what: str) -> dict[str, Any] | None:
-            if entry is None or entry[f"worst_{what}"] is None:
-                return None
-            a = next(a for a in entry["attacks"] if a["attack"] == entry[f"worst_{what}"])
-            return {"attack": a["attack"], "cell_key": a["cell_key"], **a[what]}
-
         verdict[t] = {
             "headline": "vote",
-            "worst": pick(mine, "vote"),
-            "worst_observed": pick(mine, "observed"),
-            "worst_clean": None if remote else pick(mine, "clean"),
-            "undefended_worst": pick(base, "vote"),
+            "worst": _worst(mine, "vote"),
+            "worst_observed": _worst(mine, "observed"),
+            "worst_clean": None if remote else _worst(mine, "clean"),
+            "undefended_worst": _worst(base, "vote"),
             "attacks": len(mine["attacks"]),
         }
     first = next((r for r in results if r["defense"] == plan.defense), results[0] if results else {})

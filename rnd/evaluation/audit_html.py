@@ -103,28 +103,17 @@ def accuracy_figure(report: dict[str, Any]) -> str | None:
 
 
 def mu_nu_figure(report: dict[str, Any]) -> str | None:
+    """The mu x nu heatmaps of the strongest score attack, drawn as `rnd report` draws them."""
+    from rnd.evaluation.report import Heatmap, plot_heatmap
+
     g = report.get("mu_nu")
     if not g:
         return None
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-    for ax, what in zip(axes, ("vote", "observed"), strict=True):
-        grid = [[math.nan if v is None else v for v in row] for row in g[what]]
-        im = ax.imshow(grid, origin="lower", cmap="viridis", vmin=0, vmax=100, aspect="auto")
-        ax.set_xticks(range(len(g["nu"])), [f"{v:g}" for v in g["nu"]])
-        ax.set_yticks(range(len(g["mu"])), [f"{v:g}" for v in g["mu"]])
-        ax.set_xlabel("defense nu")
-        ax.set_ylabel("attacker mu")
-        ax.set_title(f"failure % ({what})", fontsize=10)
-        for i, row in enumerate(grid):
-            for j, v in enumerate(row):
-                if not math.isnan(v):
-                    ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=8,
-                            color="white" if v < 60 else "black")  # fmt: skip
-        fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.suptitle(f"mu x nu: {g['attack']} ({g['images']} images)", fontsize=10)
-    fig.tight_layout()
-    return _png(fig)
+    cols = {"observed": "failure_rate", "vote": "failure_rate_vote", "clean": "failure_rate_clean"}
+    rates = {col: [[math.nan if v is None else v for v in row] for row in g[k]] for k, col in cols.items()}
+    buf = io.BytesIO()
+    plot_heatmap(Heatmap(f"mu x nu: {g['attack']} ({g['images']} images)", g["mu"], g["nu"], rates), buf)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 def render(report: dict[str, Any]) -> str:

@@ -92,3 +92,20 @@ def summarize(values: Sequence[float]) -> tuple[float, float]:
     """Mean and sample standard deviation."""
     mean = sum(values) / len(values)
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / max(len(values) - 1, 1))
+
+
+def wilson(failures: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson interval of a failure rate, in % (NaN, NaN for no images)."""
+    if n <= 0:
+        return math.nan, math.nan
+    from rnd.theory.signflip import wilson_interval
+
+    lo, hi = wilson_interval(torch.tensor(float(failures)), n, z)
+    return 100.0 * float(lo), 100.0 * float(hi)
+
+
+def rate_interval(rate: float, n: int) -> tuple[float, float]:
+    """The Wilson interval of a failure rate given in % of `n` images (NaN for NaN)."""
+    if rate is None or math.isnan(rate):
+        return math.nan, math.nan
+    return wilson(round(rate * n / 100.0), n)

@@ -120,7 +120,7 @@ def check_remote(cells: list[Any], key: str | None = None) -> None:
     cell's attack and the data set's images fit its input; ConfigError naming `target` otherwise.
     Reads metadata only (no query is charged)."""
     from rnd.attacks import make_attack
-    from rnd.evaluation.sweep import _data, check_target
+    from rnd.evaluation.sweep import check_target, planned_data
 
     if not cells:
         return
@@ -134,15 +134,7 @@ def check_remote(cells: list[Any], key: str | None = None) -> None:
             hint = f"; set ${first.key_env} to the API key"
         raise ConfigError(f"target.url: {exc}{hint}") from None
     with oracle:
-        try:
-            data = _data(first)
-        except RndError as exc:
-            raise ConfigError(f"data.dataset: {exc}") from exc
-        if first.start >= len(data):
-            raise ConfigError(
-                f"data.start: {first.start} is past the end of {first.dataset}/{first.split} "
-                f"({len(data)} images); choose a start below {len(data)}"
-            )
+        data = planned_data(first)
         shape = tuple(data.get([0])[0].shape[1:])
         if shape != oracle.input_shape:
             raise ConfigError(

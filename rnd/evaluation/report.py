@@ -20,7 +20,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from rnd.evaluation.store import ResultsStore
 
@@ -112,7 +112,7 @@ def _fmt(v: float, digits: int = 1) -> str:
 def _ci(r: dict[str, Any], col: str, compact: bool = False) -> str:
     """A failure rate with its 95 % Wilson interval over the record's images (times its seeds):
     `51.0 [41.3, 60.6]`, or `51 [41-61]` when compact; `n/a` when not measured."""
-    from rnd.evaluation.audit import rate_interval
+    from rnd.evaluation.metrics import rate_interval
 
     v = r[col]
     if v is None or math.isnan(v):
@@ -170,7 +170,7 @@ def heatmaps(points: list[dict[str, Any]]) -> list[Heatmap]:
     return out
 
 
-def plot_heatmap(h: Heatmap, path: Path) -> None:
+def plot_heatmap(h: Heatmap, path: Path | BinaryIO) -> None:
     import matplotlib
 
     matplotlib.use("Agg")

@@ -353,15 +353,7 @@ def check_plan(cfg: Any, cells: list[Cell]) -> None:
         check_remote(cells)
         return
     d = cfg.data
-    try:
-        data = _data(cells[0])
-    except RndError as exc:
-        raise ConfigError(f"data.dataset: {exc}") from exc
-    if d.start >= len(data):
-        raise ConfigError(
-            f"data.start: {d.start} is past the end of {d.dataset}/{d.split} ({len(data)} images); "
-            f"choose a start below {len(data)}"
-        )
+    data = planned_data(cells[0])
     for i, m in enumerate(cfg.models):
         cell = next((c for c in cells if c.model == m.label), None)
         if cell is None:
@@ -443,6 +435,20 @@ def _data(cell: Cell) -> Any:
     if k not in _DATA:
         _DATA[k] = load_dataset(cell.dataset, cell.split, cell.data_root)
     return _DATA[k]
+
+
+def planned_data(cell: Cell) -> Any:
+    """The cell's data set, checked to hold `cell.start` (ConfigError naming the key otherwise)."""
+    try:
+        data = _data(cell)
+    except RndError as exc:
+        raise ConfigError(f"data.dataset: {exc}") from exc
+    if cell.start >= len(data):
+        raise ConfigError(
+            f"data.start: {cell.start} is past the end of {cell.dataset}/{cell.split} ({len(data)} images); "
+            f"choose a start below {len(data)}"
+        )
+    return data
 
 
 def select_images(cell: Cell) -> torch.Tensor:

@@ -105,6 +105,7 @@ def test_endpoint_sweep_refusals_change_nothing(served, tmp_path):
         (config(server.url), {ENV: key}, ["--runner", "ray"], "--runner inprocess"),
         ('output = "logits"\n' + config(server.url), {ENV: key}, [], 'output = "probs"'),
         (config(server.url).replace("/v2/models/tiny", "/v2/models/other"), {ENV: key}, [], "404"),
+        (config(server.url).replace("images = 4", "images = 4\nstart = 10000"), {ENV: key}, [], "data.start"),
     ]
     for text, env, extra, message in cases:
         cfg = tmp_path / "c.toml"

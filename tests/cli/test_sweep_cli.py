@@ -132,6 +132,7 @@ def test_quick_shrinks_the_sweep(folder, tmp_path):
         (lambda t: t.replace('checkpoint = "tiny"', 'checkpoint = "missing"'), "does not exist"),
         (lambda t: t.replace("mu = [0.005, 0.02]", "mu = []"), "empty grid"),
         (lambda t: t.replace("budget = 110", "budget = 5"), "more than the budget"),
+        (lambda t: t.replace("[data]", "[data]\nstart = 10000"), "data.start: 10000 is past the end"),
     ],
 )
 def test_failed_start_changes_nothing(folder, tmp_path, edit, message):

@@ -13,11 +13,10 @@ from rnd.evaluation.audit import (
     SCHEMA,
     AuditSize,
     query_curve,
-    rate_interval,
     strength_of,
     suite,
-    wilson,
 )
+from rnd.evaluation.metrics import rate_interval, wilson
 
 
 def names(entries: list[dict]) -> list[str]:
