@@ -33,6 +33,7 @@ from rnd._checks import check_bool, check_images, check_int, check_labels, check
 from rnd._rng import entropy_seed
 from rnd.errors import InputError
 from rnd.oracle import QueryOracle
+from rnd.progress import listener as progress_listener
 
 Norm = Literal["linf", "l2"]
 
@@ -257,14 +258,24 @@ class QueryAttack(ABC, Generic[S]):
         self.cur_mu = self.effective_mu(self.assumed_nu)
         self._device = device = images.device
         targets = None if targets is None else targets.to(device)
-        bar = tqdm(total=n, desc=self.name, disable=not self.progress, unit="img", leave=False)
+        # progress is counted in queries against the call's whole budget (n x budget), so the bar's
+        # time left holds for a defended batch whose images all run to the end of their budget
+        bar = tqdm(
+            total=n * oracle.budget,
+            desc=self.name,
+            disable=not self.progress,
+            unit="q",
+            unit_scale=True,
+            leave=False,
+        )
+        listener = progress_listener()
+        spent = 0
         try:
             with on_device(device):
+                host_ids = oracle.new_ids(n)  # the ledger's counts are read with these: no device sync
                 state = cast(
                     S,
-                    self.state_type(
-                        images.detach().clone(), labels.to(device), targets, oracle.new_ids(n).to(device)
-                    ),
+                    self.state_type(images.detach().clone(), labels.to(device), targets, host_ids.to(device)),
                 )
                 if self.min_budget > oracle.budget:
                     raise InputError(f"{self.cost_text()}, budget is {oracle.budget}; raise the budget")
@@ -273,12 +284,19 @@ class QueryAttack(ABC, Generic[S]):
                 while True:
                     active = self.active(state) & (oracle.remaining(state.ids) >= self.step_cost)
                     left = int(active.sum())  # the loop's one read-back per step
+                    if listener is not None or self.progress:
+                        now = int(oracle.counts_of(host_ids).sum())
+                        if listener is not None and now > spent:
+                            listener(now - spent)
+                        bar.update(now - spent)
+                        spent = now
                     newly = n - left - finished
                     if newly:
                         finished += newly
-                        bar.update(newly)
                         if self.progress:
-                            bar.set_postfix(success=f"{float(state.success.float().mean()):.2f}")
+                            bar.set_postfix(
+                                done=f"{finished}/{n}", success=f"{float(state.success.float().mean()):.2f}"
+                            )
                     if not left:
                         break
                     self.step(state, active.nonzero().flatten())

@@ -32,7 +32,8 @@ from tqdm.auto import tqdm
 from rnd.errors import RndError, unknown_name
 from rnd.evaluation.config import SweepConfig, quick_config
 from rnd.evaluation.store import ResultsStore, check_cells
-from rnd.evaluation.sweep import Cell, CellResult, check_plan, execute_cell, expand
+from rnd.evaluation.sweep import Cell, CellResult, cell_work, check_plan, execute_cell, expand
+from rnd.progress import listening
 
 log = logging.getLogger(__name__)
 
@@ -170,29 +171,44 @@ def run_sweep(
         sweep_id = store.register_sweep(
             plan.config.name, plan.config.source, plan.cells, quick=plan.quick, config_path=plan.config.path
         )
-        done_before = len(store.done_keys() & set(keys))
+        done = store.done_keys() & set(keys)
+        done_before = len(done)
         outcome = SweepOutcome(str(db), sweep_id, len(keys), done_before, 0)
         if done_before == len(keys):
             return outcome
+        # the bar counts work, each cell's at most images x budget queries, so its time left is
+        # an estimate from queries spent, not from a count of cells that differ a hundredfold in cost
+        work = {k: cell_work(by_key[k]) for k in keys if k not in done}
         bar = tqdm(
-            total=len(keys),
-            initial=done_before,
-            desc="cells",
-            unit="cell",
+            total=sum(work.values()),
+            desc=f"cells {done_before}/{len(keys)}",
+            unit="q",
+            unit_scale=True,
             disable=not progress,
             dynamic_ncols=True,
         )
         attempted: set[str] = set()
+        live = [0]  # queries reported by the running cell's attack (in-process runners only)
+
+        def on_queries(n: int) -> None:
+            bar.update(n)
+            live[0] += n
+
+        def finish(key: str) -> None:
+            bar.update(max(0, work[key] - live[0]))  # what the cell did not spend is done all the same
+            live[0] = 0
+            bar.set_description_str(f"cells {len(keys) - len(store.unfinished(keys))}/{len(keys)}")
 
         def claims() -> Iterator[Cell]:
             while (key := store.claim_next(keys, skip=attempted)) is not None:
                 attempted.add(key)
+                live[0] = 0
                 yield by_key[key]
 
         def on_result(result: CellResult) -> None:
             if store.record(result):
                 outcome.ran += 1
-                bar.update(1)
+                finish(result.key)
                 s = result.summary
                 bar.set_postfix_str(f"{result.cell.attack} {result.cell.defense} fail={s.failure_rate:.0f}%")
 
@@ -202,15 +218,18 @@ def run_sweep(
             log.debug("".join(traceback.format_exception(exc)))
             store.mark_failed(cell.key, msg)
             outcome.failed.append((cell.label(), msg))
+            finish(cell.key)
 
         try:
             while True:
-                runner.run(claims(), on_result, on_error)
+                with listening(on_queries):
+                    runner.run(claims(), on_result, on_error)
                 unfinished = store.unfinished(keys)
                 if unfinished.keys() <= attempted:
                     break
                 # the rest is claimed by other live processes (or freed since): wait, then try again
-                bar.n = len(keys) - len(unfinished)
+                bar.n = sum(w for k, w in work.items() if k not in unfinished)
+                bar.set_description_str(f"cells {len(keys) - len(unfinished)}/{len(keys)}")
                 bar.refresh()
                 time.sleep(poll_s)
         finally:

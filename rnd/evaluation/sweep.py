@@ -543,6 +543,11 @@ def _json_safe(value: Any) -> Any:
     return str(value)
 
 
+def cell_work(cell: Cell) -> int:
+    """The most queries a cell's attack can spend: images x per-image budget (its progress unit)."""
+    return cell.images * cell.budget
+
+
 def cell_attack(cell: Cell, assume: dict[str, Any], progress: bool = False) -> Any:
     """The cell's attack, seeded with `cell.seed` and told `assume` about the defense."""
     from rnd.attacks import make_attack

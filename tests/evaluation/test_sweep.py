@@ -192,3 +192,47 @@ def test_the_attacker_is_told_the_cells_defense(plan):
         execute_cell(plain).attack_params["assume"] == {}
         and execute_cell(plain).attack_params["mu_used"] == 0.05
     )
+
+
+class RecordingBar:
+    """Stands in for tqdm in the runner: records the total, every update and the descriptions."""
+
+    made: list[RecordingBar] = []
+
+    def __init__(self, total=None, initial=0, desc="", **_):
+        self.total, self.n, self.updates, self.descs = total, initial, [], [desc]
+        RecordingBar.made.append(self)
+
+    def update(self, k=1):
+        self.updates.append(k)
+        self.n += k
+
+    def set_description_str(self, s):
+        self.descs.append(s)
+
+    def set_postfix_str(self, s):
+        pass
+
+    def refresh(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_progress_counts_queries_against_the_pending_cells_budgets(plan, tmp_path, monkeypatch):
+    """The sweep bar's unit is queries: its total is images x budget over the cells not yet done,
+    it moves while a cell runs (the attack reports each step), and it ends exactly at its total."""
+    import rnd.evaluation.runner as runner_mod
+
+    monkeypatch.setattr(runner_mod, "tqdm", RecordingBar)
+    db = tmp_path / "p.sqlite"
+    run_sweep(replace(plan, cells=plan.cells[:1]), db, runner=InProcessRunner(threads=1), progress=True)
+    RecordingBar.made.clear()
+    out = run_sweep(plan, db, runner=InProcessRunner(threads=1), progress=True)
+    assert (out.skipped, out.ran) == (1, 3)
+    (bar,) = RecordingBar.made
+    assert bar.total == 3 * 4 * 150  # three pending cells of 4 images, 150 queries each
+    assert bar.n == bar.total and all(k >= 0 for k in bar.updates)
+    assert len(bar.updates) > 3 * 2  # live reports within cells, not one jump per cell
+    assert bar.descs[0] == "cells 1/4" and bar.descs[-1] == "cells 4/4"
