@@ -37,13 +37,15 @@ from rnd.cli.checks import (
     allow_mismatch_option,
     check_model_data,
 )
+from rnd.cli.models import given_meta, load_spec
 from rnd.data import DATASETS, load_dataset
 from rnd.defenses import rnd_nu
 from rnd.errors import ConfigError, InputError, unknown_name
 from rnd.evaluation.attack_eval import AttackEvaluation, table_columns
 from rnd.evaluation.config import bound_text
 from rnd.evaluation.tables import format_table
-from rnd.models import load_model, read_meta
+from rnd.models import read_meta
+from rnd.models.source import model_label
 
 #: Constructor arguments set by the CLI's own options, never through --param.
 COMMON_KEYS = ("eps", "norm", "mu", "loss", "targeted", "eot", "mu_nu_ratio", "seed", "progress")
@@ -503,17 +505,17 @@ def attack(
         source = ModelSpec(label=path.name, checkpoint=str(path))
         trained_on, where, shown = read_meta(path).dataset, f"checkpoint {path}", str(path)
     else:
-        model, info = load_model(model_spec, weights, meta=model_meta)
-        spec_text = model_spec if info.kind == "factory" else str(Path(model_spec).expanduser())
+        loaded = load_spec(model_spec, weights, model_meta)
+        model, info = loaded.model, loaded.info
         source = ModelSpec(
-            label=model_spec.rpartition(":")[2] if info.kind == "factory" else Path(spec_text).stem,
-            checkpoint=spec_text,
-            weights=None if weights is None else str(weights),
-            model_meta=json.dumps(model_meta, sort_keys=True, separators=(",", ":")) if model_meta else None,
+            label=model_label(loaded.spec, info.kind),
+            checkpoint=loaded.spec,
+            weights=loaded.weights,
+            model_meta=loaded.meta_json,
             given_as="model",
         )
         # a model that does not say what it was trained on is not refused for the data set's name
-        trained_on, where, shown = info.dataset or data.name, f"model {model_spec}", info.describe()
+        trained_on, where, shown = info.dataset or data.name, loaded.where, info.describe()
     check_model_data(model, trained_on, data, allow_mismatch=allow_mismatch, where=where)
     for spec in specs:
         try:
@@ -615,9 +617,7 @@ def model_options(
     num_classes: int | None,
 ) -> dict[str, Any]:
     """Check --checkpoint / --model and their companions; the metadata --input-shape and
-    --num-classes give (checked by `rnd.models.source.check_meta`), {} when neither is given."""
-    from rnd.models.source import check_meta
-
+    --num-classes give, {} when neither is given."""
     if checkpoint is not None and model_spec is not None:
         raise InputError("give --checkpoint or --model, not both (--model also takes a checkpoint path)")
     if model_spec is None:
@@ -629,15 +629,7 @@ def model_options(
             if value is not None:
                 raise InputError(f"{name} goes with --model SPEC (your own model)")
         return {}
-    meta: dict[str, Any] = {}
-    if input_shape is not None:
-        try:
-            meta["input_shape"] = [int(v) for v in input_shape.split(",")]
-        except ValueError:
-            raise InputError(f"--input-shape takes C,H,W (e.g. 1,28,28), got {input_shape!r}") from None
-    if num_classes is not None:
-        meta["num_classes"] = num_classes
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in check_meta(meta, "--model").items()}
+    return given_meta(input_shape, num_classes)
 
 
 def extra_params(loss: str, mu_nu_ratio: float | None) -> dict[str, Any]:

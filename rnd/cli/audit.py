@@ -11,11 +11,14 @@ import click
 
 from rnd.cli.app import main, progress_option
 from rnd.cli.checks import MAX_IMAGES, check_writable_dir, count, seed_option
+from rnd.cli.models import data_options, given_meta, model_source_options
 from rnd.evaluation.config import MAX_BUDGET
 
 
 @main.command()
-@click.argument("model", required=False, type=click.Path(path_type=Path))
+@click.argument("model", required=False, metavar="[MODEL]")
+@model_source_options
+@data_options
 @click.option("--url", default=None, help="audit a served endpoint instead (BASE/v2/models/NAME)")
 @click.option("--key", envvar="RND_KEY", default=None, help="API key for --url (or $RND_KEY)")
 @click.option(
@@ -47,7 +50,12 @@ from rnd.evaluation.config import MAX_BUDGET
 @seed_option
 @progress_option
 def audit(
-    model: Path | None,
+    model: str | None,
+    weights: Path | None,
+    input_shape: str | None,
+    num_classes: int | None,
+    dataset: str | None,
+    data_root: Path | None,
     url: str | None,
     key: str | None,
     assume_defense: str | None,
@@ -63,7 +71,11 @@ def audit(
     progress: bool,
 ) -> None:
     """Calibrate the defense to --max-drop, run every attack of the threat model and its adaptive
-    forms, and write OUT/report.html and OUT/report.json (resumable: rerun to continue)."""
+    forms, and write OUT/report.html and OUT/report.json (resumable: rerun to continue).
+
+    MODEL is an rnd checkpoint [default: the Fashion-MNIST CNN, trained if missing], a TorchScript
+    file (with a model.json sidecar or --input-shape / --num-classes) or package.module:factory
+    (with --weights); --url audits a served endpoint instead."""
     from rnd.errors import InputError
     from rnd.evaluation.audit import AuditRequest, AuditSize, plan_audit, run_audit, write_json
     from rnd.evaluation.audit_html import write_html
@@ -77,12 +89,21 @@ def audit(
     check_writable_dir(out, "--out")
     db = db or out / "audit.sqlite"
     check_location(db)
+    meta = given_meta(input_shape, num_classes)
+    if url is not None and (weights is not None or meta):
+        raise InputError(
+            "--weights, --input-shape and --num-classes describe a local MODEL; drop them for --url"
+        )
     checkpoint = None
     if url is None:
         from rnd.evaluation.demo import load_or_train_default
+        from rnd.models.source import model_kind
 
-        _, path = load_or_train_default(model, progress)
-        checkpoint = str(path)
+        if model is None or model_kind(model) == "checkpoint":
+            _, path = load_or_train_default(model, progress)  # a named checkpoint must exist
+            checkpoint = str(path)
+        else:
+            checkpoint = model
     if url is not None and key is not None:
         os.environ["RND_KEY"] = key  # the endpoint cells read their key from $RND_KEY, in this process
     req = AuditRequest(
@@ -95,6 +116,10 @@ def audit(
         seed=seed,
         assume=assume_defense,
         quick=quick,
+        dataset=dataset,
+        weights=None if weights is None else str(weights),
+        model_meta=meta,
+        data_root=None if data_root is None else str(data_root),
     )
     plan = plan_audit(req)  # everything checked and calibrated; nothing written yet
     click.echo(

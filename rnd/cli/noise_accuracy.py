@@ -15,10 +15,12 @@ from tqdm.auto import tqdm
 
 from rnd.cli.app import json_option, main, progress_option
 from rnd.cli.checks import MAX_COUNT, MAX_IMAGES, FiniteFloat, check_writable_file, count, seed_option
+from rnd.cli.models import data_options, given_meta, load_spec, model_source_options
 from rnd.data import load_dataset
 from rnd.data.base import ImageDataset
 from rnd.defenses import DefenseSpec
 from rnd.errors import InputError
+from rnd.evaluation.compat import check_model_data
 from rnd.evaluation.noise_accuracy import (
     DEFAULT_GRIDS,
     RND,
@@ -36,8 +38,10 @@ from rnd.evaluation.noise_accuracy import (
 from rnd.models import checkpoint_paths, load_checkpoint
 
 
-def _held_out(dataset: str, images: int | None, offset: int) -> tuple[ImageDataset, torch.Tensor | None]:
-    data = load_dataset(dataset, "test")
+def _held_out(
+    dataset: str, images: int | None, offset: int, root: Path | None = None
+) -> tuple[ImageDataset, torch.Tensor | None]:
+    data = load_dataset(dataset, "test", root)
     if offset >= len(data):
         raise InputError(f"--offset {offset} is past the end of the {len(data)} {dataset} test images")
     if images is None and offset == 0:
@@ -75,9 +79,14 @@ def flatten(lists: tuple[list[float], ...]) -> list[float]:
 def forward_progress(
     models: list[nn.Module], desc: str, enabled: bool, total: int | None = None
 ) -> Iterator[None]:
-    """A progress bar of images forwarded through `models` (forward hooks), removed afterwards."""
+    """A progress bar of images forwarded through `models` (forward hooks), removed afterwards;
+    a TorchScript model takes no hooks, so its forwards are not counted."""
     with tqdm(total=total, desc=desc, unit="img", disable=not enabled) as bar:
-        hooks = [m.register_forward_hook(lambda _m, _i, out: bar.update(len(out))) for m in models]
+        hooks = [
+            m.register_forward_hook(lambda _m, _i, out: bar.update(len(out)))
+            for m in models
+            if not isinstance(m, torch.jit.ScriptModule)
+        ]
         try:
             yield
         finally:
@@ -163,7 +172,9 @@ def _grids_help() -> str:
 
 
 @main.command()
-@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.argument("model", metavar="MODEL")
+@model_source_options
+@data_options
 @click.option(
     "--defense",
     "defense",
@@ -216,7 +227,12 @@ def _grids_help() -> str:
 @json_option
 @progress_option
 def calibrate(
-    checkpoint: Path,
+    model: str,
+    weights: Path | None,
+    input_shape: str | None,
+    num_classes: int | None,
+    dataset: str | None,
+    data_root: Path | None,
     defense: str,
     param: str | None,
     max_drop: float,
@@ -231,7 +247,10 @@ def calibrate(
     progress: bool,
 ) -> None:
     """The largest strength (RND's nu by default) whose clean-accuracy drop stays within --max-drop
-    (upper confidence bound), and the defense spec to use."""
+    (upper confidence bound), and the defense spec to use.
+
+    MODEL is an rnd checkpoint, a TorchScript file or package.module:factory (with --weights); the
+    held-out images are --dataset's, by default the data set the model names."""
     name = defense.partition(":")[0].strip()
     if param is None:
         param = next((p for d, p in DEFAULT_GRIDS if d == name), "nu")  # the first gridded one
@@ -243,18 +262,22 @@ def calibrate(
         if (spec.name, param) not in DEFAULT_GRIDS:
             raise InputError(f"no default grid for {spec.name} {param}; give --grid values")
         values = list(DEFAULT_GRIDS[spec.name, param])
-    model, meta = load_checkpoint(checkpoint)
-    data, idx = _held_out(meta.dataset, images, offset)
+    loaded = load_spec(model, weights, given_meta(input_shape, num_classes))
+    net, info = loaded.model, loaded.info
+    dataset = dataset or info.dataset or "fashion-mnist"
+    data, idx = _held_out(dataset, images, offset, data_root)
+    # a model that does not say what it was trained on is not refused for the data set's name
+    check_model_data(net, info.dataset or data.name, data, where=loaded.where)
     kwargs = dict(grid=values, refine=refine, draws=draws, confidence=confidence, seed=seed, indices=idx)
-    with forward_progress([model], "calibrate", progress):
+    with forward_progress([net], "calibrate", progress):
         if spec == RND and param == "nu":
-            cal: Calibration | DefenseCalibration = calibrate_nu(model, data, max_drop, **kwargs)
+            cal: Calibration | DefenseCalibration = calibrate_nu(net, data, max_drop, **kwargs)
         else:
-            cal = calibrate_defense(model, data, spec, param, max_drop, **kwargs)
+            cal = calibrate_defense(net, data, spec, param, max_drop, **kwargs)
     if as_json:
         click.echo(json.dumps(dataclasses.asdict(cal), indent=2))
         return
-    _print_calibration(cal, spec, param, meta.dataset, draws)
+    _print_calibration(cal, spec, param, dataset, draws)
 
 
 def _value(m: DropMeasure | ParamDrop) -> float:

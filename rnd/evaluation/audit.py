@@ -198,9 +198,14 @@ def audit_config(
     dataset: str,
     source: str,
     output: str = "probs",
+    weights: str | None = None,
+    model_meta: dict[str, Any] | None = None,
+    given_as: str = "checkpoint",
+    data_root: str | None = None,
 ) -> Any:
     """The `SweepConfig` of an audit's suite (both the defense and, for a local model, `none`);
-    `output` is what score attacks see (an endpoint's own)."""
+    `output` is what score attacks see (an endpoint's own); `checkpoint` is any model spec, with
+    its `weights` and given `model_meta`."""
     from rnd.evaluation.config import AttackSpec, DataSpec, ModelSpec, SweepConfig
 
     remote = target is not None
@@ -226,10 +231,24 @@ def audit_config(
             )
     return SweepConfig(
         name=f"rnd audit {label}",
-        models=() if remote else (ModelSpec(label=label, checkpoint=str(checkpoint)),),
+        models=()
+        if remote
+        else (
+            ModelSpec(
+                label=label,
+                checkpoint=str(checkpoint),
+                weights=weights,
+                model_meta=json.dumps(model_meta, sort_keys=True, separators=(",", ":"))
+                if model_meta
+                else None,
+                given_as=given_as,
+            ),
+        ),
         attacks=tuple(attacks),
         defenses=defenses,
-        data=DataSpec(dataset=dataset, images=size.images, accuracy_images=size.accuracy_images),
+        data=DataSpec(
+            dataset=dataset, root=data_root, images=size.images, accuracy_images=size.accuracy_images
+        ),
         seeds=(seed,),
         budget=size.budget,
         output=output,
@@ -379,17 +398,20 @@ def write_json(report: dict[str, Any], path: Path) -> None:
 class AuditRequest:
     """What `rnd audit` was asked (the JSON of it identifies the audit's sweep in the store)."""
 
-    checkpoint: str | None
+    checkpoint: str | None  # the model spec (`rnd.models.load_model`): checkpoint, TorchScript, factory
     url: str | None
     defense: str = "rnd"
     max_drop: float = 1.0
     threat: str = "both"
     size: AuditSize = field(default_factory=AuditSize)
     seed: int = 0
-    dataset: str = "fashion-mnist"
+    dataset: str | None = None  # None: the data set the model names, else fashion-mnist
     key_env: str = "RND_KEY"
     assume: str | None = None
     quick: bool = False
+    weights: str | None = None  # a factory model's safetensors weights
+    model_meta: dict[str, Any] = field(default_factory=dict)  # input_shape / num_classes given for it
+    data_root: str | None = None  # the data set's folder (CIFAR-10, an ImageNet-style folder)
 
 
 def plan_audit(req: AuditRequest) -> AuditPlan:
@@ -421,24 +443,33 @@ def plan_audit(req: AuditRequest) -> AuditPlan:
             url=f"{base}/v2/models/{name}", label=name, key_env=req.key_env, assume=req.assume
         )
         defense, label, checkpoint = "remote", name, None
+        dataset = request["dataset"] = req.dataset or "fashion-mnist"
         output = _endpoint_output(target, req.threat)
     else:
         from rnd.data import load_dataset
         from rnd.defenses import build_defense
-        from rnd.models import load_checkpoint
+        from rnd.evaluation.compat import check_model_data
+        from rnd.models import load_model
+        from rnd.models.source import model_label
 
-        model, meta = load_checkpoint(str(req.checkpoint))
-        request["checkpoint_sha256"] = meta.sha256
+        spec_text = str(req.checkpoint)
+        model, info = load_model(spec_text, req.weights, meta=req.model_meta)
+        request["checkpoint_sha256"] = info.sha256
+        dataset = request["dataset"] = req.dataset or info.dataset or "fashion-mnist"
+        data = load_dataset(dataset, "test", req.data_root)
+        # a model that does not say what it was trained on is not refused for the data set's name
+        check_model_data(model, info.dataset or data.name, data, where=f"model {spec_text}")
         spec, param = strength_of(req.defense)
         if param is None:
             build_defense(spec, model, seed=0)  # a bad name or parameter fails here
             defense = spec
         else:
-            data = load_dataset(req.dataset, "test")
             defense, calibration = calibrate(
                 model, data, spec, param, req.max_drop, size.accuracy_images, req.seed
             )
-        target, label, checkpoint = None, Path(str(req.checkpoint)).name, str(req.checkpoint)
+        # a checkpoint keeps its folder's name (the cells' model label), any other model its stem
+        label = Path(spec_text).name if info.kind == "checkpoint" else model_label(spec_text, info.kind)
+        target, checkpoint = None, spec_text
         output = "probs"
     cfg = audit_config(
         label=label,
@@ -448,9 +479,13 @@ def plan_audit(req: AuditRequest) -> AuditPlan:
         threat=req.threat,
         size=size,
         seed=req.seed,
-        dataset=req.dataset,
+        dataset=dataset,
         source=source_text(request),
         output=output,
+        weights=req.weights,
+        model_meta=req.model_meta,
+        given_as="checkpoint" if req.url is not None or info.kind == "checkpoint" else "model",
+        data_root=req.data_root,
     )
     sweep = plan_sweep(cfg)  # expands the grid (budgets checked), checks the model / endpoint and data
     return AuditPlan(config=cfg, defense=defense, calibration=calibration, request=request, sweep=sweep)

@@ -215,6 +215,11 @@ def load_model(
 
 
 # -- metadata ---------------------------------------------------------------------------------------
+def model_label(spec: str, kind: str) -> str:
+    """A model's label in cells and reports: a factory's function name, a file's stem."""
+    return spec.rpartition(":")[2] if kind == "factory" else Path(spec).stem
+
+
 def check_meta(raw: Mapping[str, Any], where: str) -> dict[str, Any]:
     """Validated metadata fields (see META_FIELDS); InputError naming the bad one."""
     unknown = sorted(set(raw) - set(META_FIELDS))

@@ -103,6 +103,37 @@ def test_a_rerun_sends_nothing_and_writes_the_same_report(audited, checkpoint):
     assert comparable_content(out / "audit.sqlite") == before
 
 
+def test_your_own_model_audits_as_its_checkpoint_does(audited, tiny_model, tmp_path):
+    """MODEL may be a TorchScript file: the same weights give the same calibration and verdicts as
+    the checkpoint; the report names the file's sha256 and its stem."""
+    import hashlib
+
+    import torch
+
+    traced = tmp_path / "tiny.pt"
+    torch.jit.save(torch.jit.trace(tiny_model, torch.rand(2, 1, 28, 28)), traced)
+    out = tmp_path / "ts"
+    res = run_cli(str(traced), "--input-shape", "1,28,28", "--num-classes", "10", *ARGS, "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    mine, want = (json.loads((d / "report.json").read_text()) for d in (out, audited[0]))
+    check_schema(mine)
+    assert mine["request"]["checkpoint_sha256"] == hashlib.sha256(traced.read_bytes()).hexdigest()
+    assert mine["calibration"] == want["calibration"] and mine["defense"] == want["defense"]
+
+    def numbers(report: dict) -> dict:
+        return {
+            t: {
+                k: {f: w[f] for f in ("attack", "failure", "low", "high")}
+                for k, w in v.items()
+                if isinstance(w, dict)
+            }
+            for t, v in report["verdict"].items()
+        }
+
+    assert numbers(mine) == numbers(want)
+    assert mine["model"]["label"] == "tiny"
+
+
 @pytest.mark.slow
 def test_sigkill_at_a_random_point_then_rerun_gives_the_uninterrupted_report(audited, checkpoint, tmp_path):
     out, _ = audited
@@ -163,6 +194,10 @@ def test_an_endpoint_audit_marks_what_it_cannot_measure(tiny_model, tmp_path):
 
 
 def test_bad_input_changes_nothing(checkpoint, tiny_model, tmp_path):
+    import torch
+
+    bare = tmp_path / "bare.pt"  # a TorchScript file that does not say its input shape
+    torch.jit.save(torch.jit.trace(tiny_model, torch.rand(2, 1, 28, 28)), bare)
     store = KeyStore(tmp_path / "keys.sqlite")
     store.add("auditor", budget=1000)
     app = create_app(tiny_model, build_defense("none", tiny_model), name="tiny", keys=store)
@@ -177,6 +212,10 @@ def test_bad_input_changes_nothing(checkpoint, tiny_model, tmp_path):
             ([str(checkpoint), "--defense", "rnd:nu=-1"], "nu"),
             ([str(checkpoint), "--assume-defense", "rnd:nu=0.02"], "--url"),
             ([str(checkpoint), "--url", f"{served.url}/v2/models/tiny"], "not both"),
+            ([str(checkpoint), "--weights", str(tmp_path / "w.safetensors")], "holds its own weights"),
+            ([str(bare)], "no input shape known"),
+            (["--url", f"{served.url}/v2/models/tiny", "--num-classes", "10"], "describe a local MODEL"),
+            (["no_such_module_here:make"], "no_such_module_here"),
         ]
         for args, words in cases:
             res = CliRunner().invoke(main, ["audit", *args, "--out", str(out), "--no-progress"])

@@ -106,3 +106,39 @@ def test_a_bad_fixed_parameter_is_refused_before_measuring(checkpoint, monkeypat
         result.exit_code == 2
         and "no feature layer 'stage9'; choose from: stage1, stage2, penultimate" in result.stderr
     )
+
+
+def test_your_own_model_calibrates_as_its_checkpoint_does(checkpoint, tiny_model, tmp_path):
+    """`rnd calibrate MODEL` takes a TorchScript file or a factory like a checkpoint: the same
+    weights give the same measurements; the data set is the model's, else --dataset's."""
+    import sys
+
+    import torch
+    from safetensors.torch import save_file
+
+    traced = tmp_path / "net.pt"
+    torch.jit.save(torch.jit.trace(tiny_model, torch.rand(2, 1, 28, 28)), traced)
+    arch, kwargs = tiny_model.arch_name, dict(tiny_model.arch_kwargs)
+    (tmp_path / "calnets.py").write_text(
+        "from rnd.models.registry import build_from_arguments\n"
+        f"def make():\n    return build_from_arguments({arch!r}, {kwargs!r})\n"
+    )
+    save_file(tiny_model.state_dict(), str(tmp_path / "w.safetensors"))
+    args = ("--grid", "0.01,0.05,0.2", "--max-drop", 3, *FAST, "--json")
+    want = json.loads(run("calibrate", checkpoint, *args).stdout)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        for model in (
+            [traced, "--input-shape", "1,28,28", "--num-classes", 10],
+            ["calnets:make", "--weights", tmp_path / "w.safetensors", "--dataset", "fashion-mnist"],
+        ):
+            res = run("calibrate", *model, *args)
+            assert res.exit_code == 0, res.output
+            assert json.loads(res.stdout) == want
+        bad = run("calibrate", checkpoint, "--weights", tmp_path / "w.safetensors", *FAST)
+        assert bad.exit_code == 2 and "holds its own weights" in bad.output
+        bare = run("calibrate", traced, *FAST)  # a TorchScript file without its shape
+        assert bare.exit_code == 2 and "no input shape known" in bare.output
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("calnets", None)
