@@ -257,17 +257,51 @@ def audit_config(
     )
 
 
-def grid_config(base: Any, strongest: dict[str, Any], nu: float, size: AuditSize, source: str) -> Any:
-    """The mu x nu picture of the strongest score attack: its default mu times `MU_FACTORS` against
-    RND at `nu` times `NU_FACTORS`, on `size.grid_images` images."""
+def grid_strength(defense: str) -> tuple[str, float] | None:
+    """(param, value) of the audited defense's strength, the grid's column axis: nu for RND and
+    low-confidence, sigma for feature noise; None for a defense without one (or an endpoint's)."""
+    from rnd.defenses import DEFENSES, DefenseSpec
+
+    if defense == "remote":
+        return None
+    spec = DefenseSpec.parse(defense)
+    param = STRENGTH.get(spec.name)
+    cls = DEFENSES.get(spec.name)
+    value = spec.params.get(param) if param is not None else None
+    if cls is None or not cls.randomised or not isinstance(value, int | float) or not value:
+        return None
+    return param, float(value)  # type: ignore[return-value]
+
+
+def strength_value(defense: str, param: str) -> float:
+    """A grid cell's column: the strength `param` of its defense (0 for `none`)."""
+    from rnd.defenses import DefenseSpec
+
+    value = DefenseSpec.parse(defense).params.get(param, 0.0)
+    return float(value)
+
+
+def grid_config(base: Any, strongest: dict[str, Any], defense: str, size: AuditSize, source: str) -> Any:
+    """The mu x strength picture of the strongest score attack: its default mu times `MU_FACTORS`
+    against the audited `defense` with its strength (`grid_strength`) times `NU_FACTORS` (0: none),
+    on `size.grid_images` images."""
     from rnd.attacks import ATTACKS
+    from rnd.defenses import DefenseSpec, canonical_defense
     from rnd.evaluation.config import AttackSpec
 
+    param, value = grid_strength(defense)  # type: ignore[misc]
+    spec = DefenseSpec.parse(defense)
     default_mu = ATTACKS[strongest["attack"]].default_mu[strongest["norm"]]
-    defenses = tuple(dict.fromkeys("none" if f == 0 else f"rnd:nu={nu * f:.6g}" for f in NU_FACTORS))
-    from rnd.defenses import canonical_defense
-
-    defenses = tuple(canonical_defense(d) for d in defenses)
+    defenses = tuple(
+        dict.fromkeys(
+            "none"
+            if f == 0
+            else canonical_defense(
+                str(DefenseSpec(spec.name, {**spec.params, param: float(f"{value * f:.6g}")}))
+            )
+            for f in NU_FACTORS
+        )
+    )
     return replace(
         base,
         name=base.name + " (mu x nu)",
@@ -512,9 +546,9 @@ def _endpoint_output(target: Any, threat: str) -> str:
 
 
 def run_audit(plan: AuditPlan, db: str | Path, progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) the audit's cells in `db`, then the mu x nu grid of the strongest score
-    attack (RND only); returns the report (see `write_json`; schema in docs/audit-report.md)."""
-    from rnd.defenses import rnd_nu
+    """Run (or resume) the audit's cells in `db`, then the mu x strength grid of the strongest
+    score attack (defenses with a strength: RND, feature noise, low-confidence); returns the
+    report (see `write_json`; schema in docs/audit-report.md)."""
     from rnd.evaluation.runner import plan_sweep, run_sweep
     from rnd.evaluation.store import ResultsStore
 
@@ -523,11 +557,10 @@ def run_audit(plan: AuditPlan, db: str | Path, progress: bool = True) -> dict[st
     with ResultsStore(db, readonly=True) as store:
         results = [r for r in store.results() if r["key"] in keys]
     grid = None
-    nu = rnd_nu(plan.defense) if plan.defense != "remote" else None
     strongest = strongest_score_attack(results, plan.defense)
-    if strongest is not None and nu:
+    if strongest is not None and grid_strength(plan.defense) is not None:
         size = AuditSize(**plan.request["size"])
-        gcfg = grid_config(plan.config, strongest, nu, size, plan.config.source)
+        gcfg = grid_config(plan.config, strongest, plan.defense, size, plan.config.source)
         gplan = plan_sweep(gcfg)
         outcomes.append(run_sweep(gplan, db, progress=progress))
         grid = gplan
@@ -604,13 +637,13 @@ def build_report(
         "db": str(db),
     }
     if grid is not None and strongest is not None:
-        from rnd.defenses import rnd_nu
         from rnd.evaluation.report import effective_mu
 
+        param, _ = grid_strength(plan.defense)  # type: ignore[misc]
         g = [by_key[k] for k in gkeys if k in by_key]
         mus = sorted({effective_mu(r) for r in g})
-        nus = sorted({rnd_nu(r["defense"]) or 0.0 for r in g})
-        at = {(effective_mu(r), rnd_nu(r["defense"]) or 0.0): r for r in g}
+        nus = sorted({strength_value(r["defense"], param) for r in g})
+        at = {(effective_mu(r), strength_value(r["defense"], param)): r for r in g}
 
         def matrix(col: str) -> list[list[float | None]]:
             return [[at[(m, n)][col] if (m, n) in at else None for n in nus] for m in mus]
@@ -619,6 +652,7 @@ def build_report(
             "attack": f"{strongest['attack']} {strongest['norm']} eps={strongest['eps']:g}",
             "chosen_from": strongest["cell_key"],
             "images": plan.request["size"]["grid_images"],
+            "param": param,
             "mu": mus,
             "nu": nus,
             "observed": matrix("failure_rate"),

@@ -3,7 +3,7 @@ CSS, no script, no request leaves the machine) drawn from the report dict of `rn
 
 Sections: the verdict per threat model (worst case over attacks, by vote, with its 95 % interval
 and cell key), the clean accuracy against the defense's strength (the calibration), failure rate
-against queries for each attack, the mu x nu picture of the strongest score attack, and every
+against queries for each attack, the mu x strength picture of the strongest score attack, and every
 attack's three failure rates with intervals and cell keys.
 """
 
@@ -103,7 +103,7 @@ def accuracy_figure(report: dict[str, Any]) -> str | None:
 
 
 def mu_nu_figure(report: dict[str, Any]) -> str | None:
-    """The mu x nu heatmaps of the strongest score attack, drawn as `rnd report` draws them."""
+    """The mu x strength heatmaps of the strongest score attack, drawn as `rnd report` draws them."""
     from rnd.evaluation.report import Heatmap, plot_heatmap
 
     g = report.get("mu_nu")
@@ -112,7 +112,9 @@ def mu_nu_figure(report: dict[str, Any]) -> str | None:
     cols = {"observed": "failure_rate", "vote": "failure_rate_vote", "clean": "failure_rate_clean"}
     rates = {col: [[math.nan if v is None else v for v in row] for row in g[k]] for k, col in cols.items()}
     buf = io.BytesIO()
-    plot_heatmap(Heatmap(f"mu x nu: {g['attack']} ({g['images']} images)", g["mu"], g["nu"], rates), buf)
+    param = g.get("param", "nu")
+    title = f"mu x {param}: {g['attack']} ({g['images']} images)"
+    plot_heatmap(Heatmap(title, g["mu"], g["nu"], rates, strength=param), buf)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
@@ -179,11 +181,12 @@ def render(report: dict[str, Any]) -> str:
             ]
     fig = mu_nu_figure(report)
     if fig:
+        param = report["mu_nu"].get("param", "nu")
         parts += [
-            "<h2>mu x nu for the strongest score attack</h2>",
-            "<p class='note'>Rows: the attacker's probe size mu; columns: RND's nu (0: undefended). "
-            "RND helps where nu is large against mu.</p>",
-            f"<img alt='mu x nu' src='{fig}'>",
+            f"<h2>mu x {e(param)} for the strongest score attack</h2>",
+            "<p class='note'>Rows: the attacker's probe size mu; columns: the defense's "
+            f"{e(param)} (0: undefended). Noise helps where it is large against mu.</p>",
+            f"<img alt='mu x {e(param)}' src='{fig}'>",
         ]
     parts.append("<h2>Every attack</h2>")
     for defense, by_threat in report["cells"].items():

@@ -132,6 +132,7 @@ class Heatmap:
     nu: list[float]
     rates: dict[str, list[list[float]]]  # metric -> [mu index][nu index]
     file: str = ""
+    strength: str = "nu"  # the columns' defense parameter (sigma for feature noise)
 
 
 @dataclass
@@ -182,7 +183,7 @@ def plot_heatmap(h: Heatmap, path: Path | BinaryIO) -> None:
         im = ax.imshow(grid, origin="lower", cmap="viridis", vmin=0, vmax=100, aspect="auto")
         ax.set_xticks(range(len(h.nu)), [f"{v:g}" for v in h.nu])
         ax.set_yticks(range(len(h.mu)), [f"{v:g}" for v in h.mu])
-        ax.set_xlabel("defense nu (log-spaced grid)")
+        ax.set_xlabel(f"defense {h.strength} (log-spaced grid)")
         ax.set_ylabel("attacker mu (log-spaced grid)")
         ax.set_title(f"failure % ({label})", fontsize=10)
         for i, row in enumerate(grid):

@@ -134,6 +134,35 @@ def test_your_own_model_audits_as_its_checkpoint_does(audited, tiny_model, tmp_p
     assert mine["model"]["label"] == "tiny"
 
 
+def test_a_feature_noise_audit_draws_mu_against_sigma(audited, checkpoint, tmp_path):
+    """Another random defense gets the grid on its own strength (sigma); a given spec is not
+    calibrated; the undefended cells already in the store are reused, not rerun."""
+    import shutil
+
+    out = tmp_path / "fn"
+    out.mkdir()
+    shutil.copy(audited[0] / "audit.sqlite", out / "audit.sqlite")
+    con = sqlite3.connect(out / "audit.sqlite")
+    before = con.execute("SELECT key, updated_at FROM cells WHERE defense = 'none'").fetchall()
+    con.close()
+    res = run_cli(str(checkpoint), *ARGS, "--defense", "feature-noise:sigma=0.5", "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    report = json.loads((out / "report.json").read_text())
+    check_schema(report)
+    assert report["defense"] == "feature-noise:sigma=0.5" and report["calibration"] is None
+    g = report["mu_nu"]
+    assert g["param"] == "sigma" and g["nu"] == [0.0, 0.25, 0.5, 1.0] and len(g["mu"]) == 3
+    con = sqlite3.connect(out / "audit.sqlite")
+    defense_of = dict(con.execute("SELECT key, defense FROM cells"))
+    after = con.execute("SELECT key, updated_at FROM cells WHERE defense = 'none'").fetchall()
+    con.close()
+    assert set(before) <= set(after)  # the undefended cells were not rerun
+    assert [defense_of[k] for k in g["cell_keys"][0]] == [
+        "none", "feature-noise:sigma=0.25", "feature-noise:sigma=0.5", "feature-noise:sigma=1.0",
+    ]  # fmt: skip
+    assert "mu x sigma" in (out / "report.html").read_text()
+
+
 @pytest.mark.slow
 def test_sigkill_at_a_random_point_then_rerun_gives_the_uninterrupted_report(audited, checkpoint, tmp_path):
     out, _ = audited

@@ -12,8 +12,10 @@ from rnd.errors import InputError
 from rnd.evaluation.audit import (
     SCHEMA,
     AuditSize,
+    grid_strength,
     query_curve,
     strength_of,
+    strength_value,
     suite,
 )
 from rnd.evaluation.metrics import rate_interval, wilson
@@ -51,6 +53,15 @@ def test_strength_is_calibrated_only_when_the_spec_leaves_it_open():
     assert strength_of("rnd:nu=0.02") == ("rnd:nu=0.02", None)
     assert strength_of("feature-noise:layers=stages") == ("feature-noise:layers=stages", "sigma")
     assert strength_of("aaa") == ("aaa", None)
+
+
+def test_the_grid_varies_each_random_defense_by_its_own_strength():
+    assert grid_strength("rnd:nu=0.0525") == ("nu", 0.0525)
+    assert grid_strength("feature-noise:sigma=0.775") == ("sigma", 0.775)
+    assert grid_strength("low-confidence:nu=0.05,tau=0.97") == ("nu", 0.05)
+    for fixed in ("none", "aaa", "rls", "blacklight", "remote", "rnd:nu=0"):
+        assert grid_strength(fixed) is None, fixed
+    assert strength_value("feature-noise:sigma=0.5", "sigma") == 0.5 and strength_value("none", "sigma") == 0
 
 
 def test_intervals_and_curves():
@@ -109,7 +120,7 @@ def check_schema(report: dict, remote: bool = False) -> None:
     if report["mu_nu"] is not None:
         g = report["mu_nu"]
         assert set(g) == {
-            "attack", "chosen_from", "images", "mu", "nu", "observed", "vote", "clean", "cell_keys",
+            "attack", "chosen_from", "images", "param", "mu", "nu", "observed", "vote", "clean", "cell_keys",
         }  # fmt: skip
         assert len(g["vote"]) == len(g["mu"]) and all(len(row) == len(g["nu"]) for row in g["vote"])
     json.dumps(report, allow_nan=False)  # strict JSON
