@@ -20,20 +20,27 @@ import click
 
 from rnd.cli.app import main
 from rnd.cli.checks import MAX_SEED, count
+from rnd.cli.models import given_meta, model_source_options
 from rnd.device import default_device, resolve_device
 from rnd.models import checkpoint_paths
+from rnd.models.source import model_kind, model_label
 
 log = logging.getLogger(__name__)
 
 
-def _model_name(checkpoint: str) -> str:
-    """The checkpoint's file stem: `models/fashion-mnist-small-cnn.safetensors` -> its stem."""
-    weights, _ = checkpoint_paths(checkpoint)
+def _model_name(spec: str) -> str:
+    """The name in the URL: a checkpoint's file stem (`models/fashion-mnist-small-cnn.safetensors`
+    -> `fashion-mnist-small-cnn`), a TorchScript file's stem, a factory's function name."""
+    kind = model_kind(spec)
+    if kind != "checkpoint":
+        return model_label(spec, kind)
+    weights, _ = checkpoint_paths(spec)
     return weights.name.removesuffix(".safetensors")
 
 
 @main.command()
-@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.argument("checkpoint", metavar="MODEL")
+@model_source_options
 @click.option("--defense", default="rnd:nu=0.02", show_default=True, help="defense spec applied server-side")
 @click.option(
     "--output",
@@ -43,7 +50,9 @@ def _model_name(checkpoint: str) -> str:
     help="what clients see",
 )
 @click.option("--k", "k", type=count(1, 10_000), default=5, show_default=True, help="classes shown by topk")
-@click.option("--name", default=None, help="model name in the URL [default: the checkpoint's file stem]")
+@click.option(
+    "--name", default=None, help="model name in the URL [default: the model's file stem or factory name]"
+)
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option("--keys", "keys_db", type=click.Path(dir_okay=False), default=None, help="API key database")
@@ -85,6 +94,9 @@ def _model_name(checkpoint: str) -> str:
 )
 def serve(
     checkpoint: str,
+    weights: Path | None,
+    input_shape: str | None,
+    num_classes: int | None,
     defense: str,
     output: str,
     k: int,
@@ -102,7 +114,10 @@ def serve(
     replicas: int | None,
     ray_address: str | None,
 ) -> None:
-    """Serve CHECKPOINT with a defense inside (Open Inference Protocol on uvicorn or Ray Serve)."""
+    """Serve MODEL with a defense inside (Open Inference Protocol on uvicorn or Ray Serve).
+
+    MODEL is an rnd checkpoint, a TorchScript file (with a model.json sidecar or --input-shape /
+    --num-classes) or package.module:factory (with --weights)."""
     ctx = click.get_current_context()
     if engine == "uvicorn" and (replicas is not None or ray_address is not None):
         raise click.UsageError("--replicas and --ray-address go with --engine ray")
@@ -119,7 +134,11 @@ def serve(
         ) from None
     model_name = name or _model_name(checkpoint)
     settings = {
-        "checkpoint": str(checkpoint),
+        "checkpoint": checkpoint
+        if model_kind(checkpoint) == "factory"
+        else str(Path(checkpoint).expanduser()),
+        "weights": None if weights is None else str(weights),
+        "model_meta": given_meta(input_shape, num_classes),
         "defense": defense,
         "seed": seed,
         "name": model_name,

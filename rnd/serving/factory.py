@@ -23,13 +23,19 @@ def worker_seed(seed: int | None, pid: int) -> int | None:
 
 
 def build_app(settings: dict[str, Any], pid: int | None = None) -> Any:
-    """The FastAPI app for `settings` (checkpoint, defense, seed, name, output, k, keys, max_batch,
-    max_wait_ms, max_body_bytes, device)."""
+    """The FastAPI app for `settings` (checkpoint: any `rnd.models.load_model` spec, with weights
+    and model_meta; defense, seed, name, output, k, keys, max_batch, max_wait_ms, max_body_bytes,
+    device)."""
     from rnd.defenses import build_defense
-    from rnd.models import load_checkpoint
+    from rnd.models import load_model
     from rnd.serving.app import create_app
 
-    model, _ = load_checkpoint(settings["checkpoint"], device=settings.get("device", "cpu"))
+    model, _ = load_model(
+        settings["checkpoint"],
+        settings.get("weights"),
+        device=settings.get("device", "cpu"),
+        meta=settings.get("model_meta") or None,
+    )
     seed = settings.get("seed")
     if pid is not None:
         seed = worker_seed(seed, pid)

@@ -430,50 +430,82 @@ def test_real_keystore_end_to_end(model: nn.Module, tmp_path: Any) -> None:
     store.close()
 
 
-def test_rnd_serve_cli(model: nn.Module, tmp_path: Any) -> None:
-    """`rnd serve` on a saved checkpoint answers under the checkpoint's name."""
+def _serve_cli(*args: str) -> tuple[Any, str]:
+    """Start `rnd serve ARGS` on a free port; (process, base URL) once it is ready."""
     import socket
     import subprocess
     import sys
 
-    from rnd.models import save_checkpoint
-
-    save_checkpoint(model, tmp_path / "tiny-net", dataset="fashion-mnist")
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "from rnd.cli import main; main()",
-            "serve",
-            str(tmp_path / "tiny-net"),
-            "--port",
-            str(port),
-            "--seed",
-            "1",
-        ],
-        stderr=subprocess.PIPE,
-    )
+    cmd = [sys.executable, "-c", "from rnd.cli import main; main()", "serve", *args, "--port", str(port)]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"{url}/v2/health/ready").status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(proc.stderr.read().decode() if proc.stderr else "no server")
+        time.sleep(0.1)
+
+
+def test_rnd_serve_cli(model: nn.Module, tmp_path: Any) -> None:
+    """`rnd serve` on a saved checkpoint answers under the checkpoint's name."""
+    from rnd.models import save_checkpoint
+
+    save_checkpoint(model, tmp_path / "tiny-net", dataset="fashion-mnist")
+    proc, url = _serve_cli(str(tmp_path / "tiny-net"), "--seed", "1")
     try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/v2/health/ready").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, (
-                proc.stderr.read().decode() if proc.stderr else ""
-            )
-            time.sleep(0.1)
         r = httpx.post(f"{url}/v2/models/tiny-net/infer", json=json_body(images(2)))
         assert r.status_code == 200 and decode(r).shape == (2, 10)
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
+def test_rnd_serve_cli_serves_your_own_torchscript_model(model: nn.Module, tmp_path: Any) -> None:
+    """`rnd serve net.pt --input-shape --num-classes`: a TorchScript file behind the server,
+    named by its stem, answering what the model answers (no defense: exactly)."""
+    traced = tmp_path / "net.pt"
+    torch.jit.save(torch.jit.trace(model, torch.rand(2, *SHAPE)), traced)
+    args = ("--input-shape", ",".join(map(str, SHAPE)), "--num-classes", "10", "--defense", "none")
+    proc, url = _serve_cli(str(traced), *args)
+    try:
+        meta = httpx.get(f"{url}/v2/models/net").json()
+        assert meta["inputs"][0]["shape"] == [-1, *SHAPE]
+        x = images(3)
+        r = httpx.post(f"{url}/v2/models/net/infer", json=json_body(x))
+        assert r.status_code == 200
+        with torch.no_grad():
+            want = torch.softmax(model(torch.from_numpy(x)), dim=1).numpy()
+        assert np.allclose(decode(r), want, atol=1e-6)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_rnd_serve_cli_refuses_a_bad_model_in_one_line(tmp_path: Any) -> None:
+    from click.testing import CliRunner
+
+    from rnd.cli import main
+
+    bare = tmp_path / "bare.pt"
+    torch.jit.save(torch.jit.trace(nn.Flatten(), torch.rand(1, *SHAPE)), bare)
+    for args, words in (
+        ([str(bare)], "no input shape known"),
+        ([str(tmp_path / "missing")], "missing"),
+        (["no_such_pkg_here:make"], "no_such_pkg_here"),
+    ):
+        res = CliRunner().invoke(main, ["serve", *args, "--port", "1"])
+        assert res.exit_code == 2 and words in res.output, (args, res.output)
+        assert len(res.output.strip().splitlines()) == 1, res.output
 
 
 def test_batcher_merges_splits_and_chunks(model: nn.Module) -> None:
