@@ -43,3 +43,11 @@ def test_nothing_is_reported_without_a_listener(tiny_model, attack_batch):
         pass
     make_attack("square", eps=0.1, seed=0)(Oracle(tiny_model, budget=50), x[:2], y[:2])
     assert seen == []
+
+
+def test_the_attack_bar_counts_queries_against_the_whole_budget(tiny_model, attack_batch, capsys):
+    x, y = attack_batch
+    oracle = Oracle(RandomNoiseDefense(tiny_model, nu=0.05, seed=0), budget=60)
+    make_attack("square", eps=0.1, seed=0, progress=True)(oracle, x[:2], y[:2])
+    err = capsys.readouterr().err
+    assert "/120 [" in err and "q/s" in err  # 2 images x 60 queries, in queries per second
