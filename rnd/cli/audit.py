@@ -13,6 +13,7 @@ from rnd.cli.app import main, progress_option
 from rnd.cli.checks import MAX_IMAGES, check_writable_dir, count, seed_option
 from rnd.cli.models import data_options, given_meta, model_source_options
 from rnd.evaluation.config import MAX_BUDGET
+from rnd.evaluation.runner import RUNNERS, make_runner
 
 
 @main.command()
@@ -47,6 +48,21 @@ from rnd.evaluation.config import MAX_BUDGET
 @click.option(
     "--db", type=click.Path(path_type=Path), default=None, help="results store [default: OUT/audit.sqlite]"
 )
+@click.option(
+    "--runner",
+    "runner_name",
+    type=click.Choice(sorted(RUNNERS)),
+    default="inprocess",
+    show_default=True,
+    help="where cells run (ray: cells in parallel, on this machine or a cluster)",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="--runner ray: most cells in flight, 1 torch thread each [default: CPU count]",
+)
+@click.option("--ray-address", default=None, help="--runner ray: a Ray cluster [default: start a local Ray]")
 @seed_option
 @progress_option
 def audit(
@@ -67,6 +83,9 @@ def audit(
     quick: bool,
     out: Path,
     db: Path | None,
+    runner_name: str,
+    workers: int | None,
+    ray_address: str | None,
     seed: int,
     progress: bool,
 ) -> None:
@@ -86,6 +105,15 @@ def audit(
         raise InputError("give MODEL or --url, not both")
     if url is None and assume_defense is not None:
         raise InputError("--assume-defense is for --url (a local defense is told as it is)")
+    if runner_name != "ray" and (workers is not None or ray_address is not None):
+        raise InputError("--workers and --ray-address go with --runner ray")
+    if runner_name == "ray" and url is not None:
+        raise InputError("an endpoint audit runs with --runner inprocess (its API key stays in this process)")
+    runner = make_runner(
+        runner_name, **({"workers": workers, "address": ray_address} if runner_name == "ray" else {})
+    )
+    if runner_name == "ray":  # a missing Ray or an unreachable cluster fails here, before any work
+        click.get_current_context().with_resource(runner)
     check_writable_dir(out, "--out")
     db = db or out / "audit.sqlite"
     check_location(db)
@@ -128,7 +156,7 @@ def audit(
         err=True,
     )
     out.mkdir(parents=True, exist_ok=True)
-    report = run_audit(plan, db, progress=progress)
+    report = run_audit(plan, db, progress=progress, runner=runner)
     write_json(report, out / "report.json")
     write_html(report, out / "report.html")
     for threat_name, v in report["verdict"].items():

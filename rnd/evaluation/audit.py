@@ -545,14 +545,15 @@ def _endpoint_output(target: Any, threat: str) -> str:
     return "probs" if output == "labels" else output
 
 
-def run_audit(plan: AuditPlan, db: str | Path, progress: bool = True) -> dict[str, Any]:
+def run_audit(plan: AuditPlan, db: str | Path, progress: bool = True, runner: Any = None) -> dict[str, Any]:
     """Run (or resume) the audit's cells in `db`, then the mu x strength grid of the strongest
     score attack (defenses with a strength: RND, feature noise, low-confidence); returns the
-    report (see `write_json`; schema in docs/audit-report.md)."""
+    report (see `write_json`; schema in docs/audit-report.md). `runner`: where
+    cells run (`rnd.evaluation.runner`; default in-process)."""
     from rnd.evaluation.runner import plan_sweep, run_sweep
     from rnd.evaluation.store import ResultsStore
 
-    outcomes = [run_sweep(plan.sweep, db, progress=progress)]
+    outcomes = [run_sweep(plan.sweep, db, runner=runner, progress=progress)]
     keys = {c.key for c in plan.sweep.cells}
     with ResultsStore(db, readonly=True) as store:
         results = [r for r in store.results() if r["key"] in keys]
@@ -562,7 +563,7 @@ def run_audit(plan: AuditPlan, db: str | Path, progress: bool = True) -> dict[st
         size = AuditSize(**plan.request["size"])
         gcfg = grid_config(plan.config, strongest, plan.defense, size, plan.config.source)
         gplan = plan_sweep(gcfg)
-        outcomes.append(run_sweep(gplan, db, progress=progress))
+        outcomes.append(run_sweep(gplan, db, runner=runner, progress=progress))
         grid = gplan
     failed = [f for o in outcomes for f in o.failed]
     if failed:

@@ -258,3 +258,44 @@ def test_bad_arguments_and_missing_ray(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
     with pytest.raises(InputError, match=r"pip install 'rnd\[ray\]'"):
         make_runner("ray")
+
+
+def test_an_audit_on_ray_writes_the_in_process_report(ray_session, config_path, tmp_path):
+    """`run_audit(..., runner=RayRunner)`: the label-only suite's cells run on Ray, each once, and
+    the report is the in-process run's (1 torch thread in both, as in a Ray worker)."""
+    from rnd.evaluation.audit import AuditRequest, AuditSize, plan_audit, run_audit
+    from rnd.evaluation.runner import torch_threads
+
+    req = AuditRequest(
+        checkpoint=str(config_path.parent / "tiny"),
+        url=None,
+        defense="rnd:nu=0.02",
+        threat="labels",
+        size=AuditSize(images=2, budget=640, accuracy_images=200, grid_images=2),
+    )
+    with torch_threads(1):
+        plan = plan_audit(req)
+        local = run_audit(plan, tmp_path / "local.sqlite", progress=False, runner=InProcessRunner(threads=1))
+    runner = RayRunner(workers=2, execute=attempt_counter(tmp_path / "attempts"))
+    on_ray = run_audit(plan, tmp_path / "ray.sqlite", progress=False, runner=runner)
+    assert all(attempts(tmp_path / "attempts", c) == 1 for c in plan.sweep.cells)
+    assert {k: v for k, v in on_ray.items() if k != "db"} == {k: v for k, v in local.items() if k != "db"}
+    assert on_ray["verdict"]["labels"]["attacks"] == 12
+
+
+def test_rnd_audit_on_an_unreachable_cluster_fails_before_any_work(config_path, tmp_path):
+    with socket.socket() as s:  # a local port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "never"
+    args = [
+        "audit",
+        str(config_path.parent / "tiny"),
+        "--runner",
+        "ray",
+        "--ray-address",
+        f"127.0.0.1:{port}",
+    ]
+    result = CliRunner().invoke(main, [*args, "--out", str(out)])
+    assert result.exit_code == 2 and "cannot reach the Ray cluster" in result.output, result.output
+    assert not out.exists()
