@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -63,6 +64,11 @@ from rnd.evaluation.runner import RUNNERS, make_runner
     help="--runner ray: most cells in flight, 1 torch thread each [default: CPU count]",
 )
 @click.option("--ray-address", default=None, help="--runner ray: a Ray cluster [default: start a local Ray]")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="plan (and calibrate), then print the work left and the time it takes at most; write nothing",
+)
 @seed_option
 @progress_option
 def audit(
@@ -86,6 +92,7 @@ def audit(
     runner_name: str,
     workers: int | None,
     ray_address: str | None,
+    dry_run: bool,
     seed: int,
     progress: bool,
 ) -> None:
@@ -96,7 +103,14 @@ def audit(
     file (with a model.json sidecar or --input-shape / --num-classes) or package.module:factory
     (with --weights); --url audits a served endpoint instead."""
     from rnd.errors import InputError
-    from rnd.evaluation.audit import AuditRequest, AuditSize, plan_audit, run_audit, write_json
+    from rnd.evaluation.audit import (
+        AuditRequest,
+        AuditSize,
+        estimate_audit,
+        plan_audit,
+        run_audit,
+        write_json,
+    )
     from rnd.evaluation.audit_html import write_html
     from rnd.evaluation.store import check_location
 
@@ -150,6 +164,9 @@ def audit(
         data_root=None if data_root is None else str(data_root),
     )
     plan = plan_audit(req)  # everything checked and calibrated; nothing written yet
+    if dry_run:
+        _print_estimate(estimate_audit(plan, db), plan.defense, db)
+        return
     click.echo(
         f"auditing {plan.config.name.removeprefix('rnd audit ')} behind {plan.defense}: "
         f"{len(plan.sweep.cells)} cells (+ a mu x nu grid), results in {db}",
@@ -171,3 +188,23 @@ def audit(
             + f"; {v['attacks']} attacks"
         )
     click.echo(f"wrote {out / 'report.html'} and {out / 'report.json'} in {time.perf_counter() - t0:.0f} s")
+
+
+def _print_estimate(est: Any, defense: str, db: Path) -> None:
+    """What `--dry-run` prints: cells, work left (at most) and time left (at most) at this rate."""
+    click.echo(
+        f"{est.cells} cells against {defense} (+ {est.grid_cells} mu x strength grid cells), "
+        f"{est.done} already done in {db}"
+    )
+    click.echo(
+        f"at most {est.queries:,} queries left (images x budget per cell; attacks stop on images they fool)"
+    )
+    if est.queries_per_second is None:
+        click.echo("query rate not measured: measuring it would spend the endpoint's quota")
+        return
+    hours = est.seconds / 3600
+    click.echo(
+        f"this machine answers {est.queries_per_second:,.0f} queries/s through the defense "
+        f"at batch {est.batch}"
+    )
+    click.echo(f"at most {hours:.1f} h left at that rate, one process (--runner ray spreads the cells)")

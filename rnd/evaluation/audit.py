@@ -574,6 +574,76 @@ def run_audit(plan: AuditPlan, db: str | Path, progress: bool = True, runner: An
     return build_report(plan, db, grid, strongest)
 
 
+@dataclass(frozen=True)
+class AuditEstimate:
+    """How much an audit has left, at most: each pending cell's images x budget (attacks that fool
+    an image stop early, so the work done is less), and this machine's query rate through the
+    defense at the attacks' batch, measured (None behind an endpoint: measuring would spend its
+    quota)."""
+
+    cells: int
+    done: int
+    grid_cells: int
+    queries: int
+    batch: int
+    queries_per_second: float | None
+
+    @property
+    def seconds(self) -> float | None:
+        return None if not self.queries_per_second else self.queries / self.queries_per_second
+
+
+def estimate_audit(plan: AuditPlan, db: str | Path, seconds: float = 2.0) -> AuditEstimate:
+    """The audit's work left in `db` (read only; a missing file is an empty store), counting the
+    mu x strength grid as pending, and the query rate of `seconds` of forwards through an `Oracle`
+    over the defense at the batch the attacks use (all of a cell's images at once)."""
+    import time
+
+    from rnd.evaluation.store import ResultsStore
+    from rnd.evaluation.sweep import cell_work
+
+    cells = plan.sweep.cells
+    done_keys: set[str] = set()
+    results: list[dict[str, Any]] = []
+    if Path(db).exists():
+        with ResultsStore(db, readonly=True) as store:
+            done_keys = store.done_keys()
+            results = [r for r in store.results() if r["key"] in {c.key for c in cells}]
+    done = {c.key for c in cells} & done_keys
+    size = AuditSize(**plan.request["size"])
+    grid = 0
+    grid_left = 0
+    if grid_strength(plan.defense) is not None and plan.request["threat"] in ("scores", "both"):
+        grid = len(MU_FACTORS) * len({"none" if f == 0 else f for f in NU_FACTORS})
+        grid_left = grid * size.grid_images * size.budget  # its attack is chosen once the suite is done
+        strongest = strongest_score_attack(results, plan.defense) if len(done) == len(cells) else None
+        if strongest is not None:
+            from rnd.evaluation.sweep import expand
+
+            gcells = expand(grid_config(plan.config, strongest, plan.defense, size, plan.config.source))
+            grid, grid_left = len(gcells), sum(cell_work(c) for c in gcells if c.key not in done_keys)
+    queries = sum(cell_work(c) for c in cells if c.key not in done) + grid_left
+    batch = size.images
+    rate = None
+    if plan.defense != "remote":
+        from rnd.defenses import build_defense
+        from rnd.evaluation.sweep import cell_model
+        from rnd.oracle import Oracle
+
+        model = cell_model(cells[0])
+        oracle = Oracle(build_defense(plan.defense, model, seed=0))
+        device = next((t.device for t in model.parameters()), torch.device("cpu"))
+        x = torch.rand(batch, *oracle.input_shape, device=device)
+        ids = oracle.new_ids(batch)
+        oracle.query(x, ids)  # warm-up
+        n, t0 = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - t0) < seconds or n == 0:
+            oracle.query(x, ids)
+            n += batch
+        rate = n / elapsed
+    return AuditEstimate(len(cells), len(done), grid, queries, batch, rate)
+
+
 def _worst(entry: dict[str, Any] | None, what: str) -> dict[str, Any] | None:
     """The worst case of a threat model's entry judged by `what`, with its cell key (None if none)."""
     if entry is None or entry[f"worst_{what}"] is None:

@@ -424,6 +424,11 @@ def _model(cell: Cell) -> nn.Module:
     return _loaded(cell)[0]
 
 
+def cell_model(cell: Cell) -> nn.Module:
+    """The cell's model, loaded once per process (and checked against the cell's sha256)."""
+    return _model(cell)
+
+
 def _model_info(cell: Cell) -> ModelInfo:
     return _loaded(cell)[1]
 

@@ -103,6 +103,27 @@ def test_a_rerun_sends_nothing_and_writes_the_same_report(audited, checkpoint):
     assert comparable_content(out / "audit.sqlite") == before
 
 
+def test_dry_run_prints_the_work_left_and_writes_nothing(audited, checkpoint, tmp_path):
+    out, _ = audited
+    before = comparable_content(out / "audit.sqlite")
+    res = run_cli(str(checkpoint), *ARGS, "--out", str(out), "--dry-run")
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[0].endswith(f"47 already done in {out / 'audit.sqlite'}") and lines[0].startswith("47 cells")
+    assert "(+ 12 mu x strength grid cells)" in lines[0]
+    assert lines[1].startswith("at most 0 queries left")  # the suite and its grid are done
+    assert "queries/s through the defense at batch 2" in lines[2] and lines[3].startswith("at most ")
+    assert comparable_content(out / "audit.sqlite") == before
+    fresh = tmp_path / "fresh"
+    res = run_cli(str(checkpoint), *ARGS, "--out", str(fresh), "--dry-run")
+    assert res.returncode == 0 and "0 already done" in res.stdout and not fresh.exists()
+    # nothing done: every cell's images x budget, and the grid's at most (its attack not chosen yet)
+    report = json.loads((out / "report.json").read_text())
+    suite = [a for by in report["cells"].values() for e in by.values() for a in e["attacks"]]
+    want = sum(a["images"] * a["queries_budget"] for a in suite) + 12 * 2 * 640
+    assert f"at most {want:,} queries left" in res.stdout
+
+
 def test_your_own_model_audits_as_its_checkpoint_does(audited, tiny_model, tmp_path):
     """MODEL may be a TorchScript file: the same weights give the same calibration and verdicts as
     the checkpoint; the report names the file's sha256 and its stem."""
