@@ -106,7 +106,9 @@ def test_a_rerun_sends_nothing_and_writes_the_same_report(audited, checkpoint):
 def test_dry_run_prints_the_work_left_and_writes_nothing(audited, checkpoint, tmp_path):
     out, _ = audited
     before = comparable_content(out / "audit.sqlite")
-    res = run_cli(str(checkpoint), *ARGS, "--out", str(out), "--dry-run")
+    report = json.loads((out / "report.json").read_text())
+    given = ["--defense", report["defense"]]  # the calibrated spec: the same cells, no calibration
+    res = run_cli(str(checkpoint), *ARGS, *given, "--out", str(out), "--dry-run")
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
     assert lines[0].endswith(f"47 already done in {out / 'audit.sqlite'}") and lines[0].startswith("47 cells")
@@ -115,10 +117,9 @@ def test_dry_run_prints_the_work_left_and_writes_nothing(audited, checkpoint, tm
     assert "queries/s through the defense at batch 2" in lines[2] and lines[3].startswith("at most ")
     assert comparable_content(out / "audit.sqlite") == before
     fresh = tmp_path / "fresh"
-    res = run_cli(str(checkpoint), *ARGS, "--out", str(fresh), "--dry-run")
+    res = run_cli(str(checkpoint), *ARGS, *given, "--out", str(fresh), "--dry-run")
     assert res.returncode == 0 and "0 already done" in res.stdout and not fresh.exists()
     # nothing done: every cell's images x budget, and the grid's at most (its attack not chosen yet)
-    report = json.loads((out / "report.json").read_text())
     suite = [a for by in report["cells"].values() for e in by.values() for a in e["attacks"]]
     want = sum(a["images"] * a["queries_budget"] for a in suite) + 12 * 2 * 640
     assert f"at most {want:,} queries left" in res.stdout
