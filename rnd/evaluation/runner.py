@@ -206,9 +206,10 @@ def run_sweep(
                 yield by_key[key]
 
         def on_result(result: CellResult) -> None:
-            if store.record(result):
+            recorded = store.record(result)
+            finish(result.key)
+            if recorded:
                 outcome.ran += 1
-                finish(result.key)
                 s = result.summary
                 bar.set_postfix_str(f"{result.cell.attack} {result.cell.defense} fail={s.failure_rate:.0f}%")
 
