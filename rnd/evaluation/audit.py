@@ -209,7 +209,8 @@ def audit_config(
     from rnd.evaluation.config import AttackSpec, DataSpec, ModelSpec, SweepConfig
 
     remote = target is not None
-    defenses = ("remote",) if remote else tuple(dict.fromkeys(("none", defense)))
+    # the audited defense's cells first: a stopped audit has its headline soonest
+    defenses = ("remote",) if remote else tuple(dict.fromkeys((defense, "none")))
     suites = {d: [json.dumps(a, sort_keys=True) for a in suite(threat, d)] for d in defenses}
     attacks: list[Any] = []
     seen: set[str] = set()
