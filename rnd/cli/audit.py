@@ -163,7 +163,8 @@ def audit(
         model_meta=meta,
         data_root=None if data_root is None else str(data_root),
     )
-    plan = plan_audit(req)  # everything checked and calibrated; nothing written yet
+    # everything checked and calibrated; nothing written yet
+    plan = plan_audit(req, say=lambda line: click.echo(line, err=True))
     if dry_run:
         _print_estimate(estimate_audit(plan, db), plan.defense, db)
         return

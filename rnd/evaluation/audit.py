@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -449,9 +450,10 @@ class AuditRequest:
     data_root: str | None = None  # the data set's folder (CIFAR-10, an ImageNet-style folder)
 
 
-def plan_audit(req: AuditRequest) -> AuditPlan:
+def plan_audit(req: AuditRequest, say: Callable[[str], object] | None = None) -> AuditPlan:
     """Check everything and choose the strength, writing nothing: the model loads (or the endpoint
-    answers with the key), the defense builds, the suite fits the budget; calibrates when asked."""
+    answers with the key), the defense builds, the suite fits the budget; calibrates when asked
+    (`say` is told so first, in one line: it takes minutes on a full-size audit)."""
     from rnd.evaluation.config import RemoteTarget, served_model
     from rnd.evaluation.runner import plan_sweep
 
@@ -499,6 +501,11 @@ def plan_audit(req: AuditRequest) -> AuditPlan:
             build_defense(spec, model, seed=0)  # a bad name or parameter fails here
             defense = spec
         else:
+            if say is not None:
+                n = min(size.accuracy_images, len(data))
+                say(
+                    f"calibrating {param} of {spec} to a {req.max_drop:g}-point accuracy drop on {n:,} images"
+                )
             defense, calibration = calibrate(
                 model, data, spec, param, req.max_drop, size.accuracy_images, req.seed
             )

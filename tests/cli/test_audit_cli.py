@@ -81,6 +81,7 @@ def test_audit_calibrates_runs_the_suite_and_writes_both_reports(audited):
     assert v["worst_observed"]["failure"] == min(a["observed"]["failure"] for a in mine)
     assert report["mu_nu"] is not None and report["mu_nu"]["nu"][0] == 0.0 and len(report["mu_nu"]["mu"]) == 3
     assert "worst case" in res.stdout and "report.html" in res.stdout
+    assert "calibrating nu of rnd to a 5-point accuracy drop on 2,000 images" in res.stderr
     con = sqlite3.connect(out / "audit.sqlite")
     keys = {r[0] for r in con.execute("SELECT key FROM cells WHERE status = 'done'")}
     con.close()
