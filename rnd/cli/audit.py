@@ -11,10 +11,9 @@ from typing import Any
 import click
 
 from rnd.cli.app import main, progress_option
-from rnd.cli.checks import MAX_IMAGES, check_writable_dir, count, seed_option
+from rnd.cli.checks import MAX_IMAGES, check_writable_dir, count, make_cli_runner, runner_options, seed_option
 from rnd.cli.models import data_options, given_meta, model_source_options
 from rnd.evaluation.config import MAX_BUDGET
-from rnd.evaluation.runner import RUNNERS, make_runner
 
 
 @main.command()
@@ -49,21 +48,7 @@ from rnd.evaluation.runner import RUNNERS, make_runner
 @click.option(
     "--db", type=click.Path(path_type=Path), default=None, help="results store [default: OUT/audit.sqlite]"
 )
-@click.option(
-    "--runner",
-    "runner_name",
-    type=click.Choice(sorted(RUNNERS)),
-    default="inprocess",
-    show_default=True,
-    help="where cells run (ray: cells in parallel, on this machine or a cluster)",
-)
-@click.option(
-    "--workers",
-    type=click.IntRange(min=1),
-    default=None,
-    help="--runner ray: most cells in flight, 1 torch thread each [default: CPU count]",
-)
-@click.option("--ray-address", default=None, help="--runner ray: a Ray cluster [default: start a local Ray]")
+@runner_options
 @click.option(
     "--dry-run",
     is_flag=True,
@@ -119,13 +104,7 @@ def audit(
         raise InputError("give MODEL or --url, not both")
     if url is None and assume_defense is not None:
         raise InputError("--assume-defense is for --url (a local defense is told as it is)")
-    if runner_name != "ray" and (workers is not None or ray_address is not None):
-        raise InputError("--workers and --ray-address go with --runner ray")
-    if runner_name == "ray" and url is not None:
-        raise InputError("an endpoint audit runs with --runner inprocess (its API key stays in this process)")
-    runner = make_runner(
-        runner_name, **({"workers": workers, "address": ray_address} if runner_name == "ray" else {})
-    )
+    runner = make_cli_runner(runner_name, workers, ray_address, remote=url is not None)
     if runner_name == "ray":  # a missing Ray or an unreachable cluster fails here, before any work
         click.get_current_context().with_resource(runner)
     check_writable_dir(out, "--out")

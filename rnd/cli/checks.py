@@ -107,3 +107,44 @@ def allow_mismatch_option(f: Any) -> Any:
         is_flag=True,
         help="use a checkpoint trained on another data set (same image shape and class count)",
     )(f)
+
+
+def runner_options(f: Any) -> Any:
+    """--runner inprocess|ray, and --workers / --ray-address for Ray (`rnd sweep`, `rnd audit`)."""
+    from rnd.evaluation.runner import RUNNERS
+
+    f = click.option(
+        "--ray-address",
+        default=None,
+        help="--runner ray: address of a Ray cluster [default: start a local Ray]",
+    )(f)
+    f = click.option(
+        "--workers",
+        type=click.IntRange(min=1),
+        default=None,
+        help="--runner ray: most cells in flight, 1 torch thread each [default: CPU count]",
+    )(f)
+    return click.option(
+        "--runner",
+        "runner_name",
+        type=click.Choice(sorted(RUNNERS)),
+        default="inprocess",
+        show_default=True,
+        help="where cells run (ray: in parallel, on this machine or a cluster)",
+    )(f)
+
+
+def make_cli_runner(runner_name: str, workers: int | None, ray_address: str | None, remote: bool) -> Any:
+    """The runner the options name; Ray options without --runner ray, or Ray for an endpoint's
+    cells (`remote`: the API key stays in this process), are refused in one line."""
+    from rnd.evaluation.runner import make_runner
+
+    if runner_name != "ray" and (workers is not None or ray_address is not None):
+        raise InputError("--workers and --ray-address apply to --runner ray only")
+    if runner_name == "ray" and remote:
+        raise InputError(
+            "an endpoint's cells run with --runner inprocess (its API key stays in this process)"
+        )
+    return make_runner(
+        runner_name, **({"workers": workers, "address": ray_address} if runner_name == "ray" else {})
+    )

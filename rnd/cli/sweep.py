@@ -8,8 +8,9 @@ from pathlib import Path
 import click
 
 from rnd.cli.app import main, progress_option
+from rnd.cli.checks import make_cli_runner, runner_options
 from rnd.evaluation.config import load_config
-from rnd.evaluation.runner import RUNNERS, make_runner, plan_sweep, run_sweep
+from rnd.evaluation.runner import plan_sweep, run_sweep
 
 
 @main.command()
@@ -26,23 +27,7 @@ from rnd.evaluation.runner import RUNNERS, make_runner, plan_sweep, run_sweep
     is_flag=True,
     help="the config's quick size: fewer images, smaller budget, grids thinned (see [quick])",
 )
-@click.option(
-    "--runner",
-    "runner_name",
-    type=click.Choice(sorted(RUNNERS)),
-    default="inprocess",
-    show_default=True,
-    help="where cells run",
-)
-@click.option(
-    "--workers",
-    type=click.IntRange(min=1),
-    default=None,
-    help="--runner ray: most cells in flight, 1 torch thread each [default: CPU count]",
-)
-@click.option(
-    "--ray-address", default=None, help="--runner ray: address of a Ray cluster [default: start a local Ray]"
-)
+@runner_options
 @click.option("--dry-run", is_flag=True, help="validate and list the cells; touch no database")
 @progress_option
 def sweep(
@@ -66,16 +51,7 @@ def sweep(
             click.echo(f"{cell.key[:12]}  {cell.label()}")
         click.echo(f"{len(plan.cells)} cells")
         return
-    if runner_name != "ray" and (workers is not None or ray_address is not None):
-        raise click.UsageError("--workers and --ray-address apply to --runner ray only")
-    if runner_name == "ray" and any(c.remote for c in plan.cells):
-        from rnd.errors import InputError
-
-        raise InputError(
-            "a [target] endpoint sweep runs with --runner inprocess (its API key stays in this process)"
-        )
-    options = {"workers": workers, "address": ray_address} if runner_name == "ray" else {}
-    runner = make_runner(runner_name, **options)
+    runner = make_cli_runner(runner_name, workers, ray_address, remote=any(c.remote for c in plan.cells))
     # the Ray runner checks a cluster address before the database is opened (a failure changes nothing)
     with runner if runner_name == "ray" else contextlib.nullcontext():
         outcome = run_sweep(plan, db, runner=runner, progress=progress)

@@ -268,7 +268,7 @@ def test_bad_input_changes_nothing(checkpoint, tiny_model, tmp_path):
             ([str(bare)], "no input shape known"),
             (["--url", f"{served.url}/v2/models/tiny", "--num-classes", "10"], "describe a local MODEL"),
             (["no_such_module_here:make"], "no_such_module_here"),
-            ([str(checkpoint), "--workers", "2"], "go with --runner ray"),
+            ([str(checkpoint), "--workers", "2"], "apply to --runner ray only"),
             (["--url", f"{served.url}/v2/models/tiny", "--runner", "ray"], "--runner inprocess"),
         ]
         for args, words in cases:
