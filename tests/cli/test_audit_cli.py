@@ -84,7 +84,12 @@ def test_audit_calibrates_runs_the_suite_and_writes_both_reports(audited):
     assert "calibrating nu of rnd to a 5-point accuracy drop on 2,000 images" in res.stderr
     con = sqlite3.connect(out / "audit.sqlite")
     keys = {r[0] for r in con.execute("SELECT key FROM cells WHERE status = 'done'")}
+    order = con.execute(
+        "SELECT c.defense FROM cells c JOIN cell_summaries s ON s.cell_key = c.key ORDER BY s.finished_at"
+    ).fetchall()
     con.close()
+    suite = [d for (d,) in order if d in (report["defense"], "none")][: 34 + 13]
+    assert suite == [report["defense"]] * 34 + ["none"] * 13  # the audited defense's cells first
     assert v["worst"]["cell_key"] in keys and all(
         k in keys for row in report["mu_nu"]["cell_keys"] for k in row
     )
