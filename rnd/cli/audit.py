@@ -12,7 +12,7 @@ import click
 
 from rnd.cli.app import main, progress_option
 from rnd.cli.checks import MAX_IMAGES, check_writable_dir, count, make_cli_runner, runner_options, seed_option
-from rnd.cli.models import data_options, given_meta, model_source_options
+from rnd.cli.models import data_options, given_meta, model_source_options, stored_spec
 from rnd.evaluation.config import MAX_BUDGET
 
 
@@ -124,7 +124,7 @@ def audit(
             _, path = load_or_train_default(model, progress)  # a named checkpoint must exist
             checkpoint = str(path)
         else:
-            checkpoint = model
+            checkpoint = stored_spec(model)
     if url is not None and key is not None:
         os.environ["RND_KEY"] = key  # the endpoint cells read their key from $RND_KEY, in this process
     req = AuditRequest(

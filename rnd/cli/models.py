@@ -76,6 +76,14 @@ def given_meta(input_shape: str | None, num_classes: int | None) -> dict[str, An
     return {k: list(v) if isinstance(v, tuple) else v for k, v in check_meta(meta, "--model").items()}
 
 
+def stored_spec(spec: str) -> str:
+    """A model spec as cells and server settings keep it: a file's path with ~ expanded, a
+    `module:factory` as given."""
+    from rnd.models.source import model_kind
+
+    return spec if model_kind(spec) == "factory" else str(Path(spec).expanduser())
+
+
 @dataclass
 class LoadedModel:
     """A model loaded from a spec, with what a `ModelSpec` of a sweep config needs."""
@@ -96,11 +104,10 @@ def load_spec(spec: str, weights: Path | None, meta: dict[str, Any]) -> LoadedMo
     from rnd.models import load_model
 
     model, info = load_model(spec, weights, meta=meta)
-    text = spec if info.kind == "factory" else str(Path(spec).expanduser())
     return LoadedModel(
         model=model,
         info=info,
-        spec=text,
+        spec=stored_spec(spec),
         weights=None if weights is None else str(weights),
         meta_json=json.dumps(meta, sort_keys=True, separators=(",", ":")) if meta else None,
     )

@@ -20,7 +20,7 @@ import click
 
 from rnd.cli.app import main
 from rnd.cli.checks import MAX_SEED, count
-from rnd.cli.models import given_meta, model_source_options
+from rnd.cli.models import given_meta, model_source_options, stored_spec
 from rnd.device import default_device, resolve_device
 from rnd.models import checkpoint_paths
 from rnd.models.source import model_kind, model_label
@@ -134,9 +134,7 @@ def serve(
         ) from None
     model_name = name or _model_name(checkpoint)
     settings = {
-        "checkpoint": checkpoint
-        if model_kind(checkpoint) == "factory"
-        else str(Path(checkpoint).expanduser()),
+        "checkpoint": stored_spec(checkpoint),
         "weights": None if weights is None else str(weights),
         "model_meta": given_meta(input_shape, num_classes),
         "defense": defense,

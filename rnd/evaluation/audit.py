@@ -611,13 +611,14 @@ def estimate_audit(plan: AuditPlan, db: str | Path, seconds: float = 2.0) -> Aud
     from rnd.evaluation.sweep import cell_work
 
     cells = plan.sweep.cells
+    keys = {c.key for c in cells}
     done_keys: set[str] = set()
     results: list[dict[str, Any]] = []
     if Path(db).exists():
         with ResultsStore(db, readonly=True) as store:
             done_keys = store.done_keys()
-            results = [r for r in store.results() if r["key"] in {c.key for c in cells}]
-    done = {c.key for c in cells} & done_keys
+            results = [r for r in store.results() if r["key"] in keys]
+    done = keys & done_keys
     size = AuditSize(**plan.request["size"])
     grid = 0
     grid_left = 0
