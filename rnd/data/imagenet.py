@@ -13,6 +13,7 @@ only one (1024 x 683) is cropped.
 
 from __future__ import annotations
 
+import importlib.resources
 import importlib.util
 import re
 from pathlib import Path
@@ -26,8 +27,22 @@ from rnd.errors import DataError, DataNotFoundError, InputError
 
 SIZE = (224, 224)
 NUM_CLASSES = 1000
-#: ImageNet class names as label indices ("0" ... "999"): no installed package ships the names.
-CLASS_NAMES = tuple(str(i) for i in range(NUM_CLASSES))
+
+
+def _class_table() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """(WordNet ids, names, all lemmas) by label, from `imagenet_classes.tsv` beside this file."""
+    text = importlib.resources.files("rnd.data").joinpath("imagenet_classes.tsv").read_text("utf-8")
+    rows = [line.split("\t") for line in text.splitlines() if line and not line.startswith("#")]
+    if [int(r[0]) for r in rows] != list(range(NUM_CLASSES)):  # pragma: no cover - a broken install
+        raise DataError("rnd/data/imagenet_classes.tsv is damaged: reinstall rnd")
+    return tuple(r[1] for r in rows), tuple(r[2].split(", ")[0] for r in rows), tuple(r[2] for r in rows)
+
+
+#: By label (the ILSVRC-2012 order, i.e. sorted WordNet ids): the WordNet id (n01440764, ...),
+#: the class name (its first lemma: "tench", ...) and all its lemmas ("tench, Tinca tinca").
+#: Two names repeat, as in WordNet: "crane" (134 the bird, 517 the machine) and "maillot" (638, 639).
+WNIDS, CLASS_NAMES, LEMMAS = _class_table()
+LABEL_OF_WNID = {w: i for i, w in enumerate(WNIDS)}
 _SAMPLE = re.compile(r"^imagenet_(\d+)_(\d+)\.(?:jpe?g|png)$")
 _WNID = re.compile(r"^n\d{8}$")
 HINT = "pip install 'rnd[imagenet]' (foolbox's wheel carries the 20 samples)"
@@ -67,28 +82,28 @@ def load_imagenet_samples(root: str | Path | None = None) -> ImageDataset:
 def load_imagenet_folder(root: str | Path) -> ImageDataset:
     """`root/<class>/<image>` at 224 x 224 (centre crop), with ImageNet labels.
 
-    Sub-folders named by class index ("0" ... "999", leading zeros allowed) take that label; a
-    folder of all 1000 WordNet ids (n01440764, ...) takes the standard order, which is the sorted
-    ids. A subset of WordNet ids cannot be mapped without the id list, which no installed package
-    ships: rename those folders to their class indices.
+    Sub-folders are named by class index ("0" ... "999", leading zeros allowed) or by WordNet id
+    (n01440764, ...; any subset of the 1000, as the ILSVRC-2012 validation folders are), and take
+    that class's label (`LABEL_OF_WNID`). Class names are `CLASS_NAMES`.
     """
     root = Path(root)
     if not root.is_dir():
         raise DataNotFoundError(f"image folder {root} does not exist")
     folders = sorted(p.name for p in root.iterdir() if p.is_dir())
     if folders and all(_WNID.match(f) for f in folders):
-        if len(folders) != NUM_CLASSES:
+        unknown = [f for f in folders if f not in LABEL_OF_WNID]
+        if unknown:
             raise DataError(
-                f"{root} has {len(folders)} WordNet-id folders, not all {NUM_CLASSES}, so their class "
-                "indices are unknown; rename each folder to its ImageNet class index (0-999)"
+                f"{root} has {len(unknown)} WordNet-id folder(s) that are not ImageNet-1k classes "
+                f"({', '.join(unknown[:3])}); remove them or rename them to class indices (0-999)"
             )
-        index = {f: i for i, f in enumerate(folders)}
+        index = {f: LABEL_OF_WNID[f] for f in folders}
     else:
         bad = [f for f in folders if not f.isdigit() or int(f) >= NUM_CLASSES]
         if bad:
             raise DataError(
                 f"sub-folder(s) {', '.join(bad[:3])} of {root} are neither ImageNet class indices "
-                f"(0-{NUM_CLASSES - 1}) nor WordNet ids; rename them"
+                f"(0-{NUM_CLASSES - 1}) nor ImageNet WordNet ids; rename them"
             )
         index = {f: int(f) for f in folders}
     data = load_image_folder(root, size=SIZE, fit="crop", class_index=index, classes=CLASS_NAMES)

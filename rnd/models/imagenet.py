@@ -16,8 +16,8 @@ mean/std instead; on the 20 foolbox samples the TF normalisation gives 17/20 top
 cross-entropy of 0.58, the ImageNet one 16/20 and 0.86, so the TF one is used. The input is
 224 x 224 (the loaders resize and centre-crop; `rnd.data.imagenet`).
 
-No installed package ships the 1000 ImageNet class names, so `class_names` are the label indices
-as text ("0" ... "999"), in the standard (sorted-WordNet-id) order.
+`class_names` are the 1000 ImageNet-1k names by label (`rnd.data.imagenet.CLASS_NAMES`: "tench",
+"goldfish", ...), in the standard (sorted-WordNet-id) order.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from rnd.data.imagenet import CLASS_NAMES
 from rnd.errors import CheckpointError, InputError
 from rnd.models.layers import Classifier
 
@@ -84,7 +85,7 @@ class EfficientNetLite0(Classifier):
     def __init__(self, net: nn.Module) -> None:
         super().__init__((3, 224, 224), 1000, MEAN, STD)
         self.net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        self.class_names = [str(i) for i in range(1000)]
+        self.class_names = list(CLASS_NAMES)
 
     @property
     def head(self) -> nn.Module:  # type: ignore[override]

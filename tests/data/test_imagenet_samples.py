@@ -69,18 +69,35 @@ def test_folder_of_class_indices_loads_at_224(tmp_path) -> None:
     data = load_dataset("imagenet-folder", root=tmp_path)
     assert data.images.shape == (3, 3, 224, 224)
     assert sorted(data.labels.tolist()) == [7, 42, 42]
-    assert data.num_classes == 1000 and data.classes[42] == "42"
+    assert data.num_classes == 1000 and data.classes[42] == "agama"
+
+
+def test_class_table_is_imagenet_1k_in_label_order() -> None:
+    """Label i is the i-th of the sorted WordNet ids; names are the first WordNet lemma."""
+    wnids, names = imagenet_data.WNIDS, imagenet_data.CLASS_NAMES
+    assert len(wnids) == len(names) == len(imagenet_data.LEMMAS) == 1000
+    assert list(wnids) == sorted(set(wnids)) and all(imagenet_data._WNID.match(w) for w in wnids)
+    known = {0: ("n01440764", "tench"), 1: ("n01443537", "goldfish"), 207: ("n02099601", "golden retriever"),
+             243: ("n02108422", "bull mastiff"), 409: ("n02708093", "analog clock"),
+             999: ("n15075141", "toilet tissue")}  # fmt: skip
+    for label, (wnid, name) in known.items():
+        assert (wnids[label], names[label]) == (wnid, name)
+    assert imagenet_data.LEMMAS[0] == "tench, Tinca tinca"
+    assert names[134] == names[517] == "crane" and imagenet_data.LEMMAS[639] == "maillot, tank suit"
 
 
 def test_folder_of_wordnet_ids(tmp_path) -> None:
+    """Any subset of the 1000 ids takes each id's own label; an id outside ImageNet-1k is refused."""
     pytest.importorskip("PIL")
-    _save(tmp_path / "some" / "n01440764" / "a.png", 32, 32, 1)
-    with pytest.raises(DataError, match="class index"):
+    _save(tmp_path / "some" / "n01443537" / "a.png", 32, 32, 1)  # goldfish, label 1
+    _save(tmp_path / "some" / "n15075141" / "b.png", 32, 32, 2)  # toilet tissue, label 999
+    _save(tmp_path / "some" / "n15075141" / "c.png", 32, 32, 3)
+    data = load_imagenet_folder(tmp_path / "some")
+    assert sorted(data.labels.tolist()) == [1, 999, 999]
+    assert data.num_classes == 1000 and data.classes[1] == "goldfish"
+    _save(tmp_path / "some" / "n00000003" / "a.png", 32, 32, 1)  # a WordNet id, not an ImageNet-1k class
+    with pytest.raises(DataError, match=r"not ImageNet-1k classes .*n00000003"):
         load_imagenet_folder(tmp_path / "some")
-    for i in range(1000):  # all 1000 ids (most folders empty): the sorted order is the label
-        (tmp_path / "all" / f"n{i:08d}").mkdir(parents=True)
-    _save(tmp_path / "all" / "n00000003" / "a.png", 32, 32, 1)
-    assert load_imagenet_folder(tmp_path / "all").labels.tolist() == [3]
 
 
 def test_folder_with_foreign_names_is_refused(tmp_path) -> None:

@@ -43,7 +43,7 @@ def logits(model, samples) -> torch.Tensor:
 def test_attributes_and_output_shape(model, logits) -> None:
     assert model.input_shape == (3, 224, 224)
     assert model.num_classes == 1000
-    assert len(model.class_names) == 1000 and model.class_names[243] == "243"
+    assert len(model.class_names) == 1000 and model.class_names[243] == "bull mastiff"
     assert not model.training
     assert logits.shape == (20, 1000) and torch.isfinite(logits).all()
 
