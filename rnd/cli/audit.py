@@ -143,7 +143,7 @@ def audit(
         data_root=None if data_root is None else str(data_root),
     )
     # everything checked and calibrated; nothing written yet
-    plan = plan_audit(req, say=lambda line: click.echo(line, err=True))
+    plan = plan_audit(req, say=lambda line: click.echo(line, err=True), db=db)
     if dry_run:
         _print_estimate(estimate_audit(plan, db), plan.defense, db)
         return

@@ -126,6 +126,11 @@ class AuditPlan:
     calibration: dict[str, Any] | None  # the calibration's measurements (None: not calibrated)
     request: dict[str, Any] = field(default_factory=dict)
     sweep: Any = None  # the SweepPlan of the suite
+    #: What was calibrated (`calibration_request`; None: not calibrated), kept in the store with
+    #: the measurements under `calibration["key"]`.
+    calibration_request: dict[str, Any] | None = None
+    #: True when the calibration was read from the store rather than measured now.
+    calibration_reused: bool = False
 
 
 def strength_of(defense: str) -> tuple[str, str | None]:
@@ -156,6 +161,50 @@ def check_budget(threat: str, defense: str, budget: int) -> None:
                 f"--budget {budget} is too small for the suite: {a['name']} {a['norm']} with M={a['eot']} "
                 f"needs {cost} queries per image; give at least --budget {least}"
             )
+
+
+#: The calibration `calibrate` runs, part of every stored calibration's key: a change to how it
+#: measures (draws, bisection steps, bound, grid) must change this text, so that a store's
+#: calibrations made the old way are not reused.
+CALIBRATION_METHOD = "calibrate_defense refine=3 draws=5 confidence=0.95 default grid (v1)"
+
+
+def calibration_request(
+    model_sha256: str, data: Any, defense: str, param: str, max_drop: float, images: int, seed: int
+) -> dict[str, Any]:
+    """What a calibration depends on: the model (sha256 of its weights), the test images it uses
+    (sha256 of their pixels and labels, so a changed data folder is a new calibration), the
+    defense and parameter, the accuracy budget, the seed and `CALIBRATION_METHOD`."""
+    n = min(images, len(data))
+    digest = hashlib.sha256()
+    for part in (data.images[:n], data.labels[:n]):
+        digest.update(str(tuple(part.shape)).encode() + str(part.dtype).encode())
+        digest.update(part.contiguous().numpy().tobytes())
+    return {
+        "model_sha256": model_sha256,
+        "data": {"name": data.name, "split": data.split, "images": n, "sha256": digest.hexdigest()},
+        "defense": defense,
+        "param": param,
+        "max_drop": float(max_drop),
+        "seed": seed,
+        "method": CALIBRATION_METHOD,
+    }
+
+
+def calibration_key(request: dict[str, Any]) -> str:
+    """The stored calibration's key: sha256 of the canonical JSON of its request."""
+    return hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
+
+
+def stored_calibration(db: str | Path | None, key: str) -> dict[str, Any] | None:
+    """The calibration kept under `key` in the results store `db` (read-only; None when there is
+    no such file or no such calibration)."""
+    from rnd.evaluation.store import ResultsStore, check_database
+
+    if db is None or not check_database(db):
+        return None
+    with ResultsStore(db, readonly=True) as store:
+        return store.calibration(key)
 
 
 def calibrate(
@@ -450,10 +499,14 @@ class AuditRequest:
     data_root: str | None = None  # the data set's folder (CIFAR-10, an ImageNet-style folder)
 
 
-def plan_audit(req: AuditRequest, say: Callable[[str], object] | None = None) -> AuditPlan:
+def plan_audit(
+    req: AuditRequest, say: Callable[[str], object] | None = None, db: str | Path | None = None
+) -> AuditPlan:
     """Check everything and choose the strength, writing nothing: the model loads (or the endpoint
     answers with the key), the defense builds, the suite fits the budget; calibrates when asked
-    (`say` is told so first, in one line: it takes minutes on a full-size audit)."""
+    (`say` is told so first, in one line: it takes minutes on a full-size audit), unless the
+    results store `db` already keeps that calibration (same model, images, defense, budget, seed
+    and method: `calibration_request`), which is then reused as it was measured."""
     from rnd.evaluation.config import RemoteTarget, served_model
     from rnd.evaluation.runner import plan_sweep
 
@@ -473,7 +526,8 @@ def plan_audit(req: AuditRequest, say: Callable[[str], object] | None = None) ->
         "quick": req.quick,
     }
     check_budget(req.threat, "remote" if req.url is not None else strength_of(req.defense)[0], size.budget)
-    calibration = None
+    calibration = cal_request = None
+    reused = False
     if req.url is not None:
         base, name = served_model(req.url, name_option="the URL's /v2/models/NAME")
         target = RemoteTarget(
@@ -501,14 +555,28 @@ def plan_audit(req: AuditRequest, say: Callable[[str], object] | None = None) ->
             build_defense(spec, model, seed=0)  # a bad name or parameter fails here
             defense = spec
         else:
-            if say is not None:
-                n = min(size.accuracy_images, len(data))
-                say(
-                    f"calibrating {param} of {spec} to a {req.max_drop:g}-point accuracy drop on {n:,} images"
-                )
-            defense, calibration = calibrate(
-                model, data, spec, param, req.max_drop, size.accuracy_images, req.seed
+            cal_request = calibration_request(
+                info.sha256, data, spec, param, req.max_drop, size.accuracy_images, req.seed
             )
+            key = calibration_key(cal_request)
+            calibration = stored_calibration(db, key)
+            n = cal_request["data"]["images"]
+            if calibration is not None:
+                reused = True
+                defense = calibration["spec"]
+                if say is not None:
+                    say(
+                        f"{param} of {spec} for a {req.max_drop:g}-point accuracy drop on {n:,} images: "
+                        f"{calibration['value']:g}, as calibrated before (kept in {db}, key {key[:12]})"
+                    )
+            else:
+                if say is not None:
+                    drop = f"a {req.max_drop:g}-point accuracy drop"
+                    say(f"calibrating {param} of {spec} to {drop} on {n:,} images")
+                defense, calibration = calibrate(
+                    model, data, spec, param, req.max_drop, size.accuracy_images, req.seed
+                )
+            calibration = {**calibration, "key": key}
         # a checkpoint keeps its folder's name (the cells' model label), any other model its stem
         label = Path(spec_text).name if info.kind == "checkpoint" else model_label(spec_text, info.kind)
         target, checkpoint = None, spec_text
@@ -530,7 +598,15 @@ def plan_audit(req: AuditRequest, say: Callable[[str], object] | None = None) ->
         data_root=req.data_root,
     )
     sweep = plan_sweep(cfg)  # expands the grid (budgets checked), checks the model / endpoint and data
-    return AuditPlan(config=cfg, defense=defense, calibration=calibration, request=request, sweep=sweep)
+    return AuditPlan(
+        config=cfg,
+        defense=defense,
+        calibration=calibration,
+        request=request,
+        sweep=sweep,
+        calibration_request=cal_request,
+        calibration_reused=reused,
+    )
 
 
 def _endpoint_output(target: Any, threat: str) -> str:
@@ -561,6 +637,10 @@ def run_audit(plan: AuditPlan, db: str | Path, progress: bool = True, runner: An
     from rnd.evaluation.runner import plan_sweep, run_sweep
     from rnd.evaluation.store import ResultsStore
 
+    if plan.calibration is not None and plan.calibration_request is not None:
+        measured = {k: v for k, v in plan.calibration.items() if k != "key"}
+        with ResultsStore(db) as store:  # kept first: a resumed audit reuses it (`plan_audit`)
+            store.record_calibration(plan.calibration["key"], plan.calibration_request, measured)
     outcomes = [run_sweep(plan.sweep, db, runner=runner, progress=progress)]
     keys = {c.key for c in plan.sweep.cells}
     with ResultsStore(db, readonly=True) as store:

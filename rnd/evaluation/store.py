@@ -1,6 +1,6 @@
 """The results database: SQLite (stdlib), one file, crash-safe, resumable, shared by concurrent sweeps.
 
-Tables (schema version 5):
+Tables (schema version 6):
   schema_info     name -> value; `schema_version` must equal `SCHEMA_VERSION`
   history         what happened to the file: created, migrated (with the schema and rnd versions)
   sweeps          one row per (config text, quick) ever started, with the config itself
@@ -22,6 +22,9 @@ Tables (schema version 5):
                   (label-only attacks) the median distance and the median distance against
                   queries, and (stateful defenses) the % of images detected and the median
                   queries until the first detection
+  calibrations    one row per defense-strength calibration (`rnd audit`): its key (the sha256 of
+                  what was calibrated: model, images, defense, budget, method), what was asked and
+                  what was measured (JSON), so a resumed audit reuses it instead of recomputing
 
 Guarantees (each pinned by a test in tests/evaluation/test_store*.py and tests/cli/test_sweep_cli.py):
 - Creating the schema, recording a finished cell (rows + summary + status), registering a sweep and
@@ -57,7 +60,7 @@ from rnd._checks import check_writable_file
 from rnd.errors import InputError
 from rnd.evaluation.sweep import Cell, CellResult
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 SQLITE_MAGIC = b"SQLite format 3\x00"
 VOLATILE_SUFFIXES = ("_at", "_seconds")
 HEARTBEAT_S = 30.0
@@ -171,6 +174,15 @@ CREATE TABLE sweep_cells (
 """
     + _IMAGE_RESULTS
     + _CELL_SUMMARIES
+    + """
+CREATE TABLE calibrations (
+    key TEXT PRIMARY KEY,
+    request TEXT NOT NULL,
+    result TEXT NOT NULL,
+    rnd_version TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+"""
 )
 
 #: Version 1 -> 2: wall-clock columns renamed to say what they are, the creation time moved from
@@ -213,6 +225,16 @@ UPDATE cell_summaries SET detection_rate = 0;
     4: """
 ALTER TABLE cells ADD COLUMN url TEXT;
 ALTER TABLE cells ADD COLUMN assume TEXT;
+""",
+    # Version 5 -> 6: the calibrations `rnd audit` made (none before: each audit recomputed its own).
+    5: """
+CREATE TABLE calibrations (
+    key TEXT PRIMARY KEY,
+    request TEXT NOT NULL,
+    result TEXT NOT NULL,
+    rnd_version TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
 """,
 }
 
@@ -684,6 +706,31 @@ class ResultsStore:
                 (_now(), key),
             )
         return True
+
+    def record_calibration(self, key: str, request: dict[str, Any], result: dict[str, Any]) -> bool:
+        """Keep a calibration (what was asked, what was measured) under `key`; returns False,
+        writing nothing, when one is already kept there (the first stays: the same inputs give
+        the same measurement)."""
+        from rnd import __version__
+
+        with self.transaction():
+            cur = self.con.execute(
+                "INSERT OR IGNORE INTO calibrations (key, request, result, rnd_version, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (
+                    key,
+                    json.dumps(request, sort_keys=True),
+                    json.dumps(result, sort_keys=True),
+                    __version__,
+                    _now(),
+                ),
+            )
+        return cur.rowcount == 1
+
+    def calibration(self, key: str) -> dict[str, Any] | None:
+        """The measurement kept under `key` (`record_calibration`), or None."""
+        row = self.con.execute("SELECT result FROM calibrations WHERE key = ?", (key,)).fetchone()
+        return None if row is None else json.loads(row[0])
 
     def mark_failed(self, key: str, error: str) -> None:
         """Record that a cell's run raised (it is retried by the next start) and release its claim."""

@@ -107,6 +107,32 @@ def test_a_rerun_sends_nothing_and_writes_the_same_report(audited, checkpoint):
     assert res.returncode == 0, res.stderr
     assert (out / "report.json").read_text() == first
     assert comparable_content(out / "audit.sqlite") == before
+    # the strength is read from the store, not measured again
+    cal = json.loads(first)["calibration"]
+    assert "calibrating" not in res.stderr
+    assert (
+        f"{cal['value']:g}, as calibrated before (kept in {out / 'audit.sqlite'}, key {cal['key'][:12]})"
+        in res.stderr
+    )
+    con = sqlite3.connect(out / "audit.sqlite")
+    (request, result), *more = con.execute("SELECT request, result FROM calibrations").fetchall()
+    con.close()
+    assert not more and json.loads(result) == {k: v for k, v in cal.items() if k != "key"}
+    assert json.loads(request)["model_sha256"] == json.loads(first)["request"]["checkpoint_sha256"]
+
+
+def test_another_budget_is_calibrated_anew_beside_the_kept_one(audited, checkpoint, tmp_path):
+    out, _ = audited
+    db = tmp_path / "copy.sqlite"
+    db.write_bytes((out / "audit.sqlite").read_bytes())
+    res = run_cli(
+        str(checkpoint), *ARGS, "--max-drop", "3", "--out", str(tmp_path), "--db", str(db), "--dry-run"
+    )
+    assert res.returncode == 0, res.stderr
+    assert "calibrating nu of rnd to a 3-point accuracy drop on 2,000 images" in res.stderr
+    con = sqlite3.connect(db)
+    assert con.execute("SELECT COUNT(*) FROM calibrations").fetchone() == (1,)  # a dry run keeps nothing
+    con.close()
 
 
 def test_dry_run_prints_the_work_left_and_writes_nothing(audited, checkpoint, tmp_path):
@@ -146,7 +172,10 @@ def test_your_own_model_audits_as_its_checkpoint_does(audited, tiny_model, tmp_p
     mine, want = (json.loads((d / "report.json").read_text()) for d in (out, audited[0]))
     check_schema(mine)
     assert mine["request"]["checkpoint_sha256"] == hashlib.sha256(traced.read_bytes()).hexdigest()
-    assert mine["calibration"] == want["calibration"] and mine["defense"] == want["defense"]
+    assert mine["defense"] == want["defense"]
+    # the same measurement, kept under another key: the model's sha256 is the file's
+    assert mine["calibration"].pop("key") != want["calibration"]["key"]
+    assert mine["calibration"] == {k: v for k, v in want["calibration"].items() if k != "key"}
 
     def numbers(report: dict) -> dict:
         return {

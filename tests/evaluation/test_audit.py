@@ -7,6 +7,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from rnd.errors import InputError
 from rnd.evaluation.audit import (
@@ -97,7 +98,7 @@ def check_schema(report: dict, remote: bool = False) -> None:
         cal = report["calibration"]
         assert set(cal) == {
             "defense", "param", "value", "spec", "max_drop", "confidence", "clean_accuracy", "images",
-            "draws", "tried",
+            "draws", "tried", "key",
         }  # fmt: skip
         assert all(set(t) == {"value", "drop", "std", "upper", "accuracy"} for t in cal["tried"])
         assert [t["value"] for t in cal["tried"]] == sorted(t["value"] for t in cal["tried"])
@@ -124,3 +125,38 @@ def check_schema(report: dict, remote: bool = False) -> None:
         }  # fmt: skip
         assert len(g["vote"]) == len(g["mu"]) and all(len(row) == len(g["nu"]) for row in g["vote"])
     json.dumps(report, allow_nan=False)  # strict JSON
+
+
+def test_a_calibration_key_names_the_model_the_images_and_the_budget():
+    """Any change to what a calibration measures gives a new key: the model's weights, one pixel
+    or label of the images it uses, the defense, the budget, the seed; images beyond those it uses
+    do not."""
+    from rnd.data.base import ImageDataset
+    from rnd.evaluation.audit import calibration_key, calibration_request
+
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (30, 1, 4, 4), dtype=torch.uint8, generator=gen)
+    data = ImageDataset("d", "test", images, torch.arange(30) % 3, ["a", "b", "c"])
+
+    def key(d=data, sha="m1", defense="rnd", max_drop=1.0, n=20, seed=0) -> str:
+        return calibration_key(calibration_request(sha, d, defense, "nu", max_drop, n, seed))
+
+    base = key()
+    assert key() == base and len(base) == 64
+    pixel = images.clone()
+    pixel[3, 0, 1, 2] ^= 1
+    label = data.labels.clone()
+    label[5] = (label[5] + 1) % 3
+    later = images.clone()
+    later[25] = 0  # beyond the 20 images calibrated on
+    changed = [
+        key(sha="m2"),
+        key(d=ImageDataset("d", "test", pixel, data.labels, data.classes)),
+        key(d=ImageDataset("d", "test", images, label, data.classes)),
+        key(defense="low-confidence"),
+        key(max_drop=2.0),
+        key(n=21),
+        key(seed=1),
+    ]
+    assert base not in changed and len(set(changed)) == len(changed)
+    assert key(d=ImageDataset("d", "test", later, data.labels, data.classes)) == base

@@ -393,6 +393,7 @@ def test_schema_1_is_migrated_keeping_every_row(tmp_path):
         "migrated from schema 2",
         "migrated from schema 3",
         "migrated from schema 4",
+        "migrated from schema 5",
     ]
 
 
@@ -463,6 +464,7 @@ def test_schema_2_is_migrated_keeping_every_row(tmp_path):
         "migrated from schema 2",
         "migrated from schema 3",
         "migrated from schema 4",
+        "migrated from schema 5",
     ]
 
 
@@ -497,6 +499,7 @@ def test_comparable_content_ignores_only_wall_clock_columns(tmp_path):
     assert comparable_content(a) == comparable_content(b)
     assert set(comparable_content(a)) == {
         "schema_info", "history", "sweeps", "cells", "sweep_cells", "image_results", "cell_summaries",
+        "calibrations",
     }  # fmt: skip
     con = sqlite3.connect(b)
     con.execute("UPDATE image_results SET queries = queries + 1 WHERE position = 0")
@@ -662,7 +665,7 @@ def test_schema_3_is_migrated_keeping_every_row_and_every_key(tmp_path):
     with ResultsStore(db) as store:
         assert store.record(result(cell(0.02))) is False  # the same key: already done
         assert store.record(result(cell(0.05, seed=3)))  # the pending one finishes
-    assert history(db)[-2:] == ["migrated from schema 3", "migrated from schema 4"]
+    assert history(db)[-3:] == ["migrated from schema 3", "migrated from schema 4", "migrated from schema 5"]
 
 
 def test_defense_and_target_and_refusals_round_trip(tmp_path):
@@ -691,20 +694,22 @@ def test_cell_keys_written_before_defense_specs_are_kept():
 # -- migration from schema 4 --------------------------------------------------------------------------
 
 
-def v4_database(path: Path) -> Path:
+def v4_database(path: Path, version: int = 4) -> Path:
     """A database exactly as rnd wrote schema version 4 (its DDL kept in schema_v4.sql): a done RND
-    cell of a rival-era sweep with rows and summary (a refusal, a target), and a pending cell."""
+    cell of a rival-era sweep with rows and summary (a refusal, a target), and a pending cell. With
+    `version=5` the same rows in schema 5 (schema_v5.sql: the cells have url and assume, NULL)."""
     con = sqlite3.connect(path)
-    con.executescript((Path(__file__).parent / "schema_v4.sql").read_text())
+    con.executescript((Path(__file__).parent / f"schema_v{version}.sql").read_text())
     created = "2026-11-30T10:00:00+00:00"
-    con.execute("INSERT INTO schema_info VALUES ('schema_version', '4')")
-    con.execute("INSERT INTO history VALUES (1, 'created', 4, '0.4.0', ?)", (created,))
+    con.execute("INSERT INTO schema_info VALUES ('schema_version', ?)", (str(version),))
+    con.execute("INSERT INTO history VALUES (1, 'created', ?, '0.4.0', ?)", (version, created))
     con.execute("INSERT INTO sweeps VALUES (1, 's', 'sha', 0, 'text', 'cfg.toml', '0.4.0', ?)", (created,))
     cols = ", ".join("?" * len(STORE_CELL_COLUMNS))
+    url_assume = ", NULL, NULL" if version >= 5 else ""
     for c, status in ((cell(0.02), "done"), (cell(0.05, seed=3), "pending")):
         d = c.to_dict() | {"nu": c.nu}
         con.execute(
-            f"INSERT INTO cells VALUES (?, ?, {cols}, ?, NULL, ?, NULL, NULL, ?, NULL)",
+            f"INSERT INTO cells VALUES (?, ?, {cols}, ?, NULL, ?, NULL, NULL, ?, NULL{url_assume})",
             (c.key, c_spec(c), *[d[k] for k in STORE_CELL_COLUMNS], status, created, c.defense),
         )
         con.execute("INSERT INTO sweep_cells VALUES (1, ?)", (c.key,))
@@ -747,7 +752,7 @@ def test_schema_4_is_migrated_keeping_every_row_and_the_clean_column_becomes_nul
     notnull = dict(con.execute("SELECT name, \"notnull\" FROM pragma_table_info('image_results')").fetchall())
     assert notnull["success_clean"] == 0 and notnull["success_vote"] == 1
     con.close()
-    assert history(db)[-1] == "migrated from schema 4"
+    assert history(db)[-2:] == ["migrated from schema 4", "migrated from schema 5"]
     remote = replace(
         cell(0.0), checkpoint="", checkpoint_sha256="", defense="remote",
         url="http://127.0.0.1:9/v2/models/m", assume="rnd:nu=0.02", key_env="RND_KEY",
@@ -763,3 +768,37 @@ def test_schema_4_is_migrated_keeping_every_row_and_the_clean_column_becomes_nul
         assert got["failure_rate_vote"] == pytest.approx(200 / 3)
         assert [r[6] for r in store.image_rows(remote.key)] == [None, None, None]
     assert remote.key != replace(remote, assume=None).key and "key_env" not in remote.identity()
+
+
+def test_schema_5_is_migrated_keeping_every_row_and_gains_the_calibrations(tmp_path):
+    """Schema 5 -> 6 adds the calibrations table (empty); every row of every old table survives
+    unchanged; a read-only open migrates a copy in memory and leaves the file at schema 5."""
+    db = v4_database(tmp_path / "v5.sqlite", version=5)
+    old = sqlite3.connect(db)
+    tables = ("sweeps", "cells", "sweep_cells", "image_results", "cell_summaries")
+    before = {t: sorted(old.execute(f"SELECT * FROM {t}").fetchall()) for t in tables}
+    old.close()
+    with ResultsStore(db, readonly=True) as store:
+        assert store.calibration("k") is None and len(store.results()) == 1
+    assert sqlite3.connect(db).execute("SELECT value FROM schema_info").fetchone() == ("5",)
+    with ResultsStore(db) as store:
+        assert store.status_counts() == {"done": 1, "pending": 1}
+        assert store.record(result(cell(0.02))) is False
+    con = sqlite3.connect(db)
+    assert {t: sorted(con.execute(f"SELECT * FROM {t}").fetchall()) for t in tables} == before
+    assert con.execute("SELECT COUNT(*) FROM calibrations").fetchone() == (0,)
+    con.close()
+    assert history(db)[-1] == "migrated from schema 5"
+
+
+def test_a_calibration_is_kept_once_and_read_back(tmp_path):
+    db = tmp_path / "s.sqlite"
+    asked, measured = {"model": "abc", "images": 100}, {"value": 0.05, "tried": [{"value": 0.1, "drop": 2.0}]}
+    with ResultsStore(db) as store:
+        assert store.calibration("k1") is None
+        assert store.record_calibration("k1", asked, measured) is True
+        assert store.record_calibration("k1", asked, {"value": 9.0}) is False  # the first stays
+    with ResultsStore(db, readonly=True) as store:
+        assert store.calibration("k1") == measured and store.calibration("k2") is None
+    row = sqlite3.connect(db).execute("SELECT request, rnd_version FROM calibrations").fetchone()
+    assert json.loads(row[0]) == asked and row[1]
