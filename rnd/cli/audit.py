@@ -54,6 +54,11 @@ from rnd.evaluation.config import MAX_BUDGET
     is_flag=True,
     help="plan (and calibrate), then print the work left and the time it takes at most; write nothing",
 )
+@click.option(
+    "--report-only",
+    is_flag=True,
+    help="write the report of the cells done so far (the audit running, stopped or finished); run nothing",
+)
 @seed_option
 @progress_option
 def audit(
@@ -78,6 +83,7 @@ def audit(
     workers: int | None,
     ray_address: str | None,
     dry_run: bool,
+    report_only: bool,
     seed: int,
     progress: bool,
 ) -> None:
@@ -91,6 +97,7 @@ def audit(
     from rnd.evaluation.audit import (
         AuditRequest,
         AuditSize,
+        current_report,
         estimate_audit,
         plan_audit,
         run_audit,
@@ -104,6 +111,8 @@ def audit(
         raise InputError("give MODEL or --url, not both")
     if url is None and assume_defense is not None:
         raise InputError("--assume-defense is for --url (a local defense is told as it is)")
+    if dry_run and report_only:
+        raise InputError("give --dry-run or --report-only, not both")
     runner = make_cli_runner(runner_name, workers, ray_address, remote=url is not None)
     if runner_name == "ray":  # a missing Ray or an unreachable cluster fails here, before any work
         click.get_current_context().with_resource(runner)
@@ -147,6 +156,13 @@ def audit(
     if dry_run:
         _print_estimate(estimate_audit(plan, db), plan.defense, db)
         return
+    if report_only:
+        report = current_report(plan, db)  # reads the store; InputError when there is none
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(report, out / "report.json")
+        write_html(report, out / "report.html")
+        _print_verdict(report, t0, out)
+        return
     click.echo(
         f"auditing {plan.config.name.removeprefix('rnd audit ')} behind {plan.defense}: "
         f"{len(plan.sweep.cells)} cells (+ a mu x nu grid), results in {db}",
@@ -156,16 +172,30 @@ def audit(
     report = run_audit(plan, db, progress=progress, runner=runner)
     write_json(report, out / "report.json")
     write_html(report, out / "report.html")
+    _print_verdict(report, t0, out)
+
+
+def _print_verdict(report: dict[str, Any], t0: float, out: Path) -> None:
+    """The verdict lines (worst case per threat model), marked partial while cells are pending."""
+    p = report["progress"]
+    if not p["complete"]:
+        grid = "" if p["grid_cells"] is None else f" (+ {p['grid_done']} of {p['grid_cells']} grid cells)"
+        click.echo(
+            f"partial report: {p['done']} of {p['cells']} cells done{grid}; a worst case so far can only "
+            "fall as more attacks finish"
+        )
     for threat_name, v in report["verdict"].items():
         w = v["worst"]
+        pending = f", {v['attacks_pending']} pending" if v["attacks_pending"] else ""
         if w is None:
+            click.echo(f"{threat_name:>6}: no attack finished yet against the defense{pending}")
             continue
         base = v["undefended_worst"]
         click.echo(
             f"{threat_name:>6}: worst case {w['failure']:.1f} % failure [{w['low']:.1f}, {w['high']:.1f}] "
             f"(by vote) from {w['attack']}"
             + ("" if base is None else f"; undefended {base['failure']:.1f} % ({base['attack']})")
-            + f"; {v['attacks']} attacks"
+            + f"; {v['attacks']} attacks{pending}"
         )
     click.echo(f"wrote {out / 'report.html'} and {out / 'report.json'} in {time.perf_counter() - t0:.0f} s")
 

@@ -662,6 +662,29 @@ def run_audit(plan: AuditPlan, db: str | Path, progress: bool = True, runner: An
     return build_report(plan, db, grid, strongest)
 
 
+def current_report(plan: AuditPlan, db: str | Path) -> dict[str, Any]:
+    """The report of what the store holds now, running nothing and writing nothing: for an audit
+    still running or stopped, the cells done so far (`progress` says how many; `complete` is
+    false until every cell and the grid are done). A worst case over the attacks run so far can
+    only fall as more attacks finish, so a partial headline is an upper bound of the final one.
+    The grid is that of the strongest score attack so far (it may change until the suite is done).
+    Of a finished audit it is the report the run wrote."""
+    from rnd.evaluation.runner import plan_sweep
+    from rnd.evaluation.store import ResultsStore, check_database
+
+    if not check_database(db):
+        raise InputError(f"{db} holds no audit results yet; run the audit first (drop --report-only)")
+    keys = {c.key for c in plan.sweep.cells}
+    with ResultsStore(db, readonly=True) as store:
+        results = [r for r in store.results() if r["key"] in keys]
+    grid = None
+    strongest = strongest_score_attack(results, plan.defense)
+    if strongest is not None and grid_strength(plan.defense) is not None:
+        size = AuditSize(**plan.request["size"])
+        grid = plan_sweep(grid_config(plan.config, strongest, plan.defense, size, plan.config.source))
+    return build_report(plan, db, grid, strongest)
+
+
 @dataclass(frozen=True)
 class AuditEstimate:
     """How much an audit has left, at most: each pending cell's images x budget (attacks that fool
@@ -754,6 +777,14 @@ def build_report(
         by_key = {r["key"]: r for r in store.results()}
         rows = {k: store.image_rows(k) for k in keys}
     results = [by_key[k] for k in keys if k in by_key]
+    grid_done = sum(k in by_key for k in gkeys)
+    progress = {
+        "complete": len(results) == len(keys) and grid_done == len(gkeys),
+        "cells": len(keys),
+        "done": len(results),
+        "grid_cells": None if grid is None else len(gkeys),
+        "grid_done": None if grid is None else grid_done,
+    }
     cells = verdicts(results, rows)
     remote = plan.defense == "remote"
     threats = [t for t in ("scores", "labels") if plan.request["threat"] in (t, "both")]
@@ -761,19 +792,23 @@ def build_report(
     for t in threats:
         mine = cells.get(plan.defense, {}).get(t)
         base = cells.get("none", {}).get(t)
-        if mine is None:
+        planned = sum(c.defense == plan.defense and family(c.attack) == t for c in plan.sweep.cells)
+        if mine is None and not planned:
             continue
+        ran = 0 if mine is None else len(mine["attacks"])
         verdict[t] = {
             "headline": "vote",
             "worst": _worst(mine, "vote"),
             "worst_observed": _worst(mine, "observed"),
             "worst_clean": None if remote else _worst(mine, "clean"),
             "undefended_worst": _worst(base, "vote"),
-            "attacks": len(mine["attacks"]),
+            "attacks": ran,
+            "attacks_pending": planned - ran,
         }
     first = next((r for r in results if r["defense"] == plan.defense), results[0] if results else {})
     report: dict[str, Any] = {
         "schema": SCHEMA,
+        "progress": progress,
         "request": plan.request,
         "model": {"url": first.get("url")}
         if remote
@@ -801,23 +836,24 @@ def build_report(
 
         param, _ = grid_strength(plan.defense)  # type: ignore[misc]
         g = [by_key[k] for k in gkeys if k in by_key]
-        mus = sorted({effective_mu(r) for r in g})
-        nus = sorted({strength_value(r["defense"], param) for r in g})
-        at = {(effective_mu(r), strength_value(r["defense"], param)): r for r in g}
+        if g:  # a partial report may have none yet
+            mus = sorted({effective_mu(r) for r in g})
+            nus = sorted({strength_value(r["defense"], param) for r in g})
+            at = {(effective_mu(r), strength_value(r["defense"], param)): r for r in g}
 
-        def matrix(col: str) -> list[list[float | None]]:
-            return [[at[(m, n)][col] if (m, n) in at else None for n in nus] for m in mus]
+            def matrix(col: str) -> list[list[float | None]]:
+                return [[at[(m, n)][col] if (m, n) in at else None for n in nus] for m in mus]
 
-        report["mu_nu"] = {
-            "attack": f"{strongest['attack']} {strongest['norm']} eps={strongest['eps']:g}",
-            "chosen_from": strongest["cell_key"],
-            "images": plan.request["size"]["grid_images"],
-            "param": param,
-            "mu": mus,
-            "nu": nus,
-            "observed": matrix("failure_rate"),
-            "vote": matrix("failure_rate_vote"),
-            "clean": matrix("failure_rate_clean"),
-            "cell_keys": [[at[(m, n)]["key"] if (m, n) in at else None for n in nus] for m in mus],
-        }
+            report["mu_nu"] = {
+                "attack": f"{strongest['attack']} {strongest['norm']} eps={strongest['eps']:g}",
+                "chosen_from": strongest["cell_key"],
+                "images": plan.request["size"]["grid_images"],
+                "param": param,
+                "mu": mus,
+                "nu": nus,
+                "observed": matrix("failure_rate"),
+                "vote": matrix("failure_rate_vote"),
+                "clean": matrix("failure_rate_clean"),
+                "cell_keys": [[at[(m, n)]["key"] if (m, n) in at else None for n in nus] for m in mus],
+            }
     return report

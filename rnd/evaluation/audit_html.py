@@ -23,6 +23,7 @@ table { border-collapse: collapse; margin: .6em 0; } td, th { padding: .25em .7e
 th { background: #f3f3f3; text-align: left; } td.n { text-align: right; font-variant-numeric: tabular-nums; }
 .verdict td.big { font-size: 1.35em; font-weight: 600; } code { font-size: .9em; color: #555; }
 .note { color: #555; } img { max-width: 100%; }
+.partial { background: #fff4d6; border: 1px solid #e0b84c; padding: .5em .8em; }
 """
 
 
@@ -147,6 +148,18 @@ def render(report: dict[str, Any]) -> str:
             "<p class='note'>Not measurable from outside the endpoint, so not reported: "
             + e(", ".join(report["not_measured"])) + ".</p>"
         )  # fmt: skip
+    prog = report["progress"]
+    if not prog["complete"]:
+        grid = (
+            ""
+            if prog["grid_cells"] is None
+            else f" and {prog['grid_done']} of {prog['grid_cells']} grid cells"
+        )
+        parts.append(
+            f"<p class='partial'><b>Partial report:</b> {prog['done']} of {prog['cells']} cells done{grid}. "
+            "A worst case over the attacks run so far can only fall as more attacks finish: the "
+            "headline below is an upper bound of the final one.</p>"
+        )
     parts += [
         "<h2>Verdict</h2>",
         "<p class='note'>Failure rate = attacked images the attack did not fool, in %, with its 95 % Wilson "
@@ -163,7 +176,9 @@ def render(report: dict[str, Any]) -> str:
             f"<td>{e(w.get('attack', ''))}</td>"
             f"<td>{_key(w.get('cell_key'))}</td><td class='n'>{_rate(v['worst_observed'])}</td>"
             f"<td class='n'>{_rate(v['worst_clean'])}</td><td class='n'>{_rate(v['undefended_worst'])}</td>"
-            f"<td class='n'>{v['attacks']}</td></tr>"
+            f"<td class='n'>{v['attacks']}"
+            + (f" ({v['attacks_pending']} pending)" if v["attacks_pending"] else "")
+            + "</td></tr>"
         )
     parts.append("</table>")
     fig = accuracy_figure(report)

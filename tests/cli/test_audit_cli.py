@@ -76,6 +76,14 @@ def test_audit_calibrates_runs_the_suite_and_writes_both_reports(audited):
     assert set(report["cells"]) == {"none", report["defense"]}
     v = report["verdict"]["scores"]
     assert v["attacks"] == 34 and len(report["cells"]["none"]["scores"]["attacks"]) == 13
+    assert report["progress"] == {
+        "complete": True,
+        "cells": 47,
+        "done": 47,
+        "grid_cells": 12,
+        "grid_done": 12,
+    }
+    assert v["attacks_pending"] == 0 and set(report["verdict"]) == {"scores"}
     mine = report["cells"][report["defense"]]["scores"]["attacks"]
     assert v["worst"]["failure"] == min(a["vote"]["failure"] for a in mine)  # the worst case over attacks
     assert v["worst_observed"]["failure"] == min(a["observed"]["failure"] for a in mine)
@@ -119,6 +127,69 @@ def test_a_rerun_sends_nothing_and_writes_the_same_report(audited, checkpoint):
     con.close()
     assert not more and json.loads(result) == {k: v for k, v in cal.items() if k != "key"}
     assert json.loads(request)["model_sha256"] == json.loads(first)["request"]["checkpoint_sha256"]
+
+
+def test_report_only_reports_the_cells_done_so_far_and_writes_nothing_to_the_store(
+    audited, checkpoint, tmp_path
+):
+    """--report-only of a finished audit is the report the run wrote; of a stopped one (a copy of
+    the store with all but three defended cells undone), the verdict over the three, marked
+    partial, with what is pending; with no defended cell done, no verdict yet; the store is left
+    as it was."""
+    out, _ = audited
+    full = json.loads((out / "report.json").read_text())
+    db = out / "audit.sqlite"
+    before = comparable_content(db)
+    res = run_cli(str(checkpoint), *ARGS, "--out", str(tmp_path / "again"), "--db", str(db), "--report-only")
+    assert res.returncode == 0, res.stderr
+    assert json.loads((tmp_path / "again" / "report.json").read_text()) == full
+    assert "partial" not in res.stdout and "calibrating" not in res.stderr
+    assert comparable_content(db) == before
+
+    def stopped_at(name: str, keep: tuple[str, ...]) -> tuple[dict, str, dict]:
+        part = tmp_path / f"{name}.sqlite"
+        part.write_bytes(db.read_bytes())
+        con = sqlite3.connect(part)
+        marks = ", ".join("?" * len(keep))
+        con.execute(f"DELETE FROM image_results WHERE cell_key NOT IN ({marks})", keep)
+        con.execute(f"DELETE FROM cell_summaries WHERE cell_key NOT IN ({marks})", keep)
+        con.execute(f"UPDATE cells SET status = 'pending' WHERE key NOT IN ({marks})", keep)
+        con.commit()
+        con.close()
+        stored = comparable_content(part)
+        res = run_cli(
+            str(checkpoint), *ARGS, "--out", str(tmp_path / name), "--db", str(part), "--report-only"
+        )
+        assert res.returncode == 0, res.stderr
+        assert comparable_content(part) == stored
+        report = json.loads((tmp_path / name / "report.json").read_text())
+        check_schema(report)
+        return report, res.stdout, (tmp_path / name / "report.html").read_text()
+
+    kept = full["cells"][full["defense"]]["scores"]["attacks"][:3]
+    report, stdout, page = stopped_at("part", tuple(a["cell_key"] for a in kept))
+    p = report["progress"]
+    assert (p["complete"], p["cells"], p["done"]) == (False, 47, 3) and p["grid_done"] < p["grid_cells"]
+    scores = report["verdict"]["scores"]
+    assert (scores["attacks"], scores["attacks_pending"]) == (3, 31)
+    assert scores["worst"]["failure"] == min(a["vote"]["failure"] for a in kept)  # over the 3 only
+    assert scores["worst"]["failure"] >= full["verdict"]["scores"]["worst"]["failure"]  # an upper bound
+    assert scores["undefended_worst"] is None
+    assert "partial report: 3 of 47 cells done" in stdout and "; 3 attacks, 31 pending" in stdout
+    assert "Partial report:</b> 3 of 47 cells done" in page
+
+    base = full["cells"]["none"]["scores"]["attacks"][:2]
+    report, stdout, _ = stopped_at("base", tuple(a["cell_key"] for a in base))
+    scores = report["verdict"]["scores"]
+    assert scores["worst"] is None and (scores["attacks"], scores["attacks_pending"]) == (0, 34)
+    assert report["progress"]["grid_cells"] is None  # no score attack against the defense yet
+    assert "scores: no attack finished yet against the defense, 34 pending" in stdout
+
+    none = tmp_path / "none"
+    res = run_cli(str(checkpoint), *ARGS, "--out", str(none), "--report-only")
+    assert res.returncode == 2 and "holds no audit results yet" in res.stderr and not none.exists()
+    res = run_cli(str(checkpoint), *ARGS, "--out", str(none), "--report-only", "--dry-run")
+    assert res.returncode == 2 and "not both" in res.stderr and not none.exists()
 
 
 def test_another_budget_is_calibrated_anew_beside_the_kept_one(audited, checkpoint, tmp_path):

@@ -78,7 +78,7 @@ def test_intervals_and_curves():
 
 
 TOP = {
-    "schema", "request", "model", "defense", "calibration", "clean_accuracy", "not_measured",
+    "schema", "progress", "request", "model", "defense", "calibration", "clean_accuracy", "not_measured",
     "attacks_run", "verdict", "cells", "mu_nu", "db",
 }  # fmt: skip
 RATE = {"failure", "low", "high"}
@@ -102,11 +102,19 @@ def check_schema(report: dict, remote: bool = False) -> None:
         }  # fmt: skip
         assert all(set(t) == {"value", "drop", "std", "upper", "accuracy"} for t in cal["tried"])
         assert [t["value"] for t in cal["tried"]] == sorted(t["value"] for t in cal["tried"])
+    p = report["progress"]
+    assert set(p) == {"complete", "cells", "done", "grid_cells", "grid_done"} and 0 <= p["done"] <= p["cells"]
+    assert (p["grid_cells"] is None) == (p["grid_done"] is None)
     for v in report["verdict"].values():
         assert set(v) == {
             "headline", "worst", "worst_observed", "worst_clean", "undefended_worst", "attacks",
+            "attacks_pending",
         }  # fmt: skip
-        assert v["headline"] == "vote" and set(v["worst"]) == {"attack", "cell_key", *RATE}
+        assert v["headline"] == "vote" and v["attacks_pending"] >= 0
+        if v["worst"] is None:  # a partial report: no attack against the defense finished yet
+            assert v["attacks"] == 0 and not p["complete"]
+            continue
+        assert set(v["worst"]) == {"attack", "cell_key", *RATE}
         assert v["worst"]["low"] <= v["worst"]["failure"] <= v["worst"]["high"]
     for by_threat in report["cells"].values():
         for entry in by_threat.values():
