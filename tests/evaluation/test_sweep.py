@@ -236,3 +236,34 @@ def test_progress_counts_queries_against_the_pending_cells_budgets(plan, tmp_pat
     assert bar.n == bar.total and all(k >= 0 for k in bar.updates)
     assert len(bar.updates) > 3 * 2  # live reports within cells, not one jump per cell
     assert bar.descs[0] == "cells 1/4" and bar.descs[-1] == "cells 4/4"
+
+
+def test_progress_ends_at_its_total_with_a_failed_and_a_duplicated_cell(plan, tmp_path, monkeypatch):
+    """A cell that fails and a cell another process recorded first both count as worked off: the
+    bar still ends at its total; its cell count says what is done (the failed cell is not)."""
+    import rnd.evaluation.runner as runner_mod
+    from rnd.evaluation.sweep import cell_work
+
+    monkeypatch.setattr(runner_mod, "tqdm", RecordingBar)
+    RecordingBar.made.clear()
+    bad = replace(plan.cells[0], start=9995, images=50)  # fails: more images than exist
+    raced = plan.cells[1]
+    db = tmp_path / "d.sqlite"
+
+    class Racing(InProcessRunner):
+        def run(self, cells, on_result, on_error):
+            def recorded_elsewhere_first(result):
+                if result.key == raced.key:  # another process records the same cell just before
+                    with ResultsStore(db) as other:
+                        assert other.record(result)
+                on_result(result)
+
+            super().run(cells, recorded_elsewhere_first, on_error)
+
+    cells = [bad, raced, plan.cells[2]]
+    out = run_sweep(replace(plan, cells=cells), db, runner=Racing(threads=1), progress=True)
+    assert (out.ran, len(out.failed), out.by_others) == (1, 1, 1)
+    (bar,) = RecordingBar.made
+    assert bar.total == sum(cell_work(c) for c in cells) == 50 * 150 + 2 * 4 * 150
+    assert bar.n == bar.total and all(k >= 0 for k in bar.updates)
+    assert bar.descs[-1] == "cells 2/3"
