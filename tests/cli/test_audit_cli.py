@@ -337,7 +337,17 @@ def test_an_endpoint_audit_marks_what_it_cannot_measure(tiny_model, tmp_path):
              "--images", "2", "--budget", "640", "--out", str(out), "--no-progress"],
         )  # fmt: skip
         assert res.exit_code == 0, res.output
+        used = store.list()[0]["used"]
+        again = CliRunner().invoke(
+            main,
+            ["audit", "--url", f"{served.url}/v2/models/tiny", "--key", key, "--threat", "labels",
+             "--images", "2", "--budget", "640", "--out", str(tmp_path / "again"), "--db",
+             str(out / "audit.sqlite"), "--report-only"],
+        )  # fmt: skip
+        assert again.exit_code == 0, again.output
+        assert store.list()[0]["used"] == used  # the report of the store: no query sent
     report = json.loads((out / "report.json").read_text())
+    assert json.loads((tmp_path / "again" / "report.json").read_text()) == report
     check_schema(report, remote=True)
     assert report["defense"] == "remote" and report["calibration"] is None
     assert "clean-model success" in report["not_measured"]
