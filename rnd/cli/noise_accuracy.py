@@ -7,6 +7,7 @@ import dataclasses
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 import torch
@@ -79,13 +80,17 @@ def flatten(lists: tuple[list[float], ...]) -> list[float]:
 def forward_progress(
     models: list[nn.Module], desc: str, enabled: bool, total: int | None = None
 ) -> Iterator[None]:
-    """A progress bar of images forwarded through `models` (forward hooks), removed afterwards;
-    a TorchScript model takes no hooks, so its forwards are not counted."""
+    """A progress bar of images forwarded through `models` (forward hooks), removed afterwards
+    (a TorchScript file loads as `rnd.models.source.TorchScriptModel`, which takes hooks)."""
     with tqdm(total=total, desc=desc, unit="img", disable=not enabled) as bar:
+
+        def count(_m: nn.Module, _i: Any, out: torch.Tensor) -> None:
+            bar.update(len(out))  # returns None: a hook's return value would replace the output
+
         hooks = [
-            m.register_forward_hook(lambda _m, _i, out: bar.update(len(out)))
+            m.register_forward_hook(count)
             for m in models
-            if not isinstance(m, torch.jit.ScriptModule)
+            if not isinstance(m, torch.jit.ScriptModule)  # a bare one (not loaded by rnd) takes none
         ]
         try:
             yield

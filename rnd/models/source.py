@@ -30,6 +30,10 @@ source compiled and run by the TorchScript interpreter, which can call TorchScri
 registered torch operators only, not arbitrary Python. A factory imports and runs the user's own
 Python module, which is what naming it asks for.
 
+A TorchScript module is returned inside `TorchScriptModel`, an ordinary `nn.Module` whose forward
+calls it: forward hooks (progress counters, feature taps) and attributes work on it as on any
+module, which TorchScript modules refuse.
+
 `ModelInfo.sha256` identifies what was loaded (the `checkpoint_sha256` of a sweep cell):
 checkpoint: the sha256 of its safetensors file (as recorded in its JSON); TorchScript: the sha256
 of the file; factory: the sha256 of the weights file, or without one, of the module's state_dict
@@ -201,6 +205,8 @@ def load_model(
     if names is not None and len(names) != classes:
         raise InputError(f"{where}: {len(names)} class_names for {classes} classes; give one name per class")
     _set_attributes(model, shape, classes, names, where)
+    if kind == "torchscript":
+        model = TorchScriptModel(model, shape, classes, names)
     info = ModelInfo(
         kind=kind,
         spec=text,
@@ -342,6 +348,26 @@ def _no_weights(spec: str | Path, weights: str | Path | None, kind: str) -> None
             f"model {spec} is a {kind}, which holds its own weights; weights are for a "
             "package.module:factory model"
         )
+
+
+class TorchScriptModel(nn.Module):
+    """A loaded TorchScript module as a plain `nn.Module`: `forward(x) = script(x)`, with
+    `input_shape`, `num_classes` (and `class_names`) as Python attributes. TorchScript modules
+    take no forward hooks; this module does."""
+
+    def __init__(
+        self, script: nn.Module, input_shape: tuple[int, ...], num_classes: int, class_names: Any = None
+    ) -> None:
+        super().__init__()
+        self.script = script
+        self.input_shape = tuple(input_shape)
+        self.num_classes = int(num_classes)
+        if class_names is not None:
+            self.class_names = list(class_names)
+        self.train(script.training)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.script(x)
 
 
 def _load_torchscript(path: Path, device: torch.device) -> nn.Module:

@@ -142,3 +142,54 @@ def test_your_own_model_calibrates_as_its_checkpoint_does(checkpoint, tiny_model
     finally:
         sys.path.remove(str(tmp_path))
         sys.modules.pop("calnets", None)
+
+
+def test_a_torchscript_model_counts_its_images_as_a_checkpoint_does(checkpoint, tiny_model, tmp_path):
+    """The progress counter counts the images forwarded through the model (a forward hook): a
+    TorchScript file, loaded as an nn.Module wrapper, counts the same images as its checkpoint."""
+    import re
+
+    import torch
+
+    traced = tmp_path / "net.pt"
+    torch.jit.save(torch.jit.trace(tiny_model, torch.rand(2, 1, 28, 28)), traced)
+    args = ("--grid", "0.01,0.05", "--max-drop", 3, "--refine", 0, "--draws", 3, "--images", 300)
+    args = (*args, "--progress")
+
+    def counted(*model) -> int:
+        res = run("calibrate", *model, *args)
+        assert res.exit_code == 0, res.output
+        return int(re.findall(r"calibrate: (\d+)img", res.output)[-1])
+
+    want = counted(checkpoint)
+    assert want >= 300 * 3  # at least one value measured with 3 draws of 300 images
+    assert counted(traced, "--input-shape", "1,28,28", "--num-classes", 10) == want
+
+
+def test_the_counter_never_changes_what_the_model_answers(tiny_model, monkeypatch):
+    """tqdm's update returns True when it redraws; a forward hook's return value replaces the
+    output, so the counting hook must return nothing (here every update redraws)."""
+    import torch
+
+    import rnd.cli.noise_accuracy as cli_mod
+
+    class Redrawing:
+        def __init__(self, **_):
+            self.n = 0
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *_):
+            return False
+
+        def update(self, k):
+            self.n += k
+            return True
+
+    monkeypatch.setattr(cli_mod, "tqdm", Redrawing)
+    x = torch.rand(5, 1, 28, 28)
+    want = tiny_model(x)
+    with cli_mod.forward_progress([tiny_model], "calibrate", True):
+        got = tiny_model(x)
+    assert isinstance(got, torch.Tensor) and torch.equal(got, want)

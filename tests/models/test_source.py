@@ -16,7 +16,7 @@ from torch import nn
 
 from rnd.errors import InputError, RndError
 from rnd.models import load_model, model_kind, model_sha256, save_checkpoint, sha256_file
-from rnd.models.source import state_dict_sha256
+from rnd.models.source import TorchScriptModel, state_dict_sha256
 
 # torch 2.13 marks torch.jit as deprecated; TorchScript files are still what users bring
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
@@ -133,6 +133,13 @@ def test_three_ways_give_the_same_model(on_path, fmnist_test):
         assert not model.training
         assert info.input_shape == (1, 28, 28) and info.num_classes == 10
         assert model.input_shape == (1, 28, 28) and model.num_classes == 10  # what rnd reads
+        seen: list[int] = []  # every kind takes a forward hook (a TorchScript module comes wrapped)
+        handle = model.register_forward_hook(lambda _m, _i, out, seen=seen: seen.append(len(out)))
+        with torch.no_grad():
+            assert torch.equal(model(x), ref)
+        handle.remove()
+        assert seen == [16]
+    assert isinstance(ts, TorchScriptModel) and isinstance(ts.script, torch.jit.ScriptModule)
     # sha256: of the safetensors file (checkpoint and factory weights: the same file), of the .pt
     assert ck_info.sha256 == fa_info.sha256 == sha256_file(on_path["weights"])
     assert ts_info.sha256 == sha256_file(on_path["torchscript"])
