@@ -634,7 +634,7 @@ def run_audit(plan: AuditPlan, db: str | Path, progress: bool = True, runner: An
     score attack (defenses with a strength: RND, feature noise, low-confidence); returns the
     report (see `write_json`; schema in docs/audit-report.md). `runner`: where
     cells run (`rnd.evaluation.runner`; default in-process)."""
-    from rnd.evaluation.runner import plan_sweep, run_sweep
+    from rnd.evaluation.runner import run_sweep
     from rnd.evaluation.store import ResultsStore
 
     if plan.calibration is not None and plan.calibration_request is not None:
@@ -642,17 +642,9 @@ def run_audit(plan: AuditPlan, db: str | Path, progress: bool = True, runner: An
         with ResultsStore(db) as store:  # kept first: a resumed audit reuses it (`plan_audit`)
             store.record_calibration(plan.calibration["key"], plan.calibration_request, measured)
     outcomes = [run_sweep(plan.sweep, db, runner=runner, progress=progress)]
-    keys = {c.key for c in plan.sweep.cells}
-    with ResultsStore(db, readonly=True) as store:
-        results = [r for r in store.results() if r["key"] in keys]
-    grid = None
-    strongest = strongest_score_attack(results, plan.defense)
-    if strongest is not None and grid_strength(plan.defense) is not None:
-        size = AuditSize(**plan.request["size"])
-        gcfg = grid_config(plan.config, strongest, plan.defense, size, plan.config.source)
-        gplan = plan_sweep(gcfg)
-        outcomes.append(run_sweep(gplan, db, runner=runner, progress=progress))
-        grid = gplan
+    grid, strongest = _grid_plan(plan, db)
+    if grid is not None:
+        outcomes.append(run_sweep(grid, db, runner=runner, progress=progress))
     failed = [f for o in outcomes for f in o.failed]
     if failed:
         raise InputError(
@@ -669,20 +661,27 @@ def current_report(plan: AuditPlan, db: str | Path) -> dict[str, Any]:
     only fall as more attacks finish, so a partial headline is an upper bound of the final one.
     The grid is that of the strongest score attack so far (it may change until the suite is done).
     Of a finished audit it is the report the run wrote."""
-    from rnd.evaluation.runner import plan_sweep
-    from rnd.evaluation.store import ResultsStore, check_database
+    from rnd.evaluation.store import check_database
 
     if not check_database(db):
         raise InputError(f"{db} holds no audit results yet; run the audit first (drop --report-only)")
+    return build_report(plan, db, *_grid_plan(plan, db))
+
+
+def _grid_plan(plan: AuditPlan, db: str | Path) -> tuple[Any, dict[str, Any] | None]:
+    """(the SweepPlan of the mu x strength grid, or None; the strongest plain score attack against
+    the defense among the suite's cells done in `db`, or None)."""
+    from rnd.evaluation.runner import plan_sweep
+    from rnd.evaluation.store import ResultsStore
+
     keys = {c.key for c in plan.sweep.cells}
     with ResultsStore(db, readonly=True) as store:
         results = [r for r in store.results() if r["key"] in keys]
-    grid = None
     strongest = strongest_score_attack(results, plan.defense)
-    if strongest is not None and grid_strength(plan.defense) is not None:
-        size = AuditSize(**plan.request["size"])
-        grid = plan_sweep(grid_config(plan.config, strongest, plan.defense, size, plan.config.source))
-    return build_report(plan, db, grid, strongest)
+    if strongest is None or grid_strength(plan.defense) is None:
+        return None, strongest
+    size = AuditSize(**plan.request["size"])
+    return plan_sweep(grid_config(plan.config, strongest, plan.defense, size, plan.config.source)), strongest
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,17 @@ CREATE TABLE image_results (
     PRIMARY KEY (cell_key, position)
 );
 """
+# Schema 6's new table, created by the schema and by migration 5 from this one text (a later
+# schema that changes it needs a text of its own for migration 5, as above).
+_CALIBRATIONS = """
+CREATE TABLE calibrations (
+    key TEXT PRIMARY KEY,
+    request TEXT NOT NULL,
+    result TEXT NOT NULL,
+    rnd_version TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+"""
 _CELL_SUMMARIES = """
 CREATE TABLE cell_summaries (
     cell_key TEXT PRIMARY KEY REFERENCES cells(key),
@@ -174,15 +185,7 @@ CREATE TABLE sweep_cells (
 """
     + _IMAGE_RESULTS
     + _CELL_SUMMARIES
-    + """
-CREATE TABLE calibrations (
-    key TEXT PRIMARY KEY,
-    request TEXT NOT NULL,
-    result TEXT NOT NULL,
-    rnd_version TEXT NOT NULL,
-    created_at TEXT NOT NULL
-);
-"""
+    + _CALIBRATIONS
 )
 
 #: Version 1 -> 2: wall-clock columns renamed to say what they are, the creation time moved from
@@ -227,15 +230,7 @@ ALTER TABLE cells ADD COLUMN url TEXT;
 ALTER TABLE cells ADD COLUMN assume TEXT;
 """,
     # Version 5 -> 6: the calibrations `rnd audit` made (none before: each audit recomputed its own).
-    5: """
-CREATE TABLE calibrations (
-    key TEXT PRIMARY KEY,
-    request TEXT NOT NULL,
-    result TEXT NOT NULL,
-    rnd_version TEXT NOT NULL,
-    created_at TEXT NOT NULL
-);
-""",
+    5: _CALIBRATIONS,
 }
 
 
