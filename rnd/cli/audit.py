@@ -104,7 +104,7 @@ def audit(
         write_json,
     )
     from rnd.evaluation.audit_html import write_html
-    from rnd.evaluation.store import check_location
+    from rnd.evaluation.store import ResultsStore, check_database, check_location
 
     t0 = time.perf_counter()
     if url is not None and model is not None:
@@ -163,9 +163,14 @@ def audit(
         write_html(report, out / "report.html")
         _print_verdict(report, t0, out)
         return
+    done = ""
+    if check_database(db):  # a resumed audit says how far it got
+        with ResultsStore(db, readonly=True) as store:
+            n = len(store.done_keys() & {c.key for c in plan.sweep.cells})
+        done = f", {n} already done"
     click.echo(
         f"auditing {plan.config.name.removeprefix('rnd audit ')} behind {plan.defense}: "
-        f"{len(plan.sweep.cells)} cells (+ a mu x nu grid), results in {db}",
+        f"{len(plan.sweep.cells)} cells{done} (+ a mu x nu grid), results in {db}",
         err=True,
     )
     out.mkdir(parents=True, exist_ok=True)

@@ -115,6 +115,7 @@ def test_a_rerun_sends_nothing_and_writes_the_same_report(audited, checkpoint):
     assert res.returncode == 0, res.stderr
     assert (out / "report.json").read_text() == first
     assert comparable_content(out / "audit.sqlite") == before
+    assert "47 cells, 47 already done (+ a mu x nu grid)" in res.stderr
     # the strength is read from the store, not measured again
     cal = json.loads(first)["calibration"]
     assert "calibrating" not in res.stderr
