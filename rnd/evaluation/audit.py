@@ -129,8 +129,6 @@ class AuditPlan:
     #: What was calibrated (`calibration_request`; None: not calibrated), kept in the store with
     #: the measurements under `calibration["key"]`.
     calibration_request: dict[str, Any] | None = None
-    #: True when the calibration was read from the store rather than measured now.
-    calibration_reused: bool = False
 
 
 def strength_of(defense: str) -> tuple[str, str | None]:
@@ -527,7 +525,6 @@ def plan_audit(
     }
     check_budget(req.threat, "remote" if req.url is not None else strength_of(req.defense)[0], size.budget)
     calibration = cal_request = None
-    reused = False
     if req.url is not None:
         base, name = served_model(req.url, name_option="the URL's /v2/models/NAME")
         target = RemoteTarget(
@@ -562,7 +559,6 @@ def plan_audit(
             calibration = stored_calibration(db, key)
             n = cal_request["data"]["images"]
             if calibration is not None:
-                reused = True
                 defense = calibration["spec"]
                 if say is not None:
                     say(
@@ -605,7 +601,6 @@ def plan_audit(
         request=request,
         sweep=sweep,
         calibration_request=cal_request,
-        calibration_reused=reused,
     )
 
 
