@@ -113,6 +113,9 @@ def audit(
         raise InputError("--assume-defense is for --url (a local defense is told as it is)")
     if dry_run and report_only:
         raise InputError("give --dry-run or --report-only, not both")
+    if runner_name == "ray" and (dry_run or report_only):
+        what = "--dry-run" if dry_run else "--report-only"
+        raise InputError(f"{what} runs no cell; drop --runner ray")
     runner = make_cli_runner(runner_name, workers, ray_address, remote=url is not None)
     if runner_name == "ray":  # a missing Ray or an unreachable cluster fails here, before any work
         click.get_current_context().with_resource(runner)

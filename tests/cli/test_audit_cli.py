@@ -386,6 +386,8 @@ def test_bad_input_changes_nothing(checkpoint, tiny_model, tmp_path):
             (["no_such_module_here:make"], "no_such_module_here"),
             ([str(checkpoint), "--workers", "2"], "apply to --runner ray only"),
             (["--url", f"{served.url}/v2/models/tiny", "--runner", "ray"], "--runner inprocess"),
+            ([str(checkpoint), "--report-only", "--runner", "ray"], "runs no cell; drop --runner ray"),
+            ([str(checkpoint), "--dry-run", "--runner", "ray"], "runs no cell; drop --runner ray"),
         ]
         for args, words in cases:
             res = CliRunner().invoke(main, ["audit", *args, "--out", str(out), "--no-progress"])
