@@ -193,20 +193,6 @@ def test_report_only_reports_the_cells_done_so_far_and_writes_nothing_to_the_sto
     assert res.returncode == 2 and "not both" in res.stderr and not none.exists()
 
 
-def test_another_budget_is_calibrated_anew_beside_the_kept_one(audited, checkpoint, tmp_path):
-    out, _ = audited
-    db = tmp_path / "copy.sqlite"
-    db.write_bytes((out / "audit.sqlite").read_bytes())
-    res = run_cli(
-        str(checkpoint), *ARGS, "--max-drop", "3", "--out", str(tmp_path), "--db", str(db), "--dry-run"
-    )
-    assert res.returncode == 0, res.stderr
-    assert "calibrating nu of rnd to a 3-point accuracy drop on 2,000 images" in res.stderr
-    con = sqlite3.connect(db)
-    assert con.execute("SELECT COUNT(*) FROM calibrations").fetchone() == (1,)  # a dry run keeps nothing
-    con.close()
-
-
 def test_dry_run_prints_the_work_left_and_writes_nothing(audited, checkpoint, tmp_path):
     out, _ = audited
     before = comparable_content(out / "audit.sqlite")
