@@ -143,12 +143,28 @@ def test_fit_temperature_checks_its_inputs():
 
 @torch.no_grad()
 def test_low_confidence_noise_keeps_clean_accuracy_better_than_rnd(tiny_model, fmnist_test):
-    """On real data most clean images are confident: low-confidence noise costs less than RND."""
-    images, labels = fmnist_test.get(torch.arange(1000))
+    """On real data many clean images are confident: they keep their clean answer, so low-confidence
+    noise costs less than RND. The gain is under a point for the tiny model at tau 0.9 (few of its
+    answers are confident), so it is measured on 5,000 images and 3 noise draws: on 1,000 images
+    and one draw the two are within noise of each other."""
+    idx = torch.cat([torch.arange(1000), torch.arange(2000, 6000)])  # 1000-1999 fit the temperature
+    images, labels = fmnist_test.get(idx)
     t = fit_temperature(tiny_model, *fmnist_test.get(torch.arange(1000, 2000)))
     assert math.isfinite(t) and 0.2 < t < 5
-    lc = LowConfidenceNoise(tiny_model, nu=0.3, tau=0.9, temperature=t, seed=1)(images).argmax(1)
-    rnd = RandomNoiseDefense(tiny_model, nu=0.3, seed=1)(images).argmax(1)
-    clean = tiny_model(images).argmax(1)
-    assert (lc == labels).float().mean() > (rnd == labels).float().mean()
-    assert (lc == clean).float().mean() > 0.8
+    clean_logits = tiny_model(images)
+    clean = clean_logits.argmax(1)
+    confident = (clean_logits / t).softmax(1).amax(1) > 0.9
+    assert 0.05 < confident.float().mean() < 0.95
+    lc_acc = rnd_acc = 0.0
+    for seed in (1, 2, 3):
+        lc = LowConfidenceNoise(tiny_model, nu=0.3, tau=0.9, temperature=t, seed=seed)(images).argmax(1)
+        assert torch.equal(lc[confident], clean[confident])
+        lc_acc += float((lc == labels).float().mean()) / 3
+        rnd_acc += (
+            float(
+                (RandomNoiseDefense(tiny_model, nu=0.3, seed=seed)(images).argmax(1) == labels).float().mean()
+            )
+            / 3
+        )
+        assert (lc == clean).float().mean() > 0.8
+    assert lc_acc > rnd_acc
