@@ -45,6 +45,7 @@ from torch import nn
 from rnd import Oracle, RandomNoiseDefense
 from rnd.attacks import ATTACKS, make_attack
 from rnd.data import load_dataset
+from rnd.device import prefer_channels_last
 from rnd.models import build_model, checkpoint_paths, load_checkpoint
 from rnd.models import load_model as load_model_spec
 from rnd.training import default_checkpoint_path
@@ -174,11 +175,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     base, origin = load_model(args.model)
     x, y = hard_images(base, args.batch, dataset=args.dataset)
+    # the layout every oracle here puts the model in (rnd.device), before the raw forwards too
+    layout = "channels-last" if prefer_channels_last(base, x.shape[1:]) else "contiguous"
     names = args.attack or sorted(ATTACKS)
     models = {"none": base}
     if args.nu > 0:
         models[f"rnd nu={args.nu:g}"] = RandomNoiseDefense(base, nu=args.nu, seed=0)
-    print(f"model: {origin}")
+    print(f"model: {origin}, {layout} weights")
     print(
         f"l_inf eps={args.eps}, {args.batch} images (largest clean margin), budget {args.budget}, "
         f"{args.threads} thread(s), best of {args.rounds} interleaved rounds, {args.clock} time\n"

@@ -33,6 +33,7 @@ from torch import nn
 from rnd.data import load_dataset
 from rnd.defenses import DEFENSES, build_defense
 from rnd.defenses.stateful import Blacklight
+from rnd.device import prefer_channels_last
 from rnd.errors import InputError
 from rnd.models import build_model, checkpoint_paths, load_checkpoint
 from rnd.training import default_checkpoint_path
@@ -97,11 +98,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     model, source = load_model()
+    # the layout an oracle puts the model in (rnd.device): the bare forward is the faster one
+    layout = "channels-last" if prefer_channels_last(model, model.input_shape) else "contiguous"
     specs = {name: DEFAULT_SPECS.get(name, name) for name in DEFENSES}
     for text in args.spec:
         specs[text.partition(":")[0].strip()] = text
     batches = Batches(args.batch)
-    print(f"model: {source}; batch {args.batch}, {args.threads} thread(s), {args.clock} time")
+    print(f"model: {source} ({layout}); batch {args.batch}, {args.threads} thread(s), {args.clock} time")
     print(f"{'defense':<38} {'images/s':>10} {'bare':>10} {'ratio':>7}")
     for text in specs.values():
         try:

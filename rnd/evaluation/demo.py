@@ -16,6 +16,7 @@ from rnd.attacks import make_attack
 from rnd.data import load_dataset
 from rnd.data.imagenet import load_imagenet_samples
 from rnd.defenses import build_defense
+from rnd.device import prefer_channels_last
 from rnd.errors import InputError
 from rnd.evaluation.attack_eval import AttackEvaluation, evaluate_attack
 from rnd.evaluation.compat import check_model_data
@@ -41,6 +42,7 @@ def load_or_train_default(path: str | Path | None = None, progress: bool = True)
         log.warning("no checkpoint at %s: training the default model (a few minutes)", weights)
         train_model(out=path, config=TrainConfig(), progress=progress)
     model, _ = load_checkpoint(path)
+    prefer_channels_last(model, model.input_shape)  # the CPU's faster layout, as load_model does
     return model, path
 
 
