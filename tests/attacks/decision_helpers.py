@@ -34,9 +34,15 @@ def run_decision(attack: DecisionAttack, model, x, y, budget: int, nu: float = 0
     assert torch.equal(t[:, -1], result.distance)
     if not nu:
         with torch.no_grad():
-            pred = model(result.x_adv[found]).argmax(1)
+            z = model(result.x_adv[found])
+        pred = z.argmax(1)
         hit = pred == targets[found] if targets is not None else pred != y[found]
-        assert bool(hit.all())
+        # the search ends on the boundary: forwarded in another batch (another summation order),
+        # a point there may tie the other way; a logit gap within float rounding counts as a hit
+        want = targets[found] if targets is not None else y[found]
+        other = z.scatter(1, want[:, None], float("-inf")).amax(1)
+        gap = (z.gather(1, want[:, None])[:, 0] - other).abs()
+        assert bool((hit | (gap < 1e-4)).all()), gap[~hit]
     return result
 
 
