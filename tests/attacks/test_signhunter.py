@@ -51,6 +51,8 @@ def test_early_stop(tiny_model, attack_batch):
     check_early_stop(lambda: SignHunter(eps=0.15, seed=0), tiny_model, x, y, budget=100)
 
 
+# slow: among the longest of the default suite (targeted SignHunter runs its whole budget)
+@pytest.mark.slow
 def test_targeted(tiny_model, attack_batch):
     x, y = attack_batch
     targets = (y[:6] + 1) % 10

@@ -46,6 +46,8 @@ def test_lowers_margin_and_succeeds(tiny_model, attack_batch, norm, eps, basis, 
     assert torch.equal(result.success, true_margin(tiny_model, result.x_adv, y) < 0)
 
 
+# slow: 2 x 20 images x 1,000 queries of one-pixel steps, the longest test of the default suite
+@pytest.mark.slow
 def test_rnd_raises_failure_rate(tiny_model, attack_batch):
     x, y = attack_batch
     # At eps 2 and 300 queries the undefended attack already fails on 85 %. At eps 3 / 1,000 queries:
@@ -74,6 +76,8 @@ def test_early_stop(tiny_model, attack_batch):
     check_early_stop(lambda: SimBA(eps=2.0, mu=0.2, seed=0), tiny_model, x, y, budget=150)
 
 
+# slow: among the longest of the default suite (SimBA l_2 targeted runs its whole budget)
+@pytest.mark.slow
 def test_targeted(tiny_model, attack_batch):
     x, y = attack_batch
     # the runner-up class of the clean image: a target the tiny model can be pushed to
