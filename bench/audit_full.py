@@ -1,0 +1,124 @@
+"""The full-size `rnd audit` of the default checkpoint (issue 17), carried across fresh machines.
+
+    python bench/audit_full.py resume [--threads 2]   # run / resume it (hours: it is forward-bound)
+    python bench/audit_full.py snapshot               # copy its store into the tracked snapshot
+    python bench/audit_full.py status                 # cells done, queries spent, wall time so far
+
+The audit (500 images, 10,000 queries, both threat models) costs about 300 M model queries: on 2 CPU
+cores, about 17 h. A session's machine keeps only what is committed, and the default checkpoint is
+not bit-identical when trained again elsewhere, so the store's cells would not match a retrained
+model. `bench/audit-full/` therefore keeps both parts under version control:
+
+- `checkpoints/fashion-mnist-small-cnn.{safetensors,json}`: the default checkpoint the audit is of,
+  as `scripts/install.sh && rnd demo` trained it (`resume` runs with `RND_HOME=bench/audit-full`,
+  so `rnd audit` without MODEL finds it);
+- `audit.sqlite`: a consistent copy of the audit's results store (SQLite's online backup, then
+  VACUUM), with every finished cell.
+
+`resume` works on `results/audit-full/audit.sqlite` (git-ignored), starting it from the snapshot
+when it is absent, and writes the report to `results/audit-full/`. `snapshot` refuses to replace a
+snapshot that has more finished cells than the working store, so an older store never overwrites
+newer results. The wall time of the audit is the sum of its cells' `wall_seconds` (each cell ran
+uninterrupted; a cell killed at a session's end restarts from its beginning, and its lost time is
+not counted) plus the calibration, which runs once and is kept in the store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+HOME = ROOT / "bench" / "audit-full"
+SNAPSHOT = HOME / "audit.sqlite"
+OUT = ROOT / "results" / "audit-full"
+WORKING = OUT / "audit.sqlite"
+CHECKPOINT = HOME / "checkpoints" / "fashion-mnist-small-cnn"
+
+
+def copy_store(src: Path, dst: Path) -> None:
+    """A consistent, compact copy of the SQLite store `src` at `dst` (online backup: a writer may be
+    running; the copy holds whole transactions only)."""
+    tmp = dst.with_name(dst.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(f"{src.resolve().as_uri()}?mode=ro", uri=True) as s, sqlite3.connect(tmp) as d:
+        s.backup(d)
+    with sqlite3.connect(tmp, isolation_level=None) as d:
+        d.execute("VACUUM")
+    os.replace(tmp, dst)
+
+
+def progress(store: Path) -> dict:
+    """Cells done and pending, queries spent, summed cell wall time of the store at `store`."""
+    with sqlite3.connect(f"{store.resolve().as_uri()}?mode=ro", uri=True) as con:
+        status = dict(con.execute("SELECT status, count(*) FROM cells GROUP BY status").fetchall())
+        wall, queries = con.execute(
+            "SELECT coalesce(sum(s.wall_seconds), 0), "
+            "(SELECT coalesce(sum(queries), 0) FROM image_results) FROM cell_summaries s"
+        ).fetchone()
+        models = [r[0] for r in con.execute("SELECT DISTINCT checkpoint_sha256 FROM cells")]
+    return {
+        "done": status.get("done", 0),
+        "failed": status.get("failed", 0),
+        "pending": status.get("pending", 0),
+        "cell_wall_seconds": round(wall, 1),
+        "queries": int(queries),
+        "checkpoint_sha256": models,
+    }
+
+
+def checkpoint_sha() -> str:
+    return json.loads(CHECKPOINT.with_suffix(".json").read_text())["sha256"]
+
+
+def resume(threads: int) -> int:
+    if not CHECKPOINT.with_suffix(".safetensors").exists():
+        sys.exit(f"no checkpoint at {CHECKPOINT}.safetensors: the audit is of that model")
+    if not WORKING.exists() and SNAPSHOT.exists():
+        copy_store(SNAPSHOT, WORKING)
+        print(f"working store started from the snapshot: {progress(WORKING)['done']} cells done")
+    env = {**os.environ, "RND_HOME": str(HOME)}
+    rnd = shutil.which("rnd") or str(Path(sys.executable).with_name("rnd"))
+    cmd = [rnd, "--threads", str(threads), "audit", "--out", str(OUT), "--db", str(WORKING), "--progress"]
+    print(" ".join(cmd), f"(RND_HOME={HOME})", flush=True)
+    return subprocess.call(cmd, env=env)
+
+
+def snapshot() -> int:
+    if not WORKING.exists():
+        sys.exit(f"no working store at {WORKING}")
+    now = progress(WORKING)
+    if SNAPSHOT.exists() and progress(SNAPSHOT)["done"] > now["done"]:
+        sys.exit(f"the snapshot has more finished cells than {WORKING}: not replaced")
+    if now["checkpoint_sha256"] and now["checkpoint_sha256"] != [checkpoint_sha()]:
+        sys.exit(f"{WORKING} holds cells of another model than {CHECKPOINT}: not copied")
+    copy_store(WORKING, SNAPSHOT)
+    print(json.dumps({"snapshot": str(SNAPSHOT.relative_to(ROOT)), **progress(SNAPSHOT)}))
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    sub.add_parser("resume").add_argument("--threads", type=int, default=2)
+    sub.add_parser("snapshot")
+    sub.add_parser("status")
+    args = ap.parse_args()
+    if args.command == "resume":
+        return resume(args.threads)
+    if args.command == "snapshot":
+        return snapshot()
+    store = WORKING if WORKING.exists() else SNAPSHOT
+    print(json.dumps({"store": str(store.relative_to(ROOT)), **progress(store)}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

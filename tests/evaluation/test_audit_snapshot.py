@@ -1,0 +1,66 @@
+"""The full-size audit's committed results store (`bench/audit-full`, issue 17) stays readable.
+
+The audit takes longer than any one machine keeps its files, so its store is committed and resumed
+(`bench/audit_full.py`). A change of the cell identity, the schema or the audit's request would
+orphan those hours of cells without an error anywhere; these tests say so instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+from rnd.evaluation.store import comparable_content
+
+ROOT = Path(__file__).resolve().parents[2]
+HOME = ROOT / "bench" / "audit-full"
+SNAPSHOT = HOME / "audit.sqlite"
+CHECKPOINT = HOME / "checkpoints" / "fashion-mnist-small-cnn"
+
+
+def done_cells(db: Path) -> dict[str, float]:
+    """Finished cells of the store at `db`: key -> failure rate by vote."""
+    with sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True) as con:
+        rows = con.execute(
+            "SELECT c.key, s.failure_rate_vote FROM cells c JOIN cell_summaries s ON s.cell_key = c.key "
+            "WHERE c.status = 'done'"
+        ).fetchall()
+    return dict(rows)
+
+
+def test_every_cell_of_the_snapshot_is_of_the_committed_checkpoint():
+    sha = json.loads(CHECKPOINT.with_suffix(".json").read_text())["sha256"]
+    with sqlite3.connect(f"{SNAPSHOT.resolve().as_uri()}?mode=ro", uri=True) as con:
+        models = {r[0] for r in con.execute("SELECT DISTINCT checkpoint_sha256 FROM cells")}
+        kept = con.execute("SELECT count(*) FROM calibrations").fetchone()[0]
+    assert models == {sha} and kept == 1
+    assert done_cells(SNAPSHOT)  # it holds finished work
+
+
+def test_report_only_over_the_snapshot_reports_every_finished_cell(tmp_path):
+    """`rnd audit --report-only` with the committed checkpoint finds the kept calibration (nothing
+    recalibrated) and every finished cell, with the numbers stored, and writes nothing."""
+    db = tmp_path / "audit.sqlite"
+    shutil.copyfile(SNAPSHOT, db)
+    before = comparable_content(db)
+    cmd = [sys.executable, "-c", "from rnd.cli import main; main()", "--threads", "1", "audit"]
+    cmd += ["--out", str(tmp_path / "out"), "--db", str(db), "--report-only", "--no-progress"]
+    res = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "RND_HOME": str(HOME)}
+    )
+    assert res.returncode == 0, res.stderr
+    assert "as calibrated before" in res.stderr + res.stdout and "calibrating" not in res.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    stored = done_cells(db)
+    progress = report["progress"]
+    assert progress["done"] + (progress["grid_done"] or 0) == len(stored)
+    reported = [a for by_threat in report["cells"].values() for e in by_threat.values() for a in e["attacks"]]
+    assert len(reported) == progress["done"]
+    for attack in reported:
+        assert attack["vote"]["failure"] == stored[attack["cell_key"]]
+    assert comparable_content(db) == before
