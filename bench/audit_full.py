@@ -4,10 +4,11 @@
     python bench/audit_full.py snapshot               # copy its store into the tracked snapshot
     python bench/audit_full.py status                 # cells done, queries spent, wall time so far
 
-The audit (500 images, 10,000 queries, both threat models) costs about 300 M model queries: on 2 CPU
-cores, about 17 h. A session's machine keeps only what is committed, and the default checkpoint is
-not bit-identical when trained again elsewhere, so the store's cells would not match a retrained
-model. `bench/audit-full/` therefore keeps both parts under version control:
+The audit (500 images, 10,000 queries, both threat models) plans at most 335 M model queries: on 2
+idle CPU cores at the measured 7,700-7,900 queries/s through RND, about 12 h (an estimate). A
+session's machine keeps only what is committed, and the default checkpoint is not bit-identical
+when trained again elsewhere, so the store's cells would not match a retrained model.
+`bench/audit-full/` therefore keeps both parts under version control:
 
 - `checkpoints/fashion-mnist-small-cnn.{safetensors,json}`: the default checkpoint the audit is of,
   as `scripts/install.sh && rnd demo` trained it (`resume` runs with `RND_HOME=bench/audit-full`,
