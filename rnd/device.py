@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -69,14 +69,21 @@ AUTO_CHANNELS_LAST: dict[str, bool] = {"cpu": True, "cuda": False}
 _CONTIGUOUS_ONLY: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 
 
-def network_of(model: nn.Module) -> nn.Module:
-    """The classifier a defense wraps: the innermost module along `.model` / `.module`."""
+def wrapped_models(model: nn.Module) -> Iterator[nn.Module]:
+    """`model`, then the modules it wraps along `.model` / `.module` (a defense's classifier, a
+    wrapper's network), at most 8 deep."""
     for _ in range(8):
+        yield model
         inner = getattr(model, "model", None) or getattr(model, "module", None)
         if not isinstance(inner, nn.Module):
-            break
+            return
         model = inner
-    return model
+
+
+def network_of(model: nn.Module) -> nn.Module:
+    """The classifier a defense wraps: the innermost module along `.model` / `.module`."""
+    *_, inner = wrapped_models(model)
+    return inner
 
 
 def use_channels_last(model: nn.Module, input_shape: Sequence[int], device: torch.device) -> bool:

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from rnd._checks import IMAGE_DTYPE, RANGE_TOL, check_images, check_int
-from rnd.device import use_channels_last
+from rnd.device import use_channels_last, wrapped_models
 from rnd.errors import InputError, unknown_name
 from rnd.oracle.ledger import Ledger
 from rnd.oracle.protocol import OUTPUTS, REFUSED, Output
@@ -67,13 +67,7 @@ def compile_model(model: nn.Module, compile: bool) -> Callable[[torch.Tensor], t
 
 def model_attr(model: nn.Module, name: str) -> object | None:
     """Find `name` on a model or on the models it wraps (`.model`, `.module`)."""
-    seen = 0
-    while model is not None and seen < 8:
-        if hasattr(model, name):
-            return getattr(model, name)
-        model = getattr(model, "model", None) or getattr(model, "module", None)
-        seen += 1
-    return None
+    return next((getattr(m, name) for m in wrapped_models(model) if hasattr(m, name)), None)
 
 
 class Oracle(Ledger):
