@@ -64,3 +64,46 @@ def test_report_only_over_the_snapshot_reports_every_finished_cell(tmp_path):
     for attack in reported:
         assert attack["vote"]["failure"] == stored[attack["cell_key"]]
     assert comparable_content(db) == before
+
+
+def load_script():
+    """bench/audit_full.py as a module (it is a script, not part of the package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("audit_full", ROOT / "bench" / "audit_full.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_resume_until_stops_between_cells_when_the_next_would_not_fit():
+    import datetime as dt
+
+    script = load_script()
+    now = dt.datetime(2026, 12, 4, 23, 0, tzinfo=dt.UTC)
+    assert script.next_utc("23:30", now) == now + dt.timedelta(minutes=30)
+    assert script.next_utc("00:40", now) == now + dt.timedelta(minutes=100)  # the next day's
+    assert script.next_utc("23:00", now) == now
+    # mid-cell: go on until the deadline itself
+    assert not script.should_stop(100.0, cell_finished=False, longest_cell=900.0)
+    assert script.should_stop(0.0, cell_finished=False, longest_cell=None)
+    # between cells: stop only when the longest cell of the run (or the first guess) would not fit
+    assert script.should_stop(800.0, cell_finished=True, longest_cell=900.0)
+    assert not script.should_stop(1000.0, cell_finished=True, longest_cell=900.0)
+    assert script.should_stop(script.FIRST_CELL_GUESS - 1, cell_finished=True, longest_cell=None)
+    assert not script.should_stop(script.FIRST_CELL_GUESS + 1, cell_finished=True, longest_cell=None)
+
+
+def test_cell_walls_since_reads_the_cells_finished_in_this_run(tmp_path):
+    script = load_script()
+    db = tmp_path / "audit.sqlite"
+    shutil.copyfile(SNAPSHOT, db)
+    with sqlite3.connect(db) as con:
+        rows = con.execute("SELECT finished_at, wall_seconds FROM cell_summaries ORDER BY finished_at")
+        rows = rows.fetchall()
+    assert script.cell_walls_since(db, rows[-1][0]) == [rows[-1][1]]
+    assert sorted(script.cell_walls_since(db, "0")) == sorted(r[1] for r in rows)
+    assert script.cell_walls_since(db, "9") == []
+    assert script.done_cells(db) == len(done_cells(db))
+    assert script.done_cells(tmp_path / "absent.sqlite") == 0
