@@ -162,19 +162,27 @@ class PopSkipJump(HopSkipJump):
         """From the random start straight into the line search (no binary search to trust)."""
         self.move(state, rows, *self.boundary_search(state, rows, state.x[rows]))
 
-    def posterior(
-        self, lo: torch.Tensor, hi: torch.Tensor, ts: torch.Tensor, ys: torch.Tensor, seen: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Posterior (n, G, S) over (t0, s) on each row's grid [lo, hi] (returned as (n, G)) from
-        the answers ys (n, Q) at ts (n, Q) where `seen`."""
+    def grid(self, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+        """Each row's grid of t0: `grid_size` cell centres over [lo, hi] (n, G)."""
         g = self.grid_size
-        tg = lo[:, None] + (hi - lo)[:, None] * (torch.arange(g) + 0.5) / g
+        return lo[:, None] + (hi - lo)[:, None] * (torch.arange(g) + 0.5) / g
+
+    def log_likelihood(
+        self, tg: torch.Tensor, ts: torch.Tensor, ys: torch.Tensor, seen: torch.Tensor
+    ) -> torch.Tensor:
+        """Log-likelihood (n, G, S) of the answers ys (n, Q) at ts (n, Q), where `seen`, for every
+        (t0 on the row's grid `tg`, width s in `WIDTHS`). A sum over answers: a new answer adds its
+        own term, and only a zoomed grid needs every answer again."""
         s = torch.tensor(WIDTHS).view(1, 1, 1, -1)
         p = p_adv(ts[:, :, None, None], tg[:, None, :, None], s, self.floor)
         like = torch.where(ys[:, :, None, None] > 0, p, 1 - p)  # one log per answer, not two
-        logp = (like.log() * seen[:, :, None, None]).sum(1)
+        return (like.log() * seen[:, :, None, None]).sum(1)
+
+    @staticmethod
+    def normalised(logp: torch.Tensor) -> torch.Tensor:
+        """The posterior (n, G, S) from its log (flat prior), per row."""
         post = (logp - logp.flatten(1).amax(1).view(-1, 1, 1)).exp()
-        return post / post.sum((1, 2), keepdim=True), tg
+        return post / post.sum((1, 2), keepdim=True)
 
     def boundary_search(
         self, state: HopSkipJumpState, rows: torch.Tensor, xs: torch.Tensor
@@ -188,9 +196,13 @@ class PopSkipJump(HopSkipJump):
         lo, hi = torch.zeros(n), torch.ones(n)
         tol = self.theta(x0[0].numel()) if self.line_tol is None else self.line_tol
         live = torch.ones(n, dtype=torch.bool)  # a row that stops stays stopped (batch-independent)
+        # the log-posterior on each row's current grid, kept across rounds: a round adds the new
+        # answers' terms; a row whose grid zooms is recomputed from all of its answers
+        tg = self.grid(lo, hi)
+        logp = self.log_likelihood(tg, ts[:, :2], ys[:, :2], seen[:, :2])
         for q in range(self.line_queries + 1):
             k = q + 2  # answers so far fill the first k columns: the rest add nothing
-            post, tg = self.posterior(lo, hi, ts[:, :k], ys[:, :k], seen[:, :k])
+            post = self.normalised(logp)
             for _ in range(3):  # zoom in where the posterior has gathered
                 marg = post.sum(2)
                 a, b = quantile(tg, marg, 0.005), quantile(tg, marg, 0.995)
@@ -201,7 +213,10 @@ class PopSkipJump(HopSkipJump):
                 span = b - a + cell
                 lo = torch.where(narrow, (a - span).clamp_min(0.0), lo)
                 hi = torch.where(narrow, (b + span).clamp(max=1.0), hi)
-                post, tg = self.posterior(lo, hi, ts[:, :k], ys[:, :k], seen[:, :k])
+                z = narrow.nonzero().flatten()
+                tg[z] = self.grid(lo[z], hi[z])
+                logp[z] = self.log_likelihood(tg[z], ts[z, :k], ys[z, :k], seen[z, :k])
+                post[z] = self.normalised(logp[z])
             marg = post.sum(2)
             width = quantile(tg, marg, 0.9) - quantile(tg, marg, 0.1)
             if q == self.line_queries:
@@ -213,7 +228,9 @@ class PopSkipJump(HopSkipJump):
             idx = go.nonzero().flatten()
             t_q = quantile(tg, marg, 0.5)[idx]
             adv = self.decide(state, along(x0[idx], xs[idx], t_q, self.norm), rows[idx])
-            ts[idx, q + 2], ys[idx, q + 2], seen[idx, q + 2] = t_q, adv.float(), 1.0
+            ts[idx, k], ys[idx, k], seen[idx, k] = t_q, adv.float(), 1.0
+            new = slice(k, k + 1)
+            logp[idx] += self.log_likelihood(tg[idx], ts[idx, new], ys[idx, new], seen[idx, new])
         t_med = quantile(tg, marg, 0.5)
         # the transition width, in l_2 units along the segment: (b) of the docstring
         # (0 when no two answers contradict a sharp boundary: consistent answers cannot rule out
