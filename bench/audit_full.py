@@ -3,6 +3,7 @@
     python bench/audit_full.py resume [--threads 2] [--until HH:MM]   # run / resume it (hours)
     python bench/audit_full.py snapshot               # copy its store into the tracked snapshot
     python bench/audit_full.py status                 # cells done, queries spent, wall time so far
+    python bench/audit_full.py table                  # the report so far as Markdown (for README)
 
 The audit (500 images, 10,000 queries, both threat models) plans at most 335 M model queries: on 2
 idle CPU cores at the measured 7,700-7,900 queries/s through RND, about 12 h (an estimate). A
@@ -180,6 +181,61 @@ def snapshot() -> int:
     return 0
 
 
+def pct(r: dict | None) -> str:
+    """A failure rate with its 95 % interval, or n/a."""
+    return "n/a" if r is None else f"{r['failure']:.1f} [{r['low']:.1f}, {r['high']:.1f}]"
+
+
+def markdown(report: dict, wall_seconds: float) -> str:
+    """The verdict and every finished cell of an audit's `report.json`, as Markdown tables."""
+    prog = report["progress"]
+    grid = f" + {prog['grid_done']} of {prog['grid_cells']} grid cells" if prog["grid_cells"] else ""
+    state = "complete" if prog["complete"] else "partial"
+    out = [
+        f"{prog['done']} of {prog['cells']} cells{grid} done ({state}); "
+        f"cell wall time summed: {wall_seconds / 3600:.2f} h",
+        "",
+        "| threat model | worst case, by vote [95 %] | by | worst observed | worst clean | undefended |",
+        "|---|---|---|---|---|---|",
+    ]
+    for threat, v in report["verdict"].items():
+        worst, und = v["worst"], v["undefended_worst"]
+        out.append(
+            f"| {threat} ({v['attacks']} attacks, {v['attacks_pending']} pending) | {pct(worst)} | "
+            f"{worst['attack'] if worst else 'n/a'} | {pct(v['worst_observed'])} | {pct(v['worst_clean'])} | "
+            f"{pct(und)}{' (' + und['attack'] + ')' if und else ''} |"
+        )
+    for defense, threats in report["cells"].items():
+        out += [
+            "",
+            f"| attack against {defense} | observed | vote [95 %] | clean | mean queries |",
+            "|---|---|---|---|---|",
+        ]
+        for attacks in threats.values():
+            for a in sorted(attacks["attacks"], key=lambda a: a["vote"]["failure"]):
+                q = "n/a" if a["mean_queries"] is None else f"{a['mean_queries']:,.0f}"
+                clean = "n/a" if a["clean"] is None else f"{a['clean']['failure']:.1f}"
+                out.append(
+                    f"| {a['attack']} | {a['observed']['failure']:.1f} | {pct(a['vote'])} | {clean} | {q} |"
+                )
+    return "\n".join(out)
+
+
+def table() -> int:
+    """`rnd audit --report-only` over the working store (the snapshot when absent), printed as
+    Markdown: nothing is run and the store is not written."""
+    store = WORKING if WORKING.exists() else SNAPSHOT
+    env = {**os.environ, "RND_HOME": str(HOME)}
+    rnd = shutil.which("rnd") or str(Path(sys.executable).with_name("rnd"))
+    cmd = [rnd, "--threads", "1", "audit", "--out", str(OUT), "--db", str(store), "--report-only"]
+    res = subprocess.run([*cmd, "--no-progress"], env=env, capture_output=True, text=True)
+    if res.returncode:
+        sys.exit(res.stderr.strip() or f"rnd audit --report-only failed ({res.returncode})")
+    report = json.loads((OUT / "report.json").read_text())
+    print(markdown(report, progress(store)["cell_wall_seconds"]))
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -190,11 +246,14 @@ def main() -> int:
     )
     sub.add_parser("snapshot")
     sub.add_parser("status")
+    sub.add_parser("table")
     args = ap.parse_args()
     if args.command == "resume":
         return resume(args.threads, args.until)
     if args.command == "snapshot":
         return snapshot()
+    if args.command == "table":
+        return table()
     store = WORKING if WORKING.exists() else SNAPSHOT
     print(json.dumps({"store": str(store.relative_to(ROOT)), **progress(store)}))
     return 0

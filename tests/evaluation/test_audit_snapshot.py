@@ -64,6 +64,12 @@ def test_report_only_over_the_snapshot_reports_every_finished_cell(tmp_path):
     for attack in reported:
         assert attack["vote"]["failure"] == stored[attack["cell_key"]]
     assert comparable_content(db) == before
+    # bench/audit_full.py table prints the same report as Markdown: a row per finished cell
+    text = load_script().markdown(report, wall_seconds=3600.0)
+    assert f"{progress['done']} of {progress['cells']} cells" in text and "1.00 h" in text
+    for attack in reported:
+        v = attack["vote"]
+        assert f"| {attack['attack']} | {attack['observed']['failure']:.1f} | {v['failure']:.1f} [" in text
 
 
 def load_script():
