@@ -38,6 +38,10 @@ from rnd.oracle import QueryOracle
 
 #: Slack on `distance <= eps` for float rounding of projected points (pixels are float32).
 EPS_TOL = 1e-6
+#: Most probe images an attack holds (and queries) at once when it probes many per image: 65,536
+#: images of 28 x 28 are 205 MB a tensor. A full-size audit's GeoDA draws ~2,800 probes per image
+#: in its last iterations; 500 images at once held several 4 GB tensors and were OOM-killed.
+PROBE_CHUNK = 65_536
 
 
 def query_grid(budget: int) -> list[int]:
@@ -50,6 +54,15 @@ def query_grid(budget: int) -> list[int]:
         k *= 10
     grid.update(max(1, budget * j // 10) for j in range(1, 10))
     return sorted(grid)
+
+
+def probe_chunks(m: torch.Tensor, limit: int | None = None) -> list[torch.Tensor]:
+    """Split consecutive rows with m[i] probes each into groups of about `limit` probes (default
+    `PROBE_CHUNK`): a row goes to the group of its last probe, so a group holds fewer than
+    limit + max(m) probes. Indices into m, in order."""
+    limit = PROBE_CHUNK if limit is None else limit
+    ends = (m.cumsum(0) - 1) // limit
+    return [(ends == c).nonzero().flatten() for c in ends.unique().tolist()]
 
 
 def image_seeds(seed: int, x0: torch.Tensor, y: torch.Tensor) -> list[int]:

@@ -64,7 +64,7 @@ import torch
 
 from rnd._checks import check_bool, check_int, check_positive
 from rnd.attacks.base import Norm, box_fill
-from rnd.attacks.decision import DecisionAttack, DecisionState
+from rnd.attacks.decision import DecisionAttack, DecisionState, probe_chunks
 from rnd.attacks.simba import dct_matrix
 from rnd.errors import InputError
 
@@ -104,9 +104,6 @@ def subspace_basis(h: int, w: int, kh: int, kw: int) -> tuple[torch.Tensor, torc
     subspace coefficients z (.., kh, kw) is `dh.T @ z @ dw` (.., h, w)."""
     return dct_matrix(h)[:kh], dct_matrix(w)[:kw]
 
-
-#: Most probe images held (and queried) at once by `estimate`: 65,536 28 x 28 images are 205 MB.
-PROBE_CHUNK = 65_536
 
 #: Outward walk when the ray at the best distance is not adversarial: at most this many decisions,
 #: each 1.5 times farther (this implementation's bound; the reference walks without one).
@@ -205,14 +202,11 @@ class GeoDA(DecisionAttack[GeoDAState]):
 
     def estimate(self, state: GeoDAState, rows: torch.Tensor, m: torch.Tensor, want: int) -> torch.Tensor:
         """This iteration's normal estimate per row: the mean of c_j eta_j over its m probes at x_b,
-        the probes of consecutive rows queried together up to `PROBE_CHUNK` images at a time (the
-        last iterations of a 10,000-query budget draw ~2,800 probes per image: 500 images at once
-        would hold several 4 GB tensors). Every row draws `want` coefficient sets, so an image's
-        random stream does not depend on its budget cap or on the batch."""
+        the probes of consecutive rows queried together, `PROBE_CHUNK` images at a time. Every row
+        draws `want` coefficient sets, so an image's random stream does not depend on its budget cap
+        or on the batch."""
         out = torch.empty(rows.numel(), *state.x0.shape[1:])
-        ends = (m.cumsum(0) - 1) // PROBE_CHUNK  # a row's chunk: by its last probe
-        for c in ends.unique().tolist():
-            part = (ends == c).nonzero().flatten()
+        for part in probe_chunks(m):
             out[part] = self._estimate(state, rows[part], m[part], want)
         return out
 

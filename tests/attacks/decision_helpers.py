@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from rnd import Oracle, RandomNoiseDefense
+from rnd.attacks import decision
 from rnd.attacks.decision import EPS_TOL, DecisionAttack
 from tests.conftest import CountingModel
 
@@ -55,3 +56,32 @@ def check_batch_independent(factory, model, x, y, budget: int) -> None:
     assert torch.equal(whole.queries, torch.cat([p.queries for p in parts]))
     assert torch.equal(whole.success, torch.cat([p.success for p in parts]))
     torch.testing.assert_close(whole.distance, torch.cat([p.distance for p in parts]), rtol=1e-4, atol=1e-6)
+
+
+def check_probe_chunks(factory, method: str, model, x, y, budget: int, monkeypatch, limit: int = 100) -> None:
+    """An attack that probes many points per image queries them `PROBE_CHUNK` images at a time
+    (memory: a full-size audit draws thousands of probes per image). `method(state, rows, m, ...)`
+    is its one-batch step, called once per chunk: with a small chunk the calls are more, none holds
+    more than limit + one row's probes, the probes are the same in total, and on a deterministic
+    model the result is the same as with every probe in one batch."""
+    cls = type(factory())
+    one_batch, sizes = getattr(cls, method), []
+
+    def spy(self, state, rows, m, *args):
+        sizes.append((int(m.sum()), int(m.max())))
+        return one_batch(self, state, rows, m, *args)
+
+    monkeypatch.setattr(cls, method, spy)
+
+    def run():
+        sizes.clear()
+        return run_decision(factory(), model, x, y, budget), list(sizes)
+
+    whole, batches = run()
+    assert max(total for total, _ in batches) > limit  # else nothing would be cut
+    monkeypatch.setattr(decision, "PROBE_CHUNK", limit)
+    chunked, chunks = run()
+    assert len(chunks) > len(batches) and all(total < limit + top for total, top in chunks)
+    assert sum(t for t, _ in chunks) == sum(t for t, _ in batches)
+    assert torch.equal(chunked.x_adv, whole.x_adv) and torch.equal(chunked.queries, whole.queries)
+    assert torch.equal(chunked.distance, whole.distance)

@@ -6,7 +6,7 @@ import torch
 from rnd import Oracle
 from rnd.attacks import Square
 from rnd.attacks.base import median
-from rnd.attacks.decision import DecisionAttack, DecisionState, query_grid
+from rnd.attacks.decision import DecisionAttack, DecisionState, probe_chunks, query_grid
 from rnd.errors import InputError
 from tests.attacks.decision_helpers import check_batch_independent, run_decision
 
@@ -137,3 +137,10 @@ def test_an_image_already_misclassified_costs_one_decision(tiny_model, fmnist_te
     attack = make_attack(name, eps=eps, norm=norm, seed=0, stop_at_eps=False, eot=3)
     res = run_decision(attack, tiny_model, x[wrong], y[wrong], 100)
     assert res.queries.tolist() == [3, 3] and res.distance.tolist() == [0.0, 0.0]
+
+
+def test_probe_chunks_cut_consecutive_rows_by_their_last_probe():
+    groups = probe_chunks(torch.tensor([50, 50, 50, 200, 10]), 100)
+    assert [g.tolist() for g in groups] == [[0, 1], [2], [3, 4]]
+    assert [g.tolist() for g in probe_chunks(torch.tensor([3, 4]))] == [[0, 1]]  # default: one chunk
+    assert probe_chunks(torch.tensor([], dtype=torch.long), 10) == []

@@ -4,11 +4,10 @@ import pytest
 import torch
 
 from rnd import Oracle
-from rnd.attacks import geoda
 from rnd.attacks.geoda import GeoDA, default_sub_dim, probe_schedule, subspace_basis
 from rnd.attacks.simba import dct_matrix
 from rnd.errors import InputError
-from tests.attacks.decision_helpers import check_batch_independent, run_decision
+from tests.attacks.decision_helpers import check_batch_independent, check_probe_chunks, run_decision
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -102,28 +101,6 @@ def test_targeted_from_given_starts(tiny_model, attack_batch):
 
 
 def test_probes_in_chunks_change_nothing(tiny_model, attack_batch, monkeypatch):
-    """The normal's probes are queried `PROBE_CHUNK` images at a time (memory: a full-size audit's
-    last iterations draw ~2,800 probes per image); on a deterministic model the result is the same
-    as with every probe in one batch, and no batch holds more than a chunk plus one row's probes."""
     x, y = attack_batch
-    one_batch, sizes = GeoDA._estimate, []
-
-    def spy(self, state, rows, m, want):
-        sizes.append((int(m.sum()), int(m.max())))
-        return one_batch(self, state, rows, m, want)
-
-    monkeypatch.setattr(GeoDA, "_estimate", spy)
-
-    def run():
-        sizes.clear()
-        res = run_decision(GeoDA(eps=0.5, seed=7, stop_at_eps=False), tiny_model, x[:6], y[:6], 600)
-        return res, list(sizes)
-
-    whole, batches = run()
-    assert max(total for total, _ in batches) > 100
-    monkeypatch.setattr(geoda, "PROBE_CHUNK", 100)
-    chunked, chunks = run()
-    assert len(chunks) > len(batches) and all(total < 100 + top for total, top in chunks)
-    assert sum(t for t, _ in chunks) == sum(t for t, _ in batches)
-    torch.testing.assert_close(chunked.x_adv, whole.x_adv, atol=0, rtol=0)
-    assert torch.equal(chunked.queries, whole.queries) and torch.equal(chunked.distance, whole.distance)
+    factory = lambda: GeoDA(eps=0.5, seed=7, stop_at_eps=False)  # noqa: E731
+    check_probe_chunks(factory, "_estimate", tiny_model, x[:6], y[:6], 600, monkeypatch)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from rnd.attacks.hsja import HopSkipJump, along, halvings
-from tests.attacks.decision_helpers import check_batch_independent, run_decision
+from tests.attacks.decision_helpers import check_batch_independent, check_probe_chunks, run_decision
 from tests.attacks.test_decision import LineSearch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -113,3 +113,10 @@ def test_adaptive_probe_radius(tiny_model, attack_batch):
     assert float(r[0]) == pytest.approx(0.1) and float(r[1]) == pytest.approx(2.0 / 784)
     with pytest.raises(Exception, match="norm"):
         HopSkipJump(eps=1.0, norm="l1")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_probes_in_chunks_change_nothing(tiny_model, attack_batch, monkeypatch, norm):
+    x, y = attack_batch
+    factory = lambda: HopSkipJump(eps=0.01, norm=norm, seed=8, stop_at_eps=False)  # noqa: E731
+    check_probe_chunks(factory, "_estimate_gradient", tiny_model, x[:6], y[:6], 800, monkeypatch)

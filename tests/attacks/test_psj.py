@@ -5,7 +5,7 @@ from rnd import RandomNoiseDefense
 from rnd.attacks.hsja import HopSkipJump
 from rnd.attacks.psj import PopSkipJump, contradicted, p_adv, quantile
 from rnd.errors import InputError
-from tests.attacks.decision_helpers import check_batch_independent, run_decision
+from tests.attacks.decision_helpers import check_batch_independent, check_probe_chunks, run_decision
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -94,3 +94,9 @@ def test_repeat_and_vote_costs_m(tiny_model, attack_batch):
     x, y = attack_batch
     res = run_decision(PopSkipJump(eps=1.0, norm="l2", seed=4, eot=3), tiny_model, x, y, 400, nu=0.05)
     assert bool((res.queries % 3 == 0).all()) and bool(res.distance.isfinite().any())
+
+
+def test_probes_in_chunks_change_nothing(tiny_model, attack_batch, monkeypatch):
+    x, y = attack_batch
+    factory = lambda: PopSkipJump(eps=0.01, seed=9, stop_at_eps=False)  # noqa: E731
+    check_probe_chunks(factory, "_estimate_gradient", tiny_model, x[:6], y[:6], 800, monkeypatch)
