@@ -61,8 +61,8 @@ def probe_chunks(m: torch.Tensor, limit: int | None = None) -> list[torch.Tensor
     `PROBE_CHUNK`): a row goes to the group of its last probe, so a group holds fewer than
     limit + max(m) probes. Indices into m, in order."""
     limit = PROBE_CHUNK if limit is None else limit
-    ends = (m.cumsum(0) - 1) // limit
-    return [(ends == c).nonzero().flatten() for c in ends.unique().tolist()]
+    _, sizes = torch.unique_consecutive((m.cumsum(0) - 1) // limit, return_counts=True)
+    return list(torch.arange(m.numel()).split(sizes.tolist()))
 
 
 def image_seeds(seed: int, x0: torch.Tensor, y: torch.Tensor) -> list[int]:
@@ -269,6 +269,22 @@ class DecisionAttack(QueryAttack[DS]):
             adv = self.decide(state, point(idx, mid), rows[idx])
             hi[idx] = torch.where(adv, mid, hi[idx])
             lo[idx] = torch.where(adv, lo[idx], mid)
+
+    def per_probe_chunk(
+        self,
+        one_batch: Callable[..., torch.Tensor],
+        state: DS,
+        rows: torch.Tensor,
+        m: torch.Tensor,
+        *args: Any,
+    ) -> torch.Tensor:
+        """`one_batch(state, rows, m, *args)` (one image-shaped result per row, from m[i] probes of
+        rows[i] queried together) over `probe_chunks(m)`; `args` are per-row tensors or scalars."""
+        out = torch.empty(rows.numel(), *state.x0.shape[1:])
+        for part in probe_chunks(m):
+            sub = [a[part] if isinstance(a, torch.Tensor) else a for a in args]
+            out[part] = one_batch(state, rows[part], m[part], *sub)
+        return out
 
     # -- per-image randomness ------------------------------------------------------------------
     def row_randn(self, state: DS, rows: torch.Tensor, *shape: int) -> torch.Tensor:

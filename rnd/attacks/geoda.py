@@ -64,7 +64,7 @@ import torch
 
 from rnd._checks import check_bool, check_int, check_positive
 from rnd.attacks.base import Norm, box_fill
-from rnd.attacks.decision import DecisionAttack, DecisionState, probe_chunks
+from rnd.attacks.decision import DecisionAttack, DecisionState
 from rnd.attacks.simba import dct_matrix
 from rnd.errors import InputError
 
@@ -205,10 +205,7 @@ class GeoDA(DecisionAttack[GeoDAState]):
         the probes of consecutive rows queried together, `PROBE_CHUNK` images at a time. Every row
         draws `want` coefficient sets, so an image's random stream does not depend on its budget cap
         or on the batch."""
-        out = torch.empty(rows.numel(), *state.x0.shape[1:])
-        for part in probe_chunks(m):
-            out[part] = self._estimate(state, rows[part], m[part], want)
-        return out
+        return self.per_probe_chunk(self._estimate, state, rows, m, want)
 
     def _estimate(self, state: GeoDAState, rows: torch.Tensor, m: torch.Tensor, want: int) -> torch.Tensor:
         """`estimate` for rows whose probes are queried in one batch."""

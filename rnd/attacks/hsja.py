@@ -44,7 +44,7 @@ import torch
 
 from rnd._checks import check_int, check_positive
 from rnd.attacks.base import Norm, to_device
-from rnd.attacks.decision import DecisionAttack, DecisionState, probe_chunks
+from rnd.attacks.decision import DecisionAttack, DecisionState
 
 #: Precision (on the blend factor) of the authors' first search from the random start towards x0.
 INIT_TOL = 1e-3
@@ -192,10 +192,7 @@ class HopSkipJump(DecisionAttack[HopSkipJumpState]):
     ) -> torch.Tensor:
         """The Monte Carlo estimate at x_b from k[i] probes of radius delta[i] for rows[i] (k[i] > 0),
         the probes of consecutive rows in one oracle batch, `PROBE_CHUNK` images at a time."""
-        out = torch.empty(rows.numel(), *state.x0.shape[1:])
-        for part in probe_chunks(k):
-            out[part] = self._estimate_gradient(state, rows[part], k[part], delta[part])
-        return out
+        return self.per_probe_chunk(self._estimate_gradient, state, rows, k, delta)
 
     def _estimate_gradient(
         self, state: HopSkipJumpState, rows: torch.Tensor, k: torch.Tensor, delta: torch.Tensor
