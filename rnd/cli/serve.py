@@ -22,6 +22,7 @@ from rnd.cli.app import main
 from rnd.cli.checks import MAX_SEED, count
 from rnd.cli.models import given_meta, model_source_options, stored_spec
 from rnd.device import default_device, resolve_device
+from rnd.extras import require
 from rnd.models import checkpoint_paths
 from rnd.models.source import model_kind, model_label
 
@@ -79,7 +80,7 @@ def _model_name(spec: str) -> str:
     type=click.Choice(["uvicorn", "ray"]),
     default="uvicorn",
     show_default=True,
-    help="uvicorn processes on this machine, or Ray Serve replicas (pip install 'rnd[ray,serve]')",
+    help="uvicorn processes on this machine, or Ray Serve replicas (the ray and serve extras)",
 )
 @click.option(
     "--replicas",
@@ -123,15 +124,12 @@ def serve(
         raise click.UsageError("--replicas and --ray-address go with --engine ray")
     if engine == "ray" and ctx.get_parameter_source("workers") != click.core.ParameterSource.DEFAULT:
         raise click.UsageError("--workers goes with --engine uvicorn; use --replicas with --engine ray")
-    # optional extra (`pip install rnd[serve]`): imported here so the rest of the CLI works without it
-    try:
-        import uvicorn
+    # optional extra: imported here so the rest of the CLI works without it
+    require("serve", "rnd serve")
+    import uvicorn
 
-        from rnd.serving.factory import ENV, build_app
-    except ImportError as exc:
-        raise click.ClickException(
-            f"{exc.name} is missing; install the serve extra: pip install 'rnd[serve]'"
-        ) from None
+    from rnd.serving.factory import ENV, build_app
+
     model_name = name or _model_name(checkpoint)
     settings = {
         "checkpoint": stored_spec(checkpoint),
@@ -149,12 +147,7 @@ def serve(
         "device": str(resolve_device(device) if device is not None else default_device()),
     }
     if engine == "ray":
-        try:
-            import ray.serve  # noqa: F401
-        except ImportError:
-            raise click.ClickException(
-                "ray[serve] is missing; install the ray and serve extras: pip install 'rnd[ray,serve]'"
-            ) from None
+        require("ray", "rnd serve --engine ray")
     app = build_app(settings)  # checks the checkpoint, defense and key store before serving
     where = f"http://{host}:{port}/v2/models/{model_name}"
     if engine == "ray":

@@ -58,7 +58,7 @@ def load_image_folder(
     try:
         from PIL import Image
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise InputError("image folders need Pillow: pip install 'rnd[dev]' or pillow") from exc
+        raise InputError("image folders need Pillow: pip install pillow") from exc
     if mode not in ("RGB", "L"):
         raise InputError(f"mode must be 'RGB' (3 channels) or 'L' (1 channel), got {mode!r}")
     if fit not in ("resize", "crop"):

@@ -1,7 +1,7 @@
 """ImageNet images at 224 x 224: foolbox's 20 labelled samples, and folders of the user's own.
 
 The samples are the JPEG files `foolbox/data/imagenet_<NN>_<label>.jpg` that the foolbox wheel
-carries (`pip install 'rnd[imagenet]'`); only the files are used. The package is found with
+carries (the `imagenet` extra); only the files are used. The package is found with
 `importlib.util.find_spec("foolbox")`, which locates a top-level package without executing its
 `__init__` (so foolbox, eagerpy and their imports are never loaded).
 
@@ -24,6 +24,7 @@ import torch
 from rnd.data.base import ImageDataset
 from rnd.data.imagefolder import fit_image, load_image_folder
 from rnd.errors import DataError, DataNotFoundError, InputError
+from rnd.extras import install_hint
 
 SIZE = (224, 224)
 NUM_CLASSES = 1000
@@ -45,7 +46,7 @@ WNIDS, CLASS_NAMES, LEMMAS = _class_table()
 LABEL_OF_WNID = {w: i for i, w in enumerate(WNIDS)}
 _SAMPLE = re.compile(r"^imagenet_(\d+)_(\d+)\.(?:jpe?g|png)$")
 _WNID = re.compile(r"^n\d{8}$")
-HINT = "pip install 'rnd[imagenet]' (foolbox's wheel carries the 20 samples)"
+HINT = f"{install_hint('imagenet')} (foolbox's wheel carries the 20 samples)"
 
 
 def samples_folder() -> Path:

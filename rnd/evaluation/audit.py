@@ -610,7 +610,9 @@ def _endpoint_output(target: Any, threat: str) -> str:
     import os
 
     from rnd.errors import RndError
-    from rnd.oracle.remote import RemoteOracle
+    from rnd.extras import import_extra
+
+    RemoteOracle = import_extra("rnd.oracle.remote", "an audit of an endpoint (--url)").RemoteOracle
 
     try:
         with RemoteOracle(target.base, target.model, os.environ.get(target.key_env)) as oracle:

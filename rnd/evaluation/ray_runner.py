@@ -14,7 +14,7 @@ Retries (per task):
 - rnd's own errors (`RndError`: bad input, a changed checkpoint, missing data) are deterministic:
   they are reported through `on_error` at once, never retried.
 
-Ray is an optional dependency (``pip install 'rnd[ray]'``) and is imported only when a runner runs.
+Ray is an optional dependency (the ``ray`` extra) and is imported only when a runner runs.
 On a cluster every node needs the same rnd installed and the checkpoints and data at the same paths.
 """
 
@@ -33,6 +33,7 @@ from typing import Any
 from rnd.errors import InputError, RndError
 from rnd.evaluation.runner import OnError, OnResult
 from rnd.evaluation.sweep import Cell, CellResult, execute_cell
+from rnd.extras import install_hint
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 #: which are never retried) is reported after the first attempt.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (OSError, MemoryError, TimeoutError)
 
-INSTALL_HINT = "the Ray runner needs Ray: install with pip install 'rnd[ray]' (or use --runner inprocess)"
+INSTALL_HINT = f"the Ray runner needs Ray: {install_hint('ray')} (or use --runner inprocess)"
 
 
 def import_ray() -> Any:

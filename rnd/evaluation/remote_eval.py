@@ -109,7 +109,9 @@ def api_key(cell: Any, given: str | None = None) -> str | None:
 def connect(cell: Any, key: str | None, **kw: Any) -> Any:
     """A `RemoteOracle` on the cell's endpoint (reads its metadata: output, classes, input shape)."""
     from rnd.evaluation.config import served_model
-    from rnd.oracle.remote import RemoteOracle
+    from rnd.extras import import_extra
+
+    RemoteOracle = import_extra("rnd.oracle.remote", "a cell against an endpoint").RemoteOracle
 
     base, name = served_model(cell.url)
     return RemoteOracle(base, name, key, **kw)

@@ -96,8 +96,8 @@ def _ray_runner(**kwargs: Any) -> Runner:
         from rnd.errors import InputError
 
         raise InputError(
-            "the Ray runner is not available: install rnd[ray] (pip install 'rnd[ray]') on a version "
-            "of rnd that ships rnd.evaluation.ray_runner, or use --runner inprocess"
+            "the Ray runner is not available: install the ray extra on a version of rnd that ships "
+            "rnd.evaluation.ray_runner, or use --runner inprocess"
         ) from exc
     return module.RayRunner(**kwargs)
 

