@@ -1,7 +1,7 @@
 """Attack throughput as a ratio of the bare model's forward throughput, measured in one run.
 
     python bench/attack_throughput.py [--attack NAME ...] [--budget 300] [--batch 100] [--rounds 3]
-        [--model SPEC --dataset NAME]
+        [--model SPEC --dataset NAME] [--json RECORD.json]
 
 For every registered attack, score-based and label-only (l_inf, eps 0.1 by default; label-only
 attacks get a labels oracle and run their whole budget) on the default model architecture (the
@@ -30,11 +30,17 @@ The last column, `in model`, is the share of the attack's own time spent inside 
 forward (median over rounds), measured within the attack run itself, so it is free of the
 run-to-run noise of a shared machine (two 1.5 s raw measurements here can differ by 10 %): one
 minus it is the attack's own overhead (masks, estimates, projections, the oracle's accounting).
+
+`--json PATH` also writes the rows as a results record with its provenance (date, commit,
+checkpoint sha256, machine, command: `bench/provenance.py`); the docs' throughput page is
+rendered from the committed one, `docs/results/records/throughput.json`.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -50,23 +56,27 @@ from rnd.models import build_model, checkpoint_paths, load_checkpoint
 from rnd.models import load_model as load_model_spec
 from rnd.training import default_checkpoint_path
 
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
+from provenance import provenance  # bench/provenance.py, beside this script
+
 #: CPU time of this process by default: on a shared machine it is far less disturbed by other
 #: processes than wall time (with one thread the two agree on an idle machine). --clock wall.
 clock = time.process_time
 
 
-def load_model(spec: str | None = None) -> tuple[nn.Module, str]:
+def load_model(spec: str | None = None) -> tuple[nn.Module, str, str | None]:
     """The model `spec` names (`rnd.models.load_model`); by default the trained default checkpoint
-    if present, else a freshly initialised small CNN."""
+    if present, else a freshly initialised small CNN. Also its description and sha256 (None for
+    a fresh one)."""
     if spec is not None:
         model, info = load_model_spec(spec, device="cpu")
-        return model, f"{spec} ({info.kind}, sha256 {info.sha256[:12]})"
+        return model, f"{spec} ({info.kind}, sha256 {info.sha256[:12]})", info.sha256
     weights, meta = checkpoint_paths(default_checkpoint_path())
     if weights.exists() and meta.exists():
-        model, _ = load_checkpoint(default_checkpoint_path())
-        return model, f"trained default checkpoint {weights}"
+        model, cmeta = load_checkpoint(default_checkpoint_path())
+        return model, f"trained default checkpoint {weights}", cmeta.sha256
     model = build_model("small-cnn", (1, 28, 28), 10, dataset="fashion-mnist")
-    return model.eval(), "freshly initialised small-cnn (no trained checkpoint found)"
+    return model.eval(), "freshly initialised small-cnn (no trained checkpoint found)", None
 
 
 @torch.inference_mode()
@@ -169,11 +179,12 @@ def main() -> None:
     p.add_argument("--model", default=None, help="checkpoint, TorchScript file or package.module:factory")
     p.add_argument("--dataset", default="fashion-mnist", help="test images to attack (a data set name)")
     p.add_argument("--clock", choices=("cpu", "wall"), default="cpu", help="process CPU time or wall time")
+    p.add_argument("--json", default=None, help="also write the rows as a results record (with provenance)")
     args = p.parse_args()
     global clock
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     torch.set_num_threads(args.threads)
-    base, origin = load_model(args.model)
+    base, origin, sha = load_model(args.model)
     x, y = hard_images(base, args.batch, dataset=args.dataset)
     # the layout every oracle here puts the model in (rnd.device), before the raw forwards too
     layout = "channels-last" if prefer_channels_last(base, x.shape[1:]) else "contiguous"
@@ -193,6 +204,7 @@ def main() -> None:
     )
     print(head)
     print("-" * len(head))
+    rows = []
     for name in names:
         for label, model in models.items():
             best_attack = best_raw = best_raw_fwd = best_hot = 0.0
@@ -212,6 +224,34 @@ def main() -> None:
                 f"{best_attack / best_hot:>8.3f}{sorted(shares)[len(shares) // 2]:>10.3f}",
                 flush=True,
             )
+            rows.append(
+                {
+                    "attack": name,
+                    "feedback": ATTACKS[name].feedback,
+                    "defense": label,
+                    "attack_images_per_s": best_attack,
+                    "raw_images_per_s": best_raw,
+                    "ratio": best_attack / best_raw,
+                    "query_batch": qb,
+                    "forward_batch": fwd,
+                    "ratio_at_forward_batch": best_attack / best_raw_fwd,
+                    "in_model": sorted(shares)[len(shares) // 2],
+                }
+            )
+    if args.json:
+        keys = ("budget", "batch", "eps", "nu", "rounds", "threads", "clock")
+        settings = {k: getattr(args, k) for k in keys}
+        record = {
+            "study": "throughput",
+            **provenance(sha, "python " + " ".join(sys.argv)),
+            "model": origin,
+            "layout": layout,
+            "settings": settings,
+            "rows": rows,
+        }
+        with open(args.json, "w") as f:
+            json.dump(record, f, indent=1)
+            f.write("\n")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install rnd from nothing into ./.venv: the Debian data package, CPU PyTorch, the package itself.
 #   scripts/install.sh          runtime only
-#   scripts/install.sh dev      plus test and lint tools, Ray and the server (both tested in CI)
+#   scripts/install.sh dev      plus test, lint, docs and release tools, Ray, the server and ImageNet (all tested in CI)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-}"
@@ -17,8 +17,10 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 # the CPU build first, so the loose torch>=2.3 requirement below installs nothing more
 .venv/bin/python -m pip install -q torch==2.13.0
+# a checkout installed before the rename to rnd-defense: drop the old distribution (same files)
+.venv/bin/python -m pip uninstall -q -y rnd >/dev/null 2>&1 || true
 if [ "$extras" = "dev" ]; then
-    .venv/bin/python -m pip install -q -e '.[dev,ray,serve,imagenet]'
+    .venv/bin/python -m pip install -q -e '.[dev,docs,ray,serve,imagenet]'
 else
     .venv/bin/python -m pip install -q -e .
 fi

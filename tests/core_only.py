@@ -36,7 +36,7 @@ def _closure(roots: list[tuple[str, frozenset[str]]]) -> set[str]:
             continue
         for text in reqs:
             req = Requirement(text)
-            wanted = [""] + sorted(extras)
+            wanted = ["", *sorted(extras)]
             if req.marker is None or any(req.marker.evaluate({"extra": e}) for e in wanted):
                 stack.append((_norm(req.name), frozenset(req.extras)))
     return names
@@ -68,7 +68,9 @@ sys.meta_path.insert(0, _Hide())
 """
 
 
-def run_core_only(code: str, hide: tuple[str, ...] | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
+def run_core_only(
+    code: str, hide: tuple[str, ...] | None = None, timeout: float = 180
+) -> subprocess.CompletedProcess:
     """Run `code` in a fresh interpreter with `hide` (default: every extra-only module) unimportable."""
     prelude = BLOCKER.format(hidden=tuple(hidden_modules() if hide is None else hide))
     return subprocess.run(

@@ -23,6 +23,7 @@ from rnd.evaluation.store import comparable_content
 from rnd.models import save_checkpoint
 from rnd.serving.app import create_app
 from rnd.serving.keys import KeyStore
+from tests.browser import render
 from tests.evaluation.test_audit import check_schema
 from tests.serving.test_server import Served
 
@@ -383,42 +384,6 @@ def test_bad_input_changes_nothing(checkpoint, tiny_model, tmp_path):
             assert not out.exists()
     assert store.list()[0]["used"] == 0
     store.close()
-
-
-CHROMIUM_FLAGS = [
-    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--disable-default-apps", "--disable-extensions", "--host-resolver-rules=MAP * ~NOTFOUND",
-]  # fmt: skip
-
-
-def page_requests(netlog: dict) -> list[str]:
-    """URLs the page itself asked for (the browser's own housekeeping has no origin)."""
-    types = {v: k for k, v in netlog["constants"]["logEventTypes"].items()}
-    return [
-        e["params"]["url"]
-        for e in netlog["events"]
-        if types[e["type"]] == "URL_REQUEST_START_JOB"
-        and "url" in e.get("params", {})
-        and e["params"].get("initiator") != "not an origin"
-    ]
-
-
-def render(page, tmp_path, name: str) -> tuple[list[str], object]:
-    import shutil
-
-    from PIL import Image
-
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    if browser is None:
-        pytest.skip("needs Debian's chromium (apt-get install chromium)")
-    shot, log = tmp_path / f"{name}.png", tmp_path / f"{name}.json"
-    subprocess.run(
-        [browser, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / name}", f"--log-net-log={log}",
-         "--window-size=1200,2600", f"--screenshot={shot}", page.as_uri()],
-        capture_output=True, timeout=120, check=True,
-    )  # fmt: skip
-    return page_requests(json.loads(log.read_text())), Image.open(shot).convert("RGB")
 
 
 @pytest.mark.slow
