@@ -13,7 +13,7 @@ import rnd  # noqa: E402
 
 project = "rnd"
 author = "the rnd developers"
-copyright = "2026, the rnd developers"  # noqa: A001
+copyright = "2026, the rnd developers"
 release = rnd.__version__
 version = rnd.__version__
 
@@ -28,7 +28,7 @@ extensions = [
 ]
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
-exclude_patterns = ["_build", "results/generated/*.md"]
+exclude_patterns = ["_build"]
 myst_enable_extensions = ["colon_fence", "deflist"]
 myst_heading_anchors = 3
 

@@ -1,3 +1,299 @@
-"""Placeholder replaced below."""
-def setup(app):
-    return {"parallel_read_safe": True}
+"""Results pages rendered from committed records, never typed by hand.
+
+A record is `docs/results/records/NAME.json`: its provenance (date, commit, checkpoint sha256,
+machine, command) and where its numbers are: an audit's `report.json` (schema `rnd-audit/1`,
+written by `rnd audit`), a sweep's SQLite results store, or rows written by a bench script
+(`bench/attack_throughput.py --json`). The directive
+
+    ```{rnd-results} NAME
+    :view: provenance | verdict | cells | strength | labels | grid | rivals | throughput
+    ```
+
+reads the record (and what it points to) at build time and renders a table, so a figure on a
+results page is always the record's, and every page names where and on what it was measured.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from docutils import nodes
+from docutils.parsers.rst import directives
+from sphinx.util.docutils import SphinxDirective
+
+DOCS = Path(__file__).resolve().parent.parent
+RECORDS = DOCS / "results" / "records"
+ROOT = DOCS.parent
+#: Every record names these (tests/test_docs.py holds the committed records to it).
+PROVENANCE = ("date", "commit", "checkpoint_sha256", "machine", "command")
+
+
+def load_record(name: str) -> dict[str, Any]:
+    record = json.loads((RECORDS / f"{name}.json").read_text())
+    missing = [k for k in PROVENANCE if not record.get(k)]
+    if missing:
+        raise ValueError(f"results record {name}: no {', '.join(missing)}")
+    return record
+
+
+def source(record: dict[str, Any], key: str) -> Path:
+    """A file the record points to: relative to the records folder, else to the repository."""
+    rel = record[key]
+    here = RECORDS / rel
+    return here if here.exists() else ROOT / rel
+
+
+def pct(r: dict[str, Any] | None) -> str:
+    """`67.4 [63.2, 71.4]`: a failure rate with its 95 % Wilson interval."""
+    if r is None:
+        return "n/a"
+    return f"{r['failure']:.1f} [{r['low']:.1f}, {r['high']:.1f}]"
+
+
+def num(v: float | None, digits: int = 0) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:,.{digits}f}"
+
+
+def table(head: list[str], rows: Iterable[list[str]]) -> nodes.table:
+    """A docutils table with one header row."""
+    rows = list(rows)
+    tab = nodes.table(classes=["rnd-results"])
+    group = nodes.tgroup(cols=len(head))
+    tab += group
+    for _ in head:
+        group += nodes.colspec(colwidth=1)
+    thead, tbody = nodes.thead(), nodes.tbody()
+    group += thead
+    group += tbody
+    for target, cells in ((thead, [head]), (tbody, rows)):
+        for cells_of_row in cells:
+            row = nodes.row()
+            for text in cells_of_row:
+                entry = nodes.entry()
+                entry += nodes.paragraph(text=str(text))
+                row += entry
+            target += row
+    return tab
+
+
+def provenance(record: dict[str, Any]) -> list[nodes.Node]:
+    """Where, when and on what the record's numbers were measured."""
+    items = [
+        ("Measured", record["date"]),
+        ("Commit", record["commit"]),
+        ("Checkpoint sha256", record["checkpoint_sha256"]),
+        ("Machine", record["machine"]),
+        ("Command", record["command"]),
+    ]
+    if record.get("images"):
+        items.insert(3, ("Images", record["images"]))
+    fields = nodes.field_list()
+    for name, value in items:
+        field = nodes.field()
+        field += nodes.field_name(text=name)
+        body = nodes.field_body()
+        body += nodes.paragraph("", "", nodes.literal(text=str(value)))
+        field += body
+        fields += field
+    return [fields]
+
+
+# -- audits (report.json, schema rnd-audit/1) ------------------------------------------------------
+
+
+def audit_report(record: dict[str, Any]) -> dict[str, Any]:
+    report = json.loads(source(record, "report").read_text())
+    if report.get("schema") != "rnd-audit/1":
+        raise ValueError(f"{record['report']}: not an rnd audit report")
+    return report
+
+
+def verdict(report: dict[str, Any]) -> nodes.table:
+    head = [
+        "threat model",
+        "worst case, vote [95 %]",
+        "by",
+        "worst observed",
+        "worst clean",
+        "undefended worst, vote",
+    ]
+    rows = []
+    for threat, v in sorted(report["verdict"].items(), reverse=True):
+        worst, und = v["worst"], v["undefended_worst"]
+        rows.append(
+            [
+                f"{threat} ({v['attacks']} attacks)",
+                pct(worst),
+                worst["attack"] if worst else "n/a",
+                pct(v["worst_observed"]),
+                pct(v["worst_clean"]),
+                f"{pct(und)} ({und['attack']})" if und else "n/a",
+            ]
+        )
+    return table(head, rows)
+
+
+def audit_cells(report: dict[str, Any], defense: str, threats: Iterable[str]) -> list[dict[str, Any]]:
+    cells = report["cells"].get(defense, {})
+    return [a for t in threats for a in cells.get(t, {}).get("attacks", [])]
+
+
+def cells_table(attacks: list[dict[str, Any]], with_budget: bool = False) -> nodes.table:
+    head = ["attack", "observed", "vote [95 %]", "clean [95 %]", "mean queries"]
+    rows = [
+        [a["attack"], f"{a['observed']['failure']:.1f}", pct(a["vote"]), pct(a["clean"]), num(a["mean_queries"])]
+        for a in sorted(attacks, key=lambda a: (a["vote"]["failure"], a["attack"]))
+    ]
+    return table(head, rows)
+
+
+def strength_table(attacks: list[dict[str, Any]]) -> nodes.table:
+    """Undefended cells: the three judgements agree on a deterministic model, so one column."""
+    head = ["attack", "failure % [95 %]", "mean queries of successes", "images", "budget"]
+    rows = [
+        [a["attack"], pct(a["clean"]), num(a["mean_queries"]), str(a["images"]), f"{a['queries_budget']:,}"]
+        for a in sorted(attacks, key=lambda a: (a["clean"]["failure"], a["attack"]))
+    ]
+    return table(head, rows)
+
+
+def grid_table(report: dict[str, Any]) -> nodes.table:
+    g = report["mu_nu"]
+    head = ["mu \\ nu", *[f"{n:g}" for n in g["nu"]]]
+    rows = []
+    for i, mu in enumerate(g["mu"]):
+        rows.append(
+            [f"{mu:g}"]
+            + [f"{o:.0f} / {v:.0f} / {c:.0f}" for o, v, c in zip(g["observed"][i], g["vote"][i], g["clean"][i])]
+        )
+    return table(head, rows)
+
+
+# -- sweeps (a results store) ----------------------------------------------------------------------
+
+
+def sweep_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
+    from rnd.evaluation.store import ResultsStore
+
+    with ResultsStore(source(record, "store"), readonly=True) as store:
+        return store.results()
+
+
+def _variant(r: dict[str, Any]) -> str:
+    """An attack setting in words: name, norm, M, and the parameters it was given."""
+    parts = [r["attack"], r["norm"]]
+    if r["eot"] > 1:
+        parts.append(f"M={r['eot']}")
+    given = r.get("params") or {}
+    parts += [f"{k}={v}" for k, v in sorted(given.items())]
+    return " ".join(parts)
+
+
+def _rate(v: float | None) -> str:
+    return "n/a" if v is None or math.isnan(v) else f"{v:.0f}"
+
+
+def rivals_table(rows: list[dict[str, Any]]) -> nodes.table:
+    head = ["model", "defense", "clean acc %", "attack", "observed", "vote", "clean", "mean queries"]
+    body = [
+        [
+            r["model"],
+            r["defense"],
+            num(r["clean_accuracy"], 2),
+            _variant(r),
+            _rate(r["failure_rate"]),
+            _rate(r["failure_rate_vote"]),
+            _rate(r["failure_rate_clean"]),
+            num(r["mean_queries"]),
+        ]
+        for r in sorted(rows, key=lambda r: (r["model"] != "standard", r["defense"], _variant(r)))
+    ]
+    return table(head, body)
+
+
+def worst_case_table(rows: list[dict[str, Any]]) -> nodes.table:
+    """Per (model, defense): the lowest clean-judged failure over every attack run against it."""
+    best: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in rows:
+        clean = r["failure_rate_clean"]
+        if clean is None or math.isnan(clean):
+            continue
+        k = (r["model"], r["defense"])
+        if k not in best or clean < best[k]["failure_rate_clean"]:
+            best[k] = r
+    head = ["model", "defense", "clean acc %", "worst case, clean", "by", "attacks run"]
+    count = {k: sum(1 for r in rows if (r["model"], r["defense"]) == k) for k in best}
+    body = [
+        [m, d, num(r["clean_accuracy"], 2), _rate(r["failure_rate_clean"]), _variant(r), str(count[(m, d)])]
+        for (m, d), r in sorted(best.items(), key=lambda kv: -kv[1]["failure_rate_clean"])
+    ]
+    return table(head, body)
+
+
+# -- bench rows ------------------------------------------------------------------------------------
+
+
+def throughput_table(record: dict[str, Any]) -> nodes.table:
+    head = ["attack", "feedback", "defense", "attack img/s", "raw img/s", "ratio", "bar", "in model"]
+    body = []
+    for r in record["rows"]:
+        bar = 0.95 if r["feedback"] == "scores" else 0.90
+        body.append(
+            [
+                r["attack"],
+                r["feedback"],
+                r["defense"],
+                num(r["attack_images_per_s"]),
+                num(r["raw_images_per_s"]),
+                f"{r['ratio']:.2f}",
+                f"{bar:.2f} {'met' if r['ratio'] >= bar else 'not met'}",
+                f"{r['in_model']:.2f}",
+            ]
+        )
+    return table(head, body)
+
+
+VIEWS = ("provenance", "verdict", "cells", "strength", "labels", "grid", "rivals", "worst", "throughput")
+
+
+class ResultsDirective(SphinxDirective):
+    """```{rnd-results} RECORD``` with `:view:` (see the module docstring)."""
+
+    required_arguments = 1
+    option_spec = {"view": lambda v: directives.choice(v, VIEWS), "defense": directives.unchanged}
+
+    def run(self) -> list[nodes.Node]:
+        name = self.arguments[0]
+        self.env.note_dependency(str(RECORDS / f"{name}.json"))
+        record = load_record(name)
+        for key in ("report", "store"):
+            if key in record:
+                self.env.note_dependency(str(source(record, key)))
+        view = self.options.get("view", "provenance")
+        if view == "provenance":
+            return provenance(record)
+        if view == "throughput":
+            return [throughput_table(record)]
+        if view in ("rivals", "worst"):
+            rows = sweep_rows(record)
+            return [rivals_table(rows) if view == "rivals" else worst_case_table(rows)]
+        report = audit_report(record)
+        if view == "verdict":
+            return [verdict(report)]
+        if view == "grid":
+            return [grid_table(report)]
+        defense = self.options.get("defense", report["defense"])
+        if view == "strength":
+            return [strength_table(audit_cells(report, "none", ["scores"]))]
+        if view == "labels":
+            return [cells_table(audit_cells(report, defense, ["labels"]))]
+        return [cells_table(audit_cells(report, defense, ["scores", "labels"]))]
+
+
+def setup(app: Any) -> dict[str, Any]:
+    app.add_directive("rnd-results", ResultsDirective)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}

@@ -21,6 +21,8 @@ ROOT = Path(__file__).resolve().parents[2]
 HOME = ROOT / "bench" / "audit-full"
 SNAPSHOT = HOME / "audit.sqlite"
 CHECKPOINT = HOME / "checkpoints" / "fashion-mnist-small-cnn"
+#: The committed report the docs' results pages are rendered from (docs/results/records/audit-full.json).
+RECORD = ROOT / "docs" / "results" / "records" / "audit-full.report.json"
 
 
 def done_cells(db: Path) -> dict[str, float]:
@@ -64,6 +66,9 @@ def test_report_only_over_the_snapshot_reports_every_finished_cell(tmp_path):
     for attack in reported:
         assert attack["vote"]["failure"] == stored[attack["cell_key"]]
     assert comparable_content(db) == before
+    # the docs' results pages render the committed copy of this report: it must be this report
+    record = json.loads(RECORD.read_text())
+    assert record == {**report, "db": "bench/audit-full/audit.sqlite"}, "regenerate docs/results/records"
     # bench/audit_full.py table prints the same report as Markdown: a row per finished cell
     text = load_script().markdown(report, wall_seconds=3600.0)
     assert f"{progress['done']} of {progress['cells']} cells" in text and "1.00 h" in text
