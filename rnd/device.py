@@ -60,10 +60,11 @@ def set_default_device(text: str | torch.device) -> torch.device:
 
 
 #: Where `prefer_channels_last` (`rnd.models.load_model`, the commands' loader) uses the layout.
-#: CPU: on. oneDNN's convolutions run 2-3x faster with channels-last weights (bench/layout_speedup.py:
-#: small CNN, batch 64-256, 1 and 2 threads, idle cores; EfficientNet-Lite0 1.02-1.03x at batch 1
-#: and 8, no loss); the logits differ from the contiguous layout's by ~3e-6 (summation order), so
-#: seeded CPU numbers moved once when the commands took it up. CUDA: off (not measured yet).
+#: CPU: on. oneDNN's convolutions run markedly faster with channels-last weights for the small CNN
+#: (bench/layout_speedup.py: batch 64-256, 1 and 2 threads, idle cores) and about as fast for
+#: EfficientNet-Lite0 (batch 1 and 8, no loss); the logits differ from the contiguous layout's by
+#: float rounding (summation order), so seeded CPU numbers moved once when the commands took it up.
+#: CUDA: off (not measured yet).
 AUTO_CHANNELS_LAST: dict[str, bool] = {"cpu": True, "cuda": False}
 #: Models whose check failed: not tried (nor warned about) again by later oracles.
 _CONTIGUOUS_ONLY: weakref.WeakSet[nn.Module] = weakref.WeakSet()

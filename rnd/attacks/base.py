@@ -385,10 +385,12 @@ def box_fill(
     """Rescale each row of `delta` to l_2 norm `norm` (a number, or an (N, 1) tensor of one per row)
     inside the [0, 1] box around `x0`.
 
-    Returns sign(delta) * min(k |delta|, room) with room the distance from x0 to the box face in
+    Returns ``sign(delta) * min(k |delta|, room)`` with room the distance from x0 to the box face in
     the direction of delta, and the scale k chosen per row so that the l_2 norm is `norm` (or the
-    largest reachable, all pixels at the box). The fixed point
+    largest reachable, all pixels at the box). The fixed point::
+
         k <- sqrt((norm^2 - sum_{clipped} room^2) / sum_{free} delta^2)
+
     starts at norm / ||delta|| and rises monotonically; it is exact once the clipped set settles.
     Plain rescale-then-clip loses the norm of every clipped pixel (Fashion-MNIST backgrounds are 0).
     """

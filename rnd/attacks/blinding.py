@@ -28,12 +28,12 @@ Pixels at a face of the box (see below) can only move inward, so p halves there 
 (1 - p)^20 = 0.29: about 15 kept hashes in common). An l_inf attack's queries have most pixels
 at a face (Square's vertices, Fashion-MNIST's black backgrounds at 0): against them a = 0.02
 still gets a share of queries refused, and a = 0.05 (p = 0.15 at faces, (1 - p)^20 = 0.04) none,
-at the price of more noise in the attacker's own observations. Measured (Square l_inf eps 0.1,
-20 Fashion-MNIST images, 2,000 queries, default small CNN): plain Square fails 15 % undefended
-and 100 % against Blacklight (refused from its 3rd query on); blinded with a = 0.02, 26 % of its
-queries are refused (half of the images at some point) and it fails 45 %; with a = 0.05 none is
-refused and it fails 80 %. The blind is the attacker's own random noise defense: it hurts the
-attacks RND hurts (SimBA and HopSkipJump fail almost always when blinded at a = 0.02).
+at the price of more noise in the attacker's own observations. With Square (l_inf eps 0.1) on the
+default small CNN: plain Square is refused by Blacklight within its first few queries and fails on
+every image; blinded with a = 0.02, part of its queries are still refused and it fails far more
+often than undefended; with a = 0.05 none is refused, and it fails more often still. The blind is
+the attacker's own random noise defense: it hurts the attacks RND hurts (SimBA and HopSkipJump
+fail almost always when blinded at a = 0.02).
 
 The ball. Blinding never takes a pixel outside [0, 1], and never further outside the attack's eps
 ball around the original image than the attack's own query was: l_inf, each pixel stays within
@@ -206,7 +206,7 @@ class Blinded:
     """`attack` with every query blinded by fresh noise of amplitude `amplitude` (module docstring).
 
     Args:
-        attack: any rnd attack (`make_attack(...)`), run unchanged.
+        attack (rnd.attacks.base.QueryAttack): any rnd attack (`make_attack(...)`), run unchanged.
         amplitude: the blind's amplitude a in pixels ([0, 1] scale); 0.02 flips a pixel's
             Blacklight bin (step 50: 6 levels) with probability 6 a = 0.12 (sign noise).
         noise: "sign" (+-a per pixel, the most bin flips per amplitude) or "uniform" (U[-a, a]).

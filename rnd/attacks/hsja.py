@@ -2,6 +2,7 @@
 decision boundary with Monte Carlo gradient estimates.
 
 Each iteration t (per image, from 1) at the boundary point x_b (distance D_t to the clean x0):
+
   1. gradient estimate from n_t = min(init_probes * sqrt(t), max_probes) probes u_i (Gaussian for
      l_2, uniform in [-1, 1]^d for l_inf, scaled to unit l_2 norm) at radius delta_t:
      g = mean_i (phi(x_b + delta_t u_i) - b) u_i, phi = +1 adversarial / -1 not, b = mean(phi)
@@ -11,6 +12,7 @@ Each iteration t (per image, from 1) at the boundary point x_b (distance D_t to 
   3. binary search back to the boundary between x0 and that point, on t in [0, 1] to precision
      theta: the l_2 blend (1 - t) x0 + t x, or for l_inf the projection x0 + clip(x - x0, -r, r)
      with r = t ||x - x0||_inf; the adversarial end is accepted and becomes x_b.
+
 The start: uniform noise (the base's budget-bounded `random_start`), a blend search towards x0 to
 precision 0.001, then the search of step 3 (the authors' initialisation).
 

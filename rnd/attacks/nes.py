@@ -1,9 +1,13 @@
 """NES attack (Ilyas et al., ICML 2018): natural-evolution-strategies gradient estimates + PGD.
 
-The seed's zeroth-order family (eq. 3-4): with q antithetic Gaussian pairs,
+The seed's zeroth-order family (eq. 3-4): with q antithetic Gaussian pairs::
+
     g = 1 / (2 q mu) * sum_i [f(x + mu u_i) - f(x - mu u_i)] u_i,   u_i ~ N(0, I),
-then (Ilyas et al. 2018, Alg. 1 and their released code) a momentum average
+
+then (Ilyas et al. 2018, Alg. 1 and their released code) a momentum average::
+
     m <- beta m + (1 - beta) g,
+
 and x <- Proj(x - lr * sign(m)) for l_inf, or x <- Proj(x - lr * m / ||m||_2) for l_2, with the
 learning rate divided by `plateau_drop` whenever the loss is higher than `plateau_length` steps
 before (down to `min_lr`). One step costs 2q probe queries plus one query of the new point.
@@ -13,11 +17,11 @@ paper's code (SCLBD/BlackboxBench, CIFAR-10 config); eps / 10 per step for l_2. 
 the plateau schedule (length 5, drop 2, floor 5e-5) are the defaults of Ilyas et al.'s released
 code; `momentum=0, plateau_length=0` is BlackboxBench's plain NES.
 
-What limits it (bench/estimator_gap.py, default Fashion-MNIST model, 500 images, 10,000 queries):
-with the exact gradient of the same loss in place of the estimate, same update rule and number of
-steps, failure is 6.2 % l_inf / 7.4 % l_2 (shipped: 12.6 / 10.8 %; white-box PGD: 6.2 / 7.0 %), so
-the remaining gap is the noise of the estimate. Neither q x2 nor more probes late in the run (q
-doubled at each step decay, up to 8x) closed it (13 % on 100 images, as the default).
+What limits it (bench/estimator_gap.py, default Fashion-MNIST model): with the exact gradient of
+the same loss in place of the estimate, same update rule and number of steps, it reaches the
+white-box floor (bench/whitebox_floor.py) at l_inf and comes close to it at l_2, so the remaining
+gap is the noise of the estimate. Neither doubling q nor more probes late in the run (q doubled at
+each step decay, up to eight times the default) closed it.
 """
 
 from __future__ import annotations

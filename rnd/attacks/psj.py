@@ -6,8 +6,10 @@ half for good, and its best point is often a lucky noisy answer. This attack kee
 iteration (`rnd.attacks.hsja`) and changes three things, in the spirit of the paper:
 
 (a) Bayesian line search instead of the binary search. Along the segment x0 (t = 0) -> x_s (t = 1)
-    the chance of an adversarial answer is modelled as
+    the chance of an adversarial answer is modelled as::
+
         P(adv | t) = floor + (1 - 2 floor) * sigmoid((t - t0) / s),
+
     the noise floor `floor` fixed, the boundary t0 and the width s unknown, with a uniform prior on a
     grid of `grid_size` values of t0 times the widths `WIDTHS`. Each round queries every image at
     the posterior median of t0 (probabilistic bisection; the paper places queries by expected

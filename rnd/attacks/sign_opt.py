@@ -1,9 +1,13 @@
 """Sign-OPT (Cheng, Singh, Chen, Chen, Liu, Hsieh, ICLR 2020): sign-gradient descent on the ray.
 
-Label-only. The attack searches a direction theta (unit norm in the attack's norm) that minimises
+Label-only. The attack searches a direction theta (unit norm in the attack's norm) that
+minimises::
+
     g(theta) = min { lambda > 0 : x0 + lambda theta is adversarial },
+
 the distance to the decision boundary along theta; x0 + g(theta) theta is the adversarial example.
 Each iteration (the paper's Alg. 1):
+
 - sign gradient from k random directions u (Gaussian, scaled to unit norm), each ONE query: is
   x0 + g(theta) (theta + beta u) / ||theta + beta u|| adversarial? If so g falls along u (sign -1),
   else it rises (+1); grad = mean(sign * u). All probes of all images go in one oracle query.
@@ -19,6 +23,7 @@ Each iteration (the paper's Alg. 1):
   model is run in. beta g / 10 is a tenth of how far a probe moves the boundary point.
 - when alpha falls below 1e-4 (l_2) / 1e-6 (l_inf) alpha resets to 1 and beta shrinks tenfold; an
   image stops once beta < 1e-8.
+
 Start: `n_init` Gaussian directions, each one query at x0 + theta; for each adversarial one in
 turn, one query at the best g so far along it (skipped when it is not adversarial there), then a
 binary search from 0 to tol `tol`. At most a quarter of the remaining budget goes to directions.
@@ -32,9 +37,8 @@ search and checks success in l_inf; this is not that.) The authors' l_inf code r
 1e-6 and its start bisects to 1e-5; the start here uses `tol` in both norms.
 
 Points are clipped to [0, 1]; the distance recorded is that of the clipped point (at most g).
-Measured on the test suite's tiny Fashion-MNIST CNN (10 images, k = 200, 6,000 queries, untargeted):
-median l_2 distance 1.29 (l_2 variant), median l_inf distance 0.30 (l_inf variant; 0.84 after its
-start at 500 queries). Random Gaussian starts are far on this data; `starts` helps.
+Random Gaussian starts are far on Fashion-MNIST: on the test suite's tiny CNN the l_inf variant's
+start lies far beyond the distance the search then reaches; `starts` helps.
 
 Defaults, from the authors' code (cmhcbb/attackbox `attack/Sign_OPT.py`, `attack/Sign_OPT_lf.py`)
 and the paper: k = 200, alpha = 0.2, beta = 0.001 (both norms; the RND paper's code,

@@ -1,11 +1,15 @@
 """ZO-signSGD (Liu et al., ICLR 2019, "signSGD via Zeroth-Order Oracle"): sign of a ZO gradient.
 
 The seed's zeroth-order family (eq. 3-4) with one-sided (forward) differences from q random
-Gaussian directions u_i ~ N(0, I) and finite-difference size mu:
+Gaussian directions u_i ~ N(0, I) and finite-difference size mu::
+
     g = 1 / (q mu) * sum_i [f(x + mu u_i) - f(x)] u_i,
-then a sign step and the projection onto the threat ball and the [0, 1] box (Liu et al., Alg. 1):
+
+then a sign step and the projection onto the threat ball and the [0, 1] box (Liu et al., Alg. 1)::
+
     x <- Proj(x - lr * sign(g)).
-The sign step is taken for l_2 as well (that is what makes the method ZO-*sign*SGD); the l_2 ball
+
+The sign step is taken for l_2 as well (the sign is what makes the method ZO-signSGD); the l_2 ball
 is enforced by the projection. f(x) is the loss already measured at the current point, so a step
 costs q probe queries plus one query of the new point: (q + 1) * M with EOT.
 
@@ -17,16 +21,17 @@ higher than `plateau_length` (5) steps before, down to lr / 200: the schedule of
 code (`score.plateau_update`), which Liu et al. do not use; `plateau_length=0` is their fixed step.
 
 Defaults: mu = 0.01 per pixel, q = 30 directions, lr = 0.01, as in the RND paper's code
-(SCLBD/BlackboxBench, CIFAR-10 configs, 2.55/255 on the [0, 1] scale). Measured on the default
-Fashion-MNIST model (100 images, eps_inf 0.1, 10,000 queries), failure rate: fixed step 28 %,
-with the plateau schedule 18 %; fixed step q 30 lr 0.005: 18 %; q 60 lr 0.005: 16 % with or
-without the schedule (about twice the queries per success); momentum 0.9: 26 %.
+(SCLBD/BlackboxBench, CIFAR-10 configs, 2.55/255 on the [0, 1] scale). On the default
+Fashion-MNIST model (l_inf, eps 0.1) the plateau schedule makes this step fail clearly less often
+than the fixed step, about as often as a fixed step of half the size; doubling q as well gains
+little and costs more queries per success, with or without the schedule; momentum 0.9 helps far
+less than the schedule.
 
-What limits it (bench/estimator_gap.py, 500 images, 10,000 queries): with the exact gradient of the
-same loss in place of the estimate and the same number of steps, l_inf fails on 6.4 % (the
-white-box floor; shipped: 23.6 %), so the l_inf gap is the estimate's noise; l_2 still fails on
-18.6 % (shipped: 18.8 %; 18.2-18.6 % for any step from 0.003 to 0.1, fixed or decayed): the sign
-step followed by the l_2 projection cannot reach the l_2 white-box floor (7 %) at eps 1.5.
+What limits it (bench/estimator_gap.py): with the exact gradient of the same loss in place of the
+estimate and the same number of steps, l_inf reaches the white-box floor (bench/whitebox_floor.py),
+so the l_inf gap is the estimate's noise; l_2 still fails about as often as the shipped attack,
+for any step from 0.003 to 0.1, fixed or decayed: the sign step followed by the l_2 projection
+cannot reach the l_2 white-box floor at eps 1.5.
 """
 
 from __future__ import annotations

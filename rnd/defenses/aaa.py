@@ -3,7 +3,7 @@
 A post-processing defense: the answer keeps the model's label but its margin loss is bent so that
 a greedy score attack is led the wrong way. For the margin `m = z_(1) - z_(2)` of the logits (the
 same as the margin of the log-probabilities) the attractors are the odd multiples of `I / 2`,
-`a(m) = (round(m / I + 1/2) - 1/2) I`, and the target margin is
+`a(m) = (round(m / I + 1/2) - 1/2) I`, and the target margin is::
 
     linear (mirror):  t = a - r (m - a)                               (r = reverse_step)
     sine:             t = m - 0.7 I sin((1 - 2 (m - a) / I) pi)
@@ -17,6 +17,7 @@ Facts from the authors' code (Sizhe-Chen/AAA, `victim.py` and `square.py`): inte
 experiment script (the linear class alone defaults to 4), reverse step 1, calibration weight 5,
 100 Adam steps at lr 0.1, temperature 1 (their tuned temperatures are per model), sine amplitude
 0.7 I, quantisation `floor(255 x) / 255`. Differences here, all on purpose:
+
 - the argmax is always kept: an Adam iterate whose top class differs from the clean one is never
   answered; each image answers its last iterate that kept the class (the clean logits at worst).
   The authors only measure how often the class survives;

@@ -6,6 +6,7 @@ differ from each other in a few pixels; Blacklight fingerprints every query by h
 quantised content and flags a query that shares many of them with a stored one.
 
 The fingerprint of a query `x` (pixels in [0, 1]), as in the authors' code:
+
     1. v = (255 x + salt) mod 255, with a secret per-pixel salt s ~ U[0, 255) (the salt hides the
        bin boundaries: without it an attacker could keep every pixel inside its bin);
     2. flatten, quantise v to the nearest multiple of `step` (50: six levels 0..250), as int16;
@@ -13,6 +14,7 @@ The fingerprint of a query `x` (pixels in [0, 1]), as in the authors' code:
        40 int16 bytes, little-endian), duplicates removed;
     4. keep the `top` (50) largest digests, ordered as the authors order them (the hex digest read
        backwards, i.e. nibbles from the last to the first).
+
 A query is flagged when it shares more than `threshold` (25) of its kept digests with ANY stored
 query (the count is per stored query). Every query, flagged or not, is stored. A flagged row is
 refused: answered with all-NaN logits, the refusal protocol of `rnd.oracle` (it still costs the
@@ -20,6 +22,7 @@ query); the other rows get the model's logits unchanged. A batch is checked in o
 compared with the history and with rows 0..i-1 of the same batch.
 
 Implementation (exact up to 64-bit key collisions, about 1e-6 per query at 10^5 stored queries):
+
     - each digest becomes a 63-bit rank key (its first 16 nibbles in the authors' order); the
       index stores a 64-bit code per (digest, query): the key's top 40 bits and a 23-bit query id,
       so at most 2^23 (8.4 M) queries are stored; `reset()` clears them;
@@ -36,6 +39,7 @@ Implementation (exact up to 64-bit key collisions, about 1e-6 per query at 10^5 
     - digests are cached by window content (20 quantised values are one base-6 integer), in a
       direct-mapped table of `cache_size` entries: a window already seen (most windows of an
       attack's next query) costs no SHA-256.
+
 Memory: 8 bytes per kept digest, `top` * 8 = 400 bytes per stored query (40 MB at 10^5 queries),
 plus a transient copy of the largest level during a merge, and 16 bytes per cache entry
 (16 MB at the default 2^20).

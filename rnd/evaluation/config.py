@@ -84,7 +84,7 @@ MAX_BUDGET = 10**9  #: queries per image
 MAX_IMAGES = 10**7  #: images per cell or command (also data.start)
 MAX_SEED = 2**63 - 1  #: seeds: int64, as SQLite stores them
 MAX_COUNT = 10**6  #: draws, votes, EOT samples, epochs, steps and other repeat counts
-MAX_PARAM_INT = 2**63 - 1  #: |integer| in an attack's params table
+MAX_PARAM_INT = 2**63 - 1  #: largest absolute value of an integer in an attack's params table
 
 
 @dataclass(frozen=True)

@@ -145,7 +145,7 @@ def run_imagenet_demo(
     top-1 under RND at each of `accuracy_nus` (mean over `draws` draws), then each attack on the
     first `n_images` correctly classified samples, undefended and behind RND at `nu`.
 
-    Arguments are checked before the model is loaded. About 5 minutes on 2 CPU threads with the
+    Arguments are checked before the model is loaded. It takes minutes on 2 CPU threads with the
     defaults (the attacks behind RND run their whole budget on most images)."""
     _check_demo(nu, eps, n_images, budget, draws, attacks, seed)
     for level in accuracy_nus:

@@ -1,6 +1,6 @@
 """Clean accuracy under RND against the noise level nu, and choosing nu for an accuracy budget.
 
-RND's price is clean accuracy: |f_nu(x) - f(x)| <= nu L0 sqrt(d) (Qin et al., NeurIPS 2021,
+RND's price is clean accuracy: ``|f_nu(x) - f(x)| <= nu L0 sqrt(d)`` (Qin et al., NeurIPS 2021,
 section 4). `accuracy_vs_nu` measures it (mean and spread over independent noise draws) for one or
 more models, the seed's "clean accuracy for different models" figure; `calibrate_nu` picks the
 largest nu whose accuracy drop stays within a budget with a one-sided confidence bound.

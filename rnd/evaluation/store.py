@@ -1,6 +1,7 @@
 """The results database: SQLite (stdlib), one file, crash-safe, resumable, shared by concurrent sweeps.
 
-Tables (schema version 6):
+Tables (schema version 6)::
+
   schema_info     name -> value; `schema_version` must equal `SCHEMA_VERSION`
   history         what happened to the file: created, migrated (with the schema and rnd versions)
   sweeps          one row per (config text, quick) ever started, with the config itself
@@ -27,6 +28,7 @@ Tables (schema version 6):
                   what was measured (JSON), so a resumed audit reuses it instead of recomputing
 
 Guarantees (each pinned by a test in tests/evaluation/test_store*.py and tests/cli/test_sweep_cli.py):
+
 - Creating the schema, recording a finished cell (rows + summary + status), registering a sweep and
   migrating an old schema are each ONE transaction, so a process killed at any moment, even with
   SIGKILL, leaves either all of it or nothing. A file left empty or without tables by such a kill is

@@ -13,7 +13,7 @@ from rnd.models.layers import Classifier
 class SmallCNN(Classifier):
     """conv3x3(32)-ReLU-pool, conv3x3(64)-ReLU-pool, dense(128)-ReLU, dense(classes).
 
-    About 91-92 % on Fashion-MNIST after a few epochs; roughly 4,000 images/s on 2 CPU cores.
+    A few epochs of training make it an accurate Fashion-MNIST classifier that runs fast on a CPU.
     """
 
     def __init__(

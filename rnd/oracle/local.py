@@ -32,9 +32,10 @@ log = logging.getLogger(__name__)
 #: `Oracle(compile=...)`: False (eager), True (`torch.compile`), "auto" (see `AUTO_COMPILE`).
 Compile = bool | Literal["auto"]
 #: What compile="auto" picks per device type. CPU: eager, though the steady-state forward is faster
-#: compiled (figures in the Oracle docstring): the answers differ from eager by ~1e-6 (a changed
-#: bit flips near-tie decisions, so every seeded CPU number would move), and compiling costs more
-#: than a short run (6-13 s small CNN, 3 min EfficientNet-Lite0). CUDA: not measured yet.
+#: compiled (bench/compile_speedup.py; see the Oracle docstring): the answers differ from eager by
+#: float rounding (a changed bit flips near-tie decisions, so every seeded CPU number would move),
+#: and compiling costs more than a short run (seconds for the small CNN, minutes for
+#: EfficientNet-Lite0). CUDA: not measured yet.
 AUTO_COMPILE: dict[str, bool] = {"cpu": False, "cuda": False}
 
 
@@ -87,24 +88,25 @@ class Oracle(Ledger):
             there, and answers live there: an attack whose images are on the model's device makes
             no host round trip per query beyond the ledger's (the ids and the budget rule).
         compile: forward through `torch.compile` (True), eagerly (False), or "auto": compiled only
-            on a device type where it was measured to pay (`AUTO_COMPILE`; today: nowhere).
-            bench/compile_speedup.py, CPU, 1 thread, 2 shared cores, compiled / eager images/s:
-            small CNN 1.23x (batch 1), 1.30x (64), 2.13x (256) at load 3.4 (1.16x, 1.36x, 1.27x
-            at load 5), max |diff| of the logits 2.4e-6, compile 6-13 s; EfficientNet-Lite0 1.18x
-            (1), 1.54x (8) at load 5, 7e-6, compile 185 s. Dynamo keeps a seeded defense's noise
-            stream (tested), so True is safe behind any defense.
+            on a device type where it was measured to pay (`AUTO_COMPILE`; today: nowhere). On
+            the CPU (bench/compile_speedup.py, one thread) compiled forwards are faster than eager
+            ones for the small CNN and for EfficientNet-Lite0, with logits that differ from eager
+            only by float rounding; compiling takes seconds for the small CNN and minutes for
+            EfficientNet-Lite0. Dynamo keeps a seeded defense's noise stream (tested), so True is
+            safe behind any defense.
         channels_last: True: put the model's convolution weights in channels-last layout, in place
-            (`rnd.device.use_channels_last`: 2-3x faster on the CPU for the small CNN; checked by
-            one forward of the network behind the defenses, and undone if it fails). The default
-            False leaves the model as it is: in place, the change outlives the oracle, and
-            `safetensors.torch.save_file(model.state_dict())` then needs `.contiguous()` tensors
-            (rnd's `save_checkpoint` makes them so). `rnd.models.load_model`, the loader of every
-            command, already prefers the layout on the CPU.
+            (`rnd.device.use_channels_last`: markedly faster on the CPU for the small CNN, see
+            bench/layout_speedup.py; checked by one forward of the network behind the defenses,
+            and undone if it fails). The default False leaves the model as it is: in place, the
+            change outlives the oracle, and `safetensors.torch.save_file(model.state_dict())` then
+            needs `.contiguous()` tensors (rnd's `save_checkpoint` makes them so).
+            `rnd.models.load_model`, the loader of every command, already prefers the layout on
+            the CPU.
 
     Ids are allocated with `new_ids(n)`; a batch may mix images of many ids and repeat an id, and
     is still answered with one forward per chunk of at most `max_batch` images. On the CPU the
     chunks are at most `cpu_chunk` (128) images: there, batches of a few hundred images or more
-    fall out of the processor's caches and forward up to 2x slower per image (measured by
+    fall out of the processor's caches and forward markedly slower per image (measured by
     bench/attack_throughput.py); set `oracle.cpu_chunk = None` to forward `max_batch` at once.
     A batch is cut into equal chunks (200 images: 2 x 100, not 128 + 72).
     """

@@ -1,6 +1,7 @@
 """API keys and image quotas for the server: one SQLite file (WAL) shared by every worker and process.
 
-Tables (schema version 1):
+Tables (schema version 1)::
+
   schema_info  name -> value; `kind` = 'rnd keys' (what tells this file from a results database)
                and `schema_version` must equal `SCHEMA_VERSION`
   keys         one row per key: its name (the key id), the sha256 of the secret (never the secret),
@@ -8,6 +9,7 @@ Tables (schema version 1):
                its token bucket (tokens, refilled_at in Unix seconds), revoked, created_at, revoked_at
 
 Guarantees (pinned by tests/serving/test_keys.py):
+
 - A secret is shown once, by `add`, and stored only as its sha256. `authorize` looks the hash up and
   compares it with `hmac.compare_digest`, so timing does not depend on how much of a key is right.
 - `charge` decides and records in ONE `BEGIN IMMEDIATE` transaction (read, decide, write, commit)

@@ -4,7 +4,8 @@
   (eq. 16) and the smoothing gap nu L0 sqrt(d), as functions of L0, L1, d, R, Q, mu, nu, M, eta.
 - `signflip`: Monte Carlo P(sign h_mu != sign h_nu) (eq. 15) on a model beside Theorem 3's bound,
   with a local Lipschitz estimate of the CW margin (`estimate_l0`).
-- `smoothing`: Gaussian smoothing f_nu (eq. 9) by Monte Carlo and the check |f_nu - f| <= nu L0 sqrt(d).
+- `smoothing`: Gaussian smoothing f_nu (eq. 9) by Monte Carlo and the check
+  ``|f_nu - f| <= nu L0 sqrt(d)``.
 - `convergence`: the ZO attack of eq. (10)/(13)-(11) on analytic functions (`functions`) with known
   L0 / L1, over a grid of nu/mu and M.
 - `plots`: PNG figures (imported on demand; needs matplotlib).

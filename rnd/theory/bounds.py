@@ -84,7 +84,8 @@ def theorem1_bound(
 
 
 def mu_for_accuracy(eps: float, d: int, l0: float) -> float:
-    """Largest probe size with |f_{mu,nu} - f_nu| <= eps (Remark 1, Nesterov's Thm 1): eps / (sqrt(d) L0)."""
+    """Largest probe size with ``|f_{mu,nu} - f_nu| <= eps`` (Remark 1, Nesterov's Thm 1):
+    eps / (sqrt(d) L0)."""
     return check_positive(eps, "eps") / (math.sqrt(_check_dim(d)) * check_positive(l0, "L0"))
 
 
@@ -186,7 +187,7 @@ def theorem2_bound(
 
 
 def theorem3_bound(l0: float, nu: float, d: int, h_mu: float) -> float:
-    """Eq. (16), Theorem 3: P(sign h_mu(x) != sign h_nu(x)) <= 2 L0 nu sqrt(d) / |h_mu(x)|.
+    """Eq. (16), Theorem 3: ``P(sign h_mu(x) != sign h_nu(x)) <= 2 L0 nu sqrt(d) / |h_mu(x)|``.
 
     Returns the raw right-hand side (infinite when h_mu = 0); values >= 1 say nothing.
     For tensors of h_mu use `rnd.theory.signflip.theorem3_bound_tensor`.
@@ -201,9 +202,10 @@ def theorem3_bound(l0: float, nu: float, d: int, h_mu: float) -> float:
 
 
 def smoothing_gap_bound(l0: float, nu: float, d: int) -> float:
-    """|f_nu(x) - f(x)| <= nu L0 sqrt(d) for L0-Lipschitz f (Gaussian smoothing, eq. 9; Nesterov 2017).
+    """``|f_nu(x) - f(x)| <= nu L0 sqrt(d)`` for L0-Lipschitz f (Gaussian smoothing, eq. 9; Nesterov
+    2017).
 
-    The same expression with mu in place of nu bounds |f_{mu,nu} - f_nu| (Remark 1).
+    The same expression with mu in place of nu bounds ``|f_{mu,nu} - f_nu|`` (Remark 1).
     """
     l0 = check_positive(l0, "L0")
     nu = check_positive(nu, "nu (the smoothing level)", allow_zero=True)

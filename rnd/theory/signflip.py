@@ -1,7 +1,7 @@
 """Theorem 3 measured: how often RND flips the sign of a search attack's comparison.
 
 A search attack (eq. 5-6) keeps the step mu*u when h_mu(x) = f(x + mu u) - f(x) < 0. Under RND it
-sees h_nu(x) = f(x + mu u + nu v1) - f(x + nu v2) instead (eq. 15), and Theorem 3 (eq. 16) bounds
+sees h_nu(x) = f(x + mu u + nu v1) - f(x + nu v2) instead (eq. 15), and Theorem 3 (eq. 16) bounds::
 
     P(sign h_mu(x) != sign h_nu(x)) <= 2 L0(f) nu sqrt(d) / |h_mu(x)|.
 
@@ -69,7 +69,7 @@ def sample_directions(
 
 
 def theorem3_bound_tensor(l0: torch.Tensor, nu: float, d: int, h_mu: torch.Tensor) -> torch.Tensor:
-    """Eq. (16) elementwise: 2 L0 nu sqrt(d) / |h_mu|, clipped to [0, 1] (a probability bound)."""
+    """Eq. (16) elementwise: ``2 L0 nu sqrt(d) / |h_mu|``, clipped to [0, 1] (a probability bound)."""
     nu = check_positive(nu, "nu (the RND noise level)", allow_zero=True)
     raw = 2 * l0 * nu * math.sqrt(check_int(d, "d", minimum=1)) / h_mu.abs()
     return torch.nan_to_num(raw, nan=1.0, posinf=1.0).clamp(0, 1)
@@ -115,16 +115,18 @@ def estimate_l0(
 ) -> torch.Tensor:
     """Local Lipschitz constant L0(f) of Assumption 1 around each image, per noise level: (N, len(nus)).
 
-    Theorem 3's proof uses |f(a + nu v) - f(a)| <= L0 nu ||v|| on the segments a -> a + nu v with
+    Theorem 3's proof uses ``|f(a + nu v) - f(a)| <= L0 nu ||v||`` on the segments a -> a + nu v with
     a = x and a = x + mu u, so L0 is estimated on those segments: `points` points per (image, nu)
     z = x + s mu u + tau nu v, s in {0, 1} alternating, mu cycling over the grid, tau ~ U(0, 1),
     fresh u and v (an empty `mus` samples only x + tau nu v, the segments of eq. 9's gap). Then
+
       - "grad" (default): L0 = max ||grad f(z)||_2 over the points, by autograd. For a piecewise
         smooth f (ReLU network, max in the margin) the Lipschitz constant on a convex set is the
         supremum of the gradient norm there, so this is the sampled version of the right quantity;
-      - "secant": L0 = max |f(a + nu v) - f(a)| / (nu ||v||) over the segments themselves.
+      - "secant": L0 = ``max |f(a + nu v) - f(a)| / (nu ||v||)`` over the segments themselves.
+
     "grad" estimates the constant of Assumption 1 itself (the worst direction). "secant" estimates
-    only what the proof uses it for, E_v |f(a + nu v) - f(a)| <= L0 nu E||v||: along random noise
+    only what the proof uses it for, ``E_v |f(a + nu v) - f(a)| <= L0 nu E||v||``: along random noise
     directions a secant slope is about ||grad f|| / sqrt(d) (a random v is nearly orthogonal to the
     gradient), so "secant" is smaller by a factor of order sqrt(d) and gives a much tighter, still
     Markov-valid, version of eq. (16). Both are estimates from below of their constants (sampling
@@ -167,10 +169,10 @@ class SignFlipResult:
     """Theorem 3 measured over a mu x nu grid (arrays indexed [mu, nu]).
 
     `p_flip`, `ci_low`, `ci_high`: pooled flip frequency over images x draws with its Wilson interval.
-    `bound`: mean over images x draws of min(1, 2 L0 nu sqrt(d) / |h_mu|) (eq. 16, averaged).
+    `bound`: mean over images x draws of ``min(1, 2 L0 nu sqrt(d) / |h_mu|)`` (eq. 16, averaged).
     `p_image`, `bound_image`: the same per image, shape (N, n_mu, n_nu); `image_violations` counts
     images whose Wilson lower limit lies above their own mean bound (should be 0).
-    `l0`: the local L0 per (image, nu); `abs_h_mu`: mean |h_mu| per mu; `vacuous`: share of draws
+    `l0`: the local L0 per (image, nu); `abs_h_mu`: mean ``|h_mu|`` per mu; `vacuous`: share of draws
     whose bound is >= 1 (says nothing).
     """
 

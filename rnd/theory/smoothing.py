@@ -1,7 +1,7 @@
 """Gaussian smoothing f_nu (Definition 1, eq. 9) by Monte Carlo, and the gap bound it obeys.
 
 f_nu(x) = E_{v ~ N(0, I)} f(x + nu v) is the function RND's answers follow on average; for an
-L0-Lipschitz f, |f_nu(x) - f(x)| <= nu L0 sqrt(d) (Nesterov & Spokoiny 2017, Thm 1; the seed's
+L0-Lipschitz f, ``|f_nu(x) - f(x)| <= nu L0 sqrt(d)`` (Nesterov & Spokoiny 2017, Thm 1; the seed's
 "trade-off of larger nu and clean accuracy"). `smoothing_check` measures both sides.
 """
 
@@ -56,7 +56,7 @@ def gaussian_smoothing(
 
 @dataclass
 class SmoothingCheck:
-    """|f_nu(x) - f(x)| against nu L0 sqrt(d), per noise level (arrays indexed [nu, point])."""
+    """``|f_nu(x) - f(x)|`` against nu L0 sqrt(d), per noise level (arrays indexed [nu, point])."""
 
     nus: list[float]
     dim: int
@@ -99,7 +99,7 @@ def smoothing_check(
     generator: torch.Generator,
     chunk: int = 16,
 ) -> SmoothingCheck:
-    """Measure |f_nu(x) - f(x)| (eq. 9 by Monte Carlo) beside nu L0 sqrt(d) for each nu.
+    """Measure ``|f_nu(x) - f(x)|`` (eq. 9 by Monte Carlo) beside nu L0 sqrt(d) for each nu.
 
     `l0` is a known Lipschitz constant (analytic f) or one estimate per point (N,), e.g. from
     `rnd.theory.signflip.estimate_l0` (then the check holds "under that estimate").
