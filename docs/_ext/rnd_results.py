@@ -145,7 +145,13 @@ def audit_cells(report: dict[str, Any], defense: str, threats: Iterable[str]) ->
 def cells_table(attacks: list[dict[str, Any]], with_budget: bool = False) -> nodes.table:
     head = ["attack", "observed", "vote [95 %]", "clean [95 %]", "mean queries"]
     rows = [
-        [a["attack"], f"{a['observed']['failure']:.1f}", pct(a["vote"]), pct(a["clean"]), num(a["mean_queries"])]
+        [
+            a["attack"],
+            f"{a['observed']['failure']:.1f}",
+            pct(a["vote"]),
+            pct(a["clean"]),
+            num(a["mean_queries"]),
+        ]
         for a in sorted(attacks, key=lambda a: (a["vote"]["failure"], a["attack"]))
     ]
     return table(head, rows)
@@ -166,10 +172,8 @@ def grid_table(report: dict[str, Any]) -> nodes.table:
     head = ["mu \\ nu", *[f"{n:g}" for n in g["nu"]]]
     rows = []
     for i, mu in enumerate(g["mu"]):
-        rows.append(
-            [f"{mu:g}"]
-            + [f"{o:.0f} / {v:.0f} / {c:.0f}" for o, v, c in zip(g["observed"][i], g["vote"][i], g["clean"][i])]
-        )
+        judged = zip(g["observed"][i], g["vote"][i], g["clean"][i], strict=True)
+        rows.append([f"{mu:g}"] + [f"{o:.0f} / {v:.0f} / {c:.0f}" for o, v, c in judged])
     return table(head, rows)
 
 

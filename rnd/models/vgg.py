@@ -14,7 +14,7 @@ from rnd.models.layers import Classifier
 #: with three pools (they fit 28x28 as well as 32x32). `vgg16` is configuration D of Simonyan &
 #: Zisserman with BatchNorm, as the CIFAR-10 VGG-16 of the RND paper's experiments: 13 convs, five
 #: pools, so a 32x32 input ends at 512 x 1 x 1 and the head is one 512 -> classes linear layer
-#: (the usual CIFAR head; the ImageNet 4096-4096 MLP would hold more than half of the parameters on 1x1 maps).
+#: (the usual CIFAR head; an ImageNet 4096-4096 MLP would hold over half the parameters on 1x1 maps).
 CONFIGS: dict[str, list[int | str]] = {
     "vgg-small": [32, "M", 64, "M", 128, 128, "M"],
     "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, 512, 512],
