@@ -360,7 +360,9 @@ def evaluation_of(result: Any) -> AttackEvaluation:
 )
 @click.option("--key", envvar="RND_KEY", default=None, help="API key for --url (or $RND_KEY)")
 @click.option(
-    "--model-name", default=None, help="served model's name for --url [default: the only one served]"
+    "--model-name",
+    default=None,
+    help="served model's name, when --url is the server's base (a URL BASE/v2/models/NAME names it)",
 )
 @click.option(
     "--assume-defense",

@@ -629,7 +629,7 @@ def _endpoint_output(target: Any, threat: str) -> str:
 def run_audit(plan: AuditPlan, db: str | Path, progress: bool = True, runner: Any = None) -> dict[str, Any]:
     """Run (or resume) the audit's cells in `db`, then the mu x strength grid of the strongest
     score attack (defenses with a strength: RND, feature noise, low-confidence); returns the
-    report (see `write_json`; schema in docs/audit-report.md). `runner`: where
+    report (see `write_json`; schema in docs/reference/audit-report.md). `runner`: where
     cells run (`rnd.evaluation.runner`; default in-process)."""
     from rnd.evaluation.runner import run_sweep
     from rnd.evaluation.store import ResultsStore

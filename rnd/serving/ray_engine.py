@@ -7,7 +7,7 @@ traffic. The key store is the shared SQLite file, whose check-and-charge is atom
 so a quota holds across replicas. Ray Serve's HTTP proxy listens on the given host and port and
 forwards requests, status codes and headers to and from the replicas.
 
-Ray is imported lazily (`pip install 'rnd[ray,serve]'`); importing this module does not need it.
+Ray is imported lazily (the `ray` and `serve` extras); importing this module does not need it.
 """
 
 from __future__ import annotations

@@ -1,0 +1,152 @@
+"""The front door and the documentation site: README.md stays short and true to the records, every
+results record names its provenance, the results pages render the records' numbers, and (slow) the
+built site opens in headless Chromium with the reference pages a user looks for."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+DOCS = ROOT / "docs"
+RECORDS = DOCS / "results" / "records"
+AUDIT_HOME = ROOT / "bench" / "audit-full"
+
+
+def load_extension():
+    spec = importlib.util.spec_from_file_location("rnd_results", DOCS / "_ext" / "rnd_results.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def readme_blocks(lang: str) -> list[str]:
+    return re.findall(rf"^```{lang}\n(.*?)^```$", README.read_text(), flags=re.S | re.M)
+
+
+def test_the_readme_is_a_front_door_that_starts_with_the_two_commands():
+    lines = README.read_text().splitlines()
+    assert len(lines) <= 200
+    first, second = [c.split("#")[0].strip() for c in readme_blocks("bash")[0].strip().splitlines()]
+    assert first == "scripts/install.sh && .venv/bin/rnd demo"
+    assert second == "scripts/install.sh dev && .venv/bin/python -m pytest -q"
+
+
+def test_the_readme_headline_is_the_committed_record():
+    """The headline table's numbers, commit and checkpoint are the full audit record's."""
+    record = json.loads((RECORDS / "audit-full.json").read_text())
+    report = json.loads((RECORDS / record["report"]).read_text())
+    text = README.read_text()
+    pct = load_extension().pct
+    for threat, verdict in report["verdict"].items():
+        row = next(line for line in text.splitlines() if line.startswith(f"| {threat} ("))
+        assert f"({verdict['attacks']} attack settings)" in row
+        assert pct(verdict["worst"]) in row and pct(verdict["undefended_worst"]) in row
+    assert record["commit"].split()[0] in text
+    assert record["checkpoint_sha256"][:16] in text
+    meta = json.loads((AUDIT_HOME / "checkpoints" / "fashion-mnist-small-cnn.json").read_text())
+    assert meta["sha256"] == record["checkpoint_sha256"] == report["model"]["checkpoint_sha256"]
+
+
+def test_the_readme_python_example_runs():
+    """The README's example, as written, on the audited default checkpoint (no training)."""
+    (code,) = readme_blocks("python")
+    env = {**os.environ, "RND_HOME": str(AUDIT_HOME)}
+    proc = subprocess.run(
+        [sys.executable, "-c", "import torch; torch.set_num_threads(2)\n" + code],
+        capture_output=True, text=True, timeout=300, env=env, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rate, queries = (float(v) for v in proc.stdout.split())
+    assert 0.0 <= rate <= 100.0 and 0 < queries <= 1000  # failure in %, mean queries of successes
+
+
+def test_every_results_record_names_its_provenance():
+    ext = load_extension()
+    records = sorted(p.stem for p in RECORDS.glob("*.json") if "study" in json.loads(p.read_text()))
+    assert "audit-full" in records
+    for name in records:
+        record = ext.load_record(name)  # raises when a provenance field is missing or empty
+        assert all(record[k] for k in ext.PROVENANCE)
+        for key in ("report", "store"):
+            if key in record:
+                assert ext.source(record, key).is_file(), (name, key)
+
+
+def test_a_record_without_provenance_is_refused(tmp_path, monkeypatch):
+    ext = load_extension()
+    monkeypatch.setattr(ext, "RECORDS", tmp_path)
+    (tmp_path / "bare.json").write_text(json.dumps({"study": "x", "date": "2026-12-05", "commit": ""}))
+    with pytest.raises(ValueError, match="no commit, checkpoint_sha256, machine, command"):
+        ext.load_record("bare")
+
+
+def test_the_results_tables_render_the_records_numbers():
+    ext = load_extension()
+    record = ext.load_record("audit-full")
+    report = ext.audit_report(record)
+
+    def text(node) -> str:
+        return node.astext()
+
+    verdict = text(ext.verdict(report))
+    for v in report["verdict"].values():
+        assert ext.pct(v["worst"]) in verdict and v["worst"]["attack"] in verdict
+    cells = ext.audit_cells(report, report["defense"], ["scores", "labels"])
+    rendered = text(ext.cells_table(cells))
+    undefended = ext.audit_cells(report, "none", ["scores", "labels"])
+    assert len(cells) == report["progress"]["done"] - len(undefended)
+    for a in cells:
+        assert f"{a['attack']}" in rendered and ext.pct(a["vote"]) in rendered
+    strength = text(ext.strength_table(ext.audit_cells(report, "none", ["scores"])))
+    assert "parsimonious linf eps=0.1" in strength
+    grid = text(ext.grid_table(report))
+    assert all(f"{mu:g}" in grid for mu in report["mu_nu"]["mu"])
+
+
+PAGES = {
+    "RandomNoiseDefense": ("reference/api/core.html", "rnd.defenses.input_noise.RandomNoiseDefense"),
+    "Oracle": ("reference/api/core.html", "rnd.oracle.local.Oracle"),
+    "Square": ("reference/api/attacks.html", "rnd.attacks.square.Square"),
+    "HopSkipJump": ("reference/api/attacks.html", "rnd.attacks.hsja.HopSkipJump"),
+    "rnd audit": ("reference/cli.html", "rnd-audit"),
+}
+
+
+@pytest.mark.slow
+def test_the_docs_site_builds_and_renders_in_a_real_browser(tmp_path):
+    """sphinx-build -W, then headless Chromium on the reference pages of RandomNoiseDefense, Oracle,
+    Square and HopSkipJump and on the CLI page of `rnd audit`: each anchor is on its page with its
+    documentation, the screenshot is a page of text, and nothing is fetched over the network.
+    Set RND_SCREENSHOTS=DIR to keep the screenshots."""
+    from tests.browser import dump_dom, render
+
+    html = tmp_path / "html"
+    build = subprocess.run(
+        [sys.executable, "-m", "sphinx", "-W", "-q", "-b", "html", str(DOCS), str(html)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert build.returncode == 0, build.stderr[-3000:]
+    keep = Path(os.environ["RND_SCREENSHOTS"]) if os.environ.get("RND_SCREENSHOTS") else None
+    for label, (page, anchor) in PAGES.items():
+        url = f"{(html / page).as_uri()}#{anchor}"
+        dom = dump_dom(url, tmp_path, f"dom-{anchor}")
+        assert f'id="{anchor}"' in dom, label
+        section = dom[dom.index(f'id="{anchor}"') :][:20000]
+        words = {"RandomNoiseDefense": "nu", "Oracle": "budget", "Square": "p_init", "HopSkipJump": "gamma"}
+        assert words.get(label, "--db") in section, label
+        requests, shot = render(url, tmp_path, f"shot-{anchor}", size="1280,1600")
+        assert requests == [], (label, requests)
+        assert len(shot.getcolors(maxcolors=1 << 20) or []) > 20, label  # text, not a blank page
+        if keep is not None:
+            keep.mkdir(parents=True, exist_ok=True)
+            shot.save(keep / f"{label.replace(' ', '-')}.png")
