@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+from importlib.machinery import ModuleSpec
 from types import ModuleType
 
 from rnd.errors import InputError
@@ -46,15 +47,16 @@ def missing(extra: str) -> list[str]:
     """The modules of `extra` that cannot be found (found without importing them)."""
     if extra not in EXTRAS:
         raise KeyError(f"unknown extra {extra!r}; known: {', '.join(EXTRAS)}")
-    return [name for name in EXTRAS[extra] if not _found(name)]
+    return [name for name in EXTRAS[extra] if find_spec(name) is None]
 
 
-def _found(name: str) -> bool:
-    """Whether `name` can be imported (a dotted name imports its parent package to look)."""
+def find_spec(name: str) -> ModuleSpec | None:
+    """`importlib.util.find_spec`, None also when looking fails (a dotted name imports its parent
+    package to look: a parent that fails to import, or a None left in `sys.modules`)."""
     try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):  # a parent that fails to import, or a None in sys.modules
-        return False
+        return importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
 
 
 def require(extra: str, feature: str) -> None:

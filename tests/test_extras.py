@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from pathlib import Path
 
 import pytest
 
@@ -74,15 +75,46 @@ def test_the_top_level_api_needs_no_extra():
 CLI = "import sys; from rnd.cli import main; sys.argv = ['rnd', *{args!r}]; main()"
 
 
+AUDITED = (
+    Path(__file__).resolve().parent.parent
+    / "bench"
+    / "audit-full"
+    / "checkpoints"
+    / "fashion-mnist-small-cnn"
+)
+TINY_SWEEP = f"""
+name = "tiny"
+budget = 50
+defenses = ["none"]
+[data]
+images = 2
+accuracy_images = 50
+[[models]]
+label = "m"
+checkpoint = "{AUDITED}"
+[[attacks]]
+name = "square"
+norm = "linf"
+eps = 0.1
+"""
+
+
 @pytest.mark.parametrize(
     ("args", "extra"),
     [
         (["serve", "model"], "serve"),
         (["attack", "--url", "http://127.0.0.1:9/v2/models/m", "--attack", "square"], "serve"),
+        (["audit", "--url", "http://127.0.0.1:9/v2/models/m", "--key", "k", "--out", "{tmp}/out"], "serve"),
+        (["sweep", "{tmp}/tiny.toml", "--runner", "ray", "--db", "{tmp}/db/results.sqlite"], "ray"),
+        (["demo", "--imagenet"], "imagenet"),
     ],
 )
-def test_a_command_that_needs_a_missing_extra_is_one_line_and_exit_2(args, extra):
-    proc = run_core_only(CLI.format(args=args))
+def test_a_command_that_needs_a_missing_extra_is_one_line_and_exit_2(args, extra, tmp_path):
+    """...and writes nothing: no output folder, no results database."""
+    (tmp_path / "tiny.toml").write_text(TINY_SWEEP)
+    before = sorted(tmp_path.iterdir())
+    proc = run_core_only(CLI.format(args=[a.replace("{tmp}", str(tmp_path)) for a in args]))
+    assert sorted(tmp_path.iterdir()) == before
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ")

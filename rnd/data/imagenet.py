@@ -2,7 +2,7 @@
 
 The samples are the JPEG files `foolbox/data/imagenet_<NN>_<label>.jpg` that the foolbox wheel
 carries (the `imagenet` extra); only the files are used. The package is found with
-`importlib.util.find_spec("foolbox")`, which locates a top-level package without executing its
+`find_spec("foolbox")`, which locates a top-level package without executing its
 `__init__` (so foolbox, eagerpy and their imports are never loaded).
 
 Both loaders keep the aspect ratio: the shorter side is resized (bicubic, Pillow) to 224 and the
@@ -14,7 +14,6 @@ only one (1024 x 683) is cropped.
 from __future__ import annotations
 
 import importlib.resources
-import importlib.util
 import re
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import torch
 from rnd.data.base import ImageDataset
 from rnd.data.imagefolder import fit_image, load_image_folder
 from rnd.errors import DataError, DataNotFoundError, InputError
-from rnd.extras import install_hint
+from rnd.extras import find_spec, install_hint
 
 SIZE = (224, 224)
 NUM_CLASSES = 1000
@@ -51,7 +50,7 @@ HINT = f"{install_hint('imagenet')} (foolbox's wheel carries the 20 samples)"
 
 def samples_folder() -> Path:
     """foolbox's data folder, found without importing foolbox."""
-    spec = importlib.util.find_spec("foolbox")
+    spec = find_spec("foolbox")
     if spec is None or not spec.submodule_search_locations:
         raise DataNotFoundError(f"the ImageNet samples are not installed: {HINT}")
     return Path(next(iter(spec.submodule_search_locations))) / "data"

@@ -20,7 +20,6 @@ On a cluster every node needs the same rnd installed and the checkpoints and dat
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import logging
 import os
@@ -33,7 +32,7 @@ from typing import Any
 from rnd.errors import InputError, RndError
 from rnd.evaluation.runner import OnError, OnResult
 from rnd.evaluation.sweep import Cell, CellResult, execute_cell
-from rnd.extras import install_hint
+from rnd.extras import find_spec, install_hint
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +132,7 @@ class RayRunner:
     _owned: bool = field(default=False, init=False, repr=False)  # Ray started here, kept for the block
 
     def __post_init__(self) -> None:
-        if importlib.util.find_spec("ray") is None:  # fail before a sweep opens its database
+        if find_spec("ray") is None:  # fail before a sweep opens its database
             raise InputError(INSTALL_HINT)
         if self.workers is not None and (isinstance(self.workers, bool) or self.workers < 1):
             raise InputError(f"workers must be a positive integer or None, got {self.workers!r}")

