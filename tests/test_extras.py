@@ -11,7 +11,15 @@ from pathlib import Path
 import pytest
 
 import rnd
-from rnd.extras import DISTRIBUTION, EXTRA_MODULES, EXTRAS, MissingExtraError, install_hint, require
+from rnd.extras import (
+    DISTRIBUTION,
+    EXTRA_MODULES,
+    EXTRAS,
+    MissingExtraError,
+    install_hint,
+    missing,
+    require,
+)
 from tests.core_only import hidden_modules, run_core_only
 
 ALL_MODULES = sorted(m.name for m in pkgutil.walk_packages(rnd.__path__, "rnd."))
@@ -53,7 +61,7 @@ def test_the_list_of_extra_modules_is_exact():
         assert extra in EXTRAS
         failed = _import_each([module], hide=tuple(n.split(".")[0] for n in EXTRAS[extra]))
         assert module in failed and "No module named" in failed[module], module
-        if not any(n in hidden_modules() and importlib.util.find_spec(n) is None for n in EXTRAS[extra]):
+        if not missing(extra):  # installed here: it imports
             importlib.import_module(module)
 
 

@@ -23,7 +23,7 @@ LABELS = [243, 559, 438, 990, 949, 853, 609, 609, 915, 455, 541, 630, 741, 471, 
 def test_samples_load_with_their_labels() -> None:
     pytest.importorskip("PIL")
     if importlib.util.find_spec("foolbox") is None:
-        pytest.skip("foolbox (its data files) not installed: pip install 'rnd[imagenet]'")
+        pytest.skip("foolbox (its data files) not installed: pip install 'rnd-defense[imagenet]'")
     data = load_dataset("imagenet-samples")
     assert "imagenet-samples" in DATASETS
     assert data.images.shape == (20, 3, 224, 224) and data.images.dtype == torch.uint8
@@ -45,10 +45,10 @@ def test_loading_the_samples_does_not_import_foolbox() -> None:
 
 
 def test_missing_samples_say_what_to_install(tmp_path, monkeypatch) -> None:
-    with pytest.raises(DataNotFoundError, match=r"pip install 'rnd\[imagenet\]'"):
+    with pytest.raises(DataNotFoundError, match=r"pip install 'rnd-defense\[imagenet\]'"):
         load_imagenet_samples(tmp_path)
-    monkeypatch.setattr(imagenet_data.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(DataNotFoundError, match=r"pip install 'rnd\[imagenet\]'"):
+    monkeypatch.setattr(imagenet_data, "find_spec", lambda name: None)
+    with pytest.raises(DataNotFoundError, match=r"pip install 'rnd-defense\[imagenet\]'"):
         load_imagenet_samples()
     with pytest.raises(InputError, match="only a test split"):
         load_dataset("imagenet-samples", "train")

@@ -34,7 +34,7 @@ except ModuleNotFoundError:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail("Ray is not installed, but CI must test the Ray runner: run scripts/install.sh dev")
     pytest.skip(
-        "Ray is not installed (pip install 'rnd[ray]' or scripts/install.sh dev): Ray runner not tested",
+        "Ray is not installed (the ray extra, or scripts/install.sh dev): Ray runner not tested",
         allow_module_level=True,
     )
 
@@ -256,7 +256,7 @@ def test_bad_arguments_and_missing_ray(monkeypatch):
         with pytest.raises(InputError):
             RayRunner(**kwargs)
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
-    with pytest.raises(InputError, match=r"pip install 'rnd\[ray\]'"):
+    with pytest.raises(InputError, match=r"pip install 'rnd-defense\[ray\]'"):
         make_runner("ray")
 
 
