@@ -35,6 +35,7 @@ myst_heading_anchors = 3
 autodoc_typehints = "description"
 autodoc_typehints_format = "short"
 autodoc_member_order = "bysource"
+autodoc_inherit_docstrings = False  # no torch.nn.Module boilerplate under every forward()
 autodoc_default_options = {"members": True, "show-inheritance": True}
 autodoc_mock_imports: list[str] = []
 napoleon_google_docstring = True
@@ -52,6 +53,8 @@ html_theme = "furo"
 html_title = f"rnd {release}"
 html_static_path: list[str] = []
 suppress_warnings = ["myst.header"]
+# "--max-drop" in prose and help texts stays two hyphens (no en dash)
+smartquotes = False
 # Only the guides' explicit `{doctest}` / `{testcode}` blocks run; the docstrings' `>>>` examples
 # shown in the API reference are illustrations, not tests.
 doctest_test_doctest_blocks = ""

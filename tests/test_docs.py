@@ -114,21 +114,28 @@ def test_the_results_tables_render_the_records_numbers():
 
 
 PAGES = {
-    "RandomNoiseDefense": ("reference/api/core.html", "rnd.defenses.input_noise.RandomNoiseDefense"),
-    "Oracle": ("reference/api/core.html", "rnd.oracle.local.Oracle"),
-    "Square": ("reference/api/attacks.html", "rnd.attacks.square.Square"),
-    "HopSkipJump": ("reference/api/attacks.html", "rnd.attacks.hsja.HopSkipJump"),
-    "rnd audit": ("reference/cli.html", "rnd-audit"),
+    "RandomNoiseDefense": ("reference/api/core.html", "rnd.defenses.input_noise.RandomNoiseDefense", "nu"),
+    "Oracle": ("reference/api/core.html", "rnd.oracle.local.Oracle", "budget"),
+    "Square": ("reference/api/attacks.html", "rnd.attacks.square.Square", "p_init"),
+    "HopSkipJump": ("reference/api/attacks.html", "rnd.attacks.hsja.HopSkipJump", "gamma"),
+    "rnd audit": ("reference/cli.html", "rnd-audit", "--max-drop"),
 }
+#: Scroll the element with id ID to the top of the window; its section's text, or null.
+SHOW = """(() => {{
+  const e = document.getElementById({anchor!r});
+  if (!e) return null;
+  e.scrollIntoView({{block: "start", behavior: "instant"}});
+  return (e.tagName === "DT" ? e.parentElement : e).innerText;
+}})()"""
 
 
 @pytest.mark.slow
 def test_the_docs_site_builds_and_renders_in_a_real_browser(tmp_path):
-    """sphinx-build -W, then headless Chromium on the reference pages of RandomNoiseDefense, Oracle,
-    Square and HopSkipJump and on the CLI page of `rnd audit`: each anchor is on its page with its
-    documentation, the screenshot is a page of text, and nothing is fetched over the network.
-    Set RND_SCREENSHOTS=DIR to keep the screenshots."""
-    from tests.browser import dump_dom, render
+    """sphinx-build -W, then headless Chromium (DevTools protocol) on the reference pages of
+    RandomNoiseDefense, Oracle, Square and HopSkipJump and on the CLI page of `rnd audit`: each
+    entry is on its page with its documentation, the page asked for nothing over the network, and a
+    screenshot scrolled to it is a page of text. RND_SCREENSHOTS=DIR keeps the screenshots."""
+    from tests.browser import DevTools, page_requests
 
     html = tmp_path / "html"
     build = subprocess.run(
@@ -136,17 +143,16 @@ def test_the_docs_site_builds_and_renders_in_a_real_browser(tmp_path):
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert build.returncode == 0, build.stderr[-3000:]
-    keep = Path(os.environ["RND_SCREENSHOTS"]) if os.environ.get("RND_SCREENSHOTS") else None
-    for label, (page, anchor) in PAGES.items():
-        url = f"{(html / page).as_uri()}#{anchor}"
-        dom = dump_dom(url, tmp_path, f"dom-{anchor}")
-        assert f'id="{anchor}"' in dom, label
-        section = dom[dom.index(f'id="{anchor}"') :][:20000]
-        words = {"RandomNoiseDefense": "nu", "Oracle": "budget", "Square": "p_init", "HopSkipJump": "gamma"}
-        assert words.get(label, "--db") in section, label
-        requests, shot = render(url, tmp_path, f"shot-{anchor}", size="1280,1600")
-        assert requests == [], (label, requests)
-        assert len(shot.getcolors(maxcolors=1 << 20) or []) > 20, label  # text, not a blank page
-        if keep is not None:
-            keep.mkdir(parents=True, exist_ok=True)
-            shot.save(keep / f"{label.replace(' ', '-')}.png")
+    keep = Path(os.environ["RND_SCREENSHOTS"]) if os.environ.get("RND_SCREENSHOTS") else tmp_path
+    keep.mkdir(parents=True, exist_ok=True)
+    netlog = tmp_path / "netlog.json"
+    with DevTools(tmp_path, flags=[f"--log-net-log={netlog}"]) as browser:
+        for label, (page, anchor, word) in PAGES.items():
+            browser.open((html / page).as_uri())
+            text = browser.evaluate(SHOW.format(anchor=anchor))
+            assert text is not None, f"{label}: no #{anchor} on {page}"
+            assert word in text and len(text) > 200, (label, text[:300])
+            shot = browser.screenshot(keep / f"{label.replace(' ', '-')}.png")
+            assert len(shot.getcolors(maxcolors=1 << 20) or []) > 20, label  # text, not a blank page
+    requests = [u for u in page_requests(json.loads(netlog.read_text())) if not u.startswith("file:")]
+    assert requests == [], requests

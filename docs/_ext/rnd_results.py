@@ -193,6 +193,8 @@ def _variant(r: dict[str, Any]) -> str:
     if r["eot"] > 1:
         parts.append(f"M={r['eot']}")
     given = r.get("params") or {}
+    if isinstance(given, str):  # the store keeps the cell's own parameters as JSON text
+        given = json.loads(given)
     parts += [f"{k}={v}" for k, v in sorted(given.items())]
     return " ".join(parts)
 

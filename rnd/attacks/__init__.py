@@ -45,6 +45,7 @@ DECISION_ATTACKS: tuple[type[QueryAttack], ...] = (
     RayS,
     SignFlip,
 )
+#: Every registered attack by name (`make_attack(name, ...)` builds one).
 ATTACKS: dict[str, type[QueryAttack]] = {cls.name: cls for cls in SCORE_ATTACKS + DECISION_ATTACKS}
 
 

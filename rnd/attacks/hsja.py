@@ -87,7 +87,7 @@ class HopSkipJump(DecisionAttack[HopSkipJumpState]):
     """HopSkipJump, l_2 and l_inf, untargeted and targeted.
 
     Args:
-        eps, norm, mu and the shared options: see `DecisionAttack` (`mu` is delta_1, see above).
+        eps, norm, mu, kwargs: see `DecisionAttack` (shared options; `mu` is delta_1, see above).
         gamma: sets the search precision theta = gamma / d^1.5 (l_2) or gamma / d^2 (l_inf).
         init_probes: gradient probes on the first iteration (paper: 100), times sqrt(t) after.
         max_probes: cap on the probes of one gradient estimate.

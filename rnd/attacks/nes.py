@@ -48,7 +48,7 @@ class NES(ScoreAttack[NESState]):
     """NES with antithetic sampling, momentum and plateau decay, l_inf and l_2.
 
     Args:
-        eps, norm, mu and the shared options: see `ScoreAttack` (`mu` is the finite-difference
+        eps, norm, mu, kwargs: see `ScoreAttack` (shared options; `mu` is the finite-difference
             size per pixel, the std of the Gaussian probes).
         q: antithetic pairs per gradient estimate (2q probe queries per step).
         lr: step size (l_inf: per pixel; l_2: l_2 length of a step). Default 0.01 / eps / 10.

@@ -90,7 +90,7 @@ class Parsimonious(ScoreAttack[ParsimoniousState]):
     """Parsimonious / ECO attack (l_inf only): lazy-greedy insert/delete of +-eps blocks.
 
     Args:
-        eps, mu and the shared options: see `ScoreAttack` (`mu`: fraction of the pixels one
+        eps, mu, kwargs: see `ScoreAttack` (shared options; `mu` is the fraction of the pixels one
             initial block covers; default 0.02, i.e. 4 x 4 blocks on 28 x 28).
         block_batch: blocks searched together by one lazy-greedy pass (paper and RND code: 64).
         hierarchical: halve the blocks after each sweep over the image (paper: True).

@@ -95,7 +95,7 @@ class SignOPT(DecisionAttack[SignOPTState]):
     """Sign-OPT, l_2 and l_inf (the authors' l_inf search), untargeted or targeted.
 
     Args:
-        eps, norm, mu (beta, default 0.001) and the shared options: see `DecisionAttack`.
+        eps, norm, mu, kwargs: see `DecisionAttack` (shared options; `mu` is beta, default 0.001).
         k: sign probes per iteration (paper: 200).
         alpha: initial line-search step (paper: 0.2).
         n_init: random start directions tried (authors: 100), capped by a quarter of the budget.

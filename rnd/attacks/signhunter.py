@@ -46,7 +46,7 @@ class SignHunter(ScoreAttack[SignHunterState]):
     """SignHunter, l_inf and l_2, one query per step (flip a chunk, keep it iff the loss drops).
 
     Args:
-        eps, norm, mu and the shared options: see `ScoreAttack`; `mu=None` means `mu = eps`.
+        eps, norm, mu, kwargs: see `ScoreAttack` (shared options); `mu=None` means `mu = eps`.
 
     Example:
         >>> attack = SignHunter(eps=0.1, seed=0)

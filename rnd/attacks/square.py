@@ -86,7 +86,7 @@ class Square(ScoreAttack[SquareState]):
     Windows are odd, at least 3 pixels wide, for l_2.
 
     Args:
-        eps, norm, mu and the shared options: see `ScoreAttack` (`mu` is p_init).
+        eps, norm, mu, kwargs: see `ScoreAttack` (shared options; `mu` is p_init).
         n_iters: the iteration scale of the p schedule (paper: 10,000, the usual budget).
     """
 

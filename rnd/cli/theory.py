@@ -155,7 +155,7 @@ def signflip(
     as_json: bool,
     progress: bool,
 ) -> None:
-    """Theorem 3: P(sign h_mu != sign h_nu) by Monte Carlo beside 2 L0 nu sqrt(d) / |h_mu| (eq. 16)."""
+    """Theorem 3: P(sign h_mu != sign h_nu) by Monte Carlo beside 2 L0 nu sqrt(d) / abs(h_mu) (eq. 16)."""
     from rnd.theory.signflip import sign_flip_probability
 
     if not (grid[2].is_integer() and 1 <= grid[2] <= 1000):
@@ -247,7 +247,7 @@ def signflip(
 @click.option(
     "--delta", type=FiniteFloat(), default=0.01, show_default=True, help="target E||grad||^2 (Remark 1)"
 )
-@click.option("--h-mu", type=FiniteFloat(), default=None, help="|h_mu(x)| for Theorem 3's bound")
+@click.option("--h-mu", type=FiniteFloat(), default=None, help="abs(h_mu(x)) for Theorem 3's bound")
 @click.option("--plot", type=click.Path(path_type=Path), default=None, help="write a PNG of the bounds")
 @json_option
 def bounds(
@@ -446,7 +446,7 @@ def smoothing(
     seed: int,
     as_json: bool,
 ) -> None:
-    """Gaussian smoothing (eq. 9) by Monte Carlo: |f_nu - f| against nu L0 sqrt(d)."""
+    """Gaussian smoothing (eq. 9) by Monte Carlo: abs(f_nu - f) against nu L0 sqrt(d)."""
     from rnd.theory.smoothing import smoothing_check
 
     g = torch.Generator().manual_seed(seed)

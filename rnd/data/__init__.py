@@ -14,6 +14,7 @@ from rnd.data.imagenet import load_imagenet_folder, load_imagenet_samples
 from rnd.data.synthetic import make_synthetic
 from rnd.errors import InputError, unknown_name
 
+#: Data set names `load_dataset` takes.
 DATASETS = ("fashion-mnist", "cifar10", "imagefolder", "imagenet-samples", "imagenet-folder", "synthetic")
 
 

@@ -17,6 +17,7 @@ from rnd.defenses.none import NoDefense
 from rnd.defenses.stateful import Blacklight
 from rnd.errors import InputError, unknown_name
 
+#: Every registered defense by spec name (`build_defense` builds one from a spec such as "rnd:nu=0.02").
 DEFENSES: dict[str, type[Defense]] = {
     cls.name: cls
     for cls in (
