@@ -4,7 +4,6 @@ built site opens in headless Chromium with the reference pages a user looks for.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -14,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.modules import load_file
+
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 DOCS = ROOT / "docs"
@@ -22,11 +23,8 @@ AUDIT_HOME = ROOT / "bench" / "audit-full"
 
 
 def load_extension():
-    spec = importlib.util.spec_from_file_location("rnd_results", DOCS / "_ext" / "rnd_results.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """docs/_ext/rnd_results.py, the Sphinx extension that renders the results pages."""
+    return load_file(DOCS / "_ext" / "rnd_results.py")
 
 
 def readme_blocks(lang: str) -> list[str]:

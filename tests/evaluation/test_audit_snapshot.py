@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from rnd.evaluation.store import comparable_content
+from tests.modules import load_file
 
 ROOT = Path(__file__).resolve().parents[2]
 HOME = ROOT / "bench" / "audit-full"
@@ -79,13 +80,7 @@ def test_report_only_over_the_snapshot_reports_every_finished_cell(tmp_path):
 
 def load_script():
     """bench/audit_full.py as a module (it is a script, not part of the package)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("audit_full", ROOT / "bench" / "audit_full.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_file(ROOT / "bench" / "audit_full.py")
 
 
 def test_resume_until_stops_between_cells_when_the_next_would_not_fit():
