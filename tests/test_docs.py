@@ -154,3 +154,15 @@ def test_the_docs_site_builds_and_renders_in_a_real_browser(tmp_path):
             assert len(shot.getcolors(maxcolors=1 << 20) or []) > 20, label  # text, not a blank page
     requests = [u for u in page_requests(json.loads(netlog.read_text())) if not u.startswith("file:")]
     assert requests == [], requests
+
+
+def test_the_rivals_record_is_complete_and_of_the_checkpoints_it_names():
+    import sqlite3
+
+    record = load_extension().load_record("rivals")
+    db = ROOT / record["store"]
+    with sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True) as con:
+        status = dict(con.execute("SELECT status, count(*) FROM cells GROUP BY status").fetchall())
+        models = {r[0] for r in con.execute("SELECT DISTINCT checkpoint_sha256 FROM cells")}
+    assert set(status) == {"done"} and status["done"] > 0
+    assert all(sha in record["checkpoint_sha256"] for sha in models) and len(models) == 2

@@ -204,7 +204,17 @@ def _rate(v: float | None) -> str:
 
 
 def rivals_table(rows: list[dict[str, Any]]) -> nodes.table:
-    head = ["model", "defense", "clean acc %", "attack", "observed", "vote", "clean", "mean queries"]
+    head = [
+        "model",
+        "defense",
+        "clean acc %",
+        "attack",
+        "observed",
+        "vote",
+        "clean",
+        "mean queries",
+        "detected %",
+    ]
     body = [
         [
             r["model"],
@@ -215,6 +225,7 @@ def rivals_table(rows: list[dict[str, Any]]) -> nodes.table:
             _rate(r["failure_rate_vote"]),
             _rate(r["failure_rate_clean"]),
             num(r["mean_queries"]),
+            _rate(r.get("detection_rate")) if "blacklight" in r["defense"] else "-",
         ]
         for r in sorted(rows, key=lambda r: (r["model"] != "standard", r["defense"], _variant(r)))
     ]
