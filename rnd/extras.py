@@ -44,7 +44,8 @@ def install_hint(*extras: str) -> str:
 
 
 def missing(extra: str) -> list[str]:
-    """The modules of `extra` that cannot be found (found without importing them)."""
+    """The modules of `extra` that cannot be found (looked up, not imported; a dotted name imports
+    its parent package)."""
     if extra not in EXTRAS:
         raise KeyError(f"unknown extra {extra!r}; known: {', '.join(EXTRAS)}")
     return [name for name in EXTRAS[extra] if find_spec(name) is None]
