@@ -111,7 +111,7 @@ class Oracle(Ledger):
     A batch is cut into equal chunks (200 images: 2 x 100, not 128 + 72).
     """
 
-    #: Largest forward on the CPU (None: `max_batch` only); see the class docstring.
+    #: Largest forward on the CPU, in images; None forwards up to `max_batch` at once.
     cpu_chunk: int | None = 128
 
     def __init__(
