@@ -113,3 +113,31 @@ def test_cell_walls_since_reads_the_cells_finished_in_this_run(tmp_path):
     assert script.cell_walls_since(db, "9") == []
     assert script.done_cells(db) == len(done_cells(db))
     assert script.done_cells(tmp_path / "absent.sqlite") == 0
+
+
+def test_the_full_audits_verdict_is_complete_and_the_worst_case_of_its_cells():
+    """The committed full audit (held equal to what --report-only gives now, above): every cell
+    done, each threat model's worst cases are the lowest failure rates of its defended cells by
+    each judgement, and the undefended worst case the lowest of the undefended cells; the headline
+    numbers are pinned."""
+    report = json.loads(RECORD.read_text())
+    progress = report["progress"]
+    assert progress["complete"] and progress["done"] == progress["cells"] == 67
+    assert progress["grid_done"] == progress["grid_cells"] == 12
+    defense = report["defense"]
+    assert defense == "rnd:nu=0.0525" and len(report["attacks_run"]) == 46
+    for threat, verdict in report["verdict"].items():
+        assert verdict["headline"] == "vote" and verdict["attacks_pending"] == 0
+        defended = report["cells"][defense][threat]["attacks"]
+        undefended = report["cells"]["none"][threat]["attacks"]
+        assert verdict["attacks"] == len(defended)
+        for key, judged in (("worst", "vote"), ("worst_observed", "observed"), ("worst_clean", "clean")):
+            lowest = min(defended, key=lambda a, j=judged: a[j]["failure"])
+            assert verdict[key]["failure"] == lowest[judged]["failure"], (threat, key)
+            assert verdict[key]["attack"] in {a["attack"] for a in defended if a[judged] == lowest[judged]}
+        lowest = min(a["vote"]["failure"] for a in undefended)
+        assert verdict["undefended_worst"]["failure"] == lowest
+    scores, labels = report["verdict"]["scores"], report["verdict"]["labels"]
+    assert (scores["worst"]["attack"], scores["worst"]["failure"]) == ("nes linf eps=0.1 M=10", 67.4)
+    assert (labels["worst"]["attack"], labels["worst"]["failure"]) == ("psj l2 eps=1.5", 49.8)
+    assert scores["undefended_worst"]["failure"] == 6.4 and labels["undefended_worst"]["failure"] == 9.0
