@@ -802,3 +802,28 @@ def test_a_calibration_is_kept_once_and_read_back(tmp_path):
         assert store.calibration("k1") == measured and store.calibration("k2") is None
     row = sqlite3.connect(db).execute("SELECT request, rnd_version FROM calibrations").fetchone()
     assert json.loads(row[0]) == asked and row[1]
+
+
+def test_a_resumed_store_hands_out_unfinished_cells_only(tmp_path):
+    """After a restart (a new process owner, the store reopened), claims go to the cells not yet
+    done, in the caller's order, each once; a finished cell is never handed out again, and a claim
+    left by a dead process is taken over."""
+    db = tmp_path / "r.sqlite"
+    cells = [cell(seed=s) for s in range(5)]
+    keys = [c.key for c in cells]
+    with ResultsStore(db, owner="first-run") as store:
+        store.register_sweep("s", "text", cells, quick=False)
+        for c in (cells[0], cells[3]):
+            assert store.record(result(c))
+        stale = store.claim_next(keys)  # claimed, then the process "dies" before finishing it
+        assert stale == keys[1]
+    dead = f"{socket.gethostname()}:999999:0"  # a process that no longer exists on this host
+    with sqlite3.connect(db) as con:
+        con.execute("UPDATE cells SET claimed_by = ? WHERE key = ?", (dead, stale))
+    with ResultsStore(db, owner=f"{socket.gethostname()}:{os.getpid()}:resumed") as store:
+        handed = []
+        while (key := store.claim_next(keys)) is not None:
+            handed.append(key)
+        assert handed == [keys[1], keys[2], keys[4]]  # unfinished only, in order, each once
+        assert set(handed).isdisjoint(store.done_keys())
+        store.release_claims()
