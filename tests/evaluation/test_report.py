@@ -31,7 +31,9 @@ def stored(store: ResultsStore, fails: int, *, mu, nu, eot=1, seed=0, acc=90.0) 
         defense=legacy_defense(nu),
         seed=seed,
     )
-    rows = [ImageRow(i, i, 0, i >= fails, 100 * eot, i >= fails, i >= fails) for i in range(10)]
+    # the three judgements disagree: of the images the attacker saw fooled, the vote rejects one
+    # and the clean model two, so each report column must show its own rate (observed < vote < clean)
+    rows = [ImageRow(i, i, 0, i >= fails, 100 * eot, i >= fails + 2, i >= fails + 1) for i in range(10)]
     store.register_sweep("s", "cfg", [c], quick=False)
     store.record(
         CellResult(
@@ -66,6 +68,8 @@ def test_report_figures_and_numbers(db, tmp_path):
     # the M=1 point of the EOT curve (default mu 0.01) belongs to the same grid: a third, sparse row
     assert h.mu == [0.001, 0.005, 0.01] and h.nu == [0.0, 0.01, 0.05]
     assert h.rates["failure_rate"][:2] == [[20.0, 50.0, 80.0], [10.0, 40.0, 60.0]]
+    assert h.rates["failure_rate_vote"][:2] == [[30.0, 60.0, 90.0], [20.0, 50.0, 70.0]]
+    assert h.rates["failure_rate_clean"][:2] == [[40.0, 70.0, 100.0], [30.0, 60.0, 80.0]]
     third = h.rates["failure_rate"][2]
     assert math.isnan(third[0]) and third[1] == 60.0 and math.isnan(third[2])
     names = set(report.figures)
@@ -75,10 +79,10 @@ def test_report_figures_and_numbers(db, tmp_path):
         assert (out / n).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (out / "report.md").read_text()
     assert "| 0.001 | 20 | 50 | 80 |" in md and "| 0.005 | 10 | 40 | 60 |" in md
-    # EOT row: M=5, 3 of 10 failed, with the 95 % Wilson interval of 3 / 10
-    assert "| 0.01 | 0.01 | 5 | 30.0 [10.8, 60.3] | 30.0 [10.8, 60.3] | 30.0 [10.8, 60.3] | 500 |" in md
-    # main table: the default-mu (0.01) M=1 cell at nu=0.01: 60 % failed, 100 queries each
-    assert "| std | RND nu=0.01 | 89.0 | 60 [31-83] / 60 [31-83] / 60 [31-83] (100) |" in md
+    # EOT row: M=5, 3 / 4 / 5 of 10 failed (observed / vote / clean), each with its Wilson interval
+    assert "| 0.01 | 0.01 | 5 | 30.0 [10.8, 60.3] | 40.0 [16.8, 68.7] | 50.0 [23.7, 76.3] | 500 |" in md
+    # main table: the default-mu (0.01) M=1 cell at nu=0.01: 60 / 70 / 80 % failed, 100 queries each
+    assert "| std | RND nu=0.01 | 89.0 | 60 [31-83] / 70 [40-89] / 80 [49-94] (100) |" in md
 
 
 def test_no_heatmap_without_two_axes(db):
