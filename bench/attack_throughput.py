@@ -44,6 +44,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -56,7 +57,7 @@ from rnd.models import build_model, checkpoint_paths, load_checkpoint
 from rnd.models import load_model as load_model_spec
 from rnd.training import default_checkpoint_path
 
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from provenance import provenance  # bench/provenance.py, beside this script
 
 #: CPU time of this process by default: on a shared machine it is far less disturbed by other

@@ -20,10 +20,6 @@ def browser() -> str:
     return found
 
 
-def _uri(page: Path | str) -> str:
-    return page.as_uri() if isinstance(page, Path) else page
-
-
 CHROMIUM_FLAGS = [
     "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -43,13 +39,13 @@ def page_requests(netlog: dict) -> list[str]:
     ]
 
 
-def render(page, tmp_path, name: str, size: str = "1200,2600") -> tuple[list[str], object]:
-    """Open `page` (a path, or a file:// URL with a #fragment) in headless Chromium: the URLs it
-    asked for over the network, and a screenshot of the window."""
+def render(page: Path, tmp_path: Path, name: str) -> tuple[list[str], object]:
+    """Open the file `page` in headless Chromium: the URLs it asked for over the network, and a
+    screenshot of the window."""
     shot, log = tmp_path / f"{name}.png", tmp_path / f"{name}.json"
     subprocess.run(
         [browser(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / name}", f"--log-net-log={log}",
-         f"--window-size={size}", f"--screenshot={shot}", _uri(page)],
+         "--window-size=1200,2600", f"--screenshot={shot}", page.as_uri()],
         capture_output=True, timeout=120, check=True,
     )  # fmt: skip
     return page_requests(json.loads(log.read_text())), Image.open(shot).convert("RGB")

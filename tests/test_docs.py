@@ -166,3 +166,25 @@ def test_the_rivals_record_is_complete_and_of_the_checkpoints_it_names():
         models = {r[0] for r in con.execute("SELECT DISTINCT checkpoint_sha256 FROM cells")}
     assert set(status) == {"done"} and status["done"] > 0
     assert all(sha in record["checkpoint_sha256"] for sha in models) and len(models) == 2
+
+
+def test_the_rivals_and_throughput_tables_render_their_records():
+    """Worst case per defense is the lowest clean-judged failure of its cells; detections are shown
+    for the stateful defense only; each throughput ratio is judged against its feedback's bar."""
+    ext = load_extension()
+    rows = ext.sweep_rows(ext.load_record("rivals"))
+    worst = ext.worst_case_table(rows)
+    body = [[e.astext() for e in row.children] for row in worst.findall(lambda n: n.tagname == "row")][1:]
+    assert len(body) == len({(r["model"], r["defense"]) for r in rows})
+    for model, defense, _, rate, _, runs in body:
+        mine = [r for r in rows if (r["model"], r["defense"]) == (model, defense)]
+        assert rate == ext.num(min(r["failure_rate_clean"] for r in mine)) and runs == str(len(mine))
+    cells = ext.rivals_table(rows)
+    for row in list(cells.findall(lambda n: n.tagname == "row"))[1:]:
+        text = [e.astext() for e in row.children]
+        assert (text[-1] != "-") == text[1].startswith("blacklight"), text
+    record = ext.load_record("throughput")
+    table = ext.throughput_table(record)
+    for r, row in zip(record["rows"], list(table.findall(lambda n: n.tagname == "row"))[1:], strict=True):
+        bar = 0.95 if r["feedback"] == "scores" else 0.90
+        assert row.children[6].astext() == f"{bar:.2f} {'met' if r['ratio'] >= bar else 'not met'}"

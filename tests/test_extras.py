@@ -5,6 +5,7 @@ line naming what to install, exit status 2."""
 from __future__ import annotations
 
 import importlib
+import json
 import pkgutil
 from pathlib import Path
 
@@ -38,8 +39,6 @@ print(json.dumps(failed))
 
 
 def _import_each(modules: list[str], hide: tuple[str, ...] | None = None) -> dict[str, str]:
-    import json
-
     proc = run_core_only(f"MODULES = {modules!r}\n" + IMPORT_EACH, hide=hide)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -142,7 +143,7 @@ def audit_cells(report: dict[str, Any], defense: str, threats: Iterable[str]) ->
     return [a for t in threats for a in cells.get(t, {}).get("attacks", [])]
 
 
-def cells_table(attacks: list[dict[str, Any]], with_budget: bool = False) -> nodes.table:
+def cells_table(attacks: list[dict[str, Any]]) -> nodes.table:
     head = ["attack", "observed", "vote [95 %]", "clean [95 %]", "mean queries"]
     rows = [
         [
@@ -199,8 +200,11 @@ def _variant(r: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
-def _rate(v: float | None) -> str:
-    return "n/a" if v is None or math.isnan(v) else f"{v:.0f}"
+def stateful(spec: str) -> bool:
+    """Whether the defense of a spec keeps state between queries (only those detect)."""
+    from rnd.defenses import DEFENSES, DefenseSpec
+
+    return DEFENSES[DefenseSpec.parse(spec).name].stateful
 
 
 def rivals_table(rows: list[dict[str, Any]]) -> nodes.table:
@@ -221,11 +225,11 @@ def rivals_table(rows: list[dict[str, Any]]) -> nodes.table:
             r["defense"],
             num(r["clean_accuracy"], 2),
             _variant(r),
-            _rate(r["failure_rate"]),
-            _rate(r["failure_rate_vote"]),
-            _rate(r["failure_rate_clean"]),
+            num(r["failure_rate"]),
+            num(r["failure_rate_vote"]),
+            num(r["failure_rate_clean"]),
             num(r["mean_queries"]),
-            _rate(r.get("detection_rate")) if "blacklight" in r["defense"] else "-",
+            num(r.get("detection_rate")) if stateful(r["defense"]) else "-",
         ]
         for r in sorted(rows, key=lambda r: (r["model"] != "standard", r["defense"], _variant(r)))
     ]
@@ -243,9 +247,9 @@ def worst_case_table(rows: list[dict[str, Any]]) -> nodes.table:
         if k not in best or clean < best[k]["failure_rate_clean"]:
             best[k] = r
     head = ["model", "defense", "clean acc %", "worst case, clean", "by", "attacks run"]
-    count = {k: sum(1 for r in rows if (r["model"], r["defense"]) == k) for k in best}
+    count = Counter((r["model"], r["defense"]) for r in rows)
     body = [
-        [m, d, num(r["clean_accuracy"], 2), _rate(r["failure_rate_clean"]), _variant(r), str(count[(m, d)])]
+        [m, d, num(r["clean_accuracy"], 2), num(r["failure_rate_clean"]), _variant(r), str(count[(m, d)])]
         for (m, d), r in sorted(best.items(), key=lambda kv: -kv[1]["failure_rate_clean"])
     ]
     return table(head, body)
