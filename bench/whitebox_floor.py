@@ -20,8 +20,8 @@ from torch import nn
 
 from rnd.attacks import make_attack
 from rnd.data import load_dataset
-from rnd.evaluation.metrics import correctly_classified
 from rnd.models import load_checkpoint
+from rnd.models.predict import correctly_classified
 from rnd.training import default_checkpoint_path
 
 #: The threat models of the attack-strength table (README): l_inf 0.1, l_2 1.5.

@@ -34,6 +34,7 @@ from rnd._rng import entropy_seed
 from rnd.errors import InputError
 from rnd.oracle import QueryOracle
 from rnd.progress import listener as progress_listener
+from rnd.stats import median
 
 Norm = Literal["linf", "l2"]
 
@@ -92,15 +93,6 @@ class AttackResult:
         if self.distance is not None:
             out["median_distance"] = self.median_distance
         return out
-
-
-def median(values: torch.Tensor) -> float:
-    """Median of a 1-D tensor that may hold inf (the mean of the two middle values; NaN if empty)."""
-    if not values.numel():
-        return math.nan
-    v = values.double().sort().values
-    n = v.numel()
-    return float((v[(n - 1) // 2] + v[n // 2]) / 2)
 
 
 @dataclass(eq=False)

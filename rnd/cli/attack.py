@@ -424,9 +424,9 @@ def attack(
     """
     from rnd.defenses import build_defense
     from rnd.evaluation.config import DataSpec, ModelSpec, SweepConfig
-    from rnd.evaluation.demo import load_or_train_default
-    from rnd.evaluation.metrics import correctly_classified
     from rnd.evaluation.sweep import execute_cell, expand, fixed_target
+    from rnd.models.predict import correctly_classified
+    from rnd.training import load_or_train_default
 
     # validate everything before loading or training anything
     for value, name, low, high in (

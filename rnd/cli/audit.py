@@ -129,8 +129,8 @@ def audit(
         )
     checkpoint = None
     if url is None:
-        from rnd.evaluation.demo import load_or_train_default
         from rnd.models.source import model_kind
+        from rnd.training import load_or_train_default
 
         if model is None or model_kind(model) == "checkpoint":
             _, path = load_or_train_default(model, progress)  # a named checkpoint must exist

@@ -15,9 +15,9 @@ import click
 
 from rnd._checks import check_writable_file, existing_ancestor
 from rnd.errors import InputError
-from rnd.evaluation.compat import check_model_data
 from rnd.evaluation.config import MAX_BUDGET, MAX_COUNT, MAX_IMAGES, MAX_SEED
 from rnd.models import checkpoint_paths
+from rnd.models.compat import check_model_data
 
 __all__ = [
     "MAX_BUDGET",

@@ -21,7 +21,6 @@ from rnd.data import load_dataset
 from rnd.data.base import ImageDataset
 from rnd.defenses import DefenseSpec
 from rnd.errors import InputError
-from rnd.evaluation.compat import check_model_data
 from rnd.evaluation.noise_accuracy import (
     DEFAULT_GRIDS,
     RND,
@@ -37,6 +36,7 @@ from rnd.evaluation.noise_accuracy import (
     with_value,
 )
 from rnd.models import checkpoint_paths, load_checkpoint
+from rnd.models.compat import check_model_data
 
 
 def _held_out(

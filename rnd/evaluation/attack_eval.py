@@ -17,7 +17,7 @@ from torch import nn
 
 from rnd.attacks.base import AttackResult, QueryAttack
 from rnd.defenses import Defense, build_defense, canonical_defense
-from rnd.evaluation.metrics import predict
+from rnd.models.predict import predict
 from rnd.oracle import Oracle, Output
 
 

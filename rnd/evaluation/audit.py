@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from rnd.errors import InputError
-from rnd.evaluation.metrics import rate_interval
+from rnd.stats import rate_interval
 
 THREATS = ("scores", "labels", "both")
 EPS = {"linf": 0.1, "l2": 1.5}
@@ -536,8 +536,8 @@ def plan_audit(
     else:
         from rnd.data import load_dataset
         from rnd.defenses import build_defense
-        from rnd.evaluation.compat import check_model_data
         from rnd.models import load_model
+        from rnd.models.compat import check_model_data
         from rnd.models.source import model_label
 
         spec_text = str(req.checkpoint)

@@ -9,41 +9,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from rnd._checks import check_int, check_positive
 from rnd.attacks import make_attack
 from rnd.data import load_dataset
 from rnd.data.imagenet import load_imagenet_samples
 from rnd.defenses import build_defense
-from rnd.device import prefer_channels_last
 from rnd.errors import InputError
 from rnd.evaluation.attack_eval import AttackEvaluation, evaluate_attack
-from rnd.evaluation.compat import check_model_data
-from rnd.evaluation.metrics import accuracy, correctly_classified, noisy_accuracy
-from rnd.models import check_checkpoint_files, checkpoint_paths, load_checkpoint, read_meta
+from rnd.models import read_meta
+from rnd.models.compat import check_model_data
 from rnd.models.imagenet import efficientnet_lite0
-from rnd.training import TrainConfig, default_checkpoint_path, train_model
+from rnd.models.predict import accuracy, correctly_classified, noisy_accuracy
+from rnd.training import load_or_train_default
 
 log = logging.getLogger(__name__)
 
-
-def load_or_train_default(path: str | Path | None = None, progress: bool = True) -> tuple[nn.Module, Path]:
-    """Load a checkpoint; with no path, the default Fashion-MNIST CNN, trained first if missing.
-
-    An explicit path that does not exist is an error (nothing is trained behind the user's back).
-    """
-    explicit = path is not None
-    path = Path(path) if path is not None else default_checkpoint_path()
-    if explicit:
-        check_checkpoint_files(path)  # names the missing file (weights or metadata)
-    weights, meta = checkpoint_paths(path)
-    if not (weights.exists() and meta.exists()):
-        log.warning("no checkpoint at %s: training the default model (a few minutes)", weights)
-        train_model(out=path, config=TrainConfig(), progress=progress)
-    model, _ = load_checkpoint(path)
-    prefer_channels_last(model, model.input_shape)  # the CPU's faster layout, as load_model does
-    return model, path
 
 
 @dataclass

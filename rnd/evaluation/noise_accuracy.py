@@ -25,7 +25,8 @@ from rnd._checks import check_int, check_positive
 from rnd.data.base import ImageDataset
 from rnd.defenses import DEFENSES, DefenseSpec, build_defense
 from rnd.errors import InputError, unknown_name
-from rnd.evaluation.metrics import predict
+from rnd.models.predict import predict
+from rnd.stats import t_quantile
 
 
 @dataclass
@@ -208,30 +209,6 @@ def plot_accuracy_vs_nu(
 
 
 # --- calibration ------------------------------------------------------------------------------------
-
-
-def t_quantile(p: float, df: int) -> float:
-    """Quantile of Student's t distribution with `df` degrees of freedom (bisection on its CDF)."""
-    if not 0.5 <= p < 1:
-        raise InputError(f"confidence must lie in [0.5, 1), got {p}")
-    check_int(df, "degrees of freedom")
-    log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
-
-    def pdf(t: float) -> float:
-        return math.exp(log_c - (df + 1) / 2 * math.log1p(t * t / df))
-
-    def cdf(t: float, n: int = 2000) -> float:  # Simpson's rule on [0, t], t >= 0
-        h = t / n
-        s = pdf(0) + pdf(t) + sum((4 if k % 2 else 2) * pdf(k * h) for k in range(1, n))
-        return 0.5 + s * h / 3
-
-    lo, hi = 0.0, 1.0
-    while cdf(hi) < p:
-        lo, hi = hi, 2 * hi
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if cdf(mid) < p else (lo, mid)
-    return (lo + hi) / 2
 
 
 @dataclass

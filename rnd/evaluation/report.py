@@ -112,7 +112,7 @@ def _fmt(v: float, digits: int = 1) -> str:
 def _ci(r: dict[str, Any], col: str, compact: bool = False) -> str:
     """A failure rate with its 95 % Wilson interval over the record's images (times its seeds):
     `51.0 [41.3, 60.6]`, or `51 [41-61]` when compact; `n/a` when not measured."""
-    from rnd.evaluation.metrics import rate_interval
+    from rnd.stats import rate_interval
 
     v = r[col]
     if v is None or math.isnan(v):

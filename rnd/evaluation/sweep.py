@@ -29,10 +29,10 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from rnd.attacks.base import median as median_of
 from rnd.defenses import canonical_defense, legacy_defense, rnd_nu
 from rnd.errors import ConfigError, InputError, RndError
 from rnd.models.source import ModelInfo
+from rnd.stats import median as median_of
 
 SEED_SALT_DEFENSE = "defense"
 SEED_SALT_ACCURACY = "accuracy"
@@ -343,7 +343,7 @@ def check_plan(cfg: Any, cells: list[Cell]) -> None:
     its defenses (names, parameters, feature layers), and classifies `data.images` images correctly
     from `data.start` (not of a fixed target class). Raises ConfigError naming the key; the models,
     data and selections computed here stay in the per-process caches, so the cells reuse them."""
-    from rnd.evaluation.compat import check_model_data
+    from rnd.models.compat import check_model_data
 
     if not cells:
         return
@@ -459,7 +459,7 @@ def planned_data(cell: Cell) -> Any:
 def select_images(cell: Cell) -> torch.Tensor:
     """Data-set indices of the first `cell.images` images (from `start`) the clean model gets right
     (and, with a fixed target class, not of that class)."""
-    from rnd.evaluation.metrics import correctly_classified
+    from rnd.models.predict import correctly_classified
 
     fixed = fixed_target(cell.target)
     k = (cell.checkpoint_sha256, cell.dataset, cell.split, cell.images, cell.start, fixed)
@@ -479,7 +479,7 @@ def clean_accuracies(cell: Cell) -> tuple[float, float]:
     `accuracy_images` images of the split; a random defense's noise is seeded from the cell seed
     (one draw per image: the mean over images estimates the mean over draws)."""
     from rnd.defenses import build_defense
-    from rnd.evaluation.metrics import accuracy
+    from rnd.models.predict import accuracy
 
     data = _data(cell)
     n = min(cell.accuracy_images, len(data))

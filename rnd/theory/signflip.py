@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from rnd._checks import check_int, check_positive
 from rnd.errors import InputError, unknown_name
+from rnd.stats import wilson_interval
 from rnd.theory.bounds import check_mu_nu
 from rnd.theory.objective import MarginObjective
 
@@ -36,21 +37,6 @@ Direction = Literal["gaussian", "sphere", "sign"]
 DIRECTIONS: tuple[str, ...] = ("gaussian", "sphere", "sign")
 L0Method = Literal["grad", "secant"]
 L0_METHODS: tuple[str, ...] = ("grad", "secant")
-
-
-def wilson_interval(
-    successes: torch.Tensor, trials: int | torch.Tensor, z: float = 1.96
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Wilson score interval for binomial proportions (elementwise); z = 1.96 gives 95 %."""
-    n = torch.as_tensor(trials, dtype=torch.float64)
-    k = successes.to(torch.float64)
-    if bool((n <= 0).any()):
-        raise InputError("the Wilson interval needs at least one trial")
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * torch.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (centre - half).clamp(0, 1), (centre + half).clamp(0, 1)
 
 
 def sample_directions(

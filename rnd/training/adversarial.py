@@ -19,9 +19,9 @@ from torch import nn
 from rnd._checks import check_int, check_positive
 from rnd.data import load_dataset
 from rnd.data.base import ImageDataset
-from rnd.evaluation.metrics import accuracy
 from rnd.models import save_checkpoint
 from rnd.models.layers import Classifier
+from rnd.models.predict import accuracy
 from rnd.training.gaussian import check_data_matches, gaussian_loss, load_parent
 from rnd.training.loop import BatchLoss, TrainConfig, fit
 from rnd.training.pgd import PGDConfig, pgd_accuracy, pgd_linf

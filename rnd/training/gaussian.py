@@ -26,9 +26,9 @@ from rnd._checks import check_int, check_positive
 from rnd.data import load_dataset
 from rnd.data.base import ImageDataset
 from rnd.errors import CheckpointError
-from rnd.evaluation.metrics import accuracy
 from rnd.models import CheckpointMeta, checkpoint_paths, load_checkpoint, save_checkpoint
 from rnd.models.layers import Classifier
+from rnd.models.predict import accuracy
 from rnd.training.loop import BatchLoss, TrainConfig, fit
 
 

@@ -10,9 +10,9 @@ import torch
 
 from rnd.data import load_dataset
 from rnd.data.base import ImageDataset
-from rnd.evaluation.metrics import accuracy
 from rnd.models import build_model, save_checkpoint
 from rnd.models.layers import Classifier
+from rnd.models.predict import accuracy
 from rnd.training.loop import TrainConfig, fit
 
 DEFAULT_MODEL = "small-cnn"

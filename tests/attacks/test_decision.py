@@ -5,9 +5,9 @@ import torch
 
 from rnd import Oracle
 from rnd.attacks import Square
-from rnd.attacks.base import median
 from rnd.attacks.decision import DecisionAttack, DecisionState, probe_chunks, query_grid
 from rnd.errors import InputError
+from rnd.stats import median
 from tests.attacks.decision_helpers import check_batch_independent, run_decision
 
 

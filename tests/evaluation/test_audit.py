@@ -19,7 +19,7 @@ from rnd.evaluation.audit import (
     strength_value,
     suite,
 )
-from rnd.evaluation.metrics import rate_interval, wilson
+from rnd.stats import rate_interval, wilson
 
 
 def names(entries: list[dict]) -> list[str]:

@@ -12,8 +12,8 @@ from rnd.evaluation.noise_accuracy import (
     compare_models,
     measure_drop,
     plot_accuracy_vs_nu,
-    t_quantile,
 )
+from rnd.stats import t_quantile
 
 IDX = torch.arange(500)
 

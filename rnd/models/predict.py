@@ -1,14 +1,13 @@
-"""Metrics of the paper's protocol (DESIGN section 1.7)."""
+"""Predictions and accuracies of a model (or a defended model) on a data set: the clean-model side of
+the paper's protocol (DESIGN section 1.7), used by training, the pipeline and the audit."""
 
 from __future__ import annotations
-
-import math
-from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from rnd.data.base import ImageDataset
+from rnd.stats import mean_std
 
 
 @torch.inference_mode()
@@ -43,10 +42,7 @@ def noisy_accuracy(
     indices: torch.Tensor | None = None,
 ) -> tuple[float, float]:
     """Mean and standard deviation of accuracy over `draws` independent noise draws."""
-    accs = [accuracy(model, data, batch_size, indices) for _ in range(draws)]
-    mean = sum(accs) / len(accs)
-    std = math.sqrt(sum((a - mean) ** 2 for a in accs) / max(len(accs) - 1, 1))
-    return mean, std
+    return mean_std([accuracy(model, data, batch_size, indices) for _ in range(draws)])
 
 
 def correctly_classified(
@@ -73,39 +69,3 @@ def correctly_classified(
         if count >= n:
             break
     return torch.cat(found)[:n] if found else torch.zeros(0, dtype=torch.int64)
-
-
-def failure_rate(success: torch.Tensor) -> float:
-    """Attack failure rate in % over attacked images: failures / attacked."""
-    return 100.0 * float((~success.bool()).sum()) / max(success.numel(), 1)
-
-
-def query_stats(queries: torch.Tensor, success: torch.Tensor) -> tuple[float, float]:
-    """Mean and median queries over successful attacks only (NaN when none succeeded)."""
-    q = queries[success.bool()].double()
-    if q.numel() == 0:
-        return float("nan"), float("nan")
-    return float(q.mean()), float(q.quantile(0.5))
-
-
-def summarize(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation."""
-    mean = sum(values) / len(values)
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / max(len(values) - 1, 1))
-
-
-def wilson(failures: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95 % Wilson interval of a failure rate, in % (NaN, NaN for no images)."""
-    if n <= 0:
-        return math.nan, math.nan
-    from rnd.theory.signflip import wilson_interval
-
-    lo, hi = wilson_interval(torch.tensor(float(failures)), n, z)
-    return 100.0 * float(lo), 100.0 * float(hi)
-
-
-def rate_interval(rate: float, n: int) -> tuple[float, float]:
-    """The Wilson interval of a failure rate given in % of `n` images (NaN for NaN)."""
-    if rate is None or math.isnan(rate):
-        return math.nan, math.nan
-    return wilson(round(rate * n / 100.0), n)
