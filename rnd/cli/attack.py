@@ -41,7 +41,7 @@ from rnd.cli.models import given_meta, load_spec
 from rnd.data import DATASETS, load_dataset
 from rnd.defenses import rnd_nu
 from rnd.errors import ConfigError, InputError, unknown_name
-from rnd.evaluation.attack_eval import AttackEvaluation, table_columns
+from rnd.evaluation.execute import AttackEvaluation, table_columns
 from rnd.evaluation.config import bound_text
 from rnd.evaluation.tables import format_table
 from rnd.models import read_meta
@@ -211,7 +211,7 @@ def defense_specs(defenses: tuple[str, ...], nus: tuple[float, ...]) -> list[str
 
 def parse_target(target: str | None, targeted: bool, num_classes: int | None) -> str | None:
     """Validate --target: a rule name or a class index in [0, num_classes) (None: not known yet)."""
-    from rnd.evaluation.sweep import check_target
+    from rnd.evaluation.cells import check_target
 
     if target is not None and not targeted:
         raise InputError("--target needs --targeted")
@@ -423,8 +423,10 @@ def attack(
     --weights; --input-shape / --num-classes give metadata the model does not carry.
     """
     from rnd.defenses import build_defense
-    from rnd.evaluation.config import DataSpec, ModelSpec, SweepConfig
-    from rnd.evaluation.sweep import execute_cell, expand, fixed_target
+    from rnd.evaluation.spec import DataSpec, ModelSpec, SweepConfig
+    from rnd.evaluation.execute import execute_cell
+    from rnd.evaluation.grid import expand
+    from rnd.evaluation.cells import fixed_target
     from rnd.models.predict import correctly_classified
     from rnd.training import load_or_train_default
 
@@ -651,7 +653,7 @@ def attack_specs(
 ) -> tuple[Any, ...]:
     """One `AttackSpec` per attack of the command line: its own `--param`s, and the shared extras
     (loss, mu_nu_ratio) where the attack takes them, so the cells are those a sweep config makes."""
-    from rnd.evaluation.config import AttackSpec
+    from rnd.evaluation.spec import AttackSpec
 
     return tuple(
         AttackSpec(
@@ -691,9 +693,10 @@ def remote_attack(
     endpoint before any query and run by the same executor; success observed and by a vote of fresh
     answers; the clean model is not visible from outside (its column says -)."""
     from rnd.defenses import canonical_defense
-    from rnd.evaluation.config import DataSpec, RemoteTarget, SweepConfig, served_model
-    from rnd.evaluation.remote_eval import check_remote
-    from rnd.evaluation.sweep import execute_cell, expand
+    from rnd.evaluation.spec import DataSpec, RemoteTarget, SweepConfig, served_model
+    from rnd.evaluation.checks import check_remote
+    from rnd.evaluation.execute import execute_cell
+    from rnd.evaluation.grid import expand
     from rnd.extras import import_extra
 
     RemoteOracle = import_extra("rnd.oracle.remote", "rnd attack --url").RemoteOracle

@@ -13,7 +13,7 @@ import click
 from rnd.cli.app import main, progress_option
 from rnd.cli.checks import MAX_IMAGES, check_writable_dir, count, make_cli_runner, runner_options, seed_option
 from rnd.cli.models import data_options, given_meta, model_source_options, stored_spec
-from rnd.evaluation.config import MAX_BUDGET
+from rnd.evaluation.spec import MAX_BUDGET
 
 
 @main.command()

@@ -15,7 +15,7 @@ import click
 
 from rnd._checks import check_writable_file, existing_ancestor
 from rnd.errors import InputError
-from rnd.evaluation.config import MAX_BUDGET, MAX_COUNT, MAX_IMAGES, MAX_SEED
+from rnd.evaluation.spec import MAX_BUDGET, MAX_COUNT, MAX_IMAGES, MAX_SEED
 from rnd.models import checkpoint_paths
 from rnd.models.compat import check_model_data
 

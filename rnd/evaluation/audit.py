@@ -31,7 +31,23 @@ from typing import Any
 
 import torch
 
-from rnd.errors import InputError
+from rnd.attacks import ATTACKS, make_attack
+from rnd.data import load_dataset
+from rnd.defenses import DEFENSES, DefenseSpec, build_defense, canonical_defense
+from rnd.errors import InputError, RndError
+from rnd.evaluation.cells import cell_work
+from rnd.evaluation.grid import expand
+from rnd.evaluation.noise_accuracy import calibrate_defense
+from rnd.evaluation.report import effective_mu
+from rnd.evaluation.runner import plan_sweep, run_sweep
+from rnd.evaluation.spec import AttackSpec, DataSpec, ModelSpec, RemoteTarget, SweepConfig, served_model
+from rnd.evaluation.store import ResultsStore, check_database
+from rnd.evaluation.targets import WORKSPACE
+from rnd.extras import import_extra
+from rnd.models import load_model
+from rnd.models.compat import check_model_data
+from rnd.models.source import model_label
+from rnd.oracle import Oracle
 from rnd.stats import rate_interval
 
 THREATS = ("scores", "labels", "both")
@@ -76,9 +92,6 @@ class AuditSize:
 def suite(threat: str, defense: str, *, remote: bool = False) -> list[dict[str, Any]]:
     """The attacks of an audit for `threat` against `defense` (a spec; `none` gets the plain suite):
     dicts with name, norm, eps, eot, mu, params (an `AttackSpec`'s fields)."""
-    from rnd.attacks import ATTACKS
-    from rnd.defenses import DEFENSES, DefenseSpec
-
     if threat not in THREATS:
         raise InputError(f"unknown threat {threat!r}; choose one of: {', '.join(THREATS)}")
     name = DefenseSpec.parse(defense).name
@@ -134,8 +147,6 @@ class AuditPlan:
 def strength_of(defense: str) -> tuple[str, str | None]:
     """(spec, param): the parameter to calibrate, or None when the spec already gives it (or there
     is no strength to choose: none, aaa, rls, blacklight)."""
-    from rnd.defenses import DefenseSpec
-
     spec = DefenseSpec.parse(defense)
     param = STRENGTH.get(spec.name)
     if param is None or param in spec.params:
@@ -146,8 +157,6 @@ def strength_of(defense: str) -> tuple[str, str | None]:
 def check_budget(threat: str, defense: str, budget: int) -> None:
     """Every attack of the suite fits `budget` queries per image (its first step at least): an
     InputError naming the first that does not, before anything is calibrated or run."""
-    from rnd.attacks import make_attack
-
     costs = [
         (a, make_attack(a["name"], eps=a["eps"], norm=a["norm"], eot=a["eot"], **a["params"]).min_budget)
         for a in suite(threat, defense)
@@ -197,8 +206,6 @@ def calibration_key(request: dict[str, Any]) -> str:
 def stored_calibration(db: str | Path | None, key: str) -> dict[str, Any] | None:
     """The calibration kept under `key` in the results store `db` (read-only; None when there is
     no such file or no such calibration)."""
-    from rnd.evaluation.store import ResultsStore, check_database
-
     if db is None or not check_database(db):
         return None
     with ResultsStore(db, readonly=True) as store:
@@ -210,8 +217,6 @@ def calibrate(
 ) -> tuple[str, dict[str, Any]]:
     """The calibrated spec and what was measured (`calibrate_defense` on the first `images` test
     images, 5 draws, 3 bisection steps); InputError when no strength keeps the drop in budget."""
-    from rnd.evaluation.noise_accuracy import calibrate_defense
-
     idx = torch.arange(min(images, len(data)))
     cal = calibrate_defense(model, data, defense, param, max_drop, refine=3, seed=seed, indices=idx)
     info = {
@@ -254,8 +259,6 @@ def audit_config(
     """The `SweepConfig` of an audit's suite (both the defense and, for a local model, `none`);
     `output` is what score attacks see (an endpoint's own); `checkpoint` is any model spec, with
     its `weights` and given `model_meta`."""
-    from rnd.evaluation.config import AttackSpec, DataSpec, ModelSpec, SweepConfig
-
     remote = target is not None
     # the audited defense's cells first: a stopped audit has its headline soonest
     defenses = ("remote",) if remote else tuple(dict.fromkeys((defense, "none")))
@@ -309,8 +312,6 @@ def audit_config(
 def grid_strength(defense: str) -> tuple[str, float] | None:
     """(param, value) of the audited defense's strength, the grid's column axis: nu for RND and
     low-confidence, sigma for feature noise; None for a defense without one (or an endpoint's)."""
-    from rnd.defenses import DEFENSES, DefenseSpec
-
     if defense == "remote":
         return None
     spec = DefenseSpec.parse(defense)
@@ -324,8 +325,6 @@ def grid_strength(defense: str) -> tuple[str, float] | None:
 
 def strength_value(defense: str, param: str) -> float:
     """A grid cell's column: the strength `param` of its defense (0 for `none`)."""
-    from rnd.defenses import DefenseSpec
-
     value = DefenseSpec.parse(defense).params.get(param, 0.0)
     return float(value)
 
@@ -334,10 +333,6 @@ def grid_config(base: Any, strongest: dict[str, Any], defense: str, size: AuditS
     """The mu x strength picture of the strongest score attack: its default mu times `MU_FACTORS`
     against the audited `defense` with its strength (`grid_strength`) times `NU_FACTORS` (0: none),
     on `size.grid_images` images."""
-    from rnd.attacks import ATTACKS
-    from rnd.defenses import DefenseSpec, canonical_defense
-    from rnd.evaluation.config import AttackSpec
-
     param, value = grid_strength(defense)  # type: ignore[misc]
     spec = DefenseSpec.parse(defense)
     default_mu = ATTACKS[strongest["attack"]].default_mu[strongest["norm"]]
@@ -380,8 +375,6 @@ def request_digest(request: dict[str, Any]) -> str:
 
 
 def family(attack: str) -> str:
-    from rnd.attacks import ATTACKS
-
     return ATTACKS[attack].feedback
 
 
@@ -505,9 +498,6 @@ def plan_audit(
     (`say` is told so first, in one line: it takes minutes on a full-size audit), unless the
     results store `db` already keeps that calibration (same model, images, defense, budget, seed
     and method: `calibration_request`), which is then reused as it was measured."""
-    from rnd.evaluation.config import RemoteTarget, served_model
-    from rnd.evaluation.runner import plan_sweep
-
     if req.threat not in THREATS:
         raise InputError(f"unknown threat {req.threat!r}; choose one of: {', '.join(THREATS)}")
     size = req.size.quick() if req.quick else req.size
@@ -534,12 +524,6 @@ def plan_audit(
         dataset = request["dataset"] = req.dataset or "fashion-mnist"
         output = _endpoint_output(target, req.threat)
     else:
-        from rnd.data import load_dataset
-        from rnd.defenses import build_defense
-        from rnd.models import load_model
-        from rnd.models.compat import check_model_data
-        from rnd.models.source import model_label
-
         spec_text = str(req.checkpoint)
         model, info = load_model(spec_text, req.weights, meta=req.model_meta)
         request["checkpoint_sha256"] = info.sha256
@@ -609,8 +593,6 @@ def _endpoint_output(target: Any, threat: str) -> str:
     or an InputError when it answers labels only and the threat model has score attacks."""
     import os
 
-    from rnd.errors import RndError
-    from rnd.extras import import_extra
 
     RemoteOracle = import_extra("rnd.oracle.remote", "an audit of an endpoint (--url)").RemoteOracle
 
@@ -631,9 +613,6 @@ def run_audit(plan: AuditPlan, db: str | Path, progress: bool = True, runner: An
     score attack (defenses with a strength: RND, feature noise, low-confidence); returns the
     report (see `write_json`; schema in docs/reference/audit-report.md). `runner`: where
     cells run (`rnd.evaluation.runner`; default in-process)."""
-    from rnd.evaluation.runner import run_sweep
-    from rnd.evaluation.store import ResultsStore
-
     if plan.calibration is not None and plan.calibration_request is not None:
         measured = {k: v for k, v in plan.calibration.items() if k != "key"}
         with ResultsStore(db) as store:  # kept first: a resumed audit reuses it (`plan_audit`)
@@ -658,8 +637,6 @@ def current_report(plan: AuditPlan, db: str | Path) -> dict[str, Any]:
     only fall as more attacks finish, so a partial headline is an upper bound of the final one.
     The grid is that of the strongest score attack so far (it may change until the suite is done).
     Of a finished audit it is the report the run wrote."""
-    from rnd.evaluation.store import check_database
-
     if not check_database(db):
         raise InputError(f"{db} holds no audit results yet; run the audit first (drop --report-only)")
     return build_report(plan, db, *_grid_plan(plan, db))
@@ -668,9 +645,6 @@ def current_report(plan: AuditPlan, db: str | Path) -> dict[str, Any]:
 def _grid_plan(plan: AuditPlan, db: str | Path) -> tuple[Any, dict[str, Any] | None]:
     """(the SweepPlan of the mu x strength grid, or None; the strongest plain score attack against
     the defense among the suite's cells done in `db`, or None)."""
-    from rnd.evaluation.runner import plan_sweep
-    from rnd.evaluation.store import ResultsStore
-
     keys = {c.key for c in plan.sweep.cells}
     with ResultsStore(db, readonly=True) as store:
         results = [r for r in store.results() if r["key"] in keys]
@@ -706,8 +680,6 @@ def estimate_audit(plan: AuditPlan, db: str | Path, seconds: float = 2.0) -> Aud
     over the defense at the batch the attacks use (all of a cell's images at once)."""
     import time
 
-    from rnd.evaluation.store import ResultsStore
-    from rnd.evaluation.sweep import cell_work
 
     cells = plan.sweep.cells
     keys = {c.key for c in cells}
@@ -726,19 +698,13 @@ def estimate_audit(plan: AuditPlan, db: str | Path, seconds: float = 2.0) -> Aud
         grid_left = grid * size.grid_images * size.budget  # its attack is chosen once the suite is done
         strongest = strongest_score_attack(results, plan.defense) if len(done) == len(cells) else None
         if strongest is not None:
-            from rnd.evaluation.sweep import expand
-
             gcells = expand(grid_config(plan.config, strongest, plan.defense, size, plan.config.source))
             grid, grid_left = len(gcells), sum(cell_work(c) for c in gcells if c.key not in done_keys)
     queries = sum(cell_work(c) for c in cells if c.key not in done) + grid_left
     batch = size.images
     rate = None
     if plan.defense != "remote":
-        from rnd.defenses import build_defense
-        from rnd.evaluation.sweep import cell_model
-        from rnd.oracle import Oracle
-
-        model = cell_model(cells[0])
+        model = WORKSPACE.model(cells[0])
         oracle = Oracle(build_defense(plan.defense, model, seed=0))
         device = next((t.device for t in model.parameters()), torch.device("cpu"))
         x = torch.rand(batch, *oracle.input_shape, device=device)
@@ -765,8 +731,6 @@ def build_report(
 ) -> dict[str, Any]:
     """The audit report (plain data, JSON-ready) from the store: no wall-clock values, so a
     resumed audit gives the same report as an uninterrupted one."""
-    from rnd.evaluation.store import ResultsStore
-
     keys = [c.key for c in plan.sweep.cells]
     gkeys = [] if grid is None else [c.key for c in grid.cells]
     with ResultsStore(db, readonly=True) as store:
@@ -828,8 +792,6 @@ def build_report(
         "db": str(db),
     }
     if grid is not None and strongest is not None:
-        from rnd.evaluation.report import effective_mu
-
         param, _ = grid_strength(plan.defense)  # type: ignore[misc]
         g = [by_key[k] for k in gkeys if k in by_key]
         if g:  # a partial report may have none yet

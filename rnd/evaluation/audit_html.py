@@ -16,6 +16,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from rnd.evaluation.report import Heatmap, plot_heatmap
+
 CSS = """
 body { font: 15px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
 h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 1.8em; border-bottom: 1px solid #ccc; }
@@ -105,8 +107,6 @@ def accuracy_figure(report: dict[str, Any]) -> str | None:
 
 def mu_nu_figure(report: dict[str, Any]) -> str | None:
     """The mu x strength heatmaps of the strongest score attack, drawn as `rnd report` draws them."""
-    from rnd.evaluation.report import Heatmap, plot_heatmap
-
     g = report.get("mu_nu")
     if not g:
         return None

@@ -69,141 +69,33 @@ import json
 import math
 import os
 import tomllib
-from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
+from rnd.attacks import ATTACKS, WRAPPER_KEYS, make_attack
+from rnd.attacks.base import QueryAttack
+from rnd.data import DATASETS
+from rnd.defenses import DEFENSES, canonical_defense, legacy_defense
 from rnd.errors import ConfigError, RndError
-from rnd.oracle import Output
-
-OUTPUTS: tuple[str, ...] = get_args(Output)
-DEFAULT_MU = "default"  # spelling of mu=None (the attack's own default) in a TOML grid
-
-# Bounds on integers (configs and the command line): what SQLite's int64 and torch hold, and work that ends.
-MAX_BUDGET = 10**9  #: queries per image
-MAX_IMAGES = 10**7  #: images per cell or command (also data.start)
-MAX_SEED = 2**63 - 1  #: seeds: int64, as SQLite stores them
-MAX_COUNT = 10**6  #: draws, votes, EOT samples, epochs, steps and other repeat counts
-MAX_PARAM_INT = 2**63 - 1  #: largest absolute value of an integer in an attack's params table
-
-
-@dataclass(frozen=True)
-class DataSpec:
-    """Which images are attacked: the first `images` correctly classified ones from `start`."""
-
-    dataset: str = "fashion-mnist"
-    split: str = "test"
-    root: str | None = None
-    images: int = 100
-    start: int = 0
-    accuracy_images: int = 1000
-    allow_dataset_mismatch: bool = False  # use checkpoints trained on another data set of the same shape
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """A model under a label, optionally with its own defenses (canonical spec texts).
-
-    `checkpoint` is the model spec of `rnd.models.load_model`: an rnd checkpoint, a TorchScript
-    file or `package.module:factory` (with `weights`, a safetensors file); `model_meta` is the
-    metadata given in the config (input_shape, num_classes, dataset, class_names) as canonical
-    JSON; `given_as` is the config key it came from (for error messages)."""
-
-    label: str
-    checkpoint: str
-    defenses: tuple[str, ...] | None = None
-    weights: str | None = None
-    model_meta: str | None = None
-    given_as: str = "checkpoint"
-
-
-@dataclass(frozen=True)
-class AttackSpec:
-    """One attack and its grids; `mu` entries of None mean the attack's default probe size."""
-
-    name: str
-    norm: str
-    eps: tuple[float, ...]
-    mu: tuple[float | None, ...] = (None,)
-    eot: tuple[int, ...] = (1,)
-    budget: int | None = None
-    params: dict[str, Any] = field(default_factory=dict)
-    target: str | None = None  # targeted attacks: the target rule (see rnd.evaluation.sweep.check_target)
-    #: run only against these of the grid's defenses (an adaptive attack aimed at some of them)
-    defenses: tuple[str, ...] | None = None
-
-
-@dataclass(frozen=True)
-class RemoteTarget:
-    """A served endpoint to attack: `url` is BASE/v2/models/NAME; the API key is read from the
-    environment variable `key_env` when the cells run, never stored; `assume` is the defense spec
-    the attackers are told (None: nothing)."""
-
-    url: str
-    label: str
-    key_env: str = "RND_KEY"
-    assume: str | None = None
-
-    @property
-    def base(self) -> str:
-        return served_model(self.url)[0]
-
-    @property
-    def model(self) -> str:
-        return served_model(self.url)[1]
-
-
-def served_model(url: str, model_name: str | None = None, name_option: str = "") -> tuple[str, str]:
-    """(base URL, model name) from `BASE/v2/models/NAME`, or from `BASE` and `model_name` (given
-    as `name_option` on a command line)."""
-    from rnd.errors import InputError
-
-    if not url.startswith(("http://", "https://")):
-        raise InputError(f"the endpoint URL must start with http:// or https://, got {url!r}")
-    base, sep, name = url.rstrip("/").partition("/v2/models/")
-    if sep and name and "/" not in name:
-        if model_name is not None and model_name != name:
-            raise InputError(
-                f"the URL names model {name!r} and {name_option or 'the model name'} {model_name!r}; give one"
-            )
-        return base, name
-    if model_name is None:
-        raise InputError(
-            "give the served model: a URL BASE/v2/models/NAME"
-            + (f" or {name_option} NAME" if name_option else "")
-        )
-    return base, model_name
-
-
-@dataclass(frozen=True)
-class QuickRule:
-    """The `--quick` size: images -> min(images, quick.images), budget -> min(budget, quick.budget),
-    seeds -> the first one, and every grid (defenses, mu, eps, eot) longer than `max_grid` thinned to
-    `max_grid` evenly spaced entries that keep both ends. Defaults: 10 images, 500 queries, 3."""
-
-    images: int = 10
-    budget: int = 500
-    max_grid: int = 3
-
-
-@dataclass(frozen=True)
-class SweepConfig:
-    """A validated sweep; `source` is the TOML text it came from (stored with the results)."""
-
-    name: str
-    models: tuple[ModelSpec, ...]
-    attacks: tuple[AttackSpec, ...]
-    defenses: tuple[str, ...]
-    data: DataSpec = DataSpec()
-    seeds: tuple[int, ...] = (0,)
-    budget: int = 1000
-    output: str = "probs"
-    votes: int = 11
-    quick: QuickRule = QuickRule()
-    source: str = ""
-    path: str = ""
-    target: RemoteTarget | None = None  # a served endpoint instead of `models` (which is then empty)
-
+from rnd.evaluation.cells import REMOTE_DEFENSE, check_target
+from rnd.evaluation.spec import (
+    DEFAULT_MU,
+    MAX_BUDGET,
+    MAX_COUNT,
+    MAX_IMAGES,
+    MAX_PARAM_INT,
+    MAX_SEED,
+    OUTPUTS,
+    AttackSpec,
+    DataSpec,
+    ModelSpec,
+    QuickRule,
+    RemoteTarget,
+    SweepConfig,
+    served_model,
+)
+from rnd.models import checkpoint_paths, model_kind
+from rnd.models.source import META_FIELDS, check_meta
 
 # -- typed readers that name the key path in every error ---------------------------------------
 
@@ -282,8 +174,6 @@ def _path(value: Any, key: str, base: Path) -> Path:
 
 
 def _data(raw: Any, base: Path) -> DataSpec:
-    from rnd.data import DATASETS
-
     t = _table(raw, "data")
     _no_unknown(
         t,
@@ -313,8 +203,6 @@ def _data(raw: Any, base: Path) -> DataSpec:
 
 def _checkpoint_path(value: Any, key: str, base: Path) -> tuple[str, str]:
     """(spec, default label) of an rnd checkpoint path, after checking both of its files exist."""
-    from rnd.models import checkpoint_paths
-
     weights, meta = checkpoint_paths(_path(value, key, base))
     missing = [p for p in (weights, meta) if not p.is_file()]
     if missing:
@@ -329,9 +217,6 @@ def _checkpoint_path(value: Any, key: str, base: Path) -> tuple[str, str]:
 def _model_source(t: dict[str, Any], key: str, base: Path) -> dict[str, Any]:
     """ModelSpec fields of a [[models]] table's `checkpoint = ...` or `model = ...` (with its
     `weights` and metadata fields); every file is checked to exist."""
-    from rnd.models import model_kind
-    from rnd.models.source import META_FIELDS, check_meta
-
     if ("checkpoint" in t) == ("model" in t):
         raise _fail(
             key,
@@ -378,8 +263,6 @@ def _model_source(t: dict[str, Any], key: str, base: Path) -> dict[str, Any]:
 
 
 def _models(raw: Any, base: Path) -> tuple[ModelSpec, ...]:
-    from rnd.models.source import META_FIELDS
-
     if not isinstance(raw, list) or not raw:
         raise _fail("models", "expected a non-empty array of tables ([[models]] with label and checkpoint)")
     out: list[ModelSpec] = []
@@ -415,9 +298,6 @@ OWN_KEYS = ("eps", "norm", "mu", "eot", "seed", "progress", "targeted", "assume"
 
 
 def _spec_text(value: Any, key: str) -> str:
-    from rnd.defenses import DEFENSES
-    from rnd.evaluation.sweep import canonical_defense
-
     text = _str(value, key)
     try:
         out = canonical_defense(text)
@@ -438,8 +318,6 @@ def _unique(specs: list[str], key: str) -> tuple[str, ...]:
 
 
 def _nu_defenses(nus: tuple[float, ...], key: str) -> tuple[str, ...]:
-    from rnd.evaluation.sweep import legacy_defense
-
     return _unique([legacy_defense(nu) for nu in nus], key)
 
 
@@ -489,23 +367,17 @@ def _toml_value(v: Any) -> str:
 
 def attack_param_keys(name: str) -> list[str]:
     """Keyword arguments of attack `name`'s constructor that a params table may set, sorted."""
-    from rnd.attacks import ATTACKS
-    from rnd.attacks.base import QueryAttack
-
     keys: set[str] = set()
     for cls in ATTACKS[name].__mro__:  # an attack's **kwargs go up to its base classes
         if not (isinstance(cls, type) and issubclass(cls, QueryAttack)) or "__init__" not in vars(cls):
             continue
         params = inspect.signature(cls.__init__).parameters.values()
         keys |= {p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
-    from rnd.attacks import WRAPPER_KEYS
 
     return sorted((keys | set(WRAPPER_KEYS)) - {"self", *OWN_KEYS})
 
 
 def _attacks(raw: Any) -> tuple[AttackSpec, ...]:
-    from rnd.attacks import ATTACKS
-
     if not isinstance(raw, list) or not raw:
         raise _fail("attacks", "expected a non-empty array of tables ([[attacks]] with name, norm, eps)")
     out: list[AttackSpec] = []
@@ -561,8 +433,6 @@ def _attacks(raw: Any) -> tuple[AttackSpec, ...]:
 
 
 def _target(t: dict[str, Any], key: str) -> str | None:
-    from rnd.evaluation.sweep import check_target
-
     targeted = t.get("targeted", False)
     if not isinstance(targeted, bool):
         raise _fail(f"{key}.targeted", f"expected true or false, got {targeted!r}")
@@ -581,8 +451,6 @@ def _target(t: dict[str, Any], key: str) -> str | None:
 
 def _try_build(spec: AttackSpec, key: str) -> None:
     """Build the attack once per grid point so bad parameters fail now, not in the middle of a sweep."""
-    from rnd.attacks import make_attack
-
     for eps in spec.eps:
         for mu in spec.mu:
             for eot in spec.eot:
@@ -677,13 +545,9 @@ def parse_config(text: str, *, base: str | Path = ".", path: str = "<string>") -
     else:
         defenses = _nu_defenses(_grid(defense.get("nu", 0.0), "defense.nu", _float), "defense.nu")
     if target is not None:
-        from rnd.evaluation.sweep import REMOTE_DEFENSE
-
         defenses = (REMOTE_DEFENSE,)
     attacks = _attacks(raw.get("attacks"))
     if output == "labels":
-        from rnd.attacks import ATTACKS
-
         scored = [a.name for a in attacks if ATTACKS[a.name].feedback == "scores"]
         if scored:
             raise _fail("output", f"'labels' hides the scores that {', '.join(scored)} need")
@@ -729,40 +593,3 @@ def load_config(path: str | Path) -> SweepConfig:
     return parse_config(text, base=p.resolve().parent, path=str(p))
 
 
-def thin(values: tuple[Any, ...], n: int) -> tuple[Any, ...]:
-    """At most `n` entries of `values`, evenly spaced, always keeping the first and the last."""
-    if len(values) <= n:
-        return values
-    picks = sorted({round(i * (len(values) - 1) / (n - 1)) for i in range(n)})
-    return tuple(values[i] for i in picks)
-
-
-def quick_config(cfg: SweepConfig) -> SweepConfig:
-    """Apply the `QuickRule` (see its docstring) to a config."""
-    q = cfg.quick
-    return replace(
-        cfg,
-        name=f"{cfg.name} (quick)",
-        data=replace(
-            cfg.data,
-            images=min(cfg.data.images, q.images),
-            accuracy_images=min(cfg.data.accuracy_images, 1000),
-        ),
-        seeds=cfg.seeds[:1],
-        budget=min(cfg.budget, q.budget),
-        defenses=thin(cfg.defenses, q.max_grid),
-        models=tuple(
-            replace(m, defenses=None if m.defenses is None else thin(m.defenses, q.max_grid))
-            for m in cfg.models
-        ),
-        attacks=tuple(
-            replace(
-                a,
-                eps=thin(a.eps, q.max_grid),
-                mu=thin(a.mu, q.max_grid),
-                eot=thin(a.eot, q.max_grid),
-                budget=None if a.budget is None else min(a.budget, q.budget),
-            )
-            for a in cfg.attacks
-        ),
-    )

@@ -16,7 +16,7 @@ from rnd.data import load_dataset
 from rnd.data.imagenet import load_imagenet_samples
 from rnd.defenses import build_defense
 from rnd.errors import InputError
-from rnd.evaluation.attack_eval import AttackEvaluation, evaluate_attack
+from rnd.evaluation.execute import AttackEvaluation, evaluate_attack
 from rnd.models import read_meta
 from rnd.models.compat import check_model_data
 from rnd.models.imagenet import efficientnet_lite0

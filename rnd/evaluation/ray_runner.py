@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rnd.errors import InputError, RndError
+from rnd.evaluation.cells import Cell, CellResult
+from rnd.evaluation.execute import execute_cell
 from rnd.evaluation.runner import OnError, OnResult
-from rnd.evaluation.sweep import Cell, CellResult, execute_cell
 from rnd.extras import find_spec, install_hint
 
 log = logging.getLogger(__name__)

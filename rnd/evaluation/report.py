@@ -22,7 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from rnd.attacks import ATTACKS
+from rnd.defenses import rnd_nu
+from rnd.evaluation.cells import REMOTE_DEFENSE
 from rnd.evaluation.store import ResultsStore
+from rnd.stats import rate_interval
 
 RATES = (
     ("failure_rate", "observed"),
@@ -112,8 +116,6 @@ def _fmt(v: float, digits: int = 1) -> str:
 def _ci(r: dict[str, Any], col: str, compact: bool = False) -> str:
     """A failure rate with its 95 % Wilson interval over the record's images (times its seeds):
     `51.0 [41.3, 60.6]`, or `51 [41-61]` when compact; `n/a` when not measured."""
-    from rnd.stats import rate_interval
-
     v = r[col]
     if v is None or math.isnan(v):
         return "n/a"
@@ -146,8 +148,6 @@ class Report:
 
 def rnd_points(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The points whose defense is plain RND or none (those with a place on a nu axis)."""
-    from rnd.defenses import rnd_nu
-
     return [r for r in points if rnd_nu(r["defense"]) is not None]
 
 
@@ -330,9 +330,6 @@ def row_defense(r: dict[str, Any]) -> str:
 
 def _defense(spec: str) -> str:
     """How a defense spec reads in a table: `none`, `RND nu=0.02`, or the spec itself."""
-    from rnd.defenses import rnd_nu
-    from rnd.evaluation.sweep import REMOTE_DEFENSE
-
     if spec.startswith(REMOTE_DEFENSE):
         return spec
     nu = rnd_nu(spec)
@@ -362,8 +359,6 @@ def main_table(points: list[dict[str, Any]]) -> list[str]:
     are "observed / vote / clean failure % (mean queries)", plus the % of images detected where a
     stateful defense refused queries. A mu grid of more than two values (a heatmap sweep) enters
     at the attack's default mu only (the full list follows)."""
-    from rnd.attacks import ATTACKS
-
     def default_mu(r: dict[str, Any]) -> float:
         cls = ATTACKS.get(r["attack"])
         return cls.default_mu.get(r["norm"], math.nan) if cls else math.nan

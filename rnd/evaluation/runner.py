@@ -29,10 +29,13 @@ from typing import Any, Protocol
 import torch
 from tqdm.auto import tqdm
 
-from rnd.errors import RndError, unknown_name
-from rnd.evaluation.config import SweepConfig, quick_config
+from rnd.errors import InputError, RndError, unknown_name
+from rnd.evaluation.cells import Cell, CellResult, cell_work
+from rnd.evaluation.checks import check_plan
+from rnd.evaluation.execute import execute_cell
+from rnd.evaluation.grid import expand
+from rnd.evaluation.spec import SweepConfig, quick_config
 from rnd.evaluation.store import ResultsStore, check_cells
-from rnd.evaluation.sweep import Cell, CellResult, cell_work, check_plan, execute_cell, expand
 from rnd.progress import listening
 
 log = logging.getLogger(__name__)
@@ -93,8 +96,6 @@ def _ray_runner(**kwargs: Any) -> Runner:
     try:
         module = importlib.import_module("rnd.evaluation.ray_runner")
     except ModuleNotFoundError as exc:
-        from rnd.errors import InputError
-
         raise InputError(
             "the Ray runner is not available: install the ray extra on a version of rnd that ships "
             "rnd.evaluation.ray_runner, or use --runner inprocess"

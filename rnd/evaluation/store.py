@@ -58,9 +58,11 @@ from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from rnd import __version__
 from rnd._checks import check_writable_file
+from rnd.defenses import legacy_defense
 from rnd.errors import InputError
-from rnd.evaluation.sweep import Cell, CellResult
+from rnd.evaluation.cells import Cell, CellResult
 
 SCHEMA_VERSION = 6
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -238,8 +240,6 @@ ALTER TABLE cells ADD COLUMN assume TEXT;
 
 def _defense_from_nu(con: sqlite3.Connection) -> None:
     """Schema 4: the defense of every cell written when it was a bare nu (`none`, `rnd:nu=X`)."""
-    from rnd.defenses import legacy_defense
-
     for key, nu in con.execute("SELECT key, nu FROM cells").fetchall():
         con.execute("UPDATE cells SET defense = ? WHERE key = ?", (legacy_defense(float(nu)), key))
 
@@ -410,8 +410,6 @@ def _refuse_version(path: Path, version: int) -> None:
 
 def _migrate(con: sqlite3.Connection, version: int) -> None:
     """Bring an older schema up to `SCHEMA_VERSION`, inside the caller's transaction."""
-    from rnd import __version__
-
     while version < SCHEMA_VERSION:
         for stmt in _statements(_MIGRATIONS[version]):
             con.execute(stmt)
@@ -554,8 +552,6 @@ class ResultsStore:
 
     def _prepare(self) -> None:
         """Create, finish or migrate the schema under the write lock, then check it."""
-        from rnd import __version__
-
         self.con.execute("PRAGMA foreign_keys = ON")
         self.con.execute("PRAGMA synchronous = FULL")
         try:
@@ -623,8 +619,6 @@ class ResultsStore:
         self, name: str, config_text: str, cells: Iterable[Cell], *, quick: bool, config_path: str = ""
     ) -> int:
         """Record a sweep and its cells (new cells as pending); idempotent. Returns the sweep id."""
-        from rnd import __version__
-
         cells = list(cells)
         check_cells(cells)
         sha = hashlib.sha256(config_text.encode()).hexdigest()
@@ -708,8 +702,6 @@ class ResultsStore:
         """Keep a calibration (what was asked, what was measured) under `key`; returns False,
         writing nothing, when one is already kept there (the first stays: the same inputs give
         the same measurement)."""
-        from rnd import __version__
-
         with self.transaction():
             cur = self.con.execute(
                 "INSERT OR IGNORE INTO calibrations (key, request, result, rnd_version, created_at) "

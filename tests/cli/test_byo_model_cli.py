@@ -16,10 +16,11 @@ from safetensors.torch import save_file
 
 from rnd.cli import main
 from rnd.errors import CheckpointError
-from rnd.evaluation import sweep as sweep_module
+from rnd.evaluation.targets import Workspace
 from rnd.evaluation.config import load_config
 from rnd.evaluation.store import ResultsStore
-from rnd.evaluation.sweep import Cell, expand
+from rnd.evaluation.cells import Cell
+from rnd.evaluation.grid import expand
 from rnd.models import save_checkpoint
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
@@ -165,9 +166,8 @@ def test_cells_identify_the_model_by_sha_and_catch_a_changed_file(folder, tmp_pa
     planned = Cell.from_dict({**ts.to_dict(), "checkpoint": str(pt)})
     other = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
     torch.jit.save(torch.jit.trace(other, torch.rand(2, 1, 28, 28)), pt)  # replaced after planning
-    sweep_module._MODELS.clear()
     with pytest.raises(CheckpointError, match="changed since the sweep was planned"):
-        sweep_module._model(planned)
+        Workspace().model(planned)  # a fresh process's workspace
 
 
 def tree(root: Path) -> dict[str, bytes]:

@@ -21,9 +21,10 @@ from rnd.attacks.base import AttackState
 from rnd.attacks.score import ScoreAttack
 from rnd.data.base import ImageDataset
 from rnd.defenses import legacy_defense
-from rnd.evaluation import sweep
-from rnd.evaluation.attack_eval import attack_and_recheck, evaluate_attack
-from rnd.evaluation.sweep import Cell, execute_cell
+from rnd.evaluation.targets import LocalTarget, Workspace
+from rnd.evaluation.execute import attack_and_recheck, evaluate_attack
+from rnd.evaluation.cells import Cell
+from rnd.evaluation.execute import execute_cell
 
 CENTRE = 128 / 255  # representable as a uint8 image (the sweep's data sets store uint8)
 NU, Z, VOTES = 0.1, 0.38532, 11  # Z = Phi^-1(0.65)
@@ -90,8 +91,14 @@ def test_sweep_cell_rows_follow_the_same_three_definitions(monkeypatch):
     x, _ = _points()
     data = ImageDataset("stub", "test", (x * 255).round().to(torch.uint8), torch.zeros(N, dtype=torch.int64))
     model = Fringe()
-    monkeypatch.setattr(sweep, "_model", lambda cell: model)
-    monkeypatch.setattr(sweep, "_data", lambda cell: data)
+
+    class Stub(Workspace):  # the model and data set held in memory instead of loaded from disk
+        def model(self, cell: Cell) -> Fringe:
+            return model
+
+        def dataset(self, cell: Cell) -> ImageDataset:
+            return data
+
     cell = Cell(
         model="fringe",
         checkpoint="-",
@@ -111,7 +118,7 @@ def test_sweep_cell_rows_follow_the_same_three_definitions(monkeypatch):
         votes=VOTES,
         accuracy_images=N,
     )
-    rows = execute_cell(cell).rows
+    rows = execute_cell(cell, target=LocalTarget(cell, Stub())).rows
     observed = torch.tensor([r.success for r in rows])
     vote = torch.tensor([r.success_vote for r in rows])
     assert float(observed.float().mean()) == pytest.approx(P_ONE, abs=0.03)

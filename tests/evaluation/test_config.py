@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from rnd.errors import ConfigError
-from rnd.evaluation.config import QuickRule, load_config, parse_config, quick_config, thin
+from rnd.evaluation.spec import QuickRule, quick_config, thin
+from rnd.evaluation.config import load_config, parse_config
 from rnd.models import build_model, save_checkpoint
 
 
@@ -247,7 +248,7 @@ def test_targeted_attack_tables(ckpt):
 
 
 def test_an_attack_can_be_aimed_at_some_defenses(ckpt):
-    from rnd.evaluation.sweep import expand
+    from rnd.evaluation.grid import expand
 
     text = with_defenses(ckpt, 'defenses = ["none", "rnd:nu=0.02"]', 'defenses = ["rnd:nu=0.02"]\n')
     cfg = parse_config(text)
@@ -265,7 +266,7 @@ ENDPOINT = (
 def test_an_endpoint_target_replaces_models_and_defenses():
     """`[target]`: one model, the endpoint, behind the server's own defense `remote`; the cells name
     the URL and what the attacker is told, and the key's variable stays out of their identity."""
-    from rnd.evaluation.sweep import expand
+    from rnd.evaluation.grid import expand
 
     cfg = parse_config(ENDPOINT.replace("[[attacks]]", 'assume_defense = "rnd:nu=0.020"\n[[attacks]]'))
     t = cfg.target

@@ -30,7 +30,7 @@ from rnd.evaluation.store import (
     comparable_content,
     owner_id,
 )
-from rnd.evaluation.sweep import Cell, CellResult, ImageRow, summarize_rows
+from rnd.evaluation.cells import Cell, CellResult, ImageRow, summarize_rows
 
 
 def cell(nu: float = 0.02, seed: int = 0) -> Cell:

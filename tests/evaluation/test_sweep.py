@@ -15,7 +15,10 @@ from rnd.attacks import make_attack
 from rnd.evaluation.config import parse_config
 from rnd.evaluation.runner import InProcessRunner, make_runner, plan_sweep, run_sweep, torch_threads
 from rnd.evaluation.store import ResultsStore
-from rnd.evaluation.sweep import Cell, derive_seed, execute_cell, expand, select_images
+from rnd.evaluation.cells import Cell, derive_seed
+from rnd.evaluation.execute import execute_cell
+from rnd.evaluation.grid import expand
+from rnd.evaluation.targets import WORKSPACE
 from rnd.models import save_checkpoint
 from rnd.models.checkpoint import sha256_file
 
@@ -85,7 +88,7 @@ def test_execute_cell_is_deterministic_and_its_rows_are_recomputed_by_hand(plan,
     cell = next(c for c in plan.cells if c.nu > 0 and c.mu == 0.2)
     a, b = execute_cell(cell), execute_cell(cell)
     assert a.rows == b.rows and a.summary == b.summary and a.key == cell.key
-    idx = select_images(cell)
+    idx = WORKSPACE.select_images(cell)
     assert [r.index for r in a.rows] == idx.tolist()
     x, y = fmnist_test.get(idx)
     assert bool((tiny_model(x).argmax(1) == y).all())  # only correctly classified images are attacked
@@ -242,7 +245,7 @@ def test_progress_ends_at_its_total_with_a_failed_and_a_duplicated_cell(plan, tm
     """A cell that fails and a cell another process recorded first both count as worked off: the
     bar still ends at its total; its cell count says what is done (the failed cell is not)."""
     import rnd.evaluation.runner as runner_mod
-    from rnd.evaluation.sweep import cell_work
+    from rnd.evaluation.cells import cell_work
 
     monkeypatch.setattr(runner_mod, "tqdm", RecordingBar)
     RecordingBar.made.clear()

@@ -1,24 +1,101 @@
-"""Run one attack against a (defended) model and measure it the three ways DESIGN section 6 asks.
+"""Run one cell: `execute_cell(cell)` is the one executor behind `rnd demo`, `rnd attack` (local
+and `--url`), `rnd sweep`, `rnd audit` and the Ray runner, so the same cell gives the same numbers
+in any of them. Also the in-memory form for library users, `evaluate_attack` (an attack against a
+defended model on given images), measured the three ways DESIGN section 6 asks:
 
-Success can be judged (1) by the attacker's own noisy observation (the paper's protocol: one noisy
-query that misclassifies is a success), (2) by the clean, undefended model on x_adv, or (3) by a
-majority vote of fresh noisy answers on x_adv. All three failure rates are reported; the headline
-`failure_rate` is (1).
+1. by the attacker's own noisy observation (the paper's protocol: one noisy query that
+   misclassifies is a success);
+2. by the clean, undefended model on x_adv;
+3. by a majority vote of fresh noisy answers on x_adv.
+
+All three failure rates are reported; the headline `failure_rate` is (1).
+
+May import: the layers below evaluation, `cells`, `targets`.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+from rnd import __version__
+from rnd.attacks import make_attack
 from rnd.attacks.base import AttackResult, QueryAttack
-from rnd.defenses import Defense, build_defense, canonical_defense
-from rnd.models.predict import predict
+from rnd.defenses import Defense
+from rnd.evaluation.cells import (
+    SEED_SALT_TARGETS,
+    Cell,
+    CellResult,
+    derive_seed,
+    image_rows,
+    json_safe,
+    make_targets,
+    summarize_rows,
+)
+from rnd.evaluation.targets import Target, defended, recheck, target_for
 from rnd.oracle import Oracle, Output
+
+
+def cell_attack(cell: Cell, assume: dict[str, Any], progress: bool = False) -> QueryAttack:
+    """The cell's attack, seeded with `cell.seed` and told `assume` about the defense."""
+    params = dict(cell.attack_params)
+    if cell.target is not None:
+        params["targeted"] = True
+    return make_attack(
+        cell.attack,
+        eps=cell.eps,
+        norm=cell.norm,
+        mu=cell.mu,
+        eot=cell.eot,
+        seed=cell.seed,
+        progress=progress,
+        assume=assume,
+        **params,
+    )
+
+
+def execute_cell(
+    cell: Cell,
+    progress: bool = False,
+    max_batch: int | None = None,
+    key: str | None = None,
+    target: Target | None = None,
+) -> CellResult:
+    """Run one cell against `target` (default: `target_for(cell)`, its local model behind its
+    defense or its endpoint): select the images, measure clean accuracy, attack through the
+    target's oracle with the attack seeded with `cell.seed` and told what the target tells, then
+    judge each x_adv on the clean model and by a vote of fresh answers. `max_batch` bounds the images
+    per forward (memory only: results do not change); `key`: an endpoint's API key (else
+    `$<cell.key_env>`)."""
+    t0 = time.perf_counter()
+    if target is None:
+        target = target_for(cell, key=key, max_batch=max_batch)
+    with target:
+        idx, x, y = target.images()
+        clean_acc, model_acc = target.accuracies()
+        attack = cell_attack(cell, target.told(), progress)
+        targets = make_targets(cell.target, y, target.num_classes, derive_seed(cell.seed, SEED_SALT_TARGETS))
+        oracle = target.oracle(attack)
+        result = attack(oracle, x, y, targets)
+        refusals = target.refusals(oracle, len(y))
+        clean_hit, vote_hit = target.judge(result.x_adv, y, targets)
+        sent = target.queries_sent()
+    rows = image_rows(idx, y, result, clean_hit, vote_hit, refusals, targets)
+    return CellResult(
+        key=cell.key,
+        cell=cell,
+        rows=rows,
+        summary=summarize_rows(rows, clean_acc, model_acc, result.distance_curve() or None),
+        attack_params=json_safe(result.params),
+        rnd_version=__version__,
+        seconds=time.perf_counter() - t0,
+        queries_sent=sent,
+    )
 
 
 @dataclass
@@ -38,38 +115,6 @@ class AttackEvaluation:
     median_distance: float = math.nan  # label-only attacks: median ||x_adv - x|| over images
     params: dict[str, Any] = field(default_factory=dict)
     detection_rate: float = 0.0  # % of images with a refused query (stateful defenses)
-
-
-def recheck(
-    model: nn.Module,
-    base: nn.Module,
-    x_adv: torch.Tensor,
-    y: torch.Tensor,
-    votes: int = 11,
-    targets: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(fooled clean model?, fooled majority of `votes` noisy answers?) per image."""
-
-    def hit(pred: torch.Tensor) -> torch.Tensor:
-        return pred == targets if targets is not None else pred != y
-
-    clean = hit(predict(base, x_adv))
-    if not getattr(model, "randomised", False):  # deterministic answers: a vote repeats the one answer
-        return clean, clean.clone()
-    counts = torch.zeros(len(y))
-    for _ in range(votes):
-        counts += hit(predict(model, x_adv)).float()
-    return clean, counts > votes / 2
-
-
-def defended(base: nn.Module, defense: Defense | str | None, nu: float, seed: int | None) -> Defense:
-    """The model the oracle answers with: `defense` (an object or a spec text, built around `base`
-    with `seed`), or RND at `nu` when no defense is given (the older form)."""
-    if defense is None:
-        defense = f"rnd:nu={float(nu)!r}" if nu > 0 else "none"
-    if isinstance(defense, str):
-        defense = build_defense(canonical_defense(defense), base, seed=seed)
-    return defense
 
 
 def attack_and_recheck(
