@@ -41,8 +41,8 @@ from rnd.cli.models import given_meta, load_spec
 from rnd.data import DATASETS, load_dataset
 from rnd.defenses import rnd_nu
 from rnd.errors import ConfigError, InputError, unknown_name
-from rnd.evaluation.execute import AttackEvaluation, table_columns
 from rnd.evaluation.config import bound_text
+from rnd.evaluation.execute import AttackEvaluation, table_columns
 from rnd.evaluation.tables import format_table
 from rnd.models import read_meta
 from rnd.models.source import model_label
@@ -233,26 +233,6 @@ def finite_or_none(values: list[float | None]) -> list[float | None]:
     return [v if v is not None and math.isfinite(v) else None for v in values]
 
 
-def evaluation_of(result: Any) -> AttackEvaluation:
-    """The table row of one executed cell."""
-    c, s = result.cell, result.summary
-    return AttackEvaluation(
-        attack=c.attack,
-        norm=c.norm,
-        defense=c.defense,
-        images=s.images,
-        failure_rate=s.failure_rate,
-        mean_queries=s.mean_queries,
-        median_queries=s.median_queries,
-        failure_rate_clean=s.failure_rate_clean,
-        failure_rate_vote=s.failure_rate_vote,
-        clean_accuracy=s.clean_accuracy,
-        median_distance=s.median_distance,
-        params=result.attack_params,
-        detection_rate=s.detection_rate,
-    )
-
-
 @main.command()
 @click.option(
     "--attack",
@@ -423,10 +403,10 @@ def attack(
     --weights; --input-shape / --num-classes give metadata the model does not carry.
     """
     from rnd.defenses import build_defense
-    from rnd.evaluation.spec import DataSpec, ModelSpec, SweepConfig
+    from rnd.evaluation.cells import fixed_target
     from rnd.evaluation.execute import execute_cell
     from rnd.evaluation.grid import expand
-    from rnd.evaluation.cells import fixed_target
+    from rnd.evaluation.spec import DataSpec, ModelSpec, SweepConfig
     from rnd.models.predict import correctly_classified
     from rnd.training import load_or_train_default
 
@@ -557,7 +537,7 @@ def attack(
     results = []
     for cell in tqdm(cells, desc="cells", unit="cell", disable=not progress or len(cells) < 2):
         results.append(execute_cell(cell, progress=progress, max_batch=batch_size))
-    rows = [evaluation_of(r) for r in results]
+    rows = [AttackEvaluation.of(r) for r in results]
     clean = results[0].summary.model_accuracy
 
     settings = {
@@ -693,10 +673,10 @@ def remote_attack(
     endpoint before any query and run by the same executor; success observed and by a vote of fresh
     answers; the clean model is not visible from outside (its column says -)."""
     from rnd.defenses import canonical_defense
-    from rnd.evaluation.spec import DataSpec, RemoteTarget, SweepConfig, served_model
     from rnd.evaluation.checks import check_remote
     from rnd.evaluation.execute import execute_cell
     from rnd.evaluation.grid import expand
+    from rnd.evaluation.spec import DataSpec, RemoteTarget, SweepConfig, served_model
     from rnd.extras import import_extra
 
     RemoteOracle = import_extra("rnd.oracle.remote", "rnd attack --url").RemoteOracle
@@ -730,7 +710,7 @@ def remote_attack(
     results = []
     for cell in tqdm(cells, desc="cells", unit="cell", disable=not progress or len(cells) < 2):
         results.append(execute_cell(cell, progress=progress, max_batch=batch_size, key=key))
-    rows = [evaluation_of(r) for r in results]
+    rows = [AttackEvaluation.of(r) for r in results]
     for ev in rows:
         ev.defense = "remote" if assume is None else f"remote (told {assume})"
     sent = sum(r.queries_sent for r in results)

@@ -593,7 +593,6 @@ def _endpoint_output(target: Any, threat: str) -> str:
     or an InputError when it answers labels only and the threat model has score attacks."""
     import os
 
-
     RemoteOracle = import_extra("rnd.oracle.remote", "an audit of an endpoint (--url)").RemoteOracle
 
     try:
@@ -679,7 +678,6 @@ def estimate_audit(plan: AuditPlan, db: str | Path, seconds: float = 2.0) -> Aud
     mu x strength grid as pending, and the query rate of `seconds` of forwards through an `Oracle`
     over the defense at the batch the attacks use (all of a cell's images at once)."""
     import time
-
 
     cells = plan.sweep.cells
     keys = {c.key for c in cells}

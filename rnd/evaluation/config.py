@@ -591,5 +591,3 @@ def load_config(path: str | Path) -> SweepConfig:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config {p}: {exc}") from exc
     return parse_config(text, base=p.resolve().parent, path=str(p))
-
-

@@ -14,9 +14,12 @@ from rnd._checks import check_int, check_positive
 from rnd.attacks import make_attack
 from rnd.data import load_dataset
 from rnd.data.imagenet import load_imagenet_samples
-from rnd.defenses import build_defense
+from rnd.defenses import build_defense, canonical_defense
 from rnd.errors import InputError
-from rnd.evaluation.execute import AttackEvaluation, evaluate_attack
+from rnd.evaluation.cells import CellResult
+from rnd.evaluation.execute import AttackEvaluation, evaluate_attack, execute_cell
+from rnd.evaluation.grid import expand
+from rnd.evaluation.spec import AttackSpec, DataSpec, ModelSpec, SweepConfig
 from rnd.models import read_meta
 from rnd.models.compat import check_model_data
 from rnd.models.imagenet import efficientnet_lite0
@@ -26,17 +29,47 @@ from rnd.training import load_or_train_default
 log = logging.getLogger(__name__)
 
 
-
 @dataclass
 class DemoReport:
-    """Clean accuracies and the attack table of `rnd demo`."""
+    """Clean accuracies and the attack table of `rnd demo` (`results`: the executed cells)."""
 
     checkpoint: str
     nu: float
-    clean_accuracy: float
-    rnd_accuracy: float
-    rnd_accuracy_std: float
+    clean_accuracy: float  # % of the undefended model on the whole test split
+    rnd_accuracy: float  # % under RND at `nu` on the whole test split (one seeded draw per image)
     rows: list[AttackEvaluation] = field(default_factory=list)
+    results: list[CellResult] = field(default_factory=list, repr=False)
+
+
+def demo_config(
+    path: Path,
+    *,
+    nu: float,
+    attacks: tuple[str, ...],
+    n_images: int,
+    budget: int,
+    eps: float,
+    seed: int,
+    accuracy_images: int,
+    allow_dataset_mismatch: bool = False,
+) -> SweepConfig:
+    """The spec `rnd demo` runs: each attack (l_inf, eps, its default probe size) against the model
+    undefended and behind RND at `nu`; the cells `rnd attack --attack A ... --defense none
+    --defense rnd:nu=NU --eps EPS --images N --budget B --seed S` builds from the same options."""
+    return SweepConfig(
+        name="rnd demo",
+        models=(ModelSpec(label=path.name, checkpoint=str(path)),),
+        attacks=tuple(AttackSpec(name=a, norm="linf", eps=(eps,)) for a in attacks),
+        defenses=("none", canonical_defense(f"rnd:nu={nu!r}")),
+        data=DataSpec(
+            dataset="fashion-mnist",
+            images=n_images,
+            accuracy_images=accuracy_images,
+            allow_dataset_mismatch=allow_dataset_mismatch,
+        ),
+        seeds=(seed,),
+        budget=budget,
+    )
 
 
 def run_demo(
@@ -47,17 +80,18 @@ def run_demo(
     n_images: int = 100,
     budget: int = 1000,
     eps: float = 0.1,
-    draws: int = 5,
     seed: int = 0,
     progress: bool = True,
     allow_dataset_mismatch: bool = False,
 ) -> DemoReport:
-    """Clean accuracy with and without RND, then each attack against both, on Fashion-MNIST.
+    """Each attack against the model undefended and behind RND at `nu`, on Fashion-MNIST, through
+    the pipeline (`demo_config` -> `expand` -> `execute_cell`): the numbers `rnd attack` prints for
+    the same cells. The clean accuracies are the cells' (the whole test split).
 
     Every argument (attack names, nu, eps, counts, each attack's step cost against the budget) is
     checked before a checkpoint is loaded or trained; a checkpoint trained on another data set is
     refused unless `allow_dataset_mismatch` (shapes and class count must still match)."""
-    _check_demo(nu, eps, n_images, budget, draws, attacks, seed)
+    _check_demo(nu, eps, n_images, budget, 1, attacks, seed)
     model, path = load_or_train_default(checkpoint, progress)
     test = load_dataset("fashion-mnist", "test")
     check_model_data(
@@ -69,18 +103,30 @@ def run_demo(
     )
     if n_images > len(test):
         raise InputError(f"--images {n_images} exceeds the {len(test)} test images; ask for fewer")
+    cfg = demo_config(
+        path,
+        nu=nu,
+        attacks=attacks,
+        n_images=n_images,
+        budget=budget,
+        eps=eps,
+        seed=seed,
+        accuracy_images=len(test),
+        allow_dataset_mismatch=allow_dataset_mismatch,
+    )
     idx = correctly_classified(model, test, n_images)  # before the accuracy passes: a shortfall fails fast
     if len(idx) < n_images:
         raise InputError(
             f"only {len(idx)} test images are classified correctly by {path}; ask for --images {len(idx)}"
         )
-    clean = accuracy(model, test)
-    rnd_mean, rnd_std = noisy_accuracy(build_defense(f"rnd:nu={nu!r}", model, seed=seed), test, draws=draws)
-    x, y = test.get(idx)
-    report = DemoReport(str(path), nu, 100 * clean, 100 * rnd_mean, 100 * rnd_std)
-    report.rows += _attack_rows(
-        model, x, y, attacks, nu, eps, budget, seed, progress, {0.0: clean, nu: rnd_mean}
+    order = {a: i for i, a in enumerate(attacks)}
+    cells = sorted(expand(cfg), key=lambda c: (order[c.attack], c.defense != "none"))  # the table's order
+    results = [execute_cell(c, progress=progress) for c in cells]
+    defended = next(r for r in results if r.cell.defense != "none")
+    report = DemoReport(
+        str(path), nu, results[0].summary.model_accuracy, defended.summary.clean_accuracy, results=results
     )
+    report.rows = [AttackEvaluation.of(r) for r in results]
     return report
 
 

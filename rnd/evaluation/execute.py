@@ -116,6 +116,26 @@ class AttackEvaluation:
     params: dict[str, Any] = field(default_factory=dict)
     detection_rate: float = 0.0  # % of images with a refused query (stateful defenses)
 
+    @classmethod
+    def of(cls, result: CellResult) -> AttackEvaluation:
+        """The table row of one executed cell."""
+        c, s = result.cell, result.summary
+        return cls(
+            attack=c.attack,
+            norm=c.norm,
+            defense=c.defense,
+            images=s.images,
+            failure_rate=s.failure_rate,
+            mean_queries=s.mean_queries,
+            median_queries=s.median_queries,
+            failure_rate_clean=s.failure_rate_clean,
+            failure_rate_vote=s.failure_rate_vote,
+            clean_accuracy=s.clean_accuracy,
+            median_distance=s.median_distance,
+            params=result.attack_params,
+            detection_rate=s.detection_rate,
+        )
+
 
 def attack_and_recheck(
     attack: QueryAttack,

@@ -97,4 +97,3 @@ def expand(cfg: SweepConfig) -> list[Cell]:
     if len(set(keys)) != len(keys):
         raise ConfigError("the grid repeats a cell (the same model appears twice under different labels?)")
     return cells
-

@@ -359,6 +359,7 @@ def main_table(points: list[dict[str, Any]]) -> list[str]:
     are "observed / vote / clean failure % (mean queries)", plus the % of images detected where a
     stateful defense refused queries. A mu grid of more than two values (a heatmap sweep) enters
     at the attack's default mu only (the full list follows)."""
+
     def default_mu(r: dict[str, Any]) -> float:
         cls = ATTACKS.get(r["attack"])
         return cls.default_mu.get(r["norm"], math.nan) if cls else math.nan

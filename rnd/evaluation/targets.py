@@ -424,4 +424,3 @@ def defended(base: nn.Module, defense: Defense | str | None, nu: float, seed: in
     if isinstance(defense, str):
         defense = build_defense(canonical_defense(defense), base, seed=seed)
     return defense
-

@@ -15,6 +15,7 @@ from rnd.training.standard import default_checkpoint_path, train_model
 
 log = logging.getLogger(__name__)
 
+
 def load_or_train_default(path: str | Path | None = None, progress: bool = True) -> tuple[nn.Module, Path]:
     """Load a checkpoint; with no path, the default Fashion-MNIST CNN, trained first if missing.
 

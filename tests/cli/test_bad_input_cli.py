@@ -35,7 +35,8 @@ WORK = [
     ("rnd.evaluation.demo", "accuracy"),
     ("rnd.evaluation.demo", "noisy_accuracy"),
     ("rnd.evaluation.demo", "correctly_classified"),
-    ("rnd.evaluation.demo", "train_model"),
+    ("rnd.training.default", "train_model"),
+    ("rnd.evaluation.demo", "execute_cell"),
     ("rnd.evaluation.execute", "execute_cell"),
     ("rnd.evaluation.targets.Workspace", "clean_accuracies"),
     ("rnd.cli.noise_accuracy", "calibrate_defense"),
@@ -191,8 +192,10 @@ def test_demo_validates_before_the_accuracy_pass(work, models, no_work, args, wo
 
 
 def test_demo_asks_for_fewer_images_than_are_correct_before_the_accuracy_pass(work, models, monkeypatch):
-    for attr in ("accuracy", "noisy_accuracy"):
-        monkeypatch.setattr(f"rnd.evaluation.demo.{attr}", _refuse)
+    work_done = ("demo.accuracy", "demo.noisy_accuracy", "demo.execute_cell")
+    work_done += ("targets.Workspace.clean_accuracies",)
+    for attr in work_done:
+        monkeypatch.setattr(f"rnd.evaluation.{attr}", _refuse)
     line = bad(work, ["demo", "--checkpoint", models / "tiny", "--images", "9999"], ["classified correctly"])
     assert "ask for --images " in line
 

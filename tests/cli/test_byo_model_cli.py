@@ -16,11 +16,11 @@ from safetensors.torch import save_file
 
 from rnd.cli import main
 from rnd.errors import CheckpointError
-from rnd.evaluation.targets import Workspace
-from rnd.evaluation.config import load_config
-from rnd.evaluation.store import ResultsStore
 from rnd.evaluation.cells import Cell
+from rnd.evaluation.config import load_config
 from rnd.evaluation.grid import expand
+from rnd.evaluation.store import ResultsStore
+from rnd.evaluation.targets import Workspace
 from rnd.models import save_checkpoint
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")

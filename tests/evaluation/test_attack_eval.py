@@ -21,10 +21,9 @@ from rnd.attacks.base import AttackState
 from rnd.attacks.score import ScoreAttack
 from rnd.data.base import ImageDataset
 from rnd.defenses import legacy_defense
-from rnd.evaluation.targets import LocalTarget, Workspace
-from rnd.evaluation.execute import attack_and_recheck, evaluate_attack
 from rnd.evaluation.cells import Cell
-from rnd.evaluation.execute import execute_cell
+from rnd.evaluation.execute import attack_and_recheck, evaluate_attack, execute_cell
+from rnd.evaluation.targets import LocalTarget, Workspace
 
 CENTRE = 128 / 255  # representable as a uint8 image (the sweep's data sets store uint8)
 NU, Z, VOTES = 0.1, 0.38532, 11  # Z = Phi^-1(0.65)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from rnd.errors import ConfigError
-from rnd.evaluation.spec import QuickRule, quick_config, thin
 from rnd.evaluation.config import load_config, parse_config
+from rnd.evaluation.spec import QuickRule, quick_config, thin
 from rnd.models import build_model, save_checkpoint
 
 

@@ -21,11 +21,11 @@ from click.testing import CliRunner
 
 from rnd.cli import main
 from rnd.errors import InputError
+from rnd.evaluation.cells import Cell, CellResult
 from rnd.evaluation.config import parse_config
+from rnd.evaluation.execute import execute_cell
 from rnd.evaluation.runner import InProcessRunner, SweepPlan, make_runner, plan_sweep, run_sweep
 from rnd.evaluation.store import VOLATILE_SUFFIXES, ResultsStore
-from rnd.evaluation.cells import Cell, CellResult
-from rnd.evaluation.execute import execute_cell
 from rnd.models import save_checkpoint
 
 try:

@@ -8,9 +8,9 @@ import math
 import pytest
 
 from rnd.defenses import legacy_defense
+from rnd.evaluation.cells import Cell, CellResult, ImageRow, summarize_rows
 from rnd.evaluation.report import heatmaps, write_report
 from rnd.evaluation.store import ResultsStore
-from rnd.evaluation.cells import Cell, CellResult, ImageRow, summarize_rows
 
 
 def stored(store: ResultsStore, fails: int, *, mu, nu, eot=1, seed=0, acc=90.0) -> None:

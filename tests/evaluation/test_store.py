@@ -22,6 +22,7 @@ import pytest
 
 from rnd.defenses import legacy_defense
 from rnd.errors import InputError
+from rnd.evaluation.cells import Cell, CellResult, ImageRow, summarize_rows
 from rnd.evaluation.store import (
     CLAIM_LEASE_S,
     SCHEMA_VERSION,
@@ -30,7 +31,6 @@ from rnd.evaluation.store import (
     comparable_content,
     owner_id,
 )
-from rnd.evaluation.cells import Cell, CellResult, ImageRow, summarize_rows
 
 
 def cell(nu: float = 0.02, seed: int = 0) -> Cell:

@@ -12,12 +12,12 @@ import torch
 
 from rnd import Oracle, RandomNoiseDefense
 from rnd.attacks import make_attack
-from rnd.evaluation.config import parse_config
-from rnd.evaluation.runner import InProcessRunner, make_runner, plan_sweep, run_sweep, torch_threads
-from rnd.evaluation.store import ResultsStore
 from rnd.evaluation.cells import Cell, derive_seed
+from rnd.evaluation.config import parse_config
 from rnd.evaluation.execute import execute_cell
 from rnd.evaluation.grid import expand
+from rnd.evaluation.runner import InProcessRunner, make_runner, plan_sweep, run_sweep, torch_threads
+from rnd.evaluation.store import ResultsStore
 from rnd.evaluation.targets import WORKSPACE
 from rnd.models import save_checkpoint
 from rnd.models.checkpoint import sha256_file
