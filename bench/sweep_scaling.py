@@ -52,7 +52,7 @@ eps = 0.1
 
 def _plan(text: str) -> Any:
     from rnd.evaluation.config import parse_config
-    from rnd.evaluation.runner import plan_sweep
+    from rnd.evaluation.drive import plan_sweep
 
     return plan_sweep(parse_config(text))
 
@@ -74,7 +74,8 @@ def _snapshot(db: Path) -> dict[str, Any]:
 
 def _inprocess_child(text: str, threads: int, db: str) -> tuple[float, dict[str, Any]]:
     """Runs in a fresh process: the in-process runner with `threads` torch threads."""
-    from rnd.evaluation.runner import InProcessRunner, run_sweep
+    from rnd.evaluation.drive import run_sweep
+    from rnd.evaluation.runners import InProcessRunner
 
     plan = _plan(text)
     t0 = time.perf_counter()
@@ -93,8 +94,8 @@ def time_ray(text: str, workers: int, db: Path) -> tuple[float, float, dict[str,
 
     import ray
 
-    from rnd.evaluation.ray_runner import RayRunner
-    from rnd.evaluation.runner import run_sweep
+    from rnd.evaluation.drive import run_sweep
+    from rnd.evaluation.runners.ray import RayRunner
 
     plan = _plan(text)
     t0 = time.perf_counter()

@@ -111,7 +111,7 @@ def allow_mismatch_option(f: Any) -> Any:
 
 def runner_options(f: Any) -> Any:
     """--runner inprocess|ray, and --workers / --ray-address for Ray (`rnd sweep`, `rnd audit`)."""
-    from rnd.evaluation.runner import RUNNERS
+    from rnd.evaluation.runners import RUNNERS
 
     f = click.option(
         "--ray-address",
@@ -137,7 +137,7 @@ def runner_options(f: Any) -> Any:
 def make_cli_runner(runner_name: str, workers: int | None, ray_address: str | None, remote: bool) -> Any:
     """The runner the options name; Ray options without --runner ray, or Ray for an endpoint's
     cells (`remote`: the API key stays in this process), are refused in one line."""
-    from rnd.evaluation.runner import make_runner
+    from rnd.evaluation.runners import make_runner
 
     if runner_name != "ray" and (workers is not None or ray_address is not None):
         raise InputError("--workers and --ray-address apply to --runner ray only")

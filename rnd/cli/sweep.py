@@ -10,7 +10,7 @@ import click
 from rnd.cli.app import main, progress_option
 from rnd.cli.checks import make_cli_runner, runner_options
 from rnd.evaluation.config import load_config
-from rnd.evaluation.runner import plan_sweep, run_sweep
+from rnd.evaluation.drive import plan_sweep, run_sweep
 
 
 @main.command()

@@ -36,10 +36,10 @@ from rnd.data import load_dataset
 from rnd.defenses import DEFENSES, DefenseSpec, build_defense, canonical_defense
 from rnd.errors import InputError, RndError
 from rnd.evaluation.cells import cell_work
+from rnd.evaluation.drive import plan_sweep, run_sweep
 from rnd.evaluation.grid import expand
 from rnd.evaluation.noise_accuracy import calibrate_defense
 from rnd.evaluation.report import effective_mu
-from rnd.evaluation.runner import plan_sweep, run_sweep
 from rnd.evaluation.spec import AttackSpec, DataSpec, ModelSpec, RemoteTarget, SweepConfig, served_model
 from rnd.evaluation.store import ResultsStore, check_database
 from rnd.evaluation.targets import WORKSPACE
@@ -611,7 +611,7 @@ def run_audit(plan: AuditPlan, db: str | Path, progress: bool = True, runner: An
     """Run (or resume) the audit's cells in `db`, then the mu x strength grid of the strongest
     score attack (defenses with a strength: RND, feature noise, low-confidence); returns the
     report (see `write_json`; schema in docs/reference/audit-report.md). `runner`: where
-    cells run (`rnd.evaluation.runner`; default in-process)."""
+    cells run (`rnd.evaluation.runners`; default in-process)."""
     if plan.calibration is not None and plan.calibration_request is not None:
         measured = {k: v for k, v in plan.calibration.items() if k != "key"}
         with ResultsStore(db) as store:  # kept first: a resumed audit reuses it (`plan_audit`)

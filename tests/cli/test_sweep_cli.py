@@ -22,7 +22,8 @@ from click.testing import CliRunner
 
 from rnd.cli import main
 from rnd.evaluation.config import load_config
-from rnd.evaluation.runner import InProcessRunner, plan_sweep, run_sweep
+from rnd.evaluation.drive import plan_sweep, run_sweep
+from rnd.evaluation.runners import InProcessRunner
 from rnd.evaluation.store import ResultsStore, check_database, comparable_content
 from rnd.models import save_checkpoint
 from tests.cli.helpers import unprivileged
@@ -230,7 +231,7 @@ def test_kill_and_restart_equals_uninterrupted(folder, tmp_path):
 LAUNCH = """
 import os, sys, time, uuid
 from pathlib import Path
-import rnd.evaluation.runner as runner
+import rnd.evaluation.runners.inprocess as runner
 start, attempts = float(sys.argv[1]), sys.argv[2]
 original = runner.execute_cell
 def counted(cell, progress=False):

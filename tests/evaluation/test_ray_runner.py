@@ -23,8 +23,9 @@ from rnd.cli import main
 from rnd.errors import InputError
 from rnd.evaluation.cells import Cell, CellResult
 from rnd.evaluation.config import parse_config
+from rnd.evaluation.drive import SweepPlan, plan_sweep, run_sweep
 from rnd.evaluation.execute import execute_cell
-from rnd.evaluation.runner import InProcessRunner, SweepPlan, make_runner, plan_sweep, run_sweep
+from rnd.evaluation.runners import InProcessRunner, make_runner
 from rnd.evaluation.store import VOLATILE_SUFFIXES, ResultsStore
 from rnd.models import save_checkpoint
 
@@ -39,7 +40,7 @@ except ModuleNotFoundError:
         allow_module_level=True,
     )
 
-from rnd.evaluation.ray_runner import RayRunner
+from rnd.evaluation.runners.ray import RayRunner
 
 CONFIG = """name = "ray-test"
 seeds = [3]
@@ -265,7 +266,7 @@ def test_an_audit_on_ray_writes_the_in_process_report(ray_session, config_path, 
     """`run_audit(..., runner=RayRunner)`: the label-only suite's cells run on Ray, each once, and
     the report is the in-process run's (1 torch thread in both, as in a Ray worker)."""
     from rnd.evaluation.audit import AuditRequest, AuditSize, plan_audit, run_audit
-    from rnd.evaluation.runner import torch_threads
+    from rnd.evaluation.runners import torch_threads
 
     req = AuditRequest(
         checkpoint=str(config_path.parent / "tiny"),

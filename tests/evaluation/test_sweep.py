@@ -14,9 +14,10 @@ from rnd import Oracle, RandomNoiseDefense
 from rnd.attacks import make_attack
 from rnd.evaluation.cells import Cell, derive_seed
 from rnd.evaluation.config import parse_config
+from rnd.evaluation.drive import plan_sweep, run_sweep
 from rnd.evaluation.execute import execute_cell
 from rnd.evaluation.grid import expand
-from rnd.evaluation.runner import InProcessRunner, make_runner, plan_sweep, run_sweep, torch_threads
+from rnd.evaluation.runners import InProcessRunner, make_runner, torch_threads
 from rnd.evaluation.store import ResultsStore
 from rnd.evaluation.targets import WORKSPACE
 from rnd.models import save_checkpoint
@@ -176,7 +177,7 @@ def test_unknown_runner_and_missing_ray():
     with pytest.raises(UnknownNameError, match="runner"):
         make_runner("dask")
     try:
-        import rnd.evaluation.ray_runner  # noqa: F401
+        import rnd.evaluation.runners.ray  # noqa: F401
     except ModuleNotFoundError:
         with pytest.raises(InputError, match="the ray extra"):
             make_runner("ray")
@@ -226,7 +227,7 @@ class RecordingBar:
 def test_progress_counts_queries_against_the_pending_cells_budgets(plan, tmp_path, monkeypatch):
     """The sweep bar's unit is queries: its total is images x budget over the cells not yet done,
     it moves while a cell runs (the attack reports each step), and it ends exactly at its total."""
-    import rnd.evaluation.runner as runner_mod
+    import rnd.evaluation.drive as runner_mod
 
     monkeypatch.setattr(runner_mod, "tqdm", RecordingBar)
     db = tmp_path / "p.sqlite"
@@ -244,7 +245,7 @@ def test_progress_counts_queries_against_the_pending_cells_budgets(plan, tmp_pat
 def test_progress_ends_at_its_total_with_a_failed_and_a_duplicated_cell(plan, tmp_path, monkeypatch):
     """A cell that fails and a cell another process recorded first both count as worked off: the
     bar still ends at its total; its cell count says what is done (the failed cell is not)."""
-    import rnd.evaluation.runner as runner_mod
+    import rnd.evaluation.drive as runner_mod
     from rnd.evaluation.cells import cell_work
 
     monkeypatch.setattr(runner_mod, "tqdm", RecordingBar)

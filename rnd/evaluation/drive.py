@@ -1,119 +1,31 @@
-"""Running a sweep: plan (validate everything), open the store, hand pending cells to a runner.
+"""Driving a sweep: plan it (`plan_sweep`: expand the spec into cells and check everything before
+any database is opened), then `run_sweep`: open the store, register the cells, hand the pending
+ones to a runner (`rnd.evaluation.runners`) one claim at a time, and record each result as it
+comes back, with a progress bar counted in queries.
 
-A `Runner` only executes cells; the driver (`run_sweep`) owns the database and the progress bar,
-so every runner streams results into the same store the same way:
-
-    runner.run(cells, on_result, on_error)
-
-calls `on_result(CellResult)` as each cell finishes (in any order) and `on_error(cell, exc)` for a
-cell that raised after its retries. `cells` is a lazy iterable: taking a cell from it claims that
-cell in the database (so that concurrent sweeps share the work), so a runner takes the next cell
-only when it has room to start it, never the whole list up front. `InProcessRunner` is the
-default; a runner for a cluster (e.g. Ray: one task per cell running
-`rnd.evaluation.sweep.execute_cell`) implements the same method and registers under a name in
-`RUNNERS`.
+May import: every other module of the pipeline.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import time
 import traceback
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
 
-import torch
 from tqdm.auto import tqdm
 
-from rnd.errors import InputError, RndError, unknown_name
 from rnd.evaluation.cells import Cell, CellResult, cell_work
 from rnd.evaluation.checks import check_plan
-from rnd.evaluation.execute import execute_cell
 from rnd.evaluation.grid import expand
+from rnd.evaluation.runners import InProcessRunner, Runner
 from rnd.evaluation.spec import SweepConfig, quick_config
 from rnd.evaluation.store import ResultsStore, check_cells
 from rnd.progress import listening
 
 log = logging.getLogger(__name__)
-
-OnResult = Callable[[CellResult], None]
-OnError = Callable[[Cell, BaseException], None]
-
-
-class Runner(Protocol):
-    """Executes cells and reports each outcome through the callbacks (the driver stores them)."""
-
-    name: str
-
-    def run(self, cells: Iterable[Cell], on_result: OnResult, on_error: OnError) -> None: ...
-
-
-@contextmanager
-def torch_threads(n: int | None):
-    """Temporarily set torch's CPU threads (None: leave as is)."""
-    if n is None:
-        yield
-        return
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
-@dataclass
-class InProcessRunner:
-    """Runs cells one after another in this process (the default runner).
-
-    Args:
-        threads: torch CPU threads while running (None: keep the current setting).
-        stop_on_error: re-raise a cell's exception instead of reporting it and going on.
-    """
-
-    threads: int | None = None
-    stop_on_error: bool = False
-    name: str = "inprocess"
-
-    def run(self, cells: Iterable[Cell], on_result: OnResult, on_error: OnError) -> None:
-        with torch_threads(self.threads):
-            for cell in cells:
-                try:
-                    result = execute_cell(cell)
-                except (RndError, RuntimeError, ValueError) as exc:
-                    if self.stop_on_error:
-                        raise
-                    on_error(cell, exc)
-                    continue
-                on_result(result)
-
-
-def _ray_runner(**kwargs: Any) -> Runner:
-    try:
-        module = importlib.import_module("rnd.evaluation.ray_runner")
-    except ModuleNotFoundError as exc:
-        raise InputError(
-            "the Ray runner is not available: install the ray extra on a version of rnd that ships "
-            "rnd.evaluation.ray_runner, or use --runner inprocess"
-        ) from exc
-    return module.RayRunner(**kwargs)
-
-
-RUNNERS: dict[str, Callable[..., Runner]] = {
-    "inprocess": InProcessRunner,
-    "ray": _ray_runner,
-}
-
-
-def make_runner(name: str, **kwargs: Any) -> Runner:
-    """Build a registered runner by name ("inprocess", "ray")."""
-    if name not in RUNNERS:
-        raise unknown_name("runner", name, list(RUNNERS))
-    return RUNNERS[name](**kwargs)
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """The Ray runner: one Ray task per sweep cell, on a local Ray instance or on a cluster.
 
-Each task runs `rnd.evaluation.sweep.execute_cell` (a pure function of the cell, seeded from it) in
+Each task runs `rnd.evaluation.execute.execute_cell` (a pure function of the cell, seeded from it) in
 a Ray worker process with `threads_per_worker` torch threads, so a cell gives the same numbers as
 in the in-process runner. Results come back to the driver as they finish (`ray.wait`) and are
 handed to `on_result` there: the driver alone writes the results database, workers never touch it.
@@ -32,7 +32,7 @@ from typing import Any
 from rnd.errors import InputError, RndError
 from rnd.evaluation.cells import Cell, CellResult
 from rnd.evaluation.execute import execute_cell
-from rnd.evaluation.runner import OnError, OnResult
+from rnd.evaluation.runners.base import OnError, OnResult
 from rnd.extras import find_spec, install_hint
 
 log = logging.getLogger(__name__)
