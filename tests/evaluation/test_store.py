@@ -577,7 +577,7 @@ def test_recording_releases_the_claim(tmp_path):
 
 
 def test_heartbeat_keeps_claims_fresh_until_closed(tmp_path, monkeypatch):
-    import rnd.evaluation.store as store_module
+    import rnd.evaluation.store.claims as store_module
 
     monkeypatch.setattr(store_module, "HEARTBEAT_S", 0.05)
     db = tmp_path / "r.sqlite"
