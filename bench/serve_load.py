@@ -26,7 +26,7 @@ import torch
 
 from rnd.defenses import build_defense
 from rnd.models import load_checkpoint, read_meta
-from rnd.serving.codec import build_request
+from rnd.oip import build_request
 
 CHECKPOINT = Path("~/.cache/rnd/checkpoints/fashion-mnist-small-cnn").expanduser()
 SPEC = "rnd:nu=0.02"

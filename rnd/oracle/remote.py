@@ -6,11 +6,14 @@ queries, a query that would take an id past the budget raises `BudgetExceededErr
 nothing, and EOT answers are the mean (scores) or the vote (labels) of M answers. The server's own
 count travels back in `X-Quota-Remaining`; the oracle checks it against its own (a key used by one
 oracle only: another client on the same key would show as a mismatch).
+
+The wire format is `rnd.oip`'s. A refusal is read by its code (`rnd.oip.Code`), or, from a server
+that sends none, by its status and `Retry-After` (`rnd.oip.Refusal.kind`), and raised as
+`refusal_error` says.
 """
 
 from __future__ import annotations
 
-import json
 import math
 
 import httpx
@@ -19,11 +22,19 @@ import torch
 
 from rnd._checks import check_images, check_int
 from rnd.errors import BudgetExceededError, InputError, RndError
+from rnd.oip import (
+    HEADER_LENGTH,
+    QUOTA_HEADER,
+    Code,
+    Refusal,
+    bearer,
+    build_request,
+    infer_path,
+    model_path,
+    parse_response,
+)
 from rnd.oracle.ledger import Ledger
 from rnd.oracle.protocol import OUTPUTS, REFUSED, Output
-
-QUOTA_HEADER = "x-quota-remaining"
-HEADER_LENGTH = "inference-header-content-length"
 
 
 class RemoteOracle(Ledger):
@@ -40,9 +51,10 @@ class RemoteOracle(Ledger):
         check_quota: compare the server's remaining quota with this oracle's own count.
 
     `output`, `num_classes` and `input_shape` come from the model's metadata, and requests are kept
-    under the server's body cap when the metadata gives it. Refused rows (a stateful defense behind
-    the server: NaN scores or the label `REFUSED`) are recorded in `refusals` and `first_refusal`
-    as the local oracle does.
+    under the server's body cap when the metadata gives it. The last refusal the server sent is kept,
+    decoded, in `last_refusal` (its code, status, message and `Retry-After`). Refused rows (a
+    stateful defense behind the server: NaN scores or the label `REFUSED`) are recorded in
+    `refusals` and `first_refusal` as the local oracle does.
     """
 
     def __init__(
@@ -64,9 +76,10 @@ class RemoteOracle(Ledger):
         self.budget = budget
         self.model = model
         self.check_quota = check_quota
-        headers = {"authorization": f"Bearer {key}"} if key is not None else {}
+        self.last_refusal: Refusal | None = None
+        headers = bearer(key) if key is not None else {}
         self._client = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
-        meta = self._get(f"/v2/models/{model}")
+        meta = self._get(model_path(model))
         try:
             shape = meta["inputs"][0]["shape"]
             self.input_shape: tuple[int, ...] = tuple(int(s) for s in shape[1:])
@@ -128,29 +141,11 @@ class RemoteOracle(Ledger):
         return answers.view(n, m, -1).nanmean(1)
 
     def _infer(self, x: np.ndarray) -> torch.Tensor:
-        x = np.ascontiguousarray(x, dtype="<f4")
-        raw = x.tobytes()
-        doc = {
-            "inputs": [
-                {
-                    "name": "input",
-                    "shape": list(x.shape),
-                    "datatype": "FP32",
-                    "parameters": {"binary_data_size": len(raw)},
-                }
-            ],
-            "outputs": [{"name": "output", "parameters": {"binary_data": True}}],
-        }
-        header = json.dumps(doc).encode()
-        r = self._request(
-            "POST",
-            f"/v2/models/{self.model}/infer",
-            content=header + raw,
-            headers={"content-type": "application/octet-stream", HEADER_LENGTH: str(len(header))},
-        )
+        body, headers = build_request(x, binary=True)
+        r = self._request("POST", infer_path(self.model), content=body, headers=headers)
         self.requests += 1
         self._check_quota(r, x.shape[0])
-        out = _decode(r)
+        out = torch.from_numpy(parse_response(r.content, r.headers.get(HEADER_LENGTH)))
         if out.shape[0] != x.shape[0]:
             raise RndError(f"the server answered {out.shape[0]} rows for {x.shape[0]} images")
         return out
@@ -178,19 +173,8 @@ class RemoteOracle(Ledger):
             raise RndError(f"cannot reach {self._client.base_url}{path}: {exc}") from None
         if r.status_code < 400:
             return r
-        try:
-            reason = str(r.json().get("error", r.text))
-        except ValueError:
-            reason = r.text[:200]
-        where = f"{method} {path}: {r.status_code}"
-        if r.status_code == 429:
-            after = r.headers.get("retry-after")
-            if "rate" in reason.lower():
-                raise InputError(f"{where} rate limited ({reason}); retry after {after} s or query slower")
-            raise BudgetExceededError(f"{where} the server's quota refused the query: {reason}")
-        if 400 <= r.status_code < 500:
-            raise InputError(f"{where} {reason}")
-        raise RndError(f"{where} server error: {reason}")
+        self.last_refusal = Refusal.decode(r.status_code, r.content, r.headers)
+        raise refusal_error(self.last_refusal, f"{method} {path}: {r.status_code}")
 
     def close(self) -> None:
         self._client.close()
@@ -202,18 +186,17 @@ class RemoteOracle(Ledger):
         self.close()
 
 
-def _decode(r: httpx.Response) -> torch.Tensor:
-    body = r.content
-    n_header = r.headers.get(HEADER_LENGTH)
-    if n_header is None:
-        doc = r.json()
-        out = doc["outputs"][0]
-        dtype = np.int64 if out["datatype"] == "INT64" else np.float32
-        return torch.from_numpy(np.asarray(out["data"], dtype=dtype).reshape(out["shape"]))
-    n = int(n_header)
-    out = json.loads(body[:n])["outputs"][0]
-    dtype = np.dtype("<i8") if out["datatype"] == "INT64" else np.dtype("<f4")
-    shape = out["shape"]
-    if len(body) - n != math.prod(shape) * dtype.itemsize:
-        raise RndError("the server's binary answer is truncated")
-    return torch.from_numpy(np.frombuffer(body, dtype=dtype, offset=n).reshape(shape).copy())
+def refusal_error(refusal: Refusal, where: str) -> RndError:
+    """The exception for a refusal, by `refusal.kind` (its code, or its status and `Retry-After` from
+    a server that sends no code): quota -> `BudgetExceededError` (waiting will not lift it); rate ->
+    `InputError` naming the wait; any other 4xx -> `InputError`; the rest -> `RndError`."""
+    kind, reason = refusal.kind, refusal.message
+    read = "" if refusal.code is not None else " (the server sent no refusal code; read from Retry-After)"
+    if kind is Code.RATE:
+        wait = "later" if refusal.retry_after is None else f"after {refusal.retry_after:g} s"
+        return InputError(f"{where} rate limited ({reason}); retry {wait} or query slower{read}")
+    if kind is Code.QUOTA:
+        return BudgetExceededError(f"{where} the server's quota refused the query: {reason}{read}")
+    if 400 <= refusal.status < 500:
+        return InputError(f"{where} {reason}")
+    return RndError(f"{where} server error: {reason}")

@@ -1,5 +1,6 @@
-"""The inference server: a FastAPI app speaking the Open Inference Protocol (KServe v2) with the
-defense applied inside, per image, with the server's own generator.
+"""The inference server: a FastAPI app speaking the Open Inference Protocol (KServe v2, `rnd.oip`)
+with the defense applied inside, per image, with the server's own generator. Routes only: the wire
+format is `rnd.oip`, the key check, body cap and quota charge are `rnd.serving.guard`.
 
 Routes: `GET /v2/health/live`, `GET /v2/health/ready` (503 until the batcher runs),
 `GET /v2/models/{name}` (metadata), `POST /v2/models/{name}/infer` (JSON tensors or Triton's
@@ -8,9 +9,10 @@ setting (probabilities, top-k probabilities or labels), whatever the request ask
 
 Checks on an infer request, in order: the model name (404), readiness (503), the API key when the
 app has a key store (401), the body size from Content-Length and again while reading the stream,
-before anything is parsed (413), the request itself (400 / 422, `rnd.serving.codec`), then the
+before anything is parsed (413), the request itself (400 / 422, `rnd.oip.parse_infer`), then the
 charge of one query per image, atomically in the key store, before the request is answered (429
-with `Retry-After` when refused). Every answer to a known key carries `X-Quota-Remaining`. Keys are
+with `Retry-After` when refused). Every refusal body is `{"error": ..., "code": ...}` (`rnd.oip.Code`,
+also the refusal metric's label). Every answer to a known key carries `X-Quota-Remaining`. Keys are
 never logged.
 """
 
@@ -20,10 +22,9 @@ import asyncio
 import contextlib
 import functools
 import logging
-import math
 import time
 from collections.abc import AsyncIterator
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -33,43 +34,31 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from starlette.concurrency import run_in_threadpool
 from torch import nn
 
-from rnd._checks import check_int
+from rnd._checks import RANGE_TOL, check_int
 from rnd.errors import InputError, unknown_name
-from rnd.oracle import REFUSED, model_attr
-from rnd.serving.batching import Batcher
-from rnd.serving.codec import (
+from rnd.oip import (
     HEADER_LENGTH,
+    INFER_PATH,
     INPUT_NAME,
+    LIVE_PATH,
+    MODEL_PATH,
+    MODEL_READY_PATH,
     OUTPUT_NAME,
+    READY_PATH,
+    Code,
+    Refusal,
     RequestError,
     build_response,
     parse_infer,
 )
+from rnd.oracle import REFUSED, model_attr
+from rnd.serving.batching import Batcher
+from rnd.serving.guard import MAX_BODY_BYTES, Guard, Keys
 
 log = logging.getLogger(__name__)
 
 ServedOutput = Literal["probs", "topk", "labels"]
 SERVED_OUTPUTS = ("probs", "topk", "labels")
-#: TorchServe's default body cap (DESIGN section 7).
-MAX_BODY_BYTES = 6_553_500
-QUOTA_HEADER = "X-Quota-Remaining"
-#: Retry-After sent with a refusal that waiting will not lift (quota used up): a day.
-QUOTA_RETRY_AFTER_S = 86_400
-
-
-class Charge(Protocol):
-    ok: bool
-    remaining: int | None
-    retry_after: float | None
-    reason: str | None
-
-
-class Keys(Protocol):
-    """What the app needs from a key store (`rnd.serving.keys.KeyStore`)."""
-
-    def authorize(self, token: str) -> Any: ...
-
-    def charge(self, key_id: Any, images: int) -> Charge: ...
 
 
 class _Metrics:
@@ -134,7 +123,7 @@ def create_app(
     input_shape = tuple(int(s) for s in shape)  # type: ignore[union-attr]
     num_classes = int(classes)  # type: ignore[call-overload]
     metrics = _Metrics()
-    last_left: dict[Any, int] = {}  # per key id: remaining quota after this app's last charge
+    guard = Guard(keys, max_body_bytes)
     batcher = Batcher(defense, max_batch=max_batch, max_wait_ms=max_wait_ms, on_batch=metrics.batch.observe)
 
     @contextlib.asynccontextmanager
@@ -149,11 +138,11 @@ def create_app(
     app.state.batcher = batcher
     app.state.metrics = metrics
 
-    @app.get("/v2/health/live")
+    @app.get(LIVE_PATH)
     async def live() -> dict[str, bool]:
         return {"live": True}
 
-    @app.get("/v2/health/ready")
+    @app.get(READY_PATH)
     async def ready() -> Response:
         ok = batcher.running
         return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
@@ -176,16 +165,20 @@ def create_app(
         },
     }
 
-    @app.get("/v2/models/{model_name}")
+    def unknown_model(model_name: str) -> Refusal:
+        return Refusal.of(Code.UNKNOWN_MODEL, f"unknown model {model_name[:60]!r}; served: {name!r}")
+
+    @app.get(MODEL_PATH)
     async def model_metadata(model_name: str, request: Request) -> Response:
-        if model_name != name:
-            return JSONResponse({"error": f"unknown model {model_name[:60]!r}; served: {name!r}"}, 404)
+        if model_name != name:  # answered, not counted as a refusal
+            refusal = unknown_model(model_name)
+            return JSONResponse(refusal.body(), refusal.status)
         key_id, refused = await authorize(request)
         if refused is not None:
-            return refused
+            return refuse(refused)
         return JSONResponse(metadata, headers=await quota_headers(key_id))
 
-    @app.get("/v2/models/{model_name}/ready")
+    @app.get(MODEL_READY_PATH)
     async def model_ready(model_name: str) -> Response:
         ok = model_name == name and batcher.running
         return JSONResponse({"ready": ok}, status_code=200 if ok else (404 if model_name != name else 503))
@@ -194,92 +187,44 @@ def create_app(
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    def refuse(status: int, reason: str, why: str, headers: dict[str, str] | None = None) -> Response:
-        metrics.refusals.labels(why).inc()
-        return JSONResponse({"error": reason}, status_code=status, headers=headers)
+    def refuse(refusal: Refusal, headers: dict[str, str] | None = None) -> Response:
+        """The error answer `{"error", "code"}`, counted under its code."""
+        metrics.refusals.labels(str(refusal.code)).inc()
+        return JSONResponse(refusal.body(), refusal.status, headers={**refusal.headers(), **(headers or {})})
 
     async def quota_headers(key_id: Any) -> dict[str, str]:
-        """The remaining quota of a key without charging it (when the store can tell)."""
-        if key_id is None:
-            return {}
-        left = last_left.get(key_id)
-        peek = getattr(keys, "remaining", None)
-        if peek is not None:
-            # the header is informative: a failed peek falls back to the last charge's figure
-            with contextlib.suppress(Exception):
-                left = await run_in_threadpool(peek, key_id)
-        return {} if left is None else {QUOTA_HEADER: str(int(left))}
+        return {} if key_id is None else await run_in_threadpool(guard.quota_headers, key_id)
 
-    async def authorize(request: Request) -> tuple[Any, Response | None]:
-        """(key id, None), or (None, the 401 answer); (None, None) when the app has no keys."""
+    async def authorize(request: Request) -> tuple[Any, Refusal | None]:
         if keys is None:
             return None, None
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            return None, refuse(401, "missing API key: send 'Authorization: Bearer KEY'", "no_key")
-        key_id = await run_in_threadpool(keys.authorize, token.strip())
-        if key_id is None:
-            return None, refuse(401, "invalid or revoked API key", "bad_key")
-        return key_id, None
+        return await run_in_threadpool(guard.authorize, request.headers.get("authorization"))
 
     async def handle(model_name: str, request: Request) -> Response:
         if model_name != name:
-            return refuse(404, f"unknown model {model_name[:60]!r}; served: {name!r}", "unknown_model")
+            return refuse(unknown_model(model_name))
         if not batcher.running:
-            return refuse(503, "the model is not ready; retry shortly", "not_ready")
+            return refuse(Refusal.of(Code.NOT_READY, "the model is not ready; retry shortly"))
         key_id, refused = await authorize(request)
         if refused is not None:
-            return refused
-        length = request.headers.get("content-length")
-        if length is not None:
-            if not length.strip().isdigit():
-                return refuse(
-                    400, "Content-Length is not an integer", "bad_request", await quota_headers(key_id)
-                )
-            if int(length) > max_body_bytes:
-                return refuse(
-                    413,
-                    f"body of {int(length)} bytes is over the cap of {max_body_bytes}; send fewer images",
-                    "body_too_large",
-                    await quota_headers(key_id),
-                )
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > max_body_bytes:
-                return refuse(
-                    413,
-                    f"body over the cap of {max_body_bytes} bytes; send fewer images",
-                    "body_too_large",
-                    await quota_headers(key_id),
-                )
-            chunks.append(chunk)
-        body = b"".join(chunks)
+            return refuse(refused)
+        refused = guard.check_length(request.headers.get("content-length"))
+        body = await guard.read_body(request.stream()) if refused is None else refused
+        if isinstance(body, Refusal):
+            return refuse(body, await quota_headers(key_id))
         try:
             args = (body, request.headers.get(HEADER_LENGTH), input_shape)
+            parse = functools.partial(parse_infer, *args, range_tol=RANGE_TOL)
             # a large body is parsed off the event loop (JSON of many images takes milliseconds)
-            req = await run_in_threadpool(parse_infer, *args) if len(body) > 65_536 else parse_infer(*args)
+            req = await run_in_threadpool(parse) if len(body) > 65_536 else parse()
         except RequestError as exc:
-            why = "bad_request" if exc.status == 400 else "invalid_input"
-            return refuse(exc.status, exc.reason, why, await quota_headers(key_id))
+            return refuse(Refusal.of(exc.code, exc.reason), await quota_headers(key_id))
         n = req.images.shape[0]
         headers: dict[str, str] = {}
         if keys is not None:
-            charge = await run_in_threadpool(keys.charge, key_id, n)
-            if charge.remaining is not None:
-                last_left[key_id] = int(charge.remaining)
-                headers[QUOTA_HEADER] = str(int(charge.remaining))
-            if not charge.ok:
-                why = _reason_label(charge.reason or "quota")
-                if why == "revoked":
-                    return refuse(401, "invalid or revoked API key", "bad_key")
-                after = charge.retry_after if charge.retry_after is not None else QUOTA_RETRY_AFTER_S
-                headers["Retry-After"] = str(max(1, math.ceil(after)))
-                if why == "rate":
-                    reason = f"rate limit: {n} images refused; retry after {headers['Retry-After']} s"
-                else:
-                    reason = f"quota exhausted: {n} images asked, {charge.remaining} left on this key"
-                return refuse(429, reason, why, headers)
+            headers, refused = await run_in_threadpool(guard.charge, key_id, n)
+            if refused is not None:
+                return refuse(refused, headers)
         logits = await asyncio.wrap_future(batcher.submit(torch.from_numpy(req.images.copy())))
         values = _outputs(logits, output, k)
         build = functools.partial(build_response, name, values, binary=req.binary_output, request_id=req.id)
@@ -289,26 +234,17 @@ def create_app(
         metrics.images.inc(n)
         return Response(body_out, headers={**out_headers, **headers})
 
-    @app.post("/v2/models/{model_name}/infer")
+    @app.post(INFER_PATH)
     async def infer(model_name: str, request: Request) -> Response:
         start = time.perf_counter()
         try:
             response = await handle(model_name, request)
         except Exception:
             log.exception("infer request failed")
-            response = JSONResponse({"error": "internal error"}, status_code=500)
+            internal = Refusal.of(Code.INTERNAL, "internal error")
+            response = JSONResponse(internal.body(), status_code=internal.status)
         metrics.requests.labels(str(response.status_code)).inc()
         metrics.latency.observe(time.perf_counter() - start)
         return response
 
     return app
-
-
-def _reason_label(reason: str) -> str:
-    """A bounded metric label for a key store's refusal reason."""
-    low = reason.lower()
-    if "rate" in low:
-        return "rate"
-    if "revoked" in low:
-        return "revoked"
-    return "quota"

@@ -24,7 +24,8 @@ from torch import nn
 
 from rnd.defenses import build_defense
 from rnd.models import build_model, save_checkpoint
-from rnd.serving.app import QUOTA_RETRY_AFTER_S, create_app
+from rnd.oip import QUOTA_RETRY_AFTER_S
+from rnd.serving.app import create_app
 from rnd.serving.keys import KeyStore
 from tests.serving.test_quota_http import start_server
 from tests.serving.test_server import INFER, Served, binary_request, decode, images, json_body

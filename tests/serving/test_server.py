@@ -569,7 +569,7 @@ def test_remote_oracle_keeps_requests_under_the_body_cap(model: nn.Module) -> No
 def test_refused_rows_are_null_in_json_answers(model: nn.Module) -> None:
     """A detector's refused row comes back as JSON nulls (strict JSON, no NaN literal), and the
     client-side parser reads them as NaN again."""
-    from rnd.serving.codec import parse_response
+    from rnd.oip import parse_response
 
     x = images(1)
     with serve(model, "blacklight") as s:
