@@ -66,6 +66,22 @@ def test_malformed_config_names_the_key(ckpt, text_change, key):
     assert str(info.value).startswith(f"{key}:") or f"{key}." in str(info.value), str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("text_change", "key"),
+    [
+        (lambda t: t.replace("eps = 0.1", "esp = 0.1"), "attacks[0].esp"),  # not "attacks[0].eps: missing"
+        (lambda t: t.replace('checkpoint = "', 'chekpoint = "'), "models[0].chekpoint"),
+        (lambda t: t.replace("images = 4", "images = -1\nimagez = 3"), "data.imagez"),
+        (lambda t: t.replace('name = "t"', "name = 3\ncolour = 1"), "colour"),
+    ],
+)
+def test_an_unknown_key_is_reported_before_the_errors_it_may_explain(ckpt, text_change, key):
+    """A misspelt key also leaves its right spelling missing: the one line names the misspelling."""
+    with pytest.raises(ConfigError) as info:
+        parse_config(text_change(make(ckpt)))
+    assert str(info.value).startswith(f"{key}: unknown key; allowed here: "), str(info.value)
+
+
 def test_missing_sections_and_bad_toml(ckpt, tmp_path):
     with pytest.raises(ConfigError, match="models"):
         parse_config('[[attacks]]\nname = "nes"\neps = 0.1\n')
