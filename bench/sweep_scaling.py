@@ -17,7 +17,6 @@ ratios measured in one run, and check the load (`uptime`) printed at the top.
 from __future__ import annotations
 
 import argparse
-import math
 import multiprocessing as mp
 import os
 import tempfile
@@ -59,17 +58,9 @@ def _plan(text: str) -> Any:
 
 def _snapshot(db: Path) -> dict[str, Any]:
     """What the sweep measured (summaries and per-image rows), without wall times."""
-    from rnd.evaluation.store import VOLATILE_SUFFIXES, ResultsStore
+    from rnd.evaluation.store import comparable_content
 
-    def clean(v: Any) -> Any:
-        return None if isinstance(v, float) and math.isnan(v) else v
-
-    with ResultsStore(db, readonly=True) as store:
-        cells = {
-            r["key"]: {k: clean(v) for k, v in r.items() if not k.endswith(VOLATILE_SUFFIXES)}
-            for r in store.results()
-        }
-        return {"cells": cells, "rows": store.image_rows()}
+    return comparable_content(db)
 
 
 def _inprocess_child(text: str, threads: int, db: str) -> tuple[float, dict[str, Any]]:

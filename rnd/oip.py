@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from rnd.errors import RndError
+from rnd.errors import InputError, RndError
 
 # -- paths and headers -------------------------------------------------------------------------------
 LIVE_PATH = "/v2/health/live"
@@ -442,3 +442,23 @@ def parse_response(body: bytes, header_length: str | None) -> np.ndarray:
     if size != len(body) - n_header or size != math.prod(shape) * dtype.itemsize:
         raise ResponseError("the server's binary answer is truncated or its sizes disagree")
     return np.frombuffer(view[n_header:], dtype=dtype).reshape(shape).copy()
+
+
+def served_model(url: str, model_name: str | None = None, name_option: str = "") -> tuple[str, str]:
+    """(base URL, model name) from `BASE/v2/models/NAME`, or from `BASE` and `model_name` (given
+    as `name_option` on a command line)."""
+    if not url.startswith(("http://", "https://")):
+        raise InputError(f"the endpoint URL must start with http:// or https://, got {url!r}")
+    base, sep, name = url.rstrip("/").partition("/v2/models/")
+    if sep and name and "/" not in name:
+        if model_name is not None and model_name != name:
+            raise InputError(
+                f"the URL names model {name!r} and {name_option or 'the model name'} {model_name!r}; give one"
+            )
+        return base, name
+    if model_name is None:
+        raise InputError(
+            "give the served model: a URL BASE/v2/models/NAME"
+            + (f" or {name_option} NAME" if name_option else "")
+        )
+    return base, model_name

@@ -175,10 +175,10 @@ def test_the_rivals_and_throughput_tables_render_their_records():
     rows = ext.sweep_rows(ext.load_record("rivals"))
     worst = ext.worst_case_table(rows)
     body = [[e.astext() for e in row.children] for row in worst.findall(lambda n: n.tagname == "row")][1:]
-    assert len(body) == len({(r["model"], r["defense"]) for r in rows})
+    assert len(body) == len({(r.cell.model, r.cell.defense) for r in rows})
     for model, defense, _, rate, _, runs in body:
-        mine = [r for r in rows if (r["model"], r["defense"]) == (model, defense)]
-        assert rate == ext.num(min(r["failure_rate_clean"] for r in mine)) and runs == str(len(mine))
+        mine = [r for r in rows if (r.cell.model, r.cell.defense) == (model, defense)]
+        assert rate == ext.num(min(r.summary.failure_rate_clean for r in mine)) and runs == str(len(mine))
     cells = ext.rivals_table(rows)
     for row in list(cells.findall(lambda n: n.tagname == "row"))[1:]:
         text = [e.astext() for e in row.children]

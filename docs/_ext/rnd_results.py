@@ -26,6 +26,10 @@ from docutils import nodes
 from docutils.parsers.rst import directives
 from sphinx.util.docutils import SphinxDirective
 
+from rnd.defenses import DEFENSES, DefenseSpec
+from rnd.evaluation.cells import CellRecord
+from rnd.evaluation.store import ResultsStore
+
 DOCS = Path(__file__).resolve().parent.parent
 RECORDS = DOCS / "results" / "records"
 ROOT = DOCS.parent
@@ -181,33 +185,24 @@ def grid_table(report: dict[str, Any]) -> nodes.table:
 # -- sweeps (a results store) ----------------------------------------------------------------------
 
 
-def sweep_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
-    from rnd.evaluation.store import ResultsStore
-
+def sweep_rows(record: dict[str, Any]) -> list[CellRecord]:
     with ResultsStore(source(record, "store"), readonly=True) as store:
-        return store.results()
+        return store.records()
 
 
-def _variant(r: dict[str, Any]) -> str:
+def _variant(r: CellRecord) -> str:
     """An attack setting in words: name, norm, M, and the parameters it was given."""
-    parts = [r["attack"], r["norm"]]
-    if r["eot"] > 1:
-        parts.append(f"M={r['eot']}")
-    given = r.get("params") or {}
-    if isinstance(given, str):  # the store keeps the cell's own parameters as JSON text
-        given = json.loads(given)
-    parts += [f"{k}={v}" for k, v in sorted(given.items())]
-    return " ".join(parts)
+    c = r.cell
+    parts = [c.attack, c.norm] + ([f"M={c.eot}"] if c.eot > 1 else [])
+    return " ".join(parts + [f"{k}={v}" for k, v in sorted(c.attack_params.items())])
 
 
 def stateful(spec: str) -> bool:
     """Whether the defense of a spec keeps state between queries (only those detect)."""
-    from rnd.defenses import DEFENSES, DefenseSpec
-
     return DEFENSES[DefenseSpec.parse(spec).name].stateful
 
 
-def rivals_table(rows: list[dict[str, Any]]) -> nodes.table:
+def rivals_table(rows: list[CellRecord]) -> nodes.table:
     head = [
         "model",
         "defense",
@@ -221,36 +216,37 @@ def rivals_table(rows: list[dict[str, Any]]) -> nodes.table:
     ]
     body = [
         [
-            r["model"],
-            r["defense"],
-            num(r["clean_accuracy"], 2),
+            r.cell.model,
+            r.cell.defense,
+            num(r.summary.clean_accuracy, 2),
             _variant(r),
-            num(r["failure_rate"]),
-            num(r["failure_rate_vote"]),
-            num(r["failure_rate_clean"]),
-            num(r["mean_queries"]),
-            num(r.get("detection_rate")) if stateful(r["defense"]) else "-",
+            num(r.summary.failure_rate),
+            num(r.summary.failure_rate_vote),
+            num(r.summary.failure_rate_clean),
+            num(r.summary.mean_queries),
+            num(r.summary.detection_rate) if stateful(r.cell.defense) else "-",
         ]
-        for r in sorted(rows, key=lambda r: (r["model"] != "standard", r["defense"], _variant(r)))
+        for r in sorted(rows, key=lambda r: (r.cell.model != "standard", r.cell.defense, _variant(r)))
     ]
     return table(head, body)
 
 
-def worst_case_table(rows: list[dict[str, Any]]) -> nodes.table:
+def worst_case_table(rows: list[CellRecord]) -> nodes.table:
     """Per (model, defense): the lowest clean-judged failure over every attack run against it."""
-    best: dict[tuple[str, str], dict[str, Any]] = {}
+    best: dict[tuple[str, str], CellRecord] = {}
     for r in rows:
-        clean = r["failure_rate_clean"]
+        clean = r.summary.failure_rate_clean
         if clean is None or math.isnan(clean):
             continue
-        k = (r["model"], r["defense"])
-        if k not in best or clean < best[k]["failure_rate_clean"]:
+        k = (r.cell.model, r.cell.defense)
+        if k not in best or clean < best[k].summary.failure_rate_clean:
             best[k] = r
     head = ["model", "defense", "clean acc %", "worst case, clean", "by", "attacks run"]
-    count = Counter((r["model"], r["defense"]) for r in rows)
+    count = Counter((r.cell.model, r.cell.defense) for r in rows)
     body = [
-        [m, d, num(r["clean_accuracy"], 2), num(r["failure_rate_clean"]), _variant(r), str(count[(m, d)])]
-        for (m, d), r in sorted(best.items(), key=lambda kv: -kv[1]["failure_rate_clean"])
+        [m, d, num(s.clean_accuracy, 2), num(s.failure_rate_clean), _variant(r), str(count[(m, d)])]
+        for (m, d), r in sorted(best.items(), key=lambda kv: -kv[1].summary.failure_rate_clean)
+        for s in [r.summary]
     ]
     return table(head, body)
 

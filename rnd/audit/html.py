@@ -1,5 +1,5 @@
 """The audit's `report.html`: one self-contained page (figures embedded as PNG data URIs, inline
-CSS, no script, no request leaves the machine) drawn from the report dict of `rnd.evaluation.audit`.
+CSS, no script, no request leaves the machine) drawn from the report dict of `rnd.audit.verdict.build_report`.
 
 Sections: the verdict per threat model (worst case over attacks, by vote, with its 95 % interval
 and cell key), the clean accuracy against the defense's strength (the calibration), failure rate
@@ -16,7 +16,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-from rnd.evaluation.report import Heatmap, plot_heatmap
+from matplotlib.figure import Figure
+
+from rnd.report.plots import Heatmap, plot_heatmap
+from rnd.report.tables import render_table
 
 CSS = """
 body { font: 15px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -43,22 +46,10 @@ def _key(k: str | None) -> str:
     return "" if not k else f"<code title='{html.escape(k)}'>{html.escape(k[:12])}</code>"
 
 
-def _png(fig: Any) -> str:
-    import matplotlib.pyplot as plt
-
+def _png(fig: Figure) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def curve_figure(report: dict[str, Any], threat: str) -> str | None:
@@ -67,8 +58,8 @@ def curve_figure(report: dict[str, Any], threat: str) -> str | None:
     entry = report["cells"].get(defense, {}).get(threat)
     if not entry:
         return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(9, 4.4))
+    fig = Figure(figsize=(9, 4.4))
+    ax = fig.subplots()
     for a in entry["attacks"]:
         q = [p[0] for p in a["curve"]]
         ax.plot(q, [p[1] for p in a["curve"]], "-", marker=".", label=a["attack"])
@@ -91,8 +82,8 @@ def accuracy_figure(report: dict[str, Any]) -> str | None:
     cal = report.get("calibration")
     if not cal or not cal.get("tried"):
         return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    fig = Figure(figsize=(5.5, 3.6))
+    ax = fig.subplots()
     pts = [(0.0, cal["clean_accuracy"])] + [(t["value"], t["accuracy"]) for t in cal["tried"]]
     ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-")
     ax.axhline(cal["clean_accuracy"] - cal["max_drop"], color="red", ls=":", lw=0.9, label="budget")
@@ -166,21 +157,27 @@ def render(report: dict[str, Any]) -> str:
         "interval. Headline: the worst case over every attack run, judged by a vote of fresh answers of the "
         "defended model (what the deployment answers). Beside it: judged by the attacker's own "
         "observation, and by the clean model.</p>",
-        "<table class='verdict'><tr><th>threat model</th><th>worst case (vote)</th><th>by</th><th>cell</th>"
-        "<th>worst observed</th><th>worst clean</th><th>undefended worst</th><th>attacks run</th></tr>",
     ]
+    rows = []
     for threat, v in report["verdict"].items():
         w = v["worst"] or {}
-        parts.append(
-            f"<tr><td>{e(threat)}</td><td class='big n'>{_rate(v['worst'])}</td>"
-            f"<td>{e(w.get('attack', ''))}</td>"
-            f"<td>{_key(w.get('cell_key'))}</td><td class='n'>{_rate(v['worst_observed'])}</td>"
-            f"<td class='n'>{_rate(v['worst_clean'])}</td><td class='n'>{_rate(v['undefended_worst'])}</td>"
-            f"<td class='n'>{v['attacks']}"
-            + (f" ({v['attacks_pending']} pending)" if v["attacks_pending"] else "")
-            + "</td></tr>"
+        pending = f" ({v['attacks_pending']} pending)" if v["attacks_pending"] else ""
+        rows.append(
+            [
+                e(threat),
+                _rate(v["worst"]),
+                e(w.get("attack", "")),
+                _key(w.get("cell_key")),
+                _rate(v["worst_observed"]),
+                _rate(v["worst_clean"]),
+                _rate(v["undefended_worst"]),
+                f"{v['attacks']}{pending}",
+            ]
         )
-    parts.append("</table>")
+    head = ["threat model", "worst case (vote)", "by", "cell", "worst observed", "worst clean"]
+    head += ["undefended worst", "attacks run"]
+    classes = ["", "big n", "", "", "n", "n", "n", "n"]
+    parts.append(render_table(head, rows, "html", classes=classes, table_class="verdict"))
     fig = accuracy_figure(report)
     if fig:
         parts += [
@@ -208,16 +205,20 @@ def render(report: dict[str, Any]) -> str:
         for threat, entry in by_threat.items():
             parts += [
                 f"<h3>{e(threat)}-based, against {e(defense)}</h3>",
-                "<table><tr><th>attack</th><th>vote</th><th>observed</th><th>clean</th><th>mean queries</th>"
-                "<th>cell</th></tr>",
             ]
-            for a in entry["attacks"]:
-                parts.append(
-                    f"<tr><td>{e(a['attack'])}</td><td class='n'>{_rate(a['vote'])}</td>"
-                    f"<td class='n'>{_rate(a['observed'])}</td><td class='n'>{_rate(a['clean'])}</td>"
-                    f"<td class='n'>{_pct(a['mean_queries'], 0)}</td><td>{_key(a['cell_key'])}</td></tr>"
-                )
-            parts.append("</table>")
+            rows = [
+                [
+                    e(a["attack"]),
+                    _rate(a["vote"]),
+                    _rate(a["observed"]),
+                    _rate(a["clean"]),
+                    _pct(a["mean_queries"], 0),
+                    _key(a["cell_key"]),
+                ]
+                for a in entry["attacks"]
+            ]
+            head = ["attack", "vote", "observed", "clean", "mean queries", "cell"]
+            parts.append(render_table(head, rows, "html", classes=["", "n", "n", "n", "n", ""]))
     parts.append(
         f"<p class='note'>Every number comes from the results store {e(report['db'])}: a cell key names its "
         "row in <code>cells</code>, its images in <code>image_results</code>. Schema "

@@ -39,13 +39,21 @@ from rnd.cli.checks import (
 )
 from rnd.cli.models import given_meta, load_spec
 from rnd.data import DATASETS, load_dataset
-from rnd.defenses import rnd_nu
+from rnd.defenses import DEFENSES, DefenseSpec, build_defense, canonical_defense, legacy_defense, rnd_nu
 from rnd.errors import ConfigError, InputError, unknown_name
+from rnd.evaluation.cells import check_target, fixed_target
+from rnd.evaluation.checks import check_remote
 from rnd.evaluation.config import bound_text
-from rnd.evaluation.execute import AttackEvaluation, table_columns
-from rnd.evaluation.tables import format_table
+from rnd.evaluation.execute import AttackEvaluation, execute_cell
+from rnd.evaluation.grid import expand
+from rnd.evaluation.spec import AttackSpec, DataSpec, ModelSpec, RemoteTarget, SweepConfig
+from rnd.extras import import_extra
 from rnd.models import read_meta
+from rnd.models.predict import correctly_classified
 from rnd.models.source import model_label
+from rnd.oip import served_model
+from rnd.report.tables import format_table, table_columns
+from rnd.training import load_or_train_default
 
 #: Constructor arguments set by the CLI's own options, never through --param.
 COMMON_KEYS = ("eps", "norm", "mu", "loss", "targeted", "eot", "mu_nu_ratio", "seed", "progress")
@@ -196,8 +204,6 @@ def build_attacks(
 def defense_specs(defenses: tuple[str, ...], nus: tuple[float, ...]) -> list[str]:
     """Canonical spec texts from --defense and --nu (a shorthand for rnd:nu=...), in the order given;
     none and rnd:nu=0.02 when neither is given."""
-    from rnd.defenses import DEFENSES, canonical_defense, legacy_defense
-
     for nu in nus:
         if not (nu >= 0 and math.isfinite(nu)):
             raise InputError(f"--nu must be >= 0 (0 = undefended) and finite, got {nu}")
@@ -211,8 +217,6 @@ def defense_specs(defenses: tuple[str, ...], nus: tuple[float, ...]) -> list[str
 
 def parse_target(target: str | None, targeted: bool, num_classes: int | None) -> str | None:
     """Validate --target: a rule name or a class index in [0, num_classes) (None: not known yet)."""
-    from rnd.evaluation.cells import check_target
-
     if target is not None and not targeted:
         raise InputError("--target needs --targeted")
     if not targeted:
@@ -402,14 +406,6 @@ def attack(
     checkpoint, a TorchScript file with its metadata beside it, or package.module:factory with
     --weights; --input-shape / --num-classes give metadata the model does not carry.
     """
-    from rnd.defenses import build_defense
-    from rnd.evaluation.cells import fixed_target
-    from rnd.evaluation.execute import execute_cell
-    from rnd.evaluation.grid import expand
-    from rnd.evaluation.spec import DataSpec, ModelSpec, SweepConfig
-    from rnd.models.predict import correctly_classified
-    from rnd.training import load_or_train_default
-
     # validate everything before loading or training anything
     for value, name, low, high in (
         (budget, "budget", 1, MAX_BUDGET),
@@ -444,8 +440,6 @@ def attack(
         progress=progress,
     )
     if assume_defense is not None:  # what a remote attacker is told, checked before any work
-        from rnd.defenses import DefenseSpec
-
         common["assume"] = dict(DefenseSpec.parse(assume_defense).params)
     per_attack = parse_params(params, names)
     objs = build_attacks(names, per_attack, common)
@@ -633,8 +627,6 @@ def attack_specs(
 ) -> tuple[Any, ...]:
     """One `AttackSpec` per attack of the command line: its own `--param`s, and the shared extras
     (loss, mu_nu_ratio) where the attack takes them, so the cells are those a sweep config makes."""
-    from rnd.evaluation.spec import AttackSpec
-
     return tuple(
         AttackSpec(
             name=n,
@@ -672,13 +664,6 @@ def remote_attack(
     """`rnd attack --url`: the cells of a `[target]` sweep (one per attack), checked against the
     endpoint before any query and run by the same executor; success observed and by a vote of fresh
     answers; the clean model is not visible from outside (its column says -)."""
-    from rnd.defenses import canonical_defense
-    from rnd.evaluation.checks import check_remote
-    from rnd.evaluation.execute import execute_cell
-    from rnd.evaluation.grid import expand
-    from rnd.evaluation.spec import DataSpec, RemoteTarget, SweepConfig, served_model
-    from rnd.extras import import_extra
-
     RemoteOracle = import_extra("rnd.oracle.remote", "rnd attack --url").RemoteOracle
     base, name = served_model(url, model_name, name_option="--model-name")
     with RemoteOracle(base, name, key) as probe:  # the endpoint's metadata; no query is sent

@@ -1,5 +1,5 @@
 """`rnd audit`: one command that tells a model owner how robust their deployment is (see
-`rnd.evaluation.audit` for what it runs and how it judges)."""
+`rnd.audit` for what it runs and how it judges)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,19 @@ from typing import Any
 
 import click
 
+from rnd.audit.html import write_html
+from rnd.audit.plan import AuditRequest, plan_audit
+from rnd.audit.run import current_report, estimate_audit, run_audit
+from rnd.audit.suite import AuditSize
+from rnd.audit.verdict import write_json
 from rnd.cli.app import main, progress_option
 from rnd.cli.checks import MAX_IMAGES, check_writable_dir, count, make_cli_runner, runner_options, seed_option
 from rnd.cli.models import data_options, given_meta, model_source_options, stored_spec
+from rnd.errors import InputError
 from rnd.evaluation.spec import MAX_BUDGET
+from rnd.evaluation.store import ResultsStore, check_database, check_location
+from rnd.models.source import model_kind
+from rnd.training import load_or_train_default
 
 
 @main.command()
@@ -93,19 +102,6 @@ def audit(
     MODEL is an rnd checkpoint [default: the Fashion-MNIST CNN, trained if missing], a TorchScript
     file (with a model.json sidecar or --input-shape / --num-classes) or package.module:factory
     (with --weights); --url audits a served endpoint instead."""
-    from rnd.errors import InputError
-    from rnd.evaluation.audit import (
-        AuditRequest,
-        AuditSize,
-        current_report,
-        estimate_audit,
-        plan_audit,
-        run_audit,
-        write_json,
-    )
-    from rnd.evaluation.audit_html import write_html
-    from rnd.evaluation.store import ResultsStore, check_database, check_location
-
     t0 = time.perf_counter()
     if url is not None and model is not None:
         raise InputError("give MODEL or --url, not both")
@@ -129,9 +125,6 @@ def audit(
         )
     checkpoint = None
     if url is None:
-        from rnd.models.source import model_kind
-        from rnd.training import load_or_train_default
-
         if model is None or model_kind(model) == "checkpoint":
             _, path = load_or_train_default(model, progress)  # a named checkpoint must exist
             checkpoint = str(path)

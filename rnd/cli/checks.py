@@ -15,6 +15,7 @@ import click
 
 from rnd._checks import check_writable_file, existing_ancestor
 from rnd.errors import InputError
+from rnd.evaluation.runners import RUNNERS, make_runner
 from rnd.evaluation.spec import MAX_BUDGET, MAX_COUNT, MAX_IMAGES, MAX_SEED
 from rnd.models import checkpoint_paths
 from rnd.models.compat import check_model_data
@@ -111,8 +112,6 @@ def allow_mismatch_option(f: Any) -> Any:
 
 def runner_options(f: Any) -> Any:
     """--runner inprocess|ray, and --workers / --ray-address for Ray (`rnd sweep`, `rnd audit`)."""
-    from rnd.evaluation.runners import RUNNERS
-
     f = click.option(
         "--ray-address",
         default=None,
@@ -137,8 +136,6 @@ def runner_options(f: Any) -> Any:
 def make_cli_runner(runner_name: str, workers: int | None, ray_address: str | None, remote: bool) -> Any:
     """The runner the options name; Ray options without --runner ray, or Ray for an endpoint's
     cells (`remote`: the API key stays in this process), are refused in one line."""
-    from rnd.evaluation.runners import make_runner
-
     if runner_name != "ray" and (workers is not None or ray_address is not None):
         raise InputError("--workers and --ray-address apply to --runner ray only")
     if runner_name == "ray" and remote:

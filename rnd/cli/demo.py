@@ -12,8 +12,7 @@ import click
 from rnd.cli.app import json_option, main, progress_option
 from rnd.cli.checks import MAX_BUDGET, MAX_IMAGES, FiniteFloat, allow_mismatch_option, count, seed_option
 from rnd.evaluation.demo import run_demo, run_imagenet_demo
-from rnd.evaluation.execute import table_columns
-from rnd.evaluation.tables import format_table
+from rnd.report.tables import format_table, table_columns
 
 
 @main.command()

@@ -17,6 +17,8 @@ from torch import nn
 
 from rnd.data import DATASETS
 from rnd.errors import InputError
+from rnd.models import load_model
+from rnd.models.source import check_meta, model_kind
 
 
 def model_source_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -63,8 +65,6 @@ def data_options(f: Callable[..., Any]) -> Callable[..., Any]:
 def given_meta(input_shape: str | None, num_classes: int | None) -> dict[str, Any]:
     """The metadata --input-shape and --num-classes give (checked by `rnd.models.source.check_meta`),
     as JSON-ready values; {} when neither is given."""
-    from rnd.models.source import check_meta
-
     meta: dict[str, Any] = {}
     if input_shape is not None:
         try:
@@ -79,8 +79,6 @@ def given_meta(input_shape: str | None, num_classes: int | None) -> dict[str, An
 def stored_spec(spec: str) -> str:
     """A model spec as cells and server settings keep it: a file's path with ~ expanded, a
     `module:factory` as given."""
-    from rnd.models.source import model_kind
-
     return spec if model_kind(spec) == "factory" else str(Path(spec).expanduser())
 
 
@@ -101,8 +99,6 @@ class LoadedModel:
 
 def load_spec(spec: str, weights: Path | None, meta: dict[str, Any]) -> LoadedModel:
     """Load `spec` (`rnd.models.load_model`) with its --weights and given metadata."""
-    from rnd.models import load_model
-
     model, info = load_model(spec, weights, meta=meta)
     return LoadedModel(
         model=model,

@@ -14,6 +14,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from rnd.audit.calibration import (
+    DEFAULT_GRIDS,
+    Calibration,
+    DefenseCalibration,
+    DropMeasure,
+    ParamDrop,
+    calibrate_defense,
+    calibrate_nu,
+)
 from rnd.cli.app import json_option, main, progress_option
 from rnd.cli.checks import MAX_COUNT, MAX_IMAGES, FiniteFloat, check_writable_file, count, seed_option
 from rnd.cli.models import data_options, given_meta, load_spec, model_source_options
@@ -21,22 +30,10 @@ from rnd.data import load_dataset
 from rnd.data.base import ImageDataset
 from rnd.defenses import DefenseSpec
 from rnd.errors import InputError
-from rnd.evaluation.noise_accuracy import (
-    DEFAULT_GRIDS,
-    RND,
-    Calibration,
-    DefenseCalibration,
-    DropMeasure,
-    ParamDrop,
-    calibrate_defense,
-    calibrate_nu,
-    compare_models,
-    defense_spec,
-    plot_accuracy_vs_nu,
-    with_value,
-)
+from rnd.evaluation.strength import RND, compare_models, defense_spec, with_value
 from rnd.models import checkpoint_paths, load_checkpoint
 from rnd.models.compat import check_model_data
+from rnd.report.plots import plot_accuracy_vs_nu
 
 
 def _held_out(

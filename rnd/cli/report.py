@@ -10,8 +10,8 @@ import click
 from rnd.cli.app import main
 from rnd.cli.checks import check_writable_dir
 from rnd.errors import InputError
-from rnd.evaluation.report import write_report
 from rnd.evaluation.store import check_database
+from rnd.report.markdown import write_report
 
 #: The way out of every bad DB argument (`rnd report` has no --db option: DB is its argument).
 DB_HINT = "give `rnd report` the path of a results database written by `rnd sweep`"

@@ -25,6 +25,8 @@ from rnd.device import default_device, resolve_device
 from rnd.extras import require
 from rnd.models import checkpoint_paths
 from rnd.models.source import model_kind, model_label
+from rnd.serving.factory import ENV, build_app
+from rnd.serving.ray_engine import serve_forever
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +130,6 @@ def serve(
     require("serve", "rnd serve")
     import uvicorn
 
-    from rnd.serving.factory import ENV, build_app
-
     model_name = name or _model_name(checkpoint)
     settings = {
         "checkpoint": stored_spec(checkpoint),
@@ -162,8 +162,6 @@ def serve(
         err=True,
     )
     if engine == "ray":
-        from rnd.serving.ray_engine import serve_forever
-
         del app
         threads = ctx.find_root().params.get("threads")
         serve_forever(settings, replicas=replicas, host=host, port=port, address=ray_address, threads=threads)

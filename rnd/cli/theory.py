@@ -21,7 +21,18 @@ from rnd.cli.checks import (
     count,
     seed_option,
 )
+from rnd.data import load_fashion_mnist
 from rnd.errors import InputError
+from rnd.evaluation import correctly_classified
+from rnd.models import load_checkpoint
+from rnd.theory import bounds as b
+from rnd.theory.convergence import convergence_experiment
+from rnd.theory.functions import make_function
+from rnd.theory.objective import MarginObjective
+from rnd.theory.plots import plot_bounds, plot_convergence, plot_signflip
+from rnd.theory.signflip import estimate_l0, sign_flip_probability
+from rnd.theory.smoothing import smoothing_check
+from rnd.training import default_checkpoint_path
 
 
 def _floats(ctx: click.Context, param: click.Parameter, value: str | None) -> list[float] | None:
@@ -77,11 +88,6 @@ def theory() -> None:
 
 
 def _load_model_and_images(checkpoint: Path | None, n_images: int) -> tuple[torch.nn.Module, Any, Any, str]:
-    from rnd.data import load_fashion_mnist
-    from rnd.evaluation import correctly_classified
-    from rnd.models import load_checkpoint
-    from rnd.training import default_checkpoint_path
-
     path = checkpoint or default_checkpoint_path()
     model, meta = load_checkpoint(path)
     if meta.dataset != "fashion-mnist":
@@ -156,8 +162,6 @@ def signflip(
     progress: bool,
 ) -> None:
     """Theorem 3: P(sign h_mu != sign h_nu) by Monte Carlo beside 2 L0 nu sqrt(d) / abs(h_mu) (eq. 16)."""
-    from rnd.theory.signflip import sign_flip_probability
-
     if not (grid[2].is_integer() and 1 <= grid[2] <= 1000):
         raise InputError(f"--grid STEPS must be an integer in [1, 1000], got {grid[2]:g}")
     steps = int(grid[2])
@@ -189,8 +193,6 @@ def signflip(
         "cells": result.rows(),
     }
     if out is not None:
-        from rnd.theory.plots import plot_signflip
-
         _write_json(out / "signflip.json", payload)
         plot_signflip(result, out / "signflip.png")
     if as_json:
@@ -267,8 +269,6 @@ def bounds(
     as_json: bool,
 ) -> None:
     """Evaluate Theorem 1 (+ eq. 12, Remark 1), Theorem 2 (eq. 14) and Theorem 3 (eq. 16)."""
-    from rnd.theory import bounds as b
-
     mu, nu = b.check_mu_nu(mu, nu)
     b.check_m(m)
     if plot is not None:
@@ -294,8 +294,6 @@ def bounds(
     if h_mu is not None:
         out["theorem3_bound"] = b.theorem3_bound(l0, nu, dim, h_mu)
     if plot is not None:
-        from rnd.theory.plots import plot_bounds
-
         plot_bounds(l0, l1, dim, radius, iters, mu, step, plot)
     if as_json:
         click.echo(json.dumps(out, indent=2))
@@ -369,9 +367,6 @@ def convergence(
     as_json: bool,
 ) -> None:
     """Theorems 1-2: ZO attack (eq. 11 with eq. 10/13) on an analytic function over nu/mu x M."""
-    from rnd.theory.convergence import convergence_experiment
-    from rnd.theory.functions import make_function
-
     if out is not None:
         check_writable_dir(out, "--out")
     fn = make_function(fname, dim, seed=seed)
@@ -392,8 +387,6 @@ def convergence(
         "cells": result.rows(),
     }
     if out is not None:
-        from rnd.theory.plots import plot_convergence
-
         _write_json(out / f"convergence-{fname}.json", {**payload, "curves": result.curves.tolist()})
         plot_convergence(result, out / f"convergence-{fname}.png")
     if as_json:
@@ -447,13 +440,8 @@ def smoothing(
     as_json: bool,
 ) -> None:
     """Gaussian smoothing (eq. 9) by Monte Carlo: abs(f_nu - f) against nu L0 sqrt(d)."""
-    from rnd.theory.smoothing import smoothing_check
-
     g = torch.Generator().manual_seed(seed)
     if fname == "model":
-        from rnd.theory.objective import MarginObjective
-        from rnd.theory.signflip import estimate_l0
-
         model, x, y, where = _load_model_and_images(checkpoint, n_images)
         objective = MarginObjective(model, y)
         l0_all = estimate_l0(objective, x, [], nus, points=l0_points, generator=g)
@@ -466,8 +454,6 @@ def smoothing(
             f"{where}, {x.shape[0]} images; L0 = local max gradient norm on x + tau nu v ({l0_points} points)"
         )
     else:
-        from rnd.theory.functions import make_function
-
         fn = make_function(fname, dim, seed=seed)
         pts = fn.x0[None] + 0.5 * torch.randn(n_images, dim, generator=g)
         radius = float((pts - fn.x0).norm(dim=1).max()) + 6 * max(nus) * math.sqrt(dim)

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
 import torch
+from PIL import Image
 
 from rnd.data.base import ImageDataset
 from rnd.errors import DataError, DataNotFoundError, InputError
-
-if TYPE_CHECKING:
-    from PIL import Image
 
 Fit = Literal["resize", "crop"]
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".webp")
@@ -22,8 +20,6 @@ EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".webp")
 def fit_image(im: Image.Image, size: tuple[int, int], fit: Fit = "resize") -> Image.Image:
     """`im` at (height, width) `size`: "resize" stretches it (bilinear); "crop" keeps the aspect
     ratio, resizing (bicubic) so that it covers `size` and cutting the centre out."""
-    from PIL import Image
-
     h, w = size
     if fit == "resize":
         return im.resize((w, h), Image.BILINEAR)
@@ -55,10 +51,6 @@ def load_image_folder(
         classes: the data set's class names, by label, when `class_index` is given (default: none,
             so the class count is the largest label + 1).
     """
-    try:
-        from PIL import Image
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise InputError("image folders need Pillow: pip install pillow") from exc
     if mode not in ("RGB", "L"):
         raise InputError(f"mode must be 'RGB' (3 channels) or 'L' (1 channel), got {mode!r}")
     if fit not in ("resize", "crop"):

@@ -19,10 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from rnd.data.base import ImageDataset
 from rnd.data.imagefolder import fit_image, load_image_folder
-from rnd.errors import DataError, DataNotFoundError, InputError
+from rnd.errors import DataError, DataNotFoundError
 from rnd.extras import find_spec, install_hint
 
 SIZE = (224, 224)
@@ -59,10 +60,6 @@ def samples_folder() -> Path:
 def load_imagenet_samples(root: str | Path | None = None) -> ImageDataset:
     """foolbox's 20 labelled ImageNet samples (or those in `root`), 224 x 224 RGB, labels from
     the file names `imagenet_<NN>_<label>.jpg`, in file-name order."""
-    try:
-        from PIL import Image
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise InputError(f"the ImageNet samples need Pillow: {HINT}") from exc
     folder = Path(root) if root is not None else samples_folder()
     files = sorted(p for p in folder.glob("imagenet_*") if _SAMPLE.match(p.name)) if folder.is_dir() else []
     if not files:

@@ -5,7 +5,7 @@ Query-Based Adversarial Attacks" (ICLR 2024). Noise of a fixed, absolute standar
 added to the features at chosen hidden layers on every query (nothing is clipped: features have no
 valid range); the authors' code offers the outputs of every stage ("hidden_feature") or the final
 features before the classifier head, and the paper sets the scale for a fixed clean-accuracy drop
-(1 or 2 points). Calibrate `sigma` with `rnd.evaluation.noise_accuracy.calibrate_defense`.
+(1 or 2 points). Calibrate `sigma` with `rnd.audit.calibration.calibrate_defense`.
 
 The noise enters through forward hooks on the wrapped model's submodules. They stay registered
 while the defense lives (removed when it is garbage collected) and add noise only inside this

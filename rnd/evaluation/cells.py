@@ -200,6 +200,23 @@ class CellResult:
     queries_sent: int = 0  # endpoint cells: queries charged to the key by this run (0: local)
 
 
+@dataclass(frozen=True)
+class CellRecord:
+    """A finished cell as the results store keeps it, the one type every reader gets: the cell
+    (its local paths as recorded), its summary, the data-set indices it attacked, the attack's full
+    parameters, the rnd version that ran it and its wall time, and its per-image rows where the
+    reader asked for them (`ResultsStore.records(rows=True)`)."""
+
+    key: str
+    cell: Cell
+    summary: CellSummary
+    indices: tuple[int, ...]
+    attack_params: dict[str, Any]
+    rnd_version: str
+    seconds: float
+    rows: tuple[ImageRow, ...] | None = None
+
+
 def summarize_rows(
     rows: list[ImageRow],
     clean_accuracy: float,

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rnd import __version__
+from rnd._version import __version__
 from rnd.attacks import make_attack
 from rnd.attacks.base import AttackResult, QueryAttack
 from rnd.defenses import Defense
@@ -204,27 +204,3 @@ def evaluate_attack(
     return ev, result
 
 
-TABLE_COLUMNS = [
-    ("attack", "attack"),
-    ("norm", "norm"),
-    ("defense", "defense"),
-    ("clean_accuracy", "clean acc %"),
-    ("images", "images"),
-    ("failure_rate", "fail % (observed)"),
-    ("failure_rate_vote", "fail % (vote)"),
-    ("failure_rate_clean", "fail % (clean)"),
-    ("mean_queries", "mean q"),
-    ("median_queries", "median q"),
-    ("median_distance", "median dist"),
-]
-
-
-def table_columns(rows: list[AttackEvaluation]) -> list[tuple[str, str]]:
-    """TABLE_COLUMNS, without the distance column when no row has one (score attacks only), and
-    with the detection column when some row was refused (a stateful defense)."""
-    cols = TABLE_COLUMNS
-    if all(math.isnan(r.median_distance) for r in rows):
-        cols = [c for c in cols if c[0] != "median_distance"]
-    if any(r.detection_rate > 0 for r in rows):
-        cols = [*cols, ("detection_rate", "detected %")]
-    return cols

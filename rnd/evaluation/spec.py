@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, get_args
 
-from rnd.errors import InputError
+from rnd.oip import served_model
 from rnd.oracle import Output
 
 OUTPUTS: tuple[str, ...] = get_args(Output)
@@ -100,26 +100,6 @@ class RemoteTarget:
     @property
     def model(self) -> str:
         return served_model(self.url)[1]
-
-
-def served_model(url: str, model_name: str | None = None, name_option: str = "") -> tuple[str, str]:
-    """(base URL, model name) from `BASE/v2/models/NAME`, or from `BASE` and `model_name` (given
-    as `name_option` on a command line)."""
-    if not url.startswith(("http://", "https://")):
-        raise InputError(f"the endpoint URL must start with http:// or https://, got {url!r}")
-    base, sep, name = url.rstrip("/").partition("/v2/models/")
-    if sep and name and "/" not in name:
-        if model_name is not None and model_name != name:
-            raise InputError(
-                f"the URL names model {name!r} and {name_option or 'the model name'} {model_name!r}; give one"
-            )
-        return base, name
-    if model_name is None:
-        raise InputError(
-            "give the served model: a URL BASE/v2/models/NAME"
-            + (f" or {name_option} NAME" if name_option else "")
-        )
-    return base, model_name
 
 
 @dataclass(frozen=True)

@@ -37,10 +37,10 @@ from rnd.evaluation.cells import (
     derive_seed,
     fixed_target,
 )
-from rnd.evaluation.spec import served_model
 from rnd.extras import import_extra
 from rnd.models import ModelInfo, load_model
 from rnd.models.predict import accuracy, correctly_classified, predict
+from rnd.oip import served_model
 from rnd.oracle import Oracle, QueryOracle
 
 

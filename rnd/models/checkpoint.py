@@ -22,6 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from rnd._version import __version__
 from rnd.device import default_device
 from rnd.errors import CheckpointError, RndError
 from rnd.models.registry import build_from_arguments
@@ -106,8 +107,6 @@ def save_checkpoint(
     parent: dict[str, Any] | None = None,
 ) -> CheckpointMeta:
     """Save a model built by `rnd.models.build_model` to `path` (.safetensors + .json)."""
-    from rnd import __version__
-
     arch = getattr(model, "arch_name", None)
     kwargs = getattr(model, "arch_kwargs", None)
     if arch is None or kwargs is None:

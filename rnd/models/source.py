@@ -61,7 +61,13 @@ from torch import nn
 
 from rnd.device import default_device, prefer_channels_last, resolve_device
 from rnd.errors import InputError
-from rnd.models.checkpoint import _state_mismatch, load_checkpoint, read_meta, sha256_file
+from rnd.models.checkpoint import (
+    _state_mismatch,
+    check_checkpoint_files,
+    load_checkpoint,
+    read_meta,
+    sha256_file,
+)
 
 ModelKind = Literal["checkpoint", "torchscript", "factory"]
 TORCHSCRIPT_SUFFIXES = (".pt", ".ts", ".torchscript")
@@ -138,7 +144,6 @@ def model_sha256(spec: str | Path, weights: str | Path | None = None) -> str:
         meta = read_meta(spec)
         if meta.sha256:
             return meta.sha256
-        from rnd.models.checkpoint import check_checkpoint_files
 
         return sha256_file(check_checkpoint_files(spec)[0])
     if kind == "torchscript":

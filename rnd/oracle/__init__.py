@@ -4,6 +4,7 @@ needs the `serve` extra and is imported only when asked for)."""
 
 from typing import Any
 
+from rnd.extras import import_extra
 from rnd.oracle.local import Oracle, model_attr
 from rnd.oracle.protocol import OUTPUTS, REFUSED, Output, QueryOracle
 
@@ -13,7 +14,5 @@ __all__ = ["OUTPUTS", "REFUSED", "Oracle", "Output", "QueryOracle", "RemoteOracl
 def __getattr__(name: str) -> Any:
     """`rnd.oracle.RemoteOracle` on first use (PEP 562): httpx is an optional extra."""
     if name == "RemoteOracle":
-        from rnd.extras import import_extra
-
         return import_extra("rnd.oracle.remote").RemoteOracle
     raise AttributeError(f"module 'rnd.oracle' has no attribute {name!r}")

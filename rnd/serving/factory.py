@@ -11,6 +11,10 @@ import json
 import os
 from typing import Any
 
+from rnd.defenses import build_defense
+from rnd.models import load_model
+from rnd.serving.keys import KeyStore
+
 ENV = "RND_SERVE_SETTINGS"
 
 
@@ -26,8 +30,6 @@ def build_app(settings: dict[str, Any], pid: int | None = None) -> Any:
     """The FastAPI app for `settings` (checkpoint: any `rnd.models.load_model` spec, with weights
     and model_meta; defense, seed, name, output, k, keys, max_batch, max_wait_ms, max_body_bytes,
     device)."""
-    from rnd.defenses import build_defense
-    from rnd.models import load_model
     from rnd.serving.app import create_app
 
     model, _ = load_model(
@@ -42,8 +44,6 @@ def build_app(settings: dict[str, Any], pid: int | None = None) -> Any:
     defended = build_defense(settings["defense"], model, seed=seed)
     keys = None
     if settings.get("keys"):
-        from rnd.serving.keys import KeyStore
-
         keys = KeyStore(settings["keys"])
     return create_app(
         model,

@@ -139,14 +139,14 @@ def test_sweep_with_model_entries(folder, tmp_path):
     assert result.exit_code == 0, result.output
     assert "6 cells, 0 already done, 6 run now, 0 failed" in result.output
     with ResultsStore(db, readonly=True) as store:
-        rows = store.results()
-    by = {(r["model"], r["nu"]): r for r in rows}
+        rows = store.records()
+    by = {(r.cell.model, r.cell.nu): r for r in rows}
     for nu in (0.0, 0.02):
-        ref = by["ck", nu]
+        ref = by["ck", nu].summary
         for label in ("ts", "fa"):
             for field in ("failure_rate", "failure_rate_clean", "failure_rate_vote", "clean_accuracy"):
-                assert by[label, nu][field] == ref[field], (label, nu, field)
-    assert by["fa", 0.0]["checkpoint"] == f"{MODULE}:make"  # the spec text, a local field
+                assert getattr(by[label, nu].summary, field) == getattr(ref, field), (label, nu, field)
+    assert by["fa", 0.0].cell.checkpoint == f"{MODULE}:make"  # the spec text, a local field
 
 
 def test_cells_identify_the_model_by_sha_and_catch_a_changed_file(folder, tmp_path):

@@ -100,7 +100,7 @@ def test_a_bad_fixed_parameter_is_refused_before_measuring(checkpoint, monkeypat
     def refuse(*_a, **_k):
         raise AssertionError("measured before the spec was checked")
 
-    monkeypatch.setattr("rnd.evaluation.noise_accuracy.measure_defense_drop", refuse)
+    monkeypatch.setattr("rnd.audit.calibration.measure_defense_drop", refuse)
     result = run("calibrate", checkpoint, "--defense", "feature-noise:layers=stage9", *FAST)
     assert (
         result.exit_code == 2

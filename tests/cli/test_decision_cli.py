@@ -117,13 +117,13 @@ def test_sweep_stores_distances_and_report_plots_them(tiny_model, tmp_path):
     assert res.exit_code == 0, res.output
     assert "4 cells, 0 already done, 4 run now, 0 failed" in res.output
     with ResultsStore(db, readonly=True) as store:
-        results = store.results()
-        rows = store.image_rows()
-    assert {r["output"] for r in results} == {"labels"}  # chosen for the label-only attack
+        results = store.records(rows=True)
+        rows = [row for r in results for row in r.rows]
+    assert {r.cell.output for r in results} == {"labels"}  # chosen for the label-only attack
     for r in results:
-        assert r["distance_curve"] and r["distance_curve"][-1][0] == 120
-        assert r["median_distance"] == r["distance_curve"][-1][1]
-    assert len(rows) == 12 and all(row[8] is not None and row[8] > 0 for row in rows)
+        assert r.summary.distance_curve and r.summary.distance_curve[-1][0] == 120
+        assert r.summary.median_distance == r.summary.distance_curve[-1][1]
+    assert len(rows) == 12 and all(row.distance is not None and row.distance > 0 for row in rows)
     out = tmp_path / "rep"
     rep = runner.invoke(main, ["report", str(db), "--out", str(out)])
     assert rep.exit_code == 0, rep.output

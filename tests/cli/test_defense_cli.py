@@ -72,15 +72,14 @@ def test_attack_and_sweep_make_the_same_cells_and_numbers(checkpoint, tmp_path):
     out = CliRunner().invoke(main, ["sweep", str(cfg), "--db", str(db), "--no-progress"])
     assert out.exit_code == 0, out.output
     with ResultsStore(db, readonly=True) as store:
-        stored = {r["key"]: r for r in store.results()}
-        per_image = {k: [row for row in store.image_rows(k)] for k in stored}
+        stored = {r.key: r for r in store.records(rows=True)}
     assert set(stored) == set(cli)  # the same cell keys
     for key, row in cli.items():
-        assert stored[key]["failure_rate"] == row["failure_rate"]
-        assert stored[key]["failure_rate_clean"] == row["failure_rate_clean"]
-        assert stored[key]["clean_accuracy"] == row["clean_accuracy"]
-        assert [r[5] for r in per_image[key]] == row["queries"]
-        assert [bool(r[4]) for r in per_image[key]] == row["success"]
+        assert stored[key].summary.failure_rate == row["failure_rate"]
+        assert stored[key].summary.failure_rate_clean == row["failure_rate_clean"]
+        assert stored[key].summary.clean_accuracy == row["clean_accuracy"]
+        assert [r.queries for r in stored[key].rows] == row["queries"]
+        assert [r.success for r in stored[key].rows] == row["success"]
 
 
 def test_targeted_cells_run_in_sweeps(checkpoint, tmp_path):
@@ -90,17 +89,17 @@ def test_targeted_cells_run_in_sweeps(checkpoint, tmp_path):
     out = CliRunner().invoke(main, ["sweep", str(cfg), "--db", str(db), "--no-progress"])
     assert out.exit_code == 0, out.output
     with ResultsStore(db, readonly=True) as store:
-        results = store.results()
-        rows = store.image_rows()
-    assert {r["target"] for r in results} == {"next"}
-    assert all(r[10] == (r[3] + 1) % 10 for r in rows)  # target column: (label + 1) mod 10
+        results = store.records(rows=True)
+        rows = [row for r in results for row in r.rows]
+    assert {r.cell.target for r in results} == {"next"}
+    assert rows and all(r.target == (r.label + 1) % 10 for r in rows)  # target: (label + 1) mod 10
     res = attack(
         checkpoint, "--json", "--attack", "square", "--nu", "0", "--nu", "0.05", "--images", "4",
         "--budget", "40", "--targeted", "--target", "next",
     )  # fmt: skip
     assert res.exit_code == 0, res.output
     keys = {r["cell_key"] for r in json.loads(res.output)["rows"]}
-    assert keys == {r["key"] for r in results}
+    assert keys == {r.key for r in results}
 
 
 @pytest.mark.parametrize(

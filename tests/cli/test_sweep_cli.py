@@ -112,7 +112,7 @@ def test_sweep_then_rerun_then_report(folder, tmp_path):
         assert im.format == "PNG" and im.size[0] > 600
     # the heatmap table in the report holds the stored failure rates (rows mu, columns nu)
     with ResultsStore(db, readonly=True) as store:
-        rates = {(r["mu"], r["nu"]): r["failure_rate"] for r in store.results()}
+        rates = {(r.cell.mu, r.cell.nu): r.summary.failure_rate for r in store.records()}
     line = next(ln for ln in text.splitlines() if ln.startswith("| 0.005 |"))
     assert line == "| 0.005 | " + " | ".join(f"{rates[(0.005, nu)]:.0f}" for nu in (0.0, 0.02, 0.05)) + " |"
     assert "## Main table" in text and "## All cells" in text

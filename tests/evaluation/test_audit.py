@@ -9,16 +9,11 @@ import math
 import pytest
 import torch
 
+from rnd.audit.plan import grid_strength, strength_value
+from rnd.audit.suite import AuditSize, strength_of, suite
+from rnd.audit.verdict import SCHEMA, query_curve
 from rnd.errors import InputError
-from rnd.evaluation.audit import (
-    SCHEMA,
-    AuditSize,
-    grid_strength,
-    query_curve,
-    strength_of,
-    strength_value,
-    suite,
-)
+from rnd.evaluation.cells import ImageRow
 from rnd.stats import rate_interval, wilson
 
 
@@ -70,8 +65,9 @@ def test_intervals_and_curves():
     assert (round(lo, 1), round(hi, 1)) == (10.8, 60.3)
     assert rate_interval(30.0, 10) == (lo, hi)
     assert all(math.isnan(v) for v in rate_interval(math.nan, 10))
-    # rows: (cell_key, position, index, label, success, queries, ...)
-    rows = [("k", 0, 0, 0, 1, 10), ("k", 1, 1, 0, 1, 300), ("k", 2, 2, 0, 0, 1000), ("k", 3, 3, 0, 1, 1)]
+    # (success, queries) per image: fooled after 10, 300 and 1 queries; one never fooled
+    seen = [(True, 10), (True, 300), (False, 1000), (True, 1)]
+    rows = [ImageRow(i, i, 0, ok, q, ok, ok) for i, (ok, q) in enumerate(seen)]
     curve = dict(query_curve(rows, 1000))
     assert curve[10] == 50.0 and curve[300] == 25.0 and curve[1000] == 25.0
     assert AuditSize().quick() == AuditSize(20, 1000, 2000, 10)
@@ -139,8 +135,8 @@ def test_a_calibration_key_names_the_model_the_images_and_the_budget():
     """Any change to what a calibration measures gives a new key: the model's weights, one pixel
     or label of the images it uses, the defense, the budget, the seed; images beyond those it uses
     do not."""
+    from rnd.audit.calibration import calibration_key, calibration_request
     from rnd.data.base import ImageDataset
-    from rnd.evaluation.audit import calibration_key, calibration_request
 
     gen = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (30, 1, 4, 4), dtype=torch.uint8, generator=gen)

@@ -5,18 +5,17 @@ import dataclasses
 import pytest
 import torch
 
-from rnd.defenses import build_defense
-from rnd.errors import InputError, UnknownNameError
-from rnd.evaluation import accuracy
-from rnd.evaluation.noise_accuracy import (
+from rnd.audit.calibration import (
     DEFAULT_GRIDS,
-    accuracy_vs_nu,
-    accuracy_vs_param,
     calibrate_defense,
     calibrate_nu,
     measure_defense_drop,
     measure_drop,
 )
+from rnd.defenses import build_defense
+from rnd.errors import InputError, UnknownNameError
+from rnd.evaluation import accuracy
+from rnd.evaluation.strength import accuracy_vs_nu, accuracy_vs_param
 
 IDX = torch.arange(300)
 SIGMAS = (0.05, 0.5, 5.0, 50.0)
@@ -131,6 +130,6 @@ def test_bad_calibration_requests_fail_before_measuring(
     def refuse(*_a, **_k):
         raise AssertionError("measured before the request was checked")
 
-    monkeypatch.setattr("rnd.evaluation.noise_accuracy.measure_defense_drop", refuse)
+    monkeypatch.setattr("rnd.audit.calibration.measure_defense_drop", refuse)
     with pytest.raises(error, match=words):
         calibrate_defense(tiny_model, fmnist_test, defense, param, 1.0, indices=IDX, **kwargs)

@@ -4,15 +4,11 @@ import pytest
 import torch
 from PIL import Image
 
+from rnd.audit.calibration import calibrate_nu, measure_drop
 from rnd.errors import InputError
 from rnd.evaluation import accuracy
-from rnd.evaluation.noise_accuracy import (
-    accuracy_vs_nu,
-    calibrate_nu,
-    compare_models,
-    measure_drop,
-    plot_accuracy_vs_nu,
-)
+from rnd.evaluation.strength import accuracy_vs_nu, compare_models
+from rnd.report.plots import plot_accuracy_vs_nu
 from rnd.stats import t_quantile
 
 IDX = torch.arange(500)

@@ -12,7 +12,7 @@ import os
 import socket
 import sys
 import uuid
-from dataclasses import replace
+from dataclasses import asdict, astuple, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from rnd.evaluation.config import parse_config
 from rnd.evaluation.drive import SweepPlan, plan_sweep, run_sweep
 from rnd.evaluation.execute import execute_cell
 from rnd.evaluation.runners import InProcessRunner, make_runner
-from rnd.evaluation.store import VOLATILE_SUFFIXES, ResultsStore
+from rnd.evaluation.store import ResultsStore
 from rnd.models import save_checkpoint
 
 try:
@@ -109,10 +109,13 @@ def snapshot(db: Path) -> dict[str, Any]:
     Leaves out only wall times and timestamps."""
     with ResultsStore(db, readonly=True) as store:
         cells = {
-            r["key"]: {k: _clean(v) for k, v in r.items() if not k.endswith(VOLATILE_SUFFIXES)}
-            for r in store.results()
+            r.key: {k: _clean(v) for k, v in asdict(replace(r, seconds=0.0)).items()}
+            | {"summary": {k: _clean(v) for k, v in asdict(r.summary).items()}}
+            for r in store.records(rows=True)
         }
-        return {"status": store.status_counts(), "cells": cells, "rows": store.image_rows()}
+        records = sorted(store.records(rows=True), key=lambda r: r.key)
+        rows = [(r.key, *astuple(row)) for r in records for row in r.rows or ()]
+        return {"status": store.status_counts(), "cells": cells, "rows": rows}
 
 
 def attempt_counter(root: Path, fail_first: dict[str, str] | None = None):
@@ -265,7 +268,9 @@ def test_bad_arguments_and_missing_ray(monkeypatch):
 def test_an_audit_on_ray_writes_the_in_process_report(ray_session, config_path, tmp_path):
     """`run_audit(..., runner=RayRunner)`: the label-only suite's cells run on Ray, each once, and
     the report is the in-process run's (1 torch thread in both, as in a Ray worker)."""
-    from rnd.evaluation.audit import AuditRequest, AuditSize, plan_audit, run_audit
+    from rnd.audit.plan import AuditRequest, plan_audit
+    from rnd.audit.run import run_audit
+    from rnd.audit.suite import AuditSize
     from rnd.evaluation.runners import torch_threads
 
     req = AuditRequest(

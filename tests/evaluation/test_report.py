@@ -8,9 +8,12 @@ import math
 import pytest
 
 from rnd.defenses import legacy_defense
-from rnd.evaluation.cells import Cell, CellResult, ImageRow, summarize_rows
-from rnd.evaluation.report import heatmaps, write_report
+from rnd.evaluation.cells import Cell, CellRecord, CellResult, ImageRow, summarize_rows
 from rnd.evaluation.store import ResultsStore
+from rnd.report.labels import variant
+from rnd.report.markdown import write_report
+from rnd.report.plots import heatmaps
+from rnd.report.points import points
 
 
 def stored(store: ResultsStore, fails: int, *, mu, nu, eot=1, seed=0, acc=90.0) -> None:
@@ -87,11 +90,9 @@ def test_report_figures_and_numbers(db, tmp_path):
 
 def test_no_heatmap_without_two_axes(db):
     with ResultsStore(db, readonly=True) as store:
-        from rnd.evaluation.report import average_seeds
-
-        points = [p for p in average_seeds(store.results()) if p["nu"] == 0.0]
-    assert heatmaps(points) == []
-    assert all(not math.isnan(p["failure_rate"]) for p in points)
+        pts = [p for p in points(store.records()) if p.nu == 0.0]
+    assert heatmaps(pts) == []
+    assert all(not math.isnan(p.failure_rate) for p in pts)
 
 
 def test_empty_database_report(tmp_path):
@@ -177,8 +178,10 @@ def test_main_table_has_a_row_per_defense_and_a_column_per_attack_variant(tmp_pa
 
 def test_a_column_names_mu_only_when_the_cell_set_it():
     """SignHunter records its probe as eps; at its own default the column says no mu."""
-    from rnd.evaluation.report import _variant
-
-    r = {"attack": "signhunter", "norm": "linf", "eps": 0.1, "eot": 1, "mu": 0.1, "params": "{}"}
-    assert _variant({**r, "mu_given": False}, 1.0) == "signhunter linf eps=0.1"
-    assert _variant({**r, "mu_given": True}, 1.0) == "signhunter linf eps=0.1 mu=0.1"
+    rows = [ImageRow(0, 0, 0, True, 5, True, True)]
+    for mu, label in ((None, "signhunter linf eps=0.1"), (0.1, "signhunter linf eps=0.1 mu=0.1")):
+        c = Cell("std", "/m", "cd" * 32, "fashion-mnist", "test", 1, 0, "signhunter", "linf", 0.1, mu, 1, 100, "none", 0)  # noqa: E501
+        rec = CellRecord(c.key, c, summarize_rows(rows, 90.0, 90.0), (0,), {"mu": 0.1}, "0.1.0", 0.0)
+        (p,) = points([rec])
+        assert p.mu == 0.1 and p.mu_given == (mu is not None)
+        assert variant(p, 1.0) == label

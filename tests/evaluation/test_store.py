@@ -3,6 +3,7 @@ no duplicates, and recovery after a writer is killed in the middle of a transact
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -69,13 +70,37 @@ def test_roundtrip_and_summary(tmp_path):
         store.register_sweep("s", "text", [c], quick=False)
         assert store.status_counts() == {"pending": 1}
         assert store.record(result(c))
-        (r,) = store.results()
-        assert r["nu"] == 0.02 and r["attack"] == "nes" and r["checkpoint_sha256"] == "ab" * 32
-        assert r["failure_rate"] == pytest.approx(100 / 3) and r["failure_rate_vote"] == pytest.approx(
-            200 / 3
-        )
-        assert r["mean_queries"] == 41.0 and r["indices"] == [10, 11, 12] and r["rnd_version"] == "0.1.0"
+        (r,) = store.records()
+        assert r.cell.nu == 0.02 and r.cell.attack == "nes" and r.cell.checkpoint_sha256 == "ab" * 32
+        assert r.summary.failure_rate == pytest.approx(
+            100 / 3
+        ) and r.summary.failure_rate_vote == pytest.approx(200 / 3)
+        assert r.summary.mean_queries == 41.0 and r.indices == (10, 11, 12) and r.rnd_version == "0.1.0"
         assert len(store.image_rows(c.key)) == 3
+
+
+def test_a_record_reads_back_as_the_result_written(tmp_path):
+    """The typed record is what was written: the cell (key and every field but the machine-local
+    ones), the summary field by field (NaN where undefined), the attack's parameters and each
+    image row, for a label-only targeted cell with refusals and an unmeasured clean judgement."""
+    c = Cell.from_dict({**cell().to_dict(), "attack": "hsja", "target": "next", "data_root": "/x"})
+    rows = [
+        ImageRow(0, 10, 1, True, 40, None, True, 0.25, 7, 2),
+        ImageRow(1, 11, 2, False, 100, None, False, math.inf, None, 3),
+    ]
+    written = CellResult(c.key, c, rows, summarize_rows(rows, 90.0, math.nan, [(10, math.inf), (100, 0.25)]))
+    written.attack_params = {"gamma": 1.0, "steps": [1, 2]}
+    with ResultsStore(tmp_path / "r.sqlite") as store:
+        store.register_sweep("s", "text", [c], quick=False)
+        assert store.record(written)
+        (rec,) = store.records(rows=True)
+        assert rec.key == c.key and rec.cell == replace(c, data_root=None)  # local paths are not kept
+        assert rec.rows == tuple(rows) and store.image_rows(c.key) == rows
+        for f in dataclasses.fields(written.summary):
+            got, want = getattr(rec.summary, f.name), getattr(written.summary, f.name)
+            assert got == want or (got != got and want != want), f.name  # NaN == NaN here
+        assert rec.attack_params == {"gamma": 1.0, "steps": [1, 2]} and rec.indices == (10, 11)
+        assert store.records(keys=["nope"]) == [] and store.records()[0].rows is None
 
 
 def test_record_twice_writes_nothing(tmp_path):
@@ -85,7 +110,7 @@ def test_record_twice_writes_nothing(tmp_path):
         store.register_sweep("s", "text", [c], quick=False)  # idempotent
         assert store.record(result(c)) is True
         assert store.record(result(c)) is False
-        assert len(store.image_rows()) == 3 and len(store.results()) == 1
+        assert len(image_rows_in(tmp_path / "r.sqlite")) == 3 and len(store.records()) == 1
         assert len(store.sweeps()) == 1
 
 
@@ -98,7 +123,7 @@ def test_failed_write_leaves_no_partial_rows(tmp_path):
         store.register_sweep("s", "text", [c], quick=False)
         with pytest.raises(sqlite3.IntegrityError):
             store.record(bad)
-        assert store.image_rows() == [] and store.results() == []
+        assert image_rows_in(tmp_path / "r.sqlite") == [] and store.records() == []
         assert store.status_counts() == {"pending": 1}
         assert store.record(result(c))  # and the cell can still be recorded afterwards
 
@@ -172,13 +197,30 @@ def test_writer_killed_mid_transaction_leaves_last_commit(tmp_path):
     assert (tmp_path / "r.sqlite-journal").exists()  # a hot journal: the case being tested
     assert check_database(db)
     with ResultsStore(db, readonly=True) as store:
-        assert store.image_rows() == [] and store.status_counts() == {"pending": 1}
+        assert image_rows_in(db) == [] and store.status_counts() == {"pending": 1}
     with ResultsStore(db) as store:
         assert store.record(result(c))
-        assert len(store.image_rows()) == 3
+        assert len(image_rows_in(db)) == 3
 
 
 # -- creation that survives SIGKILL and concurrent starts ---------------------------------------------
+
+
+def image_rows_in(db: Path) -> list[tuple]:
+    """Every image_results row as SQLite holds it (the store's own columns), in (cell, position) order."""
+    con = sqlite3.connect(db)
+    try:
+        return con.execute("SELECT * FROM image_results ORDER BY cell_key, position").fetchall()
+    finally:
+        con.close()
+
+
+def finished_at(db: Path) -> list[str]:
+    con = sqlite3.connect(db)
+    try:
+        return [r[0] for r in con.execute("SELECT finished_at FROM cell_summaries")]
+    finally:
+        con.close()
 
 
 def history(db: Path) -> list[str]:
@@ -369,15 +411,15 @@ def test_schema_1_is_migrated_keeping_every_row(tmp_path):
     old.close()
     before = digest(db)
     with ResultsStore(db, readonly=True) as store:  # reading migrates a copy in memory only
-        (r,) = store.results()
-        assert r["failure_rate_vote"] == 66.7 and r["wall_seconds"] == 1.5 and r["indices"] == [10, 11, 12]
+        (r,) = store.records()
+        assert r.summary.failure_rate_vote == 66.7 and r.seconds == 1.5 and r.indices == (10, 11, 12)
     assert digest(db) == before
     with ResultsStore(db) as store:
         # no distance (score attack), never refused, untargeted
-        assert store.image_rows() == [(*row, None, None, None) for row in old_rows]
-        assert r["defense"] == "rnd:nu=0.02" and r["nu"] == 0.02
-        (r,) = store.results()
-        assert r["finished_at"] == "2026-11-01T10:01:00+00:00" and r["mean_queries"] == 41.0
+        assert image_rows_in(db) == [(*row, None, None, None) for row in old_rows]
+        assert r.cell.defense == "rnd:nu=0.02" and r.cell.nu == 0.02
+        (r,) = store.records()
+        assert finished_at(db) == ["2026-11-01T10:01:00+00:00"] and r.summary.mean_queries == 41.0
         assert store.sweeps()[0]["created_at"] == "2026-11-01T10:00:00+00:00"
         assert store.record(result(cell())) is False  # still known as done
         store.register_sweep("s2", "other", [cell(seed=1)], quick=False)
@@ -444,12 +486,12 @@ def test_schema_2_is_migrated_keeping_every_row(tmp_path):
     old.close()
     before = digest(db)
     with ResultsStore(db, readonly=True) as store:
-        (r,) = store.results()
-        assert r["failure_rate_vote"] == 66.7 and math.isnan(r["median_distance"])
-        assert r["distance_curve"] is None
+        (r,) = store.records()
+        assert r.summary.failure_rate_vote == 66.7 and math.isnan(r.summary.median_distance)
+        assert r.summary.distance_curve is None
     assert digest(db) == before
     with ResultsStore(db) as store:
-        assert store.image_rows() == [(*row, None, None, None) for row in old_rows]
+        assert image_rows_in(db) == [(*row, None, None, None) for row in old_rows]
         assert store.status_counts() == {"done": 1, "pending": 1}
         assert store.record(result(cell())) is False  # still done
         assert store.record(result(cell(seed=7)))  # the pending cell can be finished
@@ -477,10 +519,10 @@ def test_distances_round_trip(tmp_path):
     with ResultsStore(tmp_path / "d.sqlite") as store:
         store.register_sweep("s", "text", [c], quick=False)
         assert store.record(r)
-        (got,) = store.results()
-        assert got["median_distance"] == r.summary.median_distance
-        assert got["distance_curve"] == [(10, math.inf), (100, 0.2), (1000, 0.05)]
-        assert [row[8] for row in store.image_rows()] == [row.distance for row in r.rows]
+        (got,) = store.records()
+        assert got.summary.median_distance == r.summary.median_distance
+        assert got.summary.distance_curve == [(10, math.inf), (100, 0.2), (1000, 0.05)]
+        assert [row.distance for row in store.image_rows(c.key)] == [row.distance for row in r.rows]
 
 
 # -- comparing databases ------------------------------------------------------------------------------
@@ -648,10 +690,10 @@ def test_schema_3_is_migrated_keeping_every_row_and_every_key(tmp_path):
     old.close()
     with ResultsStore(db) as store:
         assert store.status_counts() == {"done": 2, "pending": 1}
-        by_defense = {r["defense"]: r for r in store.results()}
+        by_defense = {r.cell.defense: r for r in store.records()}
         assert set(by_defense) == {"none", "rnd:nu=0.02"}
-        assert by_defense["none"]["nu"] == 0.0 and by_defense["rnd:nu=0.02"]["detection_rate"] == 0
-        assert by_defense["none"]["distance_curve"] == [(10, 0.5)]
+        assert by_defense["none"].cell.nu == 0.0 and by_defense["rnd:nu=0.02"].summary.detection_rate == 0
+        assert by_defense["none"].summary.distance_curve == [(10, 0.5)]
     con = sqlite3.connect(db)
     for t in tables:  # every old row, every old value, in the old columns
         after = sorted(con.execute(f"SELECT * FROM {t}").fetchall())
@@ -677,10 +719,11 @@ def test_defense_and_target_and_refusals_round_trip(tmp_path):
     with ResultsStore(tmp_path / "t.sqlite") as store:
         store.register_sweep("s", "text", [c], quick=False)
         assert store.record(r)
-        (got,) = store.results()
-        assert got["defense"] == "aaa:interval=6" and got["target"] == "next"
-        assert got["detection_rate"] == pytest.approx(100 / 3) and got["median_first_refusal"] == 7
-        assert store.image_rows()[0][9:] == (7, 3)
+        (got,) = store.records()
+        assert got.cell.defense == "aaa:interval=6" and got.cell.target == "next"
+        assert got.summary.detection_rate == pytest.approx(100 / 3) and got.summary.median_first_refusal == 7
+        first = store.image_rows(c.key)[0]
+        assert (first.first_refusal, first.target) == (7, 3)
     assert c.key != cell().key and "defense" in c.identity() and "nu" not in c.identity()
 
 
@@ -739,8 +782,8 @@ def test_schema_4_is_migrated_keeping_every_row_and_the_clean_column_becomes_nul
     before = {t: sorted(old.execute(f"SELECT * FROM {t}").fetchall()) for t in tables}
     old.close()
     with ResultsStore(db, readonly=True) as store:  # a read migrates a copy in memory only
-        (r,) = store.results()
-        assert r["failure_rate_clean"] == 33.3 and r["median_first_refusal"] == 7.0
+        (r,) = store.records()
+        assert r.summary.failure_rate_clean == 33.3 and r.summary.median_first_refusal == 7.0
     with ResultsStore(db) as store:
         assert store.status_counts() == {"done": 1, "pending": 1}
         assert store.record(result(cell(0.02))) is False
@@ -762,11 +805,11 @@ def test_schema_4_is_migrated_keeping_every_row_and_the_clean_column_becomes_nul
     with ResultsStore(db) as store:
         store.register_sweep("remote", "text2", [remote], quick=False)
         assert store.record(res)
-        got = next(r for r in store.results() if r["defense"] == "remote")
-        assert got["url"] == remote.url and got["assume"] == "rnd:nu=0.02"
-        assert math.isnan(got["failure_rate_clean"]) and math.isnan(got["model_accuracy"])
-        assert got["failure_rate_vote"] == pytest.approx(200 / 3)
-        assert [r[6] for r in store.image_rows(remote.key)] == [None, None, None]
+        got = next(r for r in store.records() if r.cell.defense == "remote")
+        assert got.cell.url == remote.url and got.cell.assume == "rnd:nu=0.02"
+        assert math.isnan(got.summary.failure_rate_clean) and math.isnan(got.summary.model_accuracy)
+        assert got.summary.failure_rate_vote == pytest.approx(200 / 3)
+        assert [r.success_clean for r in store.image_rows(remote.key)] == [None, None, None]
     assert remote.key != replace(remote, assume=None).key and "key_env" not in remote.identity()
 
 
@@ -779,7 +822,7 @@ def test_schema_5_is_migrated_keeping_every_row_and_gains_the_calibrations(tmp_p
     before = {t: sorted(old.execute(f"SELECT * FROM {t}").fetchall()) for t in tables}
     old.close()
     with ResultsStore(db, readonly=True) as store:
-        assert store.calibration("k") is None and len(store.results()) == 1
+        assert store.calibration("k") is None and len(store.records()) == 1
     assert sqlite3.connect(db).execute("SELECT value FROM schema_info").fetchone() == ("5",)
     with ResultsStore(db) as store:
         assert store.status_counts() == {"done": 1, "pending": 1}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import pickle
-from dataclasses import replace
+from dataclasses import astuple, replace
 
 import pytest
 import torch
@@ -127,17 +127,18 @@ def dump(db):
     with ResultsStore(db, readonly=True) as store:
         summaries = sorted(
             (
-                r["key"],
-                r["failure_rate"],
-                r["failure_rate_vote"],
-                r["failure_rate_clean"],
-                r["mean_queries"],
-                r["clean_accuracy"],
-                tuple(r["indices"]),
+                r.key,
+                r.summary.failure_rate,
+                r.summary.failure_rate_vote,
+                r.summary.failure_rate_clean,
+                r.summary.mean_queries,
+                r.summary.clean_accuracy,
+                r.indices,
             )
-            for r in store.results()
+            for r in store.records()
         )
-        return summaries, store.image_rows(), store.status_counts()
+        rows = sorted((r.key, *astuple(row)) for r in store.records(rows=True) for row in r.rows or ())
+        return summaries, rows, store.status_counts()
 
 
 def test_resume_and_rerun(plan, tmp_path):

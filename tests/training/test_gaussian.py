@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from rnd.defense import RandomNoiseDefense
 from rnd.errors import CheckpointError, InputError
-from rnd.evaluation.noise_accuracy import accuracy_vs_nu
+from rnd.evaluation.strength import accuracy_vs_nu
 from rnd.models import load_checkpoint, read_meta, save_checkpoint
 from rnd.training.gaussian import finetune_gaussian, gaussian_loss, smoothed_log_probs
 from tests.training.helpers import Interrupted, InterruptedData, fmnist_slice, syn_data, synthetic_parent

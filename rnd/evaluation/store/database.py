@@ -51,12 +51,13 @@ import json
 import math
 import sqlite3
 from collections.abc import Collection, Iterable, Sequence
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from rnd import __version__
+from rnd._version import __version__
 from rnd.errors import InputError
-from rnd.evaluation.cells import Cell, CellResult
+from rnd.evaluation.cells import Cell, CellRecord, CellResult, CellSummary, ImageRow
 from rnd.evaluation.store.claims import Heartbeat, owner_alive, owner_id
 from rnd.evaluation.store.files import (
     BUSY_TIMEOUT_S,
@@ -340,37 +341,39 @@ class ResultsStore:
     def status_counts(self) -> dict[str, int]:
         return {r[0]: r[1] for r in self.con.execute("SELECT status, COUNT(*) FROM cells GROUP BY status")}
 
-    def results(self) -> list[dict[str, Any]]:
-        """Every finished cell: its parameters joined with its summary, one dict per cell."""
-        rows = self.con.execute(
-            "SELECT c.key, c.spec, s.*, c.checkpoint, c.defense, c.nu, c.target, c.url, c.assume "
-            "FROM cells c "
+    def records(self, rows: bool = False, keys: Iterable[str] | None = None) -> list[CellRecord]:
+        """Every finished cell (or those of `keys`) as a `CellRecord`, ordered by model, attack,
+        norm, eps, defense, mu, M and seed; with `rows`, each with its per-image rows."""
+        found = self.con.execute(
+            "SELECT c.key, c.spec, c.checkpoint, s.* FROM cells c "
             "JOIN cell_summaries s ON s.cell_key = c.key "
             "WHERE c.status = 'done' "
             "ORDER BY c.model, c.attack, c.norm, c.eps, c.defense, c.mu, c.eot, c.seed"
         ).fetchall()
-        out = []
-        for r in rows:
-            d = json.loads(r["spec"])
-            d.update({k: r[k] for k in r.keys() if k not in ("spec", "cell_key")})  # noqa: SIM118
-            d["attack_params"] = json.loads(r["attack_params"])
-            d["indices"] = json.loads(r["indices"])
-            curve = r["distance_curve"]
-            d["distance_curve"] = None if curve is None else [tuple(p) for p in json.loads(curve)]
-            for k in NULLABLE_SUMMARY:
-                if d[k] is None:
-                    d[k] = math.nan
-            out.append(d)
-        return out
+        wanted = None if keys is None else set(keys)
+        images = self._all_image_rows() if rows else {}
+        return [
+            _record(r, tuple(images.get(r["key"], ())) if rows else None)
+            for r in found
+            if wanted is None or r["key"] in wanted
+        ]
 
-    def image_rows(self, key: str | None = None) -> list[tuple[Any, ...]]:
-        """Per-image rows (all, or one cell's), in (cell, position) order."""
-        sql = "SELECT * FROM image_results"
-        args: tuple[Any, ...] = ()
-        if key is not None:
-            sql += " WHERE cell_key = ?"
-            args = (key,)
-        return [tuple(r) for r in self.con.execute(sql + " ORDER BY cell_key, position", args)]
+    def image_rows(self, key: str) -> list[ImageRow]:
+        """One cell's per-image rows, in position order."""
+        found = self.con.execute(
+            f"SELECT {', '.join(IMAGE_COLUMNS)} FROM image_results WHERE cell_key = ? ORDER BY position",
+            (key,),
+        )
+        return [_image_row(r) for r in found]
+
+    def _all_image_rows(self) -> dict[str, list[ImageRow]]:
+        out: dict[str, list[ImageRow]] = {}
+        found = self.con.execute(
+            f"SELECT {', '.join(IMAGE_COLUMNS)} FROM image_results ORDER BY cell_key, position"
+        )
+        for r in found:
+            out.setdefault(r[0], []).append(_image_row(r))
+        return out
 
     def sweeps(self) -> list[dict[str, Any]]:
         return [
@@ -379,6 +382,47 @@ class ResultsStore:
                 "SELECT id, name, quick, config_path, rnd_version, created_at FROM sweeps ORDER BY id"
             )
         ]
+
+
+def _record(r: sqlite3.Row, rows: tuple[ImageRow, ...] | None) -> CellRecord:
+    """A `CellRecord` from a row of cells joined with cell_summaries: the cell from its identity
+    (written by `register_sweep`) and its recorded checkpoint, NULL summary values as NaN."""
+    cell = Cell.from_dict({**json.loads(r["spec"]), "checkpoint": r["checkpoint"]})
+    summary = {f.name: r[f.name] for f in fields(CellSummary) if f.name != "distance_curve"}
+    for k in NULLABLE_SUMMARY:
+        if summary[k] is None:
+            summary[k] = math.nan
+    curve = r["distance_curve"]
+    return CellRecord(
+        key=r["key"],
+        cell=cell,
+        summary=CellSummary(
+            **summary,
+            distance_curve=None if curve is None else [(int(q), float(d)) for q, d in json.loads(curve)],
+        ),
+        indices=tuple(json.loads(r["indices"])),
+        attack_params=json.loads(r["attack_params"]),
+        rnd_version=r["rnd_version"],
+        seconds=r["wall_seconds"],
+        rows=rows,
+    )
+
+
+def _image_row(r: Sequence[Any]) -> ImageRow:
+    """An `ImageRow` from a row of image_results in `IMAGE_COLUMNS` order."""
+    _, position, index, label, success, queries, clean, vote, distance, first, target = r
+    return ImageRow(
+        position=position,
+        index=index,
+        label=label,
+        success=bool(success),
+        queries=queries,
+        success_clean=None if clean is None else bool(clean),
+        success_vote=bool(vote),
+        distance=distance,
+        first_refusal=first,
+        target=target,
+    )
 
 
 def check_cells(cells: Iterable[Cell]) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from rnd import __version__
+from rnd._version import __version__
 from rnd.defenses import legacy_defense
 from rnd.errors import InputError
 from rnd.sqlite import now, statements, table_columns

@@ -1,0 +1,219 @@
+"""The verdict: per defense and threat model, every attack's three failure rates with their Wilson
+intervals and failure-against-queries curve, the worst case over attacks (headline: by a vote of
+fresh answers), the strongest score attack, and the JSON-ready report (`build_report`,
+`write_json`; schema in docs/reference/audit-report.md). Reads `CellRecord`s from the store.
+
+May import: rnd.audit.suite, plan; rnd.report (labels, points); rnd.evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rnd.audit.plan import AuditPlan, grid_strength, strength_value
+from rnd.audit.suite import family
+from rnd.evaluation.cells import CellRecord, ImageRow
+from rnd.evaluation.store import ResultsStore
+from rnd.report.labels import setting_label
+from rnd.report.points import effective_mu
+from rnd.stats import rate_interval
+
+#: Query counts of the failure-rate-against-queries curves, as fractions of the budget.
+CURVE_POINTS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
+
+
+SCHEMA = "rnd-audit/1"
+
+
+def variant_label(r: CellRecord) -> str:
+    """An attack setting as a verdict row names it: `square linf eps=0.1 M=5 mu_nu_ratio=2`."""
+    c = r.cell
+    return setting_label(c.attack, c.norm, c.eps, c.eot, c.attack_params)
+
+
+def query_curve(rows: Sequence[ImageRow], budget: int) -> list[tuple[int, float]]:
+    """Failure % against queries: at q, the images not yet fooled (observed) after q queries."""
+    n = len(rows)
+    points = sorted({max(1, round(f * budget)) for f in CURVE_POINTS})
+    return [
+        (q, 100.0 * sum(1 for r in rows if not (r.success and r.queries <= q)) / max(n, 1)) for q in points
+    ]
+
+
+#: The judgements of a verdict row, by the summary field that holds each.
+JUDGED = (("observed", "failure_rate"), ("vote", "failure_rate_vote"), ("clean", "failure_rate_clean"))
+
+
+def verdicts(records: Sequence[CellRecord]) -> dict[str, Any]:
+    """Per (defense, threat model): every attack's three failure rates with their intervals, and
+    the worst case over attacks (headline: by vote), each traceable to its cell key. The records
+    carry their image rows (the failure-against-queries curve)."""
+    out: dict[str, Any] = {}
+    for r in records:
+        c, s = r.cell, r.summary
+        entry = out.setdefault(c.defense, {}).setdefault(family(c.attack), {"attacks": []})
+        row = {
+            "attack": variant_label(r),
+            "cell_key": r.key,
+            "images": s.images,
+            "queries_budget": c.budget,
+            "mean_queries": s.mean_queries,
+            "clean_accuracy": s.clean_accuracy,
+            "curve": query_curve(r.rows or (), c.budget),
+        }
+        for what, metric in JUDGED:
+            rate = getattr(s, metric)
+            lo, hi = rate_interval(rate, s.images)
+            row[what] = {"failure": rate, "low": lo, "high": hi}
+        entry["attacks"].append(row)
+    for by_threat in out.values():
+        for entry in by_threat.values():
+            entry["attacks"].sort(key=lambda a: a["attack"])
+            for what, _ in JUDGED:
+                rated = [a for a in entry["attacks"] if not math.isnan(a[what]["failure"])]
+                entry[f"worst_{what}"] = (
+                    None
+                    if not rated
+                    else min(rated, key=lambda a: (a[what]["failure"], a["attack"]))["attack"]
+                )
+    return out
+
+
+def strongest_score_attack(records: Sequence[CellRecord], defense: str) -> dict[str, Any] | None:
+    """The plain (M = 1, no extra parameters) score attack with the lowest vote failure against
+    `defense`; None when there is none."""
+    plain = [
+        r
+        for r in records
+        if r.cell.defense == defense
+        and family(r.cell.attack) == "scores"
+        and r.cell.eot == 1
+        and r.cell.attack_params == {}
+    ]
+    if not plain:
+        return None
+    best = min(plain, key=lambda r: (r.summary.failure_rate_vote, r.cell.attack, r.cell.norm))
+    c = best.cell
+    return {"attack": c.attack, "norm": c.norm, "eps": c.eps, "cell_key": best.key}
+
+
+def write_json(report: dict[str, Any], path: Path) -> None:
+    """report.json: strict JSON (NaN -> null)."""
+
+    def clean(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {str(k): clean(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [clean(x) for x in v]
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        return v
+
+    path.write_text(json.dumps(clean(report), indent=1, sort_keys=True, allow_nan=False) + "\n")
+
+
+def _worst(entry: dict[str, Any] | None, what: str) -> dict[str, Any] | None:
+    """The worst case of a threat model's entry judged by `what`, with its cell key (None if none)."""
+    if entry is None or entry[f"worst_{what}"] is None:
+        return None
+    a = next(a for a in entry["attacks"] if a["attack"] == entry[f"worst_{what}"])
+    return {"attack": a["attack"], "cell_key": a["cell_key"], **a[what]}
+
+
+def build_report(
+    plan: AuditPlan, db: str | Path, grid: Any, strongest: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The audit report (plain data, JSON-ready) from the store: no wall-clock values, so a
+    resumed audit gives the same report as an uninterrupted one."""
+    keys = [c.key for c in plan.sweep.cells]
+    gkeys = [] if grid is None else [c.key for c in grid.cells]
+    with ResultsStore(db, readonly=True) as store:
+        by_key = {r.key: r for r in store.records(rows=True, keys=[*keys, *gkeys])}
+    results = [by_key[k] for k in keys if k in by_key]
+    grid_done = sum(k in by_key for k in gkeys)
+    progress = {
+        "complete": len(results) == len(keys) and grid_done == len(gkeys),
+        "cells": len(keys),
+        "done": len(results),
+        "grid_cells": None if grid is None else len(gkeys),
+        "grid_done": None if grid is None else grid_done,
+    }
+    cells = verdicts(results)
+    remote = plan.defense == "remote"
+    threats = [t for t in ("scores", "labels") if plan.request["threat"] in (t, "both")]
+    verdict: dict[str, Any] = {}
+    for t in threats:
+        mine = cells.get(plan.defense, {}).get(t)
+        base = cells.get("none", {}).get(t)
+        planned = sum(c.defense == plan.defense and family(c.attack) == t for c in plan.sweep.cells)
+        if mine is None and not planned:
+            continue
+        ran = 0 if mine is None else len(mine["attacks"])
+        verdict[t] = {
+            "headline": "vote",
+            "worst": _worst(mine, "vote"),
+            "worst_observed": _worst(mine, "observed"),
+            "worst_clean": None if remote else _worst(mine, "clean"),
+            "undefended_worst": _worst(base, "vote"),
+            "attacks": ran,
+            "attacks_pending": planned - ran,
+        }
+    first = next((r for r in results if r.cell.defense == plan.defense), results[0] if results else None)
+    report: dict[str, Any] = {
+        "schema": SCHEMA,
+        "progress": progress,
+        "request": plan.request,
+        "model": {"url": None if first is None else first.cell.url}
+        if remote
+        else {
+            "label": None if first is None else first.cell.model,
+            "checkpoint_sha256": None if first is None else first.cell.checkpoint_sha256,
+        },
+        "defense": plan.defense,
+        "calibration": plan.calibration,
+        "clean_accuracy": {
+            "defended": None if first is None else first.summary.clean_accuracy,
+            "undefended": None if remote or first is None else first.summary.model_accuracy,
+            "images": plan.config.data.accuracy_images,
+        },
+        "not_measured": ["clean-model success", "clean accuracy without the defense", "strength calibration"]
+        if remote
+        else [],
+        "attacks_run": sorted(
+            {a["attack"] for by in cells.values() for e in by.values() for a in e["attacks"]}
+        ),
+        "verdict": verdict,
+        "cells": cells,
+        "mu_nu": None,
+        "db": str(db),
+    }
+    if grid is not None and strongest is not None:
+        param, _ = grid_strength(plan.defense)  # type: ignore[misc]
+        g = [by_key[k] for k in gkeys if k in by_key]
+        if g:  # a partial report may have none yet
+            mus = sorted({effective_mu(r) for r in g})
+            nus = sorted({strength_value(r.cell.defense, param) for r in g})
+            at = {(effective_mu(r), strength_value(r.cell.defense, param)): r for r in g}
+
+            def matrix(metric: str) -> list[list[float | None]]:
+                return [
+                    [getattr(at[(m, n)].summary, metric) if (m, n) in at else None for n in nus] for m in mus
+                ]
+
+            report["mu_nu"] = {
+                "attack": f"{strongest['attack']} {strongest['norm']} eps={strongest['eps']:g}",
+                "chosen_from": strongest["cell_key"],
+                "images": plan.request["size"]["grid_images"],
+                "param": param,
+                "mu": mus,
+                "nu": nus,
+                "observed": matrix("failure_rate"),
+                "vote": matrix("failure_rate_vote"),
+                "clean": matrix("failure_rate_clean"),
+                "cell_keys": [[at[(m, n)].key if (m, n) in at else None for n in nus] for m in mus],
+            }
+    return report

@@ -1,0 +1,25 @@
+"""Reading results: the store's typed records grouped into points (`points`), how they read on a
+page (`labels`), the one table renderer and the tables on it (`tables`), the figures (`plots`),
+and `rnd report`'s markdown (`markdown.write_report`). Reads `CellRecord`s only, never SQL.
+
+May import: rnd.evaluation (records, the store's reader), the layers below it. Nothing in
+rnd.evaluation imports this package.
+"""
+
+from rnd.report.markdown import Report, write_report
+from rnd.report.plots import Heatmap, heatmaps, plot_heatmap
+from rnd.report.points import Point, points
+from rnd.report.tables import format_table, render_table, table_columns
+
+__all__ = [
+    "Heatmap",
+    "Point",
+    "Report",
+    "format_table",
+    "heatmaps",
+    "plot_heatmap",
+    "points",
+    "render_table",
+    "table_columns",
+    "write_report",
+]
