@@ -15,20 +15,29 @@ Targeted mode (`--targeted`) picks one target class per image with `--target`:
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import math
-import typing
 from pathlib import Path
 from typing import Any
 
 import click
 from tqdm.auto import tqdm
 
-from rnd.attacks import ATTACKS, make_attack
-from rnd.attacks.base import QueryAttack
+from rnd.attacks import ATTACKS
 from rnd.attacks.score import LOSSES
 from rnd.cli.app import json_option, main, progress_option
+from rnd.cli.attack_options import (
+    DEFAULT_EPS,
+    attack_names,
+    attack_specs,
+    build_attacks,
+    defense_specs,
+    extra_params,
+    finite_or_none,
+    model_options,
+    parse_params,
+    parse_target,
+)
 from rnd.cli.checks import (
     MAX_BUDGET,
     MAX_COUNT,
@@ -37,16 +46,16 @@ from rnd.cli.checks import (
     allow_mismatch_option,
     check_model_data,
 )
-from rnd.cli.models import given_meta, load_spec
+from rnd.cli.models import load_spec
 from rnd.data import DATASETS, load_dataset
-from rnd.defenses import DEFENSES, DefenseSpec, build_defense, canonical_defense, legacy_defense, rnd_nu
-from rnd.errors import ConfigError, InputError, unknown_name
-from rnd.evaluation.cells import check_target, fixed_target
+from rnd.defenses import DefenseSpec, build_defense, canonical_defense, rnd_nu
+from rnd.errors import InputError
+from rnd.evaluation.cells import fixed_target
 from rnd.evaluation.checks import check_remote
 from rnd.evaluation.config import bound_text
 from rnd.evaluation.execute import AttackEvaluation, execute_cell
 from rnd.evaluation.grid import expand
-from rnd.evaluation.spec import AttackSpec, DataSpec, ModelSpec, RemoteTarget, SweepConfig
+from rnd.evaluation.spec import DataSpec, ModelSpec, RemoteTarget, SweepConfig
 from rnd.extras import import_extra
 from rnd.models import read_meta
 from rnd.models.predict import correctly_classified
@@ -54,187 +63,6 @@ from rnd.models.source import model_label
 from rnd.oip import served_model
 from rnd.report.tables import format_table, table_columns
 from rnd.training import load_or_train_default
-
-#: Constructor arguments set by the CLI's own options, never through --param.
-COMMON_KEYS = ("eps", "norm", "mu", "loss", "targeted", "eot", "mu_nu_ratio", "seed", "progress")
-#: Default radius per norm when --eps is not given (the issue's Fashion-MNIST settings).
-DEFAULT_EPS = {"linf": 0.1, "l2": 1.5}
-TARGET_RULES = ("random", "next")
-
-
-# -- attack construction ----------------------------------------------------------------------------
-def attack_names(requested: tuple[str, ...], norm: str) -> list[str]:
-    """Expand `all` (every registered attack that supports `norm`) and check each name."""
-    names: list[str] = []
-    for name in requested:
-        if name == "all":
-            names += [n for n in sorted(ATTACKS) if norm in ATTACKS[n].norms]
-        elif name not in ATTACKS:
-            raise unknown_name("attack", name, [*ATTACKS, "all"])
-        else:
-            names.append(name)
-    return list(dict.fromkeys(names))
-
-
-def constructor_parameters(cls: type[QueryAttack]) -> dict[str, inspect.Parameter]:
-    """Every keyword argument `cls` accepts, its own and its base classes' (where **kwargs go)."""
-    out: dict[str, inspect.Parameter] = {}
-    for base in cls.__mro__:
-        if not (isinstance(base, type) and issubclass(base, QueryAttack)) or "__init__" not in vars(base):
-            continue
-        for k, p in inspect.signature(base.__init__).parameters.items():
-            if k != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
-                out.setdefault(k, p)
-    return out
-
-
-#: --param keys every attack takes through make_attack (e.g. blind=0.02: the detector's counter).
-WRAPPER_PARAMS = {
-    "blind": inspect.Parameter("blind", inspect.Parameter.KEYWORD_ONLY, default=0.0, annotation=float)
-}
-
-
-def attack_keywords(cls: type[QueryAttack]) -> dict[str, inspect.Parameter]:
-    """Attack-specific keyword arguments of `cls` (those --param may set), and the wrapper's."""
-    own = {k: p for k, p in constructor_parameters(cls).items() if k not in COMMON_KEYS}
-    return {**own, **WRAPPER_PARAMS}
-
-
-def _hint(cls: type[QueryAttack], key: str) -> Any:
-    try:
-        return typing.get_type_hints(cls.__init__).get(key)
-    except Exception:  # unresolvable annotation: fall back to the default's type
-        return None
-
-
-def _literal(text: str) -> Any:
-    low = text.strip().lower()
-    if low in ("none", "null"):
-        return None
-    if low in ("true", "false"):
-        return low == "true"
-    for conv in (int, float):
-        try:
-            return conv(text)
-        except ValueError:
-            pass
-    return text
-
-
-def coerce(text: str, hint: Any, default: Any, label: str) -> Any:
-    """Convert `text` to the declared type `hint` (int, float, bool, str, Literal, Optional)."""
-    if hint is None and default is not inspect.Parameter.empty and default is not None:
-        hint = type(default)
-    if hint is None:
-        return _literal(text)
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is typing.Literal:
-        if text not in [str(a) for a in args]:
-            raise InputError(f"--param {label}: {text!r} is not one of {', '.join(map(str, args))}")
-        return next(a for a in args if str(a) == text)
-    if args and type(None) in args:  # Optional[...] / X | None
-        if text.strip().lower() in ("none", "null"):
-            return None
-        rest = [a for a in args if a is not type(None)]
-        if len(rest) == 1:
-            return coerce(text, rest[0], inspect.Parameter.empty, label)
-        return _literal(text)
-    if hint is bool:
-        if text.strip().lower() not in ("true", "false", "1", "0", "yes", "no"):
-            raise InputError(f"--param {label}: expected true or false, got {text!r}")
-        return text.strip().lower() in ("true", "1", "yes")
-    if hint in (int, float, str):
-        try:
-            return hint(text)
-        except ValueError:
-            raise InputError(f"--param {label}: expected {hint.__name__}, got {text!r}") from None
-    return _literal(text)
-
-
-def parse_params(items: tuple[str, ...], names: list[str]) -> dict[str, dict[str, Any]]:
-    """Keyword arguments per attack from `--param [attack.]key=value` items.
-
-    An unscoped key goes to every selected attack that accepts it and must be accepted by one.
-    """
-    out: dict[str, dict[str, Any]] = {n: {} for n in names}
-    for item in items:
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise InputError(f"--param takes key=value (or attack.key=value), got {item!r}")
-        scope, dot, bare = key.rpartition(".")
-        targets = names
-        if dot:
-            if scope not in names:
-                raise InputError(
-                    f"--param {key}: attack {scope!r} is not selected (selected: {', '.join(names)})"
-                )
-            targets, key = [scope], bare
-        if key in COMMON_KEYS:
-            raise InputError(f"--param {key}: set it with --{key.replace('_', '-')} instead")
-        hits = [n for n in targets if key in attack_keywords(ATTACKS[n])]
-        if not hits:
-            known = sorted({k for n in targets for k in attack_keywords(ATTACKS[n])})
-            raise InputError(
-                f"unknown --param key {key!r} for {', '.join(targets)}; "
-                f"accepted keys: {', '.join(known) if known else '(none)'}"
-            )
-        for n in hits:
-            p = attack_keywords(ATTACKS[n])[key]
-            out[n][key] = coerce(value, _hint(ATTACKS[n], key), p.default, f"{n}.{key}")
-    return out
-
-
-def build_attacks(
-    names: list[str], params: dict[str, dict[str, Any]], common: dict[str, Any]
-) -> list[QueryAttack]:
-    """Construct every selected attack (all validation happens here, before any work)."""
-    attacks = []
-    for n in names:
-        accepted = constructor_parameters(ATTACKS[n])  # label-only attacks take no loss
-        own = {k: v for k, v in common.items() if k in accepted}
-        try:
-            attacks.append(make_attack(n, **own, **params[n]))
-        except TypeError as exc:
-            raise ConfigError(f"cannot configure {n}: {exc}") from exc
-    return attacks
-
-
-# -- defenses and targets ----------------------------------------------------------------------------
-def defense_specs(defenses: tuple[str, ...], nus: tuple[float, ...]) -> list[str]:
-    """Canonical spec texts from --defense and --nu (a shorthand for rnd:nu=...), in the order given;
-    none and rnd:nu=0.02 when neither is given."""
-    for nu in nus:
-        if not (nu >= 0 and math.isfinite(nu)):
-            raise InputError(f"--nu must be >= 0 (0 = undefended) and finite, got {nu}")
-    out = [canonical_defense(d) for d in defenses] + [legacy_defense(nu) for nu in nus]
-    for spec in out:
-        name = spec.partition(":")[0]
-        if name not in DEFENSES:
-            raise unknown_name("defense", name, list(DEFENSES))
-    return list(dict.fromkeys(out)) or ["none", "rnd:nu=0.02"]
-
-
-def parse_target(target: str | None, targeted: bool, num_classes: int | None) -> str | None:
-    """Validate --target: a rule name or a class index in [0, num_classes) (None: not known yet)."""
-    if target is not None and not targeted:
-        raise InputError("--target needs --targeted")
-    if not targeted:
-        return None
-    rule = "random" if target is None else target
-    try:
-        return check_target(rule, num_classes)
-    except InputError:
-        if rule.lstrip("-").isdigit() and num_classes is not None:
-            raise InputError(
-                f"--target {rule} is out of range: the model has classes 0..{num_classes - 1}"
-            ) from None
-        raise InputError(f"--target must be random, next or a class index, got {rule!r}") from None
-
-
-def finite_or_none(values: list[float | None]) -> list[float | None]:
-    """Values for JSON: inf (no adversarial point found) becomes null."""
-    return [v if v is not None and math.isfinite(v) else None for v in values]
 
 
 @main.command()
@@ -585,63 +413,6 @@ def attack(
         f"{kind}, loss {loss}, EOT M={eot}; 'observed' = the attacker's own noisy answer\n"
     )
     click.echo(format_table(rows, table_columns(rows)))
-
-
-def model_options(
-    checkpoint: Path | None,
-    model_spec: str | None,
-    weights: Path | None,
-    input_shape: str | None,
-    num_classes: int | None,
-) -> dict[str, Any]:
-    """Check --checkpoint / --model and their companions; the metadata --input-shape and
-    --num-classes give, {} when neither is given."""
-    if checkpoint is not None and model_spec is not None:
-        raise InputError("give --checkpoint or --model, not both (--model also takes a checkpoint path)")
-    if model_spec is None:
-        for value, name in (
-            (weights, "--weights"),
-            (input_shape, "--input-shape"),
-            (num_classes, "--num-classes"),
-        ):
-            if value is not None:
-                raise InputError(f"{name} goes with --model SPEC (your own model)")
-        return {}
-    return given_meta(input_shape, num_classes)
-
-
-def extra_params(loss: str, mu_nu_ratio: float | None) -> dict[str, Any]:
-    """Only what differs from the attacks' defaults, so the cells are those a sweep config makes."""
-    return {k: v for k, v in (("loss", loss), ("mu_nu_ratio", mu_nu_ratio)) if v not in (None, "margin")}
-
-
-def attack_specs(
-    names: list[str],
-    per_attack: dict[str, dict[str, Any]],
-    norm: str,
-    eps: float,
-    mu: float | None,
-    eot: int,
-    extra: dict[str, Any],
-    rule: str | None,
-) -> tuple[Any, ...]:
-    """One `AttackSpec` per attack of the command line: its own `--param`s, and the shared extras
-    (loss, mu_nu_ratio) where the attack takes them, so the cells are those a sweep config makes."""
-    return tuple(
-        AttackSpec(
-            name=n,
-            norm=norm,
-            eps=(eps,),
-            mu=(mu,),
-            eot=(eot,),
-            params={
-                **{k: v for k, v in extra.items() if k in constructor_parameters(ATTACKS[n])},
-                **per_attack[n],
-            },
-            target=rule,
-        )
-        for n in names
-    )
 
 
 def remote_attack(

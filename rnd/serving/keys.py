@@ -27,7 +27,6 @@ Guarantees (pinned by tests/serving/test_keys.py):
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import hmac
 import math
@@ -43,11 +42,11 @@ from typing import Any, Literal
 
 from rnd._checks import check_writable_file
 from rnd.errors import InputError
+from rnd.sqlite import SQLITE_MAGIC, Transaction, file_header, now, statements, table_columns
 
 SCHEMA_VERSION = 1
 KIND = "rnd keys"
 KEY_PREFIX = "rnd_"
-SQLITE_MAGIC = b"SQLite format 3\x00"
 BUSY_TIMEOUT_S = 60.0
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
@@ -102,16 +101,10 @@ class Charge:
     reason: Reason
 
 
-def _now() -> str:
-    return _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds")
-
 
 def _sha256(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
-
-def _statements(script: str) -> list[str]:
-    return [s.strip() for s in script.strip().split(";") if s.strip()]
 
 
 def _check_file(p: Path) -> None:
@@ -121,11 +114,7 @@ def _check_file(p: Path) -> None:
     check_writable_file(p, "key database")
     if not p.exists():
         return
-    try:
-        with open(p, "rb") as fh:
-            head = fh.read(len(SQLITE_MAGIC))
-    except OSError as exc:
-        raise InputError(f"cannot read key database {p}: {exc.strerror or exc}") from exc
+    head = file_header(p, "key database")
     if head and head != SQLITE_MAGIC:
         raise InputError(f"{p} is not an SQLite database, so not an rnd key database; choose another file")
 
@@ -133,10 +122,7 @@ def _check_file(p: Path) -> None:
 def _check_version(con: sqlite3.Connection, p: Path) -> bool:
     """False for a database without tables (new); True for an rnd key database of this schema;
     InputError for anything else (the file is not touched)."""
-    tables = {
-        r[0]: [c[0] for c in con.execute("SELECT name FROM pragma_table_info(?)", (r[0],))]
-        for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-    }
+    tables = table_columns(con)
     if not tables:
         return False
     info: dict[str, str] = {}
@@ -218,19 +204,14 @@ class KeyStore:
     def _prepare(self, con: sqlite3.Connection) -> None:
         """Check or create the schema under the write lock; only then switch the file to WAL (a
         foreign database is refused before anything is written to it)."""
-        con.execute("BEGIN IMMEDIATE")
-        try:
+        with Transaction(con):
             if not _check_version(con, self.path):
-                for stmt in _statements(_SCHEMA):
+                for stmt in statements(_SCHEMA):
                     con.execute(stmt)
                 con.executemany(
                     "INSERT INTO schema_info VALUES (?, ?)",
-                    [("kind", KIND), ("schema_version", str(SCHEMA_VERSION)), ("created_at", _now())],
+                    [("kind", KIND), ("schema_version", str(SCHEMA_VERSION)), ("created_at", now())],
                 )
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
         con.execute("PRAGMA journal_mode = WAL")
         con.execute("PRAGMA synchronous = NORMAL")
 
@@ -294,7 +275,7 @@ class KeyStore:
             con.execute(
                 "INSERT INTO keys (name, key_sha256, budget, rate, tokens, refilled_at, created_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (name, _sha256(secret), budget, rate, _capacity(rate), time.time(), _now()),
+                (name, _sha256(secret), budget, rate, _capacity(rate), time.time(), now()),
             )
 
         self._run(insert)
@@ -308,7 +289,7 @@ class KeyStore:
             if row is None:
                 raise InputError(f"no key named {name!r}; `rnd keys list` shows the keys")
             if not row["revoked"]:
-                con.execute("UPDATE keys SET revoked = 1, revoked_at = ? WHERE name = ?", (_now(), name))
+                con.execute("UPDATE keys SET revoked = 1, revoked_at = ? WHERE name = ?", (now(), name))
 
         self._run(update)
 

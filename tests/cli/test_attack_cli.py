@@ -7,7 +7,7 @@ from click.testing import CliRunner
 from rnd.attacks import ATTACKS
 from rnd.attacks.square import Square
 from rnd.cli import main
-from rnd.cli.attack import attack_names, coerce
+from rnd.cli.attack_options import attack_names, coerce
 from rnd.evaluation.cells import SEED_SALT_TARGETS, derive_seed, make_targets
 from rnd.models import save_checkpoint
 
