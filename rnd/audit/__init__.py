@@ -11,7 +11,7 @@ below. Nothing in rnd.evaluation or rnd.report imports this package.
 from rnd.audit.html import write_html
 from rnd.audit.plan import AuditPlan, AuditRequest, plan_audit
 from rnd.audit.run import AuditEstimate, current_report, estimate_audit, run_audit
-from rnd.audit.suite import AuditSize, suite
+from rnd.audit.suite import AuditSize
 from rnd.audit.verdict import build_report, write_json
 
 __all__ = [
@@ -24,7 +24,6 @@ __all__ = [
     "estimate_audit",
     "plan_audit",
     "run_audit",
-    "suite",
     "write_html",
     "write_json",
 ]

@@ -1,7 +1,7 @@
 """The verdict: per defense and threat model, every attack's three failure rates with their Wilson
 intervals and failure-against-queries curve, the worst case over attacks (headline: by a vote of
 fresh answers), the strongest score attack, and the JSON-ready report (`build_report`,
-`write_json`; schema in docs/reference/audit-report.md). Reads `CellRecord`s from the store.
+`write_json`; schema in docs/reference/audit-report.md). Reads the store's `CellRecord` objects.
 
 May import: rnd.audit.suite, plan; rnd.report (labels, points); rnd.evaluation.
 """

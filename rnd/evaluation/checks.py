@@ -1,6 +1,6 @@
 """Pre-flight checks of a planned sweep, before any database is opened: every model loads and fits
 the data set and its defenses, every image selection exists, an endpoint answers with the key and
-fits every attack. Errors are `ConfigError`s naming the config key.
+fits every attack. Errors are one-line `ConfigError` exceptions naming the config key.
 
 May import: the layers below evaluation, `cells`, `spec`, `targets`.
 """

@@ -30,7 +30,7 @@ from rnd.report.plots import (
     plot_eot,
     plot_heatmap,
 )
-from rnd.report.points import JUDGEMENT_HEADS, JUDGEMENTS, mean, points, rnd_points
+from rnd.report.points import JUDGEMENT_HEADS, JUDGEMENTS, average_seeds, mean, rnd_points
 from rnd.report.tables import full_table, main_table, render_table
 
 
@@ -51,7 +51,7 @@ def write_report(db: str | Path, out: str | Path) -> Report:
         counts = store.status_counts()
         sweeps = store.sweeps()
     out.mkdir(parents=True, exist_ok=True)
-    pts = points(records)
+    pts = average_seeds(records)
     md = [f"# rnd results: {Path(db).name}", ""]
     md.append(
         f"Cells: {counts.get('done', 0)} done, {counts.get('pending', 0)} pending, "

@@ -6,10 +6,11 @@ May import: rnd.evaluation (records), rnd.defenses, the ground layer.
 
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from rnd.defenses import rnd_nu
@@ -94,64 +95,63 @@ def mean(values: Iterable[float]) -> float:
     return sum(vals) / len(vals) if vals else math.nan
 
 
-def points(records: list[CellRecord]) -> list[Point]:
-    """One `Point` per setting: metrics averaged over seeds, in the order of the first record of each."""
-    groups: dict[tuple, list[CellRecord]] = defaultdict(list)
-    for r in records:
-        c = r.cell
-        k = (
-            c.model,
-            c.checkpoint_sha256,
-            c.dataset,
-            c.images,
-            c.start,
-            c.attack,
-            c.norm,
-            c.eps,
-            effective_mu(r),
-            c.eot,
-            c.budget,
-            c.defense,
-            c.output,
-            c.params,
-            c.target,
-            c.url,
-            c.assume,
+def point_of(r: CellRecord) -> Point:
+    """One record as a point of one seed."""
+    c, s = r.cell, r.summary
+    return Point(
+        key=r.key,
+        model=c.model,
+        checkpoint_sha256=c.checkpoint_sha256,
+        dataset=c.dataset,
+        images=c.images,
+        start=c.start,
+        attack=c.attack,
+        norm=c.norm,
+        eps=c.eps,
+        mu=effective_mu(r),
+        mu_given=c.mu is not None,
+        eot=c.eot,
+        budget=c.budget,
+        defense=c.defense,
+        nu=c.nu,
+        output=c.output,
+        params=c.attack_params,
+        target=c.target,
+        url=c.url,
+        assume=c.assume,
+        seeds=1,
+        rnd_version=r.rnd_version,
+        detection_rate=s.detection_rate,
+        distance_curve=s.distance_curve,
+        **{m: getattr(s, m) for m in METRICS},
+    )
+
+
+#: What tells two settings apart: every field of a point but its measurements, its first cell's key
+#: and version, and what follows from the rest (`nu` from the defense; `mu_given` shares `mu`).
+SETTING = tuple(
+    f.name
+    for f in fields(Point)
+    if f.name not in {"key", "seeds", "rnd_version", "nu", "mu_given", "detection_rate", "distance_curve"}
+    and f.name not in METRICS
+)
+
+
+def average_seeds(records: list[CellRecord]) -> list[Point]:
+    """One `Point` per setting: metrics averaged over seeds, in the order of the first record of
+    each; other values are the first seed's."""
+    groups: dict[str, list[Point]] = defaultdict(list)
+    for p in map(point_of, records):
+        groups[json.dumps([getattr(p, f) for f in SETTING], sort_keys=True)].append(p)
+    return [
+        replace(
+            ps[0],
+            seeds=len(ps),
+            distance_curve=mean_curve([p.distance_curve for p in ps]),
+            **{m: mean(getattr(p, m) for p in ps) for m in METRICS},
         )
-        groups[k].append(r)
-    out = []
-    for rs in groups.values():
-        first, c = rs[0], rs[0].cell
-        out.append(
-            Point(
-                key=first.key,
-                model=c.model,
-                checkpoint_sha256=c.checkpoint_sha256,
-                dataset=c.dataset,
-                images=c.images,
-                start=c.start,
-                attack=c.attack,
-                norm=c.norm,
-                eps=c.eps,
-                mu=effective_mu(first),
-                mu_given=c.mu is not None,
-                eot=c.eot,
-                budget=c.budget,
-                defense=c.defense,
-                nu=c.nu,
-                output=c.output,
-                params=c.attack_params,
-                target=c.target,
-                url=c.url,
-                assume=c.assume,
-                seeds=len(rs),
-                rnd_version=first.rnd_version,
-                detection_rate=first.summary.detection_rate,
-                distance_curve=mean_curve([r.summary.distance_curve for r in rs]),
-                **{m: mean(getattr(r.summary, m) for r in rs) for m in METRICS},
-            )
-        )
-    return out
+        for ps in groups.values()
+    ]
 
 
 def mean_curve(curves: list[list[tuple[int, float]] | None]) -> list[tuple[int, float]] | None:

@@ -13,7 +13,7 @@ from rnd.evaluation.store import ResultsStore
 from rnd.report.labels import variant
 from rnd.report.markdown import write_report
 from rnd.report.plots import heatmaps
-from rnd.report.points import points
+from rnd.report.points import average_seeds
 
 
 def stored(store: ResultsStore, fails: int, *, mu, nu, eot=1, seed=0, acc=90.0) -> None:
@@ -90,7 +90,7 @@ def test_report_figures_and_numbers(db, tmp_path):
 
 def test_no_heatmap_without_two_axes(db):
     with ResultsStore(db, readonly=True) as store:
-        pts = [p for p in points(store.records()) if p.nu == 0.0]
+        pts = [p for p in average_seeds(store.records()) if p.nu == 0.0]
     assert heatmaps(pts) == []
     assert all(not math.isnan(p.failure_rate) for p in pts)
 
@@ -182,6 +182,6 @@ def test_a_column_names_mu_only_when_the_cell_set_it():
     for mu, label in ((None, "signhunter linf eps=0.1"), (0.1, "signhunter linf eps=0.1 mu=0.1")):
         c = Cell("std", "/m", "cd" * 32, "fashion-mnist", "test", 1, 0, "signhunter", "linf", 0.1, mu, 1, 100, "none", 0)  # noqa: E501
         rec = CellRecord(c.key, c, summarize_rows(rows, 90.0, 90.0), (0,), {"mu": 0.1}, "0.1.0", 0.0)
-        (p,) = points([rec])
+        (p,) = average_seeds([rec])
         assert p.mu == 0.1 and p.mu_given == (mu is not None)
         assert variant(p, 1.0) == label

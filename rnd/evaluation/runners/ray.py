@@ -7,6 +7,7 @@ handed to `on_result` there: the driver alone writes the results database, worke
 At most `workers` tasks are in flight at a time.
 
 Retries (per task):
+
 - a worker process that dies (killed, out of memory) is restarted and the cell rerun, up to
   `retries` times (Ray's `max_retries`);
 - a transient error raised by the cell (`TRANSIENT_ERRORS`: OS / I/O errors, MemoryError,
