@@ -6,9 +6,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
 
 from rnd._checks import check_int, check_positive
 from rnd.attacks import make_attack
@@ -17,12 +14,12 @@ from rnd.data.imagenet import load_imagenet_samples
 from rnd.defenses import build_defense, canonical_defense
 from rnd.errors import InputError
 from rnd.evaluation.cells import CellResult
-from rnd.evaluation.execute import AttackEvaluation, evaluate_attack, execute_cell
+from rnd.evaluation.execute import AttackEvaluation, execute_cell
 from rnd.evaluation.grid import expand
 from rnd.evaluation.spec import AttackSpec, DataSpec, ModelSpec, SweepConfig
+from rnd.evaluation.targets import WORKSPACE
 from rnd.models import read_meta
 from rnd.models.compat import check_model_data
-from rnd.models.imagenet import efficientnet_lite0
 from rnd.models.predict import accuracy, correctly_classified, noisy_accuracy
 from rnd.training import load_or_train_default
 
@@ -42,7 +39,7 @@ class DemoReport:
 
 
 def demo_config(
-    path: Path,
+    model: ModelSpec,
     *,
     nu: float,
     attacks: tuple[str, ...],
@@ -51,6 +48,7 @@ def demo_config(
     eps: float,
     seed: int,
     accuracy_images: int,
+    dataset: str = "fashion-mnist",
     allow_dataset_mismatch: bool = False,
 ) -> SweepConfig:
     """The spec `rnd demo` runs: each attack (l_inf, eps, its default probe size) against the model
@@ -58,11 +56,11 @@ def demo_config(
     --defense rnd:nu=NU --eps EPS --images N --budget B --seed S` builds from the same options."""
     return SweepConfig(
         name="rnd demo",
-        models=(ModelSpec(label=path.name, checkpoint=str(path)),),
+        models=(model,),
         attacks=tuple(AttackSpec(name=a, norm="linf", eps=(eps,)) for a in attacks),
         defenses=("none", canonical_defense(f"rnd:nu={nu!r}")),
         data=DataSpec(
-            dataset="fashion-mnist",
+            dataset=dataset,
             images=n_images,
             accuracy_images=accuracy_images,
             allow_dataset_mismatch=allow_dataset_mismatch,
@@ -70,6 +68,13 @@ def demo_config(
         seeds=(seed,),
         budget=budget,
     )
+
+
+def run_cells(cfg: SweepConfig, attacks: tuple[str, ...], progress: bool) -> list[CellResult]:
+    """Every cell of a demo's spec through `execute_cell`, attack by attack, undefended first."""
+    order = {a: i for i, a in enumerate(attacks)}
+    cells = sorted(expand(cfg), key=lambda c: (order[c.attack], c.defense != "none"))  # the table's order
+    return [execute_cell(c, progress=progress) for c in cells]
 
 
 def run_demo(
@@ -104,7 +109,7 @@ def run_demo(
     if n_images > len(test):
         raise InputError(f"--images {n_images} exceeds the {len(test)} test images; ask for fewer")
     cfg = demo_config(
-        path,
+        ModelSpec(label=path.name, checkpoint=str(path)),
         nu=nu,
         attacks=attacks,
         n_images=n_images,
@@ -119,9 +124,7 @@ def run_demo(
         raise InputError(
             f"only {len(idx)} test images are classified correctly by {path}; ask for --images {len(idx)}"
         )
-    order = {a: i for i, a in enumerate(attacks)}
-    cells = sorted(expand(cfg), key=lambda c: (order[c.attack], c.defense != "none"))  # the table's order
-    results = [execute_cell(c, progress=progress) for c in cells]
+    results = run_cells(cfg, attacks, progress)
     defended = next(r for r in results if r.cell.defense != "none")
     report = DemoReport(
         str(path), nu, results[0].summary.model_accuracy, defended.summary.clean_accuracy, results=results
@@ -130,6 +133,8 @@ def run_demo(
     return report
 
 
+#: The ImageNet model of `rnd demo --imagenet` (a factory: its weights come with the imagenet extra).
+IMAGENET_MODEL = "rnd.models.imagenet:efficientnet_lite0"
 #: RND levels whose clean accuracy `rnd demo --imagenet` reports.
 IMAGENET_NUS = (0.01, 0.02, 0.05)
 
@@ -180,25 +185,31 @@ def run_imagenet_demo(
     data = load_imagenet_samples()
     if n_images > len(data):
         raise InputError(f"--images {n_images} exceeds the {len(data)} ImageNet samples; ask for fewer")
-    model = efficientnet_lite0()
+    spec = ModelSpec(label="efficientnet-lite0", checkpoint=IMAGENET_MODEL, given_as="model")
+    cfg = demo_config(
+        spec,
+        nu=nu,
+        attacks=attacks,
+        n_images=n_images,
+        budget=budget,
+        eps=eps,
+        seed=seed,
+        accuracy_images=len(data),
+        dataset="imagenet-samples",
+    )
+    first = expand(cfg)[0]
+    model = WORKSPACE.model(first)  # loaded once: the cells below reuse it
     idx = correctly_classified(model, data, n_images)
     if len(idx) < n_images:
         raise InputError(
             f"only {len(idx)} ImageNet samples are classified correctly by EfficientNet-Lite0; "
             f"ask for --images {len(idx)}"
         )
-    clean = accuracy(model, data)
-    report = ImageNetDemoReport("rnd.models.imagenet:efficientnet_lite0", len(data), 100 * clean)
-    noisy: dict[float, float] = {}
-    for level in sorted({*accuracy_nus, nu}):
+    report = ImageNetDemoReport(IMAGENET_MODEL, len(data), 100 * accuracy(model, data))
+    for level in accuracy_nus:
         mean, std = noisy_accuracy(build_defense(f"rnd:nu={level!r}", model, seed=seed), data, draws=draws)
-        noisy[level] = mean
-        if level in accuracy_nus:
-            report.rnd.append(NoisyAccuracy(level, 100 * mean, 100 * std, draws))
-    x, y = data.get(idx)
-    report.rows += _attack_rows(
-        model, x, y, attacks, nu, eps, budget, seed, progress, {0.0: clean, nu: noisy[nu]}
-    )
+        report.rnd.append(NoisyAccuracy(level, 100 * mean, 100 * std, draws))
+    report.rows = [AttackEvaluation.of(r) for r in run_cells(cfg, attacks, progress)]
     return report
 
 
@@ -219,34 +230,3 @@ def _check_demo(
                 "raise it"
             )
 
-
-def _attack_rows(
-    model: Any,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    attacks: tuple[str, ...],
-    nu: float,
-    eps: float,
-    budget: int,
-    seed: int,
-    progress: bool,
-    clean_of: dict[float, float],
-) -> list[AttackEvaluation]:
-    """Each attack (l_inf, eps) against the model undefended and behind RND at `nu`; `clean_of` is
-    the clean accuracy (a fraction) at each of the two levels."""
-    rows = []
-    for name in attacks:
-        for level in (0.0, nu):
-            attack = make_attack(name, eps=eps, norm="linf", seed=seed, progress=progress)
-            ev, _ = evaluate_attack(
-                attack,
-                model,
-                x,
-                y,
-                defense=f"rnd:nu={level!r}",
-                budget=budget,
-                defense_seed=seed + 1,
-                clean_accuracy=100 * clean_of[level],
-            )
-            rows.append(ev)
-    return rows
