@@ -52,7 +52,7 @@ from rnd.defenses import DefenseSpec, build_defense, canonical_defense, rnd_nu
 from rnd.errors import InputError
 from rnd.evaluation.cells import fixed_target
 from rnd.evaluation.checks import check_remote
-from rnd.evaluation.config import bound_text
+from rnd.evaluation.config_types import bound_text
 from rnd.evaluation.execute import AttackEvaluation, execute_cell
 from rnd.evaluation.grid import expand
 from rnd.evaluation.spec import DataSpec, ModelSpec, RemoteTarget, SweepConfig

@@ -37,12 +37,9 @@ from __future__ import annotations
 import inspect
 import itertools
 import json
-import math
-import os
 import tomllib
-from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self, TypeVar
+from typing import Annotated, Any, Literal, Self
 
 from annotated_types import Ge, Le, MinLen
 from pydantic import (
@@ -60,12 +57,32 @@ from pydantic import (
 from rnd.attacks import ATTACKS, WRAPPER_KEYS, make_attack
 from rnd.attacks.base import QueryAttack
 from rnd.data import DATASETS
-from rnd.defenses import DEFENSES, DefenseSpec, canonical_defense, legacy_defense
+from rnd.defenses import DefenseSpec, legacy_defense
 from rnd.errors import ConfigError, RndError
 from rnd.evaluation.cells import REMOTE_DEFENSE, check_target
+from rnd.evaluation.config_types import (
+    MESSAGES,
+    TWICE,
+    Budget,
+    Count,
+    Defenses,
+    Finite,
+    Grid,
+    Invalid,
+    Mu,
+    NonNegative,
+    Positive,
+    Scalar,
+    Text,
+    as_tuple,
+    bound_text,
+    choice,
+    config_path,
+    key_path,
+    rule,
+    spec_text,
+)
 from rnd.evaluation.spec import (
-    DEFAULT_MU,
-    MAX_BUDGET,
     MAX_COUNT,
     MAX_IMAGES,
     MAX_PARAM_INT,
@@ -86,92 +103,7 @@ from rnd.oip import served_model
 OWN_KEYS = ("eps", "norm", "mu", "eot", "seed", "progress", "targeted", "assume")
 
 
-def bound_text(maximum: int) -> str:
-    """A bound as people write it (10**9, 2**63 - 1)."""
-    names = {MAX_BUDGET: "10**9", MAX_IMAGES: "10**7", MAX_SEED: "2**63 - 1", MAX_COUNT: "10**6"}
-    return names.get(maximum, str(maximum))
-
-
-class _Invalid(ValueError):
-    """A failed check; `key` continues the key path of the table whose validator raised it."""
-
-    def __init__(self, msg: str, *key: str | int) -> None:
-        super().__init__(msg)
-        self.key = key
-
-
-# -- value types: pydantic checks types and integer bounds, `_rule`s the rest ---------------------
-
-
-def _rule(ok: Callable[[Any], object], msg: str, *, before: bool = False) -> Any:
-    """A validator refusing values for which `ok` is false with `msg`, {v} in it the value."""
-
-    def check(value: Any) -> Any:
-        if not ok(value):  # a grid (a tuple) shows as the list it was written as
-            raise ValueError(msg.format(v=list(value) if isinstance(value, tuple) else value))
-        return value
-
-    return BeforeValidator(check) if before else AfterValidator(check)
-
-
-def _choice(kind: str, names: Sequence[str]) -> Any:
-    return _rule(lambda v: v in names, f"unknown {kind} {{v!r}}; choose one of: {', '.join(names)}")
-
-
-def _number(ok: Callable[[float], bool], bound: str) -> Any:
-    """Numbers out of `bound` refused as written (other values then fail as floats)."""
-
-    def fine(v: Any) -> bool:
-        return isinstance(v, bool) or not isinstance(v, int | float) or (math.isfinite(v) and ok(v))
-
-    return _rule(fine, f"must be {bound} and finite, got {{v}}", before=True)
-
-
-def _as_tuple(value: Any) -> Any:
-    return tuple(value) if isinstance(value, list) else (value,)
-
-
-def _distinct(said: str) -> Any:
-    return _rule(lambda t: len(set(t)) == len(t), said + " {v}")
-
-
-T = TypeVar("T")
-# a scalar or a non-empty list, as a tuple; duplicates refused
-Grid = Annotated[tuple[T, ...], BeforeValidator(_as_tuple), MinLen(1), _distinct("duplicate values in")]
-Text = Annotated[str, MinLen(1)]
-Positive = Annotated[float, _number(lambda x: x > 0, "> 0")]
-NonNegative = Annotated[float, _number(lambda x: x >= 0, ">= 0")]
-Mu = Annotated[Positive | None, BeforeValidator(lambda v: None if v == DEFAULT_MU else v)]
-Count = Annotated[int, Ge(1), Le(MAX_COUNT)]
-Budget = Annotated[int, Ge(1), Le(MAX_BUDGET)]
-Scalar = Annotated[
-    Any, _rule(lambda v: isinstance(v, str | int | float), "expected a string, number or boolean, got {v!r}")
-]
-Finite = Annotated[
-    Scalar, _rule(lambda v: not isinstance(v, float) or math.isfinite(v), "must be finite, got {v}")
-]
-
-
-def _spec_text(text: str) -> str:
-    out = canonical_defense(text)
-    name = out.partition(":")[0]
-    if name not in DEFENSES:
-        raise ValueError(f"unknown defense {name!r}; choose one of: {', '.join(sorted(DEFENSES))}")
-    return out
-
-
-SpecText = Annotated[Text, AfterValidator(_spec_text)]
-_TWICE = "the same defense appears twice:"
-# defense spec texts: one or a list of them ("rnd:nu=0.02"), made canonical; distinct
-Defenses = Annotated[
-    tuple[SpecText, ...], BeforeValidator(_as_tuple), _rule(len, "no defense given"), _distinct(_TWICE)
-]
-
-
-def _path(text: str, info: ValidationInfo) -> Path:
-    """`text` with ~ and $VARS expanded; a relative path is taken from the config's folder."""
-    p = Path(os.path.expandvars(os.path.expanduser(text)))
-    return p if p.is_absolute() else Path(info.context["base"]) / p
+# -- value types: pydantic checks types and integer bounds, `rule`s the rest ---------------------
 
 
 # -- the tables of the file, each checked alone, then the rules between them ----------------------
@@ -184,9 +116,9 @@ class _Table(BaseModel):
 
 
 class _Data(_Table):
-    dataset: Annotated[Text, _choice("data set", DATASETS)] = "fashion-mnist"
+    dataset: Annotated[Text, choice("data set", DATASETS)] = "fashion-mnist"
     split: Literal["train", "test"] = "test"
-    root: Annotated[Text, AfterValidator(lambda t, info: str(_path(t, info)))] | None = None
+    root: Annotated[Text, AfterValidator(lambda t, info: str(config_path(t, info)))] | None = None
     images: int = Field(100, ge=1, le=MAX_IMAGES)
     start: int = Field(0, ge=0, le=MAX_IMAGES)
     accuracy_images: int = Field(1000, ge=1, le=MAX_IMAGES)
@@ -210,7 +142,7 @@ class _DefenseTable(_Table):
 
     model_config = ConfigDict(extra="allow")
     # a parameter: a value or a non-empty list of them (a repeated value shows as a repeated defense)
-    __pydantic_extra__: dict[str, Annotated[tuple[Finite, ...], BeforeValidator(_as_tuple), MinLen(1)]]
+    __pydantic_extra__: dict[str, Annotated[tuple[Finite, ...], BeforeValidator(as_tuple), MinLen(1)]]
     name: Text
 
     @model_validator(mode="before")
@@ -221,7 +153,7 @@ class _DefenseTable(_Table):
     def specs(self) -> list[str]:
         """The canonical spec text of each point of the grid, read back as `rnd attack --defense` would."""
         grids = [[(p, v) for v in values] for p, values in sorted((self.model_extra or {}).items())]
-        return [_spec_text(str(DefenseSpec(self.name, dict(c)))) for c in itertools.product(*grids)]
+        return [spec_text(str(DefenseSpec(self.name, dict(c)))) for c in itertools.product(*grids)]
 
     @model_validator(mode="after")
     def _expands(self) -> Self:
@@ -254,15 +186,15 @@ class _Model(_Table):
     def _source(self, info: ValidationInfo) -> Self:
         """One of checkpoint and model (with weights) given, as a model spec; every file exists."""
         if self.nu is not None and self.defenses is not None:
-            raise _Invalid("give nu or defenses, not both")
+            raise Invalid("give nu or defenses, not both")
         if self.checkpoint is None and self.model is None:
-            raise _Invalid(
+            raise Invalid(
                 "missing (path of NAME.safetensors / NAME.json; or model = a TorchScript file or "
                 "package.module:factory)",
                 "checkpoint",
             )
         if self.checkpoint is not None and self.model is not None:
-            raise _Invalid(
+            raise Invalid(
                 "give exactly one of checkpoint (an rnd checkpoint) and model (a TorchScript file or "
                 "package.module:factory)"
             )
@@ -271,24 +203,24 @@ class _Model(_Table):
         kind = model_kind(text)
         meta = {k: getattr(self, k) for k in META_FIELDS if getattr(self, k) is not None}
         if given == "checkpoint" and kind != "checkpoint":
-            raise _Invalid(f"{text!r} is a {kind} model; give it as model = {text!r}", "checkpoint")
+            raise Invalid(f"{text!r} is a {kind} model; give it as model = {text!r}", "checkpoint")
         if self.weights is not None and kind != "factory":
-            raise _Invalid(f"weights are for a package.module:factory model, not a {kind}", "weights")
+            raise Invalid(f"weights are for a package.module:factory model, not a {kind}", "weights")
         if kind == "checkpoint" and meta:
-            raise _Invalid(f"an rnd checkpoint carries its own metadata; drop {', '.join(sorted(meta))}")
+            raise Invalid(f"an rnd checkpoint carries its own metadata; drop {', '.join(sorted(meta))}")
         weights = None
         if kind == "factory":
             spec, label = text, text.rpartition(":")[2]
-            if self.weights is not None and not (weights := _path(self.weights, info)).is_file():
-                raise _Invalid(f"weights file {weights} does not exist; fix the path", "weights")
+            if self.weights is not None and not (weights := config_path(self.weights, info)).is_file():
+                raise Invalid(f"weights file {weights} does not exist; fix the path", "weights")
         elif kind == "torchscript":
-            if not (path := _path(text, info)).is_file():
-                raise _Invalid(f"TorchScript file {path} does not exist; fix the path", "model")
+            if not (path := config_path(text, info)).is_file():
+                raise Invalid(f"TorchScript file {path} does not exist; fix the path", "model")
             spec, label = str(path), path.stem
         else:
-            files = checkpoint_paths(_path(text, info))
+            files = checkpoint_paths(config_path(text, info))
             if missing := [p for p in files if not p.is_file()]:
-                raise _Invalid(
+                raise Invalid(
                     f"checkpoint {missing[0]} does not exist; create it (`rnd train`, `rnd finetune`) "
                     "or fix the path",
                     given,
@@ -330,15 +262,15 @@ _RULE = 'expected "random", "next" or a class index, got {v!r}'
 
 
 class _Attack(_Table):
-    name: Annotated[Text, _choice("attack", sorted(ATTACKS))]
+    name: Annotated[Text, choice("attack", sorted(ATTACKS))]
     norm: Text = "linf"
     eps: Grid[Positive] = Field(description="radius of the threat model, in pixels")
     mu: Grid[Mu] = (None,)
     eot: Grid[Count] = (1,)
     budget: Budget | None = None
-    params: dict[str, Annotated[Scalar, _rule(_fits_int64, _INT64)]] = {}
+    params: dict[str, Annotated[Scalar, rule(_fits_int64, _INT64)]] = {}
     targeted: bool = False
-    target: Annotated[Any, _rule(_is_rule, _RULE), AfterValidator(lambda v: check_target(str(v)))] = None
+    target: Annotated[Any, rule(_is_rule, _RULE), AfterValidator(lambda v: check_target(str(v)))] = None
     defenses: Defenses | None = None
 
     @model_validator(mode="after")
@@ -348,16 +280,16 @@ class _Attack(_Table):
         norms = ATTACKS[self.name].norms
         if self.norm not in norms:
             msg = f"unknown norm {self.norm!r} for {self.name}; choose one of: {', '.join(norms)}"
-            raise _Invalid(msg, "norm")
+            raise Invalid(msg, "norm")
         accepted = attack_param_keys(self.name)
         for k in self.params:
             if k in OWN_KEYS:
-                raise _Invalid(f"set {k} with the attack's own key, not in params", "params", k)
+                raise Invalid(f"set {k} with the attack's own key, not in params", "params", k)
             if k not in accepted:
                 msg = f"unknown parameter of {self.name}; accepted keys: {', '.join(accepted) or '(none)'}"
-                raise _Invalid(msg, "params", k)
+                raise Invalid(msg, "params", k)
         if self.target is not None and not self.targeted:
-            raise _Invalid("needs targeted = true", "target")
+            raise Invalid("needs targeted = true", "target")
         if self.targeted and self.target is None:
             self.target = "random"
         for eps, mu, eot in itertools.product(self.eps, self.mu, self.eot):
@@ -365,9 +297,9 @@ class _Attack(_Table):
             try:
                 make_attack(self.name, seed=0, **kwargs, **self.params)
             except TypeError as exc:
-                raise _Invalid(f"{self.name} rejects these parameters: {exc}", "params") from exc
+                raise Invalid(f"{self.name} rejects these parameters: {exc}", "params") from exc
             except RndError as exc:
-                raise _Invalid(str(exc)) from exc
+                raise Invalid(str(exc)) from exc
         return self
 
 
@@ -379,8 +311,8 @@ class _Target(_Table):
         description="the endpoint, BASE/v2/models/NAME"
     )
     label: Text | None = None
-    key_env: Annotated[Text, _rule(lambda v: v.replace("_", "").isalnum(), _ENV)] = "RND_KEY"
-    assume_defense: Annotated[Text, AfterValidator(_spec_text)] | None = None
+    key_env: Annotated[Text, rule(lambda v: v.replace("_", "").isalnum(), _ENV)] = "RND_KEY"
+    assume_defense: Annotated[Text, AfterValidator(spec_text)] | None = None
 
 
 _ARRAYS = {  # what to say of a missing, empty or wrong array of tables
@@ -391,7 +323,7 @@ _ARRAYS = {  # what to say of a missing, empty or wrong array of tables
 
 
 class _Sweep(_Table):
-    output: Annotated[Text, _choice("output", OUTPUTS)] = "probs"
+    output: Annotated[Text, choice("output", OUTPUTS)] = "probs"
     target: _Target | None = None
     defense: _Legacy = _Legacy()
     defenses: Annotated[list[_DefenseTable], MinLen(1)] | None = None
@@ -409,12 +341,10 @@ class _Sweep(_Table):
     def _exclusive(cls, data: dict[str, Any]) -> dict[str, Any]:
         """Tables that exclude each other, refused before either is read."""
         if "defenses" in data and isinstance(data.get("defense"), dict) and "nu" in data["defense"]:
-            raise _Invalid("give [[defenses]] or the older [defense] nu = [...], not both", "defenses")
+            raise Invalid("give [[defenses]] or the older [defense] nu = [...], not both", "defenses")
         for k in ("models", "defenses", "defense"):
             if "target" in data and k in data:
-                raise _Invalid(
-                    "a [target] endpoint is the model, behind the server's own defense: drop it", k
-                )
+                raise Invalid("a [target] endpoint is the model, behind the server's own defense: drop it", k)
         return data
 
     def defense_grid(self) -> tuple[str, ...]:
@@ -428,22 +358,22 @@ class _Sweep(_Table):
     def _consistent(self) -> Self:
         """Models or a target; unique labels; outputs the attacks need; attacks' own defenses."""
         if self.target is None and self.models is None:
-            raise _Invalid(_ARRAYS["models"], "models")
+            raise Invalid(_ARRAYS["models"], "models")
         models = [m._spec for m in self.models or ()]
         if len({m.label for m in models}) != len(models):
-            raise _Invalid(f"labels must be unique, got {[m.label for m in models]}", "models")
+            raise Invalid(f"labels must be unique, got {[m.label for m in models]}", "models")
         scored = [a.name for a in self.attacks if ATTACKS[a.name].feedback == "scores"]
         if self.output == "labels" and scored:
-            raise _Invalid(f"'labels' hides the scores that {', '.join(scored)} need", "output")
+            raise Invalid(f"'labels' hides the scores that {', '.join(scored)} need", "output")
         grid = self.defense_grid()
         if len(set(grid)) != len(grid):
-            raise _Invalid(f"{_TWICE} {list(grid)}", "defenses")
+            raise Invalid(f"{TWICE} {list(grid)}", "defenses")
         for i, a in enumerate(self.attacks):
             if self.target is not None and a.defenses is not None:
-                raise _Invalid("a [target] sweep has one defense, the server's", "attacks", i, "defenses")
+                raise Invalid("a [target] sweep has one defense, the server's", "attacks", i, "defenses")
             for spec in a.defenses or ():
                 if not any(spec in (grid if m.defenses is None else m.defenses) for m in models):
-                    raise _Invalid(f"{spec!r} is not among the sweep's defenses", "attacks", i, "defenses")
+                    raise Invalid(f"{spec!r} is not among the sweep's defenses", "attacks", i, "defenses")
         return self
 
     def config(self, text: str, path: str) -> SweepConfig:
@@ -476,25 +406,6 @@ _TABLES: dict[str, type[BaseModel]] = {
     "models": _Model, "attacks": _Attack, "target": _Target,
 }  # fmt: skip
 
-_MESSAGES = {
-    "string_type": "expected a non-empty string, got {input!r}",
-    "string_too_short": "expected a non-empty string, got {input!r}",
-    "int_type": "expected an integer, got {kind} {input!r}",
-    "float_type": "expected a number, got {kind} {input!r}",
-    "bool_type": "expected true or false, got {input!r}",
-    "model_type": "expected a table, got {kind}",
-    "dict_type": "expected a table, got {kind}",
-    "literal_error": "expected {expected}, got {input!r}",
-    "too_short": "empty grid; give at least one value",
-    "greater_than_equal": "must be >= {ge}, got {input}",
-    "less_than_equal": "must be <= {le}, got {input}; lower it",
-}
-
-
-def _key(loc: tuple[str | int, ...]) -> str:
-    """The key path of a location: ("attacks", 1, "mu", 0) -> attacks[1].mu[0]."""
-    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
-
 
 def _config_error(exc: ValidationError) -> ConfigError:
     """One line naming the key: an unknown key first (a typo explains the rest), else the first error."""
@@ -502,10 +413,10 @@ def _config_error(exc: ValidationError) -> ConfigError:
     e = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     loc, kind, value, ctx = e["loc"], e["type"], e["input"], dict(e.get("ctx", {}))
     if isinstance(ctx.get("error"), ValueError):  # a validator of ours: its own words
-        return ConfigError(f"{_key(loc + getattr(ctx['error'], 'key', ()))}: {ctx['error']}")
+        return ConfigError(f"{key_path(loc + getattr(ctx['error'], 'key', ()))}: {ctx['error']}")
     table = _TABLES.get(next((p for p in loc[:-1] if isinstance(p, str)), ""), _Sweep)
-    if _key(loc) in _ARRAYS and kind in ("missing", "list_type", "too_short"):
-        msg = _ARRAYS[_key(loc)]
+    if key_path(loc) in _ARRAYS and kind in ("missing", "list_type", "too_short"):
+        msg = _ARRAYS[key_path(loc)]
     elif kind == "extra_forbidden":
         msg = f"unknown key; allowed here: {', '.join(sorted(table.model_fields))}"
     elif kind == "missing" and (about := table.model_fields[str(loc[-1])].description):
@@ -515,9 +426,9 @@ def _config_error(exc: ValidationError) -> ConfigError:
             kind, value = "string_type", None
         if "le" in ctx:
             ctx["le"] = bound_text(ctx["le"])
-        template = _MESSAGES.get(kind)
+        template = MESSAGES.get(kind)
         msg = template.format(input=value, kind=type(value).__name__, **ctx) if template else e["msg"]
-    return ConfigError(f"{_key(loc)}: {msg}")
+    return ConfigError(f"{key_path(loc)}: {msg}")
 
 
 def parse_config(text: str, *, base: str | Path = ".", path: str = "<string>") -> SweepConfig:
