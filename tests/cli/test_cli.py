@@ -50,6 +50,26 @@ def test_demo_json(checkpoint):
     assert report["rows"][0]["images"] == 4
 
 
+
+def test_demo_prints_the_numbers_of_rnd_attack_for_the_same_cells(checkpoint):
+    """One pipeline: `rnd demo` runs the cells `rnd attack` builds from the same choices (same keys)
+    and reports the same rates, queries and clean accuracies for each."""
+    common = ["--checkpoint", str(checkpoint), "--images", "4", "--budget", "40", "--attack", "square"]
+    demo = CliRunner().invoke(main, ["demo", *common, "--no-progress", "--json"])
+    attack = CliRunner().invoke(
+        main,
+        ["attack", *common, "--defense", "none", "--defense", "rnd:nu=0.02", "--eps", "0.1", "--acc-images",
+         "10000", "--no-progress", "--json"],
+    )  # fmt: skip
+    assert demo.exit_code == 0 and attack.exit_code == 0, demo.output + attack.output
+    d, a = json.loads(demo.output), json.loads(attack.output)
+    assert d["cell_keys"] == [r["cell_key"] for r in a["rows"]]
+    fields = ("failure_rate", "failure_rate_vote", "failure_rate_clean", "mean_queries", "clean_accuracy")
+    for dr, ar in zip(d["rows"], a["rows"], strict=True):
+        assert {f: dr[f] for f in fields} == {f: ar[f] for f in fields}
+    assert d["clean_accuracy"] == a["clean_accuracy"] and d["rnd_accuracy"] == a["rows"][1]["clean_accuracy"]
+
+
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
     result = CliRunner().invoke(main, ["demo", "--checkpoint", str(tmp_path / "nope"), "--no-progress"])
     assert result.exit_code == 2
