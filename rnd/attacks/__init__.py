@@ -1,5 +1,6 @@
 """Query-based black-box attacks, batched on one core (`QueryAttack`): the score-based ones on
-`ScoreAttack`, the label-only (decision-based) ones on `DecisionAttack`."""
+`ScoreAttack`, the label-only (decision-based) ones on `DecisionAttack`, and the transfer attacks
+(crafted on the attacker's own surrogate, then submitted) on `TransferAttack`."""
 
 from __future__ import annotations
 
@@ -9,9 +10,13 @@ from rnd.attacks.bandits import Bandits
 from rnd.attacks.base import AttackResult, AttackState, QueryAttack
 from rnd.attacks.blinding import Blinded, BlindingOracle
 from rnd.attacks.decision import DecisionAttack
+from rnd.attacks.difgsm import DIFGSM
 from rnd.attacks.geoda import GeoDA
 from rnd.attacks.hsja import HopSkipJump
+from rnd.attacks.ifgsm import IFGSM
+from rnd.attacks.mifgsm import MIFGSM
 from rnd.attacks.nes import NES
+from rnd.attacks.nifgsm import NIFGSM
 from rnd.attacks.parsimonious import Parsimonious
 from rnd.attacks.psj import PopSkipJump
 from rnd.attacks.rays import RayS
@@ -22,6 +27,9 @@ from rnd.attacks.signhunter import SignHunter
 from rnd.attacks.simba import SimBA
 from rnd.attacks.square import Square
 from rnd.attacks.square_adaptive import SquareAdaptive
+from rnd.attacks.tifgsm import TIFGSM
+from rnd.attacks.transfer import TransferAttack
+from rnd.attacks.vmifgsm import VMIFGSM
 from rnd.attacks.zo_signsgd import ZOSignSGD
 from rnd.errors import unknown_name
 
@@ -45,6 +53,11 @@ DECISION_ATTACKS: tuple[type[QueryAttack], ...] = (
     RayS,
     SignFlip,
 )
+#: Transfer attacks (a surrogate model to craft on, one query per submitted candidate). They need
+#: `surrogate=`, so they are built directly (`MIFGSM(eps, surrogate=model)`), not by name yet.
+TRANSFER_ATTACKS: dict[str, type[TransferAttack]] = {
+    cls.name: cls for cls in (IFGSM, MIFGSM, NIFGSM, DIFGSM, VMIFGSM, TIFGSM)
+}
 #: Every registered attack by name (`make_attack(name, ...)` builds one).
 ATTACKS: dict[str, type[QueryAttack]] = {cls.name: cls for cls in SCORE_ATTACKS + DECISION_ATTACKS}
 
@@ -70,8 +83,15 @@ def make_attack(name: str, *, blind: float | None = None, **kwargs: Any) -> Quer
 __all__ = [
     "ATTACKS",
     "DECISION_ATTACKS",
+    "DIFGSM",
+    "IFGSM",
+    "MIFGSM",
     "NES",
+    "NIFGSM",
     "SCORE_ATTACKS",
+    "TIFGSM",
+    "TRANSFER_ATTACKS",
+    "VMIFGSM",
     "AttackResult",
     "AttackState",
     "Bandits",
@@ -91,6 +111,7 @@ __all__ = [
     "SimBA",
     "Square",
     "SquareAdaptive",
+    "TransferAttack",
     "ZOSignSGD",
     "make_attack",
 ]
