@@ -4,9 +4,11 @@ A similarity detector such as Blacklight (`rnd.defenses.stateful`) fingerprints 
 of windows of its quantised pixels, and refuses a query that shares many of them with an earlier
 one. `Blinded(attack)` runs `attack` unchanged, except that every query it sends gets, just
 before it reaches the oracle, a fresh random perturbation per row ("blinding"), so that its
-quantised windows differ from those of every earlier query. This is the counter the literature
-found: Feng et al., "Stateful Defenses for Machine Learning Models Are Not Yet Secure Against
-Black-box Attacks" (CCS 2023, OARS) break Blacklight by such random transformations of each query.
+quantised windows differ from those of every earlier query. It is not what Feng et al., "Stateful
+Defenses for Machine Learning Models Are Not Yet Secure Against Black-box Attacks" (CCS 2023, OARS)
+do: OARS uses the refusals as a signal, tuning its own step parameters until proposals are rarely
+refused and then redrawing each refused proposal (DESIGN section 8); that counter is not in rnd
+yet. Blinding is the simpler attacker-side evasion, measured here as it stands.
 
 Why small noise is enough. Blacklight maps a pixel x to v = (255 x + s) mod 255 and keeps the
 bin round(v / step). The secret salt s makes v uniform on [0, 255), independent of x. The bins

@@ -44,9 +44,10 @@ Memory: 8 bytes per kept digest, `top` * 8 = 400 bytes per stored query (40 MB a
 plus a transient copy of the largest level during a merge, and 16 bytes per cache entry
 (16 MB at the default 2^20).
 
-The known counter is an attacker who blinds each query with fresh small noise so that the
-quantised windows change (Feng et al., "Stateful Defenses for Machine Learning Models Are Not Yet
-Secure Against Black-box Attacks", CCS 2023): `rnd.attacks.blinding.Blinded`.
+Two counters are known: an attacker who blinds each query with fresh small noise so that the
+quantised windows change (`rnd.attacks.blinding.Blinded`), and OARS (Feng et al., "Stateful
+Defenses for Machine Learning Models Are Not Yet Secure Against Black-box Attacks", CCS 2023),
+which tunes its step parameters on the refusals and redraws refused proposals (not in rnd yet).
 """
 
 from __future__ import annotations
