@@ -55,6 +55,22 @@ def test_the_readme_headline_is_the_committed_record():
     assert meta["sha256"] == record["checkpoint_sha256"] == report["model"]["checkpoint_sha256"]
 
 
+def test_the_readmes_transfer_figures_are_the_committed_record():
+    """The README's transfer sentence quotes the transfer record: its rates, commit and date."""
+    record = json.loads((RECORDS / "transfer-peers.json").read_text())
+    text = " ".join(README.read_text().split())
+    (mi,) = [r for r in record["rows"] if r["attack"] == "mi-fgsm"]
+    pct = load_extension().pct
+    for rate in (mi["rnd_observed_nu0.0525"], mi["rnd_clean"]):
+        assert pct(rate) in text, pct(rate)
+    assert f"torchattacks' MI-FGSM gives {mi['torchattacks_clean']['failure']:.1f} %" in text
+    assert record["commit"] in text and record["date"] in text
+    assert (
+        record["checkpoint_sha256"]
+        == json.loads((RECORDS / "audit-full.json").read_text())["checkpoint_sha256"]
+    )
+
+
 def test_the_readme_python_example_runs():
     """The README's example, as written, on the audited default checkpoint (no training)."""
     (code,) = readme_blocks("python")

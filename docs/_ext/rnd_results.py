@@ -6,7 +6,7 @@ written by `rnd audit`), a sweep's SQLite results store, or rows written by a be
 (`bench/attack_throughput.py --json`). The directive
 
     ```{rnd-results} NAME
-    :view: provenance | verdict | cells | strength | labels | grid | rivals | throughput
+    :view: provenance | verdict | cells | strength | labels | grid | rivals | throughput | transfer
     ```
 
 reads the record (and what it points to) at build time and renders a table, so a figure on a
@@ -274,7 +274,32 @@ def throughput_table(record: dict[str, Any]) -> nodes.table:
     return table(head, body)
 
 
-VIEWS = ("provenance", "verdict", "cells", "strength", "labels", "grid", "rivals", "worst", "throughput")
+def transfer_table(record: dict[str, Any]) -> nodes.table:
+    """rnd's transfer attacks beside the reference's, judged on the clean target, and rnd's through
+    RND (the one observed answer) at each level the record measured."""
+    levels = sorted(k for k in record["rows"][0] if k.startswith("rnd_observed_nu"))
+    head = ["attack", "rnd (clean)", "torchattacks (clean)"]
+    head += [f"rnd through RND nu={k.removeprefix('rnd_observed_nu')} (observed)" for k in levels]
+    body = [
+        [f"{r['attack']} {r['norm']} eps={r['eps']:g}", pct(r["rnd_clean"]), pct(r["torchattacks_clean"])]
+        + [pct(r[k]) for k in levels]
+        for r in record["rows"]
+    ]
+    return table(head, body)
+
+
+VIEWS = (
+    "provenance",
+    "verdict",
+    "cells",
+    "strength",
+    "labels",
+    "grid",
+    "rivals",
+    "worst",
+    "throughput",
+    "transfer",
+)
 
 
 class ResultsDirective(SphinxDirective):
@@ -295,6 +320,8 @@ class ResultsDirective(SphinxDirective):
             return provenance(record)
         if view == "throughput":
             return [throughput_table(record)]
+        if view == "transfer":
+            return [transfer_table(record)]
         if view in ("rivals", "worst"):
             rows = sweep_rows(record)
             return [rivals_table(rows) if view == "rivals" else worst_case_table(rows)]
