@@ -42,13 +42,10 @@ class VMIFGSM(TransferAttack):
         target: torch.Tensor | None,
         grad: torch.Tensor,
     ) -> torch.Tensor:
-        n, shape = x.shape[0], tuple(x.shape[1:])
+        shape = tuple(x.shape[1:])
         r = (2 * row_draws(state.gens, rows, (self.samples, *shape), torch.rand) - 1) * self.beta * self.eps
-        near = (x[:, None] + r).reshape(n * self.samples, *shape)
-        many = rows.repeat_interleave(self.samples)
-        g = self.gradient(state, many, near, y.repeat_interleave(self.samples), _repeat(target, self.samples))
-        return g.view(n, self.samples, *shape).mean(1) - grad
+        total = torch.zeros_like(x)
+        for j in range(self.samples):  # one neighbour per image at a time: the batch the attack runs at
+            total += self.gradient(state, rows, x + r[:, j], y, target)
+        return total / self.samples - grad
 
-
-def _repeat(t: torch.Tensor | None, k: int) -> torch.Tensor | None:
-    return None if t is None else t.repeat_interleave(k)
