@@ -53,13 +53,20 @@ DECISION_ATTACKS: tuple[type[QueryAttack], ...] = (
     RayS,
     SignFlip,
 )
-#: Transfer attacks (a surrogate model to craft on, one query per submitted candidate). They need
-#: `surrogate=`, so they are built directly (`MIFGSM(eps, surrogate=model)`), not by name yet.
+#: Transfer attacks: crafted on the attacker's surrogate model(s) (`surrogate=`), one query per
+#: submitted candidate.
 TRANSFER_ATTACKS: dict[str, type[TransferAttack]] = {
     cls.name: cls for cls in (IFGSM, MIFGSM, NIFGSM, DIFGSM, VMIFGSM, TIFGSM)
 }
+#: The attacks that need nothing but the oracle (every one but the transfer attacks).
+QUERY_ATTACKS: dict[str, type[QueryAttack]] = {cls.name: cls for cls in SCORE_ATTACKS + DECISION_ATTACKS}
 #: Every registered attack by name (`make_attack(name, ...)` builds one).
-ATTACKS: dict[str, type[QueryAttack]] = {cls.name: cls for cls in SCORE_ATTACKS + DECISION_ATTACKS}
+ATTACKS: dict[str, type[QueryAttack]] = {**QUERY_ATTACKS, **TRANSFER_ATTACKS}
+
+
+def needs_surrogate(name: str) -> bool:
+    """Does attack `name` craft on a surrogate model (a transfer attack)?"""
+    return name in TRANSFER_ATTACKS
 
 
 #: Keyword arguments `make_attack` takes for every attack (attacker-side wrappers, not the attack's own).
@@ -88,6 +95,7 @@ __all__ = [
     "MIFGSM",
     "NES",
     "NIFGSM",
+    "QUERY_ATTACKS",
     "SCORE_ATTACKS",
     "TIFGSM",
     "TRANSFER_ATTACKS",
@@ -114,4 +122,5 @@ __all__ = [
     "TransferAttack",
     "ZOSignSGD",
     "make_attack",
+    "needs_surrogate",
 ]

@@ -37,6 +37,10 @@ from rnd.attacks.decision import image_seeds
 from rnd.errors import InputError
 from rnd.oracle import QueryOracle
 
+#: What a transfer attack is built around when only its parameters, steps and budget are checked
+#: (a sweep's plan); the surrogates it crafts on are loaded when its cell runs.
+STAND_IN = nn.Identity()
+
 
 @dataclass(eq=False)
 class TransferState(AttackState):

@@ -18,12 +18,10 @@ import dataclasses
 import json
 import math
 from pathlib import Path
-from typing import Any
 
 import click
 from tqdm.auto import tqdm
 
-from rnd.attacks import ATTACKS
 from rnd.attacks.score import LOSSES
 from rnd.cli.app import json_option, main, progress_option
 from rnd.cli.attack_options import (
@@ -37,7 +35,9 @@ from rnd.cli.attack_options import (
     model_options,
     parse_params,
     parse_target,
+    surrogate_specs,
 )
+from rnd.cli.attack_remote import remote_attack
 from rnd.cli.checks import (
     MAX_BUDGET,
     MAX_COUNT,
@@ -48,19 +48,17 @@ from rnd.cli.checks import (
 )
 from rnd.cli.models import load_spec
 from rnd.data import DATASETS, load_dataset
-from rnd.defenses import DefenseSpec, build_defense, canonical_defense, rnd_nu
+from rnd.defenses import DefenseSpec, build_defense, rnd_nu
 from rnd.errors import InputError
 from rnd.evaluation.cells import fixed_target
-from rnd.evaluation.checks import check_remote
+from rnd.evaluation.checks import check_surrogates
 from rnd.evaluation.config_types import bound_text
 from rnd.evaluation.execute import AttackEvaluation, execute_cell
 from rnd.evaluation.grid import expand
-from rnd.evaluation.spec import DataSpec, ModelSpec, RemoteTarget, SweepConfig
-from rnd.extras import import_extra
+from rnd.evaluation.spec import DataSpec, ModelSpec, SweepConfig
 from rnd.models import read_meta
 from rnd.models.predict import correctly_classified
 from rnd.models.source import model_label
-from rnd.oip import served_model
 from rnd.report.tables import format_table, table_columns
 from rnd.training import load_or_train_default
 
@@ -182,6 +180,14 @@ from rnd.training import load_or_train_default
     metavar="SPEC",
     help="with --url: what the attacker is told about the server's defense (e.g. rnd:nu=0.02)",
 )
+@click.option(
+    "--surrogate",
+    "surrogates",
+    multiple=True,
+    metavar="SPEC",
+    help="transfer attacks: the attacker's own model to craft on (repeatable: a logit ensemble); "
+    "a checkpoint, a TorchScript file or package.module:factory",
+)
 @allow_mismatch_option
 @json_option
 @progress_option
@@ -215,6 +221,7 @@ def attack(
     key: str | None,
     model_name: str | None,
     assume_defense: str | None,
+    surrogates: tuple[str, ...],
     allow_mismatch: bool,
     as_json: bool,
     progress: bool,
@@ -232,7 +239,9 @@ def attack(
 
     The model is --checkpoint (rnd's own) or --model, any source `rnd.models.load_model` takes: a
     checkpoint, a TorchScript file with its metadata beside it, or package.module:factory with
-    --weights; --input-shape / --num-classes give metadata the model does not carry.
+    --weights; --input-shape / --num-classes give metadata the model does not carry. Transfer
+    attacks (i-fgsm, mi-fgsm, ni-fgsm, di-fgsm, vmi-fgsm, ti-fgsm) craft on --surrogate models, with
+    no query, and submit one image per candidate.
     """
     # validate everything before loading or training anything
     for value, name, low, high in (
@@ -270,6 +279,7 @@ def attack(
     if assume_defense is not None:  # what a remote attacker is told, checked before any work
         common["assume"] = dict(DefenseSpec.parse(assume_defense).params)
     per_attack = parse_params(params, names)
+    surrogates = surrogate_specs(names, surrogates)
     objs = build_attacks(names, per_attack, common)
     if target is not None and not targeted:
         raise InputError("--target needs --targeted")
@@ -285,7 +295,9 @@ def attack(
             )
         rule = parse_target(target, targeted, None)
         remote_attack(
-            attack_specs(names, per_attack, norm, eps, mu, eot, extra_params(loss, mu_nu_ratio), rule),
+            attack_specs(
+                names, per_attack, norm, eps, mu, eot, extra_params(loss, mu_nu_ratio), rule, surrogates
+            ),
             url=url,
             key=key,
             model_name=model_name,
@@ -341,7 +353,7 @@ def attack(
     cfg = SweepConfig(
         name="rnd attack",
         models=(source,),
-        attacks=attack_specs(names, per_attack, norm, eps, mu, eot, extra, rule),
+        attacks=attack_specs(names, per_attack, norm, eps, mu, eot, extra, rule, surrogates),
         defenses=tuple(specs),
         data=DataSpec(
             dataset=dataset,
@@ -356,6 +368,7 @@ def attack(
         output=output,
     )
     cells = sorted(expand(cfg), key=lambda c: (names.index(c.attack), specs.index(c.defense)))
+    check_surrogates(cfg, cells)
     results = []
     for cell in tqdm(cells, desc="cells", unit="cell", disable=not progress or len(cells) < 2):
         results.append(execute_cell(cell, progress=progress, max_batch=batch_size))
@@ -411,88 +424,5 @@ def attack(
     click.echo(
         f"{n_images} correctly classified test images, {norm} eps={eps:g}, budget {budget} queries, "
         f"{kind}, loss {loss}, EOT M={eot}; 'observed' = the attacker's own noisy answer\n"
-    )
-    click.echo(format_table(rows, table_columns(rows)))
-
-
-def remote_attack(
-    attacks: tuple[Any, ...],
-    *,
-    url: str,
-    key: str | None,
-    model_name: str | None,
-    assume_defense: str | None,
-    dataset: str,
-    data_root: Path | None,
-    n_images: int,
-    budget: int,
-    seed: int,
-    acc_images: int,
-    batch_size: int,
-    as_json: bool,
-    progress: bool,
-) -> None:
-    """`rnd attack --url`: the cells of a `[target]` sweep (one per attack), checked against the
-    endpoint before any query and run by the same executor; success observed and by a vote of fresh
-    answers; the clean model is not visible from outside (its column says -)."""
-    RemoteOracle = import_extra("rnd.oracle.remote", "rnd attack --url").RemoteOracle
-    base, name = served_model(url, model_name, name_option="--model-name")
-    with RemoteOracle(base, name, key) as probe:  # the endpoint's metadata; no query is sent
-        served_output = probe.output
-    names = [a.name for a in attacks]
-    scored = [n for n in names if ATTACKS[n].feedback == "scores"]
-    if scored and served_output == "labels":
-        raise InputError(f"{scored[0]} needs scores and the endpoint answers labels only")
-    assume = None if assume_defense is None else canonical_defense(assume_defense)
-    cfg = SweepConfig(
-        name="rnd attack --url",
-        models=(),
-        attacks=attacks,
-        defenses=("remote",),
-        data=DataSpec(
-            dataset=dataset,
-            split="test",
-            root=None if data_root is None else str(data_root),
-            images=n_images,
-            accuracy_images=acc_images,
-        ),
-        seeds=(seed,),
-        budget=budget,
-        output=served_output,
-        target=RemoteTarget(url=f"{base}/v2/models/{name}", label=name, key_env="", assume=assume),
-    )
-    cells = sorted(expand(cfg), key=lambda c: names.index(c.attack))
-    check_remote(cells, key)
-    results = []
-    for cell in tqdm(cells, desc="cells", unit="cell", disable=not progress or len(cells) < 2):
-        results.append(execute_cell(cell, progress=progress, max_batch=batch_size, key=key))
-    rows = [AttackEvaluation.of(r) for r in results]
-    for ev in rows:
-        ev.defense = "remote" if assume is None else f"remote (told {assume})"
-    sent = sum(r.queries_sent for r in results)
-    first = results[0]
-    if as_json:
-        report = {
-            "url": base,
-            "model": name,
-            "output": served_output,
-            "budget": budget,
-            "images": n_images,
-            "endpoint_accuracy": first.summary.clean_accuracy,
-            "indices": [r.index for r in first.rows],
-            "queries_sent": sent,
-            "rows": [
-                {**dataclasses.asdict(ev), "cell_key": res.key} for ev, res in zip(rows, results, strict=True)
-            ],
-        }
-        click.echo(json.dumps(report, indent=2, default=str))
-        return
-    click.echo(
-        f"served model {name!r} at {base} (answers {served_output}, {first.summary.clean_accuracy:.2f} % "
-        f"correct on {acc_images} test images); {sent} queries sent"
-    )
-    click.echo(
-        f"{n_images} test images the endpoint answers correctly, budget {budget}; 'clean' (-) is not "
-        "visible from outside; 'vote' = majority of 11 fresh answers of the endpoint\n"
     )
     click.echo(format_table(rows, table_columns(rows)))

@@ -12,13 +12,15 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from rnd.attacks import ATTACKS, make_attack
+from rnd.attacks import ATTACKS, QUERY_ATTACKS, TRANSFER_ATTACKS, make_attack, needs_surrogate
 from rnd.attacks.base import QueryAttack
+from rnd.attacks.transfer import STAND_IN
 from rnd.cli.models import given_meta
 from rnd.defenses import DEFENSES, canonical_defense, legacy_defense
 from rnd.errors import ConfigError, InputError, unknown_name
 from rnd.evaluation.cells import check_target
 from rnd.evaluation.spec import AttackSpec
+from rnd.models import model_kind
 
 #: Constructor arguments set by the CLI's own options, never through --param.
 COMMON_KEYS = ("eps", "norm", "mu", "loss", "targeted", "eot", "mu_nu_ratio", "seed", "progress")
@@ -33,11 +35,12 @@ TARGET_RULES = ("random", "next")
 
 # -- attack construction ----------------------------------------------------------------------------
 def attack_names(requested: tuple[str, ...], norm: str) -> list[str]:
-    """Expand `all` (every registered attack that supports `norm`) and check each name."""
+    """Expand `all` (every registered query attack that supports `norm`; the transfer attacks need
+    a surrogate, so they are asked for by name) and check each name."""
     names: list[str] = []
     for name in requested:
         if name == "all":
-            names += [n for n in sorted(ATTACKS) if norm in ATTACKS[n].norms]
+            names += [n for n in sorted(QUERY_ATTACKS) if norm in QUERY_ATTACKS[n].norms]
         elif name not in ATTACKS:
             raise unknown_name("attack", name, [*ATTACKS, "all"])
         else:
@@ -162,8 +165,9 @@ def build_attacks(
     for n in names:
         accepted = constructor_parameters(ATTACKS[n])  # label-only attacks take no loss
         own = {k: v for k, v in common.items() if k in accepted}
+        stand_in = {"surrogate": STAND_IN} if needs_surrogate(n) else {}  # the real ones load per cell
         try:
-            attacks.append(make_attack(n, **own, **params[n]))
+            attacks.append(make_attack(n, **own, **stand_in, **params[n]))
         except TypeError as exc:
             raise ConfigError(f"cannot configure {n}: {exc}") from exc
     return attacks
@@ -243,9 +247,11 @@ def attack_specs(
     eot: int,
     extra: dict[str, Any],
     rule: str | None,
+    surrogates: tuple[str, ...] = (),
 ) -> tuple[Any, ...]:
     """One `AttackSpec` per attack of the command line: its own `--param`s, and the shared extras
-    (loss, mu_nu_ratio) where the attack takes them, so the cells are those a sweep config makes."""
+    (loss, mu_nu_ratio) where the attack takes them, so the cells are those a sweep config makes;
+    the transfer attacks craft on `surrogates`."""
     return tuple(
         AttackSpec(
             name=n,
@@ -258,6 +264,23 @@ def attack_specs(
                 **per_attack[n],
             },
             target=rule,
+            surrogates=surrogates if needs_surrogate(n) else None,
         )
         for n in names
     )
+
+
+def surrogate_specs(names: list[str], given: tuple[str, ...]) -> tuple[str, ...]:
+    """--surrogate model specs (paths made absolute), checked against the attacks: a transfer attack
+    needs one, and a surrogate without a transfer attack is a mistake."""
+    transfer = [n for n in names if needs_surrogate(n)]
+    if transfer and not given:
+        raise InputError(
+            f"{transfer[0]} crafts on the attacker's own model: give --surrogate SPEC (a checkpoint, "
+            "a TorchScript file or package.module:factory)"
+        )
+    if given and not transfer:
+        raise InputError(
+            "--surrogate is for the transfer attacks (" + ", ".join(TRANSFER_ATTACKS) + "); drop it"
+        )
+    return tuple(s if model_kind(s) == "factory" else str(Path(s).expanduser().resolve()) for s in given)

@@ -79,10 +79,19 @@ class Cell:
     key_env: str | None = None  # endpoint cells: the environment variable holding the API key
     weights: str | None = None  # a factory model's weights file (`checkpoint` holds the model spec)
     model_meta: str | None = None  # metadata given for the model (input_shape, ...), canonical JSON
+    surrogates: str | None = None  # transfer attacks: the surrogates' model specs, a JSON list (local)
+    surrogate_sha256: str | None = None  # ... and what identifies them: their sha256s, comma-joined
 
     #: Fields that locate files or secrets on this machine, or describe the model `checkpoint_sha256`
     #: identifies; not part of the measurement's identity.
-    LOCAL: ClassVar[tuple[str, ...]] = ("checkpoint", "data_root", "key_env", "weights", "model_meta")
+    LOCAL: ClassVar[tuple[str, ...]] = (
+        "checkpoint",
+        "data_root",
+        "key_env",
+        "weights",
+        "model_meta",
+        "surrogates",
+    )
 
     def __post_init__(self) -> None:
         if self.url is not None and self.defense != REMOTE_DEFENSE:
@@ -119,7 +128,7 @@ class Cell:
         if nu is not None:
             del d["defense"]
             d["nu"] = nu
-        for optional in ("target", "url", "assume"):
+        for optional in ("target", "url", "assume", "surrogate_sha256"):
             if d[optional] is None:
                 del d[optional]
         return d

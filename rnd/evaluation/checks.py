@@ -27,6 +27,7 @@ def check_plan(cfg: SweepConfig, cells: list[Cell], workspace: Workspace = WORKS
         return
     if cfg.target is not None:
         check_remote(cells, workspace=workspace)
+        check_surrogates(cfg, cells, workspace)
         return
     d = cfg.data
     data = workspace.planned_data(cells[0])
@@ -64,6 +65,30 @@ def check_plan(cfg: SweepConfig, cells: list[Cell], workspace: Workspace = WORKS
                 workspace.select_images(c)
             except RndError as exc:
                 raise ConfigError(f"data.images: model {m.label!r}: {exc}") from exc
+    check_surrogates(cfg, cells, workspace)
+
+
+def check_surrogates(cfg: SweepConfig, cells: list[Cell], workspace: Workspace = WORKSPACE) -> None:
+    """Every transfer attack's surrogates load (sha256 verified), take the data set's images and
+    predict its classes; ConfigError naming the attack's key otherwise."""
+    data = workspace.planned_data(cells[0])
+    for i, a in enumerate(cfg.attacks):
+        cell = next((c for c in cells if c.attack == a.name and c.surrogates is not None), None)
+        if a.surrogates is None or cell is None:
+            continue
+        try:
+            models = workspace.surrogates(cell)
+        except RndError as exc:
+            raise ConfigError(f"attacks[{i}].surrogates: {exc}") from exc
+        for spec, m in zip(a.surrogates, models, strict=True):
+            shape = tuple(getattr(m, "input_shape", data.input_shape))
+            classes = int(getattr(m, "num_classes", data.num_classes))
+            if shape != tuple(data.input_shape) or classes != data.num_classes:
+                raise ConfigError(
+                    f"attacks[{i}].surrogates: {spec} takes images of shape {shape} and predicts "
+                    f"{classes} classes; {data.name} images are {tuple(data.input_shape)}, "
+                    f"{data.num_classes} classes: use a surrogate of the target's kind"
+                )
 
 
 def check_remote(cells: list[Cell], key: str | None = None, workspace: Workspace = WORKSPACE) -> None:

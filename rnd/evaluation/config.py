@@ -54,8 +54,9 @@ from pydantic import (
     model_validator,
 )
 
-from rnd.attacks import ATTACKS, WRAPPER_KEYS, make_attack
+from rnd.attacks import ATTACKS, WRAPPER_KEYS, make_attack, needs_surrogate
 from rnd.attacks.base import QueryAttack
+from rnd.attacks.transfer import STAND_IN
 from rnd.data import DATASETS
 from rnd.defenses import DefenseSpec, legacy_defense
 from rnd.errors import ConfigError, RndError
@@ -100,7 +101,7 @@ from rnd.models.source import META_FIELDS, check_meta
 from rnd.oip import served_model
 
 #: Attack arguments set by an [[attacks]] table's own keys (or by the sweep), never through params.
-OWN_KEYS = ("eps", "norm", "mu", "eot", "seed", "progress", "targeted", "assume")
+OWN_KEYS = ("eps", "norm", "mu", "eot", "seed", "progress", "targeted", "assume", "surrogate")
 
 
 # -- value types: pydantic checks types and integer bounds, `rule`s the rest ---------------------
@@ -272,11 +273,24 @@ class _Attack(_Table):
     targeted: bool = False
     target: Annotated[Any, rule(_is_rule, _RULE), AfterValidator(lambda v: check_target(str(v)))] = None
     defenses: Defenses | None = None
+    surrogates: Grid[Text] | None = None  # transfer attacks: model specs, paths from the config's folder
 
     @model_validator(mode="after")
-    def _builds(self) -> Self:
+    def _builds(self, info: ValidationInfo) -> Self:
         """The norm and params fit the attack, built once per grid point: bad parameters fail now,
-        not in the middle of a sweep."""
+        not in the middle of a sweep. A transfer attack names its surrogates (built here around a
+        stand-in; `expand` identifies the real ones)."""
+        if needs_surrogate(self.name) != (self.surrogates is not None):
+            msg = (
+                "give the surrogate models the attack crafts on"
+                if self.surrogates is None
+                else ("only a transfer attack takes surrogates")
+            )
+            raise Invalid(msg, "surrogates")
+        if self.surrogates is not None:
+            self.surrogates = tuple(
+                s if model_kind(s) == "factory" else str(config_path(s, info)) for s in self.surrogates
+            )
         norms = ATTACKS[self.name].norms
         if self.norm not in norms:
             msg = f"unknown norm {self.norm!r} for {self.name}; choose one of: {', '.join(norms)}"
@@ -294,6 +308,8 @@ class _Attack(_Table):
             self.target = "random"
         for eps, mu, eot in itertools.product(self.eps, self.mu, self.eot):
             kwargs = {"eps": eps, "norm": self.norm, "mu": mu, "eot": eot, "targeted": self.targeted}
+            if self.surrogates is not None:
+                kwargs["surrogate"] = STAND_IN
             try:
                 make_attack(self.name, seed=0, **kwargs, **self.params)
             except TypeError as exc:

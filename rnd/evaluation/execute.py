@@ -41,11 +41,16 @@ from rnd.evaluation.targets import Target, defended, recheck, target_for
 from rnd.oracle import Oracle, Output
 
 
-def cell_attack(cell: Cell, assume: dict[str, Any], progress: bool = False) -> QueryAttack:
-    """The cell's attack, seeded with `cell.seed` and told `assume` about the defense."""
+def cell_attack(
+    cell: Cell, assume: dict[str, Any], progress: bool = False, surrogates: list[nn.Module] | None = None
+) -> QueryAttack:
+    """The cell's attack, seeded with `cell.seed`, told `assume` about the defense, and (a transfer
+    attack) crafting on `surrogates`."""
     params = dict(cell.attack_params)
     if cell.target is not None:
         params["targeted"] = True
+    if surrogates:
+        params["surrogate"] = surrogates
     return make_attack(
         cell.attack,
         eps=cell.eps,
@@ -78,7 +83,7 @@ def execute_cell(
     with target:
         idx, x, y = target.images()
         clean_acc, model_acc = target.accuracies()
-        attack = cell_attack(cell, target.told(), progress)
+        attack = cell_attack(cell, target.told(), progress, target.surrogates())
         targets = make_targets(cell.target, y, target.num_classes, derive_seed(cell.seed, SEED_SALT_TARGETS))
         oracle = target.oracle(attack)
         result = attack(oracle, x, y, targets)
@@ -202,5 +207,3 @@ def evaluate_attack(
         params=result.params,
     )
     return ev, result
-
-

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 
-from rnd.attacks import make_attack
+from rnd.attacks import make_attack, needs_surrogate
+from rnd.attacks.transfer import STAND_IN
 from rnd.errors import ConfigError, RndError
 from rnd.evaluation.cells import REMOTE_DEFENSE, Cell, output_for
-from rnd.evaluation.spec import SweepConfig
+from rnd.evaluation.spec import AttackSpec, SweepConfig
 from rnd.models import model_sha256
 
 
@@ -36,9 +37,10 @@ def expand(cfg: SweepConfig) -> list[Cell]:
     if t is not None:
         remote = {"url": t.url, "assume": t.assume, "key_env": t.key_env}
         sources.append((t.label, "", "", (REMOTE_DEFENSE,), remote))
+    surrogates = [_surrogates(i, a) for i, a in enumerate(cfg.attacks)]
     for label, checkpoint, sha, defenses, remote in sources:
         for defense in defenses:
-            for a in cfg.attacks:
+            for a, surrogate in zip(cfg.attacks, surrogates, strict=True):
                 if a.defenses is not None and defense not in a.defenses:
                     continue
                 budget = a.budget if a.budget is not None else cfg.budget
@@ -53,6 +55,7 @@ def expand(cfg: SweepConfig) -> list[Cell]:
                                 eot=eot,
                                 seed=0,
                                 targeted=a.target is not None,
+                                **({} if a.surrogates is None else {"surrogate": STAND_IN}),
                                 **a.params,
                             )
                             output = output_for(attack, cfg.output)
@@ -90,6 +93,7 @@ def expand(cfg: SweepConfig) -> list[Cell]:
                                         params=json.dumps(a.params, sort_keys=True, separators=(",", ":")),
                                         data_root=cfg.data.root,
                                         target=a.target,
+                                        **surrogate,
                                         **remote,
                                     )
                                 )
@@ -97,3 +101,20 @@ def expand(cfg: SweepConfig) -> list[Cell]:
     if len(set(keys)) != len(keys):
         raise ConfigError("the grid repeats a cell (the same model appears twice under different labels?)")
     return cells
+
+
+def _surrogates(i: int, a: AttackSpec) -> dict[str, str | None]:
+    """A transfer attack's surrogates as cell fields: their specs (local) and their sha256s (what
+    identifies them, as `rnd.models.model_sha256` gives a model's)."""
+    if needs_surrogate(a.name) != (a.surrogates is not None):
+        what = (
+            "give surrogates: the models it crafts on" if a.surrogates is None else "only a transfer attack"
+        )
+        raise ConfigError(f"attacks[{i}].surrogates: {a.name}: {what}")
+    if a.surrogates is None:
+        return {}
+    try:
+        shas = [model_sha256(spec, None) for spec in a.surrogates]
+    except RndError as exc:
+        raise ConfigError(f"attacks[{i}].surrogates: {exc}") from exc
+    return {"surrogates": json.dumps(list(a.surrogates)), "surrogate_sha256": ",".join(shas)}

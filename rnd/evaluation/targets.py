@@ -134,6 +134,27 @@ class Workspace:
             out.append(self.accuracies[k])
         return out[0], out[1]
 
+    def surrogates(self, cell: Cell) -> list[nn.Module]:
+        """A transfer cell's surrogate models, loaded once each, checked to be the models the cell
+        was planned with (their sha256s); [] for other cells."""
+        if cell.surrogates is None:
+            return []
+        specs = json.loads(cell.surrogates)
+        shas = (cell.surrogate_sha256 or "").split(",")
+        out = []
+        for spec, sha in zip(specs, shas, strict=True):
+            k = (spec, None, sha)
+            if k not in self.models:
+                model, info = load_model(spec)
+                if info.sha256 != sha:
+                    raise CheckpointError(
+                        f"surrogate {spec} has sha256 {info.sha256[:12]}..., the sweep expects "
+                        f"{sha[:12]}...; the model changed since the sweep was planned"
+                    )
+                self.models[k] = (model.eval(), info)
+            out.append(self.models[k][0])
+        return out
+
     def endpoint_images(self, cell: Cell, oracle: QueryOracle) -> torch.Tensor:
         """The first `cell.images` test images from `start` the endpoint answers correctly."""
         k = ("endpoint", cell.url, cell.images, cell.start)
@@ -156,8 +177,8 @@ WORKSPACE = Workspace()
 
 class Target(Protocol):
     """What `execute_cell` measures a cell against; a context manager (an endpoint's connection
-    is open inside it). Calls come in this order: images, accuracies, told, oracle, (the attack),
-    refusals, judge, queries_sent."""
+    is open inside it). Calls come in this order: images, accuracies, told, surrogates, oracle,
+    (the attack), refusals, judge, queries_sent."""
 
     num_classes: int
 
@@ -175,6 +196,10 @@ class Target(Protocol):
 
     def told(self) -> dict[str, Any]:
         """What the attacker is told about the defense (its public parameters)."""
+        ...
+
+    def surrogates(self) -> list[nn.Module]:
+        """The attacker's own models a transfer cell crafts on ([] for other cells)."""
         ...
 
     def oracle(self, attack: QueryAttack) -> QueryOracle:
@@ -225,6 +250,9 @@ class LocalTarget:
 
     def told(self) -> dict[str, Any]:
         return self.defense.public_params()
+
+    def surrogates(self) -> list[nn.Module]:
+        return self.workspace.surrogates(self.cell)
 
     def oracle(self, attack: QueryAttack) -> Oracle:
         output = "labels" if attack.feedback == "labels" else self.cell.output
@@ -279,6 +307,9 @@ class EndpointTarget:
 
     def told(self) -> dict[str, Any]:
         return {} if self.cell.assume is None else dict(DefenseSpec.parse(self.cell.assume).params)
+
+    def surrogates(self) -> list[nn.Module]:
+        return self.workspace.surrogates(self.cell)
 
     def oracle(self, attack: QueryAttack) -> QueryOracle:
         check_feedback(attack, self.conn.output)

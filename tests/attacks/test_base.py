@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from rnd import Oracle, RandomNoiseDefense
-from rnd.attacks import ATTACKS, Square, make_attack
+from rnd.attacks import QUERY_ATTACKS, Square, make_attack
 from rnd.errors import InputError, UnknownNameError
 
 
@@ -11,7 +11,7 @@ def test_unknown_attack_name():
         make_attack("sqaure", eps=0.1)
 
 
-@pytest.mark.parametrize("name", sorted(ATTACKS))
+@pytest.mark.parametrize("name", sorted(QUERY_ATTACKS))  # transfer attacks: test_transfer.py
 def test_bad_hyper_parameters(name):
     with pytest.raises(InputError, match="eps"):
         make_attack(name, eps=0.0)
@@ -136,7 +136,7 @@ def test_l2_projection_when_x_is_outside_the_ball_but_its_clip_is_inside():
         assert float(((x - z).flatten(1) * (w - z).flatten(1)).sum(1).max()) <= 1e-5
 
 
-@pytest.mark.parametrize("name", sorted(ATTACKS))
+@pytest.mark.parametrize("name", sorted(QUERY_ATTACKS))  # transfer attacks: test_transfer.py
 @pytest.mark.parametrize(
     "kwargs, msg",
     [
@@ -162,7 +162,7 @@ def oracle_for(attack, model, **kwargs):
 
 
 def _norms():
-    return [(name, norm) for name in sorted(ATTACKS) for norm in ATTACKS[name].norms]
+    return [(name, norm) for name in sorted(QUERY_ATTACKS) for norm in QUERY_ATTACKS[name].norms]
 
 
 @pytest.mark.parametrize(("name", "norm"), _norms())
@@ -182,7 +182,7 @@ def test_no_attack_touches_the_global_rng(tiny_model, attack_batch, name, norm):
         assert int(oracle.counts.sum()) > 3  # the attack took steps, not only the first query
 
 
-@pytest.mark.parametrize("name", sorted(ATTACKS))
+@pytest.mark.parametrize("name", sorted(QUERY_ATTACKS))  # transfer attacks: test_transfer.py
 @pytest.mark.parametrize(("mu", "ratio", "nu"), [(0.01, 2.0, 0.03), (0.05, 2.0, 0.01), (0.01, None, 0.03)])
 def test_adaptive_attacker_uses_max_mu_ratio_nu_of_what_it_is_told(
     tiny_model, attack_batch, name, mu, ratio, nu

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from rnd.attacks import ATTACKS, make_attack
+from rnd.attacks import QUERY_ATTACKS, make_attack
 from tests.attacks.test_base import _norms, oracle_for
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -47,4 +47,4 @@ def test_refused_queries_cost_and_never_succeed(tiny_model, attack_batch, name, 
 
 
 def test_every_attack_is_covered():
-    assert {n for n, _ in _norms()} == set(ATTACKS)
+    assert {n for n, _ in _norms()} == set(QUERY_ATTACKS)  # transfer attacks: test_transfer.py

@@ -112,3 +112,21 @@ def test_an_ensemble_averages_logits_and_a_mismatched_surrogate_is_refused(
         run(MIFGSM(eps=0.1, surrogate=wide.eval()), tiny_model, x, y)
     with pytest.raises(InputError, match="surrogate"):
         MIFGSM(eps=0.1, surrogate=[])
+
+
+def test_a_refused_submission_is_no_success(surrogate, attack_batch):
+    """A detector's refusal (an all-NaN answer, REFUSED as a label) is no success, and it costs."""
+
+    class Refuser(nn.Module):
+        input_shape, num_classes = (1, 28, 28), 10
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.full((x.shape[0], 10), float("nan"))
+
+    x, y = attack_batch
+    for output in ("labels", "probs"):
+        result, oracle = run(
+            MIFGSM(eps=0.1, surrogate=surrogate, candidates=2), Refuser(), x, y, output=output
+        )
+        assert not bool(result.success.any()) and bool((result.queries == 2).all())
+        assert int(oracle.refusals.sum()) == 2 * len(y)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from rnd.attacks import ATTACKS
+from rnd.attacks import ATTACKS, QUERY_ATTACKS, TRANSFER_ATTACKS
 from rnd.attacks.square import Square
 from rnd.cli import main
 from rnd.cli.attack_options import attack_names, coerce
@@ -115,7 +115,9 @@ def test_all_expands_to_the_registry(monkeypatch):
         norms = ("linf",)
 
     monkeypatch.setitem(ATTACKS, "linf-only", LinfOnly)
-    assert attack_names(("all",), "linf") == sorted(ATTACKS)
+    monkeypatch.setitem(QUERY_ATTACKS, "linf-only", LinfOnly)
+    assert attack_names(("all",), "linf") == sorted(QUERY_ATTACKS)  # the transfer attacks need a surrogate
+    assert not set(attack_names(("all",), "linf")) & set(TRANSFER_ATTACKS)
     assert "linf-only" not in attack_names(("all",), "l2")
     assert attack_names(("square", "all"), "l2")[0] == "square"
 
