@@ -106,6 +106,14 @@ def check_positive(value: float, name: str, *, allow_zero: bool = False) -> floa
     return v
 
 
+def check_fraction(value: float, name: str) -> float:
+    """Check that a probability or a fraction is a finite number in [0, 1]."""
+    v = check_positive(value, name, allow_zero=True)
+    if v > 1:
+        raise InputError(f"{name} must be in [0, 1], got {value!r}")
+    return v
+
+
 def check_int(value: int, name: str, *, minimum: int | None = 1) -> int:
     """Check that a count is an integer (not a string or a boolean) no smaller than `minimum`."""
     if isinstance(value, bool) or not isinstance(value, int):

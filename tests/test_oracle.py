@@ -304,3 +304,16 @@ def test_budget_and_eot_as_string_or_boolean_are_refused(tiny_model, kwargs, msg
         with pytest.raises(InputError, match=msg):
             oracle.query(torch.rand(1, 1, 28, 28), ids, eot=kwargs["eot"])
         assert oracle.counts_of(ids).tolist() == [0]
+
+
+def test_answer_labels_reads_labels_scores_and_refusals():
+    """Labels pass through; scores give their argmax, with entries an answer leaves out (NaN, as
+    in a top-k answer) never winning, even over negative logits; an all-NaN row is REFUSED."""
+    from rnd.oracle import REFUSED, answer_labels
+
+    labels = torch.tensor([3, REFUSED, 0])
+    assert answer_labels(labels) is labels
+    nan = float("nan")
+    scores = torch.tensor([[-5.0, nan, -2.0], [nan, nan, nan], [0.1, 0.7, nan]])
+    assert answer_labels(scores).tolist() == [2, REFUSED, 1]
+

@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Literal, TypeVar, cast
 
@@ -369,6 +369,15 @@ def on_device(device: torch.device) -> contextlib.AbstractContextManager[Any]:
 def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     """`x` (drawn on the CPU) on `device`: the same tensor on the CPU, else one non-blocking copy."""
     return x if device.type == "cpu" else x.to(device, non_blocking=True)
+
+
+def row_draws(
+    gens: Sequence[torch.Generator], rows: torch.Tensor, shape: tuple[int, ...], draw: Any = torch.rand
+) -> torch.Tensor:
+    """One draw of `shape` per row, each from its image's (CPU) generator (so a result does not
+    depend on how images are batched), stacked and copied to the rows' device once."""
+    out = torch.stack([draw(*shape, generator=gens[r], device="cpu") for r in rows.tolist()])
+    return to_device(out, rows.device)
 
 
 def box_fill(

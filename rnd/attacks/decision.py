@@ -32,7 +32,7 @@ from typing import Any, ClassVar, TypeVar
 import torch
 
 from rnd._checks import check_bool, check_images
-from rnd.attacks.base import AttackResult, AttackState, Norm, QueryAttack, to_device
+from rnd.attacks.base import AttackResult, AttackState, Norm, QueryAttack, row_draws
 from rnd.errors import InputError
 from rnd.oracle import QueryOracle
 
@@ -289,13 +289,11 @@ class DecisionAttack(QueryAttack[DS]):
     # -- per-image randomness ------------------------------------------------------------------
     def row_randn(self, state: DS, rows: torch.Tensor, *shape: int) -> torch.Tensor:
         """Standard normal draws of `shape` for each row, each from its image's (CPU) generator."""
-        draws = [torch.randn(*shape, generator=state.gens[r], device="cpu") for r in rows.tolist()]
-        return to_device(torch.stack(draws), rows.device)
+        return row_draws(state.gens, rows, shape, torch.randn)
 
     def row_rand(self, state: DS, rows: torch.Tensor, *shape: int) -> torch.Tensor:
         """Uniform [0, 1) draws of `shape` for each row, each from its image's (CPU) generator."""
-        draws = [torch.rand(*shape, generator=state.gens[r], device="cpu") for r in rows.tolist()]
-        return to_device(torch.stack(draws), rows.device)
+        return row_draws(state.gens, rows, shape, torch.rand)
 
     # -- what is recorded ----------------------------------------------------------------------
     def after_step(self, state: DS) -> None:

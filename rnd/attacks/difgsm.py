@@ -11,8 +11,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from rnd.attacks.base import Norm
-from rnd.attacks.transfer import TransferAttack, TransferState, check_fraction, row_draws
+from rnd._checks import check_fraction
+from rnd.attacks.base import Norm, row_draws
+from rnd.attacks.transfer import TransferAttack, TransferState
 
 
 class DIFGSM(TransferAttack):
@@ -42,17 +43,22 @@ class DIFGSM(TransferAttack):
         self.resize_rate = check_fraction(resize_rate, "resize_rate")
 
     def transform(self, state: TransferState, rows: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
+        c, h, w = x.shape[1:]
         low = min(h - 1, math.ceil(self.resize_rate * h))
-        draws = row_draws(state.gens, rows, (4,), torch.rand).cpu()  # apply?, side, top, left
+        d = row_draws(state.gens, rows, (4,), torch.rand).cpu().double()  # apply?, side, top, left
+        applied = d[:, 0] < self.diversity_prob
+        side = low + (d[:, 1] * (h - low)).long()
+        width = (side * w / h).round().long().clamp_min(1)
+        top, left = (d[:, 2] * (h - side + 1)).long(), (d[:, 3] * (w - width + 1)).long()
         out = x.clone()
-        for i in range(x.shape[0]):
-            apply, side, top, left = draws[i].tolist()
-            if apply >= self.diversity_prob or low >= h:
-                continue
-            r = low + int(side * (h - low))
-            rw = max(1, round(r * w / h))
-            small = F.interpolate(x[i : i + 1], size=(r, rw), mode="nearest")
-            t, lft = int(top * (h - r + 1)), int(left * (w - rw + 1))
-            out[i] = F.pad(small, (lft, w - rw - lft, t, h - r - t))[0]
+        # one resize per size drawn (a few at most), each image then set on its own offset at once
+        for r, rw in {(int(a), int(b)) for a, b in zip(side[applied], width[applied], strict=True)}:
+            sel = (applied & (side == r) & (width == rw)).nonzero().flatten()
+            small = F.interpolate(x[sel.to(x.device)], size=(r, rw), mode="nearest")
+            ii = (top[sel, None] + torch.arange(r)).to(x.device)
+            jj = (left[sel, None] + torch.arange(rw)).to(x.device)
+            canvas = x.new_zeros(sel.numel(), c, h, w)
+            k = torch.arange(sel.numel(), device=x.device)
+            canvas[k[:, None, None], :, ii[:, :, None], jj[:, None, :]] = small.permute(0, 2, 3, 1)
+            out[sel.to(x.device)] = canvas
         return out

@@ -31,11 +31,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnd._checks import check_int, check_positive
-from rnd.attacks.base import AttackState, Norm, QueryAttack
+from rnd._checks import check_int
+from rnd.attacks.base import AttackState, Norm, QueryAttack, row_draws
 from rnd.attacks.decision import image_seeds
 from rnd.errors import InputError
-from rnd.oracle import QueryOracle
+from rnd.oracle import QueryOracle, answer_labels
 
 #: What a transfer attack is built around when only its parameters, steps and budget are checked
 #: (a sweep's plan); the surrogates it crafts on are loaded when its cell runs.
@@ -143,9 +143,9 @@ class TransferAttack(QueryAttack[TransferState]):
     def submit(self, state: TransferState, rows: torch.Tensor, x: torch.Tensor) -> None:
         """Send one candidate per row (M queries with EOT); keep it, and stop the row on success."""
         assert self.oracle is not None
-        answers = self.oracle.query(x.contiguous(), state.ids[rows], eot=self.eot).to(rows.device)
-        if answers.dim() == 2:  # scores: the argmax (a refused row answers NaN: no label)
-            answers = torch.where(answers.isnan().all(1), -1, answers.nan_to_num(-torch.inf).argmax(1))
+        answers = answer_labels(
+            self.oracle.query(x.contiguous(), state.ids[rows], eot=self.eot).to(rows.device)
+        )
         if self.targeted:
             assert state.target is not None
             hit = answers == state.target[rows]
@@ -217,19 +217,3 @@ class TransferAttack(QueryAttack[TransferState]):
                 loss = -F.cross_entropy(logits, target, reduction="sum")
             (grad,) = torch.autograd.grad(loss, x)
         return self.smooth(grad.detach())
-
-
-def row_draws(
-    gens: Sequence[torch.Generator], rows: torch.Tensor, shape: tuple[int, ...], draw: Any = torch.rand
-) -> torch.Tensor:
-    """One draw of `shape` per row from its image's (CPU) generator, stacked, on the rows' device."""
-    out = torch.stack([draw(*shape, generator=gens[r], device="cpu") for r in rows.tolist()])
-    return out.to(rows.device)
-
-
-def check_fraction(value: float, name: str) -> float:
-    """A probability in [0, 1]."""
-    value = check_positive(value, name, allow_zero=True)
-    if value > 1:
-        raise InputError(f"{name} must be in [0, 1], got {value}")
-    return value

@@ -9,8 +9,8 @@ from typing import Any
 import torch
 
 from rnd._checks import check_int, check_positive
-from rnd.attacks.base import Norm
-from rnd.attacks.transfer import TransferAttack, TransferState, row_draws
+from rnd.attacks.base import Norm, row_draws
+from rnd.attacks.transfer import TransferAttack, TransferState
 
 
 class VMIFGSM(TransferAttack):
@@ -48,4 +48,3 @@ class VMIFGSM(TransferAttack):
         for j in range(self.samples):  # one neighbour per image at a time: the batch the attack runs at
             total += self.gradient(state, rows, x + r[:, j], y, target)
         return total / self.samples - grad
-

@@ -18,6 +18,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from rnd.evaluation.cells import JUDGEMENTS
 from rnd.report.plots import Heatmap, plot_heatmap
 from rnd.report.tables import render_table
 
@@ -101,8 +102,9 @@ def mu_nu_figure(report: dict[str, Any]) -> str | None:
     g = report.get("mu_nu")
     if not g:
         return None
-    cols = {"observed": "failure_rate", "vote": "failure_rate_vote", "clean": "failure_rate_clean"}
-    rates = {col: [[math.nan if v is None else v for v in row] for row in g[k]] for k, col in cols.items()}
+    rates = {
+        col: [[math.nan if v is None else v for v in row] for row in g[k]] for k, col in JUDGEMENTS.items()
+    }
     buf = io.BytesIO()
     param = g.get("param", "nu")
     title = f"mu x {param}: {g['attack']} ({g['images']} images)"

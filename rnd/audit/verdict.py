@@ -16,7 +16,7 @@ from typing import Any
 
 from rnd.audit.plan import AuditPlan, grid_strength, strength_value
 from rnd.audit.suite import family
-from rnd.evaluation.cells import CellRecord, ImageRow
+from rnd.evaluation.cells import JUDGEMENTS, CellRecord, ImageRow
 from rnd.evaluation.store import ResultsStore
 from rnd.report.labels import setting_label
 from rnd.report.points import effective_mu
@@ -44,10 +44,6 @@ def query_curve(rows: Sequence[ImageRow], budget: int) -> list[tuple[int, float]
     ]
 
 
-#: The judgements of a verdict row, by the summary field that holds each.
-JUDGED = (("observed", "failure_rate"), ("vote", "failure_rate_vote"), ("clean", "failure_rate_clean"))
-
-
 def verdicts(records: Sequence[CellRecord]) -> dict[str, Any]:
     """Per (defense, threat model): every attack's three failure rates with their intervals, and
     the worst case over attacks (headline: by vote), each traceable to its cell key. The records
@@ -65,7 +61,7 @@ def verdicts(records: Sequence[CellRecord]) -> dict[str, Any]:
             "clean_accuracy": s.clean_accuracy,
             "curve": query_curve(r.rows or (), c.budget),
         }
-        for what, metric in JUDGED:
+        for what, metric in JUDGEMENTS.items():
             rate = getattr(s, metric)
             lo, hi = rate_interval(rate, s.images)
             row[what] = {"failure": rate, "low": lo, "high": hi}
@@ -73,7 +69,7 @@ def verdicts(records: Sequence[CellRecord]) -> dict[str, Any]:
     for by_threat in out.values():
         for entry in by_threat.values():
             entry["attacks"].sort(key=lambda a: a["attack"])
-            for what, _ in JUDGED:
+            for what in JUDGEMENTS:
                 rated = [a for a in entry["attacks"] if not math.isnan(a[what]["failure"])]
                 entry[f"worst_{what}"] = (
                     None
@@ -211,9 +207,7 @@ def build_report(
                 "param": param,
                 "mu": mus,
                 "nu": nus,
-                "observed": matrix("failure_rate"),
-                "vote": matrix("failure_rate_vote"),
-                "clean": matrix("failure_rate_clean"),
+                **{what: matrix(metric) for what, metric in JUDGEMENTS.items()},
                 "cell_keys": [[at[(m, n)].key if (m, n) in at else None for n in nus] for m in mus],
             }
     return report

@@ -38,6 +38,13 @@ SEED_SALT_ACCURACY = "accuracy"
 SEED_SALT_TARGETS = "targets"
 
 
+#: The three judgements of success (DESIGN section 3), by name, and the summary field of each's
+#: failure rate: the attacker's observation, a vote of fresh answers, the clean model.
+JUDGEMENTS: dict[str, str] = {
+    "observed": "failure_rate",
+    "vote": "failure_rate_vote",
+    "clean": "failure_rate_clean",
+}
 #: The defense of a cell against a served endpoint: the server's own, not known to the sweep.
 REMOTE_DEFENSE = "remote"
 

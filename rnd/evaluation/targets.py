@@ -41,7 +41,7 @@ from rnd.extras import import_extra
 from rnd.models import ModelInfo, load_model
 from rnd.models.predict import accuracy, correctly_classified, predict
 from rnd.oip import served_model
-from rnd.oracle import Oracle, QueryOracle
+from rnd.oracle import Oracle, QueryOracle, answer_labels
 
 
 class Workspace:
@@ -340,16 +340,9 @@ def target_for(
 # -- endpoints -----------------------------------------------------------------------------------
 
 
-def predicted(oracle: QueryOracle, answers: torch.Tensor) -> torch.Tensor:
-    """Labels from an oracle's answers (-1 where refused)."""
-    if oracle.output == "labels":
-        return answers
-    return torch.where(answers.isnan().all(1), -1, answers.nan_to_num(-1.0).argmax(1))
-
-
 def _answered_correctly(oracle: QueryOracle, data: ImageDataset, idx: torch.Tensor) -> torch.Tensor:
     x, y = data.get(idx)
-    return predicted(oracle, oracle.query(x, oracle.new_ids(len(idx)), eot=1)) == y
+    return answer_labels(oracle.query(x, oracle.new_ids(len(idx)), eot=1)) == y
 
 
 def select_remote(
@@ -392,7 +385,7 @@ def vote_remote(
     ids = oracle.new_ids(len(y))
     hits = torch.zeros(len(y))
     for _ in range(votes):
-        pred = predicted(oracle, oracle.query(x_adv, ids, eot=1))
+        pred = answer_labels(oracle.query(x_adv, ids, eot=1))
         hit = pred == targets if targets is not None else (pred != y) & (pred >= 0)
         hits += hit.float()
     return hits > votes / 2

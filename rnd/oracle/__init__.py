@@ -6,9 +6,18 @@ from typing import Any
 
 from rnd.extras import import_extra
 from rnd.oracle.local import Oracle, model_attr
-from rnd.oracle.protocol import OUTPUTS, REFUSED, Output, QueryOracle
+from rnd.oracle.protocol import OUTPUTS, REFUSED, Output, QueryOracle, answer_labels
 
-__all__ = ["OUTPUTS", "REFUSED", "Oracle", "Output", "QueryOracle", "RemoteOracle", "model_attr"]
+__all__ = [
+    "OUTPUTS",
+    "REFUSED",
+    "Oracle",
+    "Output",
+    "QueryOracle",
+    "RemoteOracle",
+    "answer_labels",
+    "model_attr",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -18,6 +18,14 @@ OUTPUTS: tuple[str, ...] = ("probs", "logits", "topk", "labels")
 REFUSED = -1
 
 
+def answer_labels(answers: torch.Tensor) -> torch.Tensor:
+    """The labels an oracle's answers name: labels as they are, or the argmax of scores (entries an
+    answer leaves out, NaN in a top-k answer, never win); `REFUSED` for a refused row (all NaN)."""
+    if answers.dim() == 1:
+        return answers
+    return torch.where(answers.isnan().all(1), REFUSED, answers.nan_to_num(-torch.inf).argmax(1))
+
+
 @runtime_checkable
 class QueryOracle(Protocol):
     """What attacks need from an oracle, wherever the model runs (in process or over HTTP)."""

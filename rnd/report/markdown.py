@@ -30,7 +30,7 @@ from rnd.report.plots import (
     plot_eot,
     plot_heatmap,
 )
-from rnd.report.points import JUDGEMENT_HEADS, JUDGEMENTS, average_seeds, mean, rnd_points
+from rnd.report.points import JUDGEMENT_HEADS, RATE_FIELDS, average_seeds, mean, rnd_points
 from rnd.report.tables import full_table, main_table, render_table
 
 
@@ -110,7 +110,7 @@ def write_report(db: str | Path, out: str | Path) -> Report:
             "",
         ]
         rows = [
-            [f"{mu:g}", f"{nu:g}", str(r.eot), *(ci(r, m) for m in JUDGEMENTS), fmt(r.mean_queries, 0)]
+            [f"{mu:g}", f"{nu:g}", str(r.eot), *(ci(r, m) for m in RATE_FIELDS), fmt(r.mean_queries, 0)]
             for (mu, nu), rs in sorted(lines.items())
             for r in rs
         ]
@@ -132,7 +132,7 @@ def write_report(db: str | Path, out: str | Path) -> Report:
         ]
         head = ["attack", "defense", "M", *JUDGEMENT_HEADS, *(f"dist @ {q} q" for q in marks)]
         rows = [
-            [r.attack, defense_label(r.defense), str(r.eot), *(ci(r, m) for m in JUDGEMENTS)]
+            [r.attack, defense_label(r.defense), str(r.eot), *(ci(r, m) for m in RATE_FIELDS)]
             + [fmt(curve_at(r.distance_curve or [], q), 3) for q in marks]
             for r in rs
         ]

@@ -14,16 +14,12 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from rnd.defenses import rnd_nu
-from rnd.evaluation.cells import CellRecord
+from rnd.evaluation.cells import JUDGEMENTS, CellRecord
 
-#: The three judgements of success, by their summary field, and how a report names each.
-RATES = (
-    ("failure_rate", "observed"),
-    ("failure_rate_vote", "noisy vote"),
-    ("failure_rate_clean", "clean model"),
-)
-#: The three failure rates in table order, and the report's column heads for them.
-JUDGEMENTS = tuple(m for m, _ in RATES)
+#: The three judgements' failure rates (summary fields) and how a figure names each.
+RATES = tuple(zip(JUDGEMENTS.values(), ("observed", "noisy vote", "clean model"), strict=True))
+#: The failure rates in table order, and the report's column heads for them.
+RATE_FIELDS = tuple(JUDGEMENTS.values())
 JUDGEMENT_HEADS = ("fail % obs", "fail % vote", "fail % clean")
 #: Summary fields averaged over seeds.
 METRICS = (

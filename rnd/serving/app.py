@@ -51,7 +51,7 @@ from rnd.oip import (
     build_response,
     parse_infer,
 )
-from rnd.oracle import REFUSED, model_attr
+from rnd.oracle import answer_labels, model_attr
 from rnd.serving.batching import Batcher
 from rnd.serving.guard import MAX_BODY_BYTES, Guard, Keys
 
@@ -80,8 +80,7 @@ class _Metrics:
 def _outputs(logits: torch.Tensor, output: ServedOutput, k: int) -> np.ndarray:
     """What the client sees from defended logits; a refused row (all NaN) stays NaN / REFUSED."""
     if output == "labels":
-        refused = logits.isnan().all(1)
-        return torch.where(refused, REFUSED, logits.argmax(1)).numpy().astype(np.int64)
+        return answer_labels(logits).numpy().astype(np.int64)
     probs = logits.softmax(1)
     if output == "topk":
         top = probs.topk(min(k, probs.shape[1]), dim=1).indices

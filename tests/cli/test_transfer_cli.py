@@ -134,3 +134,26 @@ eps = 0.1
     res = invoke("sweep", cfg, "--db", db, "--no-progress")
     assert res.exit_code == 2 and message in res.output, res.output
     assert not db.exists()
+
+
+def test_a_surrogate_replaced_after_planning_is_caught(folder, tmp_path):
+    """A cell names its surrogate by sha256: a different model at the same path is refused when the
+    cell loads it, not silently attacked with."""
+    from rnd.errors import CheckpointError
+    from rnd.evaluation.config import parse_config
+    from rnd.evaluation.grid import expand
+    from rnd.evaluation.targets import Workspace
+
+    for suffix in (".safetensors", ".json"):
+        shutil.copy(folder / f"sur{suffix}", tmp_path / f"sur{suffix}")
+    cfg = parse_config(
+        f'[[models]]\nlabel = "t"\ncheckpoint = "{folder / "target"}"\n'
+        '[[attacks]]\nname = "mi-fgsm"\nnorm = "linf"\neps = 0.1\nsurrogates = ["sur"]\n',
+        base=tmp_path,
+    )
+    (cell,) = expand(cfg)
+    assert len(Workspace().surrogates(cell)) == 1
+    for suffix in (".safetensors", ".json"):  # another model now lies at the planned path
+        shutil.copy(folder / f"target{suffix}", tmp_path / f"sur{suffix}")
+    with pytest.raises(CheckpointError, match="changed since the sweep was planned"):
+        Workspace().surrogates(cell)
