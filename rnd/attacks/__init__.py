@@ -1,6 +1,7 @@
 """Query-based black-box attacks, batched on one core (`QueryAttack`): the score-based ones on
-`ScoreAttack`, the label-only (decision-based) ones on `DecisionAttack`, and the transfer attacks
-(crafted on the attacker's own surrogate, then submitted) on `TransferAttack`."""
+`ScoreAttack`, the label-only (decision-based) ones on `DecisionAttack`, the transfer attacks
+(crafted on the attacker's own surrogate, then submitted) on `TransferAttack`, and the hybrids
+(a query search steered by the surrogate: GFCS, P-RGF, and transfer starts) on `SurrogateAttack`."""
 
 from __future__ import annotations
 
@@ -12,21 +13,28 @@ from rnd.attacks.blinding import Blinded, BlindingOracle
 from rnd.attacks.decision import DecisionAttack
 from rnd.attacks.difgsm import DIFGSM
 from rnd.attacks.geoda import GeoDA
+from rnd.attacks.gfcs import GFCS
 from rnd.attacks.hsja import HopSkipJump
+from rnd.attacks.hsja_ts import HopSkipJumpTS
 from rnd.attacks.ifgsm import IFGSM
 from rnd.attacks.mifgsm import MIFGSM
 from rnd.attacks.nes import NES
 from rnd.attacks.nifgsm import NIFGSM
 from rnd.attacks.parsimonious import Parsimonious
+from rnd.attacks.prgf import PRGF
 from rnd.attacks.psj import PopSkipJump
+from rnd.attacks.psj_ts import PopSkipJumpTS
 from rnd.attacks.rays import RayS
 from rnd.attacks.score import ScoreAttack
 from rnd.attacks.sign_flip import SignFlip
 from rnd.attacks.sign_opt import SignOPT
 from rnd.attacks.signhunter import SignHunter
+from rnd.attacks.signhunter_ts import SignHunterTS
 from rnd.attacks.simba import SimBA
 from rnd.attacks.square import Square
 from rnd.attacks.square_adaptive import SquareAdaptive
+from rnd.attacks.square_ts import SquareTS
+from rnd.attacks.surrogate import SurrogateAttack, Surrogates
 from rnd.attacks.tifgsm import TIFGSM
 from rnd.attacks.transfer import TransferAttack
 from rnd.attacks.vmifgsm import VMIFGSM
@@ -58,15 +66,22 @@ DECISION_ATTACKS: tuple[type[QueryAttack], ...] = (
 TRANSFER_ATTACKS: dict[str, type[TransferAttack]] = {
     cls.name: cls for cls in (IFGSM, MIFGSM, NIFGSM, DIFGSM, VMIFGSM, TIFGSM)
 }
-#: The attacks that need nothing but the oracle (every one but the transfer attacks).
+#: Hybrids: query searches steered by the attacker's surrogate(s) (`surrogate=`), queries counted
+#: like any query attack's.
+HYBRID_ATTACKS: dict[str, type[QueryAttack]] = {
+    cls.name: cls for cls in (GFCS, PRGF, SquareTS, SignHunterTS, HopSkipJumpTS, PopSkipJumpTS)
+}
+#: Every attack that uses the attacker's own model: the threat family "surrogate".
+SURROGATE_ATTACKS: dict[str, type[QueryAttack]] = {**TRANSFER_ATTACKS, **HYBRID_ATTACKS}
+#: The attacks that need nothing but the oracle (every one but the surrogate attacks).
 QUERY_ATTACKS: dict[str, type[QueryAttack]] = {cls.name: cls for cls in SCORE_ATTACKS + DECISION_ATTACKS}
 #: Every registered attack by name (`make_attack(name, ...)` builds one).
-ATTACKS: dict[str, type[QueryAttack]] = {**QUERY_ATTACKS, **TRANSFER_ATTACKS}
+ATTACKS: dict[str, type[QueryAttack]] = {**QUERY_ATTACKS, **SURROGATE_ATTACKS}
 
 
 def needs_surrogate(name: str) -> bool:
-    """Does attack `name` craft on a surrogate model (a transfer attack)?"""
-    return name in TRANSFER_ATTACKS
+    """Does attack `name` use a surrogate model (a transfer attack or a hybrid)?"""
+    return name in SURROGATE_ATTACKS
 
 
 #: Keyword arguments `make_attack` takes for every attack (attacker-side wrappers, not the attack's own).
@@ -91,12 +106,16 @@ __all__ = [
     "ATTACKS",
     "DECISION_ATTACKS",
     "DIFGSM",
+    "GFCS",
+    "HYBRID_ATTACKS",
     "IFGSM",
     "MIFGSM",
     "NES",
     "NIFGSM",
+    "PRGF",
     "QUERY_ATTACKS",
     "SCORE_ATTACKS",
+    "SURROGATE_ATTACKS",
     "TIFGSM",
     "TRANSFER_ATTACKS",
     "VMIFGSM",
@@ -108,17 +127,23 @@ __all__ = [
     "DecisionAttack",
     "GeoDA",
     "HopSkipJump",
+    "HopSkipJumpTS",
     "Parsimonious",
     "PopSkipJump",
+    "PopSkipJumpTS",
     "QueryAttack",
     "RayS",
     "ScoreAttack",
     "SignFlip",
     "SignHunter",
+    "SignHunterTS",
     "SignOPT",
     "SimBA",
     "Square",
     "SquareAdaptive",
+    "SquareTS",
+    "SurrogateAttack",
+    "Surrogates",
     "TransferAttack",
     "ZOSignSGD",
     "make_attack",

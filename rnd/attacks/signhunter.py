@@ -95,10 +95,15 @@ class SignHunter(ScoreAttack[SignHunterState]):
         todo = (~state.success).nonzero().flatten()
         if not todo.numel():
             return
+        state.signs[todo] = self.start_signs(state, todo)
         x_init = self._point(state.x0[todo], state.signs[todo])
         loss, adv = self.evaluate(state, x_init, todo)
-        # The walk starts at s = +1 whatever its loss (Alg. 1): the search lives on the vertices.
+        # The walk starts at its start signs whatever their loss (Alg. 1): it lives on the vertices.
         self.accept(state, todo, x_init, loss, adv)
+
+    def start_signs(self, state: SignHunterState, rows: torch.Tensor) -> torch.Tensor:
+        """The sign vector the walk starts from, per row of `rows`: all +1 (Alg. 1)."""
+        return torch.ones(rows.numel(), state.signs.shape[1])
 
     def step(self, state: SignHunterState, rows: torch.Tensor) -> None:
         signs = state.signs[rows]

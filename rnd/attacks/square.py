@@ -111,15 +111,18 @@ class Square(ScoreAttack[SquareState]):
         todo = (~state.success).nonzero().flatten()
         if not todo.numel():
             return
-        x0 = state.x0[todo]
+        x_init = self.start_points(state, todo)
+        loss, adv = self.evaluate(state, x_init, todo)
+        self.accept(state, todo, x_init, loss, adv, loss < state.loss[todo])
+
+    def start_points(self, state: SquareState, rows: torch.Tensor) -> torch.Tensor:
+        """The first point of `rows`: vertical stripes of +-eps (l_inf), or the paper's bumps (l_2)."""
+        x0 = state.x0[rows]
         n, c, h, w = x0.shape
         if self.norm == "linf":
             stripes = self.eps * (2 * self.randint(2, (n, c, 1, w)) - 1).float()
-            x_init = (x0 + stripes).clamp(0, 1)
-        else:
-            x_init = self.project(x0 + self._l2_init(n, c, h, w), x0)
-        loss, adv = self.evaluate(state, x_init, todo)
-        self.accept(state, todo, x_init, loss, adv, loss < state.loss[todo])
+            return (x0 + stripes).clamp(0, 1)
+        return self.project(x0 + self._l2_init(n, c, h, w), x0)
 
     def _side(self, h: int, w: int, c: int, it: int) -> int:
         p = square_fraction(self.cur_mu, it, self.n_iters)

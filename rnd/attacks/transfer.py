@@ -28,18 +28,15 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from rnd._checks import check_int
 from rnd.attacks.base import AttackState, Norm, QueryAttack, row_draws
 from rnd.attacks.decision import image_seeds
-from rnd.errors import InputError
+from rnd.attacks.surrogate import STAND_IN, SurrogateAttack, raise_loss
 from rnd.oracle import QueryOracle, answer_labels
 
-#: What a transfer attack is built around when only its parameters, steps and budget are checked
-#: (a sweep's plan); the surrogates it crafts on are loaded when its cell runs.
-STAND_IN = nn.Identity()
+__all__ = ["STAND_IN", "TransferAttack", "TransferState"]
 
 
 @dataclass(eq=False)
@@ -55,7 +52,7 @@ class TransferState(AttackState):
         self.submitted = torch.zeros(self.x0.shape[0], dtype=torch.int64, device=self.x0.device)
 
 
-class TransferAttack(QueryAttack[TransferState]):
+class TransferAttack(SurrogateAttack, QueryAttack[TransferState]):
     """Base of the transfer attacks (the family in the module docstring; subclasses set its knobs).
 
     Args:
@@ -88,33 +85,18 @@ class TransferAttack(QueryAttack[TransferState]):
         **kwargs: Any,
     ) -> None:
         super().__init__(eps, norm, **kwargs)
-        models = [surrogate] if isinstance(surrogate, nn.Module) else list(surrogate)
-        if not models or not all(isinstance(m, nn.Module) for m in models):
-            raise InputError("surrogate must be a model (nn.Module) or a non-empty sequence of models")
-        self._surrogates = [m.eval() for m in models]
+        self.take_surrogates(surrogate)
         self.iterations = check_int(
             self.default_iterations if iterations is None else iterations, "iterations"
         )
         self.candidates = check_int(candidates, "candidates")
 
     def params(self) -> dict[str, Any]:
-        return {**super().params(), "surrogates": len(self._surrogates)}
+        out = {k: v for k, v in super().params().items() if k != "surrogates"}
+        return {**out, **self.surrogate_params()}
 
     def check_oracle(self, oracle: QueryOracle) -> None:
-        """Refuse a surrogate that does not take the target's images or predict its classes."""
-        for i, m in enumerate(self._surrogates):
-            shape = getattr(m, "input_shape", None)
-            if shape is not None and tuple(shape) != tuple(oracle.input_shape):
-                raise InputError(
-                    f"surrogate {i} takes images of shape {tuple(shape)}, the target "
-                    f"{tuple(oracle.input_shape)}; use a surrogate of the target's input shape"
-                )
-            classes = getattr(m, "num_classes", None)
-            if classes is not None and int(classes) != oracle.num_classes:
-                raise InputError(
-                    f"surrogate {i} predicts {classes} classes, the target {oracle.num_classes}; "
-                    "use a surrogate of the target's classes"
-                )
+        self.surrogates.check(oracle)
 
     # -- the query loop: one submission per candidate --------------------------------------------
     def active(self, state: TransferState) -> torch.Tensor:
@@ -209,11 +191,16 @@ class TransferAttack(QueryAttack[TransferState]):
         (to lower, so the sign is flipped and every update ascends)."""
         with torch.enable_grad():
             x = x.detach().requires_grad_(True)
-            t = self.transform(state, rows, x)
-            logits = torch.stack([m(t) for m in self._surrogates]).mean(0)
-            if target is None:
-                loss = F.cross_entropy(logits, y, reduction="sum")
-            else:
-                loss = -F.cross_entropy(logits, target, reduction="sum")
-            (grad,) = torch.autograd.grad(loss, x)
+            z = self.surrogates.logits(self.transform(state, rows, x))
+            (grad,) = torch.autograd.grad(raise_loss(z, y, target, "ce").sum(), x)
         return self.smooth(grad.detach())
+
+    def craft_batch(
+        self, x0: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Transfer examples for a batch, crafted from the clean images with no query (the start
+        the hybrids take; per-image generators seeded as in a call)."""
+        ids = torch.zeros(x0.shape[0], dtype=torch.int64, device=x0.device)
+        state = TransferState(x0.detach(), y, target, ids)
+        state.gens = [torch.Generator().manual_seed(s) for s in image_seeds(self.seed, x0, y)]
+        return self.craft(state, torch.arange(x0.shape[0], device=x0.device), x0)

@@ -185,7 +185,7 @@ from rnd.training import load_or_train_default
     "surrogates",
     multiple=True,
     metavar="SPEC",
-    help="transfer attacks: the attacker's own model to craft on (repeatable: a logit ensemble); "
+    help="transfer and hybrid attacks: the attacker's own model (repeatable: a logit ensemble); "
     "a checkpoint, a TorchScript file or package.module:factory",
 )
 @allow_mismatch_option
@@ -241,7 +241,8 @@ def attack(
     checkpoint, a TorchScript file with its metadata beside it, or package.module:factory with
     --weights; --input-shape / --num-classes give metadata the model does not carry. Transfer
     attacks (i-fgsm, mi-fgsm, ni-fgsm, di-fgsm, vmi-fgsm, ti-fgsm) craft on --surrogate models, with
-    no query, and submit one image per candidate.
+    no query, and submit one image per candidate; hybrids (gfcs, p-rgf, square-ts, signhunter-ts,
+    hsja-ts, psj-ts) steer a query search with the --surrogate models' gradients.
     """
     # validate everything before loading or training anything
     for value, name, low, high in (

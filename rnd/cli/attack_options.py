@@ -12,9 +12,9 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from rnd.attacks import ATTACKS, QUERY_ATTACKS, TRANSFER_ATTACKS, make_attack, needs_surrogate
+from rnd.attacks import ATTACKS, QUERY_ATTACKS, SURROGATE_ATTACKS, make_attack, needs_surrogate
 from rnd.attacks.base import QueryAttack
-from rnd.attacks.transfer import STAND_IN
+from rnd.attacks.surrogate import STAND_IN
 from rnd.cli.models import given_meta
 from rnd.defenses import DEFENSES, canonical_defense, legacy_defense
 from rnd.errors import ConfigError, InputError, unknown_name
@@ -271,16 +271,18 @@ def attack_specs(
 
 
 def surrogate_specs(names: list[str], given: tuple[str, ...]) -> tuple[str, ...]:
-    """--surrogate model specs (paths made absolute), checked against the attacks: a transfer attack
-    needs one, and a surrogate without a transfer attack is a mistake."""
+    """--surrogate model specs (paths made absolute), checked against the attacks: a transfer or
+    hybrid attack needs one, and a surrogate without such an attack is a mistake."""
     transfer = [n for n in names if needs_surrogate(n)]
     if transfer and not given:
         raise InputError(
-            f"{transfer[0]} crafts on the attacker's own model: give --surrogate SPEC (a checkpoint, "
+            f"{transfer[0]} uses the attacker's own model: give --surrogate SPEC (a checkpoint, "
             "a TorchScript file or package.module:factory)"
         )
     if given and not transfer:
         raise InputError(
-            "--surrogate is for the transfer attacks (" + ", ".join(TRANSFER_ATTACKS) + "); drop it"
+            "--surrogate is for the transfer and hybrid attacks ("
+            + ", ".join(SURROGATE_ATTACKS)
+            + "); drop it"
         )
     return tuple(s if model_kind(s) == "factory" else str(Path(s).expanduser().resolve()) for s in given)

@@ -86,7 +86,9 @@ class Cell:
     key_env: str | None = None  # endpoint cells: the environment variable holding the API key
     weights: str | None = None  # a factory model's weights file (`checkpoint` holds the model spec)
     model_meta: str | None = None  # metadata given for the model (input_shape, ...), canonical JSON
-    surrogates: str | None = None  # transfer attacks: the surrogates' model specs, a JSON list (local)
+    surrogates: str | None = (
+        None  # transfer and hybrid attacks: the surrogates' model specs, a JSON list (local)
+    )
     surrogate_sha256: str | None = None  # ... and what identifies them: their sha256s, comma-joined
 
     #: Fields that locate files or secrets on this machine, or describe the model `checkpoint_sha256`

@@ -69,7 +69,7 @@ def check_plan(cfg: SweepConfig, cells: list[Cell], workspace: Workspace = WORKS
 
 
 def check_surrogates(cfg: SweepConfig, cells: list[Cell], workspace: Workspace = WORKSPACE) -> None:
-    """Every transfer attack's surrogates load (sha256 verified), take the data set's images and
+    """Every transfer and hybrid attack's surrogates load (sha256 verified), take the data set's images and
     predict its classes; ConfigError naming the attack's key otherwise."""
     data = workspace.planned_data(cells[0])
     for i, a in enumerate(cfg.attacks):

@@ -56,7 +56,7 @@ from pydantic import (
 
 from rnd.attacks import ATTACKS, WRAPPER_KEYS, make_attack, needs_surrogate
 from rnd.attacks.base import QueryAttack
-from rnd.attacks.transfer import STAND_IN
+from rnd.attacks.surrogate import STAND_IN
 from rnd.data import DATASETS
 from rnd.defenses import DefenseSpec, legacy_defense
 from rnd.errors import ConfigError, RndError
@@ -273,18 +273,20 @@ class _Attack(_Table):
     targeted: bool = False
     target: Annotated[Any, rule(_is_rule, _RULE), AfterValidator(lambda v: check_target(str(v)))] = None
     defenses: Defenses | None = None
-    surrogates: Grid[Text] | None = None  # transfer attacks: model specs, paths from the config's folder
+    surrogates: Grid[Text] | None = (
+        None  # transfer and hybrid attacks: model specs, paths from the config's folder
+    )
 
     @model_validator(mode="after")
     def _builds(self, info: ValidationInfo) -> Self:
         """The norm and params fit the attack, built once per grid point: bad parameters fail now,
-        not in the middle of a sweep. A transfer attack names its surrogates (built here around a
+        not in the middle of a sweep. A transfer or hybrid attack names its surrogates (built here around a
         stand-in; `expand` identifies the real ones)."""
         if needs_surrogate(self.name) != (self.surrogates is not None):
             msg = (
                 "give the surrogate models the attack crafts on"
                 if self.surrogates is None
-                else ("only a transfer attack takes surrogates")
+                else ("only a transfer or hybrid attack takes surrogates")
             )
             raise Invalid(msg, "surrogates")
         if self.surrogates is not None:

@@ -229,4 +229,3 @@ def _check_demo(
                 f"{attack.cost_text()}: it costs {attack.min_budget} queries, more than --budget {budget}; "
                 "raise it"
             )
-

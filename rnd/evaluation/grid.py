@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 from rnd.attacks import make_attack, needs_surrogate
-from rnd.attacks.transfer import STAND_IN
+from rnd.attacks.surrogate import STAND_IN
 from rnd.errors import ConfigError, RndError
 from rnd.evaluation.cells import REMOTE_DEFENSE, Cell, output_for
 from rnd.evaluation.spec import AttackSpec, SweepConfig
@@ -104,11 +104,13 @@ def expand(cfg: SweepConfig) -> list[Cell]:
 
 
 def _surrogates(i: int, a: AttackSpec) -> dict[str, str | None]:
-    """A transfer attack's surrogates as cell fields: their specs (local) and their sha256s (what
+    """A transfer or hybrid attack's surrogates as cell fields: their specs (local) and their sha256s (what
     identifies them, as `rnd.models.model_sha256` gives a model's)."""
     if needs_surrogate(a.name) != (a.surrogates is not None):
         what = (
-            "give surrogates: the models it crafts on" if a.surrogates is None else "only a transfer attack"
+            "give surrogates: the models it crafts on"
+            if a.surrogates is None
+            else "only a transfer or hybrid attack"
         )
         raise ConfigError(f"attacks[{i}].surrogates: {a.name}: {what}")
     if a.surrogates is None:

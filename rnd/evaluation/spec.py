@@ -80,7 +80,7 @@ class AttackSpec:
     target: str | None = None  # targeted attacks: the target rule (see rnd.evaluation.sweep.check_target)
     #: run only against these of the grid's defenses (an adaptive attack aimed at some of them)
     defenses: tuple[str, ...] | None = None
-    #: transfer attacks: the model specs of the surrogates they craft on (a logit ensemble if several)
+    #: transfer and hybrid attacks: the model specs of the surrogates they use (a logit ensemble if several)
     surrogates: tuple[str, ...] | None = None
 
 

@@ -101,10 +101,8 @@ class Charge:
     reason: Reason
 
 
-
 def _sha256(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
-
 
 
 def _check_file(p: Path) -> None:

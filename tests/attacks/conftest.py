@@ -4,6 +4,20 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
+
+from rnd.data.base import ImageDataset
+from rnd.training import TrainConfig, fit
+from rnd.training.standard import init_model
+
+
+@pytest.fixture(scope="session")
+def surrogate(fmnist_small_train: ImageDataset) -> nn.Module:
+    """A second small CNN, its own seed and width, trained on the same 6,000 images as `tiny_model`
+    (the attacker's surrogate of the transfer and hybrid tests)."""
+    model = init_model("small-cnn", fmnist_small_train, seed=1, width=12, hidden=48)
+    fit(model, fmnist_small_train, TrainConfig(epochs=2, batch_size=64, lr=3e-3, seed=1), progress=False)
+    return model.eval()
 
 
 @pytest.fixture

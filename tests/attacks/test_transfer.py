@@ -13,17 +13,8 @@ from rnd import Oracle, RandomNoiseDefense
 from rnd.attacks import MIFGSM, TRANSFER_ATTACKS, TransferAttack
 from rnd.data.base import ImageDataset
 from rnd.errors import InputError
-from rnd.training import TrainConfig, fit
 from rnd.training.standard import init_model
 from tests.conftest import CountingModel
-
-
-@pytest.fixture(scope="module")
-def surrogate(fmnist_small_train: ImageDataset) -> nn.Module:
-    """A second small CNN, its own seed and width, trained on the same 6,000 images as `tiny_model`."""
-    model = init_model("small-cnn", fmnist_small_train, seed=1, width=12, hidden=48)
-    fit(model, fmnist_small_train, TrainConfig(epochs=2, batch_size=64, lr=3e-3, seed=1), progress=False)
-    return model.eval()
 
 
 def run(attack: TransferAttack, model: nn.Module, x, y, budget: int = 10, **kw):

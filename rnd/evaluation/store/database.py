@@ -446,5 +446,3 @@ def comparable_content(path: str | Path) -> dict[str, list[tuple[Any, ...]]]:
         return out
     finally:
         con.close()
-
-
