@@ -51,6 +51,19 @@ def test_attack_with_a_surrogate_spends_one_query_per_image(folder):
         assert r["params"]["surrogates"] == 1 and r["params"]["candidates"] == 1
 
 
+@pytest.mark.parametrize(("name", "norm"), [("gfcs", "l2"), ("p-rgf", "linf"), ("hsja-ts", "l2")])
+def test_a_hybrid_runs_from_the_command_line_within_its_budget(folder, name, norm):
+    extra = ["--param", "q=4", "--param", "norm_samples=2"] if name == "p-rgf" else []
+    res = attack(folder, "--attack", name, "--norm", norm, "--surrogate", folder / "sur", "--budget", "40",
+                 "--eot", "1", *extra, "--json")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.output)["rows"]
+    assert [r["defense"] for r in rows] == ["none", "rnd:nu=0.02"]
+    for r in rows:
+        assert len(r["queries"]) == 4 and max(r["queries"]) <= 40 and min(r["queries"]) >= 1
+        assert r["params"]["surrogates"] == 1
+
+
 def test_a_sweep_runs_the_cells_rnd_attack_runs_and_keys_them_by_the_surrogates_sha(folder, tmp_path):
     moved = tmp_path / "elsewhere"
     moved.mkdir()
@@ -97,7 +110,7 @@ candidates = 2
     ("args", "message"),
     [
         (["--attack", "mi-fgsm"], "give --surrogate SPEC"),
-        (["--attack", "square", "--surrogate", "SUR"], "--surrogate is for the transfer attacks"),
+        (["--attack", "square", "--surrogate", "SUR"], "--surrogate is for the transfer and hybrid attacks"),
         (["--attack", "mi-fgsm", "--surrogate", "NOPE"], "attacks[0].surrogates: checkpoint"),
         (["--attack", "mi-fgsm", "--surrogate", "RGB"], "takes images of shape (3, 28, 28)"),
         (["--attack", "mx-fgsm", "--surrogate", "SUR"], "unknown attack 'mx-fgsm'"),
@@ -114,7 +127,7 @@ def test_bad_surrogate_input_is_one_line(folder, args, message):
     ("surrogates", "name", "message"),
     [
         ("", "mi-fgsm", "attacks[0].surrogates: give the surrogate models"),
-        ('surrogates = ["sur"]', "square", "attacks[0].surrogates: only a transfer attack"),
+        ('surrogates = ["sur"]', "square", "attacks[0].surrogates: only a transfer or hybrid attack"),
         ('surrogates = ["rgb"]', "mi-fgsm", "attacks[0].surrogates:"),
     ],
 )
