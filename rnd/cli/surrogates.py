@@ -17,7 +17,7 @@ from rnd.data.base import ImageDataset
 from rnd.defenses import build_defense, canonical_defense
 from rnd.errors import InputError
 from rnd.extras import import_extra
-from rnd.models import ARCHITECTURES, load_model
+from rnd.models import ARCHITECTURES, checkpoint_paths, load_model, model_kind, read_meta
 from rnd.oip import served_model
 from rnd.oracle import Oracle, QueryOracle
 from rnd.report.tables import render_table
@@ -46,13 +46,17 @@ def train_zoo(dataset: str, names: tuple[str, ...], home: Path | None, progress:
     """Load the surrogate zoo of DATASET, training the missing members first (minutes each), and
     print each one's checkpoint (a --surrogate spec for `rnd attack`)."""
     chosen = list(names) or list(zoo(dataset))
-    for name in chosen:
-        check_output_checkpoint(surrogate_path(dataset, name, home), "--home")  # before any training
-    for (_, path), name in zip(
-        load_or_train_surrogates(dataset, chosen, home, progress), chosen, strict=True
-    ):
-        recipe = zoo(dataset)[name]
-        click.echo(f"{name}: {recipe.arch} {recipe.arch_kwargs or ''}  ->  {path}")
+    for name in chosen:  # before any training: an unknown name or an unwritable home fails first
+        path = surrogate_path(dataset, name, home)
+        if not all(f.is_file() for f in checkpoint_paths(path)):
+            check_output_checkpoint(path, "--home")
+    loaded = load_or_train_surrogates(dataset, chosen, home, progress)
+    for (_, path), name in zip(loaded, chosen, strict=True):
+        recipe, meta = zoo(dataset)[name], read_meta(path)
+        args = "".join(f" {k}={v}" for k, v in recipe.arch_kwargs.items())
+        acc = meta.metrics.get("test_accuracy")
+        acc_text = f", test accuracy {100 * acc:.2f} %" if isinstance(acc, int | float) else ""
+        click.echo(f"{name}: {recipe.arch}{args}, seed {recipe.config.seed}{acc_text}  ->  {path}")
 
 
 def _seed_images(data: ImageDataset, n: int) -> ImageDataset:
@@ -158,6 +162,18 @@ def substitute(
     click.echo(f"substitute {arch}: {sub.describe()}, rounds {sub.round_sizes}  ->  {out}.safetensors")
 
 
+def _distinct(specs: tuple[str, ...]) -> list[str]:
+    """`specs` without repeats of a checkpoint (a shell glob names NAME.json and NAME.safetensors),
+    a checkpoint named by its path without the suffix."""
+    out: list[str] = []
+    for spec in specs:
+        if model_kind(spec) == "checkpoint":
+            spec = str(checkpoint_paths(spec)[0].with_suffix(""))
+        if spec not in out:
+            out.append(spec)
+    return out
+
+
 @surrogates.command("info")
 @click.argument("specs", nargs=-1, required=True)
 @click.option(
@@ -189,7 +205,7 @@ def info(
         target, target_info = load_model(target_spec)
         dataset = dataset or target_info.dataset or "fashion-mnist"
     test = load_dataset(dataset, "test", data_root)
-    items = surrogate_provenance(specs, target, test, images)
+    items = surrogate_provenance(_distinct(specs), target, test, images)
     if as_json:
         click.echo(json.dumps([p.as_dict() for p in items], indent=2))
         return

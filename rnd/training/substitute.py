@@ -1,7 +1,7 @@
 """A substitute trained from the target's own answers, when its training data is private.
 
 Papernot, McDaniel, Goodfellow, Jha, Celik, Swami, "Practical Black-Box Attacks against Machine
-Learning", AsiaCCS 2017, Algorithm 1 (Jacobian-based dataset augmentation):
+Learning", AsiaCCS 2017, Algorithm 1 (Jacobian-based dataset augmentation)::
 
     S_0 = a small seed set of public look-alike images (the paper: 150 MNIST test images)
     for rho = 0 .. rounds - 1:
@@ -11,8 +11,8 @@ Learning", AsiaCCS 2017, Algorithm 1 (Jacobian-based dataset augmentation):
 
 with `F[c]` the substitute's softmax probability of class c, so each round doubles the set and the
 final training set holds `seed * 2**(rounds - 1)` labelled points. The step is the paper's
-`lambda = 0.1`, `rounds = 6`; with `tau` set, the periodic step size of the paper's section 6,
-`lambda_rho = lambda * (-1) ** floor(rho / tau)` (the paper uses tau = 3), else lambda throughout.
+`lambda = 0.1`, `rounds = 6`; with `tau` set, the paper's periodic step size,
+`lambda_rho = lambda * (-1) ** floor(rho / tau)`, else lambda throughout (the default).
 Reservoir sampling (the paper's way to cap the growth) is not implemented: keep `rounds` small.
 
 Choices of this implementation: every new point is clipped to [0, 1] and put on the 8-bit pixel

@@ -49,7 +49,8 @@ def test_substitute_then_info(folder, tmp_path):
     assert "agreement %" in lines[0] and "100.00" in lines[2] and "40 target labels" in lines[3]
     assert "on the first 200 fashion-mnist test images" in lines[-1]
 
-    res = invoke("surrogates", "info", out, "--model", folder / "target", "--images", 50, "--json")
+    files = [out.with_name("sub.json"), out.with_name("sub.safetensors")]  # as a shell glob names them
+    res = invoke("surrogates", "info", *files, "--model", folder / "target", "--images", 50, "--json")
     (row,) = json.loads(res.output)
     assert row["queries"] == 40 and row["test_images"] == 50 and 0 <= row["agreement"] <= 1
 
@@ -64,9 +65,12 @@ def test_train_builds_the_zoo_in_home(monkeypatch, folder, tmp_path, fmnist_smal
     monkeypatch.setattr(zoo_module, "load_dataset", lambda name, split: data[split])
     res = invoke("surrogates", "train", "--home", tmp_path, "--no-progress")
     assert res.exit_code == 0, res.output
-    assert f"tiny: small-cnn {{'width': 4}}  ->  {tmp_path / 'surrogates' / 'fashion-mnist-tiny'}" in res.output
+    path = tmp_path / "surrogates" / "fashion-mnist-tiny"
+    assert res.output.startswith("tiny: small-cnn width=4, seed 4, test accuracy ")
+    assert res.output.rstrip().endswith(f" %  ->  {path}")
     assert (tmp_path / "surrogates" / "fashion-mnist-tiny.safetensors").is_file()
-    one_line_error(invoke("surrogates", "train", "--home", tmp_path, "--name", "nope"), "unknown fashion-mnist")
+    res = invoke("surrogates", "train", "--home", tmp_path, "--name", "nope")
+    one_line_error(res, "unknown fashion-mnist surrogate 'nope'")
 
 
 @pytest.mark.parametrize(
