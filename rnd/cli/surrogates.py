@@ -4,6 +4,7 @@ where each came from and how close it stands to the target (`info`)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -126,38 +127,33 @@ def substitute(
     if url is not None and defense != "none":
         raise InputError("--defense is for --model; a served model answers behind its own defense")
     check_output_checkpoint(out)
-    oracle: QueryOracle
-    if model_spec is not None:
-        model, info = load_model(model_spec, weights, meta=given_meta(input_shape, num_classes))
-        target = info.sha256
-        defended = build_defense(canonical_defense(defense), model)  # its own noise, seeded by the OS
-        oracle = Oracle(defended, output="labels", input_shape=info.input_shape, num_classes=info.num_classes)
-        dataset = dataset or info.dataset or "fashion-mnist"
-    else:
-        RemoteOracle = import_extra("rnd.oracle.remote", "rnd surrogates substitute --url").RemoteOracle
-        base, name = served_model(url, model_name, name_option="--model-name")  # type: ignore[arg-type]
-        oracle = RemoteOracle(base, name, key)
-        target = f"{base}/v2/models/{name}"
-        dataset = dataset or "fashion-mnist"
-    seeds = _seed_images(load_dataset(dataset, "test", data_root), seed_images)
-    if tuple(seeds.input_shape) != tuple(oracle.input_shape):
-        raise InputError(
-            f"the target takes {oracle.input_shape} inputs and {dataset} images are {seeds.input_shape}; "
-            "give the --dataset the target was made for"
-        )
-    x, _ = seeds.get()  # the true labels are never used
-    sub = train_substitute(
-        oracle,
-        x,
-        arch=arch,
-        rounds=rounds,
-        lam=lam,
-        tau=tau,
-        epochs=epochs,
-        seed=seed,
-        dataset=dataset,
-        progress=progress,
-    )
+    with contextlib.ExitStack() as stack:
+        oracle: QueryOracle
+        if model_spec is not None:
+            model, info = load_model(model_spec, weights, meta=given_meta(input_shape, num_classes))
+            target = info.sha256
+            defended = build_defense(canonical_defense(defense), model)  # its own noise, seeded by the OS
+            oracle = Oracle(
+                defended, output="labels", input_shape=info.input_shape, num_classes=info.num_classes
+            )
+            dataset = dataset or info.dataset or "fashion-mnist"
+        else:
+            RemoteOracle = import_extra("rnd.oracle.remote", "rnd surrogates substitute --url").RemoteOracle
+            base, name = served_model(url, model_name, name_option="--model-name")  # type: ignore[arg-type]
+            oracle = stack.enter_context(RemoteOracle(base, name, key))
+            target = f"{base}/v2/models/{name}"
+            dataset = dataset or "fashion-mnist"
+        seeds = _seed_images(load_dataset(dataset, "test", data_root), seed_images)
+        if tuple(seeds.input_shape) != tuple(oracle.input_shape):
+            raise InputError(
+                f"the target takes {oracle.input_shape} inputs and {dataset} images are {seeds.input_shape}; "
+                "give the --dataset the target was made for"
+            )
+        x, _ = seeds.get()  # the true labels are never used
+        sub = train_substitute(
+            oracle, x, arch=arch, rounds=rounds, lam=lam, tau=tau, epochs=epochs, seed=seed,
+            dataset=dataset, progress=progress,
+        )  # fmt: skip
     sub.save(out, target=target)
     click.echo(f"substitute {arch}: {sub.describe()}, rounds {sub.round_sizes}  ->  {out}.safetensors")
 

@@ -104,3 +104,26 @@ def test_bad_info_input_is_one_line(folder):
     one_line_error(invoke("surrogates", "info", folder / "target", "--model", folder / "nope"), "not found")
     res = invoke("surrogates", "info", "--model", folder / "target")
     assert res.exit_code == 2 and "Missing argument 'SPECS...'" in res.output
+
+
+def test_a_substitute_of_a_served_model_is_charged_what_it_counted(tiny_model, tmp_path):
+    pytest.importorskip("fastapi")  # the serve extra
+    pytest.importorskip("httpx")
+    from rnd.defenses import build_defense
+    from rnd.serving.app import create_app
+    from rnd.serving.keys import KeyStore
+    from tests.serving.test_server import Served
+
+    store = KeyStore(tmp_path / "keys.sqlite")
+    key = store.add("attacker", budget=1_000)
+    app = create_app(tiny_model, build_defense("none", tiny_model), name="tiny", keys=store)
+    with Served(app) as served:
+        res = invoke("surrogates", "substitute", "--url", f"{served.url}/v2/models/tiny", "--key", key,
+                     "--out", tmp_path / "sub", "--seed-images", 10, "--rounds", 3, "--epochs", 1,
+                     "--no-progress")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    meta = read_meta(tmp_path / "sub")
+    assert meta.metrics["queries"] == 40 and meta.parent == {"target": f"{served.url}/v2/models/tiny"}
+    (row,) = store.list()
+    assert row["used"] == 40  # the server charged every label the substitute counted
+    store.close()
