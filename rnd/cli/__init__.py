@@ -9,6 +9,7 @@ from rnd.cli import (  # noqa: F401  (registers the subcommands)
     noise_accuracy,
     report,
     serve,
+    surrogates,
     sweep,
     theory,
     train,

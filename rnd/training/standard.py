@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -43,20 +44,25 @@ def train_model(
     *,
     train_data: ImageDataset | None = None,
     test_data: ImageDataset | None = None,
+    arch_kwargs: dict[str, Any] | None = None,
+    recipe_extra: dict[str, Any] | None = None,
     progress: bool = True,
 ) -> tuple[Classifier, dict[str, Any]]:
-    """Train `arch` on `dataset`, evaluate on its test split, and save to `out` if given.
+    """Train `arch` (built with `arch_kwargs`, e.g. a width) on `dataset`, evaluate on its test
+    split, and save to `out` if given; `recipe_extra` adds fields to the recorded recipe.
 
     Returns the model and its metadata dict (recipe and metrics).
     """
     config = config or TrainConfig()
     train = train_data or load_dataset(dataset, "train")
     test = test_data or load_dataset(dataset, "test")
-    model = init_model(arch, train, config.seed)
+    model = init_model(arch, train, config.seed, **(arch_kwargs or {}))
+    start = time.perf_counter()
     fit(model, train, config, progress=progress, desc=f"train {arch}")
+    seconds = time.perf_counter() - start
     acc = accuracy(model, test)
-    recipe = {"kind": "standard", **config.as_dict()}
-    metrics = {"test_accuracy": acc, "test_size": len(test)}
+    recipe = {"kind": "standard", **config.as_dict(), **(recipe_extra or {})}
+    metrics = {"test_accuracy": acc, "test_size": len(test), "train_seconds": round(seconds, 1)}
     if out is not None:
         save_checkpoint(model, out, dataset=train.name, recipe=recipe, metrics=metrics)
     return model, {"recipe": recipe, "metrics": metrics}

@@ -489,6 +489,8 @@ def test_progress_on_a_terminal(monkeypatch, capsys):
         ["calibrate"],
         ["sweep"],
         ["theory", "signflip"],
+        ["surrogates", "train"],
+        ["surrogates", "substitute"],
     ],
 )
 def test_every_long_command_has_no_progress(command):
