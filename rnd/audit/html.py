@@ -129,6 +129,14 @@ def render(report: dict[str, Any]) -> str:
         f"Clean accuracy under the defense {_pct(acc['defended'], 2)} %, without it "
         f"{_pct(acc['undefended'], 2)} % ({acc['images']:,} test images).</p>",
     ]
+    models = req.get("surrogates")
+    if models:
+        listed = ", ".join(f"{e(m['name'])} (sha256 {e(m['sha256'][:12])})" for m in models)
+        parts.append(
+            "<p>Surrogate family: the attacker's own models, trained without a query to the target: "
+            f"{listed}. Transfer attacks run on each and on their logit ensemble; the hybrids on the "
+            "ensemble. No query-side defense sees their crafting.</p>"
+        )
     cal = report.get("calibration")
     if cal:
         parts.append(

@@ -36,7 +36,7 @@ from typing import Any
 
 from rnd.attacks import ATTACKS
 from rnd.audit.calibration import calibrate, calibration_key, calibration_request, stored_calibration
-from rnd.audit.suite import STRENGTH, THREATS, AuditSize, check_budget, strength_of, suite
+from rnd.audit.suite import STRENGTH, AuditSize, check_budget, families, strength_of, suite
 from rnd.data import load_dataset
 from rnd.defenses import DEFENSES, DefenseSpec, build_defense, canonical_defense
 from rnd.errors import InputError, RndError
@@ -47,6 +47,7 @@ from rnd.models import load_model
 from rnd.models.compat import check_model_data
 from rnd.models.source import model_label
 from rnd.oip import served_model
+from rnd.training.surrogates import SURROGATES, default_surrogate_specs, surrogate_path
 
 #: The mu x nu picture: probe sizes as multiples of the attack's default, nu as multiples of the audit's.
 MU_FACTORS = (0.1, 1.0, 10.0)
@@ -83,18 +84,22 @@ def audit_config(
     model_meta: dict[str, Any] | None = None,
     given_as: str = "checkpoint",
     data_root: str | None = None,
+    surrogates: tuple[str, ...] = (),
+    scores: bool = True,
 ) -> Any:
     """The `SweepConfig` of an audit's suite (both the defense and, for a local model, `none`);
     `output` is what score attacks see (an endpoint's own); `checkpoint` is any model spec, with
-    its `weights` and given `model_meta`."""
+    its `weights` and given `model_meta`; `surrogates` the attacker's models (surrogate family);
+    `scores`: the target answers scores (else no score hybrid is planned)."""
     remote = target is not None
     # the audited defense's cells first: a stopped audit has its headline soonest
     defenses = ("remote",) if remote else tuple(dict.fromkeys((defense, "none")))
-    suites = {d: [json.dumps(a, sort_keys=True) for a in suite(threat, d)] for d in defenses}
+    kinds = {"surrogates": len(surrogates), "scores": scores}
+    suites = {d: [json.dumps(a, sort_keys=True) for a in suite(threat, d, **kinds)] for d in defenses}
     attacks: list[Any] = []
     seen: set[str] = set()
     for d in defenses:
-        for a in suite(threat, d):
+        for a in suite(threat, d, **kinds):
             k = json.dumps(a, sort_keys=True)
             if k in seen:
                 continue
@@ -107,6 +112,7 @@ def audit_config(
                     eot=(a["eot"],),
                     params=a["params"],
                     defenses=None if remote else tuple(x for x in defenses if k in suites[x]),
+                    surrogates=tuple(surrogates[i] for i in a["surrogates"]) if "surrogates" in a else None,
                 )
             )
     return SweepConfig(
@@ -223,6 +229,8 @@ class AuditRequest:
     weights: str | None = None  # a factory model's safetensors weights
     model_meta: dict[str, Any] = field(default_factory=dict)  # input_shape / num_classes given for it
     data_root: str | None = None  # the data set's folder (CIFAR-10, an ImageNet-style folder)
+    #: The attacker's models for the surrogate family (model specs); empty: the data set's zoo.
+    surrogates: tuple[str, ...] = ()
 
 
 def plan_audit(
@@ -233,8 +241,7 @@ def plan_audit(
     (`say` is told so first, in one line: it takes minutes on a full-size audit), unless the
     results store `db` already keeps that calibration (same model, images, defense, budget, seed
     and method: `calibration_request`), which is then reused as it was measured."""
-    if req.threat not in THREATS:
-        raise InputError(f"unknown threat {req.threat!r}; choose one of: {', '.join(THREATS)}")
+    fams = families(req.threat)
     size = req.size.quick() if req.quick else req.size
     request = {
         "checkpoint_sha256": None,
@@ -249,7 +256,12 @@ def plan_audit(
         "quick": req.quick,
     }
     check_budget(req.threat, "remote" if req.url is not None else strength_of(req.defense)[0], size.budget)
+    if req.surrogates and "surrogate" not in fams:
+        raise InputError(
+            f"--surrogate is for the surrogate threat family; --threat {req.threat} leaves it out"
+        )
     calibration = cal_request = None
+    served = None
     if req.url is not None:
         base, name = served_model(req.url, name_option="the URL's /v2/models/NAME")
         target = RemoteTarget(
@@ -257,7 +269,8 @@ def plan_audit(
         )
         defense, label, checkpoint = "remote", name, None
         dataset = request["dataset"] = req.dataset or "fashion-mnist"
-        output = _endpoint_output(target, req.threat)
+        served = _endpoint_output(target, req.threat)
+        output = "probs" if served == "labels" else served
     else:
         spec_text = str(req.checkpoint)
         model, info = load_model(spec_text, req.weights, meta=req.model_meta)
@@ -296,6 +309,10 @@ def plan_audit(
         label = Path(spec_text).name if info.kind == "checkpoint" else model_label(spec_text, info.kind)
         target, checkpoint = None, spec_text
         output = "probs"
+    surrogates: tuple[str, ...] = ()
+    if "surrogate" in fams:
+        surrogates = attacker_models(req.surrogates, dataset, say)
+        request["surrogates"] = [surrogate_identity(s) for s in surrogates]
     cfg = audit_config(
         label=label,
         checkpoint=checkpoint,
@@ -311,6 +328,8 @@ def plan_audit(
         model_meta=req.model_meta,
         given_as="checkpoint" if req.url is not None or info.kind == "checkpoint" else "model",
         data_root=req.data_root,
+        surrogates=surrogates,
+        scores=req.url is None or served != "labels",
     )
     sweep = plan_sweep(cfg)  # expands the grid (budgets checked), checks the model / endpoint and data
     return AuditPlan(
@@ -323,6 +342,30 @@ def plan_audit(
     )
 
 
+def attacker_models(
+    given: tuple[str, ...], dataset: str, say: Callable[[str], object] | None
+) -> tuple[str, ...]:
+    """The surrogate family's models: those given, else `dataset`'s zoo (`rnd.training.surrogates`,
+    trained into $RND_HOME first when missing). A data set without a zoo needs --surrogate."""
+    if given:
+        return tuple(given)
+    if dataset not in SURROGATES:
+        raise InputError(
+            f"the surrogate threat family needs the attacker's own models and {dataset} has no zoo: give "
+            "--surrogate SPEC (repeatable), or leave the family out with --threat both"
+        )
+    missing = [n for n in SURROGATES[dataset] if not surrogate_path(dataset, n).with_suffix(".json").exists()]
+    if missing and say is not None:
+        say(f"training the {dataset} surrogate zoo first ({', '.join(missing)}; minutes each on a CPU)")
+    return tuple(default_surrogate_specs(dataset))
+
+
+def surrogate_identity(spec: str) -> dict[str, str]:
+    """A surrogate as the report names it: its file stem (or factory) and its sha256."""
+    _, info = load_model(spec)
+    return {"name": model_label(spec, info.kind), "sha256": info.sha256}
+
+
 def _endpoint_output(target: Any, threat: str) -> str:
     """What the endpoint answers (its metadata; no query is charged): the score attacks' output,
     or an InputError when it answers labels only and the threat model has score attacks."""
@@ -333,8 +376,9 @@ def _endpoint_output(target: Any, threat: str) -> str:
             output = oracle.output
     except RndError as exc:
         raise InputError(f"--url: {exc}") from None
-    if output == "labels" and threat != "labels":
+    if output == "labels" and "scores" in families(threat):
         raise InputError(
-            "the endpoint answers labels only, which score attacks cannot use; give --threat labels"
+            "the endpoint answers labels only, which score attacks cannot use; give --threat labels "
+            "(or surrogate)"
         )
-    return "probs" if output == "labels" else output
+    return output

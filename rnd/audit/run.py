@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from rnd.audit.plan import MU_FACTORS, NU_FACTORS, AuditPlan, grid_config, grid_strength
-from rnd.audit.suite import AuditSize
+from rnd.audit.suite import AuditSize, families
 from rnd.audit.verdict import build_report, strongest_score_attack
 from rnd.defenses import build_defense
 from rnd.errors import InputError
@@ -108,7 +108,7 @@ def estimate_audit(plan: AuditPlan, db: str | Path, seconds: float = 2.0) -> Aud
     size = AuditSize(**plan.request["size"])
     grid = 0
     grid_left = 0
-    if grid_strength(plan.defense) is not None and plan.request["threat"] in ("scores", "both"):
+    if grid_strength(plan.defense) is not None and "scores" in families(plan.request["threat"]):
         grid = len(MU_FACTORS) * len({"none" if f == 0 else f for f in NU_FACTORS})
         grid_left = grid * size.grid_images * size.budget  # its attack is chosen once the suite is done
         strongest = strongest_score_attack(results, plan.defense) if len(done) == len(cells) else None

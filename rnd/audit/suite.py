@@ -1,8 +1,13 @@
 """The audit's threat model: which attacks an audit runs against a defense (`suite`: every
 score-based and label-only attack in each norm it supports, and the adaptive forms that counter
 the defense: EOT at equal total budget, a larger probe, repeat-and-vote, noise-aware HopSkipJump,
-and the published counters of the rivals, `COUNTERS`), the size presets, and the checks of a
-budget against the suite.
+and the published counters of the rivals, `COUNTERS`; then the attacker with a surrogate model of
+its own, `SURROGATE_SUITE`), the size presets, and the checks of a budget against the suite.
+
+Three threat families: "scores" and "labels" (query attacks by what the oracle answers), and
+"surrogate": transfer attacks (crafted on the attacker's models, one query per candidate) and
+hybrids (a query search steered by them). `--threat` picks families: both = scores and labels,
+all (the default) = the three.
 
 May import: rnd.attacks, rnd.defenses, the ground layer.
 """
@@ -12,11 +17,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from rnd.attacks import ATTACKS, QUERY_ATTACKS, make_attack
+from rnd.attacks import ATTACKS, QUERY_ATTACKS, make_attack, needs_surrogate
+from rnd.attacks.surrogate import STAND_IN
 from rnd.defenses import DEFENSES, DefenseSpec
 from rnd.errors import InputError
 
-THREATS = ("scores", "labels", "both")
+#: The families each `--threat` choice runs.
+FAMILIES: dict[str, tuple[str, ...]] = {
+    "scores": ("scores",),
+    "labels": ("labels",),
+    "surrogate": ("surrogate",),
+    "both": ("scores", "labels"),
+    "all": ("scores", "labels", "surrogate"),
+}
+THREATS = tuple(FAMILIES)
 
 
 EPS = {"linf": 0.1, "l2": 1.5}
@@ -37,6 +51,16 @@ COUNTERS: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
     "rls": [("square", "linf", {"loss": "dlr"}), ("nes", "linf", {"loss": "dlr"})],
     "blacklight": [("square", "linf", {"blind": 0.05}), ("nes", "linf", {"blind": 0.05})],
 }
+
+
+#: The surrogate family. Transfer attacks run on each surrogate alone and on the logit ensemble of
+#: all (the best surrogate is not known in advance; the worst case is taken over them); MI-FGSM
+#: also with K = 10 candidates (fresh random starts, the first observed success kept). Hybrids run
+#: on the ensemble (GFCS takes its members in turn). Score hybrids need scores.
+TRANSFER_SUITE = ("mi-fgsm", "di-fgsm", "vmi-fgsm")
+CANDIDATES = 10
+SCORE_HYBRIDS = ("gfcs", "p-rgf", "square-ts", "signhunter-ts")
+LABEL_HYBRIDS = ("hsja-ts",)
 
 
 #: The strength parameter calibrated per defense (the first gridded one).
@@ -61,11 +85,21 @@ class AuditSize:
         )
 
 
-def suite(threat: str, defense: str, *, remote: bool = False) -> list[dict[str, Any]]:
-    """The attacks of an audit for `threat` against `defense` (a spec; `none` gets the plain suite):
-    dicts with name, norm, eps, eot, mu, params (an `AttackSpec`'s fields)."""
-    if threat not in THREATS:
+def families(threat: str) -> tuple[str, ...]:
+    """The threat families of a `--threat` choice."""
+    if threat not in FAMILIES:
         raise InputError(f"unknown threat {threat!r}; choose one of: {', '.join(THREATS)}")
+    return FAMILIES[threat]
+
+
+def suite(
+    threat: str, defense: str, *, remote: bool = False, surrogates: int = 1, scores: bool = True
+) -> list[dict[str, Any]]:
+    """The attacks of an audit for `threat` against `defense` (a spec; `none` gets the plain suite):
+    dicts with name, norm, eps, eot, params (an `AttackSpec`'s fields) and, for the surrogate
+    family, `surrogates`: the indices of the audit's `surrogates` models it uses (an ensemble when
+    several). `scores=False`: the target answers labels only (no score hybrids)."""
+    fams = families(threat)
     name = DefenseSpec.parse(defense).name
     defended = name != "none"
     cls = DEFENSES.get(name)
@@ -73,13 +107,22 @@ def suite(threat: str, defense: str, *, remote: bool = False) -> list[dict[str, 
     randomised = remote or name == "remote" or (cls is not None and cls.randomised)
     out: list[dict[str, Any]] = []
 
-    def add(attack: str, norm: str, eot: int = 1, params: dict[str, Any] | None = None) -> None:
-        out.append({"name": attack, "norm": norm, "eps": EPS[norm], "eot": eot, "params": params or {}})
+    def add(
+        attack: str,
+        norm: str,
+        eot: int = 1,
+        params: dict[str, Any] | None = None,
+        using: tuple[int, ...] | None = None,
+    ) -> None:
+        entry = {"name": attack, "norm": norm, "eps": EPS[norm], "eot": eot, "params": params or {}}
+        if using is not None:
+            entry["surrogates"] = list(using)
+        out.append(entry)
 
-    queries = QUERY_ATTACKS  # the transfer attacks need a surrogate: not in the suite yet (issue 30)
+    queries = QUERY_ATTACKS
     plain_scores = [n for n, c in queries.items() if c.feedback == "scores" and n != "square-adaptive"]
     plain_labels = [n for n, c in queries.items() if c.feedback == "labels" and n != "psj"]
-    if threat in ("scores", "both"):
+    if "scores" in fams:
         for a in plain_scores:
             for norm in ATTACKS[a].norms:
                 add(a, norm)
@@ -91,7 +134,7 @@ def suite(threat: str, defense: str, *, remote: bool = False) -> list[dict[str, 
                     add(a, "linf", params={"mu_nu_ratio": LARGER_MU_RATIO})
         for a, norm, params in COUNTERS.get(name, []) if defended else []:
             add(a, norm, params=params)
-    if threat in ("labels", "both"):
+    if "labels" in fams:
         for a in plain_labels:
             for norm in ATTACKS[a].norms:
                 add(a, norm)
@@ -100,6 +143,23 @@ def suite(threat: str, defense: str, *, remote: bool = False) -> list[dict[str, 
                 add("psj", norm)
             add("hsja", "l2", eot=VOTE_M)
             add("sign-opt", "l2", eot=VOTE_M)
+    if "surrogate" in fams:
+        if surrogates < 1:
+            raise InputError("the surrogate family needs at least one surrogate model")
+        every = tuple(range(surrogates))
+        sets = [(i,) for i in every] + ([every] if surrogates > 1 else [])
+        for norm in ("linf", "l2"):
+            for using in sets:
+                for a in TRANSFER_SUITE:
+                    add(a, norm, using=using)
+                add("mi-fgsm", norm, params={"candidates": CANDIDATES}, using=using)
+            for a in (SCORE_HYBRIDS if scores else ()) + LABEL_HYBRIDS:
+                add(a, norm, using=every)
+        if defended and randomised:
+            for a in SCORE_HYBRIDS[:3] if scores else ():
+                add(a, "linf", eot=EOT_M[0], using=every)
+            for norm in ATTACKS["psj-ts"].norms:
+                add("psj-ts", norm, using=every)
     return out
 
 
@@ -117,7 +177,12 @@ def check_budget(threat: str, defense: str, budget: int) -> None:
     """Every attack of the suite fits `budget` queries per image (its first step at least): an
     InputError naming the first that does not, before anything is calibrated or run."""
     costs = [
-        (a, make_attack(a["name"], eps=a["eps"], norm=a["norm"], eot=a["eot"], **a["params"]).min_budget)
+        (
+            a,
+            make_attack(
+                a["name"], eps=a["eps"], norm=a["norm"], eot=a["eot"], **a["params"], **stand_in(a)
+            ).min_budget,
+        )
         for a in suite(threat, defense)
     ]
     least = max(c for _, c in costs)
@@ -129,5 +194,12 @@ def check_budget(threat: str, defense: str, budget: int) -> None:
             )
 
 
+def stand_in(entry: dict[str, Any]) -> dict[str, Any]:
+    """The surrogate keyword a suite entry is built with when only its costs are checked."""
+    return {"surrogate": STAND_IN} if needs_surrogate(entry["name"]) else {}
+
+
 def family(attack: str) -> str:
-    return ATTACKS[attack].feedback
+    """The threat family of an attack: "surrogate" for transfer and hybrid attacks, else what its
+    oracle answers ("scores" or "labels")."""
+    return "surrogate" if needs_surrogate(attack) else ATTACKS[attack].feedback

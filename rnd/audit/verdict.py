@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from rnd.audit.plan import AuditPlan, grid_strength, strength_value
-from rnd.audit.suite import family
+from rnd.audit.suite import families, family
 from rnd.evaluation.cells import JUDGEMENTS, CellRecord, ImageRow
 from rnd.evaluation.store import ResultsStore
 from rnd.report.labels import setting_label
@@ -29,10 +29,16 @@ CURVE_POINTS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 SCHEMA = "rnd-audit/1"
 
 
-def variant_label(r: CellRecord) -> str:
-    """An attack setting as a verdict row names it: `square linf eps=0.1 M=5 mu_nu_ratio=2`."""
+def variant_label(r: CellRecord, surrogates: Mapping[str, str] | None = None) -> str:
+    """An attack setting as a verdict row names it: `square linf eps=0.1 M=5 mu_nu_ratio=2`; a
+    surrogate attack adds its models (`on=a+b`, names from `surrogates`, sha256 -> name; else
+    the first 8 hex digits of each sha256)."""
     c = r.cell
-    return setting_label(c.attack, c.norm, c.eps, c.eot, c.attack_params)
+    label = setting_label(c.attack, c.norm, c.eps, c.eot, c.attack_params)
+    if c.surrogate_sha256:
+        names = surrogates or {}
+        label += " on=" + "+".join(names.get(h, h[:8]) for h in c.surrogate_sha256.split(","))
+    return label
 
 
 def query_curve(rows: Sequence[ImageRow], budget: int) -> list[tuple[int, float]]:
@@ -44,16 +50,17 @@ def query_curve(rows: Sequence[ImageRow], budget: int) -> list[tuple[int, float]
     ]
 
 
-def verdicts(records: Sequence[CellRecord]) -> dict[str, Any]:
+def verdicts(records: Sequence[CellRecord], surrogates: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Per (defense, threat model): every attack's three failure rates with their intervals, and
     the worst case over attacks (headline: by vote), each traceable to its cell key. The records
-    carry their image rows (the failure-against-queries curve)."""
+    carry their image rows (the failure-against-queries curve); `surrogates` names the surrogate
+    models by sha256."""
     out: dict[str, Any] = {}
     for r in records:
         c, s = r.cell, r.summary
         entry = out.setdefault(c.defense, {}).setdefault(family(c.attack), {"attacks": []})
         row = {
-            "attack": variant_label(r),
+            "attack": variant_label(r, surrogates),
             "cell_key": r.key,
             "images": s.images,
             "queries_budget": c.budget,
@@ -138,9 +145,10 @@ def build_report(
         "grid_cells": None if grid is None else len(gkeys),
         "grid_done": None if grid is None else grid_done,
     }
-    cells = verdicts(results)
+    attacker_models = plan.request.get("surrogates") or []
+    cells = verdicts(results, {m["sha256"]: m["name"] for m in attacker_models})
     remote = plan.defense == "remote"
-    threats = [t for t in ("scores", "labels") if plan.request["threat"] in (t, "both")]
+    threats = families(plan.request["threat"])
     verdict: dict[str, Any] = {}
     for t in threats:
         mine = cells.get(plan.defense, {}).get(t)
@@ -158,6 +166,8 @@ def build_report(
             "attacks": ran,
             "attacks_pending": planned - ran,
         }
+        if t == "surrogate":  # states the attacker's models it stands for
+            verdict[t]["surrogates"] = [m["name"] for m in attacker_models]
     first = next((r for r in results if r.cell.defense == plan.defense), results[0] if results else None)
     report: dict[str, Any] = {
         "schema": SCHEMA,

@@ -11,9 +11,9 @@ from typing import Any
 import click
 
 from rnd.audit.html import write_html
-from rnd.audit.plan import AuditRequest, plan_audit
+from rnd.audit.plan import AuditRequest, grid_strength, plan_audit
 from rnd.audit.run import current_report, estimate_audit, run_audit
-from rnd.audit.suite import AuditSize
+from rnd.audit.suite import THREATS, AuditSize, families
 from rnd.audit.verdict import write_json
 from rnd.cli.app import main, progress_option
 from rnd.cli.checks import MAX_IMAGES, check_writable_dir, count, make_cli_runner, runner_options, seed_option
@@ -47,7 +47,22 @@ from rnd.training import load_or_train_default
     show_default=True,
     help="clean-accuracy budget, percentage points (one-sided 95 % bound)",
 )
-@click.option("--threat", type=click.Choice(["scores", "labels", "both"]), default="both", show_default=True)
+@click.option(
+    "--threat",
+    type=click.Choice(list(THREATS)),
+    default="all",
+    show_default=True,
+    help="threat families: scores, labels, surrogate (transfer and hybrid attacks on the attacker's "
+    "own models); both = scores and labels; all = the three",
+)
+@click.option(
+    "--surrogate",
+    "surrogates",
+    multiple=True,
+    metavar="SPEC",
+    help="the attacker's own model for the surrogate family (repeatable) [default: the data set's "
+    "surrogate zoo, trained into $RND_HOME if missing]",
+)
 @click.option(
     "--budget", type=count(1, MAX_BUDGET), default=10_000, show_default=True, help="queries per image"
 )
@@ -83,6 +98,7 @@ def audit(
     defense: str,
     max_drop: float,
     threat: str,
+    surrogates: tuple[str, ...],
     budget: int,
     images: int,
     quick: bool,
@@ -138,6 +154,9 @@ def audit(
         defense=defense if url is None else "remote",
         max_drop=max_drop,
         threat=threat,
+        surrogates=tuple(
+            s if model_kind(s) == "factory" else str(Path(s).expanduser().resolve()) for s in surrogates
+        ),
         size=AuditSize(images=images, budget=budget, grid_images=min(100, images)),
         seed=seed,
         assume=assume_defense,
@@ -164,9 +183,10 @@ def audit(
         with ResultsStore(db, readonly=True) as store:
             n = len(store.done_keys() & {c.key for c in plan.sweep.cells})
         done = f", {n} already done"
+    grid = " (+ a mu x nu grid)" if grid_strength(plan.defense) and "scores" in families(threat) else ""
     click.echo(
         f"auditing {plan.config.name.removeprefix('rnd audit ')} behind {plan.defense}: "
-        f"{len(plan.sweep.cells)} cells{done} (+ a mu x nu grid), results in {db}",
+        f"{len(plan.sweep.cells)} cells{done}{grid}, results in {db}",
         err=True,
     )
     out.mkdir(parents=True, exist_ok=True)
@@ -189,11 +209,11 @@ def _print_verdict(report: dict[str, Any], t0: float, out: Path) -> None:
         w = v["worst"]
         pending = f", {v['attacks_pending']} pending" if v["attacks_pending"] else ""
         if w is None:
-            click.echo(f"{threat_name:>6}: no attack finished yet against the defense{pending}")
+            click.echo(f"{threat_name:>9}: no attack finished yet against the defense{pending}")
             continue
         base = v["undefended_worst"]
         click.echo(
-            f"{threat_name:>6}: worst case {w['failure']:.1f} % failure [{w['low']:.1f}, {w['high']:.1f}] "
+            f"{threat_name:>9}: worst case {w['failure']:.1f} % failure [{w['low']:.1f}, {w['high']:.1f}] "
             f"(by vote) from {w['attack']}"
             + ("" if base is None else f"; undefended {base['failure']:.1f} % ({base['attack']})")
             + f"; {v['attacks']} attacks{pending}"

@@ -7,6 +7,8 @@ May import: the layers below evaluation, `cells`, `spec`, `targets`.
 
 from __future__ import annotations
 
+import json
+
 from rnd.attacks import make_attack
 from rnd.defenses import build_defense
 from rnd.errors import ConfigError, RndError
@@ -73,8 +75,12 @@ def check_surrogates(cfg: SweepConfig, cells: list[Cell], workspace: Workspace =
     predict its classes; ConfigError naming the attack's key otherwise."""
     data = workspace.planned_data(cells[0])
     for i, a in enumerate(cfg.attacks):
-        cell = next((c for c in cells if c.attack == a.name and c.surrogates is not None), None)
-        if a.surrogates is None or cell is None:
+        if a.surrogates is None:
+            continue
+        # this spec's cells: its attack with its surrogates (several specs may share an attack)
+        mine = (c for c in cells if c.attack == a.name and c.surrogates is not None)
+        cell = next((c for c in mine if json.loads(c.surrogates or "[]") == list(a.surrogates)), None)
+        if cell is None:
             continue
         try:
             models = workspace.surrogates(cell)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from rnd.audit.plan import grid_strength, strength_value
-from rnd.audit.suite import AuditSize, strength_of, suite
+from rnd.audit.suite import TRANSFER_SUITE, AuditSize, family, strength_of, suite
 from rnd.audit.verdict import SCHEMA, query_curve
 from rnd.errors import InputError
 from rnd.evaluation.cells import ImageRow
@@ -42,6 +42,31 @@ def test_the_suite_is_every_attack_and_the_counters_of_each_defense():
     assert len(names(suite("scores", "remote"))) == 34  # the server's defense may be random
     with pytest.raises(InputError, match="unknown threat"):
         suite("pixels", "none")
+
+
+def test_the_surrogate_family_runs_transfer_on_each_model_and_the_ensemble_and_the_hybrids():
+    three = suite("surrogate", "none", surrogates=3)
+    transfer = [a for a in three if a["name"] in TRANSFER_SUITE]
+    assert {tuple(a["surrogates"]) for a in transfer} == {(0,), (1,), (2,), (0, 1, 2)}
+    assert len(transfer) == 2 * 4 * (len(TRANSFER_SUITE) + 1)  # two norms, four sets, K=10 MI-FGSM too
+    hybrids = [a for a in three if a["name"] not in TRANSFER_SUITE]
+    assert {a["name"] for a in hybrids} == {"gfcs", "p-rgf", "square-ts", "signhunter-ts", "hsja-ts"}
+    assert all(a["surrogates"] == [0, 1, 2] for a in hybrids) and not any(a["eot"] > 1 for a in three)
+    rnd = suite("surrogate", "rnd:nu=0.02", surrogates=3)
+    adaptive = [names([a])[0] for a in rnd if a["eot"] > 1 or a["name"] == "psj-ts"]
+    assert sorted(adaptive) == [
+        "gfcs linf M=5",
+        "p-rgf linf M=5",
+        "psj-ts l2",
+        "psj-ts linf",
+        "square-ts linf M=5",
+    ]
+    labels_only = suite("surrogate", "remote", surrogates=1, scores=False)
+    assert not {a["name"] for a in labels_only} & {"gfcs", "p-rgf", "square-ts", "signhunter-ts"}
+    assert len(suite("all", "none", surrogates=1)) == 13 + 8 + 2 * (len(TRANSFER_SUITE) + 1 + 5)
+    assert family("vmi-fgsm") == family("gfcs") == "surrogate" and family("square") == "scores"
+    with pytest.raises(InputError, match="at least one surrogate"):
+        suite("all", "none", surrogates=0)
 
 
 def test_strength_is_calibrated_only_when_the_spec_leaves_it_open():
