@@ -270,6 +270,7 @@ def plan_audit(
         defense, label, checkpoint = "remote", name, None
         dataset = request["dataset"] = req.dataset or "fashion-mnist"
         served = _endpoint_output(target, req.threat)
+        surrogates = attacker_models(req, dataset, request, say)
         output = "probs" if served == "labels" else served
     else:
         spec_text = str(req.checkpoint)
@@ -282,6 +283,8 @@ def plan_audit(
         spec, param = strength_of(req.defense)
         if param is None:
             build_defense(spec, model, seed=0)  # a bad name or parameter fails here
+        surrogates = attacker_models(req, dataset, request, say)  # before a calibration's minutes
+        if param is None:
             defense = spec
         else:
             cal_request = calibration_request(
@@ -309,10 +312,6 @@ def plan_audit(
         label = Path(spec_text).name if info.kind == "checkpoint" else model_label(spec_text, info.kind)
         target, checkpoint = None, spec_text
         output = "probs"
-    surrogates: tuple[str, ...] = ()
-    if "surrogate" in fams:
-        surrogates = attacker_models(req.surrogates, dataset, say)
-        request["surrogates"] = [surrogate_identity(s) for s in surrogates]
     cfg = audit_config(
         label=label,
         checkpoint=checkpoint,
@@ -343,12 +342,20 @@ def plan_audit(
 
 
 def attacker_models(
-    given: tuple[str, ...], dataset: str, say: Callable[[str], object] | None
+    req: AuditRequest, dataset: str, request: dict[str, Any], say: Callable[[str], object] | None
 ) -> tuple[str, ...]:
-    """The surrogate family's models: those given, else `dataset`'s zoo (`rnd.training.surrogates`,
-    trained into $RND_HOME first when missing). A data set without a zoo needs --surrogate."""
-    if given:
-        return tuple(given)
+    """The surrogate family's models (none when the threat leaves it out): those given, else
+    `dataset`'s zoo (`rnd.training.surrogates`, trained into $RND_HOME first when missing); each
+    named with its sha256 in `request["surrogates"]`. A data set without a zoo needs --surrogate."""
+    if "surrogate" not in families(req.threat):
+        return ()
+    specs = tuple(req.surrogates) or zoo_specs(dataset, say)
+    request["surrogates"] = [surrogate_identity(s) for s in specs]
+    return specs
+
+
+def zoo_specs(dataset: str, say: Callable[[str], object] | None) -> tuple[str, ...]:
+    """`dataset`'s surrogate zoo as model specs, trained first where missing."""
     if dataset not in SURROGATES:
         raise InputError(
             f"the surrogate threat family needs the attacker's own models and {dataset} has no zoo: give "
@@ -362,7 +369,10 @@ def attacker_models(
 
 def surrogate_identity(spec: str) -> dict[str, str]:
     """A surrogate as the report names it: its file stem (or factory) and its sha256."""
-    _, info = load_model(spec)
+    try:
+        _, info = load_model(spec)
+    except RndError as exc:
+        raise InputError(f"--surrogate {spec}: {exc}") from None
     return {"name": model_label(spec, info.kind), "sha256": info.sha256}
 
 

@@ -375,6 +375,14 @@ def test_bad_input_changes_nothing(checkpoint, tiny_model, tmp_path):
             (["--url", f"{served.url}/v2/models/tiny", "--runner", "ray"], "--runner inprocess"),
             ([str(checkpoint), "--report-only", "--runner", "ray"], "runs no cell; drop --runner ray"),
             ([str(checkpoint), "--dry-run", "--runner", "ray"], "runs no cell; drop --runner ray"),
+            (
+                [str(checkpoint), "--threat", "both", "--surrogate", str(checkpoint)],
+                "surrogate threat family",
+            ),
+            (
+                [str(checkpoint), "--threat", "surrogate", "--surrogate", str(tmp_path / "nope")],
+                "--surrogate",
+            ),
         ]
         for args, words in cases:
             res = CliRunner().invoke(main, ["audit", *args, "--out", str(out), "--no-progress"])
@@ -384,6 +392,36 @@ def test_bad_input_changes_nothing(checkpoint, tiny_model, tmp_path):
             assert not out.exists()
     assert store.list()[0]["used"] == 0
     store.close()
+
+
+def test_the_surrogate_family_audits_transfer_and_hybrids_and_names_its_models(checkpoint, tmp_path):
+    """--threat surrogate with the attacker's model given: transfer cells spend one query an image
+    (K for MI-FGSM with candidates), the hybrids stay within the budget, the verdict names the
+    surrogate and every row the model it crafted on."""
+    from rnd.data import load_dataset
+    from rnd.training.standard import init_model
+
+    sur = tmp_path / "attacker"
+    data = load_dataset("fashion-mnist", "test")
+    save_checkpoint(init_model("small-cnn", data, seed=5, width=8, hidden=32).eval(), sur,
+                    dataset="fashion-mnist", recipe={"kind": "test"})  # fmt: skip
+    out = tmp_path / "out"
+    args = ["--threat", "surrogate", "--surrogate", str(sur), "--images", "2", "--budget", "400",
+            "--max-drop", "5", "--defense", "rnd:nu=0.02", "--quick", "--no-progress"]  # fmt: skip
+    res = run_cli(str(checkpoint), *args, "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert list(report["verdict"]) == ["surrogate"]
+    assert report["verdict"]["surrogate"]["surrogates"] == ["attacker"]
+    assert report["request"]["surrogates"][0]["name"] == "attacker"
+    rows = [a for e in report["cells"].values() for a in e["surrogate"]["attacks"]]
+    assert len(rows) == 2 * (4 + 5) + 2 * (4 + 5) + 5  # both defenses; adaptive forms against RND
+    assert all(r["attack"].endswith(" on=attacker") for r in rows)
+    for r in rows:
+        if r["attack"].startswith(("mi-fgsm", "di-fgsm", "vmi-fgsm")) and "candidates" not in r["attack"]:
+            assert r["mean_queries"] is None or r["mean_queries"] == 1.0
+        assert r["queries_budget"] == 400
+    assert "surrogate: worst case" in res.stderr + res.stdout
 
 
 @pytest.mark.slow
