@@ -13,6 +13,7 @@ from rnd.attacks.decision import DecisionAttack
 from rnd.attacks.difgsm import DIFGSM
 from rnd.attacks.geoda import GeoDA
 from rnd.attacks.hsja import HopSkipJump
+from rnd.attacks.hsja_oars import HopSkipJumpOARS
 from rnd.attacks.ifgsm import IFGSM
 from rnd.attacks.mifgsm import MIFGSM
 from rnd.attacks.nes import NES
@@ -27,6 +28,7 @@ from rnd.attacks.signhunter import SignHunter
 from rnd.attacks.simba import SimBA
 from rnd.attacks.square import Square
 from rnd.attacks.square_adaptive import SquareAdaptive
+from rnd.attacks.square_oars import SquareOARS
 from rnd.attacks.tifgsm import TIFGSM
 from rnd.attacks.transfer import TransferAttack
 from rnd.attacks.vmifgsm import VMIFGSM
@@ -43,6 +45,7 @@ SCORE_ATTACKS: tuple[type[QueryAttack], ...] = (
     SimBA,
     Parsimonious,
     SignHunter,
+    SquareOARS,
 )
 #: Label-only attacks (the oracle answers labels only).
 DECISION_ATTACKS: tuple[type[QueryAttack], ...] = (
@@ -52,6 +55,7 @@ DECISION_ATTACKS: tuple[type[QueryAttack], ...] = (
     GeoDA,
     RayS,
     SignFlip,
+    HopSkipJumpOARS,
 )
 #: Transfer attacks: crafted on the attacker's surrogate model(s) (`surrogate=`), one query per
 #: submitted candidate.
@@ -108,6 +112,7 @@ __all__ = [
     "DecisionAttack",
     "GeoDA",
     "HopSkipJump",
+    "HopSkipJumpOARS",
     "Parsimonious",
     "PopSkipJump",
     "QueryAttack",
@@ -119,6 +124,7 @@ __all__ = [
     "SimBA",
     "Square",
     "SquareAdaptive",
+    "SquareOARS",
     "TransferAttack",
     "ZOSignSGD",
     "make_attack",
