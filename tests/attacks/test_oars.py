@@ -153,16 +153,16 @@ def test_a_refused_query_never_counts_as_success(model, data):
 
         def forward(self, xb: torch.Tensor) -> torch.Tensor:
             out = model(xb).clone()
-            out[max(0, 8 - self.seen) :] = float("nan")
+            out[max(0, 3 - self.seen) :] = float("nan")  # the 3 clean queries are answered
             self.seen += len(xb)
             return out
 
-    x, y = data
+    x, y = data[0][:3], data[1][:3]
     for name, norm in (("square-oars", "linf"), ("hsja-oars", "l2")):
-        oracle = Oracle(RefuseAll(), output=output_of(name), budget=400)
+        oracle = Oracle(RefuseAll(), output=output_of(name), budget=200)
         result = make_attack(name, eps=EPS[name, norm], norm=norm, seed=0)(oracle, x, y)
         assert not bool(result.success.any()) and bool(result.x_adv.isfinite().all())
-        assert int(oracle.refusals.sum()) == int(oracle.counts.sum()) - 8
+        assert int(oracle.refusals.sum()) == int(oracle.counts.sum()) - 3
 
 
 def test_the_search_keeps_the_smallest_passing_value():
