@@ -204,3 +204,16 @@ def test_the_rivals_and_throughput_tables_render_their_records():
     for r, row in zip(record["rows"], list(table.findall(lambda n: n.tagname == "row"))[1:], strict=True):
         bar = 0.95 if r["feedback"] == "scores" else 0.90
         assert row.children[6].astext() == f"{bar:.2f} {'met' if r['ratio'] >= bar else 'not met'}"
+
+
+def test_the_oars_table_renders_its_record():
+    """Every row of the Blacklight counters' record (bench/oars_blacklight.py), as recorded."""
+    ext = load_extension()
+    record = ext.load_record("oars")
+    table = ext.oars_table(record)
+    rows = list(table.findall(lambda n: n.tagname == "row"))[1:]
+    assert len(rows) == len(record["rows"])
+    for r, row in zip(record["rows"], rows, strict=True):
+        text = [e.astext() for e in row.children]
+        assert text[1:5] == [r["defense"], r["variant"], ext.pct(r["observed"]), ext.pct(r["clean"])]
+        assert text[5] == f"{100 * r['detection']:.1f}"

@@ -6,7 +6,7 @@ written by `rnd audit`), a sweep's SQLite results store, or rows written by a be
 (`bench/attack_throughput.py --json`). The directive
 
     ```{rnd-results} NAME
-    :view: provenance | verdict | cells | strength | labels | grid | rivals | throughput | transfer
+    :view: provenance | verdict | cells | strength | labels | grid | rivals | throughput | transfer | oars
     ```
 
 reads the record (and what it points to) at build time and renders a table, so a figure on a
@@ -288,6 +288,25 @@ def transfer_table(record: dict[str, Any]) -> nodes.table:
     return table(head, body)
 
 
+def oars_table(record: dict[str, Any]) -> nodes.table:
+    """Counters to a stateful detector (bench/oars_blacklight.py): per attack, defense and variant,
+    failure as observed and on the clean model, and the share of queries the detector refused."""
+    head = ["attack", "defense", "variant", "observed", "clean", "refused %", "mean queries"]
+    body = [
+        [
+            f"{r['attack']} {r['norm']} eps={r['eps']:g}",
+            r["defense"],
+            r["variant"],
+            pct(r["observed"]),
+            pct(r["clean"]),
+            f"{100 * r['detection']:.1f}",
+            num(r["mean_queries"]),
+        ]
+        for r in record["rows"]
+    ]
+    return table(head, body)
+
+
 VIEWS = (
     "provenance",
     "verdict",
@@ -299,6 +318,7 @@ VIEWS = (
     "worst",
     "throughput",
     "transfer",
+    "oars",
 )
 
 
@@ -322,6 +342,8 @@ class ResultsDirective(SphinxDirective):
             return [throughput_table(record)]
         if view == "transfer":
             return [transfer_table(record)]
+        if view == "oars":
+            return [oars_table(record)]
         if view in ("rivals", "worst"):
             rows = sweep_rows(record)
             return [rivals_table(rows) if view == "rivals" else worst_case_table(rows)]

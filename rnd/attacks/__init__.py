@@ -15,6 +15,7 @@ from rnd.attacks.difgsm import DIFGSM
 from rnd.attacks.geoda import GeoDA
 from rnd.attacks.gfcs import GFCS
 from rnd.attacks.hsja import HopSkipJump
+from rnd.attacks.hsja_oars import HopSkipJumpOARS
 from rnd.attacks.hsja_ts import HopSkipJumpTS
 from rnd.attacks.ifgsm import IFGSM
 from rnd.attacks.mifgsm import MIFGSM
@@ -33,6 +34,7 @@ from rnd.attacks.signhunter_ts import SignHunterTS
 from rnd.attacks.simba import SimBA
 from rnd.attacks.square import Square
 from rnd.attacks.square_adaptive import SquareAdaptive
+from rnd.attacks.square_oars import SquareOARS
 from rnd.attacks.square_ts import SquareTS
 from rnd.attacks.surrogate import SurrogateAttack, Surrogates
 from rnd.attacks.tifgsm import TIFGSM
@@ -51,6 +53,7 @@ SCORE_ATTACKS: tuple[type[QueryAttack], ...] = (
     SimBA,
     Parsimonious,
     SignHunter,
+    SquareOARS,
 )
 #: Label-only attacks (the oracle answers labels only).
 DECISION_ATTACKS: tuple[type[QueryAttack], ...] = (
@@ -60,6 +63,7 @@ DECISION_ATTACKS: tuple[type[QueryAttack], ...] = (
     GeoDA,
     RayS,
     SignFlip,
+    HopSkipJumpOARS,
 )
 #: Transfer attacks: crafted on the attacker's surrogate model(s) (`surrogate=`), one query per
 #: submitted candidate.
@@ -127,6 +131,7 @@ __all__ = [
     "DecisionAttack",
     "GeoDA",
     "HopSkipJump",
+    "HopSkipJumpOARS",
     "HopSkipJumpTS",
     "Parsimonious",
     "PopSkipJump",
@@ -141,6 +146,7 @@ __all__ = [
     "SimBA",
     "Square",
     "SquareAdaptive",
+    "SquareOARS",
     "SquareTS",
     "SurrogateAttack",
     "Surrogates",

@@ -7,8 +7,9 @@ before it reaches the oracle, a fresh random perturbation per row ("blinding"), 
 quantised windows differ from those of every earlier query. It is not what Feng et al., "Stateful
 Defenses for Machine Learning Models Are Not Yet Secure Against Black-box Attacks" (CCS 2023, OARS)
 do: OARS uses the refusals as a signal, tuning its own step parameters until proposals are rarely
-refused and then redrawing each refused proposal (DESIGN section 8); that counter is not in rnd
-yet. Blinding is the simpler attacker-side evasion, measured here as it stands.
+refused and then redrawing each refused proposal (DESIGN section 8); that counter is
+`rnd.attacks.square_oars` and `rnd.attacks.hsja_oars` ("square-oars", "hsja-oars"). Blinding is
+the simpler attacker-side evasion.
 
 Why small noise is enough. Blacklight maps a pixel x to v = (255 x + s) mod 255 and keeps the
 bin round(v / step). The secret salt s makes v uniform on [0, 255), independent of x. The bins

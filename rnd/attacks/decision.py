@@ -208,17 +208,22 @@ class DecisionAttack(QueryAttack[DS]):
         """Query each row of `x` m times (m queries each; rows may repeat an image); return how
         many answers were adversarial (not the true label, or the target when targeted). A refused
         query (label `REFUSED`, from a detector) is not evidence of adversariality: it counts no."""
+        return self.hits(state, self.answers(state, x, rows, m), rows).sum(1)
+
+    def answers(self, state: DS, x: torch.Tensor, rows: torch.Tensor, m: int) -> torch.Tensor:
+        """The (rows, m) labels of m queries of each row of `x` (`REFUSED` where a detector refused)."""
         assert self.oracle is not None
         ids = state.ids[rows]
         if m > 1:
             x, ids = x.repeat_interleave(m, dim=0), ids.repeat_interleave(m)
-        labels = self.oracle.query(x.contiguous(), ids, eot=1).to(rows.device).view(-1, m)
+        return self.oracle.query(x.contiguous(), ids, eot=1).to(rows.device).view(-1, m)
+
+    def hits(self, state: DS, labels: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Which of the (rows, m) `labels` are adversarial (a `REFUSED` label never is)."""
         if self.targeted:
             assert state.target is not None
-            hit = labels == state.target[rows][:, None]
-        else:
-            hit = (labels != state.y[rows][:, None]) & (labels >= 0)
-        return hit.sum(1)
+            return labels == state.target[rows][:, None]
+        return (labels != state.y[rows][:, None]) & (labels >= 0)
 
     def decide(self, state: DS, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """Is each row of `x` adversarial? The majority of `eot` labels (one label when eot = 1).

@@ -49,7 +49,12 @@ LARGER_MU_RATIO = 2.0  # the adaptive probe: mu = max(mu, 2 nu)
 COUNTERS: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
     "aaa": [("square-adaptive", "linf", {"rule": "up"}), ("square-adaptive", "linf", {"rule": "switch"})],
     "rls": [("square", "linf", {"loss": "dlr"}), ("nes", "linf", {"loss": "dlr"})],
-    "blacklight": [("square", "linf", {"blind": 0.05}), ("nes", "linf", {"blind": 0.05})],
+    "blacklight": [
+        ("square", "linf", {"blind": 0.05}),
+        ("nes", "linf", {"blind": 0.05}),
+        ("square-oars", "linf", {}),
+        ("hsja-oars", "l2", {}),
+    ],
 }
 
 
@@ -120,8 +125,10 @@ def suite(
         out.append(entry)
 
     queries = QUERY_ATTACKS
-    plain_scores = [n for n, c in queries.items() if c.feedback == "scores" and n != "square-adaptive"]
-    plain_labels = [n for n, c in queries.items() if c.feedback == "labels" and n != "psj"]
+    counters = {"square-adaptive", "square-oars", "hsja-oars"}  # against one defense each (COUNTERS)
+    plain_scores = [n for n, c in queries.items() if c.feedback == "scores" and n not in counters]
+    plain_labels = [n for n, c in queries.items() if c.feedback == "labels" and n not in counters | {"psj"}]
+    own = COUNTERS.get(name, []) if defended else []
     if "scores" in fams:
         for a in plain_scores:
             for norm in ATTACKS[a].norms:
@@ -132,8 +139,9 @@ def suite(
                     for m in EOT_M:
                         add(a, "linf", eot=m)
                     add(a, "linf", params={"mu_nu_ratio": LARGER_MU_RATIO})
-        for a, norm, params in COUNTERS.get(name, []) if defended else []:
-            add(a, norm, params=params)
+        for a, norm, params in own:
+            if ATTACKS[a].feedback == "scores":
+                add(a, norm, params=params)
     if "labels" in fams:
         for a in plain_labels:
             for norm in ATTACKS[a].norms:
@@ -143,6 +151,9 @@ def suite(
                 add("psj", norm)
             add("hsja", "l2", eot=VOTE_M)
             add("sign-opt", "l2", eot=VOTE_M)
+        for a, norm, params in own:
+            if ATTACKS[a].feedback == "labels":
+                add(a, norm, params=params)
     if "surrogate" in fams:
         if surrogates < 1:
             raise InputError("the surrogate family needs at least one surrogate model")

@@ -47,7 +47,9 @@ plus a transient copy of the largest level during a merge, and 16 bytes per cach
 Two counters are known: an attacker who blinds each query with fresh small noise so that the
 quantised windows change (`rnd.attacks.blinding.Blinded`), and OARS (Feng et al., "Stateful
 Defenses for Machine Learning Models Are Not Yet Secure Against Black-box Attacks", CCS 2023),
-which tunes its step parameters on the refusals and redraws refused proposals (not in rnd yet).
+which tunes its step parameters on the refusals and redraws refused proposals
+(`rnd.attacks.square_oars.SquareOARS`, `rnd.attacks.hsja_oars.HopSkipJumpOARS`: "square-oars",
+"hsja-oars").
 """
 
 from __future__ import annotations

@@ -39,6 +39,11 @@ def test_the_suite_is_every_attack_and_the_counters_of_each_defense():
     assert not any("M=" in n for n in names(suite("scores", "aaa")))  # deterministic: no EOT
     assert "square linf loss=dlr" in names(suite("scores", "rls"))
     assert "nes linf blind=0.05" in names(suite("scores", "blacklight:threshold=45"))
+    assert "square-oars linf" in names(suite("scores", "blacklight"))
+    assert "hsja-oars l2" in names(suite("labels", "blacklight"))
+    assert "hsja-oars l2" not in names(suite("scores", "blacklight"))  # a label-only counter
+    for plain in (suite("both", "none"), suite("both", "rnd:nu=0.02"), suite("both", "aaa")):
+        assert not any(a["name"].endswith("-oars") for a in plain)  # counters to Blacklight only
     assert len(names(suite("scores", "remote"))) == 34  # the server's defense may be random
     with pytest.raises(InputError, match="unknown threat"):
         suite("pixels", "none")
