@@ -73,7 +73,8 @@ def main() -> None:
             rows.append(row)
             print(
                 f"{name:6s} {norm:4s} mu={mu:<7g} fail {row['failure']:5.1f} "
-                f"[{row['low']:4.1f}, {row['high']:4.1f}]  mean q {r.mean_queries:7.1f}  median q {r.median_queries:6.0f}  {row['seconds']:6.1f} s",
+                f"[{row['low']:4.1f}, {row['high']:4.1f}]  mean q {r.mean_queries:7.1f}  "
+                f"median q {r.median_queries:6.0f}  {row['seconds']:6.1f} s",
                 flush=True,
             )
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
