@@ -411,6 +411,7 @@ def test_the_surrogate_family_audits_transfer_and_hybrids_and_names_its_models(c
     res = run_cli(str(checkpoint), *args, "--out", str(out))
     assert res.returncode == 0, res.stderr
     report = json.loads((out / "report.json").read_text())
+    check_schema(report)
     assert list(report["verdict"]) == ["surrogate"]
     assert report["verdict"]["surrogate"]["surrogates"] == ["attacker"]
     assert report["request"]["surrogates"][0]["name"] == "attacker"

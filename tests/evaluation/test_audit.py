@@ -113,10 +113,13 @@ RATE = {"failure", "low", "high"}
 def check_schema(report: dict, remote: bool = False) -> None:
     """The keys and types docs/audit-report.md documents."""
     assert set(report) == TOP and report["schema"] == SCHEMA
+    surrogate_family = "surrogate" in report["verdict"]
     assert set(report["request"]) == {
         "checkpoint_sha256", "url", "defense", "max_drop", "threat", "size", "seed", "dataset", "assume",
-        "quick",
+        "quick", *(["surrogates"] if surrogate_family else []),
     }  # fmt: skip
+    for m in report["request"].get("surrogates", []):
+        assert set(m) == {"name", "sha256"} and len(m["sha256"]) == 64
     assert set(report["request"]["size"]) == {"images", "budget", "accuracy_images", "grid_images"}
     assert set(report["model"]) == ({"url"} if remote else {"label", "checkpoint_sha256"})
     assert set(report["clean_accuracy"]) == {"defended", "undefended", "images"}
@@ -131,10 +134,10 @@ def check_schema(report: dict, remote: bool = False) -> None:
     p = report["progress"]
     assert set(p) == {"complete", "cells", "done", "grid_cells", "grid_done"} and 0 <= p["done"] <= p["cells"]
     assert (p["grid_cells"] is None) == (p["grid_done"] is None)
-    for v in report["verdict"].values():
+    for threat, v in report["verdict"].items():
         assert set(v) == {
             "headline", "worst", "worst_observed", "worst_clean", "undefended_worst", "attacks",
-            "attacks_pending",
+            "attacks_pending", *(["surrogates"] if threat == "surrogate" else []),
         }  # fmt: skip
         assert v["headline"] == "vote" and v["attacks_pending"] >= 0
         if v["worst"] is None:  # a partial report: no attack against the defense finished yet
