@@ -37,7 +37,6 @@ from rnd.attacks.base import AttackResult, Norm, row_draws
 from rnd.attacks.decision import image_seeds
 from rnd.attacks.score import ScoreAttack, ScoreState
 from rnd.attacks.surrogate import SurrogateAttack, unit
-from rnd.oracle import QueryOracle
 
 
 @dataclass(eq=False)
@@ -72,16 +71,7 @@ class GFCS(SurrogateAttack, ScoreAttack[GFCSState]):
         surrogate: nn.Module | Sequence[nn.Module] | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(eps, norm, **kwargs)
-        self.take_surrogates(surrogate)
-
-    def params(self) -> dict[str, Any]:
-        out = {k: v for k, v in super().params().items() if k != "surrogates"}
-        return {**out, **self.surrogate_params()}
-
-    def check_oracle(self, oracle: QueryOracle) -> None:
-        super().check_oracle(oracle)
-        self.surrogates.check(oracle)
+        super().__init__(eps, norm, surrogate=surrogate, **kwargs)
 
     @property
     def step_cost(self) -> int:

@@ -43,7 +43,6 @@ from rnd.attacks.base import Norm, row_draws
 from rnd.attacks.decision import image_seeds
 from rnd.attacks.score import ScoreAttack, ScoreState
 from rnd.attacks.surrogate import SurrogateAttack, unit
-from rnd.oracle import QueryOracle
 
 
 def optimal_lambda(alpha2: torch.Tensor, d: int, q: int) -> torch.Tensor:
@@ -95,20 +94,11 @@ class PRGF(SurrogateAttack, ScoreAttack[PRGFState]):
         prior: bool = True,
         **kwargs: Any,
     ) -> None:
-        super().__init__(eps, norm, **kwargs)
-        self.take_surrogates(surrogate)
+        super().__init__(eps, norm, surrogate=surrogate, **kwargs)
         self.prior = check_bool(prior, "prior")
         self.q = check_int(q, "q")
         self.norm_samples = check_int(norm_samples, "norm_samples")
         self.lr = check_positive(self.eps / 10 if lr is None else lr, "lr")
-
-    def params(self) -> dict[str, Any]:
-        out = {k: v for k, v in super().params().items() if k != "surrogates"}
-        return {**out, **self.surrogate_params()}
-
-    def check_oracle(self, oracle: QueryOracle) -> None:
-        super().check_oracle(oracle)
-        self.surrogates.check(oracle)
 
     @property
     def step_cost(self) -> int:

@@ -4,38 +4,17 @@ eps, instead of from random noise (which stays the fallback). See `rnd.attacks.t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
 import torch
-from torch import nn
 
-from rnd.attacks.base import Norm
 from rnd.attacks.hsja import HopSkipJumpState
 from rnd.attacks.psj import PopSkipJump
 from rnd.attacks.transfer_start import TransferStart
-from rnd.oracle import QueryOracle
 
 
 class PopSkipJumpTS(TransferStart, PopSkipJump):
     """PopSkipJump from a transfer start. Args: `surrogate` and PopSkipJump's."""
 
     name = "psj-ts"
-
-    def __init__(
-        self,
-        eps: float,
-        norm: Norm = "l2",
-        *,
-        surrogate: nn.Module | Sequence[nn.Module] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(eps, norm, **kwargs)
-        self.take_transfer_start(surrogate)
-
-    def check_oracle(self, oracle: QueryOracle) -> None:
-        super().check_oracle(oracle)
-        self.surrogates.check(oracle)
 
     def start(self, state: HopSkipJumpState, rows: torch.Tensor) -> None:
         found = self.ladder_start(state, rows)

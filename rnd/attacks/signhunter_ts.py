@@ -4,37 +4,16 @@ all ones (zeros count as +1). See `rnd.attacks.transfer_start`."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
 import torch
-from torch import nn
 
-from rnd.attacks.base import Norm
 from rnd.attacks.signhunter import SignHunter, SignHunterState
 from rnd.attacks.transfer_start import TransferStart
-from rnd.oracle import QueryOracle
 
 
 class SignHunterTS(TransferStart, SignHunter):
     """SignHunter from a transfer example's signs. Args: `surrogate` and SignHunter's."""
 
     name = "signhunter-ts"
-
-    def __init__(
-        self,
-        eps: float,
-        norm: Norm = "linf",
-        *,
-        surrogate: nn.Module | Sequence[nn.Module] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(eps, norm, **kwargs)
-        self.take_transfer_start(surrogate)
-
-    def check_oracle(self, oracle: QueryOracle) -> None:
-        super().check_oracle(oracle)
-        self.surrogates.check(oracle)
 
     def start_signs(self, state: SignHunterState, rows: torch.Tensor) -> torch.Tensor:
         target = None if state.target is None else state.target[rows]

@@ -112,20 +112,29 @@ def unit(g: torch.Tensor) -> torch.Tensor:
 
 
 class SurrogateAttack:
-    """Mixin of the attacks that use the attacker's own models (`surrogate=`): transfer attacks
-    and hybrids. Call `take_surrogates` in `__init__` and `self.surrogates.check(oracle)` in
-    `check_oracle`."""
+    """Mixin of the attacks that use the attacker's own models (`surrogate=`, a model or a list):
+    transfer attacks and hybrids. Put it before the attack's base class; it takes `surrogate` out
+    of the constructor's arguments, checks the models against the oracle after the base's own
+    check, and records how many there are (not the models) in `params`."""
 
     uses_surrogate: ClassVar[bool] = True
     surrogates: Surrogates
 
-    def take_surrogates(self, surrogate: nn.Module | Sequence[nn.Module] | None) -> None:
+    def __init__(
+        self, eps: float, *args: Any, surrogate: nn.Module | Sequence[nn.Module] | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(eps, *args, **kwargs)  # type: ignore[call-arg]
         if surrogate is None:
             raise InputError(
-                f"{getattr(self, 'name', 'this attack')} crafts on the attacker's own model: give "
+                f"{getattr(self, 'name', 'this attack')} uses the attacker's own model: give "
                 "surrogate= (a model or a list of models; --surrogate SPEC on the command line)"
             )
         self.surrogates = Surrogates(surrogate)
 
-    def surrogate_params(self) -> dict[str, Any]:
-        return {"surrogates": len(self.surrogates)}
+    def check_oracle(self, oracle: QueryOracle) -> None:
+        super().check_oracle(oracle)  # type: ignore[misc]
+        self.surrogates.check(oracle)
+
+    def params(self) -> dict[str, Any]:
+        out = {k: v for k, v in super().params().items() if k != "surrogates"}  # type: ignore[misc]
+        return {**out, "surrogates": len(self.surrogates)}

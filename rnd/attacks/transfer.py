@@ -34,7 +34,7 @@ from rnd._checks import check_int
 from rnd.attacks.base import AttackState, Norm, QueryAttack, row_draws
 from rnd.attacks.decision import image_seeds
 from rnd.attacks.surrogate import STAND_IN, SurrogateAttack, raise_loss
-from rnd.oracle import QueryOracle, answer_labels
+from rnd.oracle import answer_labels
 
 __all__ = ["STAND_IN", "TransferAttack", "TransferState"]
 
@@ -84,19 +84,11 @@ class TransferAttack(SurrogateAttack, QueryAttack[TransferState]):
         candidates: int = 1,
         **kwargs: Any,
     ) -> None:
-        super().__init__(eps, norm, **kwargs)
-        self.take_surrogates(surrogate)
+        super().__init__(eps, norm, surrogate=surrogate, **kwargs)
         self.iterations = check_int(
             self.default_iterations if iterations is None else iterations, "iterations"
         )
         self.candidates = check_int(candidates, "candidates")
-
-    def params(self) -> dict[str, Any]:
-        out = {k: v for k, v in super().params().items() if k != "surrogates"}
-        return {**out, **self.surrogate_params()}
-
-    def check_oracle(self, oracle: QueryOracle) -> None:
-        self.surrogates.check(oracle)
 
     # -- the query loop: one submission per candidate --------------------------------------------
     def active(self, state: TransferState) -> torch.Tensor:

@@ -28,13 +28,16 @@ LADDER = (1.0, 2.0, 4.0, 8.0)
 
 
 class TransferStart(SurrogateAttack):
-    """Mixin: `take_transfer_start(surrogate)` in `__init__`, then `transfer_examples`."""
+    """Mixin before a query attack's class: `transfer_examples` (and `ladder_start` for label-only
+    attacks) craft its start on the surrogates (`surrogate=`)."""
 
     #: MI-FGSM iterations of the start.
     start_iterations = 10
 
-    def take_transfer_start(self, surrogate: nn.Module | Sequence[nn.Module] | None) -> None:
-        self.take_surrogates(surrogate)
+    def __init__(
+        self, eps: float, *args: Any, surrogate: nn.Module | Sequence[nn.Module] | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(eps, *args, surrogate=surrogate, **kwargs)
         self._crafters: dict[float, MIFGSM] = {}
 
     def transfer_examples(
@@ -72,5 +75,4 @@ class TransferStart(SurrogateAttack):
         return found
 
     def params(self) -> dict[str, Any]:
-        out = {k: v for k, v in super().params().items() if k != "surrogates"}  # type: ignore[misc]
-        return {**out, **self.surrogate_params(), "start": "transfer"}
+        return {**super().params(), "start": "transfer"}
