@@ -5,7 +5,8 @@
     python bench/audit_full.py status                 # cells done, queries spent, wall time so far
     python bench/audit_full.py table                  # the report so far as Markdown (for README)
 
-The audit (500 images, 10,000 queries, both threat models) plans at most 335 M model queries: on 2
+The audit (500 images, 10,000 queries; scores and labels, and since issue 30 the surrogate family)
+plans at most 335 M model queries for scores and labels: on 2
 idle CPU cores at the measured 7,700-7,900 queries/s through RND, about 12 h (an estimate). A
 session's machine keeps only what is committed, and the default checkpoint is not bit-identical
 when trained again elsewhere, so the store's cells would not match a retrained model.

@@ -3,9 +3,11 @@
 Reads two audits of the audited default checkpoint (`RND_HOME=bench/audit-full`, its surrogate zoo
 in `bench/audit-full/surrogates`), both at the full size (500 images, 10,000 queries):
 
-- the full audit's store (`bench/audit-full/audit.sqlite`): the calibrated `rnd:nu=0.0525` and
-  `none`, every family;
-- `rnd audit --defense rnd:nu=0.02 --threat surrogate` (`bench/audit-full/surrogate-nu002.sqlite`).
+- the full audit's store (`bench/audit-full/audit.sqlite`): the calibrated `rnd:nu=0.0525` (its
+  surrogate family runs first, then `none`'s);
+- `rnd audit --defense rnd:nu=0.02 --threat surrogate` (`bench/audit-full/surrogate-nu002.sqlite`);
+- `rnd audit --defense none --threat surrogate` (`bench/audit-full/surrogate-none.sqlite`): the
+  undefended model, the same cells as the full audit's `none` ones (the same keys).
 
 It runs `rnd audit --report-only` over a copy of each (nothing is recomputed or written to them)
 and writes `docs/results/records/surrogate.json`: per defense, every finished surrogate-family
@@ -35,6 +37,7 @@ HOME = ROOT / "bench" / "audit-full"
 STORES = {
     "full": (HOME / "audit.sqlite", []),
     "nu002": (HOME / "surrogate-nu002.sqlite", ["--defense", "rnd:nu=0.02", "--threat", "surrogate"]),
+    "none": (HOME / "surrogate-none.sqlite", ["--defense", "none", "--threat", "surrogate"]),
 }
 OUT = ROOT / "docs" / "results" / "records" / "surrogate.json"
 
@@ -100,6 +103,7 @@ def main() -> None:
         "checkpoint_sha256": sha,
         "images": "500 correctly classified Fashion-MNIST test images per cell; 10,000 queries per image",
         "machine": f"2-core AMD EPYC, 24 GiB, {platform.machine()}, 1 thread, torch {torch.__version__}",
+        "command": "python bench/surrogate_record.py (report-only over the stores; see its docstring)",
         "stores": {k: str(v[0].relative_to(ROOT)) for k, v in STORES.items()},
         "verdicts": verdicts,
         "cells": {d: list(rows.values()) for d, rows in defenses.items()},

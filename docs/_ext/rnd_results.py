@@ -7,6 +7,7 @@ written by `rnd audit`), a sweep's SQLite results store, or rows written by a be
 
     ```{rnd-results} NAME
     :view: provenance | verdict | cells | strength | labels | grid | rivals | throughput | transfer | oars
+          | surrogate
     ```
 
 reads the record (and what it points to) at build time and renders a table, so a figure on a
@@ -307,6 +308,31 @@ def oars_table(record: dict[str, Any]) -> nodes.table:
     return table(head, body)
 
 
+def surrogate_table(record: dict[str, Any], defense: str) -> nodes.table:
+    """The surrogate family's finished cells against `defense` (bench/surrogate_record.py): each
+    judged three ways, with mean and median queries per success."""
+    head = [
+        "attack (on: the attacker's models)",
+        "observed",
+        "vote",
+        "clean",
+        "mean queries",
+        "median queries",
+    ]
+    body = [
+        [
+            r["attack"],
+            pct(r["observed"]),
+            pct(r["vote"]),
+            pct(r["clean"]),
+            num(r["mean_queries"], 1),
+            num(r["median_queries"]),
+        ]
+        for r in record["cells"].get(defense, [])
+    ]
+    return table(head, body)
+
+
 VIEWS = (
     "provenance",
     "verdict",
@@ -319,6 +345,7 @@ VIEWS = (
     "throughput",
     "transfer",
     "oars",
+    "surrogate",
 )
 
 
@@ -344,6 +371,8 @@ class ResultsDirective(SphinxDirective):
             return [transfer_table(record)]
         if view == "oars":
             return [oars_table(record)]
+        if view == "surrogate":
+            return [surrogate_table(record, self.options.get("defense", "none"))]
         if view in ("rivals", "worst"):
             rows = sweep_rows(record)
             return [rivals_table(rows) if view == "rivals" else worst_case_table(rows)]

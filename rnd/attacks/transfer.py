@@ -65,6 +65,8 @@ class TransferAttack(SurrogateAttack, QueryAttack[TransferState]):
     """
 
     feedback = "labels"
+    #: Its answers are read as labels: an oracle of scores gives their top class (`answer_labels`).
+    reads_scores: ClassVar[bool] = True
     state_type: ClassVar[type[AttackState]] = TransferState
     default_mu: ClassVar[dict[str, float]] = {"linf": 0.01, "l2": 0.15}
     #: T of the attack's paper (BlackboxBench's settings).

@@ -86,15 +86,16 @@ def audit_config(
     data_root: str | None = None,
     surrogates: tuple[str, ...] = (),
     scores: bool = True,
+    labels: bool = True,
 ) -> Any:
     """The `SweepConfig` of an audit's suite (both the defense and, for a local model, `none`);
     `output` is what score attacks see (an endpoint's own); `checkpoint` is any model spec, with
     its `weights` and given `model_meta`; `surrogates` the attacker's models (surrogate family);
-    `scores`: the target answers scores (else no score hybrid is planned)."""
+    `scores` / `labels`: the target answers scores / labels (else no such hybrid is planned)."""
     remote = target is not None
     # the audited defense's cells first: a stopped audit has its headline soonest
     defenses = ("remote",) if remote else tuple(dict.fromkeys((defense, "none")))
-    kinds = {"surrogates": len(surrogates), "scores": scores}
+    kinds = {"surrogates": len(surrogates), "scores": scores, "labels": labels}
     suites = {d: [json.dumps(a, sort_keys=True) for a in suite(threat, d, **kinds)] for d in defenses}
     attacks: list[Any] = []
     seen: set[str] = set()
@@ -261,7 +262,7 @@ def plan_audit(
             f"--surrogate is for the surrogate threat family; --threat {req.threat} leaves it out"
         )
     calibration = cal_request = None
-    served = None
+    served, threat = None, req.threat
     if req.url is not None:
         base, name = served_model(req.url, name_option="the URL's /v2/models/NAME")
         target = RemoteTarget(
@@ -269,7 +270,8 @@ def plan_audit(
         )
         defense, label, checkpoint = "remote", name, None
         dataset = request["dataset"] = req.dataset or "fashion-mnist"
-        served = _endpoint_output(target, req.threat)
+        served = _endpoint_output(target)
+        threat = request["threat"] = endpoint_threat(req.threat, served)
         surrogates = attacker_models(req, dataset, request, say)
         output = "probs" if served == "labels" else served
     else:
@@ -317,7 +319,7 @@ def plan_audit(
         checkpoint=checkpoint,
         target=target,
         defense=defense,
-        threat=req.threat,
+        threat=threat,
         size=size,
         seed=req.seed,
         dataset=dataset,
@@ -329,6 +331,7 @@ def plan_audit(
         data_root=req.data_root,
         surrogates=surrogates,
         scores=req.url is None or served != "labels",
+        labels=req.url is None or served == "labels",
     )
     sweep = plan_sweep(cfg)  # expands the grid (budgets checked), checks the model / endpoint and data
     return AuditPlan(
@@ -347,7 +350,7 @@ def attacker_models(
     """The surrogate family's models (none when the threat leaves it out): those given, else
     `dataset`'s zoo (`rnd.training.surrogates`, trained into $RND_HOME first when missing); each
     named with its sha256 in `request["surrogates"]`. A data set without a zoo needs --surrogate."""
-    if "surrogate" not in families(req.threat):
+    if "surrogate" not in families(request["threat"]):
         return ()
     specs = tuple(req.surrogates) or zoo_specs(dataset, say)
     request["surrogates"] = [surrogate_identity(s) for s in specs]
@@ -376,19 +379,31 @@ def surrogate_identity(spec: str) -> dict[str, str]:
     return {"name": model_label(spec, info.kind), "sha256": info.sha256}
 
 
-def _endpoint_output(target: Any, threat: str) -> str:
-    """What the endpoint answers (its metadata; no query is charged): the score attacks' output,
-    or an InputError when it answers labels only and the threat model has score attacks."""
+def _endpoint_output(target: Any) -> str:
+    """What the endpoint answers (its metadata; no query is charged)."""
     RemoteOracle = import_extra("rnd.oracle.remote", "an audit of an endpoint (--url)").RemoteOracle
 
     try:
         with RemoteOracle(target.base, target.model, os.environ.get(target.key_env)) as oracle:
-            output = oracle.output
+            return oracle.output
     except RndError as exc:
         raise InputError(f"--url: {exc}") from None
-    if output == "labels" and "scores" in families(threat):
+
+
+def endpoint_threat(threat: str, output: str) -> str:
+    """The families an endpoint answering `output` is audited for: `all` keeps those its answers
+    allow (scores or labels, and the surrogate family); a family it cannot serve is refused."""
+    if threat == "all":
+        return "labels+surrogate" if output == "labels" else "scores+surrogate"
+    fams = families(threat)
+    if output == "labels" and "scores" in fams:
         raise InputError(
             "the endpoint answers labels only, which score attacks cannot use; give --threat labels "
-            "(or surrogate)"
+            "(or surrogate, or all)"
         )
-    return output
+    if output != "labels" and "labels" in fams:
+        raise InputError(
+            f"the endpoint answers {output}, and the label-only attacks need labels: give --threat "
+            "scores (or surrogate, or all), or serve it with --output labels"
+        )
+    return threat

@@ -29,8 +29,12 @@ FAMILIES: dict[str, tuple[str, ...]] = {
     "surrogate": ("surrogate",),
     "both": ("scores", "labels"),
     "all": ("scores", "labels", "surrogate"),
+    # what `all` becomes for an endpoint, which answers either scores or labels
+    "scores+surrogate": ("scores", "surrogate"),
+    "labels+surrogate": ("labels", "surrogate"),
 }
-THREATS = tuple(FAMILIES)
+#: The `--threat` choices.
+THREATS = ("scores", "labels", "surrogate", "both", "all")
 
 
 EPS = {"linf": 0.1, "l2": 1.5}
@@ -98,12 +102,19 @@ def families(threat: str) -> tuple[str, ...]:
 
 
 def suite(
-    threat: str, defense: str, *, remote: bool = False, surrogates: int = 1, scores: bool = True
+    threat: str,
+    defense: str,
+    *,
+    remote: bool = False,
+    surrogates: int = 1,
+    scores: bool = True,
+    labels: bool = True,
 ) -> list[dict[str, Any]]:
     """The attacks of an audit for `threat` against `defense` (a spec; `none` gets the plain suite):
     dicts with name, norm, eps, eot, params (an `AttackSpec`'s fields) and, for the surrogate
     family, `surrogates`: the indices of the audit's `surrogates` models it uses (an ensemble when
-    several). `scores=False`: the target answers labels only (no score hybrids)."""
+    several). `scores=False`: the target answers labels only (no score hybrids); `labels=False`:
+    it answers scores (no label-only hybrids; transfer attacks read the top class)."""
     fams = families(threat)
     name = DefenseSpec.parse(defense).name
     defended = name != "none"
@@ -164,12 +175,12 @@ def suite(
                 for a in TRANSFER_SUITE:
                     add(a, norm, using=using)
                 add("mi-fgsm", norm, params={"candidates": CANDIDATES}, using=using)
-            for a in (SCORE_HYBRIDS if scores else ()) + LABEL_HYBRIDS:
+            for a in (SCORE_HYBRIDS if scores else ()) + (LABEL_HYBRIDS if labels else ()):
                 add(a, norm, using=every)
         if defended and randomised:
             for a in SCORE_HYBRIDS[:3] if scores else ():
                 add(a, "linf", eot=EOT_M[0], using=every)
-            for norm in ATTACKS["psj-ts"].norms:
+            for norm in ATTACKS["psj-ts"].norms if labels else ():
                 add("psj-ts", norm, using=every)
     return out
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 
-from rnd.attacks import make_attack
+from rnd.attacks import make_attack, needs_surrogate
+from rnd.attacks.surrogate import STAND_IN
 from rnd.defenses import build_defense
 from rnd.errors import ConfigError, RndError
 from rnd.evaluation.cells import Cell, check_target
@@ -120,7 +121,10 @@ def check_remote(cells: list[Cell], key: str | None = None, workspace: Workspace
                 f"data.dataset: {first.dataset} images are {shape}, the endpoint takes {oracle.input_shape}"
             )
         for c in cells:
-            attack = make_attack(c.attack, eps=c.eps, norm=c.norm, mu=c.mu, eot=c.eot, **c.attack_params)
+            stand_in = {"surrogate": STAND_IN} if needs_surrogate(c.attack) else {}
+            attack = make_attack(
+                c.attack, eps=c.eps, norm=c.norm, mu=c.mu, eot=c.eot, **c.attack_params, **stand_in
+            )
             try:
                 check_feedback(attack, oracle.output)
                 check_target(c.target, oracle.num_classes)

@@ -392,8 +392,9 @@ def vote_remote(
 
 
 def check_feedback(attack: QueryAttack, output: str) -> None:
-    """A label-only attack needs an endpoint answering labels; a score attack, one answering scores."""
-    if attack.feedback == "labels" and output != "labels":
+    """A label-only attack needs an endpoint answering labels (a transfer attack reads the top
+    class of scores as well); a score attack, one answering scores."""
+    if attack.feedback == "labels" and output != "labels" and not getattr(attack, "reads_scores", False):
         raise InputError(
             f"{attack.name} is label-only and the endpoint answers {output}; serve it with --output labels"
         )

@@ -19,6 +19,7 @@ from click.testing import CliRunner
 
 from rnd.cli import main
 from rnd.defenses import build_defense
+from rnd.errors import InputError
 from rnd.evaluation.store import comparable_content
 from rnd.models import save_checkpoint
 from rnd.serving.app import create_app
@@ -316,7 +317,18 @@ def test_an_endpoint_audit_marks_what_it_cannot_measure(tiny_model, tmp_path):
     out = tmp_path / "out"
     with Served(app) as served:
         both = CliRunner().invoke(
-            main, ["audit", "--url", f"{served.url}/v2/models/tiny", "--key", key, "--out", str(out)]
+            main,
+            [
+                "audit",
+                "--url",
+                f"{served.url}/v2/models/tiny",
+                "--key",
+                key,
+                "--threat",
+                "both",
+                "--out",
+                str(out),
+            ],
         )
         assert both.exit_code == 2 and "give --threat labels" in both.output and not out.exists()
         res = CliRunner().invoke(
@@ -346,6 +358,49 @@ def test_an_endpoint_audit_marks_what_it_cannot_measure(tiny_model, tmp_path):
     assert "n/a" in (out / "report.html").read_text()
     assert store.list()[0]["used"] > 0
     store.close()
+
+
+def test_an_endpoint_audit_runs_the_surrogate_family_from_its_scores(tiny_model, tmp_path):
+    """A probability endpoint, --threat surrogate: transfer attacks read the top class of the
+    scores (one query an image), score hybrids run, label-only hybrids are not planned; every
+    query is charged to the key."""
+    from rnd.data import load_dataset
+    from rnd.training.standard import init_model
+
+    sur = tmp_path / "attacker"
+    data = load_dataset("fashion-mnist", "test")
+    save_checkpoint(init_model("small-cnn", data, seed=5, width=8, hidden=32).eval(), sur,
+                    dataset="fashion-mnist", recipe={"kind": "test"})  # fmt: skip
+    store = KeyStore(tmp_path / "keys.sqlite")
+    key = store.add("auditor", budget=1_000_000)
+    app = create_app(tiny_model, build_defense("rnd:nu=0.02", tiny_model, seed=0), name="tiny", keys=store)
+    out = tmp_path / "out"
+    with Served(app) as served:
+        res = CliRunner().invoke(
+            main,
+            ["audit", "--url", f"{served.url}/v2/models/tiny", "--key", key, "--threat", "surrogate",
+             "--surrogate", str(sur), "--images", "2", "--budget", "400", "--out", str(out), "--no-progress"],
+        )  # fmt: skip
+        assert res.exit_code == 0, res.output
+    report = json.loads((out / "report.json").read_text())
+    check_schema(report, remote=True)
+    names = {a["attack"].split()[0] for a in report["cells"]["remote"]["surrogate"]["attacks"]}
+    assert {"mi-fgsm", "di-fgsm", "vmi-fgsm", "gfcs", "p-rgf", "square-ts"} <= names
+    assert not names & {"hsja-ts", "psj-ts"}
+    assert store.list()[0]["used"] > 0
+    store.close()
+
+
+def test_all_families_of_an_endpoint_are_those_its_answers_allow():
+    from rnd.audit.plan import endpoint_threat
+
+    assert endpoint_threat("all", "probs") == "scores+surrogate"
+    assert endpoint_threat("all", "labels") == "labels+surrogate"
+    assert endpoint_threat("surrogate", "labels") == "surrogate"
+    with pytest.raises(InputError, match="give --threat labels"):
+        endpoint_threat("both", "labels")
+    with pytest.raises(InputError, match="give --threat scores"):
+        endpoint_threat("labels", "logits")
 
 
 def test_bad_input_changes_nothing(checkpoint, tiny_model, tmp_path):
