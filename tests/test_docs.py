@@ -71,6 +71,28 @@ def test_the_readmes_transfer_figures_are_the_committed_record():
     )
 
 
+def test_the_readmes_surrogate_figures_are_the_committed_record():
+    """ "Does a surrogate undo RND?" quotes the surrogate family's record: the cells it names, by
+    vote, at each defense, with the record's commit and checkpoint."""
+    record = json.loads((RECORDS / "surrogate.json").read_text())
+    text = " ".join(README.read_text().split())
+    section = text[text.index("Does a surrogate undo RND?") :]
+    pct = load_extension().pct
+
+    def cell(defense: str, attack: str) -> dict:
+        (row,) = [r for r in record["cells"][defense] if r["attack"] == attack]
+        return row
+
+    transfer = "di-fgsm linf eps=0.1 on=fashion-mnist-small-cnn-w16"
+    for defense in ("rnd:nu=0.0525", "rnd:nu=0.02", "none"):
+        assert pct(cell(defense, transfer)["vote"]) in section, defense
+    gfcs = cell("rnd:nu=0.0525", "gfcs linf eps=0.1 on=" + "+".join(
+        m["name"] for m in record["verdicts"]["rnd:nu=0.0525"]["surrogates"]
+    ))  # fmt: skip
+    assert f"{gfcs['observed']['failure']:.1f} %" in section and f"{gfcs['vote']['failure']:.1f} %" in section
+    assert record["commit"] in section and record["checkpoint_sha256"][:16] in text
+
+
 def test_the_readme_python_example_runs():
     """The README's example, as written, on the audited default checkpoint (no training)."""
     (code,) = readme_blocks("python")
@@ -217,3 +239,20 @@ def test_the_oars_table_renders_its_record():
         text = [e.astext() for e in row.children]
         assert text[1:5] == [r["defense"], r["variant"], ext.pct(r["observed"]), ext.pct(r["clean"])]
         assert text[5] == f"{100 * r['detection']:.1f}"
+
+
+def test_the_surrogate_tables_render_their_record():
+    """Every finished cell of the surrogate family's record (bench/surrogate_record.py), per defense,
+    judged three ways as recorded; the record names the audited checkpoint."""
+    ext = load_extension()
+    record = ext.load_record("surrogate")
+    assert (
+        record["checkpoint_sha256"]
+        == json.loads((RECORDS / "audit-full.json").read_text())["checkpoint_sha256"]
+    )
+    for defense, cells in record["cells"].items():
+        rows = list(ext.surrogate_table(record, defense).findall(lambda n: n.tagname == "row"))[1:]
+        assert len(rows) == len(cells) > 0
+        for r, row in zip(cells, rows, strict=True):
+            text = [e.astext() for e in row.children]
+            assert text[:4] == [r["attack"], ext.pct(r["observed"]), ext.pct(r["vote"]), ext.pct(r["clean"])]

@@ -66,7 +66,7 @@ COUNTERS: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
 #: all (the best surrogate is not known in advance; the worst case is taken over them); MI-FGSM
 #: also with K = 10 candidates (fresh random starts, the first observed success kept). Hybrids run
 #: on the ensemble (GFCS takes its members in turn). Score hybrids need scores.
-TRANSFER_SUITE = ("mi-fgsm", "di-fgsm", "vmi-fgsm")
+TRANSFER_SUITE = ("i-fgsm", "mi-fgsm", "ni-fgsm", "di-fgsm", "vmi-fgsm", "ti-fgsm")
 CANDIDATES = 10
 SCORE_HYBRIDS = ("gfcs", "p-rgf", "square-ts", "signhunter-ts")
 LABEL_HYBRIDS = ("hsja-ts",)

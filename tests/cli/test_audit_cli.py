@@ -17,6 +17,7 @@ import time
 import pytest
 from click.testing import CliRunner
 
+from rnd.audit.suite import TRANSFER_SUITE
 from rnd.cli import main
 from rnd.defenses import build_defense
 from rnd.errors import InputError
@@ -471,10 +472,11 @@ def test_the_surrogate_family_audits_transfer_and_hybrids_and_names_its_models(c
     assert report["verdict"]["surrogate"]["surrogates"] == ["attacker"]
     assert report["request"]["surrogates"][0]["name"] == "attacker"
     rows = [a for e in report["cells"].values() for a in e["surrogate"]["attacks"]]
-    assert len(rows) == 2 * (4 + 5) + 2 * (4 + 5) + 5  # both defenses; adaptive forms against RND
+    per_defense = 2 * (len(TRANSFER_SUITE) + 1 + 5)  # two norms: transfer, MI-FGSM K=10, hybrids
+    assert len(rows) == 2 * per_defense + 5  # both defenses; the adaptive forms against RND
     assert all(r["attack"].endswith(" on=attacker") for r in rows)
     for r in rows:
-        if r["attack"].startswith(("mi-fgsm", "di-fgsm", "vmi-fgsm")) and "candidates" not in r["attack"]:
+        if r["attack"].split()[0] in TRANSFER_SUITE and "candidates" not in r["attack"]:
             assert r["mean_queries"] is None or r["mean_queries"] == 1.0
         assert r["queries_budget"] == 400
     assert "surrogate: worst case" in res.stderr + res.stdout
