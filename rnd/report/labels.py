@@ -79,6 +79,10 @@ def setting_label(
 
 
 def variant(p: Point, default_mu: float) -> str:
-    """A point's column label: `setting_label`, with mu where it was given and is not the default."""
+    """A point's column label: `setting_label`, with mu where it was given and is not the default,
+    and a surrogate attack's models by the first 8 hex digits of their sha256s (`on=...`)."""
     mu = p.mu if p.mu_given and not math.isclose(p.mu, default_mu) else None
-    return setting_label(p.attack, p.norm, p.eps, p.eot, p.params, mu, p.target)
+    label = setting_label(p.attack, p.norm, p.eps, p.eot, p.params, mu, p.target)
+    if p.surrogates:
+        label += " on=" + "+".join(h[:8] for h in p.surrogates.split(","))
+    return label

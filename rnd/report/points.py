@@ -72,6 +72,8 @@ class Point:
     median_distance: float
     detection_rate: float
     distance_curve: list[tuple[int, float]] | None = field(default=None, compare=False)
+    #: transfer and hybrid attacks: the sha256s of the attacker's models (comma-joined)
+    surrogates: str | None = None
 
     def rate(self, metric: str) -> float:
         """A metric by its summary field name (`failure_rate_vote`, `mean_queries`, ...)."""
@@ -117,6 +119,7 @@ def point_of(r: CellRecord) -> Point:
         assume=c.assume,
         seeds=1,
         rnd_version=r.rnd_version,
+        surrogates=c.surrogate_sha256,
         detection_rate=s.detection_rate,
         distance_curve=s.distance_curve,
         **{m: getattr(s, m) for m in METRICS},

@@ -104,6 +104,12 @@ candidates = 2
     assert res.exit_code == 0, res.output
     assert {r["cell_key"] for r in json.loads(res.output)["rows"]} == {r.key for r in records}
     assert "0 run now" in invoke("sweep", cfg, "--db", db, "--no-progress").output  # resumes as done
+    # the report's columns name the surrogate (its sha256's first 8 hex digits)
+    res = invoke("report", db, "--out", tmp_path / "report")
+    assert res.exit_code == 0, res.output
+    assert (
+        f"mi-fgsm linf eps=0.1 candidates=2 on={sha[:8]}" in (tmp_path / "report" / "report.md").read_text()
+    )
 
 
 @pytest.mark.parametrize(
