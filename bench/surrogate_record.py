@@ -57,10 +57,11 @@ def medians(db: Path) -> dict[str, float | None]:
         return dict(con.execute("SELECT cell_key, median_queries FROM cell_summaries"))
 
 
-def finished(db: Path) -> tuple[str, str]:
+def finished(db: Path, keys: set[str]) -> list[str]:
+    """The finish dates of the cells `keys` in `db`."""
     with sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True) as con:
-        lo, hi = con.execute("SELECT min(finished_at), max(finished_at) FROM cell_summaries").fetchone()
-    return lo[:10], hi[:10]
+        rows = con.execute("SELECT cell_key, finished_at FROM cell_summaries").fetchall()
+    return [at[:10] for k, at in rows if k in keys]
 
 
 def main() -> None:
@@ -93,11 +94,12 @@ def main() -> None:
             verdicts[report["defense"]]["surrogates"] = report["request"].get("surrogates")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
     sha = json.loads((HOME / "checkpoints" / "fashion-mnist-small-cnn.json").read_text())["sha256"]
-    spans = [finished(db) for db, _ in STORES.values()]
+    keys = {k for rows in defenses.values() for k in rows}
+    days = sorted(d for db, _ in STORES.values() for d in finished(db, keys))
     record = {
         "study": "surrogate",
         "title": "Transfer and hybrid attacks through RND (the audit's surrogate family)",
-        "date": f"{min(s[0] for s in spans)} to {max(s[1] for s in spans)} (the cells' finish times)",
+        "date": days[0] if days[0] == days[-1] else f"{days[0]} to {days[-1]}",
         "written": dt.date.today().isoformat(),
         "commit": commit.stdout.strip(),
         "checkpoint_sha256": sha,
