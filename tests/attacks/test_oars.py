@@ -68,7 +68,7 @@ def test_never_refused_oars_is_the_plain_attack_bit_for_bit(model, data, name, n
 
 
 @pytest.mark.parametrize(("name", "norm"), list(EPS))
-@pytest.mark.parametrize("budget", [7, 60, 400])
+@pytest.mark.parametrize("budget", [7, 60, pytest.param(400, marks=pytest.mark.slow)])
 def test_against_blacklight_queries_are_counted_exactly_within_the_budget(model, data, name, norm, budget):
     x, y = data
     x, y = x[:4], y[:4]

@@ -380,7 +380,7 @@ def test_an_endpoint_audit_runs_the_surrogate_family_from_its_scores(tiny_model,
         res = CliRunner().invoke(
             main,
             ["audit", "--url", f"{served.url}/v2/models/tiny", "--key", key, "--threat", "surrogate",
-             "--surrogate", str(sur), "--images", "2", "--budget", "400", "--out", str(out), "--no-progress"],
+             "--surrogate", str(sur), "--images", "1", "--budget", "320", "--out", str(out), "--no-progress"],
         )  # fmt: skip
         assert res.exit_code == 0, res.output
     report = json.loads((out / "report.json").read_text())
