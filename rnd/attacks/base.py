@@ -380,6 +380,13 @@ def row_draws(
     return to_device(out, rows.device)
 
 
+def unit(v: torch.Tensor, norm: Norm = "l2") -> torch.Tensor:
+    """Each row of `v` scaled to unit norm (l_2 or l_inf; a zero row stays zero)."""
+    f = v.flatten(1)
+    n = f.abs().amax(1) if norm == "linf" else f.norm(dim=1)
+    return v / n.clamp_min(1e-12).view(-1, *([1] * (v.dim() - 1)))
+
+
 def box_fill(
     x0: torch.Tensor, delta: torch.Tensor, norm: float | torch.Tensor, iterations: int = 12
 ) -> torch.Tensor:

@@ -33,10 +33,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from rnd.attacks.base import AttackResult, Norm, row_draws
+from rnd.attacks.base import AttackResult, Norm, row_draws, unit
 from rnd.attacks.decision import image_seeds
 from rnd.attacks.score import ScoreAttack, ScoreState
-from rnd.attacks.surrogate import SurrogateAttack, unit
+from rnd.attacks.surrogate import SurrogateAttack
 
 
 @dataclass(eq=False)
@@ -89,7 +89,8 @@ class GFCS(SurrogateAttack, ScoreAttack[GFCSState]):
         x, y = state.x[rows], state.y[rows]
         target = None if state.target is None else state.target[rows]
         s_count = len(self.surrogates)
-        classes = self.oracle.num_classes if self.oracle is not None else 0
+        assert self.oracle is not None
+        classes = self.oracle.num_classes
         draws = row_draws(state.gens, rows, (s_count + classes,), torch.rand).cpu()
         tried = state.tried[rows].cpu()
         ods = tried.all(1)

@@ -45,7 +45,7 @@ from typing import Any
 import torch
 
 from rnd._checks import check_int, check_positive
-from rnd.attacks.base import Norm, to_device
+from rnd.attacks.base import Norm, to_device, unit
 from rnd.attacks.decision import DecisionAttack, DecisionState
 
 #: Precision (on the blend factor) of the authors' first search from the random start towards x0.
@@ -201,14 +201,7 @@ class HopSkipJump(DecisionAttack[HopSkipJumpState]):
     ) -> torch.Tensor:
         """`estimate_gradient` for rows whose probes are queried in one batch."""
         shape = tuple(state.x0.shape[1:])
-        draws = []
-        for r, kr in zip(rows.tolist(), k.tolist(), strict=True):
-            if self.norm == "l2":
-                draws.append(torch.randn(kr, *shape, generator=state.gens[r], device="cpu"))
-            else:
-                draws.append(2 * torch.rand(kr, *shape, generator=state.gens[r], device="cpu") - 1)
-        u = to_device(torch.cat(draws), rows.device)  # CPU generators: one host-to-device copy
-        u = u / u.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * len(shape)))
+        u = self.unit_probes(state, rows, k)
         seg = torch.arange(rows.numel()).repeat_interleave(k)
         base, dl = state.xb[rows][seg], delta[seg].view(-1, *([1] * len(shape)))
         probes = (base + dl * u).clamp(0.0, 1.0)
@@ -220,6 +213,18 @@ class HopSkipJump(DecisionAttack[HopSkipJumpState]):
         fc = f - baseline[seg]
         g = torch.zeros(rows.numel(), u.shape[1]).index_add_(0, seg, fc[:, None] * u) / kf[:, None]
         return g.view(rows.numel(), *shape)
+
+    def unit_probes(self, state: HopSkipJumpState, rows: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """k[i] unit-l_2 directions for rows[i] (Gaussian for l_2, uniform for l_inf), each from its
+        image's generator, in order."""
+        shape = tuple(state.x0.shape[1:])
+        draws = []
+        for r, kr in zip(rows.tolist(), k.tolist(), strict=True):
+            if self.norm == "l2":
+                draws.append(torch.randn(kr, *shape, generator=state.gens[r], device="cpu"))
+            else:
+                draws.append(2 * torch.rand(kr, *shape, generator=state.gens[r], device="cpu") - 1)
+        return unit(to_device(torch.cat(draws), rows.device))  # CPU generators: one copy to the device
 
     def step_search(
         self, state: HopSkipJumpState, rows: torch.Tensor, v: torch.Tensor, eps: torch.Tensor, reserve: int

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from rnd._checks import check_int
-from rnd.attacks.base import Norm, to_device
+from rnd.attacks.base import Norm
 from rnd.attacks.hsja import HopSkipJump, HopSkipJumpState
 from rnd.attacks.oars import Search, binary_search
 from rnd.oracle import REFUSED
@@ -146,19 +146,6 @@ class HopSkipJumpOARS(HopSkipJump):
     # -- probes --------------------------------------------------------------------------------
     def probe_radius(self, state: HopSkipJumpOARSState, rows: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         return torch.maximum(super().probe_radius(state, rows), state.radius[rows])
-
-    def unit_probes(self, state: HopSkipJumpOARSState, rows: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        """k[i] unit-l_2 directions for rows[i] (Gaussian for l_2, uniform for l_inf), each from its
-        image's generator, in order."""
-        shape = tuple(state.x0.shape[1:])
-        draws = []
-        for r, kr in zip(rows.tolist(), k.tolist(), strict=True):
-            if self.norm == "l2":
-                draws.append(torch.randn(kr, *shape, generator=state.gens[r], device="cpu"))
-            else:
-                draws.append(2 * torch.rand(kr, *shape, generator=state.gens[r], device="cpu") - 1)
-        u = to_device(torch.cat(draws), rows.device)
-        return u / u.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * len(shape)))
 
     def _estimate_gradient(  # type: ignore[override]
         self, state: HopSkipJumpOARSState, rows: torch.Tensor, k: torch.Tensor, delta: torch.Tensor

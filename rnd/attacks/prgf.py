@@ -39,10 +39,10 @@ import torch
 from torch import nn
 
 from rnd._checks import check_bool, check_int, check_positive
-from rnd.attacks.base import Norm, row_draws
+from rnd.attacks.base import Norm, row_draws, unit
 from rnd.attacks.decision import image_seeds
 from rnd.attacks.score import ScoreAttack, ScoreState
-from rnd.attacks.surrogate import SurrogateAttack, unit
+from rnd.attacks.surrogate import SurrogateAttack
 
 
 def optimal_lambda(alpha2: torch.Tensor, d: int, q: int) -> torch.Tensor:

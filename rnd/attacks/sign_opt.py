@@ -55,7 +55,7 @@ from typing import Any
 import torch
 
 from rnd._checks import check_int, check_positive
-from rnd.attacks.base import Norm
+from rnd.attacks.base import Norm, unit
 from rnd.attacks.decision import DecisionAttack, DecisionState
 
 _FINE = 0.01  # fine-grained search: steps of 1 % of g
@@ -67,13 +67,6 @@ _TOL_SHARE = 0.1  # line-search bisection stops at tol_share * beta * g (see the
 _REL_TOL = 1e-5  # and never below 1e-5 g
 _INIT_CHUNK = 10  # start directions drawn per round (memory bound)
 _PROBE_ELEMS = 2**26  # probe pixels per oracle query (memory bound; one query on small images)
-
-
-def unit(v: torch.Tensor, norm: Norm) -> torch.Tensor:
-    """Each row of `v` scaled to unit norm (l_2 or l_inf)."""
-    f = v.flatten(1)
-    n = f.abs().amax(1) if norm == "linf" else f.norm(dim=1)
-    return v / n.clamp_min(1e-12).view(-1, *([1] * (v.dim() - 1)))
 
 
 def ray(x0: torch.Tensor, theta: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

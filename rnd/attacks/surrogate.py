@@ -15,7 +15,7 @@ takes them through (`surrogate=` in its constructor); `needs_surrogate` in `rnd.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -106,18 +106,12 @@ def raise_loss(
     return other - own if target is None else own - other
 
 
-def unit(g: torch.Tensor) -> torch.Tensor:
-    """Each row of g scaled to unit l_2 norm (a zero row stays zero)."""
-    return g / g.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (g.dim() - 1)))
-
-
 class SurrogateAttack:
     """Mixin of the attacks that use the attacker's own models (`surrogate=`, a model or a list):
     transfer attacks and hybrids. Put it before the attack's base class; it takes `surrogate` out
     of the constructor's arguments, checks the models against the oracle after the base's own
     check, and records how many there are (not the models) in `params`."""
 
-    uses_surrogate: ClassVar[bool] = True
     surrogates: Surrogates
 
     def __init__(

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from rnd._checks import check_int
-from rnd.attacks.base import AttackState, Norm, QueryAttack, row_draws
+from rnd.attacks.base import AttackState, Norm, QueryAttack, row_draws, unit
 from rnd.attacks.decision import image_seeds
 from rnd.attacks.surrogate import STAND_IN, SurrogateAttack, raise_loss
 from rnd.oracle import answer_labels
@@ -113,7 +113,7 @@ class TransferAttack(SurrogateAttack, QueryAttack[TransferState]):
         if self.norm == "linf":
             return (2 * row_draws(state.gens, rows, shape, torch.rand) - 1) * self.eps
         u = row_draws(state.gens, rows, shape, torch.randn)
-        u = u / u.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+        u = unit(u)
         return u * self.eps * row_draws(state.gens, rows, (1, 1, 1), torch.rand)
 
     def submit(self, state: TransferState, rows: torch.Tensor, x: torch.Tensor) -> None:
@@ -149,9 +149,7 @@ class TransferAttack(SurrogateAttack, QueryAttack[TransferState]):
 
     def direction(self, g: torch.Tensor) -> torch.Tensor:
         """The step's direction: sign(g) in l_inf, g / ||g||_2 in l_2."""
-        if self.norm == "linf":
-            return g.sign()
-        return g / g.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+        return g.sign() if self.norm == "linf" else unit(g)
 
     def variance(
         self,

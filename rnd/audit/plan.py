@@ -47,7 +47,7 @@ from rnd.models import load_model
 from rnd.models.compat import check_model_data
 from rnd.models.source import model_label
 from rnd.oip import served_model
-from rnd.training.surrogates import SURROGATES, default_surrogate_specs, surrogate_path
+from rnd.training.surrogates import SURROGATES, default_surrogate_specs, missing_surrogates
 
 #: The mu x nu picture: probe sizes as multiples of the attack's default, nu as multiples of the audit's.
 MU_FACTORS = (0.1, 1.0, 10.0)
@@ -364,7 +364,7 @@ def zoo_specs(dataset: str, say: Callable[[str], object] | None) -> tuple[str, .
             f"the surrogate threat family needs the attacker's own models and {dataset} has no zoo: give "
             "--surrogate SPEC (repeatable), or leave the family out with --threat both"
         )
-    missing = [n for n in SURROGATES[dataset] if not surrogate_path(dataset, n).with_suffix(".json").exists()]
+    missing = missing_surrogates(dataset)
     if missing and say is not None:
         say(f"training the {dataset} surrogate zoo first ({', '.join(missing)}; minutes each on a CPU)")
     return tuple(default_surrogate_specs(dataset))

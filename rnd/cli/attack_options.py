@@ -15,12 +15,11 @@ from typing import Any
 from rnd.attacks import ATTACKS, QUERY_ATTACKS, SURROGATE_ATTACKS, make_attack, needs_surrogate
 from rnd.attacks.base import QueryAttack
 from rnd.attacks.surrogate import STAND_IN
-from rnd.cli.models import given_meta
+from rnd.cli.models import absolute_spec, given_meta
 from rnd.defenses import DEFENSES, canonical_defense, legacy_defense
 from rnd.errors import ConfigError, InputError, unknown_name
 from rnd.evaluation.cells import check_target
 from rnd.evaluation.spec import AttackSpec
-from rnd.models import model_kind
 
 #: Constructor arguments set by the CLI's own options, never through --param.
 COMMON_KEYS = ("eps", "norm", "mu", "loss", "targeted", "eot", "mu_nu_ratio", "seed", "progress")
@@ -285,4 +284,4 @@ def surrogate_specs(names: list[str], given: tuple[str, ...]) -> tuple[str, ...]
             + ", ".join(SURROGATE_ATTACKS)
             + "); drop it"
         )
-    return tuple(s if model_kind(s) == "factory" else str(Path(s).expanduser().resolve()) for s in given)
+    return tuple(absolute_spec(s) for s in given)

@@ -17,7 +17,7 @@ from rnd.audit.suite import THREATS, AuditSize, families
 from rnd.audit.verdict import write_json
 from rnd.cli.app import main, progress_option
 from rnd.cli.checks import MAX_IMAGES, check_writable_dir, count, make_cli_runner, runner_options, seed_option
-from rnd.cli.models import data_options, given_meta, model_source_options, stored_spec
+from rnd.cli.models import absolute_spec, data_options, given_meta, model_source_options, stored_spec
 from rnd.errors import InputError
 from rnd.evaluation.spec import MAX_BUDGET
 from rnd.evaluation.store import ResultsStore, check_database, check_location
@@ -154,9 +154,7 @@ def audit(
         defense=defense if url is None else "remote",
         max_drop=max_drop,
         threat=threat,
-        surrogates=tuple(
-            s if model_kind(s) == "factory" else str(Path(s).expanduser().resolve()) for s in surrogates
-        ),
+        surrogates=tuple(absolute_spec(s) for s in surrogates),
         size=AuditSize(images=images, budget=budget, grid_images=min(100, images)),
         seed=seed,
         assume=assume_defense,

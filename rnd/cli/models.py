@@ -82,6 +82,12 @@ def stored_spec(spec: str) -> str:
     return spec if model_kind(spec) == "factory" else str(Path(spec).expanduser())
 
 
+def absolute_spec(spec: str) -> str:
+    """`stored_spec` with a file's path made absolute (a surrogate named on the command line is
+    loaded wherever the cells run)."""
+    return spec if model_kind(spec) == "factory" else str(Path(spec).expanduser().resolve())
+
+
 @dataclass
 class LoadedModel:
     """A model loaded from a spec, with what a `ModelSpec` of a sweep config needs."""

@@ -78,9 +78,9 @@ def check_surrogates(cfg: SweepConfig, cells: list[Cell], workspace: Workspace =
     for i, a in enumerate(cfg.attacks):
         if a.surrogates is None:
             continue
-        # this spec's cells: its attack with its surrogates (several specs may share an attack)
-        mine = (c for c in cells if c.attack == a.name and c.surrogates is not None)
-        cell = next((c for c in mine if json.loads(c.surrogates or "[]") == list(a.surrogates)), None)
+        # this table's cells: its attack with its surrogates (several tables may share an attack)
+        specs = json.dumps(list(a.surrogates))
+        cell = next((c for c in cells if c.attack == a.name and c.surrogates == specs), None)
         if cell is None:
             continue
         try:

@@ -103,6 +103,31 @@ def train_surrogate(
     return model, out
 
 
+def missing_surrogates(
+    dataset: str, names: list[str] | tuple[str, ...] | None = None, home: str | Path | None = None
+) -> list[str]:
+    """The zoo members (all, or `names`) without a complete checkpoint in `home/surrogates`."""
+    names = list(zoo(dataset)) if names is None else list(names)
+    paths = [surrogate_path(dataset, n, home) for n in names]  # unknown names fail before any work
+    return [n for n, p in zip(names, paths, strict=True) if not all(f.exists() for f in checkpoint_paths(p))]
+
+
+def train_missing(
+    dataset: str,
+    names: list[str] | tuple[str, ...] | None = None,
+    home: str | Path | None = None,
+    progress: bool = True,
+) -> list[Path]:
+    """Train the zoo members (all, or `names`) that have no checkpoint yet (a warning each; minutes
+    on a CPU); returns every member's checkpoint path, in order."""
+    names = list(zoo(dataset)) if names is None else list(names)
+    for name in missing_surrogates(dataset, names, home):
+        weights, _ = checkpoint_paths(surrogate_path(dataset, name, home))
+        log.warning("no surrogate at %s: training %s on %s (a few minutes)", weights, name, dataset)
+        train_surrogate(dataset, name, home, progress)
+    return [surrogate_path(dataset, n, home) for n in names]
+
+
 def load_or_train_surrogates(
     dataset: str = "fashion-mnist",
     names: list[str] | tuple[str, ...] | None = None,
@@ -112,14 +137,8 @@ def load_or_train_surrogates(
     """The zoo's models (all, or `names`, in that order) with their checkpoint paths, loaded from
     `home/surrogates` (default `$RND_HOME/surrogates`); missing ones are trained first (a warning
     each; minutes on a CPU). Training is deterministic: the same recipe gives the same weights."""
-    names = list(zoo(dataset)) if names is None else list(names)
-    paths = [surrogate_path(dataset, n, home) for n in names]  # unknown names fail before any work
     out = []
-    for name, path in zip(names, paths, strict=True):
-        weights, meta = checkpoint_paths(path)
-        if not (weights.exists() and meta.exists()):
-            log.warning("no surrogate at %s: training %s on %s (a few minutes)", weights, name, dataset)
-            train_surrogate(dataset, name, home, progress)
+    for path in train_missing(dataset, names, home, progress):
         model, _ = load_checkpoint(path)
         prefer_channels_last(model, model.input_shape)
         out.append((model, path))
@@ -128,4 +147,4 @@ def load_or_train_surrogates(
 
 def default_surrogate_specs(dataset: str = "fashion-mnist", home: str | Path | None = None) -> list[str]:
     """The zoo's checkpoint paths as `--surrogate` specs (training the missing members first)."""
-    return [str(path) for _, path in load_or_train_surrogates(dataset, home=home, progress=False)]
+    return [str(path) for path in train_missing(dataset, home=home, progress=False)]

@@ -7,6 +7,8 @@ import torch
 from torch import nn
 
 from rnd.data.base import ImageDataset
+from rnd.data.synthetic import make_synthetic
+from rnd.models import build_model
 from rnd.training import TrainConfig, fit
 from rnd.training.standard import init_model
 
@@ -28,3 +30,18 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# The Blacklight tests (blinding, OARS): an untrained narrow CNN and 8 synthetic images labelled by it.
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_model("small-cnn", (1, 28, 28), 10, width=4, hidden=16).eval()
+
+
+@pytest.fixture(scope="module")
+def data(model):
+    x, _ = make_synthetic(16, seed=3).get(torch.arange(16))
+    with torch.no_grad():
+        y = model(x).argmax(1)  # attack the model's own labels: every image starts correct
+    return x[:8], y[:8]

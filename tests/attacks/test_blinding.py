@@ -3,10 +3,8 @@ import torch
 
 from rnd.attacks import make_attack
 from rnd.attacks.blinding import Blinded, BlindingOracle
-from rnd.data.synthetic import make_synthetic
 from rnd.defenses.stateful import Blacklight
 from rnd.errors import InputError, UnknownNameError
-from rnd.models import build_model
 from rnd.oracle import Oracle
 
 
@@ -20,20 +18,6 @@ class SpyOracle(Oracle):
     def query(self, x, ids, eot=None):
         self.sent.append((x.clone(), ids.clone()))
         return super().query(x, ids, eot)
-
-
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return build_model("small-cnn", (1, 28, 28), 10, width=4, hidden=16).eval()
-
-
-@pytest.fixture(scope="module")
-def data(model):
-    x, _ = make_synthetic(16, seed=3).get(torch.arange(16))
-    with torch.no_grad():
-        y = model(x).argmax(1)  # attack the model's own labels: every image starts correct
-    return x[:8], y[:8]
 
 
 @pytest.mark.parametrize(("name", "norm", "eps"), [("square", "linf", 0.1), ("simba", "l2", 1.0)])

@@ -12,6 +12,7 @@ from torch import nn
 
 from rnd import Oracle, RandomNoiseDefense
 from rnd.attacks import GFCS, HYBRID_ATTACKS, PRGF, SURROGATE_ATTACKS, make_attack, needs_surrogate
+from rnd.attacks.base import unit
 from rnd.attacks.prgf import optimal_lambda
 from rnd.errors import InputError
 from rnd.models.cnn import SmallCNN
@@ -194,6 +195,17 @@ def test_prgf_takes_the_prior_when_it_is_the_gradient(tiny_model, attack_batch, 
     assert bool((attack_lambdas(attack, oracle, x, y) == 1).all())
 
 
+def test_prgf_gives_an_uninformed_prior_little_weight(tiny_model, attack_batch, fmnist_test, one_thread):
+    """An untrained surrogate's gradient is nearly orthogonal to the target's (alpha^2 about 1/D):
+    its measured cosine gives it lambda near 0, where the target's own gradient gets lambda 1."""
+    x, y = attack_batch[0][:8], attack_batch[1][:8]
+    untrained = init_model("small-cnn", fmnist_test, seed=7, width=12, hidden=48).eval()
+    for model, low, high in ((untrained, 0.0, 0.2), (tiny_model, 1.0, 1.0)):
+        attack = PRGF(0.1, surrogate=model, q=8, norm_samples=4, seed=0, loss="ce")
+        lam = attack_lambdas(attack, Oracle(tiny_model, output="logits"), x, y)
+        assert low <= float(lam.mean()) <= high, (lam, low, high)
+
+
 def test_surrogate_of_another_shape_or_class_count_is_refused(tiny_model, attack_batch, fmnist_test):
     x, y = attack_batch
     other = SmallCNN(num_classes=5, width=4, hidden=8).eval()
@@ -214,3 +226,71 @@ def attack_lambdas(attack: PRGF, oracle: Oracle, x: torch.Tensor, y: torch.Tenso
     attack.step = step  # type: ignore[method-assign]
     attack(Oracle(oracle.model, output="logits", budget=15), x, y)
     return seen[-1]
+
+
+class SpyGFCS(GFCS):
+    """GFCS recording, per step of a one-image call, whether it took an ODS direction and moved."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.ods: list[bool] = []
+        self.moved: list[bool] = []
+
+    def directions(self, state, rows):
+        self.ods.append(bool(state.tried[rows].all()))
+        q = super().directions(state, rows)
+        if len(self.ods) == 1:  # the first step of the call: the point and its direction
+            self.first = (state.x[rows].clone(), q.clone())
+        return q
+
+    def step(self, state, rows):
+        before = state.x[rows].clone()
+        super().step(state, rows)
+        self.moved.append(not torch.equal(before, state.x[rows]))
+
+
+def test_gfcs_takes_gradients_first_and_the_coimage_only_after_every_gradient_failed(
+    tiny_model, surrogate, attack_batch, one_thread
+):
+    """Two surrogates: ODS is taken exactly when both gradients failed at the current point, and a
+    move makes both gradients new again (Alg. 1's reset)."""
+    x, y = attack_batch
+    spy = SpyGFCS(1.5, "l2", surrogate=[surrogate, tiny_model], seed=0)
+    seen_ods = False
+    for i in range(6):
+        spy.ods, spy.moved = [], []
+        spy(Oracle(tiny_model, output="probs", budget=120), x[i : i + 1], y[i : i + 1])
+        failed_in_a_row = 0
+        for ods, moved in zip(spy.ods, spy.moved, strict=True):
+            assert ods == (failed_in_a_row >= 2), (i, spy.ods, spy.moved)
+            seen_ods |= ods
+            failed_in_a_row = 0 if moved else failed_in_a_row + (not ods)
+        # the first direction is one surrogate's unit margin gradient (raising the margin loss)
+        point, q = spy.first
+        grads = [unit(spy.surrogates.loss_gradient(point, y[i : i + 1], loss="margin", models=[m]))
+                 for m in (surrogate, tiny_model)]  # fmt: skip
+        assert any(torch.allclose(q, g, atol=1e-5) for g in grads), i
+    assert seen_ods  # the fallback was exercised
+
+
+def test_a_label_only_transfer_start_climbs_the_ladder_for_the_images_left(
+    tiny_model, attack_batch, one_thread
+):
+    """HSJA-TS at a small eps: the images the eps-ball example does not fool get examples crafted on
+    balls of 2, 4 and 8 eps, each radius for fewer images, and those found there start the walk."""
+    from rnd.attacks import HopSkipJumpTS
+
+    class Spy(HopSkipJumpTS):
+        calls: list[tuple[float, int]] = []
+
+        def transfer_examples(self, x0, y, target, radius=1.0):
+            self.calls.append((radius, x0.shape[0]))
+            return super().transfer_examples(x0, y, target, radius)
+
+    x, y = attack_batch
+    spy = Spy(0.3, "l2", surrogate=tiny_model, seed=0)
+    spy(Oracle(tiny_model, output="labels", budget=60), x, y)
+    radii = [r for r, _ in spy.calls]
+    assert radii == [1.0, 2.0, 4.0, 8.0][: len(radii)] and len(radii) >= 2, spy.calls
+    sizes = [n for _, n in spy.calls]
+    assert sizes == sorted(sizes, reverse=True) and sizes[-1] < sizes[0]

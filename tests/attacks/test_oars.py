@@ -8,10 +8,8 @@ import torch
 
 from rnd.attacks import HopSkipJumpOARS, SquareOARS, make_attack
 from rnd.attacks.oars import Search, binary_search
-from rnd.data.synthetic import make_synthetic
 from rnd.defenses.stateful import Blacklight
 from rnd.errors import InputError
-from rnd.models import build_model
 from rnd.oracle import Oracle
 from tests.conftest import CountingModel
 
@@ -23,20 +21,6 @@ EPS = {
     ("hsja-oars", "l2"): 1.5,
     ("hsja-oars", "linf"): 0.1,
 }
-
-
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return build_model("small-cnn", (1, 28, 28), 10, width=4, hidden=16).eval()
-
-
-@pytest.fixture(scope="module")
-def data(model):
-    x, _ = make_synthetic(16, seed=3).get(torch.arange(16))
-    with torch.no_grad():
-        y = model(x).argmax(1)  # attack the model's own labels: every image starts correct
-    return x[:8], y[:8]
 
 
 def blacklight(model):

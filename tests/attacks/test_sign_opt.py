@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from rnd.attacks.sign_opt import SignOPT, unit
+from rnd.attacks.base import unit
+from rnd.attacks.sign_opt import SignOPT
 from rnd.errors import InputError
 from tests.attacks.decision_helpers import check_batch_independent, run_decision
 

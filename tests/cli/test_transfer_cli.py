@@ -155,6 +155,31 @@ eps = 0.1
     assert not db.exists()
 
 
+def test_each_attack_tables_surrogates_are_checked_even_when_the_attack_repeats(folder, tmp_path):
+    """Two tables of the same attack, the second on a colour model: the second is refused by index
+    (its cells are found by their own surrogates, not by the attack's name)."""
+    cfg = folder / "two-tables.toml"
+    cfg.write_text("""
+[[models]]
+label = "target"
+checkpoint = "target"
+[[attacks]]
+name = "mi-fgsm"
+norm = "linf"
+eps = 0.1
+surrogates = ["sur"]
+[[attacks]]
+name = "mi-fgsm"
+norm = "linf"
+eps = 0.1
+surrogates = ["rgb"]
+""")
+    db = tmp_path / "never.sqlite"
+    res = invoke("sweep", cfg, "--db", db, "--no-progress")
+    assert res.exit_code == 2 and "attacks[1].surrogates" in res.output, res.output
+    assert not db.exists()
+
+
 def test_a_surrogate_replaced_after_planning_is_caught(folder, tmp_path):
     """A cell names its surrogate by sha256: a different model at the same path is refused when the
     cell loads it, not silently attacked with."""
