@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 
 import click
 
+from rnd.audit.gate import EXIT_PASS, check_threshold, diff_reports, gate, load_report
 from rnd.audit.html import write_html
 from rnd.audit.plan import AuditRequest, grid_strength, plan_audit
 from rnd.audit.run import current_report, estimate_audit, run_audit
@@ -25,7 +27,29 @@ from rnd.models.source import model_kind
 from rnd.training import load_or_train_default
 
 
-@main.command()
+class AuditCommand(click.Command):
+    """`rnd audit [MODEL] [OPTIONS]`, and `rnd audit diff OLD NEW`: the word `diff` first selects
+    the report diff (a checkpoint that happens to be named diff is given by its path)."""
+
+    subcommands: dict[str, click.Command] = {}
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] in self.subcommands:
+            ctx.meta["rnd.audit.sub"] = (args[0], args[1:])
+            return []
+        return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        sub = ctx.meta.pop("rnd.audit.sub", None)
+        if sub is None:
+            return super().invoke(ctx)
+        name, rest = sub
+        cmd = self.subcommands[name]
+        with cmd.make_context(f"{ctx.info_name} {name}", list(rest), parent=ctx) as sub_ctx:
+            return cmd.invoke(sub_ctx)
+
+
+@main.command(cls=AuditCommand)
 @click.argument("model", required=False, metavar="[MODEL]")
 @model_source_options
 @data_options
@@ -83,6 +107,14 @@ from rnd.training import load_or_train_default
     is_flag=True,
     help="write the report of the cells done so far (the audit running, stopped or finished); run nothing",
 )
+@click.option(
+    "--fail-under",
+    type=float,
+    default=None,
+    metavar="PCT",
+    help="exit 1 when the worst case's 95 % interval (by vote) lies below PCT % failure; "
+    "3 when a partial report cannot tell yet",
+)
 @seed_option
 @progress_option
 def audit(
@@ -109,6 +141,7 @@ def audit(
     ray_address: str | None,
     dry_run: bool,
     report_only: bool,
+    fail_under: float | None,
     seed: int,
     progress: bool,
 ) -> None:
@@ -117,8 +150,16 @@ def audit(
 
     MODEL is an rnd checkpoint [default: the Fashion-MNIST CNN, trained if missing], a TorchScript
     file (with a model.json sidecar or --input-shape / --num-classes) or package.module:factory
-    (with --weights); --url audits a served endpoint instead."""
+    (with --weights); --url audits a served endpoint instead.
+
+    Exit status: 0 done (and not below --fail-under); 1 below --fail-under; 2 bad input, nothing
+    written; 3 --fail-under on a partial report that cannot tell yet. `rnd audit diff OLD NEW`
+    compares two reports (see `rnd audit diff --help`)."""
     t0 = time.perf_counter()
+    if fail_under is not None:
+        check_threshold(fail_under)
+        if dry_run:
+            raise InputError("--fail-under judges a report; --dry-run writes none (drop one)")
     if url is not None and model is not None:
         raise InputError("give MODEL or --url, not both")
     if url is None and assume_defense is not None:
@@ -175,6 +216,7 @@ def audit(
         write_json(report, out / "report.json")
         write_html(report, out / "report.html")
         _print_verdict(report, t0, out)
+        _exit_on_gate(report, fail_under)
         return
     done = ""
     if check_database(db):  # a resumed audit says how far it got
@@ -192,6 +234,54 @@ def audit(
     write_json(report, out / "report.json")
     write_html(report, out / "report.html")
     _print_verdict(report, t0, out)
+    _exit_on_gate(report, fail_under)
+
+
+def _exit_on_gate(report: dict[str, Any], fail_under: float | None) -> None:
+    """`--fail-under`: print the gate's line and exit with its status (0 pass, 1 below, 3 undecided)."""
+    if fail_under is None:
+        return
+    result = gate(report, fail_under)
+    click.echo(result.line())
+    if result.exit_code != EXIT_PASS:
+        click.get_current_context().exit(result.exit_code)
+
+
+@click.command("diff")
+@click.argument("old", type=click.Path(path_type=Path))
+@click.argument("new", type=click.Path(path_type=Path))
+@click.option(
+    "--by",
+    type=click.Choice(["vote", "observed", "clean"]),
+    default="vote",
+    show_default=True,
+    help="judge by a vote of fresh answers (the headline), the attacker's observation or the clean model",
+)
+@click.option(
+    "--allow-mismatch", is_flag=True, help="diff reports of different threat models, images or budgets"
+)
+@click.option("--json", "as_json", is_flag=True, help="print the diff as JSON")
+def audit_diff(old: Path, new: Path, by: str, allow_mismatch: bool, as_json: bool) -> None:
+    """What changed from the audit report OLD to NEW (report.json files, or the folders holding
+    them): each threat family's worst case and every attack's failure rate with 95 % intervals. A
+    regression is a separation of the intervals with the new failure lower.
+
+    Exit status: 0 no regression; 1 a regression; 2 bad input (a missing, damaged or foreign file;
+    reports of different threat models, images or budgets without --allow-mismatch)."""
+    paths = [p / "report.json" if p.is_dir() else p for p in (old, new)]
+    reports = [load_report(p, what) for p, what in zip(paths, ("OLD", "NEW"), strict=True)]
+    result = diff_reports(
+        *reports,
+        by=by,
+        allow_mismatch=allow_mismatch,
+        names=(str(paths[0]), str(paths[1])),  # type: ignore[arg-type]
+    )
+    click.echo(json.dumps(result.to_dict(), indent=1) if as_json else result.render())
+    if result.exit_code != EXIT_PASS:
+        click.get_current_context().exit(result.exit_code)
+
+
+AuditCommand.subcommands["diff"] = audit_diff
 
 
 def _print_verdict(report: dict[str, Any], t0: float, out: Path) -> None:

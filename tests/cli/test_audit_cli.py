@@ -196,6 +196,50 @@ def test_report_only_reports_the_cells_done_so_far_and_writes_nothing_to_the_sto
     assert res.returncode == 2 and "not both" in res.stderr and not none.exists()
 
 
+def test_fail_under_gates_a_run_and_diff_compares_two_reports(audited, checkpoint, tmp_path):
+    """--fail-under exits 0 at a threshold the verdict's interval reaches and 1 at one above its
+    upper bound; `rnd audit diff` of a report with itself exits 0, with a lowered attack exits 1
+    and names it, and refuses a report of another budget unless told."""
+    out, _ = audited
+    report = json.loads((out / "report.json").read_text())
+    worst = report["verdict"]["scores"]["worst"]
+    assert worst["high"] < 100  # the fixture's verdict leaves room above it
+    above = (worst["high"] + 100) / 2
+    for threshold, code, words in ((worst["low"], 0, "pass"), (above, 1, "FAIL")):
+        res = run_cli(
+            str(checkpoint), *ARGS, "--out", str(tmp_path / "gate"), "--db", str(out / "audit.sqlite"),
+            "--report-only", "--fail-under", f"{threshold}",
+        )  # fmt: skip
+        assert res.returncode == code, res.stderr
+        line = res.stdout.strip().splitlines()[-1]
+        assert line.startswith(f"gate --fail-under {threshold:g}: {words}"), line
+        assert worst["attack"] in line
+
+    def diff(*args: str) -> tuple[int, str]:
+        res = CliRunner().invoke(main, ["audit", "diff", *args])
+        return res.exit_code, res.output
+
+    code, text = diff(str(out), str(out / "report.json"))
+    assert code == 0 and "0 attack regression(s), 0 improvement(s)" in text, text
+    lowered = json.loads((out / "report.json").read_text())
+    row = lowered["cells"][lowered["defense"]]["scores"]["attacks"][0]
+    row["vote"] = {"failure": 0.0, "low": 0.0, "high": 0.0}
+    if row["attack"] != worst["attack"]:  # the worst case moves to it too
+        lowered["verdict"]["scores"]["worst"] = {"attack": row["attack"], "cell_key": "k", **row["vote"]}
+    (tmp_path / "lowered.json").write_text(json.dumps(lowered))
+    code, text = diff(str(out / "report.json"), str(tmp_path / "lowered.json"))
+    assert code == 1 and text.strip().endswith("exit 1"), text
+    assert re.search(rf"{re.escape(row['attack'])} .* regression", text)
+    code, text = diff(str(out), str(tmp_path / "lowered.json"), "--json")
+    assert code == 1 and json.loads(text)["regressions"] >= 1
+    size = {**lowered["request"]["size"], "budget": 1}
+    other = {**lowered, "request": {**lowered["request"], "size": size}}
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    code, text = diff(str(out), str(tmp_path / "other.json"))
+    assert code == 2 and "query budgets differ" in text and len(text.strip().splitlines()) == 1
+    assert diff(str(out), str(tmp_path / "other.json"), "--allow-mismatch")[0] == 1
+
+
 def test_dry_run_prints_the_work_left_and_writes_nothing(audited, checkpoint, tmp_path):
     out, _ = audited
     before = comparable_content(out / "audit.sqlite")
@@ -431,6 +475,10 @@ def test_bad_input_changes_nothing(checkpoint, tiny_model, tmp_path):
             (["--url", f"{served.url}/v2/models/tiny", "--runner", "ray"], "--runner inprocess"),
             ([str(checkpoint), "--report-only", "--runner", "ray"], "runs no cell; drop --runner ray"),
             ([str(checkpoint), "--dry-run", "--runner", "ray"], "runs no cell; drop --runner ray"),
+            ([str(checkpoint), "--fail-under", "101"], "outside [0, 100]"),
+            ([str(checkpoint), "--fail-under", "-5"], "outside [0, 100]"),
+            ([str(checkpoint), "--fail-under", "nan"], "outside [0, 100]"),
+            ([str(checkpoint), "--fail-under", "50", "--dry-run"], "--dry-run writes none"),
             (
                 [str(checkpoint), "--threat", "both", "--surrogate", str(checkpoint)],
                 "surrogate threat family",
