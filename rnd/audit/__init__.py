@@ -1,8 +1,9 @@
 """`rnd audit`: how robust is a deployment, in one run (the question of a model's owner).
 
 The threat model and its attacks (`suite`), the defense's strength set to a clean-accuracy budget
-(`calibration`), the cells planned for the pipeline (`plan`), the run and its resumption (`run`),
-the worst case over attacks judged three ways (`verdict`) and the self-contained page (`html`).
+(`calibration`), the target's fingerprint (`preflight`), the cells planned for the pipeline
+(`plan`), the run and its resumption (`run`), the worst case over attacks judged three ways
+(`verdict`), the self-contained page (`html`) and the owner's gate (`gate`: `--fail-under`, diffs).
 
 May import: rnd.evaluation (the pipeline), rnd.report (labels, points, plots, tables), the layers
 below. Nothing in rnd.evaluation or rnd.report imports this package.

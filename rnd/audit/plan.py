@@ -36,7 +36,16 @@ from typing import Any
 
 from rnd.attacks import ATTACKS
 from rnd.audit.calibration import calibrate, calibration_key, calibration_request, stored_calibration
-from rnd.audit.suite import STRENGTH, AuditSize, check_budget, families, strength_of, suite
+from rnd.audit.preflight import Fingerprint, preflight
+from rnd.audit.suite import (
+    STRENGTH,
+    AuditSize,
+    check_budget,
+    endpoint_traits,
+    families,
+    strength_of,
+    suite,
+)
 from rnd.data import load_dataset
 from rnd.defenses import DEFENSES, DefenseSpec, build_defense, canonical_defense
 from rnd.errors import InputError, RndError
@@ -47,6 +56,7 @@ from rnd.models import load_model
 from rnd.models.compat import check_model_data
 from rnd.models.source import model_label
 from rnd.oip import served_model
+from rnd.oracle import Oracle
 from rnd.training.surrogates import SURROGATES, default_surrogate_specs, missing_surrogates
 
 #: The mu x nu picture: probe sizes as multiples of the attack's default, nu as multiples of the audit's.
@@ -66,6 +76,10 @@ class AuditPlan:
     #: What was calibrated (`calibration_request`; None: not calibrated), kept in the store with
     #: the measurements under `calibration["key"]`.
     calibration_request: dict[str, Any] | None = None
+    #: The preflight's fingerprint of the target (`Fingerprint.to_dict()`, with `key` for an
+    #: endpoint's, kept in the store so a resumed audit plans the same cells; None: not probed)
+    preflight: dict[str, Any] | None = None
+    preflight_request: dict[str, Any] | None = None
 
 
 def audit_config(
@@ -87,15 +101,17 @@ def audit_config(
     surrogates: tuple[str, ...] = (),
     scores: bool = True,
     labels: bool = True,
+    traits: dict[str, Any] | None = None,
 ) -> Any:
     """The `SweepConfig` of an audit's suite (both the defense and, for a local model, `none`);
     `output` is what score attacks see (an endpoint's own); `checkpoint` is any model spec, with
     its `weights` and given `model_meta`; `surrogates` the attacker's models (surrogate family);
-    `scores` / `labels`: the target answers scores / labels (else no such hybrid is planned)."""
+    `scores` / `labels`: the target answers scores / labels (else no such hybrid is planned);
+    `traits`: what an endpoint's defense is taken to be (`endpoint_traits`)."""
     remote = target is not None
     # the audited defense's cells first: a stopped audit has its headline soonest
     defenses = ("remote",) if remote else tuple(dict.fromkeys((defense, "none")))
-    kinds = {"surrogates": len(surrogates), "scores": scores, "labels": labels}
+    kinds = {"surrogates": len(surrogates), "scores": scores, "labels": labels, "traits": traits}
     suites = {d: [json.dumps(a, sort_keys=True) for a in suite(threat, d, **kinds)] for d in defenses}
     attacks: list[Any] = []
     seen: set[str] = set()
@@ -235,13 +251,20 @@ class AuditRequest:
 
 
 def plan_audit(
-    req: AuditRequest, say: Callable[[str], object] | None = None, db: str | Path | None = None
+    req: AuditRequest,
+    say: Callable[[str], object] | None = None,
+    db: str | Path | None = None,
+    probe: bool = True,
 ) -> AuditPlan:
     """Check everything and choose the strength, writing nothing: the model loads (or the endpoint
     answers with the key), the defense builds, the suite fits the budget; calibrates when asked
     (`say` is told so first, in one line: it takes minutes on a full-size audit), unless the
     results store `db` already keeps that calibration (same model, images, defense, budget, seed
-    and method: `calibration_request`), which is then reused as it was measured."""
+    and method: `calibration_request`), which is then reused as it was measured. Then the
+    preflight fingerprints the target (`rnd.audit.preflight`); an endpoint's suite follows it
+    (or `--assume-defense`). An endpoint's fingerprint is reused from `db` when kept there; with
+    `probe` False (a dry run, a report) an endpoint is not probed and, unless kept, taken as
+    random with no counters (the larger suite)."""
     fams = families(req.threat)
     size = req.size.quick() if req.quick else req.size
     request = {
@@ -274,6 +297,20 @@ def plan_audit(
         threat = request["threat"] = endpoint_threat(req.threat, served)
         surrogates = attacker_models(req, dataset, request, say)
         output = "probs" if served == "labels" else served
+        pf_request = {"kind": "preflight", "url": target.url, "dataset": dataset, "seed": req.seed}
+        pf_key = "preflight:" + calibration_key(pf_request)
+        fingerprint = stored_calibration(db, pf_key)
+        if fingerprint is not None:
+            fingerprint = {**fingerprint, "key": pf_key}
+            if say is not None:
+                say(f"{_fingerprint_line(fingerprint)}, as probed before (kept in {db})")
+        elif probe:
+            fingerprint = {**_probe_endpoint(target, dataset, req), "key": pf_key}
+            if say is not None:
+                say(_fingerprint_line(fingerprint))
+        else:
+            pf_request = None
+        traits = endpoint_traits(req.assume, fingerprint)
     else:
         spec_text = str(req.checkpoint)
         model, info = load_model(spec_text, req.weights, meta=req.model_meta)
@@ -314,6 +351,12 @@ def plan_audit(
         label = Path(spec_text).name if info.kind == "checkpoint" else model_label(spec_text, info.kind)
         target, checkpoint = None, spec_text
         output = "probs"
+        pf_request, traits = None, None
+        images = _probe_images(data)
+        oracle = Oracle(build_defense(defense, model, seed=req.seed), output="probs")
+        fingerprint = preflight(oracle, images, remote=False, seed=req.seed).to_dict()
+        if say is not None:
+            say(_fingerprint_line(fingerprint))
     cfg = audit_config(
         label=label,
         checkpoint=checkpoint,
@@ -332,6 +375,7 @@ def plan_audit(
         surrogates=surrogates,
         scores=req.url is None or served != "labels",
         labels=req.url is None or served == "labels",
+        traits=traits,
     )
     sweep = plan_sweep(cfg)  # expands the grid (budgets checked), checks the model / endpoint and data
     return AuditPlan(
@@ -341,7 +385,32 @@ def plan_audit(
         request=request,
         sweep=sweep,
         calibration_request=cal_request,
+        preflight=None if fingerprint is None else {**fingerprint, "traits": traits},
+        preflight_request=pf_request,
     )
+
+
+#: Test images the preflight probes with: the first of the split (several classes among them).
+PROBE_IMAGES = 10
+
+
+def _probe_images(data: Any) -> Any:
+    return data.images[: min(PROBE_IMAGES, len(data))]
+
+
+def _probe_endpoint(target: Any, dataset: str, req: AuditRequest) -> dict[str, Any]:
+    """The preflight of an endpoint (its queries charged to the key), as a dict."""
+    RemoteOracle = import_extra("rnd.oracle.remote", "an audit of an endpoint (--url)").RemoteOracle
+    images = _probe_images(load_dataset(dataset, "test", req.data_root))
+    try:
+        with RemoteOracle(target.base, target.model, os.environ.get(target.key_env)) as oracle:
+            return preflight(oracle, images, remote=True, seed=req.seed).to_dict()
+    except RndError as exc:
+        raise InputError(f"--url preflight: {exc}") from None
+
+
+def _fingerprint_line(fp: dict[str, Any]) -> str:
+    return Fingerprint.from_dict(fp).line()
 
 
 def attacker_models(

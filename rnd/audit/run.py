@@ -35,6 +35,10 @@ def run_audit(plan: AuditPlan, db: str | Path, progress: bool = True, runner: An
         measured = {k: v for k, v in plan.calibration.items() if k != "key"}
         with ResultsStore(db) as store:  # kept first: a resumed audit reuses it (`plan_audit`)
             store.record_calibration(plan.calibration["key"], plan.calibration_request, measured)
+    if plan.preflight_request is not None and plan.preflight is not None:
+        found = {k: v for k, v in plan.preflight.items() if k not in ("key", "traits")}
+        with ResultsStore(db) as store:  # an endpoint's fingerprint: a resumed audit plans the same cells
+            store.record_calibration(plan.preflight["key"], plan.preflight_request, found)
     outcomes = [run_sweep(plan.sweep, db, runner=runner, progress=progress)]
     grid, strongest = _grid_plan(plan, db)
     if grid is not None:

@@ -109,18 +109,24 @@ def suite(
     surrogates: int = 1,
     scores: bool = True,
     labels: bool = True,
+    traits: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """The attacks of an audit for `threat` against `defense` (a spec; `none` gets the plain suite):
     dicts with name, norm, eps, eot, params (an `AttackSpec`'s fields) and, for the surrogate
     family, `surrogates`: the indices of the audit's `surrogates` models it uses (an ensemble when
     several). `scores=False`: the target answers labels only (no score hybrids); `labels=False`:
-    it answers scores (no label-only hybrids; transfer attacks read the top class)."""
+    it answers scores (no label-only hybrids; transfer attacks read the top class). `traits`: what
+    an endpoint's defense is (`endpoint_traits`: `randomised`, and `counters`, the `COUNTERS`
+    entry it gets); without them an endpoint is taken as random, with no counters."""
     fams = families(threat)
     name = DefenseSpec.parse(defense).name
     defended = name != "none"
     cls = DEFENSES.get(name)
-    # an endpoint's defense is the server's: it may be random, so it gets the adaptive forms too
-    randomised = remote or name == "remote" or (cls is not None and cls.randomised)
+    endpoint = remote or name == "remote"
+    if endpoint and traits is not None:
+        randomised, name = bool(traits["randomised"]), traits.get("counters") or name
+    else:  # an endpoint's defense is the server's: it may be random, so it gets the adaptive forms
+        randomised = endpoint or (cls is not None and cls.randomised)
     out: list[dict[str, Any]] = []
 
     def add(
@@ -183,6 +189,27 @@ def suite(
             for norm in ATTACKS["psj-ts"].norms if labels else ():
                 add("psj-ts", norm, using=every)
     return out
+
+
+def endpoint_traits(assume: str | None, fingerprint: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What the suite takes an endpoint's defense to be: the defense its attackers are told
+    (`--assume-defense`, an override) or else what the preflight found (random unless shown
+    deterministic; a detector's counters when stateful); None when neither is known."""
+    if assume is not None:
+        spec = DefenseSpec.parse(assume)
+        cls = DEFENSES.get(spec.name)
+        return {
+            "randomised": bool(cls is not None and cls.randomised),
+            "counters": spec.name if spec.name in COUNTERS else None,
+            "from": "assume",
+        }
+    if fingerprint is None:
+        return None
+    return {
+        "randomised": fingerprint["randomised"] is not False,
+        "counters": "blacklight" if fingerprint["stateful"] else None,
+        "from": "preflight",
+    }
 
 
 def strength_of(defense: str) -> tuple[str, str | None]:

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from rnd.audit.cost import findings
 from rnd.audit.plan import AuditPlan, grid_strength, strength_value
 from rnd.audit.suite import families, family
 from rnd.evaluation.cells import JUDGEMENTS, CellRecord, ImageRow
@@ -24,6 +25,10 @@ from rnd.stats import rate_interval
 
 #: Query counts of the failure-rate-against-queries curves, as fractions of the budget.
 CURVE_POINTS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
+#: Resubmissions k of each final point the report gives the risk of (DiffHammer; Lucas et al. 2023).
+RESUBMISSIONS = (1, 10, 100)
+#: The deployment's input paths a final point is re-checked after (`rnd.data.encoding`).
+ENCODINGS = ("png", "jpeg")
 
 
 SCHEMA = "rnd-audit/1"
@@ -41,13 +46,43 @@ def variant_label(r: CellRecord, surrogates: Mapping[str, str] | None = None) ->
     return label
 
 
-def query_curve(rows: Sequence[ImageRow], budget: int) -> list[tuple[int, float]]:
-    """Failure % against queries: at q, the images not yet fooled (observed) after q queries."""
+def query_curve(rows: Sequence[ImageRow], budget: int, by: str = "observed") -> list[tuple[int, float]]:
+    """Failure % against queries: at q, the images not yet fooled after q queries, as the attacker
+    observed it (`by="observed"`) or as a vote of fresh answers on its final point judges it
+    (`by="vote"`: fooled in the attacker's view within q queries, and by the vote)."""
     n = len(rows)
     points = sorted({max(1, round(f * budget)) for f in CURVE_POINTS})
+    won = [r.success and (by == "observed" or r.success_vote) for r in rows]
     return [
-        (q, 100.0 * sum(1 for r in rows if not (r.success and r.queries <= q)) / max(n, 1)) for q in points
+        (q, 100.0 * sum(1 for r, w in zip(rows, won, strict=True) if not (w and r.queries <= q)) / max(n, 1))
+        for q in points
     ]
+
+
+def _rated(failure: float, n: int) -> dict[str, float]:
+    lo, hi = rate_interval(failure, n)
+    return {"failure": failure, "low": lo, "high": hi}
+
+
+def resubmission_failure(rows: Sequence[ImageRow], k: int) -> dict[str, float] | None:
+    """Failure % when the attacker submits each final point k times and wins if any fresh answer
+    is wrong: per image, P(all k answers right) estimated without bias from its R drawn answers, w
+    of them wrong, as C(R - w, k) / C(R, k) (k draws without replacement); averaged over images.
+    The interval is Wilson's at the image count (per-image values in [0, 1] vary no more than a
+    count's). None when a row has no counts (written before they were kept) or k > R."""
+    counts = [(r.answer_draws, r.wrong_answers) for r in rows]
+    if not rows or any(n is None or w is None or k > n for n, w in counts):
+        return None
+    kept = sum(math.comb(n - w, k) / math.comb(n, k) for n, w in counts)  # type: ignore[operator]
+    return _rated(100.0 * kept / len(rows), len(rows))
+
+
+def encoded_failure(rows: Sequence[ImageRow], codec: str) -> dict[str, float] | None:
+    """Failure % by vote after the `codec` round trip of each final point (None: not re-checked)."""
+    hits = [getattr(r, f"success_{codec}") for r in rows]
+    if not rows or any(h is None for h in hits):
+        return None
+    return _rated(100.0 * sum(not h for h in hits) / len(rows), len(rows))
 
 
 def verdicts(records: Sequence[CellRecord], surrogates: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -67,11 +102,14 @@ def verdicts(records: Sequence[CellRecord], surrogates: Mapping[str, str] | None
             "mean_queries": s.mean_queries,
             "clean_accuracy": s.clean_accuracy,
             "curve": query_curve(r.rows or (), c.budget),
+            "curve_vote": query_curve(r.rows or (), c.budget, by="vote"),
+            "queries_total": sum(x.queries for x in r.rows) if r.rows else None,
         }
         for what, metric in JUDGEMENTS.items():
-            rate = getattr(s, metric)
-            lo, hi = rate_interval(rate, s.images)
-            row[what] = {"failure": rate, "low": lo, "high": hi}
+            row[what] = _rated(getattr(s, metric), s.images)
+        rows = r.rows or ()
+        row["resubmission"] = {str(k): resubmission_failure(rows, k) for k in RESUBMISSIONS}
+        row["encoded"] = {c: encoded_failure(rows, c) for c in ENCODINGS}
         entry["attacks"].append(row)
     for by_threat in out.values():
         for entry in by_threat.values():
@@ -84,6 +122,30 @@ def verdicts(records: Sequence[CellRecord], surrogates: Mapping[str, str] | None
                     else min(rated, key=lambda a: (a[what]["failure"], a["attack"]))["attack"]
                 )
     return out
+
+
+def _worst_of(entry: dict[str, Any] | None, pick: Any) -> dict[str, Any] | None:
+    """The attack whose `pick(attack row)` rate is lowest, with it (None: no attack has one)."""
+    rated = [(pick(a), a["attack"]) for a in (entry or {}).get("attacks", [])]
+    rated = [(r, name) for r, name in rated if r is not None and not math.isnan(r["failure"])]
+    if not rated:
+        return None
+    r, name = min(rated, key=lambda x: (x[0]["failure"], x[1]))
+    return {"attack": name, **r}
+
+
+def deployment_worst(entry: dict[str, Any] | None) -> dict[str, Any]:
+    """The worst case a resubmitting attacker reaches (k = 1, 10, 100) and the vote's worst case
+    after each encoding, over a family's attacks that have the re-checks (`rechecked_attacks` of
+    them: cells run before rnd kept them have none; None where no attack measured it)."""
+    attacks = (entry or {}).get("attacks", [])
+    return {
+        "rechecked_attacks": sum(a["encoded"]["png"] is not None for a in attacks),
+        "resubmission": {
+            str(k): _worst_of(entry, lambda a, k=k: a["resubmission"][str(k)]) for k in RESUBMISSIONS
+        },
+        "encoded": {c: _worst_of(entry, lambda a, c=c: a["encoded"][c]) for c in ENCODINGS},
+    }
 
 
 def strongest_score_attack(records: Sequence[CellRecord], defense: str) -> dict[str, Any] | None:
@@ -165,6 +227,7 @@ def build_report(
             "undefended_worst": _worst(base, "vote"),
             "attacks": ran,
             "attacks_pending": planned - ran,
+            **deployment_worst(mine),
         }
         if t == "surrogate":  # states the attacker's models it stands for
             verdict[t]["surrogates"] = [m["name"] for m in attacker_models]
@@ -181,6 +244,7 @@ def build_report(
         },
         "defense": plan.defense,
         "calibration": plan.calibration,
+        "preflight": plan.preflight,
         "clean_accuracy": {
             "defended": None if first is None else first.summary.clean_accuracy,
             "undefended": None if remote or first is None else first.summary.model_accuracy,
@@ -195,6 +259,8 @@ def build_report(
         "verdict": verdict,
         "cells": cells,
         "mu_nu": None,
+        "findings": [],
+        "cost": None,
         "db": str(db),
     }
     if grid is not None and strongest is not None:
@@ -220,4 +286,5 @@ def build_report(
                 **{what: matrix(metric) for what, metric in JUDGEMENTS.items()},
                 "cell_keys": [[at[(m, n)].key if (m, n) in at else None for n in nus] for m in mus],
             }
+    report["findings"] = findings(report)
     return report

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from rnd.audit.cost import KeyTerms, attacker_cost
 from rnd.audit.gate import EXIT_PASS, check_threshold, diff_reports, gate, load_report
 from rnd.audit.html import write_html
 from rnd.audit.plan import AuditRequest, grid_strength, plan_audit
@@ -24,6 +25,7 @@ from rnd.errors import InputError
 from rnd.evaluation.spec import MAX_BUDGET
 from rnd.evaluation.store import ResultsStore, check_database, check_location
 from rnd.models.source import model_kind
+from rnd.serving.keys import KeyStore
 from rnd.training import load_or_train_default
 
 
@@ -115,6 +117,21 @@ class AuditCommand(click.Command):
     help="exit 1 when the worst case's 95 % interval (by vote) lies below PCT % failure; "
     "3 when a partial report cannot tell yet",
 )
+@click.option(
+    "--quota",
+    type=int,
+    default=None,
+    metavar="N",
+    help="queries one API key allows: the report prices the worst case in keys (and days, with --rate)",
+)
+@click.option("--rate", type=float, default=None, metavar="R", help="queries per second one key allows")
+@click.option(
+    "--keys-db",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="read --quota and --rate from an `rnd serve` key store (the key --key-name, or its only key)",
+)
+@click.option("--key-name", default=None, help="the key of --keys-db whose terms to use")
 @seed_option
 @progress_option
 def audit(
@@ -142,6 +159,10 @@ def audit(
     dry_run: bool,
     report_only: bool,
     fail_under: float | None,
+    quota: int | None,
+    rate: float | None,
+    keys_db: Path | None,
+    key_name: str | None,
     seed: int,
     progress: bool,
 ) -> None:
@@ -160,6 +181,9 @@ def audit(
         check_threshold(fail_under)
         if dry_run:
             raise InputError("--fail-under judges a report; --dry-run writes none (drop one)")
+    terms = key_terms(quota, rate, keys_db, key_name)
+    if terms is not None and dry_run:
+        raise InputError("--quota / --keys-db price a report; --dry-run writes none (drop one)")
     if url is not None and model is not None:
         raise InputError("give MODEL or --url, not both")
     if url is None and assume_defense is not None:
@@ -206,12 +230,14 @@ def audit(
         data_root=None if data_root is None else str(data_root),
     )
     # everything checked and calibrated; nothing written yet
-    plan = plan_audit(req, say=lambda line: click.echo(line, err=True), db=db)
+    plan = plan_audit(
+        req, say=lambda line: click.echo(line, err=True), db=db, probe=not (dry_run or report_only)
+    )
     if dry_run:
         _print_estimate(estimate_audit(plan, db), plan.defense, db)
         return
     if report_only:
-        report = current_report(plan, db)  # reads the store; InputError when there is none
+        report = with_cost(current_report(plan, db), terms)  # InputError when the store has none
         out.mkdir(parents=True, exist_ok=True)
         write_json(report, out / "report.json")
         write_html(report, out / "report.html")
@@ -230,11 +256,50 @@ def audit(
         err=True,
     )
     out.mkdir(parents=True, exist_ok=True)
-    report = run_audit(plan, db, progress=progress, runner=runner)
+    report = with_cost(run_audit(plan, db, progress=progress, runner=runner), terms)
     write_json(report, out / "report.json")
     write_html(report, out / "report.html")
     _print_verdict(report, t0, out)
     _exit_on_gate(report, fail_under)
+
+
+def key_terms(
+    quota: int | None, rate: float | None, keys_db: Path | None, key_name: str | None
+) -> KeyTerms | None:
+    """The API key terms the cost is priced in: given, or read from an `rnd serve` key store."""
+    if keys_db is None:
+        if key_name is not None:
+            raise InputError("--key-name names a key of --keys-db; give --keys-db too")
+        if quota is None:
+            if rate is not None:
+                raise InputError("--rate prices the cost with --quota; give --quota too (or --keys-db)")
+            return None
+        return KeyTerms(quota, rate, "given")
+    if quota is not None or rate is not None:
+        raise InputError("give --keys-db or --quota / --rate, not both")
+    if not keys_db.is_file():
+        raise InputError(f"--keys-db {keys_db} is not a file; give the key store `rnd serve --keys` uses")
+    store = KeyStore(keys_db)
+    try:
+        keys = store.list()
+    finally:
+        store.close()
+    chosen = [k for k in keys if key_name is None or k["name"] == key_name]
+    if key_name is None and len(chosen) != 1:
+        raise InputError(f"--keys-db {keys_db} holds {len(chosen)} keys; name one with --key-name")
+    if not chosen:
+        raise InputError(f"--keys-db {keys_db} has no key named {key_name!r}")
+    k = chosen[0]
+    return KeyTerms(
+        int(k["budget"]), None if k["rate"] is None else float(k["rate"]), f"{keys_db}: {k['name']}"
+    )
+
+
+def with_cost(report: dict[str, Any], terms: KeyTerms | None) -> dict[str, Any]:
+    """The report with the attacker's cost in keys and days (`rnd.audit.cost`) when terms are given."""
+    if terms is not None:
+        report["cost"] = attacker_cost(report, terms)
+    return report
 
 
 def _exit_on_gate(report: dict[str, Any], fail_under: float | None) -> None:
@@ -306,7 +371,40 @@ def _print_verdict(report: dict[str, Any], t0: float, out: Path) -> None:
             + ("" if base is None else f"; undefended {base['failure']:.1f} % ({base['attack']})")
             + f"; {v['attacks']} attacks{pending}"
         )
+        deploy = _deployment_line(v)
+        if deploy:
+            click.echo(f"{'':>9}  {deploy}")
+        priced = (report.get("cost") or {}).get("families", {}).get(threat_name)
+        if priced:
+            click.echo(f"{'':>9}  {_cost_line(priced, report['cost'])}")
     click.echo(f"wrote {out / 'report.html'} and {out / 'report.json'} in {time.perf_counter() - t0:.0f} s")
+
+
+def _deployment_line(v: dict[str, Any]) -> str:
+    """The worst cases a resubmitting attacker and an encoding input path give ('' if unmeasured)."""
+    resub = {k: w for k, w in (v.get("resubmission") or {}).items() if w is not None}
+    enc = {c: w for c, w in (v.get("encoded") or {}).items() if w is not None}
+    parts = []
+    if resub:
+        ks = "/".join(resub)
+        parts.append(
+            f"resubmitted {ks} times: " + " / ".join(f"{w['failure']:.1f}" for w in resub.values()) + " %"
+        )
+    if enc:
+        parts.append(
+            "by vote after " + ", ".join(f"{c.upper()} {w['failure']:.1f} %" for c, w in enc.items())
+        )
+    return "; ".join(parts)
+
+
+def _cost_line(c: dict[str, Any], terms: dict[str, Any]) -> str:
+    """What the worst case costs in keys and days."""
+    per = "" if c["queries_per_success"] is None else f", {c['queries_per_success']:,.0f} queries a success"
+    days = "" if c["days"] is None else f" and {c['days']:.2g} days at {terms['rate']:g} queries/s a key"
+    return (
+        f"cost: {c['keys']} key(s) of {terms['quota']:,} queries{days} to fool {c['fooled']} of "
+        f"{c['images']} images ({c['queries_total']:,} queries{per})"
+    )
 
 
 def _print_estimate(est: Any, defense: str, db: Path) -> None:

@@ -183,6 +183,12 @@ class ImageRow:
     distance: float | None = None  # label-only attacks: ||x_adv - x|| (inf: no adversarial point found)
     first_refusal: int | None = None  # stateful defenses: the image's query count at its first refusal
     target: int | None = None  # targeted cells: the target class
+    #: resubmission: how many of `answer_draws` fresh answers on x_adv were wrong (the first `votes`
+    #: are the vote's); None in rows written before they were counted
+    wrong_answers: int | None = None
+    answer_draws: int | None = None
+    success_png: bool | None = None  # observed, and the vote still fooled after an 8-bit PNG round trip
+    success_jpeg: bool | None = None  # ... after a JPEG round trip (`rnd.data.encoding.JPEG_QUALITY`)
 
 
 @dataclass
@@ -339,18 +345,30 @@ def cell_work(cell: Cell) -> int:
     return cell.images * cell.budget
 
 
+@dataclass
+class Rechecks:
+    """How each final point x_adv fares with the deployment, per image (a `Target`'s `judge`)."""
+
+    clean: torch.Tensor | None  # fools the clean model (None: not visible, an endpoint)
+    vote: torch.Tensor  # fools a majority of `votes` fresh answers
+    wrong: torch.Tensor  # how many of `draws` fresh answers were wrong (the vote's answers first)
+    draws: int
+    png: torch.Tensor  # fools the vote after an 8-bit PNG round trip
+    jpeg: torch.Tensor  # ... after a JPEG round trip
+
+
 def image_rows(
     idx: torch.Tensor,
     y: torch.Tensor,
     result: Any,
-    clean_hit: torch.Tensor | None,
-    vote_hit: torch.Tensor,
+    judged: Rechecks,
     first_refusal: torch.Tensor,
     targets: torch.Tensor | None,
 ) -> list[ImageRow]:
     """Per-image rows of an attack's result; the re-checks count only images the attacker believed
-    fooled; `clean_hit` None: the clean model was not visible (an endpoint)."""
+    fooled (the wrong-answer counts count every image: a resubmitting attacker sees each answer)."""
     observed = result.success
+    clean_hit, vote_hit = judged.clean, judged.vote
     return [
         ImageRow(
             position=i,
@@ -363,6 +381,10 @@ def image_rows(
             distance=None if result.distance is None else float(result.distance[i]),
             first_refusal=None if int(first_refusal[i]) < 0 else int(first_refusal[i]),
             target=None if targets is None else int(targets[i]),
+            wrong_answers=int(judged.wrong[i]),
+            answer_draws=judged.draws,
+            success_png=bool(observed[i] & judged.png[i]),
+            success_jpeg=bool(observed[i] & judged.jpeg[i]),
         )
         for i in range(len(y))
     ]

@@ -74,7 +74,9 @@ def execute_cell(
     """Run one cell against `target` (default: `target_for(cell)`, its local model behind its
     defense or its endpoint): select the images, measure clean accuracy, attack through the
     target's oracle with the attack seeded with `cell.seed` and told what the target tells, then
-    judge each x_adv on the clean model and by a vote of fresh answers. `max_batch` bounds the images
+    judge each x_adv on the clean model, by a vote of fresh answers, by the wrong answers among fresh
+    ones (the resubmission risk) and by the vote after PNG and JPEG round trips (`Target.judge`).
+    `max_batch` bounds the images
     per forward (memory only: results do not change); `key`: an endpoint's API key (else
     `$<cell.key_env>`)."""
     t0 = time.perf_counter()
@@ -88,9 +90,9 @@ def execute_cell(
         oracle = target.oracle(attack)
         result = attack(oracle, x, y, targets)
         refusals = target.refusals(oracle, len(y))
-        clean_hit, vote_hit = target.judge(result.x_adv, y, targets)
+        judged = target.judge(result.x_adv, y, targets)
         sent = target.queries_sent()
-    rows = image_rows(idx, y, result, clean_hit, vote_hit, refusals, targets)
+    rows = image_rows(idx, y, result, judged, refusals, targets)
     return CellResult(
         key=cell.key,
         cell=cell,

@@ -28,12 +28,14 @@ from torch import nn
 from rnd.attacks.base import QueryAttack
 from rnd.data import load_dataset
 from rnd.data.base import ImageDataset
+from rnd.data.encoding import roundtrip
 from rnd.defenses import Defense, DefenseSpec, build_defense, canonical_defense
 from rnd.errors import CheckpointError, ConfigError, InputError, RndError
 from rnd.evaluation.cells import (
     SEED_SALT_ACCURACY,
     SEED_SALT_DEFENSE,
     Cell,
+    Rechecks,
     derive_seed,
     fixed_target,
 )
@@ -210,10 +212,9 @@ class Target(Protocol):
         """Per attacked image: its query count at its first refusal (-1: none)."""
         ...
 
-    def judge(
-        self, x_adv: torch.Tensor, y: torch.Tensor, targets: torch.Tensor | None
-    ) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """(fools the clean model? None: not visible, fools a vote of fresh answers?) per image."""
+    def judge(self, x_adv: torch.Tensor, y: torch.Tensor, targets: torch.Tensor | None) -> Rechecks:
+        """Per image: fools the clean model (None: not visible)? a vote of fresh answers? how many
+        fresh answers are wrong? the vote after PNG and JPEG round trips?"""
         ...
 
     def queries_sent(self) -> int:
@@ -262,10 +263,8 @@ class LocalTarget:
     def refusals(self, oracle: QueryOracle, n: int) -> torch.Tensor:
         return oracle.first_refusal[:n]
 
-    def judge(
-        self, x_adv: torch.Tensor, y: torch.Tensor, targets: torch.Tensor | None
-    ) -> tuple[torch.Tensor | None, torch.Tensor]:
-        return recheck(self.defense, self.base, x_adv, y, self.cell.votes, targets)
+    def judge(self, x_adv: torch.Tensor, y: torch.Tensor, targets: torch.Tensor | None) -> Rechecks:
+        return judge_local(self.defense, self.base, x_adv, y, self.cell.votes, targets)
 
     def queries_sent(self) -> int:
         return 0
@@ -319,10 +318,8 @@ class EndpointTarget:
     def refusals(self, oracle: QueryOracle, n: int) -> torch.Tensor:
         return oracle.first_refusal[self.first : self.first + n]
 
-    def judge(
-        self, x_adv: torch.Tensor, y: torch.Tensor, targets: torch.Tensor | None
-    ) -> tuple[torch.Tensor | None, torch.Tensor]:
-        return None, vote_remote(self.conn, x_adv, y, self.cell.votes, targets)
+    def judge(self, x_adv: torch.Tensor, y: torch.Tensor, targets: torch.Tensor | None) -> Rechecks:
+        return judge_remote(self.conn, x_adv, y, self.cell.votes, targets)
 
     def queries_sent(self) -> int:
         return int(self.conn.counts.sum())
@@ -382,13 +379,32 @@ def vote_remote(
     oracle: QueryOracle, x_adv: torch.Tensor, y: torch.Tensor, votes: int, targets: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Per image: does x_adv fool a majority of `votes` fresh answers of the endpoint?"""
+    return _wrong_remote(oracle, x_adv, y, votes, targets) > votes / 2
+
+
+def _wrong_remote(
+    oracle: QueryOracle, x_adv: torch.Tensor, y: torch.Tensor, n: int, targets: torch.Tensor | None
+) -> torch.Tensor:
+    """Per image: how many of `n` fresh answers of the endpoint are wrong (a refusal is not)."""
     ids = oracle.new_ids(len(y))
     hits = torch.zeros(len(y))
-    for _ in range(votes):
+    for _ in range(n):
         pred = answer_labels(oracle.query(x_adv, ids, eot=1))
         hit = pred == targets if targets is not None else (pred != y) & (pred >= 0)
         hits += hit.float()
-    return hits > votes / 2
+    return hits
+
+
+def judge_remote(
+    oracle: QueryOracle, x_adv: torch.Tensor, y: torch.Tensor, votes: int, targets: torch.Tensor | None = None
+) -> Rechecks:
+    """An endpoint's re-checks, each answer a query charged to the key: the vote of `votes` fresh
+    answers (whose wrong answers are also the resubmission counts: `votes` draws, so risks for
+    more resubmissions than that are not measured), and the vote after PNG and JPEG round trips
+    (`votes` queries an image each). The clean model is not visible."""
+    wrong = _wrong_remote(oracle, x_adv, y, votes, targets)
+    encoded = [vote_remote(oracle, roundtrip(x_adv, c), y, votes, targets) for c in ("png", "jpeg")]
+    return Rechecks(None, wrong > votes / 2, wrong, votes, *encoded)
 
 
 def check_feedback(attack: QueryAttack, output: str) -> None:
@@ -428,17 +444,57 @@ def recheck(
     targets: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(fooled clean model?, fooled majority of `votes` noisy answers?) per image."""
-
-    def hit(pred: torch.Tensor) -> torch.Tensor:
-        return pred == targets if targets is not None else pred != y
-
+    hit = _hit(y, targets)
     clean = hit(predict(base, x_adv))
     if not getattr(model, "randomised", False):  # deterministic answers: a vote repeats the one answer
         return clean, clean.clone()
-    counts = torch.zeros(len(y))
-    for _ in range(votes):
-        counts += hit(predict(model, x_adv)).float()
-    return clean, counts > votes / 2
+    return clean, _wrong_local(model, x_adv, hit, votes) > votes / 2
+
+
+def _hit(y: torch.Tensor, targets: torch.Tensor | None) -> Any:
+    """Is a predicted label the attacker's win: the target class, else any class but `y`."""
+    return lambda pred: pred == targets if targets is not None else pred != y
+
+
+def _wrong_local(model: nn.Module, x: torch.Tensor, hit: Any, n: int) -> torch.Tensor:
+    """Per image: how many of `n` fresh answers of `model` on `x` are wins for the attacker."""
+    wrong = torch.zeros(len(x), dtype=torch.long)
+    for _ in range(n):
+        wrong += hit(predict(model, x)).long()
+    return wrong
+
+
+#: Fresh answers drawn on each final point for the resubmission risk (k <= this is measured).
+RESUBMIT_DRAWS = 100
+
+
+def judge_local(
+    model: nn.Module,
+    base: nn.Module,
+    x_adv: torch.Tensor,
+    y: torch.Tensor,
+    votes: int = 11,
+    targets: torch.Tensor | None = None,
+    draws: int = RESUBMIT_DRAWS,
+) -> Rechecks:
+    """A local model's re-checks of the final points: `recheck`'s clean-model and vote judgements
+    (drawn first, so they are the same with or without what follows), then `draws` fresh answers
+    counted wrong (the vote's `votes` answers are the first of them), then the vote on the PNG and
+    the JPEG round trip of each point. A deterministic defense answers as the clean model does
+    (no draw: every answer equal)."""
+
+    hit = _hit(y, targets)
+    clean = hit(predict(base, x_adv))
+    x_png, x_jpeg = roundtrip(x_adv, "png"), roundtrip(x_adv, "jpeg")
+    if not getattr(model, "randomised", False):
+        encoded = [hit(predict(base, x)) for x in (x_png, x_jpeg)]
+        return Rechecks(clean, clean.clone(), clean.long() * draws, draws, *encoded)
+    draws = max(draws, votes)
+    wrong = _wrong_local(model, x_adv, hit, votes)
+    vote = wrong > votes / 2
+    wrong += _wrong_local(model, x_adv, hit, draws - votes)
+    encoded = [_wrong_local(model, x, hit, votes) > votes / 2 for x in (x_png, x_jpeg)]
+    return Rechecks(clean, vote, wrong, draws, *encoded)
 
 
 def defended(base: nn.Module, defense: Defense | str | None, nu: float, seed: int | None) -> Defense:

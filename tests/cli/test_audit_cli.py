@@ -17,6 +17,7 @@ import time
 import pytest
 from click.testing import CliRunner
 
+from rnd.audit.html import MAX_CURVES, curve_panels
 from rnd.audit.suite import TRANSFER_SUITE
 from rnd.cli import main
 from rnd.defenses import build_defense
@@ -219,6 +220,34 @@ def test_fail_under_gates_a_run_and_diff_compares_two_reports(audited, checkpoin
         res = CliRunner().invoke(main, ["audit", "diff", *args])
         return res.exit_code, res.output
 
+    # priced in the owner's units: given terms, then a key store's
+    stored = ["--db", str(out / "audit.sqlite"), "--report-only"]
+    res = run_cli(
+        str(checkpoint), *ARGS, "--out", str(tmp_path / "priced"), *stored, "--quota", "500", "--rate", "2"
+    )
+    assert res.returncode == 0, res.stderr
+    cost = json.loads((tmp_path / "priced" / "report.json").read_text())["cost"]
+    scores = cost["families"]["scores"]
+    assert (cost["quota"], cost["rate"], cost["source"]) == (500, 2.0, "given")
+    assert scores["attack"] == worst["attack"] and scores["keys"] == -(-scores["queries_total"] // 500)
+    assert f"cost: {scores['keys']} key(s) of 500 queries" in res.stdout
+    assert "Cost to the attacker" in (tmp_path / "priced" / "report.html").read_text()
+    keys = KeyStore(tmp_path / "keys.sqlite")
+    keys.add("auditor", budget=700, rate=3.0)
+    keys.close()
+    res = run_cli(
+        str(checkpoint),
+        *ARGS,
+        "--out",
+        str(tmp_path / "store"),
+        *stored,
+        "--keys-db",
+        str(tmp_path / "keys.sqlite"),
+    )
+    assert res.returncode == 0, res.stderr
+    cost = json.loads((tmp_path / "store" / "report.json").read_text())["cost"]
+    assert (cost["quota"], cost["rate"]) == (700, 3.0) and cost["source"].endswith("keys.sqlite: auditor")
+
     code, text = diff(str(out), str(out / "report.json"))
     assert code == 0 and "0 attack regression(s), 0 improvement(s)" in text, text
     lowered = json.loads((out / "report.json").read_text())
@@ -287,12 +316,17 @@ def test_your_own_model_audits_as_its_checkpoint_does(audited, tiny_model, tmp_p
             t: {
                 k: {f: w[f] for f in ("attack", "failure", "low", "high")}
                 for k, w in v.items()
-                if isinstance(w, dict)
+                if isinstance(w, dict) and "attack" in w
             }
             for t, v in report["verdict"].items()
         }
 
     assert numbers(mine) == numbers(want)
+    for t, v in mine["verdict"].items():  # resubmitted and encoded alike
+        assert (v["resubmission"], v["encoded"]) == (
+            want["verdict"][t]["resubmission"],
+            want["verdict"][t]["encoded"],
+        )
     assert mine["model"]["label"] == "tiny"
 
 
@@ -479,6 +513,12 @@ def test_bad_input_changes_nothing(checkpoint, tiny_model, tmp_path):
             ([str(checkpoint), "--fail-under", "-5"], "outside [0, 100]"),
             ([str(checkpoint), "--fail-under", "nan"], "outside [0, 100]"),
             ([str(checkpoint), "--fail-under", "50", "--dry-run"], "--dry-run writes none"),
+            ([str(checkpoint), "--quota", "0"], "quota must be a whole number of queries >= 1"),
+            ([str(checkpoint), "--quota", "100", "--rate", "0"], "rate must be > 0"),
+            ([str(checkpoint), "--rate", "2"], "give --quota too"),
+            ([str(checkpoint), "--keys-db", str(tmp_path / "nokeys.sqlite")], "is not a file"),
+            ([str(checkpoint), "--key-name", "auditor"], "give --keys-db too"),
+            ([str(checkpoint), "--quota", "100", "--dry-run"], "--dry-run writes none"),
             (
                 [str(checkpoint), "--threat", "both", "--surrogate", str(checkpoint)],
                 "surrogate threat family",
@@ -540,6 +580,12 @@ def test_the_html_report_renders_in_a_real_browser_with_nothing_fetched(audited,
     colours = shot.getcolors(maxcolors=1 << 20)
     assert colours is not None and len(colours) > 200  # figures (viridis, lines), not a blank page
     shot.save(out / "report-screenshot.png")
+    page = (out / "report.html").read_text()
+    assert page.index("<h2>Verdict</h2>") < page.index("<h2>What was audited</h2>")  # the verdict first
+    assert "class='reading'" in page and "Target fingerprint: preflight (" in page
+    report = json.loads((out / "report.json").read_text())
+    panels = curve_panels(report)
+    assert panels and all(len(rows) + (base is not None) <= MAX_CURVES for _, _, rows, base, _ in panels)
     leaky = tmp_path / "leaky.html"
     leaky.write_text(
         (out / "report.html").read_text().replace("</body>", "<img src='http://rnd.invalid/x.png'></body>")

@@ -105,7 +105,11 @@ def test_intervals_and_curves():
 
 TOP = {
     "schema", "progress", "request", "model", "defense", "calibration", "clean_accuracy", "not_measured",
-    "attacks_run", "verdict", "cells", "mu_nu", "db",
+    "attacks_run", "verdict", "cells", "mu_nu", "db", "preflight", "findings", "cost",
+}  # fmt: skip
+PREFLIGHT = {
+    "output", "declared", "randomised", "stateful", "first_refusal", "quantises", "rate_limited",
+    "retry_after", "queries", "notes", "traits",
 }  # fmt: skip
 RATE = {"failure", "low", "high"}
 
@@ -131,14 +135,26 @@ def check_schema(report: dict, remote: bool = False) -> None:
         }  # fmt: skip
         assert all(set(t) == {"value", "drop", "std", "upper", "accuracy"} for t in cal["tried"])
         assert [t["value"] for t in cal["tried"]] == sorted(t["value"] for t in cal["tried"])
+    pf = report["preflight"]
+    if pf is not None:  # null: an endpoint not probed yet (a report written before its run)
+        assert set(pf) == PREFLIGHT | ({"key"} if remote else set())
+        assert pf["queries"] > 0 and pf["output"] in ("probs", "logits", "topk", "labels")
+        assert (pf["traits"] is None) == (not remote)  # an endpoint's suite follows them
+        if remote:
+            want = "preflight" if report["request"]["assume"] is None else "assume"
+            assert pf["traits"]["from"] == want
     p = report["progress"]
     assert set(p) == {"complete", "cells", "done", "grid_cells", "grid_done"} and 0 <= p["done"] <= p["cells"]
     assert (p["grid_cells"] is None) == (p["grid_done"] is None)
     for threat, v in report["verdict"].items():
         assert set(v) == {
             "headline", "worst", "worst_observed", "worst_clean", "undefended_worst", "attacks",
-            "attacks_pending", *(["surrogates"] if threat == "surrogate" else []),
+            "attacks_pending", "rechecked_attacks", "resubmission", "encoded",
+            *(["surrogates"] if threat == "surrogate" else []),
         }  # fmt: skip
+        assert set(v["resubmission"]) == {"1", "10", "100"} and set(v["encoded"]) == {"png", "jpeg"}
+        for w in [*v["resubmission"].values(), *v["encoded"].values()]:
+            assert w is None or set(w) == {"attack", *RATE}
         assert v["headline"] == "vote" and v["attacks_pending"] >= 0
         if v["worst"] is None:  # a partial report: no attack against the defense finished yet
             assert v["attacks"] == 0 and not p["complete"]
@@ -151,8 +167,14 @@ def check_schema(report: dict, remote: bool = False) -> None:
             for a in entry["attacks"]:
                 assert set(a) == {
                     "attack", "cell_key", "images", "queries_budget", "mean_queries", "clean_accuracy",
-                    "curve", "observed", "vote", "clean",
+                    "curve", "curve_vote", "queries_total", "observed", "vote", "clean", "resubmission",
+                    "encoded",
                 }  # fmt: skip
+                assert [q for q, _ in a["curve_vote"]] == [q for q, _ in a["curve"]]
+                # the vote never finds more fooled than the attacker saw
+                assert all(v >= o for (_, v), (_, o) in zip(a["curve_vote"], a["curve"], strict=True))
+                for r in [*a["resubmission"].values(), *a["encoded"].values()]:
+                    assert r is None or set(r) == RATE
                 assert set(a["vote"]) == RATE and len(a["cell_key"]) == 64
                 assert all(len(p) == 2 for p in a["curve"])
     if report["mu_nu"] is not None:
@@ -161,6 +183,14 @@ def check_schema(report: dict, remote: bool = False) -> None:
             "attack", "chosen_from", "images", "param", "mu", "nu", "observed", "vote", "clean", "cell_keys",
         }  # fmt: skip
         assert len(g["vote"]) == len(g["mu"]) and all(len(row) == len(g["nu"]) for row in g["vote"])
+    for f in report["findings"]:
+        assert set(f) == {"threat", "attack", "cell_key", "failure", "low", "high", "judged_by", "atlas"}
+        assert f["atlas"] and all(t["id"].startswith("AML.T0043.00") for t in f["atlas"])
+    assert {f["threat"] for f in report["findings"]} == {
+        t for t, v in report["verdict"].items() if v["worst"]
+    }
+    if report["cost"] is not None:
+        assert set(report["cost"]) == {"quota", "rate", "source", "families"}
     json.dumps(report, allow_nan=False)  # strict JSON
 
 

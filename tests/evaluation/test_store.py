@@ -188,7 +188,7 @@ def test_writer_killed_mid_transaction_leaves_last_commit(tmp_path):
         import os, signal, sqlite3
         con = sqlite3.connect({str(db)!r}, isolation_level=None)
         con.execute("BEGIN IMMEDIATE")
-        con.execute("INSERT INTO image_results VALUES ({c.key!r}, 0, 1, 2, 1, 5, 1, 1, NULL, NULL, NULL)")
+        con.execute("INSERT INTO image_results VALUES ({c.key!r}, 0, 1, 2, 1, 5, 1, 1{", NULL" * 7})")
         con.execute("UPDATE cells SET status = 'done'")
         os.kill(os.getpid(), signal.SIGKILL)
     """)
@@ -416,7 +416,7 @@ def test_schema_1_is_migrated_keeping_every_row(tmp_path):
     assert digest(db) == before
     with ResultsStore(db) as store:
         # no distance (score attack), never refused, untargeted
-        assert image_rows_in(db) == [(*row, None, None, None) for row in old_rows]
+        assert image_rows_in(db) == [(*row, *[None] * 7) for row in old_rows]
         assert r.cell.defense == "rnd:nu=0.02" and r.cell.nu == 0.02
         (r,) = store.records()
         assert finished_at(db) == ["2026-11-01T10:01:00+00:00"] and r.summary.mean_queries == 41.0
@@ -436,6 +436,7 @@ def test_schema_1_is_migrated_keeping_every_row(tmp_path):
         "migrated from schema 3",
         "migrated from schema 4",
         "migrated from schema 5",
+        "migrated from schema 6",
     ]
 
 
@@ -491,7 +492,7 @@ def test_schema_2_is_migrated_keeping_every_row(tmp_path):
         assert r.summary.distance_curve is None
     assert digest(db) == before
     with ResultsStore(db) as store:
-        assert image_rows_in(db) == [(*row, None, None, None) for row in old_rows]
+        assert image_rows_in(db) == [(*row, *[None] * 7) for row in old_rows]
         assert store.status_counts() == {"done": 1, "pending": 1}
         assert store.record(result(cell())) is False  # still done
         assert store.record(result(cell(seed=7)))  # the pending cell can be finished
@@ -507,6 +508,7 @@ def test_schema_2_is_migrated_keeping_every_row(tmp_path):
         "migrated from schema 3",
         "migrated from schema 4",
         "migrated from schema 5",
+        "migrated from schema 6",
     ]
 
 
@@ -707,7 +709,7 @@ def test_schema_3_is_migrated_keeping_every_row_and_every_key(tmp_path):
     with ResultsStore(db) as store:
         assert store.record(result(cell(0.02))) is False  # the same key: already done
         assert store.record(result(cell(0.05, seed=3)))  # the pending one finishes
-    assert history(db)[-3:] == ["migrated from schema 3", "migrated from schema 4", "migrated from schema 5"]
+    assert history(db)[-4:] == [f"migrated from schema {v}" for v in (3, 4, 5, 6)]
 
 
 def test_defense_and_target_and_refusals_round_trip(tmp_path):
@@ -740,7 +742,8 @@ def test_cell_keys_written_before_defense_specs_are_kept():
 def v4_database(path: Path, version: int = 4) -> Path:
     """A database exactly as rnd wrote schema version 4 (its DDL kept in schema_v4.sql): a done RND
     cell of a rival-era sweep with rows and summary (a refusal, a target), and a pending cell. With
-    `version=5` the same rows in schema 5 (schema_v5.sql: the cells have url and assume, NULL)."""
+    `version=5` (or 6) the same rows in schema 5 (schema_v5.sql: the cells have url and assume,
+    NULL) or 6 (schema_v6.sql: and an empty calibrations table)."""
     con = sqlite3.connect(path)
     con.executescript((Path(__file__).parent / f"schema_v{version}.sql").read_text())
     created = "2026-11-30T10:00:00+00:00"
@@ -795,7 +798,7 @@ def test_schema_4_is_migrated_keeping_every_row_and_the_clean_column_becomes_nul
     notnull = dict(con.execute("SELECT name, \"notnull\" FROM pragma_table_info('image_results')").fetchall())
     assert notnull["success_clean"] == 0 and notnull["success_vote"] == 1
     con.close()
-    assert history(db)[-2:] == ["migrated from schema 4", "migrated from schema 5"]
+    assert history(db)[-3:] == [f"migrated from schema {v}" for v in (4, 5, 6)]
     remote = replace(
         cell(0.0), checkpoint="", checkpoint_sha256="", defense="remote",
         url="http://127.0.0.1:9/v2/models/m", assume="rnd:nu=0.02", key_env="RND_KEY",
@@ -828,10 +831,48 @@ def test_schema_5_is_migrated_keeping_every_row_and_gains_the_calibrations(tmp_p
         assert store.status_counts() == {"done": 1, "pending": 1}
         assert store.record(result(cell(0.02))) is False
     con = sqlite3.connect(db)
-    assert {t: sorted(con.execute(f"SELECT * FROM {t}").fetchall()) for t in tables} == before
+    after = {t: sorted(con.execute(f"SELECT * FROM {t}").fetchall()) for t in tables}
+    assert {t: [row[: len(before[t][0])] for row in rows] for t, rows in after.items()} == before
     assert con.execute("SELECT COUNT(*) FROM calibrations").fetchone() == (0,)
     con.close()
-    assert history(db)[-1] == "migrated from schema 5"
+    assert history(db)[-2:] == ["migrated from schema 5", "migrated from schema 6"]
+
+
+def test_schema_6_is_migrated_keeping_every_row_and_its_rechecks_are_not_measured(tmp_path):
+    """Schema 6 -> 7 adds the resubmission counts and the PNG / JPEG re-checks to image_results:
+    every old row and value survives, the new values are NULL (read back as None: not measured),
+    and a cell finished after the migration stores and reads back all four."""
+    db = v4_database(tmp_path / "v6.sqlite", version=6)
+    old = sqlite3.connect(db)
+    tables = ("sweeps", "cells", "sweep_cells", "image_results", "cell_summaries", "calibrations")
+    before = {t: sorted(old.execute(f"SELECT * FROM {t}").fetchall()) for t in tables}
+    old.close()
+    with ResultsStore(db, readonly=True) as store:
+        (r,) = store.records(rows=True)
+        assert {(x.wrong_answers, x.answer_draws, x.success_png, x.success_jpeg) for x in r.rows} == {
+            (None, None, None, None)
+        }
+    assert sqlite3.connect(db).execute("SELECT value FROM schema_info").fetchone() == ("6",)
+    with ResultsStore(db) as store:
+        assert store.status_counts() == {"done": 1, "pending": 1}
+    con = sqlite3.connect(db)
+    after = {t: sorted(con.execute(f"SELECT * FROM {t}").fetchall()) for t in tables}
+    assert {
+        t: [row[:11] if t == "image_results" else row for row in rows] for t, rows in after.items()
+    } == before
+    assert {row[11:] for row in after["image_results"]} == {(None, None, None, None)}
+    con.close()
+    assert history(db)[-1] == "migrated from schema 6"
+    fresh = cell(0.05, seed=3)
+    rows = [
+        ImageRow(i, 20 + i, i, True, 30 + i, True, True, wrong_answers=7 * i, answer_draws=100,
+                 success_png=i != 1, success_jpeg=False)
+        for i in range(3)
+    ]  # fmt: skip
+    res = CellResult(fresh.key, fresh, rows, summarize_rows(rows, 90.0, 91.0), {}, "0.6.0", 1.0)
+    with ResultsStore(db) as store:
+        assert store.record(res)
+        assert store.image_rows(fresh.key) == rows
 
 
 def test_a_calibration_is_kept_once_and_read_back(tmp_path):

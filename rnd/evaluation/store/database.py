@@ -236,6 +236,10 @@ class ResultsStore:
                         None if r.distance is None else _real(r.distance),
                         r.first_refusal,
                         r.target,
+                        r.wrong_answers,
+                        r.answer_draws,
+                        None if r.success_png is None else int(r.success_png),
+                        None if r.success_jpeg is None else int(r.success_jpeg),
                     )
                     for r in result.rows
                 ],
@@ -410,7 +414,8 @@ def _record(r: sqlite3.Row, rows: tuple[ImageRow, ...] | None) -> CellRecord:
 
 def _image_row(r: Sequence[Any]) -> ImageRow:
     """An `ImageRow` from a row of image_results in `IMAGE_COLUMNS` order."""
-    _, position, index, label, success, queries, clean, vote, distance, first, target = r
+    _, position, index, label, success, queries, clean, vote, distance, first, target, *more = r
+    wrong, draws, png, jpeg = more
     return ImageRow(
         position=position,
         index=index,
@@ -422,6 +427,10 @@ def _image_row(r: Sequence[Any]) -> ImageRow:
         distance=distance,
         first_refusal=first,
         target=target,
+        wrong_answers=wrong,
+        answer_draws=draws,
+        success_png=None if png is None else bool(png),
+        success_jpeg=None if jpeg is None else bool(jpeg),
     )
 
 

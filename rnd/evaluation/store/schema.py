@@ -13,7 +13,7 @@ from rnd.defenses import legacy_defense
 from rnd.errors import InputError
 from rnd.sqlite import now, statements, table_columns
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 
 VOLATILE_SUFFIXES = ("_at", "_seconds")
@@ -87,6 +87,16 @@ CREATE TABLE cell_summaries (
 """
 
 
+# Schema 7's new columns of image_results, added to the schema 6 table by the schema itself and
+# by migration 6 from this one text (NULL in every row written before: not measured).
+_RECHECK_COLUMNS = """
+ALTER TABLE image_results ADD COLUMN wrong_answers INTEGER;
+ALTER TABLE image_results ADD COLUMN answer_draws INTEGER;
+ALTER TABLE image_results ADD COLUMN success_png INTEGER;
+ALTER TABLE image_results ADD COLUMN success_jpeg INTEGER;
+"""
+
+
 SCHEMA = (
     """
 CREATE TABLE schema_info (name TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -143,6 +153,7 @@ CREATE TABLE sweep_cells (
     + _IMAGE_RESULTS
     + _CELL_SUMMARIES
     + _CALIBRATIONS
+    + _RECHECK_COLUMNS
 )
 
 
@@ -189,6 +200,8 @@ ALTER TABLE cells ADD COLUMN assume TEXT;
 """,
     # Version 5 -> 6: the calibrations `rnd audit` made (none before: each audit recomputed its own).
     5: _CALIBRATIONS,
+    # Version 6 -> 7: the resubmission counts and the PNG / JPEG re-checks of each final point.
+    6: _RECHECK_COLUMNS,
 }
 
 
@@ -279,6 +292,10 @@ IMAGE_COLUMNS = (
     "distance",
     "first_refusal",
     "target",
+    "wrong_answers",
+    "answer_draws",
+    "success_png",
+    "success_jpeg",
 )
 
 
