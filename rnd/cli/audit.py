@@ -47,7 +47,7 @@ class AuditCommand(click.Command):
             return super().invoke(ctx)
         name, rest = sub
         cmd = self.subcommands[name]
-        with cmd.make_context(f"{ctx.info_name} {name}", list(rest), parent=ctx) as sub_ctx:
+        with cmd.make_context(f"{ctx.info_name} {name}", list(rest), parent=ctx.parent) as sub_ctx:
             return cmd.invoke(sub_ctx)
 
 
