@@ -88,10 +88,10 @@ def main() -> None:
     for threshold in (max(0.0, round(worst["low"] - 5, 1)), min(100.0, round(worst["high"] + 5, 1))):
         g_code, g_out, _, _ = rnd(
             args.threads, "audit", "--quick", "--defense", "rnd", "--out", str(args.out / "calibrated"),
-            "--report-only", "--fail-under", f"{threshold}",
+            "--report-only", "--fail-under", f"{threshold}", *TERMS,
         )  # fmt: skip
         gates.append({"threshold": threshold, "exit": g_code, "line": g_out.strip().splitlines()[-1]})
-        print(gates[-1]["line"], f"(exit {g_code})")
+        print(gates[-1]["line"])
     record = {
         "runs": runs,
         "diff": {"exit": code, "regressions": diff["regressions"], "text": stdout.splitlines()},

@@ -48,6 +48,18 @@ class KeyTerms:
             raise InputError(f"a key's rate must be > 0 queries per second, got {self.rate!r}")
 
 
+def human_time(days: float) -> str:
+    """A duration given in days as a person reads it: seconds, minutes, hours or days."""
+    seconds = days * SECONDS_PER_DAY
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    if days < 2:
+        return f"{seconds / 3600:.1f} h"
+    return f"{days:.1f} days"
+
+
 def cost_of(row: Mapping[str, Any], terms: KeyTerms) -> dict[str, Any]:
     """Keys and days for what one attack row (of a report's `cells`) did; see the module docstring."""
     total = int(row["queries_total"])

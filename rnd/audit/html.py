@@ -18,6 +18,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from rnd.audit.cost import human_time
 from rnd.audit.preflight import Fingerprint
 from rnd.evaluation.cells import JUDGEMENTS
 from rnd.report.plots import Heatmap, plot_heatmap
@@ -169,7 +170,7 @@ def reading(report: dict[str, Any]) -> str:
         )
     cost = (report.get("cost") or {}).get("families", {}).get(threat)
     if cost:
-        days = "" if cost["days"] is None else f" and about {cost['days']:.2g} days"
+        days = "" if cost["days"] is None else f" and about {human_time(cost['days'])}"
         text.append(f"At the given key terms that takes {cost['keys']} key(s){days}.")
     text.append(
         "The figure is an upper bound on robustness: a stronger attack found later can only lower it."

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from rnd.audit.cost import KeyTerms, attacker_cost
+from rnd.audit.cost import KeyTerms, attacker_cost, human_time
 from rnd.audit.gate import EXIT_PASS, check_threshold, diff_reports, gate, load_report
 from rnd.audit.html import write_html
 from rnd.audit.plan import AuditRequest, grid_strength, plan_audit
@@ -400,7 +400,7 @@ def _deployment_line(v: dict[str, Any]) -> str:
 def _cost_line(c: dict[str, Any], terms: dict[str, Any]) -> str:
     """What the worst case costs in keys and days."""
     per = "" if c["queries_per_success"] is None else f", {c['queries_per_success']:,.0f} queries a success"
-    days = "" if c["days"] is None else f" and {c['days']:.2g} days at {terms['rate']:g} queries/s a key"
+    days = "" if c["days"] is None else f" and {human_time(c['days'])} at {terms['rate']:g} queries/s a key"
     return (
         f"cost: {c['keys']} key(s) of {terms['quota']:,} queries{days} to fool {c['fooled']} of "
         f"{c['images']} images ({c['queries_total']:,} queries{per})"

@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from rnd.audit.cost import KeyTerms, attacker_cost, cost_of, findings, techniques
+from rnd.audit.cost import KeyTerms, attacker_cost, cost_of, findings, human_time, techniques
 from rnd.errors import InputError
 
 
@@ -85,3 +85,12 @@ def test_findings_carry_the_atlas_technique_of_their_attack():
         "Black-Box Transfer" in found["surrogate"]["atlas"][1]["name"]
         and found["scores"]["judged_by"] == "vote"
     )
+
+
+def test_durations_read_as_a_person_reads_them():
+    assert [human_time(d / 86_400) for d in (20, 600, 7200, 86_400 * 3)] == [
+        "20 s",
+        "10 min",
+        "2.0 h",
+        "3.0 days",
+    ]
