@@ -69,7 +69,9 @@ def resubmission_failure(rows: Sequence[ImageRow], k: int) -> dict[str, float] |
     is wrong: per image, P(all k answers right) estimated without bias from its R drawn answers, w
     of them wrong, as C(R - w, k) / C(R, k) (k draws without replacement); averaged over images.
     The interval is Wilson's at the image count (per-image values in [0, 1] vary no more than a
-    count's). None when a row has no counts (written before they were kept) or k > R."""
+    count's). Every image counts; one whose final point lies outside the eps ball (a label-only
+    attack that never got within eps) has no wrong answer recorded, so never counts as fooled.
+    None when a row has no counts (written before they were kept) or k > R."""
     counts = [(r.answer_draws, r.wrong_answers) for r in rows]
     if not rows or any(n is None or w is None or k > n for n, w in counts):
         return None

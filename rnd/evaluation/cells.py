@@ -366,7 +366,8 @@ def image_rows(
     targets: torch.Tensor | None,
 ) -> list[ImageRow]:
     """Per-image rows of an attack's result; the re-checks count only images the attacker believed
-    fooled (the wrong-answer counts count every image: a resubmitting attacker sees each answer)."""
+    fooled (the wrong-answer counts count every image whose final point is in the eps ball: a
+    resubmitting attacker sees each answer; `execute_cell` zeroes those outside it)."""
     observed = result.success
     clean_hit, vote_hit = judged.clean, judged.vote
     return [

@@ -91,6 +91,7 @@ def execute_cell(
         result = attack(oracle, x, y, targets)
         refusals = target.refusals(oracle, len(y))
         judged = target.judge(result.x_adv, y, targets)
+        judged.wrong *= within_ball(result.x_adv, x, cell.norm, cell.eps)
         sent = target.queries_sent()
     rows = image_rows(idx, y, result, judged, refusals, targets)
     return CellResult(
@@ -103,6 +104,15 @@ def execute_cell(
         seconds=time.perf_counter() - t0,
         queries_sent=sent,
     )
+
+
+def within_ball(x_adv: torch.Tensor, x: torch.Tensor, norm: str, eps: float) -> torch.Tensor:
+    """Per image: is the final point inside the threat model's eps ball around x (a label-only
+    attack that never got within eps returns a point outside it, which no resubmission may
+    count)? A relative slack of 1e-5 absorbs float rounding at the ball's edge."""
+    d = (x_adv.detach().cpu() - x.detach().cpu()).flatten(1)
+    dist = d.abs().amax(1) if norm == "linf" else d.norm(dim=1)
+    return dist <= eps * (1 + 1e-5)
 
 
 @dataclass

@@ -114,6 +114,25 @@ def test_execute_cell_is_deterministic_and_its_rows_are_recomputed_by_hand(plan,
     assert all(r.queries <= cell.budget for r in a.rows)
     # informative: some x_adv sits where the fresh noisy answers disagree with each other
     assert bool(((fooled.sum(0) > 0) & (fooled.sum(0) < 11)).any())
+    # the resubmission counts: the vote's 11 answers, then 89 more from the same defense, then the
+    # PNG and JPEG votes (every point of Square lies in the ball, so every count stands)
+    with torch.no_grad():
+        more = torch.stack([tiny_model(defense.perturb(res.x_adv)).argmax(1) != y for _ in range(89)])
+    assert [r.wrong_answers for r in a.rows] == (fooled.sum(0) + more.sum(0)).tolist()
+    assert {r.answer_draws for r in a.rows} == {100}
+    assert all(r.success_png is not None and r.success_jpeg is not None for r in a.rows)
+
+
+def test_a_final_point_outside_the_ball_is_never_counted_as_resubmitted(plan):
+    """HopSkipJump with a budget too small to get within a tight eps returns boundary points
+    outside the ball: their wrong answers do not count (an attacker may not submit them), while the
+    points inside keep theirs."""
+    cell = next(c for c in plan.cells if c.nu > 0 and c.mu == 0.2)
+    label = replace(cell, attack="hsja", norm="l2", eps=0.5, mu=None, budget=60)
+    rows = execute_cell(label).rows
+    outside = [r for r in rows if r.distance is not None and r.distance > 0.5 * (1 + 1e-5)]
+    assert outside and all(r.wrong_answers == 0 for r in outside)
+    assert all(r.wrong_answers is not None and r.answer_draws == 100 for r in rows)
 
 
 def test_undefended_cell_three_ways_agree(plan):
