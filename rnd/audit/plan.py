@@ -34,6 +34,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from rnd.attacks import ATTACKS
 from rnd.audit.calibration import calibrate, calibration_key, calibration_request, stored_calibration
 from rnd.audit.preflight import Fingerprint, preflight
@@ -390,12 +392,16 @@ def plan_audit(
     )
 
 
-#: Test images the preflight probes with: the first of the split (several classes among them).
+#: Test images the preflight probes with: the last of the split (several classes among them),
+#: never those the audit attacks (the first from `start`), so that a stateful endpoint's memory of
+#: the probes cannot refuse an attack's first queries.
 PROBE_IMAGES = 10
 
 
 def _probe_images(data: Any) -> Any:
-    return data.images[: min(PROBE_IMAGES, len(data))]
+    """The preflight's images, as pixels in [0, 1]."""
+    n = len(data)
+    return data.get(torch.arange(max(0, n - PROBE_IMAGES), n))[0]
 
 
 def _probe_endpoint(target: Any, dataset: str, req: AuditRequest) -> dict[str, Any]:

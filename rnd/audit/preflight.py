@@ -200,6 +200,8 @@ def preflight(oracle: QueryOracle, images: torch.Tensor, *, remote: bool, seed: 
     (the rate-limit probe runs; a local model has none)."""
     if len(images) < 2:
         raise InputError("the preflight needs at least two images")
+    if not images.is_floating_point() or float(images.min()) < 0 or float(images.max()) > 1:
+        raise InputError("the preflight takes pixels in [0, 1] (floating point), as the oracle does")
     g = torch.Generator().manual_seed(seed)
     asker = _Asker(oracle)
     declared = str(oracle.output)

@@ -34,7 +34,7 @@ EXPECTED = {
 
 @pytest.fixture(scope="module")
 def probe_images(fmnist_test):
-    return fmnist_test.images[:10]
+    return fmnist_test.get(torch.arange(10))[0]
 
 
 def found(fp: Fingerprint) -> tuple:
@@ -66,9 +66,11 @@ def test_output_kinds_from_the_answers():
     assert output_kind(torch.full((2, 4), float("nan"))) == "unknown"  # every row refused
 
 
-def test_one_image_is_refused(tiny_model, probe_images):
+def test_one_image_or_raw_bytes_are_refused(tiny_model, probe_images, fmnist_test):
     with pytest.raises(InputError, match="two images"):
         preflight(Oracle(tiny_model), probe_images[:1], remote=False)
+    with pytest.raises(InputError, match=r"pixels in \[0, 1\]"):
+        preflight(Oracle(tiny_model), fmnist_test.images[:10], remote=False)  # uint8, not pixels
 
 
 ENDPOINTS = {  # name: (defense, served output)
@@ -135,3 +137,18 @@ def test_an_endpoint_s_suite_follows_the_fingerprint_unless_told():
     assert any(a.startswith("square-adaptive") for a in labels_of(told))
     assert endpoint_traits("rnd:nu=0.02", None)["randomised"] is True
     assert endpoint_traits(None, None) is None
+
+
+def test_the_probes_never_touch_the_images_an_audit_attacks(fmnist_test):
+    """The preflight asks about the last test images; the audit attacks from the first: a stateful
+    endpoint's memory of the probes cannot refuse an attack's first queries."""
+    from rnd.audit.plan import PROBE_IMAGES, _probe_images
+
+    probes = _probe_images(fmnist_test)
+    n = len(fmnist_test)
+    assert len(probes) == PROBE_IMAGES and torch.equal(
+        probes, fmnist_test.get(torch.arange(n - PROBE_IMAGES, n))[0]
+    )
+    assert probes.dtype == torch.float32 and float(probes.min()) >= 0 and float(probes.max()) <= 1
+    first = fmnist_test.get(torch.arange(2000))[0]  # far more than any audit attacks from start 0
+    assert not any(bool((first == p).flatten(1).all(1).any()) for p in probes)
