@@ -3,7 +3,8 @@
 
 An adversarial example an attack returns is a float tensor; a deployment that accepts image
 files sees it only after it has been written as one. PNG is lossless at 8 bits, so its round trip
-is the rounding to the nearest of 256 levels; JPEG's also quantises the image's DCT coefficients
+is the rounding to the nearest of 256 levels (computed so, on the batch: a test checks Pillow's PNG
+codec gives the same); JPEG's also quantises the image's DCT coefficients
 (libjpeg's tables scaled by the quality; 4:2:0 chroma subsampling for colour images, Pillow's
 default), which can wash out a small perturbation.
 """
@@ -38,14 +39,13 @@ def roundtrip(x: torch.Tensor, codec: Codec, quality: int = JPEG_QUALITY) -> tor
         raise ValueError(f"unknown codec {codec!r} (png, jpeg)")
     if not 1 <= quality <= 95:
         raise ValueError(f"JPEG quality {quality} is outside 1-95")
+    if codec == "png":  # lossless at 8 bits: its round trip is the rounding, done on the batch
+        return torch.from_numpy(to_uint8(x)).permute(0, 3, 1, 2).to(torch.float32).div(255.0).to(x.device)
     out = []
     for img in to_uint8(x):
         pil = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)  # uint8: L or RGB
         buf = io.BytesIO()
-        if codec == "png":
-            pil.save(buf, format="PNG")
-        else:
-            pil.save(buf, format="JPEG", quality=quality)
+        pil.save(buf, format="JPEG", quality=quality)
         buf.seek(0)
         with Image.open(buf) as back:
             arr = np.asarray(back.convert(pil.mode), dtype=np.uint8)

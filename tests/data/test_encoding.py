@@ -4,8 +4,12 @@ qualities are refused."""
 
 from __future__ import annotations
 
+import io
+
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from rnd.data.encoding import JPEG_QUALITY, roundtrip, to_uint8
 
@@ -16,6 +20,11 @@ def test_png_is_the_8_bit_rounding_and_jpeg_loses_more(channels):
     png = roundtrip(x, "png")
     assert torch.equal(png, (x * 255).round() / 255) and png.dtype == torch.float32
     assert torch.equal(roundtrip(png, "png"), png)  # 8-bit images go through unchanged
+    for img, got in zip(to_uint8(x), png, strict=True):  # what Pillow's PNG codec gives back
+        buf = io.BytesIO()
+        Image.fromarray(img[..., 0] if channels == 1 else img).save(buf, format="PNG")
+        back = np.array(Image.open(io.BytesIO(buf.getvalue())), dtype=np.uint8).reshape(img.shape)
+        assert torch.equal(torch.from_numpy(back).permute(2, 0, 1).float() / 255, got)
     jpeg = roundtrip(x, "jpeg")
     assert jpeg.shape == x.shape and float(jpeg.min()) >= 0 and float(jpeg.max()) <= 1
     assert float((jpeg - x).abs().mean()) > float((png - x).abs().mean()) * 10  # noise does not survive
