@@ -380,6 +380,22 @@ def row_draws(
     return to_device(out, rows.device)
 
 
+def take(t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """`t[rows]` for the loop's active rows (sorted, distinct): `t` itself when they are all of its
+    rows, without a copy (so the result is for reading only), else an `index_select` (on the CPU a
+    few times faster than advanced indexing for the small gathers of one step)."""
+    return t if rows.numel() == t.shape[0] else t.index_select(0, rows)
+
+
+def put(t: torch.Tensor, rows: torch.Tensor, values: torch.Tensor) -> None:
+    """`t[rows] = values` in place for sorted, distinct rows (`index_copy_`; a plain copy when they
+    are all of its rows)."""
+    if rows.numel() == t.shape[0]:
+        t.copy_(values)
+    else:
+        t.index_copy_(0, rows, values)
+
+
 def unit(v: torch.Tensor, norm: Norm = "l2") -> torch.Tensor:
     """Each row of `v` scaled to unit norm (l_2 or l_inf; a zero row stays zero)."""
     f = v.flatten(1)

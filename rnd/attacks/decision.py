@@ -38,9 +38,11 @@ from rnd.oracle import QueryOracle
 
 #: Slack on `distance <= eps` for float rounding of projected points (pixels are float32).
 EPS_TOL = 1e-6
-#: Most probe images an attack holds (and queries) at once when it probes many per image: 65,536
-#: images of 28 x 28 are 205 MB a tensor. A full-size audit's GeoDA draws ~2,800 probes per image
-#: in its last iterations; 500 images at once held several 4 GB tensors and were OOM-killed.
+#: Most images an attack queries at once when it probes many per image (probes x M with EOT):
+#: 65,536 images of 28 x 28 are 205 MB a tensor. A full-size audit's GeoDA draws ~2,800 probes per
+#: image in its last iterations; 500 images at once held several 4 GB tensors and were OOM-killed.
+#: Counting the M repeats too keeps a HopSkipJump M = 5 cell of 500 images under 2 GB
+#: (bench/memory_peak.py; it peaked at 3.9 GB when the chunk counted probes alone).
 PROBE_CHUNK = 65_536
 
 
@@ -202,7 +204,8 @@ class DecisionAttack(QueryAttack[DS]):
     def affordable(self, state: DS, rows: torch.Tensor) -> torch.Tensor:
         """How many more decisions (of `eot` queries each) every row can pay for."""
         assert self.oracle is not None
-        return self.oracle.remaining(state.ids[rows]).clamp_min(0) // self.eot
+        left = self.oracle.remaining(state.ids.index_select(0, rows))  # >= 0: counts stay in budget
+        return left if self.eot == 1 else left // self.eot
 
     def votes(self, state: DS, x: torch.Tensor, rows: torch.Tensor, m: int) -> torch.Tensor:
         """Query each row of `x` m times (m queries each; rows may repeat an image); return how
@@ -213,7 +216,7 @@ class DecisionAttack(QueryAttack[DS]):
     def answers(self, state: DS, x: torch.Tensor, rows: torch.Tensor, m: int) -> torch.Tensor:
         """The (rows, m) labels of m queries of each row of `x` (`REFUSED` where a detector refused)."""
         assert self.oracle is not None
-        ids = state.ids[rows]
+        ids = state.ids.index_select(0, rows)  # rows may repeat (probes of one image)
         if m > 1:
             x, ids = x.repeat_interleave(m, dim=0), ids.repeat_interleave(m)
         return self.oracle.query(x.contiguous(), ids, eot=1).to(rows.device).view(-1, m)
@@ -222,14 +225,16 @@ class DecisionAttack(QueryAttack[DS]):
         """Which of the (rows, m) `labels` are adversarial (a `REFUSED` label never is)."""
         if self.targeted:
             assert state.target is not None
-            return labels == state.target[rows][:, None]
-        return (labels != state.y[rows][:, None]) & (labels >= 0)
+            return labels == state.target.index_select(0, rows)[:, None]
+        return (labels != state.y.index_select(0, rows)[:, None]) & (labels >= 0)
 
     def decide(self, state: DS, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """Is each row of `x` adversarial? The majority of `eot` labels (one label when eot = 1).
         Callers make sure every row can afford it (`affordable`)."""
         if not rows.numel():
             return torch.zeros(0, dtype=torch.bool, device=rows.device)
+        if self.eot == 1:  # one label: adversarial or not (the same as the vote of one)
+            return self.hits(state, self.answers(state, x, rows, 1), rows).squeeze(1)
         return self.votes(state, x, rows, self.eot) * 2 > self.eot
 
     def distance(self, x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
@@ -242,12 +247,14 @@ class DecisionAttack(QueryAttack[DS]):
         best so far; returns the mask of rows that improved."""
         if not rows.numel():
             return torch.zeros(0, dtype=torch.bool, device=rows.device)
-        d = self.distance(x_new, state.x0[rows])
-        better = d < state.dist[rows]
-        r = rows[better]
-        state.x[r] = x_new[better]
-        state.dist[r] = d[better]
-        state.success[r] = d[better] <= self.eps + EPS_TOL
+        d = self.distance(x_new, state.x0.index_select(0, rows))
+        better = d < state.dist.index_select(0, rows)
+        keep = better.nonzero().flatten()
+        if keep.numel():
+            r, d = rows.index_select(0, keep), d.index_select(0, keep)
+            state.x.index_copy_(0, r, x_new.index_select(0, keep))
+            state.dist.index_copy_(0, r, d)
+            state.success.index_copy_(0, r, d <= self.eps + EPS_TOL)
         return better
 
     def bisect(
@@ -284,9 +291,10 @@ class DecisionAttack(QueryAttack[DS]):
         *args: Any,
     ) -> torch.Tensor:
         """`one_batch(state, rows, m, *args)` (one image-shaped result per row, from m[i] probes of
-        rows[i] queried together) over `probe_chunks(m)`; `args` are per-row tensors or scalars."""
+        rows[i] queried together) over `probe_chunks(m)`, `PROBE_CHUNK` queried images (probes x
+        eot) at a time; `args` are per-row tensors or scalars."""
         out = torch.empty(rows.numel(), *state.x0.shape[1:])
-        for part in probe_chunks(m):
+        for part in probe_chunks(m, max(1, PROBE_CHUNK // self.eot)):
             sub = [a[part] if isinstance(a, torch.Tensor) else a for a in args]
             out[part] = one_batch(state, rows[part], m[part], *sub)
         return out

@@ -72,6 +72,14 @@ def quantile(tg: torch.Tensor, marg: torch.Tensor, q: float) -> torch.Tensor:
     return tg.gather(1, idx[:, None]).squeeze(1)
 
 
+def quantiles(tg: torch.Tensor, marg: torch.Tensor, qs: tuple[float, ...]) -> torch.Tensor:
+    """`quantile` at each of `qs`, (n, len(qs)), from one cdf: the count of cdf values below q is
+    where q sorts into the (non-decreasing) cdf."""
+    cdf = marg.cumsum(1)
+    q = torch.tensor(qs, dtype=cdf.dtype, device=cdf.device).expand(cdf.shape[0], len(qs)).contiguous()
+    return tg.gather(1, torch.searchsorted(cdf, q).clamp(max=tg.shape[1] - 1))
+
+
 def contradicted(ts: torch.Tensor, ys: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
     """Per row: 1.0 if some adversarial answer lies strictly closer to x0 than a non-adversarial
     one (no sharp boundary explains the answers: the classifier is noisy), else 0.0."""
@@ -205,9 +213,10 @@ class PopSkipJump(HopSkipJump):
         for q in range(self.line_queries + 1):
             k = q + 2  # answers so far fill the first k columns: the rest add nothing
             post = self.normalised(logp)
+            marg = post.sum(2)
             for _ in range(3):  # zoom in where the posterior has gathered
-                marg = post.sum(2)
-                a, b = quantile(tg, marg, 0.005), quantile(tg, marg, 0.995)
+                ab = quantiles(tg, marg, (0.005, 0.995))
+                a, b = ab[:, 0], ab[:, 1]
                 cell = (hi - lo) / self.grid_size
                 narrow = live & (b - a + cell < (hi - lo) / 4)
                 if not bool(narrow.any()):
@@ -219,8 +228,9 @@ class PopSkipJump(HopSkipJump):
                 tg[z] = self.grid(lo[z], hi[z])
                 logp[z] = self.log_likelihood(tg[z], ts[z, :k], ys[z, :k], seen[z, :k])
                 post[z] = self.normalised(logp[z])
-            marg = post.sum(2)
-            width = quantile(tg, marg, 0.9) - quantile(tg, marg, 0.1)
+                marg = post.sum(2)
+            qq = quantiles(tg, marg, (0.1, 0.5, 0.9))
+            width = qq[:, 2] - qq[:, 0]
             if q == self.line_queries:
                 break
             live &= (width > tol) & (self.affordable(state, rows) - 2 * self.confirm >= 1)
@@ -228,7 +238,7 @@ class PopSkipJump(HopSkipJump):
             if not bool(go.any()):
                 break
             idx = go.nonzero().flatten()
-            t_q = quantile(tg, marg, 0.5)[idx]
+            t_q = qq[idx, 1]
             adv = self.decide(state, along(x0[idx], xs[idx], t_q, self.norm), rows[idx])
             ts[idx, k], ys[idx, k], seen[idx, k] = t_q, adv.float(), 1.0
             new = slice(k, k + 1)

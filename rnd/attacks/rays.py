@@ -24,9 +24,13 @@ code stops at 1e-3 on the ray's l_2 length `r sqrt(d)` (it walks the unit-l_2 si
 that. A coarser tolerance (an adaptive attacker's `mu_nu_ratio * nu`) saves queries per search and
 does not try to resolve the boundary finer than the defense's noise.
 
-Batching: the trials of all active images are one oracle query per step; the binary searches of
-the images whose trial succeeded run together (`DecisionAttack.bisect`). The search itself draws
-no random numbers, so the attack is deterministic given the oracle's answers (the seed is unused).
+Batching: one decision per image per step, all in one oracle query: an image is either at a trial
+or inside the binary search its last successful trial opened (`searching`, with the ray and the
+bracket kept per image), so the forward holds every active image while some search and others try
+their next block. Each image makes the decisions of the sequential algorithm above, in the same
+order (a search opened by the start's all-ones trial runs with `DecisionAttack.bisect`). The search
+itself draws no random numbers, so the attack is deterministic given the oracle's answers (the seed
+is unused).
 
 Reference: J. Chen and Q. Gu, "RayS: A Ray Searching Method for Hard-label Adversarial Attack",
 KDD 2020; code github.com/uclaml/RayS.
@@ -51,6 +55,10 @@ class RaySState(DecisionState):
     signs: torch.Tensor = field(init=False)  # (N, d) sign vector of the best ray
     stage: torch.Tensor = field(init=False)  # the vector is cut into 2**stage blocks
     block: torch.Tensor = field(init=False)  # next block to flip at that stage
+    searching: torch.Tensor = field(init=False)  # (N,) inside a binary search of `ray`
+    ray: torch.Tensor = field(init=False)  # (N, d) the sign vector being searched
+    lo: torch.Tensor = field(init=False)  # (N,) the search's bracket: lo not adversarial,
+    hi: torch.Tensor = field(init=False)  # hi adversarial
 
 
 class RayS(DecisionAttack[RaySState]):
@@ -77,6 +85,9 @@ class RayS(DecisionAttack[RaySState]):
         state.signs = torch.ones(n, d)
         state.stage = torch.zeros(n, dtype=torch.long)
         state.block = torch.zeros(n, dtype=torch.long)
+        state.searching = torch.zeros(n, dtype=torch.bool)
+        state.ray = torch.zeros(n, d)
+        state.lo, state.hi = torch.zeros(n), torch.zeros(n)
         super().init(state)
 
     def start(self, state: RaySState, rows: torch.Tensor) -> None:
@@ -91,20 +102,47 @@ class RayS(DecisionAttack[RaySState]):
             self.step(state, left)
 
     def step(self, state: RaySState, rows: torch.Tensor) -> None:
-        signs = state.signs[rows]
-        stage, block = state.stage[rows], state.block[rows]
-        d = signs.shape[1]
-        size = torch.ceil(d / 2.0**stage).long()
-        lo = block * size
-        hi = torch.clamp(lo + size, max=d)
-        pos = torch.arange(d).view(1, d)
-        flip = (pos >= lo[:, None]) & (pos < hi[:, None])
-        self._try(state, rows, torch.where(flip, -signs, signs))
-        # next block; next stage after the last block of this one; stay at single entries
-        last = (block + 1 == 2**stage) | (hi == d)
-        finest = (d - 1).bit_length()  # ceil(log2 d): the stage of single entries
-        state.block[rows] = torch.where(last, torch.zeros_like(block), block + 1)
-        state.stage[rows] = torch.where(last, torch.clamp(stage + 1, max=finest), stage)
+        """One decision per row: the next block flip's trial, or the next halving of its search."""
+        searching = state.searching[rows]
+        x0 = state.x0[rows]
+        trial = (~searching).nonzero().flatten()
+        rays = state.ray[rows]
+        radius = state.hi[rows]
+        if trial.numel():  # the next block of each trying row, at its best radius
+            tr = rows[trial]
+            signs = state.signs[tr]
+            stage, block = state.stage[tr], state.block[tr]
+            d = signs.shape[1]
+            size = torch.ceil(d / 2.0**stage).long()
+            lo = block * size
+            hi = torch.clamp(lo + size, max=d)
+            pos = torch.arange(d).view(1, d)
+            flip = (pos >= lo[:, None]) & (pos < hi[:, None])
+            rays[trial] = torch.where(flip, -signs, signs)
+            best = state.dist[tr]
+            radius[trial] = torch.where(best.isfinite(), best, CORNER).clamp(max=CORNER)
+            # next block; next stage after the last block of this one; stay at single entries
+            last = (block + 1 == 2**stage) | (hi == d)
+            finest = (d - 1).bit_length()  # ceil(log2 d): the stage of single entries
+            state.block[tr] = torch.where(last, torch.zeros_like(block), block + 1)
+            state.stage[tr] = torch.where(last, torch.clamp(stage + 1, max=finest), stage)
+        t = torch.where(searching, (state.lo[rows] + state.hi[rows]) / 2, radius)
+        adv = self.decide(state, (x0 + t.view(-1, 1, 1, 1) * rays.view_as(x0)).clamp(0.0, 1.0), rows)
+        # a trial that hits opens a search on [0, radius]; a halving moves one end of the bracket
+        lo = torch.where(searching, torch.where(adv, state.lo[rows], t), torch.zeros_like(t))
+        hi = torch.where(searching & ~adv, state.hi[rows], t)
+        live = searching | adv
+        state.ray[rows], state.lo[rows], state.hi[rows] = rays, lo, hi
+        # a search ends at the tolerance or at the budget: its adversarial end is accepted
+        ends = live & ((hi - lo <= self.cur_mu) | (self.affordable(state, rows) < 1))
+        state.searching[rows] = live & ~ends
+        e = ends.nonzero().flatten()
+        if e.numel():
+            er = rows[e]
+            better = self.accept(
+                state, er, (x0[e] + hi[e].view(-1, 1, 1, 1) * rays[e].view_as(x0[e])).clamp(0.0, 1.0)
+            )
+            state.signs[er[better]] = rays[e][better]
 
     def _try(self, state: RaySState, rows: torch.Tensor, cand: torch.Tensor) -> None:
         """One trial per row: the ray `cand` at the best radius; where adversarial, a binary search

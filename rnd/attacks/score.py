@@ -17,7 +17,7 @@ from typing import Any, Literal, TypeVar
 import torch
 
 from rnd._checks import check_int, check_positive
-from rnd.attacks.base import AttackResult, AttackState, Norm, QueryAttack
+from rnd.attacks.base import AttackResult, AttackState, Norm, QueryAttack, put
 from rnd.errors import InputError, unknown_name
 from rnd.oracle import QueryOracle
 
@@ -98,9 +98,12 @@ class ScoreAttack(QueryAttack[SS]):
         """Margin or CE loss (to minimise) and the adversarial flag from the oracle's scores.
 
         A refused query (all-NaN scores, from a detector) reads as no change: the loss at the current
-        point of its image, and not adversarial. Branch-free (no read-back from the device): with
-        no refusal the masks change nothing, bit for bit."""
+        point of its image, and not adversarial. Branch-free off the CPU (no read-back from the
+        device): with no refusal the masks change nothing, bit for bit, so the CPU skips them when
+        no score is NaN."""
         assert self.oracle is not None
+        if scores.device.type == "cpu" and not bool(scores.isnan().any()):
+            return self._loss_from_scores(scores, state, rows)  # no refusal: the same numbers, fewer ops
         refused = scores.isnan().all(1)
         loss, adv = self._loss_from_scores(torch.where(refused[:, None], 0.0, scores), state, rows)
         return torch.where(refused, state.loss[rows], loss), adv & ~refused
@@ -151,13 +154,18 @@ class ScoreAttack(QueryAttack[SS]):
         adv: torch.Tensor,
         mask: torch.Tensor | None = None,
     ) -> None:
-        """Move `rows` to `x_new` where `mask` (default: all), and record loss / success there."""
+        """Move `rows` (sorted, distinct) to `x_new` where `mask` (default: all), and record loss /
+        success there."""
         if mask is None:
-            mask = torch.ones(rows.numel(), dtype=torch.bool, device=rows.device)
-        r = rows[mask]
-        state.x[r] = x_new[mask]
-        state.loss[r] = loss[mask]
-        state.success[r] = adv[mask]
+            put(state.x, rows, x_new)
+            put(state.loss, rows, loss)
+            put(state.success, rows, adv)
+            return
+        keep = mask.nonzero().flatten()
+        r = rows.index_select(0, keep)
+        state.x.index_copy_(0, r, x_new.index_select(0, keep))
+        state.loss.index_copy_(0, r, loss.index_select(0, keep))
+        state.success.index_copy_(0, r, adv.index_select(0, keep))
 
 
 def dlr_loss(logp: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:

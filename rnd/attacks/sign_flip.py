@@ -106,8 +106,12 @@ class SignFlip(DecisionAttack[SignFlipState]):
     def step(self, state: SignFlipState, rows: torch.Tensor) -> None:
         x0, delta, alpha = state.x0[rows], state.delta[rows], state.alpha[rows]
         shape = x0.shape[1:]
+        # both draws of the step at once, one call per image: the CPU generators fill serially, so
+        # the numbers are those of two draws in turn (an image that cannot afford the second
+        # decision stops for good, and its unused draws are never wanted)
+        draws = self.row_rand(state, rows, 2, *shape)
         # 1. a random +-alpha step, projected onto the ball of radius l - alpha
-        ones = torch.where(self.row_rand(state, rows, *shape) < 0.5, 1.0, -1.0)
+        ones = torch.where(draws[:, 0] < 0.5, 1.0, -1.0)
         lim = (delta.flatten(1).abs().amax(1) - alpha).clamp_min(0.0).view(-1, 1, 1, 1)
         cand = torch.maximum(torch.minimum(delta + alpha.view(-1, 1, 1, 1) * ones, lim), -lim)
         kept = self._try(state, rows, cand)
@@ -117,7 +121,7 @@ class SignFlip(DecisionAttack[SignFlipState]):
         flips = rows[go]
         if flips.numel():
             keep_p = state.keep_p[flips]
-            s = torch.where(self.row_rand(state, flips, *shape) < keep_p, 1.0, -1.0)
+            s = torch.where(draws[go, 1] < keep_p, 1.0, -1.0)
             kept = self._try(state, flips, state.delta[flips] * s)
             state.flip_kept[flips] += kept.float()
             won = flips[kept]

@@ -6,8 +6,10 @@ its own random order of basis vectors q; per step (the paper's Alg. 1)::
     try x - mu q; keep it if the loss drops; otherwise try x + mu q and keep it if the loss drops,
 
 then project onto the threat ball and the [0, 1] box. The second query is made only for the images
-whose first try failed, so a step costs 1 or 2 queries (2 * M at most with EOT). Once every basis
-vector has been tried, a fresh random order starts.
+whose first try failed, so a direction costs 1 or 2 queries (2 * M at most with EOT). Once every
+basis vector has been tried, a fresh random order starts. Batching: the loop's step is one try per
+image (an image whose first try failed makes its second in the next step, beside the first tries of
+the others), so every forward holds the whole batch; each image still makes exactly the tries above.
 
 Bases (`basis`):
 
@@ -45,7 +47,7 @@ from typing import Literal
 import torch
 
 from rnd._checks import check_int
-from rnd.attacks.base import to_device
+from rnd.attacks.base import take, to_device
 from rnd.attacks.score import ScoreAttack, ScoreState
 from rnd.errors import unknown_name
 
@@ -77,6 +79,7 @@ class SimBAState(ScoreState):
 
     order: torch.Tensor = field(init=False)  # each image's order of basis directions
     pos: torch.Tensor = field(init=False)  # next position in that order
+    pending: torch.Tensor = field(init=False)  # x - mu q failed: x + mu q is this image's next try
 
 
 class SimBA(ScoreAttack[SimBAState]):
@@ -113,7 +116,14 @@ class SimBA(ScoreAttack[SimBAState]):
 
     @property
     def step_cost(self) -> int:
-        return 2 * self.eot
+        return self.eot  # one try per step (the pipelined form: see `step`)
+
+    @property
+    def min_budget(self) -> int:
+        return 2 * self.eot  # the clean image and one try
+
+    def cost_text(self) -> str:
+        return f"{self.name} needs {self.min_budget} queries (the clean image and one try)"
 
     def init(self, state: SimBAState) -> None:
         self.query_start(state)
@@ -122,6 +132,7 @@ class SimBA(ScoreAttack[SimBAState]):
         self._dh, self._dw = dct_matrix(h), dct_matrix(w)
         state.order = self._new_orders(n)
         state.pos = torch.zeros(n, dtype=torch.int64)
+        state.pending = torch.zeros(n, dtype=torch.bool)
 
     def _new_orders(self, k: int) -> torch.Tensor:
         """k random orders of all c*h*w basis indices (index = channel*h*w + u*w + v); for the DCT
@@ -149,30 +160,38 @@ class SimBA(ScoreAttack[SimBAState]):
         return onehot * plane.unsqueeze(1)
 
     def step(self, state: SimBAState, rows: torch.Tensor) -> None:
+        """One try per image, all in one query (Alg. 1, pipelined across images): an image whose
+        `x - mu q` failed last step tries `x + mu q` now, the others take their next direction q
+        and try `x - mu q` (or `x + mu q` straight away where the projection maps `x - mu q` back
+        onto x). Every image makes the paper's sequence of tries; the batch stays full instead of
+        halving for the second tries."""
+        pending = take(state.pending, rows)
+        fresh = rows[~pending]
         total = state.order.shape[1]
-        wrap = rows[state.pos[rows] >= total]
+        wrap = fresh[state.pos[fresh] >= total]
         if wrap.numel():  # a fresh random order once every direction was tried
             state.order[wrap] = self._new_orders(wrap.numel())
             state.pos[wrap] = 0
-        q = self.directions(state.order[rows, state.pos[rows]])
-        state.pos[rows] += 1
-        x, x0, mu = state.x[rows], state.x0[rows], self.cur_mu
-        old = state.loss[rows]
+        state.pos[fresh] += 1
+        pos = take(state.pos, rows) - 1  # the direction each row tries now
+        q = self.directions(state.order[rows, pos])
+        x, x0, mu = take(state.x, rows), take(state.x0, rows), self.cur_mu
+        x_minus, x_plus = self.project(x - mu * q, x0), self.project(x + mu * q, x0)
         # a try the projection maps back onto x (a pixel already at the box or ball) costs nothing
-        x_minus = self.project(x - mu * q, x0)
-        moved = _moved(x_minus, x)
-        better = torch.zeros(rows.numel(), dtype=torch.bool)
-        first = moved.nonzero().flatten()
-        if first.numel():
-            loss, adv = self.evaluate(state, x_minus[first], rows[first])
-            better[first] = (loss < old[first]) | adv
-            self.accept(state, rows[first], x_minus[first], loss, adv, better[first])
-        x_plus = self.project(x + mu * q, x0)
-        second = (~better & _moved(x_plus, x)).nonzero().flatten()
-        if not second.numel():
+        minus_moved, plus_moved = _moved(x_minus, x), _moved(x_plus, x)
+        plus = pending | ~minus_moved
+        ask = torch.where(plus, plus_moved, minus_moved).nonzero().flatten()
+        state.pending[rows] = False
+        if not ask.numel():
             return
-        loss, adv = self.evaluate(state, x_plus[second], rows[second])
-        self.accept(state, rows[second], x_plus[second], loss, adv, (loss < old[second]) | adv)
+        cand = torch.where(plus.view(-1, 1, 1, 1), x_plus, x_minus).index_select(0, ask)
+        r = rows.index_select(0, ask)
+        loss, adv = self.evaluate(state, cand, r)
+        better = (loss < state.loss.index_select(0, r)) | adv
+        self.accept(state, r, cand, loss, adv, better)
+        # a failed x - mu q is followed by x + mu q next step, where that moves
+        retry = ~better & ~plus.index_select(0, ask) & plus_moved.index_select(0, ask)
+        state.pending[r[retry]] = True
 
 
 def _moved(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

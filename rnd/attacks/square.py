@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from rnd._checks import check_int
+from rnd.attacks.base import take
 from rnd.attacks.score import ScoreAttack, ScoreState
 
 #: Iteration thresholds (on a 10,000-iteration scale) at which the square fraction halves.
@@ -50,22 +51,32 @@ def pseudo_gaussian(rows: int, cols: int) -> torch.Tensor:
     return out / out.norm().clamp_min(1e-12)
 
 
+def window_index(top: torch.Tensor, left: torch.Tensor, s: int, h: int, w: int) -> torch.Tensor:
+    """Flat pixel indices (n, s * s) into an h x w plane of the s x s windows at (top, left)."""
+    n, ar = top.shape[0], torch.arange(s, device=top.device)
+    return ((top.view(n, 1, 1) + ar.view(1, s, 1)) * w + (left.view(n, 1, 1) + ar.view(1, 1, s))).view(
+        n, s * s
+    )
+
+
+def _plane_index(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """`index` (n, k) repeated over the channels of x: (n, c, k)."""
+    return index.unsqueeze(1).expand(x.shape[0], x.shape[1], index.shape[1])
+
+
 def window_take(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, s: int) -> torch.Tensor:
     """The (n, c, s, s) windows of `x` (n, c, h, w) at per-image (top, left)."""
-    n = x.shape[0]
-    rows = (top.view(n, 1) + torch.arange(s)).view(n, s, 1)
-    cols = (left.view(n, 1) + torch.arange(s)).view(n, 1, s)
-    return x[torch.arange(n).view(n, 1, 1), :, rows, cols].permute(0, 3, 1, 2)
+    n, c, h, w = x.shape
+    index = _plane_index(x, window_index(top, left, s, h, w))
+    return x.reshape(n, c, h * w).gather(2, index).view(n, c, s, s)
 
 
 def window_put(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """A copy of `x` with the windows at (top, left) replaced by `v` (n, c, s, s)."""
-    n, s = x.shape[0], v.shape[-1]
-    rows = (top.view(n, 1) + torch.arange(s)).view(n, s, 1)
-    cols = (left.view(n, 1) + torch.arange(s)).view(n, 1, s)
-    out = x.clone()
-    out[torch.arange(n).view(n, 1, 1), :, rows, cols] = v.permute(0, 2, 3, 1)
-    return out
+    n, c, h, w = x.shape
+    s = v.shape[-1]
+    index = _plane_index(x, window_index(top, left, s, h, w))
+    return x.reshape(n, c, h * w).scatter(2, index, v.reshape(n, c, s * s)).view(n, c, h, w)
 
 
 @dataclass(eq=False)
@@ -130,11 +141,11 @@ class Square(ScoreAttack[SquareState]):
         return max(1, min(s, h - 1, w - 1))
 
     def step(self, state: SquareState, rows: torch.Tensor) -> None:
-        x0, x = state.x0[rows], state.x[rows]
+        x0, x = take(state.x0, rows), take(state.x, rows)  # read only
         _, c, h, w = x0.shape
         it = state.iteration + 1
         if self.norm == "linf":
-            xp, xm = state.x_plus[rows], state.x_minus[rows]
+            xp, xm = take(state.x_plus, rows), take(state.x_minus, rows)
             x_new = self._linf_candidate(xp, xm, x, self._side(h, w, c, it))
         else:
             x_new = self._l2_candidate(x0, x, self._l2_side(h, w, it))
@@ -146,7 +157,7 @@ class Square(ScoreAttack[SquareState]):
     ) -> torch.Tensor:
         """Which candidates replace the current point: those with a lower loss (eq. 5). The
         adaptive variants (`rnd.attacks.square_adaptive`) override this rule."""
-        return loss < state.loss[rows]
+        return loss < take(state.loss, rows)
 
     # -- l_inf ---------------------------------------------------------------------------------
     def _linf_candidate(self, xp: torch.Tensor, xm: torch.Tensor, x: torch.Tensor, s: int) -> torch.Tensor:
@@ -154,18 +165,21 @@ class Square(ScoreAttack[SquareState]):
         `xp` / `xm` are clip(x0 + eps) / clip(x0 - eps). Only the windows are read and written."""
         n, c, h, w = x.shape
         top, left = self.randint(h - s + 1, (n,)), self.randint(w - s + 1, (n,))
-        xw = window_take(x, top, left, s)
-        pw, mw = window_take(xp, top, left, s), window_take(xm, top, left, s)
+        index = _plane_index(x, window_index(top, left, s, h, w))  # (n, c, s * s), shared
+        plane = (n, c, h * w)
+        xw = x.reshape(plane).gather(2, index)
+        pw, mw = xp.reshape(plane).gather(2, index), xm.reshape(plane).gather(2, index)
         # which per-channel value (+eps / -eps) would change some pixel of each row's window
-        flip_p = (pw - xw).abs().gt(1e-7).flatten(2).any(2)
-        flip_m = (mw - xw).abs().gt(1e-7).flatten(2).any(2)
+        flip_p = (pw - xw).abs().gt(1e-7).any(2)
+        flip_m = (mw - xw).abs().gt(1e-7).any(2)
         # the paper's loop redraws (up to 10 draws) a window value that would change nothing; here
         # all 10 draws are made at once and each row keeps its first useful one (else its last)
         draws = 2 * self.randint(2, (n, 10, c)) - 1
         useful = torch.where(draws > 0, flip_p.unsqueeze(1), flip_m.unsqueeze(1)).any(2)
         pick = torch.where(useful.any(1), useful.int().argmax(1), 9)
         sign = draws[torch.arange(n), pick]
-        return window_put(x, top, left, torch.where(sign.view(n, c, 1, 1) > 0, pw, mw))
+        value = torch.where(sign.view(n, c, 1) > 0, pw, mw)
+        return x.reshape(plane).scatter(2, index, value).view(n, c, h, w)
 
     # -- l_2 (Alg. 3 of the paper) -------------------------------------------------------------
     def _l2_side(self, h: int, w: int, it: int) -> int:

@@ -53,7 +53,7 @@ class Ledger:
 
     def counts_of(self, ids: torch.Tensor) -> torch.Tensor:
         """Queries counted so far per id, on the device of `ids`."""
-        return self._counts[self._check_ids(ids)].to(ids.device, non_blocking=True)
+        return self._counts.index_select(0, self._check_ids(ids)).to(ids.device, non_blocking=True)
 
     def remaining(self, ids: torch.Tensor) -> torch.Tensor:
         """Queries left per id (a large number when there is no budget)."""
@@ -88,10 +88,14 @@ class Ledger:
     def _cost(self, ids: torch.Tensor, lo: int, hi: int, m: int) -> torch.Tensor:
         """Each id's cost (span lo..hi) of answering `ids` with M = m answers per row; raises
         `BudgetExceededError`, counting nothing, when any id would pass the budget."""
-        cost = torch.bincount(ids - lo, minlength=hi - lo + 1) * m
+        cost = torch.bincount(ids - lo, minlength=hi - lo + 1)
+        if m != 1:
+            cost *= m
         if self.budget is not None:
-            over = (self._counts[lo : hi + 1] + cost > self.budget) & (cost > 0)
-            if bool(over.any()):
+            after = self._counts[lo : hi + 1] + cost
+            # counts never pass the budget, so only an id with a cost here can: one reduction first
+            if after.numel() and int(after.max()) > self.budget:
+                over = (after > self.budget) & (cost > 0)
                 bad = (over.nonzero().flatten()[:5] + lo).tolist()
                 raise BudgetExceededError(
                     f"query would exceed the budget of {self.budget} for ids {bad}; "

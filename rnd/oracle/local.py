@@ -196,7 +196,8 @@ class Oracle(Ledger):
         cost = self._cost(ids, lo, hi, m)  # over the span of ids in this query only
         answers, refused = self._answer(x, m)
         self._counts[lo : hi + 1] += cost
-        self._record_refusals(ids, lo, hi, refused)
+        if refused is not None:
+            self._record_refusals(ids, lo, hi, refused)
         return answers
 
     @torch.inference_mode()
@@ -208,6 +209,11 @@ class Oracle(Ledger):
         size = max(1, -(-x.shape[0] // chunks))  # equal chunks: 200 images -> 2 x 100
         # tensors the model builds without naming a device land on its own device, whatever
         # `with torch.device(...)` the caller runs under (an attack runs under its images' device)
+        # the common CPU case: one forward, nothing to move (torch's default device is the CPU
+        # unless a caller set another, which the general path below handles)
+        if chunks == 1 and self.device.type == x.device.type == torch.get_default_device().type == "cpu":
+            self.forwards += 1
+            return self._call(x).float()
         here = contextlib.nullcontext() if torch.get_default_device() == self.device else self.device
         outs = []
         with here:
@@ -216,8 +222,8 @@ class Oracle(Ledger):
                 self.forwards += 1
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 
-    def _answer(self, x: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(answers, refused row mask)."""
+    def _answer(self, x: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(answers, refused row mask; None when no row was refused)."""
         n = x.shape[0]
         xm = x if m == 1 else x.repeat_interleave(m, dim=0)
         logits = self._forward(xm)  # answers stay on the model's device
@@ -225,12 +231,9 @@ class Oracle(Ledger):
             raise InputError(
                 f"model returned shape {tuple(logits.shape)}, expected ({n * m}, {self.num_classes})"
             )
-        nan = logits.isnan()
-        if not bool(nan.any()):
-            return self._scores_or_labels(logits, n, m), torch.zeros(
-                n, dtype=torch.bool, device=logits.device
-            )
-        refused_m = nan.all(1)
+        if not bool(logits.isnan().any()):
+            return self._scores_or_labels(logits, n, m), None
+        refused_m = logits.isnan().all(1)
         refused = refused_m.view(n, m).all(1)
         if m == 1 or self.output != "labels":
             out = self._scores_or_labels(logits, n, m, refused_m)

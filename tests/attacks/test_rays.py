@@ -92,3 +92,34 @@ def test_refuses_score_oracle(tiny_model, attack_batch):
     x, y = attack_batch
     with pytest.raises(InputError, match="label-only"):
         RayS(eps=0.05)(Oracle(tiny_model, budget=30), x, y)
+
+
+class SequentialRayS(RayS):
+    """RayS as it ran before the pipelined step: every image's trial in one query, then the binary
+    searches of the images whose trial hit, to the end, before any image's next trial."""
+
+    def step(self, state, rows):
+        signs = state.signs[rows]
+        stage, block = state.stage[rows], state.block[rows]
+        d = signs.shape[1]
+        size = torch.ceil(d / 2.0**stage).long()
+        lo = block * size
+        hi = torch.clamp(lo + size, max=d)
+        pos = torch.arange(d).view(1, d)
+        self._try(state, rows, torch.where((pos >= lo[:, None]) & (pos < hi[:, None]), -signs, signs))
+        last = (block + 1 == 2**stage) | (hi == d)
+        state.block[rows] = torch.where(last, torch.zeros_like(block), block + 1)
+        state.stage[rows] = torch.where(last, torch.clamp(stage + 1, max=(d - 1).bit_length()), stage)
+
+
+@pytest.mark.parametrize("budget", [150, 400])
+def test_pipelined_steps_make_the_sequential_decisions(tiny_model, attack_batch, budget):
+    """One decision per image per step (trial or halving, side by side in one query) makes each
+    image's decisions of the sequential algorithm: on a deterministic model the same points, the
+    same distances and the same query counts, budget edge included."""
+    x, y = attack_batch
+    new = run_decision(RayS(eps=0.05, stop_at_eps=False), tiny_model, x, y, budget)
+    ref = run_decision(SequentialRayS(eps=0.05, stop_at_eps=False), tiny_model, x, y, budget)
+    assert torch.equal(new.queries, ref.queries)
+    assert torch.equal(new.distance, ref.distance)
+    assert torch.equal(new.x_adv, ref.x_adv)

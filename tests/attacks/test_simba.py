@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from rnd.attacks import SimBA, make_attack
-from rnd.attacks.simba import dct_matrix, frequency_rings
+from rnd.attacks.simba import _moved, dct_matrix, frequency_rings
 from rnd.errors import InputError, UnknownNameError
 from tests.attacks.helpers import check_early_stop, run_checked, true_margin
 
@@ -61,12 +61,11 @@ def test_rnd_raises_failure_rate(tiny_model, attack_batch):
 def test_second_query_only_when_first_fails(tiny_model, attack_batch):
     x, y = attack_batch
     result = run_checked(SimBA(eps=2.0, basis="dct", seed=0), tiny_model, x[:8], y[:8], budget=40)
-    # steps cost 1 or 2 queries (1 + k steps, some with a second query): both parities occur (always
-    # two queries: all odd; never a second: all even), no image overspends, and an image that did not
-    # succeed stops only when less than one step (2 queries) is left
+    # a direction costs 1 or 2 queries, and a step is one try: no image overspends, and an image
+    # that did not succeed spent its whole budget (which tries came when is checked against the
+    # two-query reference in test_pipelined_steps_make_the_tries_of_alg1)
     assert bool((result.queries <= 40).all())
-    assert set((result.queries % 2).tolist()) == {0, 1}
-    assert bool((result.success | (result.queries >= 39)).all())
+    assert bool((result.success | (result.queries == 40)).all())
     eot = run_checked(SimBA(eps=2.0, eot=3, seed=0), tiny_model, x[:4], y[:4], 60, nu=0.02)
     assert bool((eot.queries % 3 == 0).all())
 
@@ -96,3 +95,50 @@ def test_bad_hyper_parameters():
     with pytest.raises(InputError, match="mu"):
         SimBA(eps=1.0, mu=0.0)
     assert isinstance(make_attack("simba", eps=1.0), SimBA)
+
+
+class TwoQuerySimBA(SimBA):
+    """Alg. 1 step by step, as rnd ran it before the pipelined loop: x - mu q, and x + mu q in the
+    same step where the first try failed (the reference for the pipelined step)."""
+
+    @property
+    def step_cost(self) -> int:
+        return 2 * self.eot
+
+    def step(self, state, rows):
+        total = state.order.shape[1]
+        wrap = rows[state.pos[rows] >= total]
+        if wrap.numel():
+            state.order[wrap] = self._new_orders(wrap.numel())
+            state.pos[wrap] = 0
+        q = self.directions(state.order[rows, state.pos[rows]])
+        state.pos[rows] += 1
+        x, x0, mu, old = state.x[rows], state.x0[rows], self.cur_mu, state.loss[rows]
+        x_minus = self.project(x - mu * q, x0)
+        better = torch.zeros(rows.numel(), dtype=torch.bool)
+        first = _moved(x_minus, x).nonzero().flatten()
+        if first.numel():
+            loss, adv = self.evaluate(state, x_minus[first], rows[first])
+            better[first] = (loss < old[first]) | adv
+            self.accept(state, rows[first], x_minus[first], loss, adv, better[first])
+        x_plus = self.project(x + mu * q, x0)
+        second = (~better & _moved(x_plus, x)).nonzero().flatten()
+        if second.numel():
+            loss, adv = self.evaluate(state, x_plus[second], rows[second])
+            self.accept(state, rows[second], x_plus[second], loss, adv, (loss < old[second]) | adv)
+
+
+@pytest.mark.parametrize("norm, eps", [("linf", 0.3), ("l2", 4.0)])
+def test_pipelined_steps_make_the_tries_of_alg1(tiny_model, attack_batch, norm, eps):
+    """One try per image per step (the batch stays full) makes each image's tries of Alg. 1 in the
+    same order: on a deterministic model every image that ends before its budget (and before its
+    first order of directions runs out) ends at the same point after the same number of queries."""
+    x, y = attack_batch
+    budget = 600  # under the 784 directions of one order: no image draws a second order
+    new = run_checked(SimBA(eps=eps, norm=norm, seed=3), tiny_model, x, y, budget=budget)
+    ref = run_checked(TwoQuerySimBA(eps=eps, norm=norm, seed=3), tiny_model, x, y, budget=budget)
+    ended = ref.queries < budget - 1
+    assert int(ended.sum()) >= 5
+    assert torch.equal(new.queries[ended], ref.queries[ended])
+    assert torch.equal(new.x_adv[ended], ref.x_adv[ended])
+    assert torch.equal(new.success[ended], ref.success[ended])
