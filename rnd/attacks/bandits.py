@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from rnd._checks import check_int, check_positive
+from rnd.attacks.base import put, take
 from rnd.attacks.score import PlateauState, ScoreAttack, check_plateau, init_plateau, plateau_update
 
 
@@ -123,7 +124,7 @@ class Bandits(ScoreAttack[BanditsState]):
         return F.interpolate(v, size=self._size, mode="nearest")
 
     def step(self, state: BanditsState, rows: torch.Tensor) -> None:
-        x, v = state.x[rows], state.prior[rows]
+        x, v = take(state.x, rows), take(state.prior, rows)  # read only
         n, mu, delta = x.shape[0], self.cur_mu, self.exploration
         u = self.randn(*v.shape)
         q = self._up(torch.cat([v + delta * u, v - delta * u]))
@@ -136,14 +137,14 @@ class Bandits(ScoreAttack[BanditsState]):
             v = eg_step(v, g, self.prior_lr)
         else:
             v = v + self.prior_lr * g
-        state.prior[rows] = v
+        put(state.prior, rows, v)
         step = self._up(v)
-        lr = state.lr[rows].view(-1, 1, 1, 1)
+        lr = take(state.lr, rows).view(-1, 1, 1, 1)
         if self.norm == "linf":
             x_new = x + lr * step.sign()
         else:
             x_new = x + lr * step / _flat_norm(step)
-        x_new = self.project(x_new, state.x0[rows])
+        x_new = self.project(x_new, take(state.x0, rows))
         loss, adv = self.evaluate(state, x_new, rows)
         self.accept(state, rows, x_new, loss, adv)
         if self.plateau_length:

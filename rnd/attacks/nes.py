@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from rnd._checks import check_int, check_positive
-from rnd.attacks.base import Norm
+from rnd.attacks.base import Norm, put, take
 from rnd.attacks.score import PlateauState, ScoreAttack, check_plateau, init_plateau, plateau_update
 from rnd.errors import InputError
 
@@ -101,7 +101,7 @@ class NES(ScoreAttack[NESState]):
 
     def estimate_gradient(self, state: NESState, rows: torch.Tensor) -> torch.Tensor:
         """Antithetic NES estimate of the loss gradient at state.x[rows] (one batched query)."""
-        x = state.x[rows]
+        x = take(state.x, rows)  # read only
         n, q, mu = x.shape[0], self.q, self.cur_mu
         u = self.randn(n, q, *x.shape[1:])
         probes = torch.cat([x.unsqueeze(1) + mu * u, x.unsqueeze(1) - mu * u], dim=1)
@@ -113,16 +113,16 @@ class NES(ScoreAttack[NESState]):
 
     def step(self, state: NESState, rows: torch.Tensor) -> None:
         g = self.estimate_gradient(state, rows)
-        m = self.momentum * state.avg_grad[rows] + (1 - self.momentum) * g
-        state.avg_grad[rows] = m
-        x = state.x[rows]
-        lr = state.lr[rows].view(-1, *([1] * (x.dim() - 1)))
+        m = self.momentum * take(state.avg_grad, rows) + (1 - self.momentum) * g
+        put(state.avg_grad, rows, m)
+        x = take(state.x, rows)  # read only
+        lr = take(state.lr, rows).view(-1, *([1] * (x.dim() - 1)))
         if self.norm == "linf":
             x_new = x - lr * m.sign()
         else:
             norms = m.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
             x_new = x - lr * m / norms
-        x_new = self.project(x_new, state.x0[rows])
+        x_new = self.project(x_new, take(state.x0, rows))
         loss, adv = self.evaluate(state, x_new, rows)
         self.accept(state, rows, x_new, loss, adv)
         if self.plateau_length:

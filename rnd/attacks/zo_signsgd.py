@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 import torch
 
 from rnd._checks import check_int, check_positive
+from rnd.attacks.base import put, take
 from rnd.attacks.score import PlateauState, ScoreAttack, check_plateau, init_plateau, plateau_update
 from rnd.errors import InputError
 
@@ -102,21 +103,21 @@ class ZOSignSGD(ScoreAttack[ZOSignSGDState]):
 
     def estimate_gradient(self, state: ZOSignSGDState, rows: torch.Tensor) -> torch.Tensor:
         """Forward-difference estimate of the loss gradient at state.x[rows] (one batched query)."""
-        x = state.x[rows]
+        x = take(state.x, rows)  # read only
         n, q, mu = x.shape[0], self.q, self.cur_mu
         u = self.randn(n, q, *x.shape[1:])
         probes = (x.unsqueeze(1) + mu * u).clamp(0, 1).flatten(0, 1)
         loss, _ = self.evaluate(state, probes, rows.repeat_interleave(q))
-        diff = (loss.view(n, q) - state.loss[rows].view(n, 1)).view(n, q, *([1] * (x.dim() - 1)))
+        diff = (loss.view(n, q) - take(state.loss, rows).view(n, 1)).view(n, q, *([1] * (x.dim() - 1)))
         return (diff * u).sum(1) / (q * mu)
 
     def step(self, state: ZOSignSGDState, rows: torch.Tensor) -> None:
         g = self.estimate_gradient(state, rows)
         if self.momentum:
-            g = self.momentum * state.avg_grad[rows] + (1 - self.momentum) * g
-            state.avg_grad[rows] = g
-        lr = state.lr[rows].view(-1, *([1] * (g.dim() - 1)))
-        x_new = self.project(state.x[rows] - lr * g.sign(), state.x0[rows])
+            g = self.momentum * take(state.avg_grad, rows) + (1 - self.momentum) * g
+            put(state.avg_grad, rows, g)
+        lr = take(state.lr, rows).view(-1, *([1] * (g.dim() - 1)))
+        x_new = self.project(take(state.x, rows) - lr * g.sign(), take(state.x0, rows))
         loss, adv = self.evaluate(state, x_new, rows)
         self.accept(state, rows, x_new, loss, adv)
         if self.plateau_length:
