@@ -137,9 +137,11 @@ def test_the_results_tables_render_the_records_numbers():
     verdict = text(ext.verdict(report))
     for v in report["verdict"].values():
         assert ext.pct(v["worst"]) in verdict and v["worst"]["attack"] in verdict
-    cells = ext.audit_cells(report, report["defense"], ["scores", "labels"])
+    families = list(report["verdict"])
+    assert set(families) == {"labels", "scores", "surrogate"}
+    cells = ext.audit_cells(report, report["defense"], families)
     rendered = text(ext.cells_table(cells))
-    undefended = ext.audit_cells(report, "none", ["scores", "labels"])
+    undefended = ext.audit_cells(report, "none", families)
     assert len(cells) == report["progress"]["done"] - len(undefended)
     for a in cells:
         assert f"{a['attack']}" in rendered and ext.pct(a["vote"]) in rendered
@@ -256,3 +258,14 @@ def test_the_surrogate_tables_render_their_record():
         for r, row in zip(cells, rows, strict=True):
             text = [e.astext() for e in row.children]
             assert text[:4] == [r["attack"], ext.pct(r["observed"]), ext.pct(r["vote"]), ext.pct(r["clean"])]
+
+
+def test_the_memory_table_renders_its_record():
+    """Every run of bench/memory_peak.py in the record is a row, with its peak as recorded."""
+    ext = load_extension()
+    record = ext.load_record("memory")
+    rows = list(ext.memory_table(record).findall(lambda n: n.tagname == "row"))[1:]
+    assert len(rows) == len(record["rows"]) >= 2
+    for row, r in zip(rows, record["rows"], strict=True):
+        assert f"{r['peak_rss_gb']:.2f}" in row.astext()
+    assert all(r["peak_rss_gb"] < 4.0 for r in record["rows"] if r["when"] == "after")

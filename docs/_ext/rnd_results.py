@@ -6,8 +6,8 @@ written by `rnd audit`), a sweep's SQLite results store, or rows written by a be
 (`bench/attack_throughput.py --json`). The directive
 
     ```{rnd-results} NAME
-    :view: provenance | verdict | cells | strength | labels | grid | rivals | throughput | transfer | oars
-          | surrogate
+    :view: provenance | verdict | cells | strength | labels | grid | rivals | throughput | memory
+          | transfer | oars | surrogate
     ```
 
 reads the record (and what it points to) at build time and renders a table, so a figure on a
@@ -275,6 +275,25 @@ def throughput_table(record: dict[str, Any]) -> nodes.table:
     return table(head, body)
 
 
+def memory_table(record: dict[str, Any]) -> nodes.table:
+    """Peak RSS of audit cells (bench/memory_peak.py): per run, the code it ran and where it peaked."""
+    head = ["code", "attack", "M", "images", "budget", "peak RSS GB", "wall s", "peak reached in"]
+    body = [
+        [
+            f"{r['when']} ({r['commit']})",
+            f"{r['attack']} {r['norm']} nu={r['nu']:g}",
+            str(r["eot"]),
+            str(r["images"]),
+            num(r["budget"]),
+            f"{r['peak_rss_gb']:.2f}",
+            num(r["wall_s"]),
+            r["at"][-1] if r["at"] else "",
+        ]
+        for r in record["rows"]
+    ]
+    return table(head, body)
+
+
 def transfer_table(record: dict[str, Any]) -> nodes.table:
     """rnd's transfer attacks beside the reference's, judged on the clean target, and rnd's through
     RND (the one observed answer) at each level the record measured."""
@@ -343,6 +362,7 @@ VIEWS = (
     "rivals",
     "worst",
     "throughput",
+    "memory",
     "transfer",
     "oars",
     "surrogate",
@@ -367,6 +387,8 @@ class ResultsDirective(SphinxDirective):
             return provenance(record)
         if view == "throughput":
             return [throughput_table(record)]
+        if view == "memory":
+            return [memory_table(record)]
         if view == "transfer":
             return [transfer_table(record)]
         if view == "oars":
@@ -386,7 +408,7 @@ class ResultsDirective(SphinxDirective):
             return [strength_table(audit_cells(report, "none", ["scores"]))]
         if view == "labels":
             return [cells_table(audit_cells(report, defense, ["labels"]))]
-        return [cells_table(audit_cells(report, defense, ["scores", "labels"]))]
+        return [cells_table(audit_cells(report, defense, list(report["verdict"])))]
 
 
 def setup(app: Any) -> dict[str, Any]:

@@ -60,8 +60,8 @@ def report_only(db: Path, out: Path, *threat: str) -> tuple[dict, str]:
 def test_report_only_over_the_snapshot_reports_every_finished_cell(tmp_path):
     """`rnd audit --report-only` with the committed checkpoint finds the kept calibration (nothing
     recalibrated) and every finished cell, with the numbers stored, and writes nothing. The three
-    threat families (the default) cover every cell; scores and labels alone (`--threat both`, what
-    the full audit was run as) give the committed record."""
+    threat families (the default) cover every cell and give the committed record; scores and labels
+    alone (`--threat both`, what the full audit was first run as) report those families' cells."""
     db = tmp_path / "audit.sqlite"
     shutil.copyfile(SNAPSHOT, db)
     before = comparable_content(db)
@@ -73,11 +73,13 @@ def test_report_only_over_the_snapshot_reports_every_finished_cell(tmp_path):
     assert len(reported) == progress["done"]
     for attack in reported:
         assert attack["vote"]["failure"] == stored[attack["cell_key"]]
-    # the docs' results pages render the committed copy of the scores-and-labels report
+    # the docs' results pages render the committed copy of the report
+    record = json.loads(RECORD.read_text())
+    assert record == {**report, "db": "bench/audit-full/audit.sqlite"}, "regenerate docs/results/records"
     both, _ = report_only(db, tmp_path / "both", "--threat", "both")
     assert comparable_content(db) == before
-    record = json.loads(RECORD.read_text())
-    assert record == {**both, "db": "bench/audit-full/audit.sqlite"}, "regenerate docs/results/records"
+    assert set(both["verdict"]) == {"scores", "labels"}
+    assert both["verdict"] == {k: v for k, v in report["verdict"].items() if k != "surrogate"}
     # bench/audit_full.py table prints the same report as Markdown: a row per finished cell
     text = load_script().markdown(report, wall_seconds=3600.0)
     assert f"{progress['done']} of {progress['cells']} cells" in text and "1.00 h" in text
@@ -130,10 +132,10 @@ def test_the_full_audits_verdict_is_complete_and_the_worst_case_of_its_cells():
     numbers are pinned."""
     report = json.loads(RECORD.read_text())
     progress = report["progress"]
-    assert progress["complete"] and progress["done"] == progress["cells"] == 67
+    assert progress["complete"] and progress["done"] == progress["cells"] == 204
     assert progress["grid_done"] == progress["grid_cells"] == 12
     defense = report["defense"]
-    assert defense == "rnd:nu=0.0525" and len(report["attacks_run"]) == 46
+    assert defense == "rnd:nu=0.0525" and len(report["attacks_run"]) == 117
     for threat, verdict in report["verdict"].items():
         assert verdict["headline"] == "vote" and verdict["attacks_pending"] == 0
         defended = report["cells"][defense][threat]["attacks"]
@@ -149,3 +151,8 @@ def test_the_full_audits_verdict_is_complete_and_the_worst_case_of_its_cells():
     assert (scores["worst"]["attack"], scores["worst"]["failure"]) == ("nes linf eps=0.1 M=10", 67.4)
     assert (labels["worst"]["attack"], labels["worst"]["failure"]) == ("psj l2 eps=1.5", 49.8)
     assert scores["undefended_worst"]["failure"] == 6.4 and labels["undefended_worst"]["failure"] == 9.0
+    surrogate = report["verdict"]["surrogate"]
+    ensemble = "on=fashion-mnist-small-cnn-w16+fashion-mnist-resnet8+fashion-mnist-vgg-small"
+    worst = (surrogate["worst"]["attack"], surrogate["worst"]["failure"])
+    assert worst == (f"psj-ts l2 eps=1.5 {ensemble}", 32.2)
+    assert surrogate["undefended_worst"]["failure"] == 5.8
