@@ -396,6 +396,22 @@ def put(t: torch.Tensor, rows: torch.Tensor, values: torch.Tensor) -> None:
         t.index_copy_(0, rows, values)
 
 
+def flip_block(
+    signs: torch.Tensor, level: torch.Tensor, block: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The hierarchical block flip of SignHunter and RayS: at `level` k the (n, d) sign vectors are
+    cut into 2^k contiguous blocks of ceil(d / 2^k) entries; returns (the signs with block `block`
+    flipped, whether that block is the level's last, the block length)."""
+    d = signs.shape[1]
+    length = torch.ceil(d / 2.0**level).long()
+    start = block * length
+    stop = torch.clamp(start + length, max=d)
+    pos = torch.arange(d, device=signs.device).view(1, d)
+    flip = (pos >= start[:, None]) & (pos < stop[:, None])
+    last = (block + 1 == 2**level) | (stop == d)
+    return torch.where(flip, -signs, signs), last, length
+
+
 def unit(v: torch.Tensor, norm: Norm = "l2") -> torch.Tensor:
     """Each row of `v` scaled to unit norm (l_2 or l_inf; a zero row stays zero)."""
     f = v.flatten(1)

@@ -41,8 +41,8 @@ EPS_TOL = 1e-6
 #: Most images an attack queries at once when it probes many per image (probes x M with EOT):
 #: 65,536 images of 28 x 28 are 205 MB a tensor. A full-size audit's GeoDA draws ~2,800 probes per
 #: image in its last iterations; 500 images at once held several 4 GB tensors and were OOM-killed.
-#: Counting the M repeats too keeps a HopSkipJump M = 5 cell of 500 images under 2 GB
-#: (bench/memory_peak.py; it peaked at 3.9 GB when the chunk counted probes alone).
+#: Counting the M repeats too, a HopSkipJump M = 5 cell of 500 images peaks at 2.6 GB of RSS
+#: (bench/memory_peak.py; 3.9 GB when the chunk counted probes alone).
 PROBE_CHUNK = 65_536
 
 

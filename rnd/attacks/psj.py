@@ -68,8 +68,7 @@ def p_adv(t: torch.Tensor, t0: torch.Tensor, s: torch.Tensor, floor: float) -> t
 
 def quantile(tg: torch.Tensor, marg: torch.Tensor, q: float) -> torch.Tensor:
     """Per row, the first grid value of `tg` (n, G) where the cdf of `marg` (n, G) reaches q."""
-    idx = (marg.cumsum(1) < q).sum(1).clamp(max=tg.shape[1] - 1)
-    return tg.gather(1, idx[:, None]).squeeze(1)
+    return quantiles(tg, marg, (q,))[:, 0]
 
 
 def quantiles(tg: torch.Tensor, marg: torch.Tensor, qs: tuple[float, ...]) -> torch.Tensor:
@@ -243,7 +242,7 @@ class PopSkipJump(HopSkipJump):
             ts[idx, k], ys[idx, k], seen[idx, k] = t_q, adv.float(), 1.0
             new = slice(k, k + 1)
             logp[idx] += self.log_likelihood(tg[idx], ts[idx, new], ys[idx, new], seen[idx, new])
-        t_med = quantile(tg, marg, 0.5)
+        t_med = qq[:, 1]  # the last round's median (marg has not changed since)
         # the transition width, in l_2 units along the segment: (b) of the docstring
         # (0 when no two answers contradict a sharp boundary: consistent answers cannot rule out
         # widths below the spacing of the queries, and would inflate the probes of a clean model)

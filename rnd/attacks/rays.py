@@ -42,10 +42,16 @@ from dataclasses import dataclass, field
 
 import torch
 
+from rnd.attacks.base import flip_block
 from rnd.attacks.decision import DecisionAttack, DecisionState
 
 #: The radius tried while no adversarial ray is known: the box corner clip(x0 + s).
 CORNER = 1.0
+
+
+def ray_point(x0: torch.Tensor, rays: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """clip(x0 + r s) per row: sign vectors `rays` (n, d) at radii `r` (n,)."""
+    return (x0 + r.view(-1, 1, 1, 1) * rays.view_as(x0)).clamp(0.0, 1.0)
 
 
 @dataclass(eq=False)
@@ -112,22 +118,15 @@ class RayS(DecisionAttack[RaySState]):
             tr = rows[trial]
             signs = state.signs[tr]
             stage, block = state.stage[tr], state.block[tr]
-            d = signs.shape[1]
-            size = torch.ceil(d / 2.0**stage).long()
-            lo = block * size
-            hi = torch.clamp(lo + size, max=d)
-            pos = torch.arange(d).view(1, d)
-            flip = (pos >= lo[:, None]) & (pos < hi[:, None])
-            rays[trial] = torch.where(flip, -signs, signs)
+            rays[trial], last, _ = flip_block(signs, stage, block)
             best = state.dist[tr]
             radius[trial] = torch.where(best.isfinite(), best, CORNER).clamp(max=CORNER)
             # next block; next stage after the last block of this one; stay at single entries
-            last = (block + 1 == 2**stage) | (hi == d)
-            finest = (d - 1).bit_length()  # ceil(log2 d): the stage of single entries
+            finest = (signs.shape[1] - 1).bit_length()  # ceil(log2 d): the stage of single entries
             state.block[tr] = torch.where(last, torch.zeros_like(block), block + 1)
             state.stage[tr] = torch.where(last, torch.clamp(stage + 1, max=finest), stage)
         t = torch.where(searching, (state.lo[rows] + state.hi[rows]) / 2, radius)
-        adv = self.decide(state, (x0 + t.view(-1, 1, 1, 1) * rays.view_as(x0)).clamp(0.0, 1.0), rows)
+        adv = self.decide(state, ray_point(x0, rays, t), rows)
         # a trial that hits opens a search on [0, radius]; a halving moves one end of the bracket
         lo = torch.where(searching, torch.where(adv, state.lo[rows], t), torch.zeros_like(t))
         hi = torch.where(searching & ~adv, state.hi[rows], t)
@@ -139,9 +138,7 @@ class RayS(DecisionAttack[RaySState]):
         e = ends.nonzero().flatten()
         if e.numel():
             er = rows[e]
-            better = self.accept(
-                state, er, (x0[e] + hi[e].view(-1, 1, 1, 1) * rays[e].view_as(x0[e])).clamp(0.0, 1.0)
-            )
+            better = self.accept(state, er, ray_point(x0[e], rays[e], hi[e]))
             state.signs[er[better]] = rays[e][better]
 
     def _try(self, state: RaySState, rows: torch.Tensor, cand: torch.Tensor) -> None:
@@ -151,7 +148,7 @@ class RayS(DecisionAttack[RaySState]):
         rays = cand.view_as(x0)
 
         def point(idx: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-            return (x0[idx] + r.view(-1, 1, 1, 1) * rays[idx]).clamp(0.0, 1.0)
+            return ray_point(x0[idx], rays[idx], r)
 
         radius = torch.where(state.dist[rows].isfinite(), state.dist[rows], CORNER).clamp(max=CORNER)
         everyone = torch.arange(rows.numel())

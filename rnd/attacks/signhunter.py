@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from rnd.attacks.base import Norm, box_fill, put, take
+from rnd.attacks.base import Norm, box_fill, flip_block, put, take
 from rnd.attacks.score import ScoreAttack, ScoreState
 
 
@@ -108,20 +108,13 @@ class SignHunter(ScoreAttack[SignHunterState]):
     def step(self, state: SignHunterState, rows: torch.Tensor) -> None:
         signs = take(state.signs, rows)  # read only
         level, chunk = take(state.level, rows), take(state.chunk, rows)
-        d = signs.shape[1]
-        length = torch.ceil(d / 2.0**level).long()
-        start = chunk * length
-        stop = torch.clamp(start + length, max=d)
-        pos = torch.arange(d).view(1, d)
-        flip = (pos >= start[:, None]) & (pos < stop[:, None])
-        cand = torch.where(flip, -signs, signs)
+        cand, last, length = flip_block(signs, level, chunk)
         x_new = self._point(take(state.x0, rows), cand)
         loss, adv = self.evaluate(state, x_new, rows)
         keep = (loss <= take(state.loss, rows)) | adv
         self.accept(state, rows, x_new, loss, adv, keep)
         put(state.signs, rows, torch.where(keep[:, None], cand, signs))
         # next chunk; next level after the last chunk of this one; restart after the finest level
-        last = (chunk + 1 == 2**level) | (stop == d)
         finest = length == 1
         chunk = torch.where(last, torch.zeros_like(chunk), chunk + 1)
         level = torch.where(last, torch.where(finest, torch.zeros_like(level), level + 1), level)

@@ -88,9 +88,7 @@ class Ledger:
     def _cost(self, ids: torch.Tensor, lo: int, hi: int, m: int) -> torch.Tensor:
         """Each id's cost (span lo..hi) of answering `ids` with M = m answers per row; raises
         `BudgetExceededError`, counting nothing, when any id would pass the budget."""
-        cost = torch.bincount(ids - lo, minlength=hi - lo + 1)
-        if m != 1:
-            cost *= m
+        cost = torch.bincount(ids - lo, minlength=hi - lo + 1) * m
         if self.budget is not None:
             after = self._counts[lo : hi + 1] + cost
             # counts never pass the budget, so only an id with a cost here can: one reduction first

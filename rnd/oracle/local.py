@@ -209,11 +209,6 @@ class Oracle(Ledger):
         size = max(1, -(-x.shape[0] // chunks))  # equal chunks: 200 images -> 2 x 100
         # tensors the model builds without naming a device land on its own device, whatever
         # `with torch.device(...)` the caller runs under (an attack runs under its images' device)
-        # the common CPU case: one forward, nothing to move (torch's default device is the CPU
-        # unless a caller set another, which the general path below handles)
-        if chunks == 1 and self.device.type == x.device.type == torch.get_default_device().type == "cpu":
-            self.forwards += 1
-            return self._call(x).float()
         here = contextlib.nullcontext() if torch.get_default_device() == self.device else self.device
         outs = []
         with here:
@@ -231,9 +226,10 @@ class Oracle(Ledger):
             raise InputError(
                 f"model returned shape {tuple(logits.shape)}, expected ({n * m}, {self.num_classes})"
             )
-        if not bool(logits.isnan().any()):
+        nan = logits.isnan()
+        if not bool(nan.any()):
             return self._scores_or_labels(logits, n, m), None
-        refused_m = logits.isnan().all(1)
+        refused_m = nan.all(1)
         refused = refused_m.view(n, m).all(1)
         if m == 1 or self.output != "labels":
             out = self._scores_or_labels(logits, n, m, refused_m)

@@ -120,3 +120,22 @@ def test_probes_in_chunks_change_nothing(tiny_model, attack_batch, monkeypatch, 
     x, y = attack_batch
     factory = lambda: HopSkipJump(eps=0.01, norm=norm, seed=8, stop_at_eps=False)  # noqa: E731
     check_probe_chunks(factory, "_estimate_gradient", tiny_model, x[:6], y[:6], 800, monkeypatch)
+
+
+def test_probe_chunks_count_the_repeats_of_eot(tiny_model, attack_batch, monkeypatch):
+    """With repeat-and-vote (M answers per probe) a chunk holds PROBE_CHUNK queried images, probes
+    times M, not PROBE_CHUNK probes: M does not multiply the memory of a cell."""
+    from rnd.attacks import decision
+
+    x, y = attack_batch
+    one_batch, sizes = HopSkipJump._estimate_gradient, []
+
+    def spy(self, state, rows, m, *args):
+        sizes.append((int(m.sum()), int(m.max())))
+        return one_batch(self, state, rows, m, *args)
+
+    monkeypatch.setattr(HopSkipJump, "_estimate_gradient", spy)
+    monkeypatch.setattr(decision, "PROBE_CHUNK", 120)
+    run_decision(HopSkipJump(eps=0.01, eot=3, seed=8, stop_at_eps=False), tiny_model, x[:6], y[:6], 2400)
+    assert sizes
+    assert all(total * 3 < 120 + top * 3 for total, top in sizes)

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from rnd import Oracle
+from rnd.attacks.base import flip_block
 from rnd.attacks.rays import RayS
 from rnd.errors import InputError
 from tests.attacks.decision_helpers import check_batch_independent, run_decision
@@ -99,17 +100,12 @@ class SequentialRayS(RayS):
     searches of the images whose trial hit, to the end, before any image's next trial."""
 
     def step(self, state, rows):
-        signs = state.signs[rows]
         stage, block = state.stage[rows], state.block[rows]
-        d = signs.shape[1]
-        size = torch.ceil(d / 2.0**stage).long()
-        lo = block * size
-        hi = torch.clamp(lo + size, max=d)
-        pos = torch.arange(d).view(1, d)
-        self._try(state, rows, torch.where((pos >= lo[:, None]) & (pos < hi[:, None]), -signs, signs))
-        last = (block + 1 == 2**stage) | (hi == d)
+        cand, last, _ = flip_block(state.signs[rows], stage, block)
+        self._try(state, rows, cand)
+        finest = (state.signs.shape[1] - 1).bit_length()
         state.block[rows] = torch.where(last, torch.zeros_like(block), block + 1)
-        state.stage[rows] = torch.where(last, torch.clamp(stage + 1, max=(d - 1).bit_length()), stage)
+        state.stage[rows] = torch.where(last, torch.clamp(stage + 1, max=finest), stage)
 
 
 @pytest.mark.parametrize("budget", [150, 400])
