@@ -6,7 +6,7 @@ written by `rnd audit`), a sweep's SQLite results store, or rows written by a be
 (`bench/attack_throughput.py --json`). The directive
 
     ```{rnd-results} NAME
-    :view: provenance | verdict | cells | strength | labels | grid | rivals | throughput | memory
+    :view: provenance | verdict | cells | strength | labels | grid | rivals | throughput | memory | floor
           | transfer | oars | surrogate
     ```
 
@@ -294,6 +294,44 @@ def memory_table(record: dict[str, Any]) -> nodes.table:
     return table(head, body)
 
 
+def floor_tables(record: dict[str, Any]) -> list[nodes.table]:
+    """The per-step floor (bench/step_floor.py): the loops' step times and ratios, where the null
+    attack's iteration goes, small pieces hot and right after a forward, and the audit's floor."""
+    steps = table(
+        ["loop", "ms per step", "outside the model, ms", "ratio"],
+        [
+            [r["loop"], f"{r['ms_per_step']:.2f}", f"{r['outside_model_ms']:.2f}", f"{r['ratio']:.3f}"]
+            for r in record["steps"]
+        ],
+    )
+    gaps = [g for g in record["timeline_us"] if not g["between"].startswith("model in")]
+    timeline = table(["between", "µs (median)"], [[g["between"], f"{g['us']:.0f}"] for g in gaps[:12]])
+    pieces = table(
+        ["piece", "hot µs", "after a forward µs"],
+        [[r["piece"], f"{r['hot']:.1f}", f"{r['after_forward']:.1f}"] for r in record["pieces_us"]],
+    )
+    out = [steps, timeline, pieces]
+    floor = record.get("audit_floor")
+    if floor:
+        out.append(
+            table(
+                ["cells", "attack queries", "raw images/s (RND nu)", "forwards alone, 1 / 2 cells at once",
+                 "stored cell wall time"],
+                [
+                    [
+                        str(floor["cells"]),
+                        num(floor["queries"]),
+                        f"{num(floor['raw_images_per_s'])} ({floor['nu']:g})",
+                        f"{floor['forward_hours_1_cell_at_once']:.2f} h / "
+                        f"{floor['forward_hours_2_cells_at_once']:.2f} h",
+                        f"{floor['cell_wall_hours']:.2f} h",
+                    ]
+                ],
+            )
+        )
+    return out
+
+
 def transfer_table(record: dict[str, Any]) -> nodes.table:
     """rnd's transfer attacks beside the reference's, judged on the clean target, and rnd's through
     RND (the one observed answer) at each level the record measured."""
@@ -363,6 +401,7 @@ VIEWS = (
     "worst",
     "throughput",
     "memory",
+    "floor",
     "transfer",
     "oars",
     "surrogate",
@@ -389,6 +428,8 @@ class ResultsDirective(SphinxDirective):
             return [throughput_table(record)]
         if view == "memory":
             return [memory_table(record)]
+        if view == "floor":
+            return list(floor_tables(record))
         if view == "transfer":
             return [transfer_table(record)]
         if view == "oars":
