@@ -275,7 +275,8 @@ class QueryAttack(ABC, Generic[S]):
                 finished = 0
                 while True:
                     active = self.active(state) & (oracle.remaining(state.ids) >= self.step_cost)
-                    left = int(active.sum())  # the loop's one read-back per step
+                    rows = active.nonzero().flatten()  # the loop's one read-back per step
+                    left = rows.numel()
                     if listener is not None or self.progress:
                         now = int(oracle.counts_of(host_ids).sum())
                         if listener is not None and now > spent:
@@ -291,7 +292,7 @@ class QueryAttack(ABC, Generic[S]):
                             )
                     if not left:
                         break
-                    self.step(state, active.nonzero().flatten())
+                    self.step(state, rows)
                     state.iteration += 1
                     self.after_step(state)
                 return self.result(state)
@@ -412,11 +413,13 @@ def flip_block(
     return torch.where(flip, -signs, signs), last, length
 
 
-def unit(v: torch.Tensor, norm: Norm = "l2") -> torch.Tensor:
-    """Each row of `v` scaled to unit norm (l_2 or l_inf; a zero row stays zero)."""
+def unit(v: torch.Tensor, norm: Norm = "l2", *, in_place: bool = False) -> torch.Tensor:
+    """Each row of `v` scaled to unit norm (l_2 or l_inf; a zero row stays zero); `in_place`
+    divides `v` itself (the same values, no new tensor of v's size)."""
     f = v.flatten(1)
     n = f.abs().amax(1) if norm == "linf" else f.norm(dim=1)
-    return v / n.clamp_min(1e-12).view(-1, *([1] * (v.dim() - 1)))
+    n = n.clamp_min(1e-12).view(-1, *([1] * (v.dim() - 1)))
+    return v.div_(n) if in_place else v / n
 
 
 def box_fill(

@@ -156,7 +156,7 @@ class DecisionAttack(QueryAttack[DS]):
 
     def active(self, state: DS) -> torch.Tensor:
         if self.stop_at_eps:
-            return ~state.done & ~state.success
+            return ~(state.done | state.success)
         return ~state.done
 
     # -- the start -----------------------------------------------------------------------------

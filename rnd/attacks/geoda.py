@@ -217,9 +217,13 @@ class GeoDA(DecisionAttack[GeoDAState]):
         used = torch.arange(want)[None, :] < m[:, None]
         eta = self._dh.T @ z[used] @ self._dw  # (sum m, c, h, w), row by row
         owner = torch.arange(rows.numel()).repeat_interleave(m)
-        probes = (state.xb[rows][owner] + self.cur_mu * eta).clamp(0.0, 1.0)
+        # x_b + mu eta, clipped, with the arithmetic in place on the chunk's probe tensors
+        base = state.xb.index_select(0, rows.index_select(0, owner))
+        probes = (self.cur_mu * eta).add_(base).clamp_(0.0, 1.0)
+        del base
         labels = self.decide(state, probes, rows[owner]).float() * 2 - 1
-        total = torch.zeros(rows.numel(), *eta.shape[1:]).index_add_(0, owner, labels.view(-1, 1, 1, 1) * eta)
+        signed = eta.mul_(labels.view(-1, 1, 1, 1))  # eta is not needed after this
+        total = torch.zeros(rows.numel(), *eta.shape[1:]).index_add_(0, owner, signed)
         return total / m.view(-1, 1, 1, 1)
 
     def move(

@@ -203,16 +203,32 @@ class HopSkipJump(DecisionAttack[HopSkipJumpState]):
         shape = tuple(state.x0.shape[1:])
         u = self.unit_probes(state, rows, k)
         seg = torch.arange(rows.numel()).repeat_interleave(k)
-        base, dl = state.xb[rows][seg], delta[seg].view(-1, *([1] * len(shape)))
-        probes = (base + dl * u).clamp(0.0, 1.0)
-        u = ((probes - base) / dl).flatten(1)  # the probe actually made, after clipping
+        probes, u = self.probe_points(state, rows, seg, delta, u)
         f = self.decide(state, probes, rows[seg]).float() * 2 - 1
         kf = k.float()
         mean_f = torch.zeros(rows.numel()).index_add_(0, seg, f) / kf
         baseline = torch.where(mean_f.abs() == 1, torch.zeros_like(mean_f), mean_f)
         fc = f - baseline[seg]
-        g = torch.zeros(rows.numel(), u.shape[1]).index_add_(0, seg, fc[:, None] * u) / kf[:, None]
+        g = torch.zeros(rows.numel(), u.shape[1]).index_add_(0, seg, u.mul_(fc[:, None])) / kf[:, None]
         return g.view(rows.numel(), *shape)
+
+    def probe_points(
+        self,
+        state: HopSkipJumpState,
+        rows: torch.Tensor,
+        seg: torch.Tensor,
+        delta: torch.Tensor,
+        u: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The probes x_b + delta u (clipped to [0, 1]) of rows[seg], and the directions actually
+        probed after clipping, (probe - x_b) / delta, flattened. The probe tensors hold every probe
+        of a chunk (up to `PROBE_CHUNK` images), so each pass over them costs: the arithmetic runs
+        in place (the same values as out of place; `u` is overwritten)."""
+        base = state.xb.index_select(0, rows.index_select(0, seg))
+        dl = delta[seg].view(-1, *([1] * (u.dim() - 1)))
+        probes = u.mul_(dl).add_(base).clamp_(0.0, 1.0)
+        made = probes.sub(base).div_(dl).flatten(1)
+        return probes, made
 
     def unit_probes(self, state: HopSkipJumpState, rows: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """k[i] unit-l_2 directions for rows[i] (Gaussian for l_2, uniform for l_inf), each from its
@@ -224,7 +240,8 @@ class HopSkipJump(DecisionAttack[HopSkipJumpState]):
                 draws.append(torch.randn(kr, *shape, generator=state.gens[r], device="cpu"))
             else:
                 draws.append(2 * torch.rand(kr, *shape, generator=state.gens[r], device="cpu") - 1)
-        return unit(to_device(torch.cat(draws), rows.device))  # CPU generators: one copy to the device
+        # CPU generators: one copy to the device; the draws are fresh, so they are scaled in place
+        return unit(to_device(torch.cat(draws), rows.device), in_place=True)
 
     def step_search(
         self, state: HopSkipJumpState, rows: torch.Tensor, v: torch.Tensor, eps: torch.Tensor, reserve: int

@@ -153,7 +153,6 @@ class HopSkipJumpOARS(HopSkipJump):
         """HopSkipJump's estimate from the probes that were answered; refused ones are redrawn
         (tuned rows, up to `probe_rounds` rounds, within the budget the first round had)."""
         shape = tuple(state.x0.shape[1:])
-        one = [1] * len(shape)
         segs, fs, us = [], [], []
         want = k.clone()  # answered probes still wanted per row
         allowed = self.affordable(state, rows) - self.search_reserve(state) - 1 - k  # redraw budget
@@ -164,9 +163,7 @@ class HopSkipJumpOARS(HopSkipJump):
             kk = torch.where(go, torch.minimum(want, allowed) if round_ else want, 0)
             u = self.unit_probes(state, rows, kk)
             seg = torch.arange(rows.numel()).repeat_interleave(kk)
-            base, dl = state.xb[rows][seg], delta[seg].view(-1, *one)
-            probes = (base + dl * u).clamp(0.0, 1.0)
-            u = ((probes - base) / dl).flatten(1)  # the probe actually made, after clipping
+            probes, u = self.probe_points(state, rows, seg, delta, u)
             adv, refused = self.decide_refused(state, probes, rows[seg])
             ok = ~refused
             segs.append(seg[ok])

@@ -82,15 +82,17 @@ class ScoreAttack(QueryAttack[SS]):
 
     def active(self, state: SS) -> torch.Tensor:
         """Images not yet fooled (as observed) and not stopped by the attack."""
-        return ~state.success & ~state.done
+        return ~(state.success | state.done)
 
     def evaluate(
         self, state: ScoreState, x: torch.Tensor, rows: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Query `x` (row i belongs to image `rows[i]`); return (loss, adversarial?) per row."""
         assert self.oracle is not None
-        scores = self.oracle.query(x, state.ids[rows], eot=self.eot)
-        return self.loss_from_scores(scores.to(state.device), state, rows)  # no-op on one device
+        scores = self.oracle.query(x, state.ids.index_select(0, rows), eot=self.eot)  # rows may repeat
+        if scores.device != state.device:  # the model's device is not the images'
+            scores = scores.to(state.device)
+        return self.loss_from_scores(scores, state, rows)
 
     def loss_from_scores(
         self, scores: torch.Tensor, state: ScoreState, rows: torch.Tensor
@@ -116,7 +118,7 @@ class ScoreAttack(QueryAttack[SS]):
             logp = scores.log_softmax(1)
         else:
             logp = scores.clamp_min(1e-30).log()
-        y = state.y[rows]
+        y = state.y.index_select(0, rows)
         pred = scores.argmax(1)
         if self.loss_name == "dlr":
             if not self.targeted:
@@ -134,10 +136,11 @@ class ScoreAttack(QueryAttack[SS]):
             other = logp.scatter(1, t[:, None], -math.inf).amax(1)
             return other - own, adv
         adv = pred != y
-        own = logp.gather(1, y[:, None]).squeeze(1)
+        col = y[:, None]
+        own = logp.gather(1, col).squeeze(1)
         if self.loss_name == "ce":
             return own, adv
-        other = logp.scatter(1, y[:, None], -math.inf).amax(1)
+        other = logp.scatter(1, col, -math.inf).amax(1)
         return own - other, adv
 
     def query_start(self, state: ScoreState) -> None:

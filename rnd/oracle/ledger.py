@@ -53,7 +53,8 @@ class Ledger:
 
     def counts_of(self, ids: torch.Tensor) -> torch.Tensor:
         """Queries counted so far per id, on the device of `ids`."""
-        return self._counts.index_select(0, self._check_ids(ids)).to(ids.device, non_blocking=True)
+        counts = self._counts.index_select(0, self._check_ids(ids))
+        return counts if ids.device.type == "cpu" else counts.to(ids.device, non_blocking=True)
 
     def remaining(self, ids: torch.Tensor) -> torch.Tensor:
         """Queries left per id (a large number when there is no budget)."""
@@ -73,7 +74,8 @@ class Ledger:
         """Checked ids on the CPU, with their smallest and largest value (0, -1 when empty)."""
         if not isinstance(ids, torch.Tensor) or ids.dtype != torch.int64 or ids.dim() != 1:
             raise InputError(f"ids must be a 1-D int64 tensor of ids from {type(self).__name__}.new_ids")
-        ids = ids.cpu()
+        if ids.device.type != "cpu":
+            ids = ids.cpu()
         if not ids.numel():
             return ids, 0, -1
         lo_t, hi_t = torch.aminmax(ids)  # one pass instead of min() and max()
@@ -88,7 +90,9 @@ class Ledger:
     def _cost(self, ids: torch.Tensor, lo: int, hi: int, m: int) -> torch.Tensor:
         """Each id's cost (span lo..hi) of answering `ids` with M = m answers per row; raises
         `BudgetExceededError`, counting nothing, when any id would pass the budget."""
-        cost = torch.bincount(ids - lo, minlength=hi - lo + 1) * m
+        cost = torch.bincount(ids - lo, minlength=hi - lo + 1)
+        if m != 1:
+            cost = cost * m
         if self.budget is not None:
             after = self._counts[lo : hi + 1] + cost
             # counts never pass the budget, so only an id with a cost here can: one reduction first

@@ -175,7 +175,7 @@ class Oracle(Ledger):
             and tuple(x.shape[1:]) == self.input_shape
         ):
             lo, hi = torch.aminmax(x)  # NaN propagates to both; +-inf lands outside [0, 1]
-            if bool((lo >= -RANGE_TOL) & (hi <= 1 + RANGE_TOL)):
+            if float(lo) >= -RANGE_TOL and float(hi) <= 1 + RANGE_TOL:  # False for NaN
                 return
         check_images(x, self.input_shape, name="queries")  # the full check names the problem
 
@@ -212,8 +212,11 @@ class Oracle(Ledger):
         here = contextlib.nullcontext() if torch.get_default_device() == self.device else self.device
         outs = []
         with here:
-            for chunk in x.split(size):
-                outs.append(self._call(chunk.to(self.device, non_blocking=True)).float())
+            for chunk in (x,) if chunks == 1 else x.split(size):
+                if chunk.device != self.device:
+                    chunk = chunk.to(self.device, non_blocking=True)
+                out = self._call(chunk)
+                outs.append(out if out.dtype == torch.float32 else out.float())
                 self.forwards += 1
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 

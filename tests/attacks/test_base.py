@@ -218,3 +218,24 @@ def test_smallest_budget_runs_and_one_less_is_refused_clearly(tiny_model, attack
     with pytest.raises(InputError, match=rf"{name} needs {attack.min_budget} queries .*raise the budget"):
         attack(short, x[:4], y[:4])
     assert int(short.counts.sum()) == 0
+
+
+def test_score_evaluate_reads_each_rows_own_image_when_rows_repeat(tiny_model, attack_batch):
+    """Rows of a score attack's query may repeat an image (several candidates each); as many rows
+    as images must still mean each row's own label and id, not the batch in order."""
+    from rnd.attacks.score import ScoreState
+
+    x, y = attack_batch
+    two = torch.tensor([0, 1])
+    if int(y[0]) == int(y[1]):
+        two = torch.tensor([0, int((y != y[0]).nonzero()[0])])
+    x, y = x[two], y[two]
+    oracle = Oracle(tiny_model, budget=10)
+    attack = Square(eps=0.1)
+    attack.oracle = oracle
+    state = ScoreState(x.clone(), y, None, oracle.new_ids(2))
+    rows = torch.tensor([0, 0])  # two candidates of image 0, none of image 1: as many rows as images
+    loss, _ = attack.evaluate(state, x[rows], rows)
+    expected, _ = attack.evaluate(state, x[:1], torch.tensor([0]))
+    assert torch.allclose(loss, expected.expand(2), atol=1e-5)  # a batch of 2 rounds differently
+    assert oracle.counts.tolist() == [3, 0]  # every query charged to image 0
