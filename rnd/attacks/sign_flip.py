@@ -47,6 +47,11 @@ ALPHA_FACTOR = 1.5
 ADAPT_EVERY = 10
 HIGH, LOW = 0.7, 0.3  # kept-step rates that grow / shrink alpha and the flip rate
 START_HALVINGS_TOL = 1e-3  # start binary search: width <= 1/1000 of the start distance (10 halvings)
+#: Steps of random draws fetched from each image's generator at once, within DRAW_BLOCK_BYTES for
+#: the batch (one generator call per image every few steps instead of every step; the CPU
+#: generators fill serially, so the numbers are those of one step at a time).
+DRAW_STEPS = 16
+DRAW_BLOCK_BYTES = 64 * 2**20
 
 
 @dataclass(eq=False)
@@ -59,6 +64,8 @@ class SignFlipState(DecisionState):
     proj_kept: torch.Tensor = field(init=False)  # (N,) kept projections since the last adaptation
     flip_kept: torch.Tensor = field(init=False)  # (N,) kept flips since the last adaptation
     steps: torch.Tensor = field(init=False)  # (N,) steps taken
+    block: torch.Tensor = field(init=False)  # (N, K, 2, C, H, W) the next K steps' draws per image
+    used: torch.Tensor = field(init=False)  # (N,) steps of `block` already consumed
 
 
 class SignFlip(DecisionAttack[SignFlipState]):
@@ -89,6 +96,10 @@ class SignFlip(DecisionAttack[SignFlipState]):
         state.proj_kept = torch.zeros(n)
         state.flip_kept = torch.zeros(n)
         state.steps = torch.zeros(n, dtype=torch.long)
+        d = state.x0[0].numel()
+        k = max(1, min(DRAW_STEPS, DRAW_BLOCK_BYTES // max(1, n * 2 * d * state.x0.element_size())))
+        state.block = torch.empty(n, k, 2, *state.x0.shape[1:])
+        state.used = torch.full((n,), k, dtype=torch.long)  # empty: the first step fills it
         rows = (state.dist.isfinite() & (state.dist > 0)).nonzero().flatten()
         if rows.numel():
             x0, xa = state.x0[rows], state.x[rows]
@@ -104,12 +115,11 @@ class SignFlip(DecisionAttack[SignFlipState]):
         self.after_step(state)
 
     def step(self, state: SignFlipState, rows: torch.Tensor) -> None:
-        x0, delta, alpha = state.x0[rows], state.delta[rows], state.alpha[rows]
-        shape = x0.shape[1:]
-        # both draws of the step at once, one call per image: the CPU generators fill serially, so
-        # the numbers are those of two draws in turn (an image that cannot afford the second
-        # decision stops for good, and its unused draws are never wanted)
-        draws = self.row_rand(state, rows, 2, *shape)
+        delta, alpha = state.delta[rows], state.alpha[rows]
+        # both draws of the step at once (from blocks of steps, see `step_draws`): the CPU
+        # generators fill serially, so the numbers are those of two draws in turn (an image that
+        # cannot afford the second decision stops for good, and its unused draws are never wanted)
+        draws = self.step_draws(state, rows)
         # 1. a random +-alpha step, projected onto the ball of radius l - alpha
         ones = torch.where(draws[:, 0] < 0.5, 1.0, -1.0)
         lim = (delta.flatten(1).abs().amax(1) - alpha).clamp_min(0.0).view(-1, 1, 1, 1)
@@ -139,6 +149,18 @@ class SignFlip(DecisionAttack[SignFlipState]):
             state.keep_p[due] = (state.keep_p[due] + nudge.view(-1, 1, 1, 1)).clamp(*P_RANGE)
             state.proj_kept[due] = 0.0
             state.flip_kept[due] = 0.0
+
+    def step_draws(self, state: SignFlipState, rows: torch.Tensor) -> torch.Tensor:
+        """This step's two uniform draws (n, 2, C, H, W) per row: the next step of its image's block,
+        refilled from the image's generator (K steps in one call) once used up."""
+        k = state.block.shape[1]
+        empty = rows[state.used.index_select(0, rows) >= k]
+        if empty.numel():
+            state.block[empty] = self.row_rand(state, empty, k, 2, *state.x0.shape[1:])
+            state.used[empty] = 0
+        out = state.block[rows, state.used.index_select(0, rows)]
+        state.used[rows] += 1
+        return out
 
     def _try(self, state: SignFlipState, rows: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
         """Query clip(x0 + cand) per row; where adversarial, `cand` becomes the row's perturbation
