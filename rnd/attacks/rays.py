@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from rnd.attacks.base import flip_block
+from rnd.attacks.base import flip_block, put, take
 from rnd.attacks.decision import DecisionAttack, DecisionState
 
 #: The radius tried while no adversarial ray is known: the box corner clip(x0 + s).
@@ -109,32 +109,36 @@ class RayS(DecisionAttack[RaySState]):
 
     def step(self, state: RaySState, rows: torch.Tensor) -> None:
         """One decision per row: the next block flip's trial, or the next halving of its search."""
-        searching = state.searching[rows]
-        x0 = state.x0[rows]
+        # rows are sorted and distinct (the loop's, or `start`'s): plain gathers and index copies
+        searching, x0 = take(state.searching, rows), take(state.x0, rows)  # read only
+        lo_now, hi_now = take(state.lo, rows), take(state.hi, rows)  # read only
         trial = (~searching).nonzero().flatten()
-        rays = state.ray[rows]
-        radius = state.hi[rows]
+        rays = state.ray.index_select(0, rows)
+        radius = hi_now.clone()
         if trial.numel():  # the next block of each trying row, at its best radius
-            tr = rows[trial]
-            signs = state.signs[tr]
-            stage, block = state.stage[tr], state.block[tr]
-            rays[trial], last, _ = flip_block(signs, stage, block)
-            best = state.dist[tr]
-            radius[trial] = torch.where(best.isfinite(), best, CORNER).clamp(max=CORNER)
+            tr = rows.index_select(0, trial)
+            signs = state.signs.index_select(0, tr)
+            stage, block = state.stage.index_select(0, tr), state.block.index_select(0, tr)
+            flipped, last, _ = flip_block(signs, stage, block)
+            rays.index_copy_(0, trial, flipped)
+            best = state.dist.index_select(0, tr)
+            radius.index_copy_(0, trial, torch.where(best.isfinite(), best, CORNER).clamp(max=CORNER))
             # next block; next stage after the last block of this one; stay at single entries
             finest = (signs.shape[1] - 1).bit_length()  # ceil(log2 d): the stage of single entries
-            state.block[tr] = torch.where(last, torch.zeros_like(block), block + 1)
-            state.stage[tr] = torch.where(last, torch.clamp(stage + 1, max=finest), stage)
-        t = torch.where(searching, (state.lo[rows] + state.hi[rows]) / 2, radius)
+            state.block.index_copy_(0, tr, torch.where(last, torch.zeros_like(block), block + 1))
+            state.stage.index_copy_(0, tr, torch.where(last, torch.clamp(stage + 1, max=finest), stage))
+        t = torch.where(searching, (lo_now + hi_now) / 2, radius)
         adv = self.decide(state, ray_point(x0, rays, t), rows)
         # a trial that hits opens a search on [0, radius]; a halving moves one end of the bracket
-        lo = torch.where(searching, torch.where(adv, state.lo[rows], t), torch.zeros_like(t))
-        hi = torch.where(searching & ~adv, state.hi[rows], t)
+        lo = torch.where(searching, torch.where(adv, lo_now, t), torch.zeros_like(t))
+        hi = torch.where(searching & ~adv, hi_now, t)
         live = searching | adv
-        state.ray[rows], state.lo[rows], state.hi[rows] = rays, lo, hi
         # a search ends at the tolerance or at the budget: its adversarial end is accepted
         ends = live & ((hi - lo <= self.cur_mu) | (self.affordable(state, rows) < 1))
-        state.searching[rows] = live & ~ends
+        put(state.ray, rows, rays)
+        put(state.lo, rows, lo)
+        put(state.hi, rows, hi)
+        put(state.searching, rows, live & ~ends)
         e = ends.nonzero().flatten()
         if e.numel():
             er = rows[e]
