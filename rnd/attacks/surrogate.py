@@ -113,6 +113,7 @@ class SurrogateAttack:
     check, and records how many there are (not the models) in `params`."""
 
     surrogates: Surrogates
+    inference = False  # gradients of the surrogates need autograd (see QueryAttack.inference)
 
     def __init__(
         self, eps: float, *args: Any, surrogate: nn.Module | Sequence[nn.Module] | None = None, **kwargs: Any

@@ -43,12 +43,15 @@ class Ledger:
         """Allocate `n` fresh image ids with zero queries."""
         check_int(n, "n", minimum=0)
         start = self._counts.numel()
-        zeros = torch.zeros(n, dtype=torch.int64, device="cpu")
-        self._counts = torch.cat([self._counts, zeros])
-        self._refusals = torch.cat([self._refusals, zeros])
-        self._first_refusal = torch.cat(
-            [self._first_refusal, torch.full((n,), -1, dtype=torch.int64, device="cpu")]
-        )
+        # normal tensors even when called under torch.inference_mode() (as attacks run): the
+        # counts are updated in place by later queries, which may run outside it
+        with torch.inference_mode(False):
+            zeros = torch.zeros(n, dtype=torch.int64, device="cpu")
+            self._counts = torch.cat([self._counts, zeros])
+            self._refusals = torch.cat([self._refusals, zeros])
+            self._first_refusal = torch.cat(
+                [self._first_refusal, torch.full((n,), -1, dtype=torch.int64, device="cpu")]
+            )
         return torch.arange(start, start + n, device="cpu")
 
     def counts_of(self, ids: torch.Tensor) -> torch.Tensor:

@@ -239,3 +239,23 @@ def test_score_evaluate_reads_each_rows_own_image_when_rows_repeat(tiny_model, a
     expected, _ = attack.evaluate(state, x[:1], torch.tensor([0]))
     assert torch.allclose(loss, expected.expand(2), atol=1e-5)  # a batch of 2 rounds differently
     assert oracle.counts.tolist() == [3, 0]  # every query charged to image 0
+
+
+@pytest.mark.parametrize("name", ["square", "hsja"])
+def test_results_and_the_oracle_outlive_the_attacks_inference_mode(tiny_model, attack_batch, name):
+    """Attacks run under torch.inference_mode(); what they leave behind must not be inference
+    tensors: the results train with autograd, and the oracle's counts take later queries."""
+    x, y = attack_batch[0][:4], attack_batch[1][:4]
+    labels = name == "hsja"
+    oracle = Oracle(tiny_model, budget=60, output="labels" if labels else "probs")
+    result = make_attack(name, eps=0.1, seed=0)(oracle, x, y)
+    tensors = {k: v for k, v in vars(result).items() if isinstance(v, torch.Tensor)}
+    assert tensors and not any(v.is_inference() for v in tensors.values())
+    xa = result.x_adv.requires_grad_()
+    torch.nn.functional.cross_entropy(tiny_model(xa), y).backward()
+    assert xa.grad is not None
+    before = int(oracle.counts.sum())
+    oracle.budget = 1000  # more queries for the attacked images, outside inference mode
+    oracle.query(x[:2], torch.tensor([0, 1]))
+    assert int(oracle.counts.sum()) == before + 2
+    result.success[0] = ~result.success[0]  # in place, outside inference mode
