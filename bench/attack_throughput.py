@@ -3,8 +3,9 @@
     python bench/attack_throughput.py [--attack NAME ...] [--budget 300] [--batch 100] [--rounds 3]
         [--model SPEC --dataset NAME] [--json RECORD.json]
 
-For every registered attack, score-based and label-only (l_inf, eps 0.1 by default; label-only
-attacks get a labels oracle and run their whole budget) on the default model architecture (the
+For every query attack (not the surrogate attacks or the OARS counters), score-based and
+label-only (l_inf, eps 0.1 by default; label-only attacks get a labels oracle and run their whole
+budget) on the default model architecture (the
 trained default checkpoint when present, otherwise a freshly initialised small CNN, which the
 output says), one thread: run the attack on a batch of 100 test images for a fixed per-image
 budget and count the images it forwards (the oracle's counts, i.e. queries). The ratio printed
@@ -50,7 +51,7 @@ import torch
 from torch import nn
 
 from rnd import Oracle, RandomNoiseDefense
-from rnd.attacks import ATTACKS, make_attack
+from rnd.attacks import ATTACKS, QUERY_ATTACKS, make_attack
 from rnd.data import load_dataset
 from rnd.device import prefer_channels_last
 from rnd.models import build_model, checkpoint_paths, load_checkpoint
@@ -169,7 +170,9 @@ def attack_rate(
 
 def main() -> None:
     p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    p.add_argument("--attack", action="append", default=None, help="attack name (default: all registered)")
+    p.add_argument(
+        "--attack", action="append", default=None, help="attack name (default: every query attack but OARS)"
+    )
     p.add_argument("--budget", type=int, default=300, help="queries per image")
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--eps", type=float, default=0.1)
@@ -189,7 +192,9 @@ def main() -> None:
     x, y = hard_images(base, args.batch, dataset=args.dataset)
     # the layout every oracle here puts the model in (rnd.device), before the raw forwards too
     layout = "channels-last" if prefer_channels_last(base, x.shape[1:]) else "contiguous"
-    names = args.attack or sorted(ATTACKS)
+    # by default the attacks that need nothing but the oracle (surrogate attacks need --surrogate
+    # models; the OARS counters are for stateful detectors)
+    names = args.attack or sorted(n for n in QUERY_ATTACKS if not n.endswith("-oars"))
     models = {"none": base}
     if args.nu > 0:
         models[f"rnd nu={args.nu:g}"] = RandomNoiseDefense(base, nu=args.nu, seed=0)
