@@ -109,9 +109,11 @@ class RayS(DecisionAttack[RaySState]):
 
     def step(self, state: RaySState, rows: torch.Tensor) -> None:
         """One decision per row: the next block flip's trial, or the next halving of its search."""
-        # rows are sorted and distinct (the loop's, or `start`'s): plain gathers and index copies
-        searching, x0 = take(state.searching, rows), take(state.x0, rows)  # read only
-        lo_now, hi_now = take(state.lo, rows), take(state.hi, rows)  # read only
+        # rows are sorted and distinct (the loop's, or `start`'s): plain gathers and index copies.
+        # `take` gives the state's own tensors when rows are all of them: read only, and read
+        # before the `put`s at the end
+        searching, x0 = take(state.searching, rows), take(state.x0, rows)
+        lo_now, hi_now = take(state.lo, rows), take(state.hi, rows)
         trial = (~searching).nonzero().flatten()
         rays = state.ray.index_select(0, rows)
         radius = hi_now.clone()

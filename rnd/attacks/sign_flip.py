@@ -154,13 +154,14 @@ class SignFlip(DecisionAttack[SignFlipState]):
         """This step's two uniform draws (n, 2, C, H, W) per row: the next step of its image's block,
         refilled from the image's generator (K steps in one call) once used up."""
         k = state.block.shape[1]
-        empty = rows[state.used.index_select(0, rows) >= k]
-        if empty.numel():
+        used = state.used.index_select(0, rows)
+        spent = used >= k
+        if bool(spent.any()):
+            empty = rows[spent]
             state.block[empty] = self.row_rand(state, empty, k, 2, *state.x0.shape[1:])
-            state.used[empty] = 0
-        out = state.block[rows, state.used.index_select(0, rows)]
-        state.used[rows] += 1
-        return out
+            used = torch.where(spent, 0, used)
+        state.used.index_copy_(0, rows, used + 1)
+        return state.block[rows, used]
 
     def _try(self, state: SignFlipState, rows: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
         """Query clip(x0 + cand) per row; where adversarial, `cand` becomes the row's perturbation

@@ -95,7 +95,7 @@ class Ledger:
         `BudgetExceededError`, counting nothing, when any id would pass the budget."""
         cost = torch.bincount(ids - lo, minlength=hi - lo + 1)
         if m != 1:
-            cost = cost * m
+            cost *= m  # bincount's result is fresh
         if self.budget is not None:
             after = self._counts[lo : hi + 1] + cost
             # counts never pass the budget, so only an id with a cost here can: one reduction first

@@ -139,3 +139,21 @@ def test_probe_chunks_count_the_repeats_of_eot(tiny_model, attack_batch, monkeyp
     run_decision(HopSkipJump(eps=0.01, eot=3, seed=8, stop_at_eps=False), tiny_model, x[:6], y[:6], 2400)
     assert sizes
     assert all(total * 3 < 120 + top * 3 for total, top in sizes)
+
+
+def test_probe_points_clip_to_the_box_and_return_the_direction_made():
+    """probe_points: x_b + delta u clipped to [0, 1], and (probe - x_b) / delta, the direction the
+    clipped probe actually took (HopSkipJump's estimate weighs that one)."""
+    from types import SimpleNamespace
+
+    xb = torch.tensor([[[[0.0, 0.5], [1.0, 0.95]]], [[[0.2, 0.2], [0.2, 0.2]]]])
+    u = torch.tensor([[[[-1.0, 1.0], [1.0, 1.0]]], [[[1.0, -1.0], [0.5, 0.0]]], [[[0.0, 0.0], [-1.0, 1.0]]]])
+    rows, seg, delta = torch.tensor([0, 1]), torch.tensor([0, 0, 1]), torch.tensor([0.1, 0.3])
+    state = SimpleNamespace(xb=xb)
+    probes, made = HopSkipJump(eps=0.1).probe_points(state, rows, seg, delta, u.clone())
+    base = xb[seg]
+    dl = delta[seg].view(-1, 1, 1, 1)
+    expected = (base + dl * u).clamp(0.0, 1.0)
+    assert torch.allclose(probes, expected)
+    assert torch.allclose(made, ((expected - base) / dl).flatten(1))
+    assert float(made[0, 0]) == 0.0 and float(made[0, 2]) == 0.0  # the clipped pixels moved nowhere
