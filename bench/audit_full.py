@@ -5,6 +5,10 @@
     python bench/audit_full.py status                 # cells done, queries spent, wall time so far
     python bench/audit_full.py table                  # the report so far as Markdown (for README)
 
+    # issue 32's re-time: the same audit from an empty store, two cells at once at one thread each,
+    # on the code of a fixed revision (a worktree), carried across sessions in bench/audit-full/retime.sqlite
+    python bench/audit_full.py --name retime resume --processes 2 --threads 1 --code /tmp/wt --until HH:MM
+
 The audit (500 images, 10,000 queries; scores and labels, and since issue 30 the surrogate family)
 plans at most 335 M model queries for scores and labels: on 2
 idle CPU cores at the measured 7,700-7,900 queries/s through RND, about 12 h (an estimate). A
@@ -51,6 +55,9 @@ HOME = ROOT / "bench" / "audit-full"
 SNAPSHOT = HOME / "audit.sqlite"
 OUT = ROOT / "results" / "audit-full"
 WORKING = OUT / "audit.sqlite"
+#: Each run's segments (start, end, code revision, processes): the elapsed time of a run carried
+#: across sessions.
+SEGMENTS = HOME / "audit.segments.json"
 CHECKPOINT = HOME / "checkpoints" / "fashion-mnist-small-cnn"
 #: Seconds a cell is assumed to take before one has finished in this run (a defended cell: about
 #: 5 M queries at the 7,700-15,000 queries/s measured on 2 idle cores).
@@ -124,7 +131,46 @@ def cell_walls_since(store: Path, since: str) -> list[float]:
         return [float(r[0]) for r in rows.fetchall() if r[0] is not None]
 
 
-def resume(threads: int, until: str | None = None) -> int:
+def use_name(name: str) -> None:
+    """Work on the run `name`: its working store under results/audit-NAME/ and its snapshot
+    bench/audit-full/NAME.sqlite (`audit`, the default, keeps the original paths)."""
+    global SNAPSHOT, OUT, WORKING, SEGMENTS
+    if name != "audit":
+        SNAPSHOT = HOME / f"{name}.sqlite"
+        OUT = ROOT / "results" / f"audit-{name}"
+        WORKING = OUT / "audit.sqlite"
+        SEGMENTS = HOME / f"{name}.segments.json"
+
+
+def revision(code: Path) -> str:
+    """The git revision checked out at `code` (with `+dirty` when its tracked files differ)."""
+    rev = subprocess.run(["git", "-C", str(code), "rev-parse", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(["git", "-C", str(code), "diff", "--quiet", "HEAD", "--", "rnd"]).returncode
+    return rev.stdout.strip() + ("+dirty" if dirty else "")
+
+
+def planned(store: Path) -> bool:
+    """Has an audit planned its cells (and stored its calibration) in `store`?"""
+    if not store.exists():
+        return False
+    try:
+        with sqlite3.connect(f"{store.resolve().as_uri()}?mode=ro", uri=True) as con:
+            return con.execute("SELECT count(*) FROM cells").fetchone()[0] > 0
+    except sqlite3.Error:
+        return False
+
+
+def claims(store: Path) -> dict[str, str]:
+    """The cell each live claim holds: owner pid -> cell key."""
+    with sqlite3.connect(f"{store.resolve().as_uri()}?mode=ro", uri=True) as con:
+        rows = con.execute("SELECT claimed_by, key FROM cells WHERE claimed_by IS NOT NULL").fetchall()
+    return {owner.split(":")[1]: key for owner, key in rows}
+
+
+def resume(threads: int, until: str | None = None, processes: int = 1, code: Path | None = None) -> int:
+    """Run the audit (`processes` `rnd audit` processes sharing the store, `threads` torch threads
+    each; the rnd package of the checkout `code` when given), stopping each process between its
+    cells before `until`; then snapshot the store and log the segment."""
     if not CHECKPOINT.with_suffix(".safetensors").exists():
         sys.exit(f"no checkpoint at {CHECKPOINT}.safetensors: the audit is of that model")
     started = dt.datetime.now(dt.UTC)
@@ -133,29 +179,67 @@ def resume(threads: int, until: str | None = None) -> int:
         copy_store(SNAPSHOT, WORKING)
         print(f"working store started from the snapshot: {progress(WORKING)['done']} cells done")
     env = {**os.environ, "RND_HOME": str(HOME)}
+    if code is not None:
+        env["PYTHONPATH"] = str(code.resolve())
     rnd = shutil.which("rnd") or str(Path(sys.executable).with_name("rnd"))
-    cmd = [rnd, "--threads", str(threads), "audit", "--out", str(OUT), "--db", str(WORKING), "--progress"]
-    print(" ".join(cmd), f"(RND_HOME={HOME})", flush=True)
-    if deadline is None:
+    cmd = [rnd, "--threads", str(threads), "audit", "--out", str(OUT), "--db", str(WORKING)]
+    cmd.append("--progress" if processes == 1 else "--no-progress")
+    print(" ".join(cmd), f"x {processes} (RND_HOME={HOME}, code {revision(code or ROOT)})", flush=True)
+    if deadline is None and processes == 1:
         return subprocess.call(cmd, env=env)
-    print(f"stops by {deadline:%Y-%m-%d %H:%M} UTC, between cells where the next would not fit", flush=True)
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    if deadline is not None:
+        print(
+            f"stops by {deadline:%Y-%m-%d %H:%M} UTC, between cells where the next would not fit", flush=True
+        )
+    procs = [subprocess.Popen(cmd, env=env, start_new_session=True)]
+    while len(procs) < processes and procs[0].poll() is None:  # the first calibrates and plans
+        if planned(WORKING):
+            procs.append(subprocess.Popen(cmd, env=env, start_new_session=True))
+        else:
+            time.sleep(1.0)
     since = started.isoformat(timespec="milliseconds")
-    done = done_cells(WORKING)
-    while proc.poll() is None:
+    holding: dict[str, str] = {}
+    while any(p.poll() is None for p in procs):
         time.sleep(POLL_SECONDS)
-        now_done = done_cells(WORKING)
-        longest = max(cell_walls_since(WORKING, since), default=None) if WORKING.exists() else None
+        if deadline is None or not WORKING.exists():
+            continue
+        now_claims = claims(WORKING)
+        longest = max(cell_walls_since(WORKING, since), default=None)
         left = (deadline - dt.datetime.now(dt.UTC)).total_seconds()
-        if proc.poll() is None and should_stop(left, now_done > done, longest):
-            need = longest or FIRST_CELL_GUESS
-            why = "the deadline" if left <= 0 else f"{left:.0f} s left, the next cell needs ~{need:.0f} s"
-            print(f"\nstopping the audit at {now_done} cells done ({why})", flush=True)
-            stop(proc)
-            break
-        done = now_done
+        for p in procs:
+            if p.poll() is not None:
+                continue
+            cell = now_claims.get(str(p.pid))
+            began = cell is not None and holding.get(str(p.pid)) not in (None, cell)
+            if should_stop(left, began, longest):
+                need = longest or FIRST_CELL_GUESS
+                why = "the deadline" if left <= 0 else f"{left:.0f} s left, the next cell needs ~{need:.0f} s"
+                print(f"\nstopping audit process {p.pid} ({why})", flush=True)
+                stop(p)
+            elif cell is not None:
+                holding[str(p.pid)] = cell
+    ended = dt.datetime.now(dt.UTC)
+    log_segment(started, ended, processes, threads, revision(code or ROOT))
     snapshot()
-    return 0 if proc.returncode in (0, -signal.SIGTERM, -signal.SIGKILL) else proc.returncode
+    ok = (0, -signal.SIGTERM, -signal.SIGKILL)
+    return next((p.returncode for p in procs if p.returncode not in ok), 0)
+
+
+def log_segment(started: dt.datetime, ended: dt.datetime, processes: int, threads: int, code: str) -> None:
+    """Append this run's segment to the run's segment log (kept beside its snapshot)."""
+    log = json.loads(SEGMENTS.read_text()) if SEGMENTS.exists() else []
+    log.append(
+        {
+            "start": started.isoformat(timespec="seconds"),
+            "end": ended.isoformat(timespec="seconds"),
+            "elapsed_s": round((ended - started).total_seconds(), 1),
+            "processes": processes,
+            "threads": threads,
+            "code": code,
+            **{k: v for k, v in progress(WORKING).items() if k != "checkpoint_sha256"},
+        }
+    )
+    SEGMENTS.write_text(json.dumps(log, indent=1) + "\n")
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -239,18 +323,22 @@ def table() -> int:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--name", default="audit", help="which run: its store is bench/audit-full/NAME.sqlite")
     sub = ap.add_subparsers(dest="command", required=True)
     res = sub.add_parser("resume")
     res.add_argument("--threads", type=int, default=2)
     res.add_argument(
         "--until", default=None, help="UTC HH:MM to be stopped by (between cells), then snapshot"
     )
+    res.add_argument("--processes", type=int, default=1, help="rnd audit processes sharing the store")
+    res.add_argument("--code", type=Path, default=None, help="run the rnd package of this checkout")
     sub.add_parser("snapshot")
     sub.add_parser("status")
     sub.add_parser("table")
     args = ap.parse_args()
+    use_name(args.name)
     if args.command == "resume":
-        return resume(args.threads, args.until)
+        return resume(args.threads, args.until, args.processes, args.code)
     if args.command == "snapshot":
         return snapshot()
     if args.command == "table":
