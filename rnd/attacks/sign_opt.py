@@ -24,6 +24,15 @@ Each iteration (the paper's Alg. 1):
 - when alpha falls below 1e-4 (l_2) / 1e-6 (l_inf) alpha resets to 1 and beta shrinks tenfold; an
   image stops once beta < 1e-8.
 
+Batching: one decision per image per step, all in one oracle query. An image at the start of an
+iteration sends its k probes; every other image sends the next decision of its line search (a
+trial's first query, a fine step or a halving). So the forward holds the line searches of every
+image beside the probes of those starting over, where the iteration as written ran each search
+stage for the few images still in it. Each image makes the iteration's decisions in the same order
+(the tests check this against the lock-step iteration on a deterministic model); a trial's point
+is accepted when the trial ends (or the image's budget does), so with `stop_at_eps` an image stops
+at the end of the trial that brings it within eps rather than at the end of its iteration.
+
 Start: `n_init` Gaussian directions, each one query at x0 + theta; for each adversarial one in
 turn, one query at the best g so far along it (skipped when it is not adversarial there), then a
 binary search from 0 to tol `tol`. At most a quarter of the remaining budget goes to directions.
@@ -67,6 +76,9 @@ _TOL_SHARE = 0.1  # line-search bisection stops at tol_share * beta * g (see the
 _REL_TOL = 1e-5  # and never below 1e-5 g
 _INIT_CHUNK = 10  # start directions drawn per round (memory bound)
 _PROBE_ELEMS = 2**26  # probe pixels per oracle query (memory bound; one query on small images)
+# an image's next decision: its iteration's sign probes, or the first query of a line-search trial,
+# a fine step, a halving
+_PROBE, _FIRST, _FINE, _BISECT = 0, 1, 2, 3
 
 
 def ray(x0: torch.Tensor, theta: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -82,6 +94,18 @@ class SignOPTState(DecisionState):
     g: torch.Tensor = field(init=False)  # float64: g(theta); inf while no direction is known
     alpha: torch.Tensor = field(init=False)  # float64: line-search step
     beta: torch.Tensor = field(init=False)  # float64: probe smoothing
+    # the iteration in progress (one decision per step): where each image is, and what it keeps
+    phase: torch.Tensor = field(init=False)  # _PROBE, _FIRST, _FINE or _BISECT
+    grad: torch.Tensor = field(init=False)  # the iteration's sign gradient
+    th0: torch.Tensor = field(init=False)  # theta and g at the iteration's start
+    g0: torch.Tensor = field(init=False)
+    tol: torch.Tensor = field(init=False)  # float64: the trials' bisection tolerance
+    shrinking: torch.Tensor = field(init=False)  # bool: in the second phase (quartering alpha)
+    trials: torch.Tensor = field(init=False)  # trials made in the phase
+    cand: torch.Tensor = field(init=False)  # the trial's direction
+    fine: torch.Tensor = field(init=False)  # fine steps made in the trial
+    lo: torch.Tensor = field(init=False)  # float64: the trial's bracket (lo not adversarial,
+    hi: torch.Tensor = field(init=False)  # hi adversarial)
 
 
 class SignOPT(DecisionAttack[SignOPTState]):
@@ -120,7 +144,7 @@ class SignOPT(DecisionAttack[SignOPTState]):
 
     @property
     def step_cost(self) -> int:
-        return 2 * self.eot  # one probe and one line-search query at least
+        return self.eot  # one decision (an iteration starts only with two to pay for: `step`)
 
     # -- start ---------------------------------------------------------------------------------
     def init(self, state: SignOPTState) -> None:
@@ -129,6 +153,11 @@ class SignOPT(DecisionAttack[SignOPTState]):
         state.g = torch.full((n,), torch.inf, dtype=torch.float64)
         state.alpha = torch.full((n,), self.alpha, dtype=torch.float64)
         state.beta = torch.full((n,), self.cur_mu, dtype=torch.float64)
+        state.phase = torch.full((n,), _PROBE, dtype=torch.long)
+        state.grad, state.th0, state.cand = (torch.zeros_like(state.x0) for _ in range(3))
+        state.g0, state.tol, state.lo, state.hi = (torch.zeros(n, dtype=torch.float64) for _ in range(4))
+        state.shrinking = torch.zeros(n, dtype=torch.bool)
+        state.trials, state.fine = torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long)
         super().init(state)  # clean query, given starts, then `start`
         # images with a point but no direction (given start, raw start point): the ray through it
         rows = (state.dist.isfinite() & ~state.g.isfinite()).nonzero().flatten()
@@ -185,99 +214,156 @@ class SignOPT(DecisionAttack[SignOPTState]):
         better = top < best[idx]
         state.g[r[better]], state.theta[r[better]] = top[better], th[better]
 
-    # -- the search ----------------------------------------------------------------------------
-    def boundary(
+    # -- the search: one decision per image per step ------------------------------------------
+    def probe_points(
+        self, state: SignOPTState, rows: torch.Tensor, k: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The sign probes of `rows`, the first k[r] of `self.k` per row: (points, the row index
+        of each point into `rows`, the probes' unit directions u (rows, k, ...), the index of
+        each point's probe). Point j is x0 + g (theta + beta u) / ||theta + beta u||, clipped."""
+        shape = state.x0.shape[1:]
+        u = self.row_randn(state, rows, self.k, *shape)
+        u = unit(u.flatten(0, 1), self.norm).view_as(u)
+        pi, qi = (torch.arange(self.k)[None] < k[:, None]).nonzero(as_tuple=True)
+        r = rows.index_select(0, pi)
+        beta = state.beta.index_select(0, r).float().view(-1, *([1] * len(shape)))
+        probe = unit(state.theta.index_select(0, r) + beta * u[pi, qi], self.norm)
+        return ray(state.x0.index_select(0, r), probe, state.g.index_select(0, r)), pi, u, qi
+
+    def new_trial(self, state: SignOPTState, rows: torch.Tensor) -> None:
+        """The line search's next trial direction for `rows`: theta0 - alpha grad, normalised."""
+        a = state.alpha.index_select(0, rows).float().view(-1, *([1] * (state.x0.dim() - 1)))
+        cand = unit(state.th0.index_select(0, rows) - a * state.grad.index_select(0, rows), self.norm)
+        state.cand.index_copy_(0, rows, cand)
+        state.phase.index_fill_(0, rows, _FIRST)
+
+    def step(self, state: SignOPTState, rows: torch.Tensor) -> None:
+        """One decision per image, all in one oracle query: the sign probes of an image at the
+        start of its iteration (k decisions), else the next decision of its line search (see the
+        module docstring). Each image makes the decisions of the iteration as written, in order."""
+        phase = state.phase.index_select(0, rows)
+        left = self.affordable(state, rows)
+        # an iteration starts only with a probe and a line-search decision to pay for
+        broke = (phase == _PROBE) & (left < 2)
+        if bool(broke.any()):
+            state.done.index_fill_(0, rows[broke], True)
+            keep = ~broke
+            rows, phase, left = rows[keep], phase[keep], left[keep]
+        probing = phase == _PROBE
+        pr = rows[probing]
+        sr, sph = rows[~probing], phase[~probing]
+        lo, hi = state.lo.index_select(0, sr), state.hi.index_select(0, sr)
+        t = torch.where(
+            sph == _FIRST, state.g.index_select(0, sr), torch.where(sph == _FINE, lo, (lo + hi) / 2)
+        )
+        xs = [ray(state.x0.index_select(0, sr), state.cand.index_select(0, sr), t)]
+        who = [sr]
+        # the probes, at most _PROBE_ELEMS pixels at a time; the first group goes with the searches
+        k = (left[probing] - 1).clamp(1, self.k)
+        per = max(1, _PROBE_ELEMS // (self.k * state.x0[0].numel()))
+        groups, adv_p = [], []
+        for c0 in range(0, pr.numel(), per):
+            part = slice(c0, c0 + per)
+            pts, pi, u, qi = self.probe_points(state, pr[part], k[part])
+            groups.append((part, pi, u, qi))
+            xs.append(pts)
+            who.append(pr[part].index_select(0, pi))
+            if c0 > 0:
+                adv_p.append(self.decide(state, pts, who[-1]))
+                continue
+            adv = self.decide(state, torch.cat(xs), torch.cat(who))
+            adv_s = adv[: sr.numel()]
+            adv_p.append(adv[sr.numel() :])
+        if not groups:
+            adv_s = self.decide(state, xs[0], sr)
+        view = (-1, *([1] * (state.x0.dim() - 1)))
+        for (part, pi, u, qi), a in zip(groups, adv_p, strict=True):
+            s = torch.where(a, -1.0, 1.0).view(view)
+            grad = torch.zeros(pr[part].numel(), *state.x0.shape[1:]).index_add_(0, pi, s * u[pi, qi])
+            state.grad.index_copy_(0, pr[part], grad / k[part].float().view(view))
+        if pr.numel():  # the line search starts: from theta0, g0 with alpha, growing
+            g0 = state.g.index_select(0, pr)
+            b = state.beta.index_select(0, pr)
+            state.g0.index_copy_(0, pr, g0)
+            state.th0.index_copy_(0, pr, state.theta.index_select(0, pr))
+            state.tol.index_copy_(0, pr, torch.maximum(b / 500, (b * _TOL_SHARE).clamp_min(_REL_TOL) * g0))
+            state.shrinking.index_fill_(0, pr, False)
+            state.trials.index_fill_(0, pr, 0)
+            self.new_trial(state, pr)
+        if sr.numel():
+            self.search_answers(state, sr, sph, t, lo, hi, adv_s)
+
+    def search_answers(
         self,
         state: SignOPTState,
         rows: torch.Tensor,
-        theta: torch.Tensor,
-        ref: torch.Tensor,
-        tol: torch.Tensor,
-    ) -> torch.Tensor:
-        """g along unit directions `theta` (one per row), searched from `ref`: inf where x0 + ref
-        theta is not adversarial (or unaffordable); else the adversarial end of a fine-grained
-        search then bisection (an observed-adversarial point, accepted)."""
-        out = torch.full((rows.numel(),), torch.inf, dtype=torch.float64)
-        x0 = state.x0[rows]
-        idx = (self.affordable(state, rows) >= 1).nonzero().flatten()
-        if not idx.numel():
-            return out
-        adv = self.decide(state, ray(x0[idx], theta[idx], ref[idx]), rows[idx])
-        hit = idx[adv]
-        if not hit.numel():
-            return out
-        hi = ref[hit].clone()
-        lo = hi * (1 - _FINE)
-        going = torch.ones(hit.numel(), dtype=torch.bool)
-        for _ in range(_FINE_STEPS):  # 1 % steps down while still adversarial
-            go = (going & (self.affordable(state, rows[hit]) >= 1)).nonzero().flatten()
-            if not go.numel():
-                break
-            a = self.decide(state, ray(x0[hit[go]], theta[hit[go]], lo[go]), rows[hit[go]])
-            going[go[~a]] = False
-            hi[go[a]] = lo[go[a]]
-            lo[go[a]] = lo[go[a]] * (1 - _FINE)
-        lo[going] = 0.0  # still adversarial after the fine steps: bracket from the clean image
-        xs, th = x0[hit], theta[hit]
-        lo, hi = self.bisect(state, rows[hit], lambda j, t: ray(xs[j], th[j], t), lo, hi, tol[hit])
-        self.accept(state, rows[hit], ray(xs, th, hi))
-        out[hit] = hi
-        return out
+        phase: torch.Tensor,
+        t: torch.Tensor,
+        lo: torch.Tensor,
+        hi: torch.Tensor,
+        adv: torch.Tensor,
+    ) -> None:
+        """Move each searching row on from its answer `adv` at t: the first query of a trial at
+        the best g (a miss ends the trial), 1 % steps down while adversarial, then halvings of
+        [lo, hi]; a trial ends at the tolerance or when the image can afford no more."""
+        first, fine = phase == _FIRST, phase == _FINE
+        down = (first | fine) & adv  # adversarial at t: hi = t, the next fine step 1 % lower
+        nfine = torch.where(first, 0, state.fine.index_select(0, rows)) + (fine & adv).long()
+        hi = torch.where(down | ((phase == _BISECT) & adv), t, hi)
+        lo = torch.where(down, t * (1 - _FINE), torch.where((phase == _BISECT) & ~adv, t, lo))
+        lo = torch.where(fine & adv & (nfine >= _FINE_STEPS), 0.0, lo)  # the bracket from x0
+        # the fine steps end at a non-adversarial answer or after _FINE_STEPS
+        phase = torch.where(first & adv, _FINE, phase)
+        phase = torch.where(fine & (~adv | (nfine >= _FINE_STEPS)), _BISECT, phase)
+        missed = first & ~adv
+        spent = self.affordable(state, rows) < 1
+        searching = phase != _FIRST
+        over = searching & ((phase == _BISECT) & (hi - lo <= state.tol.index_select(0, rows)) | spent)
+        state.lo.index_copy_(0, rows, lo)
+        state.hi.index_copy_(0, rows, hi)
+        state.fine.index_copy_(0, rows, nfine)
+        state.phase.index_copy_(0, rows, phase)
+        ended = (missed | over).nonzero().flatten()
+        if ended.numel():
+            gn = torch.where(missed, torch.inf, hi).index_select(0, ended)
+            self.trial_over(state, rows.index_select(0, ended), gn)
 
-    def sign_grad(self, state: SignOPTState, rows: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        """mean(sign * u) over each row's first k[r] of `self.k` probes (one query each)."""
-        shape = state.x0.shape[1:]
-        grad = torch.zeros(rows.numel(), *shape)
-        per = max(1, _PROBE_ELEMS // (self.k * state.x0[0].numel()))
-        for c0 in range(0, rows.numel(), per):
-            p = torch.arange(c0, min(c0 + per, rows.numel()))
-            r = rows[p]
-            u = self.row_randn(state, r, self.k, *shape)
-            u = unit(u.flatten(0, 1), self.norm).view_as(u)
-            pi, qi = (torch.arange(self.k)[None] < k[p][:, None]).nonzero(as_tuple=True)
-            beta = state.beta[r][pi].float().view(-1, *([1] * len(shape)))
-            probe = unit(state.theta[r][pi] + beta * u[pi, qi], self.norm)
-            adv = self.decide(state, ray(state.x0[r][pi], probe, state.g[r][pi]), r[pi])
-            s = torch.where(adv, -1.0, 1.0).view(-1, *([1] * len(shape)))
-            grad[p] = torch.zeros_like(grad[p]).index_add_(0, pi, s * u[pi, qi])
-        return grad / k.float().view(-1, *([1] * len(shape)))
-
-    def step(self, state: SignOPTState, rows: torch.Tensor) -> None:
-        k = (self.affordable(state, rows) - 1).clamp(1, self.k)  # keep a query for the line search
-        grad = self.sign_grad(state, rows, k)
-        view = (-1, *([1] * (grad.dim() - 1)))
-        g0, th0 = state.g[rows], state.theta[rows]
-        a, b = state.alpha[rows].clone(), state.beta[rows].clone()
-        tol = torch.maximum(b / 500, (b * _TOL_SHARE).clamp_min(_REL_TOL) * g0)
-        best_g, best_th = g0.clone(), th0.clone()
-
-        def trial(i: torch.Tensor) -> torch.Tensor:
-            cand = unit(th0[i] - a[i].float().view(view) * grad[i], self.norm)
-            gn = self.boundary(state, rows[i], cand, best_g[i], tol[i])
-            ok = gn < best_g[i]
-            best_g[i[ok]], best_th[i[ok]] = gn[ok], cand[ok]
-            return ok
-
-        growing = torch.ones(rows.numel(), dtype=torch.bool)
-        for _ in range(_LS_TRIALS):  # double alpha while g keeps falling
-            growing &= self.affordable(state, rows) >= 1
-            i = growing.nonzero().flatten()
-            if not i.numel():
-                break
-            ok = trial(i)
-            a[i] *= 2
-            growing[i[~ok]] = False
-        shrinking = best_g >= g0  # the first step failed: quarter alpha until g falls
-        for _ in range(_LS_TRIALS):
-            shrinking &= self.affordable(state, rows) >= 1
-            i = shrinking.nonzero().flatten()
-            if not i.numel():
-                break
-            a[i] *= 0.25
-            shrinking[i[trial(i)]] = False
-        reset = a < _ALPHA_FLOOR[self.norm]  # not moving: restart alpha, finer probes
-        a[reset] = 1.0
-        b[reset] *= 0.1
-        state.g[rows], state.theta[rows] = best_g, best_th
-        state.alpha[rows], state.beta[rows] = a, b
-        state.done[rows] |= b < _BETA_FLOOR
+    def trial_over(self, state: SignOPTState, rows: torch.Tensor, gn: torch.Tensor) -> None:
+        """A trial of `rows` found g = gn along its direction (inf: not adversarial at the best g):
+        accept the point, keep the direction if g fell, and go on with the line search: double
+        alpha while g keeps falling (at most _LS_TRIALS trials); if the first trial failed,
+        quarter alpha until g falls (at most _LS_TRIALS); then the iteration ends."""
+        hit = gn.isfinite()
+        cand = state.cand.index_select(0, rows)
+        if bool(hit.any()):
+            h = hit.nonzero().flatten()
+            self.accept(state, rows[h], ray(state.x0.index_select(0, rows[h]), cand[h], gn[h]))
+        ok = gn < state.g.index_select(0, rows)
+        if bool(ok.any()):
+            state.g.index_copy_(0, rows[ok], gn[ok])
+            state.theta.index_copy_(0, rows[ok], cand[ok])
+        trials = state.trials.index_select(0, rows) + 1
+        shrinking = state.shrinking.index_select(0, rows)
+        alpha = state.alpha.index_select(0, rows)
+        alpha = torch.where(shrinking, alpha, alpha * 2)
+        grow_on = ~shrinking & ok & (trials < _LS_TRIALS)
+        grown = ~shrinking & ~grow_on  # growing ends: shrink if the first trial failed
+        to_shrink = grown & (state.g.index_select(0, rows) >= state.g0.index_select(0, rows))
+        shrink_on = (shrinking & ~ok & (trials < _LS_TRIALS)) | to_shrink
+        trials = torch.where(to_shrink, 0, trials)
+        alpha = torch.where(shrink_on, alpha * 0.25, alpha)
+        state.trials.index_copy_(0, rows, trials)
+        state.shrinking.index_copy_(0, rows, shrinking | to_shrink)
+        state.alpha.index_copy_(0, rows, alpha)
+        more = grow_on | shrink_on
+        if bool(more.any()):
+            self.new_trial(state, rows[more])
+        fin = rows[~more]
+        if fin.numel():  # the iteration ends; not moving: restart alpha, finer probes
+            a, b = state.alpha.index_select(0, fin), state.beta.index_select(0, fin)
+            reset = a < _ALPHA_FLOOR[self.norm]
+            state.alpha.index_copy_(0, fin, torch.where(reset, 1.0, a))
+            b = torch.where(reset, b * 0.1, b)
+            state.beta.index_copy_(0, fin, b)
+            state.done.index_copy_(0, fin, state.done.index_select(0, fin) | (b < _BETA_FLOOR))
+            state.phase.index_fill_(0, fin, _PROBE)

@@ -2,7 +2,19 @@ import pytest
 import torch
 
 from rnd.attacks.base import unit
-from rnd.attacks.sign_opt import SignOPT
+from rnd.attacks.sign_opt import (
+    _ALPHA_FLOOR,
+    _BETA_FLOOR,
+    _FINE,
+    _FINE_STEPS,
+    _LS_TRIALS,
+    _PROBE_ELEMS,
+    _REL_TOL,
+    _TOL_SHARE,
+    SignOPT,
+    SignOPTState,
+    ray,
+)
 from rnd.errors import InputError
 from tests.attacks.decision_helpers import check_batch_independent, run_decision
 
@@ -119,3 +131,156 @@ def test_linf_searches_in_linf(tiny_model, attack_batch):
     d2 = ((x[f2] + st2.g[f2].float().view(-1, 1, 1, 1) * st2.theta[f2]).clamp(0, 1) - x[f2]).flatten(1)
     assert bool((d2.norm(dim=1) <= st2.g[f2].float() + 1e-5).all())
     assert float((d2.abs().amax(1) / st2.g[f2].float()).median()) < 0.5
+
+
+class LockstepSignOPT(SignOPT):
+    """Sign-OPT as it ran before one decision per image per step: every image's probes in one
+    query, then each line-search trial's queries (first, fine steps, halvings) for the images
+    still in that trial, the whole iteration within one step."""
+
+    @property
+    def step_cost(self) -> int:
+        return 2 * self.eot
+
+    def boundary(
+        self,
+        state: SignOPTState,
+        rows: torch.Tensor,
+        theta: torch.Tensor,
+        ref: torch.Tensor,
+        tol: torch.Tensor,
+    ) -> torch.Tensor:
+        """g along unit directions `theta` (one per row), searched from `ref`: inf where x0 + ref
+        theta is not adversarial (or unaffordable); else the adversarial end of a fine-grained
+        search then bisection (an observed-adversarial point, accepted)."""
+        out = torch.full((rows.numel(),), torch.inf, dtype=torch.float64)
+        x0 = state.x0[rows]
+        idx = (self.affordable(state, rows) >= 1).nonzero().flatten()
+        if not idx.numel():
+            return out
+        adv = self.decide(state, ray(x0[idx], theta[idx], ref[idx]), rows[idx])
+        hit = idx[adv]
+        if not hit.numel():
+            return out
+        hi = ref[hit].clone()
+        lo = hi * (1 - _FINE)
+        going = torch.ones(hit.numel(), dtype=torch.bool)
+        for _ in range(_FINE_STEPS):  # 1 % steps down while still adversarial
+            go = (going & (self.affordable(state, rows[hit]) >= 1)).nonzero().flatten()
+            if not go.numel():
+                break
+            a = self.decide(state, ray(x0[hit[go]], theta[hit[go]], lo[go]), rows[hit[go]])
+            going[go[~a]] = False
+            hi[go[a]] = lo[go[a]]
+            lo[go[a]] = lo[go[a]] * (1 - _FINE)
+        lo[going] = 0.0  # still adversarial after the fine steps: bracket from the clean image
+        xs, th = x0[hit], theta[hit]
+        lo, hi = self.bisect(state, rows[hit], lambda j, t: ray(xs[j], th[j], t), lo, hi, tol[hit])
+        self.accept(state, rows[hit], ray(xs, th, hi))
+        out[hit] = hi
+        return out
+
+    def sign_grad(self, state: SignOPTState, rows: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """mean(sign * u) over each row's first k[r] of `self.k` probes (one query each)."""
+        shape = state.x0.shape[1:]
+        grad = torch.zeros(rows.numel(), *shape)
+        per = max(1, _PROBE_ELEMS // (self.k * state.x0[0].numel()))
+        for c0 in range(0, rows.numel(), per):
+            p = torch.arange(c0, min(c0 + per, rows.numel()))
+            r = rows[p]
+            u = self.row_randn(state, r, self.k, *shape)
+            u = unit(u.flatten(0, 1), self.norm).view_as(u)
+            pi, qi = (torch.arange(self.k)[None] < k[p][:, None]).nonzero(as_tuple=True)
+            beta = state.beta[r][pi].float().view(-1, *([1] * len(shape)))
+            probe = unit(state.theta[r][pi] + beta * u[pi, qi], self.norm)
+            adv = self.decide(state, ray(state.x0[r][pi], probe, state.g[r][pi]), r[pi])
+            s = torch.where(adv, -1.0, 1.0).view(-1, *([1] * len(shape)))
+            grad[p] = torch.zeros_like(grad[p]).index_add_(0, pi, s * u[pi, qi])
+        return grad / k.float().view(-1, *([1] * len(shape)))
+
+    def step(self, state: SignOPTState, rows: torch.Tensor) -> None:
+        k = (self.affordable(state, rows) - 1).clamp(1, self.k)  # keep a query for the line search
+        grad = self.sign_grad(state, rows, k)
+        view = (-1, *([1] * (grad.dim() - 1)))
+        g0, th0 = state.g[rows], state.theta[rows]
+        a, b = state.alpha[rows].clone(), state.beta[rows].clone()
+        tol = torch.maximum(b / 500, (b * _TOL_SHARE).clamp_min(_REL_TOL) * g0)
+        best_g, best_th = g0.clone(), th0.clone()
+
+        def trial(i: torch.Tensor) -> torch.Tensor:
+            cand = unit(th0[i] - a[i].float().view(view) * grad[i], self.norm)
+            gn = self.boundary(state, rows[i], cand, best_g[i], tol[i])
+            ok = gn < best_g[i]
+            best_g[i[ok]], best_th[i[ok]] = gn[ok], cand[ok]
+            return ok
+
+        growing = torch.ones(rows.numel(), dtype=torch.bool)
+        for _ in range(_LS_TRIALS):  # double alpha while g keeps falling
+            growing &= self.affordable(state, rows) >= 1
+            i = growing.nonzero().flatten()
+            if not i.numel():
+                break
+            ok = trial(i)
+            a[i] *= 2
+            growing[i[~ok]] = False
+        shrinking = best_g >= g0  # the first step failed: quarter alpha until g falls
+        for _ in range(_LS_TRIALS):
+            shrinking &= self.affordable(state, rows) >= 1
+            i = shrinking.nonzero().flatten()
+            if not i.numel():
+                break
+            a[i] *= 0.25
+            shrinking[i[trial(i)]] = False
+        reset = a < _ALPHA_FLOOR[self.norm]  # not moving: restart alpha, finer probes
+        a[reset] = 1.0
+        b[reset] *= 0.1
+        state.g[rows], state.theta[rows] = best_g, best_th
+        state.alpha[rows], state.beta[rows] = a, b
+        state.done[rows] |= b < _BETA_FLOOR
+
+
+@pytest.mark.parametrize("norm,budget", [("l2", 90), ("l2", 700), ("linf", 400)])
+def test_one_decision_per_step_makes_the_lockstep_decisions(tiny_model, attack_batch, norm, budget):
+    """Each image makes the decisions of the iteration as written, in the same order, whatever the
+    other images are doing: on a deterministic model the same distances, points, query counts and
+    final directions as the lock-step iteration, budget edge included."""
+    x, y = attack_batch
+    kw = dict(eps=0.01, norm=norm, seed=7, stop_at_eps=False, k=15, n_init=8)
+    new, ref = Spy(**kw), LockstepSpy(**kw)
+    model = OneByOne(tiny_model)  # the bisections reach points whose label flips with the batch
+    a = run_decision(new, model, x, y, budget)
+    b = run_decision(ref, model, x, y, budget)
+    assert torch.equal(a.queries, b.queries)
+    assert torch.equal(a.distance, b.distance)
+    assert torch.equal(a.x_adv, b.x_adv)
+    assert torch.equal(new.state.g, ref.state.g) and torch.equal(new.state.theta, ref.state.theta)
+    assert int(a.queries.sum()) > 40 * len(y)  # several iterations ran
+
+
+class LockstepSpy(LockstepSignOPT, Spy):
+    pass
+
+
+class OneByOne(torch.nn.Module):
+    """The model run on one image at a time: an image's answer does not depend on the batch it
+    is queried in (a batched forward may round differently from a single one)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.input_shape, self.num_classes = model.input_shape, model.num_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.model(x[i : i + 1]) for i in range(x.shape[0])])
+
+
+def test_stops_at_the_trial_that_succeeds(tiny_model, attack_batch):
+    """With stop_at_eps an image stops once the trial that brings it within eps ends, not at the
+    end of its iteration's line search: never more queries than the lock-step iteration, fewer
+    for some image, the same successes."""
+    x, y = attack_batch
+    kw = dict(eps=2.5, norm="l2", seed=8, k=15, n_init=8)
+    a = run_decision(SignOPT(**kw), OneByOne(tiny_model), x, y, 600)
+    b = run_decision(LockstepSignOPT(**kw), OneByOne(tiny_model), x, y, 600)
+    assert torch.equal(a.success, b.success) and int(a.success.sum()) >= 4
+    assert bool((a.queries <= b.queries).all()) and bool((a.queries < b.queries).any())
