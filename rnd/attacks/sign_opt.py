@@ -28,10 +28,12 @@ Batching: one decision per image per step, all in one oracle query. An image at 
 iteration sends its k probes; every other image sends the next decision of its line search (a
 trial's first query, a fine step or a halving). So the forward holds the line searches of every
 image beside the probes of those starting over, where the iteration as written ran each search
-stage for the few images still in it. Each image makes the iteration's decisions in the same order
-(the tests check this against the lock-step iteration on a deterministic model); a trial's point
-is accepted when the trial ends (or the image's budget does), so with `stop_at_eps` an image stops
-at the end of the trial that brings it within eps rather than at the end of its iteration.
+stage for the few images still in it. The start is batched the same way: each image walks its own
+directions (a chunk of 10 in one round, then a check and a binary search per adversarial one), one
+round per image per query. Each image makes the start's and the iteration's decisions in the same
+order (the tests check this against the lock-step version on a deterministic model); a trial's
+point is accepted when the trial ends (or the image's budget does), so with `stop_at_eps` an image
+stops at the end of the trial that brings it within eps rather than at the end of its iteration.
 
 Start: `n_init` Gaussian directions, each one query at x0 + theta; for each adversarial one in
 turn, one query at the best g so far along it (skipped when it is not adversarial there), then a
@@ -79,6 +81,9 @@ _PROBE_ELEMS = 2**26  # probe pixels per oracle query (memory bound; one query o
 # an image's next decision: its iteration's sign probes, or the first query of a line-search trial,
 # a fine step, a halving
 _PROBE, _FIRST, _FINE, _BISECT = 0, 1, 2, 3
+# the start's: draw the next chunk of directions, find the next one to search, check it at the best
+# g, halve its bracket, or out of the start
+_DRAW, _WALK, _CHECK, _HALVE, _OUT = 0, 1, 2, 3, 4
 
 
 def ray(x0: torch.Tensor, theta: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -106,6 +111,42 @@ class SignOPTState(DecisionState):
     fine: torch.Tensor = field(init=False)  # fine steps made in the trial
     lo: torch.Tensor = field(init=False)  # float64: the trial's bracket (lo not adversarial,
     hi: torch.Tensor = field(init=False)  # hi adversarial)
+
+
+@dataclass(eq=False)
+class _StartWalk:
+    """The start's state per image being started (indexed like `rows`): where it is in its walk
+    over `n_init` directions, drawn `_INIT_CHUNK` at a time."""
+
+    rows: torch.Tensor
+    n_init: int  # the attack's: the chunks are n_init's
+    tries: torch.Tensor  # directions it may draw (a quarter of its budget, at most n_init)
+    drawn: torch.Tensor  # directions drawn so far
+    dirs: torch.Tensor  # (n, _INIT_CHUNK, ...) the current chunk
+    adv: torch.Tensor  # (n, _INIT_CHUNK) adversarial at x0 + direction
+    j: torch.Tensor  # the next direction of the chunk to walk
+    phase: torch.Tensor  # _DRAW, _WALK, _CHECK, _HALVE or _OUT
+    theta: torch.Tensor  # the direction being searched (unit norm)
+    lo: torch.Tensor  # float64 bracket of its search (the check's point: hi)
+    hi: torch.Tensor
+
+    @classmethod
+    def new(cls, state: SignOPTState, rows: torch.Tensor, n_init: int, tries: torch.Tensor) -> _StartWalk:
+        n, shape = rows.numel(), state.x0.shape[1:]
+        zeros = torch.zeros(n, dtype=torch.long)
+        return cls(
+            rows=rows,
+            n_init=n_init,
+            tries=tries,
+            drawn=zeros.clone(),
+            dirs=torch.zeros(n, _INIT_CHUNK, *shape),
+            adv=torch.zeros(n, _INIT_CHUNK, dtype=torch.bool),
+            j=zeros.clone(),
+            phase=torch.full((n,), _DRAW, dtype=torch.long),
+            theta=torch.zeros(n, *shape),
+            lo=torch.zeros(n, dtype=torch.float64),
+            hi=torch.zeros(n, dtype=torch.float64),
+        )
 
 
 class SignOPT(DecisionAttack[SignOPTState]):
@@ -169,50 +210,113 @@ class SignOPT(DecisionAttack[SignOPTState]):
         state.g[ok] = size[size > 0].double()
 
     def start(self, state: SignOPTState, rows: torch.Tensor) -> None:
-        """The authors' start: best of `n_init` Gaussian directions (see the module docstring)."""
-        shape = state.x0.shape[1:]
+        """The authors' start: best of `n_init` Gaussian directions (see the module docstring),
+        one decision per image per round (a chunk's directions count as one: queried together),
+        all images' decisions in one oracle query: each image walks its own directions, in order."""
         tries = (self.affordable(state, rows) // 4).clamp(1, self.n_init)
-        for c0 in range(0, self.n_init, _INIT_CHUNK):
-            c = min(_INIT_CHUNK, self.n_init - c0)
-            drawing = (tries > c0).nonzero().flatten()
-            if not drawing.numel():
+        w = _StartWalk.new(state, rows, self.n_init, tries)
+        while True:
+            self.walk(state, w)  # every image to its next decision (or out of the start)
+            draw = (w.phase == _DRAW).nonzero().flatten()
+            one = ((w.phase == _CHECK) | (w.phase == _HALVE)).nonzero().flatten()
+            if not draw.numel() and not one.numel():
                 return
-            dirs = self.row_randn(state, rows[drawing], c, *shape)
-            want = (c0 + torch.arange(c))[None] < tries[drawing][:, None]
-            want &= torch.arange(c)[None] < self.affordable(state, rows[drawing])[:, None]
-            pi, ji = want.nonzero(as_tuple=True)
-            x = (state.x0[rows[drawing][pi]] + dirs[pi, ji]).clamp(0.0, 1.0)
-            adv = self.decide(state, x, rows[drawing][pi])
-            for j in range(c):  # in turn, as the authors (each bisection starts from the best g)
-                sel = pi[adv & (ji == j)]
-                if sel.numel():
-                    self._try_direction(state, rows[drawing][sel], dirs[sel, j])
+            # the points: a chunk of directions from x0 per drawing row, else one point on its ray
+            xs, who, split = [], [], []
+            for c, part in self.chunks(w, draw):
+                d = self.row_randn(state, w.rows[part], c, *state.x0.shape[1:])
+                w.dirs[part, :c] = d
+                want = (w.drawn[part][:, None] + torch.arange(c)[None]) < w.tries[part][:, None]
+                want &= torch.arange(c)[None] < self.affordable(state, w.rows[part])[:, None]
+                pi, ji = want.nonzero(as_tuple=True)
+                xs.append((state.x0.index_select(0, w.rows[part][pi]) + d[pi, ji]).clamp(0.0, 1.0))
+                who.append(w.rows[part][pi])
+                split.append((part, pi, ji, c))
+            t = torch.where(w.phase[one] == _CHECK, w.hi[one], (w.lo[one] + w.hi[one]) / 2)
+            xs.append(ray(state.x0.index_select(0, w.rows[one]), w.theta[one], t))
+            who.append(w.rows[one])
+            adv = self.decide(state, torch.cat(xs), torch.cat(who))
+            at = 0
+            for part, pi, ji, c in split:
+                hits = torch.zeros(part.numel(), _INIT_CHUNK, dtype=torch.bool)
+                hits[pi, ji] = adv[at : at + pi.numel()]
+                at += pi.numel()
+                w.adv[part] = hits
+                w.drawn[part] += c
+                w.j.index_fill_(0, part, 0)
+                w.phase.index_fill_(0, part, _WALK)
+            self.start_answers(state, w, one, t, adv[at:])
 
-    def _try_direction(self, state: SignOPTState, rows: torch.Tensor, theta: torch.Tensor) -> None:
-        """One start direction per row, known adversarial at x0 + theta: keep it if its g beats."""
-        f = theta.flatten(1)
-        lbd = (f.abs().amax(1) if self.norm == "linf" else f.norm(dim=1)).double()
-        theta = unit(theta, self.norm)
-        best = state.g[rows]
-        x0 = state.x0[rows]
-        keep = torch.ones(rows.numel(), dtype=torch.bool)
-        check = (lbd > best) & best.isfinite()
-        if bool(check.any()):  # adversarial at the best g so far? else it cannot beat it
-            idx = check.nonzero().flatten()
-            idx = idx[self.affordable(state, rows[idx]) >= 1]
-            keep[check] = False
-            if idx.numel():
-                keep[idx] = self.decide(state, ray(x0[idx], theta[idx], best[idx]), rows[idx])
-        hi = torch.where(check, best, lbd)
-        idx = keep.nonzero().flatten()
+    @staticmethod
+    def chunks(w: _StartWalk, draw: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
+        """The drawing rows grouped by their chunk's size (the last chunk of n_init may be short)."""
+        sizes = (w.n_init - w.drawn[draw]).clamp(max=_INIT_CHUNK)
+        return [(int(c), draw[sizes == c]) for c in sizes.unique().tolist()]
+
+    def walk(self, state: SignOPTState, w: _StartWalk) -> None:
+        """Move every walking row to its next decision: the next adversarial direction of its chunk
+        (a check at the best g where it reaches beyond it, else its binary search), else its next
+        chunk, else out of the start. Directions that need no query (nothing affordable, or a
+        bracket already within the tolerance) are taken in turn without one, as in the loop."""
+        while True:
+            walking = (w.phase == _WALK).nonzero().flatten()
+            if not walking.numel():
+                return
+            j = w.j[walking]
+            left = w.adv[walking] & (torch.arange(_INIT_CHUNK)[None] >= j[:, None])
+            has = left.any(1)
+            nxt = torch.where(has, left.int().argmax(1), _INIT_CHUNK)
+            done = walking[~has]  # the chunk is walked: the next one, or the start is over
+            more = w.drawn[done] < w.tries[done]
+            w.phase[done] = torch.where(more, _DRAW, _OUT)
+            go = walking[has]
+            if not go.numel():
+                continue
+            jj = nxt[has]
+            w.j[go] = jj + 1
+            theta = w.dirs[go, jj]
+            f = theta.flatten(1)
+            lbd = (f.abs().amax(1) if self.norm == "linf" else f.norm(dim=1)).double()
+            w.theta[go] = unit(theta, self.norm)
+            best = state.g[w.rows[go]]
+            check = (lbd > best) & best.isfinite()
+            afford = self.affordable(state, w.rows[go]) >= 1
+            w.lo[go] = 0.0
+            w.hi[go] = torch.where(check, best, lbd)
+            # a check that cannot be paid for drops the direction; else check, or search [0, lbd]
+            phase = torch.where(check, torch.where(afford, _CHECK, _WALK), _HALVE)
+            w.phase[go] = phase
+            ready = go[(phase == _HALVE) & ((w.hi[go] - w.lo[go] <= self.tol) | ~afford)]
+            self.direction_over(state, w, ready)
+
+    def start_answers(
+        self, state: SignOPTState, w: _StartWalk, one: torch.Tensor, t: torch.Tensor, adv: torch.Tensor
+    ) -> None:
+        """Checks and halvings answered: a check that holds opens the search on [0, best g], one
+        that fails drops the direction; a search ends at the tolerance or the budget."""
+        if not one.numel():
+            return
+        checking = w.phase[one] == _CHECK
+        w.phase[one[checking & ~adv]] = _WALK
+        halving = ~checking
+        w.hi[one] = torch.where(halving & adv, t, w.hi[one])
+        w.lo[one] = torch.where(halving & ~adv, t, w.lo[one])
+        w.phase[one[checking & adv]] = _HALVE
+        searching = one[checking & adv | halving]
+        spent = self.affordable(state, w.rows[searching]) < 1
+        over = (w.hi[searching] - w.lo[searching] <= self.tol) | spent
+        self.direction_over(state, w, searching[over])
+
+    def direction_over(self, state: SignOPTState, w: _StartWalk, idx: torch.Tensor) -> None:
+        """The searches of walk rows `idx` are over: accept their points, keep the direction where
+        its g beats the best, and walk on."""
         if not idx.numel():
             return
-        xs, th, r = x0[idx], theta[idx], rows[idx]
-        zero = torch.zeros(idx.numel(), dtype=torch.float64)
-        _, top = self.bisect(state, r, lambda j, t: ray(xs[j], th[j], t), zero, hi[idx], self.tol)
-        self.accept(state, r, ray(xs, th, top))
-        better = top < best[idx]
+        r, top, th = w.rows[idx], w.hi[idx], w.theta[idx]
+        self.accept(state, r, ray(state.x0.index_select(0, r), th, top))
+        better = top < state.g[r]
         state.g[r[better]], state.theta[r[better]] = top[better], th[better]
+        w.phase[idx] = _WALK
 
     # -- the search: one decision per image per step ------------------------------------------
     def probe_points(

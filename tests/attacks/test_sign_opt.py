@@ -7,6 +7,7 @@ from rnd.attacks.sign_opt import (
     _BETA_FLOOR,
     _FINE,
     _FINE_STEPS,
+    _INIT_CHUNK,
     _LS_TRIALS,
     _PROBE_ELEMS,
     _REL_TOL,
@@ -136,11 +137,58 @@ def test_linf_searches_in_linf(tiny_model, attack_batch):
 class LockstepSignOPT(SignOPT):
     """Sign-OPT as it ran before one decision per image per step: every image's probes in one
     query, then each line-search trial's queries (first, fine steps, halvings) for the images
-    still in that trial, the whole iteration within one step."""
+    still in that trial, the whole iteration within one step; and the start chunk by chunk, each
+    chunk's directions in turn for every image whose direction it is."""
 
     @property
     def step_cost(self) -> int:
         return 2 * self.eot
+
+    def start(self, state: SignOPTState, rows: torch.Tensor) -> None:
+        """The authors' start: best of `n_init` Gaussian directions (see the module docstring)."""
+        shape = state.x0.shape[1:]
+        tries = (self.affordable(state, rows) // 4).clamp(1, self.n_init)
+        for c0 in range(0, self.n_init, _INIT_CHUNK):
+            c = min(_INIT_CHUNK, self.n_init - c0)
+            drawing = (tries > c0).nonzero().flatten()
+            if not drawing.numel():
+                return
+            dirs = self.row_randn(state, rows[drawing], c, *shape)
+            want = (c0 + torch.arange(c))[None] < tries[drawing][:, None]
+            want &= torch.arange(c)[None] < self.affordable(state, rows[drawing])[:, None]
+            pi, ji = want.nonzero(as_tuple=True)
+            x = (state.x0[rows[drawing][pi]] + dirs[pi, ji]).clamp(0.0, 1.0)
+            adv = self.decide(state, x, rows[drawing][pi])
+            for j in range(c):  # in turn, as the authors (each bisection starts from the best g)
+                sel = pi[adv & (ji == j)]
+                if sel.numel():
+                    self._try_direction(state, rows[drawing][sel], dirs[sel, j])
+
+    def _try_direction(self, state: SignOPTState, rows: torch.Tensor, theta: torch.Tensor) -> None:
+        """One start direction per row, known adversarial at x0 + theta: keep it if its g beats."""
+        f = theta.flatten(1)
+        lbd = (f.abs().amax(1) if self.norm == "linf" else f.norm(dim=1)).double()
+        theta = unit(theta, self.norm)
+        best = state.g[rows]
+        x0 = state.x0[rows]
+        keep = torch.ones(rows.numel(), dtype=torch.bool)
+        check = (lbd > best) & best.isfinite()
+        if bool(check.any()):  # adversarial at the best g so far? else it cannot beat it
+            idx = check.nonzero().flatten()
+            idx = idx[self.affordable(state, rows[idx]) >= 1]
+            keep[check] = False
+            if idx.numel():
+                keep[idx] = self.decide(state, ray(x0[idx], theta[idx], best[idx]), rows[idx])
+        hi = torch.where(check, best, lbd)
+        idx = keep.nonzero().flatten()
+        if not idx.numel():
+            return
+        xs, th, r = x0[idx], theta[idx], rows[idx]
+        zero = torch.zeros(idx.numel(), dtype=torch.float64)
+        _, top = self.bisect(state, r, lambda j, t: ray(xs[j], th[j], t), zero, hi[idx], self.tol)
+        self.accept(state, r, ray(xs, th, top))
+        better = top < best[idx]
+        state.g[r[better]], state.theta[r[better]] = top[better], th[better]
 
     def boundary(
         self,
@@ -239,13 +287,18 @@ class LockstepSignOPT(SignOPT):
         state.done[rows] |= b < _BETA_FLOOR
 
 
-@pytest.mark.parametrize("norm,budget", [("l2", 90), ("l2", 700), ("linf", 400)])
-def test_one_decision_per_step_makes_the_lockstep_decisions(tiny_model, attack_batch, norm, budget):
-    """Each image makes the decisions of the iteration as written, in the same order, whatever the
-    other images are doing: on a deterministic model the same distances, points, query counts and
-    final directions as the lock-step iteration, budget edge included."""
+@pytest.mark.parametrize(
+    "norm,budget,n_init",
+    [("l2", 90, 23), ("l2", 700, 8), ("linf", 400, 23), ("l2", 300, 100), ("linf", 45, 23)],
+)
+def test_one_decision_per_step_makes_the_lockstep_decisions(tiny_model, attack_batch, norm, budget, n_init):
+    """Each image makes the decisions of the start and the iteration as written, in the same order,
+    whatever the other images are doing: on a deterministic model the same distances, points,
+    query counts and final directions as the lock-step version, budget edge included (starts of
+    one chunk, of several with a short last one, and of the default 100 directions capped by a
+    quarter of the budget)."""
     x, y = attack_batch
-    kw = dict(eps=0.01, norm=norm, seed=7, stop_at_eps=False, k=15, n_init=8)
+    kw = dict(eps=0.01, norm=norm, seed=7, stop_at_eps=False, k=15, n_init=n_init)
     new, ref = Spy(**kw), LockstepSpy(**kw)
     model = OneByOne(tiny_model)  # the bisections reach points whose label flips with the batch
     a = run_decision(new, model, x, y, budget)
