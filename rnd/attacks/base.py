@@ -394,7 +394,9 @@ def row_draws(
 ) -> torch.Tensor:
     """One draw of `shape` per row, each from its image's (CPU) generator (so a result does not
     depend on how images are batched), stacked and copied to the rows' device once."""
-    out = torch.stack([draw(*shape, generator=gens[r], device="cpu") for r in rows.tolist()])
+    out = torch.empty(rows.numel(), *shape)
+    for i, r in enumerate(rows.tolist()):  # into place: no stacked copy of every draw
+        draw(*shape, generator=gens[r], out=out[i])
     return to_device(out, rows.device)
 
 

@@ -321,18 +321,30 @@ class SignOPT(DecisionAttack[SignOPTState]):
     # -- the search: one decision per image per step ------------------------------------------
     def probe_points(
         self, state: SignOPTState, rows: torch.Tensor, k: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The sign probes of `rows`, the first k[r] of `self.k` per row: (points, the row index
-        of each point into `rows`, the probes' unit directions u (rows, k, ...), the index of
-        each point's probe). Point j is x0 + g (theta + beta u) / ||theta + beta u||, clipped."""
-        shape = state.x0.shape[1:]
+        of each point into `rows`, each point's unit probe direction u). Point j is
+        x0 + g (theta + beta u) / ||theta + beta u||, clipped. Each row's theta, x0, beta and g
+        are broadcast over its probes and the arithmetic runs in place on one buffer (the same
+        operations in the same order as gathering them per probe: the same values)."""
+        n, shape = rows.numel(), state.x0.shape[1:]
         u = self.row_randn(state, rows, self.k, *shape)
-        u = unit(u.flatten(0, 1), self.norm).view_as(u)
-        pi, qi = (torch.arange(self.k)[None] < k[:, None]).nonzero(as_tuple=True)
-        r = rows.index_select(0, pi)
-        beta = state.beta.index_select(0, r).float().view(-1, *([1] * len(shape)))
-        probe = unit(state.theta.index_select(0, r) + beta * u[pi, qi], self.norm)
-        return ray(state.x0.index_select(0, r), probe, state.g.index_select(0, r)), pi, u, qi
+        u = unit(u.flatten(0, 1), self.norm, in_place=True)
+        if bool((k == self.k).all()):  # every probe of every row (all but an image's last steps)
+            pi = torch.arange(n).repeat_interleave(self.k)
+            r = rows
+        else:
+            pi, qi = (torch.arange(self.k)[None] < k[:, None]).nonzero(as_tuple=True)
+            u = u.view(n, self.k, *shape)[pi, qi]
+            r = rows.index_select(0, pi)
+        m = u.shape[0] // r.numel()  # probes per row of `r`: broadcast over them
+        per_row = (r.numel(), 1, *([1] * len(shape)))
+        beta = state.beta.index_select(0, r).float().view(per_row)
+        p = torch.mul(beta, u.view(r.numel(), m, *shape)).add_(state.theta.index_select(0, r).unsqueeze(1))
+        p = unit(p.flatten(0, 1), self.norm, in_place=True).view(r.numel(), m, *shape)
+        p.mul_(state.g.index_select(0, r).float().view(per_row))
+        p = p.add_(state.x0.index_select(0, r).unsqueeze(1)).clamp_(0.0, 1.0)
+        return p.flatten(0, 1), pi, u
 
     def new_trial(self, state: SignOPTState, rows: torch.Tensor) -> None:
         """The line search's next trial direction for `rows`: theta0 - alpha grad, normalised."""
@@ -368,8 +380,8 @@ class SignOPT(DecisionAttack[SignOPTState]):
         groups, adv_p = [], []
         for c0 in range(0, pr.numel(), per):
             part = slice(c0, c0 + per)
-            pts, pi, u, qi = self.probe_points(state, pr[part], k[part])
-            groups.append((part, pi, u, qi))
+            pts, pi, u = self.probe_points(state, pr[part], k[part])
+            groups.append((part, pi, u))
             xs.append(pts)
             who.append(pr[part].index_select(0, pi))
             if c0 > 0:
@@ -381,9 +393,9 @@ class SignOPT(DecisionAttack[SignOPTState]):
         if not groups:
             adv_s = self.decide(state, xs[0], sr)
         view = (-1, *([1] * (state.x0.dim() - 1)))
-        for (part, pi, u, qi), a in zip(groups, adv_p, strict=True):
+        for (part, pi, u), a in zip(groups, adv_p, strict=True):
             s = torch.where(a, -1.0, 1.0).view(view)
-            grad = torch.zeros(pr[part].numel(), *state.x0.shape[1:]).index_add_(0, pi, s * u[pi, qi])
+            grad = torch.zeros(pr[part].numel(), *state.x0.shape[1:]).index_add_(0, pi, u.mul_(s))
             state.grad.index_copy_(0, pr[part], grad / k[part].float().view(view))
         if pr.numel():  # the line search starts: from theta0, g0 with alpha, growing
             g0 = state.g.index_select(0, pr)
