@@ -234,14 +234,15 @@ class HopSkipJump(DecisionAttack[HopSkipJumpState]):
         """k[i] unit-l_2 directions for rows[i] (Gaussian for l_2, uniform for l_inf), each from its
         image's generator, in order."""
         shape = tuple(state.x0.shape[1:])
-        draws = []
-        for r, kr in zip(rows.tolist(), k.tolist(), strict=True):
-            if self.norm == "l2":
-                draws.append(torch.randn(kr, *shape, generator=state.gens[r], device="cpu"))
-            else:
-                draws.append(2 * torch.rand(kr, *shape, generator=state.gens[r], device="cpu") - 1)
+        counts = k.tolist()
+        out = torch.empty(sum(counts), *shape)
+        draw = torch.randn if self.norm == "l2" else torch.rand
+        for r, part in zip(rows.tolist(), out.split(counts), strict=True):  # into place: no copy
+            draw(*part.shape, generator=state.gens[r], out=part)
+        if self.norm != "l2":
+            out.mul_(2).sub_(1)  # uniform on [-1, 1): 2 u - 1, as drawn
         # CPU generators: one copy to the device; the draws are fresh, so they are scaled in place
-        return unit(to_device(torch.cat(draws), rows.device), in_place=True)
+        return unit(to_device(out, rows.device), in_place=True)
 
     def step_search(
         self, state: HopSkipJumpState, rows: torch.Tensor, v: torch.Tensor, eps: torch.Tensor, reserve: int

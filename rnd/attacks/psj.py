@@ -62,8 +62,9 @@ MAX_PROBE_FACTOR = 4.0
 
 
 def p_adv(t: torch.Tensor, t0: torch.Tensor, s: torch.Tensor, floor: float) -> torch.Tensor:
-    """The line-search model P(adversarial | t) for boundary t0 and width s (broadcasting)."""
-    return floor + (1 - 2 * floor) * torch.sigmoid((t - t0) / s)
+    """The line-search model P(adversarial | t) for boundary t0 and width s (broadcasting); in
+    place on the one tensor of the broadcast shape (the same values as out of place)."""
+    return ((t - t0) / s).sigmoid_().mul_(1 - 2 * floor).add_(floor)
 
 
 def quantile(tg: torch.Tensor, marg: torch.Tensor, q: float) -> torch.Tensor:
@@ -184,14 +185,16 @@ class PopSkipJump(HopSkipJump):
         own term, and only a zoomed grid needs every answer again."""
         s = torch.tensor(WIDTHS).view(1, 1, 1, -1)
         p = p_adv(ts[:, :, None, None], tg[:, None, :, None], s, self.floor)
-        like = torch.where(ys[:, :, None, None] > 0, p, 1 - p)  # one log per answer, not two
-        return (like.log() * seen[:, :, None, None]).sum(1)
+        like = torch.where(ys[:, :, None, None] > 0, p, 1 - p).log_()  # one log per answer, not two
+        if not bool(seen.all()):  # (times 1 changes nothing)
+            like.mul_(seen[:, :, None, None])
+        return like.sum(1)
 
     @staticmethod
     def normalised(logp: torch.Tensor) -> torch.Tensor:
         """The posterior (n, G, S) from its log (flat prior), per row."""
-        post = (logp - logp.flatten(1).amax(1).view(-1, 1, 1)).exp()
-        return post / post.sum((1, 2), keepdim=True)
+        post = (logp - logp.flatten(1).amax(1).view(-1, 1, 1)).exp_()
+        return post.div_(post.sum((1, 2), keepdim=True))
 
     def boundary_search(
         self, state: HopSkipJumpState, rows: torch.Tensor, xs: torch.Tensor
