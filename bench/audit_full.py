@@ -58,6 +58,8 @@ WORKING = OUT / "audit.sqlite"
 #: Each run's segments (start, end, code revision, processes): the elapsed time of a run carried
 #: across sessions.
 SEGMENTS = HOME / "audit.segments.json"
+#: CPU seconds per finished cell (`CellClock`), kept beside the snapshot.
+CPU = HOME / "audit.cpu.json"
 CHECKPOINT = HOME / "checkpoints" / "fashion-mnist-small-cnn"
 #: Seconds a cell is assumed to take before one has finished in this run (a defended cell: about
 #: 5 M queries at the 7,700-15,000 queries/s measured on 2 idle cores).
@@ -134,12 +136,13 @@ def cell_walls_since(store: Path, since: str) -> list[float]:
 def use_name(name: str) -> None:
     """Work on the run `name`: its working store under results/audit-NAME/ and its snapshot
     bench/audit-full/NAME.sqlite (`audit`, the default, keeps the original paths)."""
-    global SNAPSHOT, OUT, WORKING, SEGMENTS
+    global SNAPSHOT, OUT, WORKING, SEGMENTS, CPU
     if name != "audit":
         SNAPSHOT = HOME / f"{name}.sqlite"
         OUT = ROOT / "results" / f"audit-{name}"
         WORKING = OUT / "audit.sqlite"
         SEGMENTS = HOME / f"{name}.segments.json"
+        CPU = HOME / f"{name}.cpu.json"
 
 
 def revision(code: Path) -> str:
@@ -199,11 +202,15 @@ def resume(threads: int, until: str | None = None, processes: int = 1, code: Pat
             time.sleep(1.0)
     since = started.isoformat(timespec="milliseconds")
     holding: dict[str, str] = {}
+    clock = CellClock()
     while any(p.poll() is None for p in procs):
         time.sleep(POLL_SECONDS)
-        if deadline is None or not WORKING.exists():
+        if not WORKING.exists():
             continue
         now_claims = claims(WORKING)
+        clock.poll([p.pid for p in procs], now_claims)
+        if deadline is None:
+            continue
         longest = max(cell_walls_since(WORKING, since), default=None)
         left = (deadline - dt.datetime.now(dt.UTC)).total_seconds()
         for p in procs:
@@ -219,10 +226,59 @@ def resume(threads: int, until: str | None = None, processes: int = 1, code: Pat
             elif cell is not None:
                 holding[str(p.pid)] = cell
     ended = dt.datetime.now(dt.UTC)
+    clock.save(CPU, finished_keys(WORKING))
     log_segment(started, ended, processes, threads, revision(code or ROOT))
     snapshot()
     ok = (0, -signal.SIGTERM, -signal.SIGKILL)
     return next((p.returncode for p in procs if p.returncode not in ok), 0)
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of process `pid` so far (None once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+BEFORE_CELLS = "(before the first cell: calibration, planning)"
+
+
+class CellClock:
+    """CPU seconds per cell, from polls of each audit process's CPU time and the cell it claims: a
+    cell's CPU time is what its process spent from the first poll that saw the claim to the first
+    that saw the next (each boundary within one poll). The sum of a cell's wall time and its CPU time
+    tells how much of the wall the process was kept from its core by other work on the machine."""
+
+    def __init__(self) -> None:
+        self.held: dict[int, tuple[str | None, float, float]] = {}  # cell, CPU when claimed, at last poll
+        self.spent: dict[str, float] = {}
+
+    def poll(self, pids: list[int], claimed: dict[str, str]) -> None:
+        for pid in pids:
+            cpu = cpu_seconds(pid)
+            was, since, last = self.held.get(pid, (BEFORE_CELLS, 0.0, 0.0))
+            if cpu is None:  # gone: what it spent up to the last poll goes to what it held
+                cell, cpu = None, last
+            else:
+                cell = claimed.get(str(pid))
+            if cell != was and was is not None:
+                self.spent[was] = self.spent.get(was, 0.0) + cpu - since
+            self.held[pid] = (cell, cpu if cell != was else since, cpu)
+
+    def save(self, path: Path, finished: set[str]) -> None:
+        """Add the CPU seconds of the cells finished (a cell stopped half-way restarts: not kept)."""
+        kept = json.loads(path.read_text()) if path.exists() else {}
+        for cell, sec in self.spent.items():
+            if cell in finished or cell == BEFORE_CELLS:
+                kept[cell] = round(kept.get(cell, 0.0) + sec, 1)
+        path.write_text(json.dumps(kept, indent=1, sort_keys=True) + "\n")
+
+
+def finished_keys(store: Path) -> set[str]:
+    with sqlite3.connect(f"{store.resolve().as_uri()}?mode=ro", uri=True) as con:
+        return {r[0] for r in con.execute("SELECT cell_key FROM cell_summaries")}
 
 
 def log_segment(started: dt.datetime, ended: dt.datetime, processes: int, threads: int, code: str) -> None:
@@ -344,7 +400,10 @@ def main() -> int:
     if args.command == "table":
         return table()
     store = WORKING if WORKING.exists() else SNAPSHOT
-    print(json.dumps({"store": str(store.relative_to(ROOT)), **progress(store)}))
+    cpu = json.loads(CPU.read_text()) if CPU.exists() else {}
+    done = finished_keys(store)
+    extra = {"cell_cpu_seconds": round(sum(v for k, v in cpu.items() if k in done), 1)} if cpu else {}
+    print(json.dumps({"store": str(store.relative_to(ROOT)), **progress(store), **extra}))
     return 0
 
 

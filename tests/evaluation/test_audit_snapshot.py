@@ -156,3 +156,29 @@ def test_the_full_audits_verdict_is_complete_and_the_worst_case_of_its_cells():
     worst = (surrogate["worst"]["attack"], surrogate["worst"]["failure"])
     assert worst == (f"psj-ts l2 eps=1.5 {ensemble}", 32.2)
     assert surrogate["undefended_worst"]["failure"] == 5.8
+
+
+def test_cell_clock_charges_each_cell_the_cpu_its_process_spent_on_it(tmp_path, monkeypatch):
+    """A cell's CPU time runs from the poll that first sees its claim to the poll that sees the
+    next; a process that exits is charged up to its last poll; a cell stopped half-way (not
+    finished) is not kept, and seconds add up across runs of the same store."""
+    script = load_script()
+    polls = [  # (cpu of pid 1, claim of pid 1, cpu of pid 2, claim of pid 2)
+        (5.0, None, 1.0, "b"),
+        (12.0, "a", 9.0, "b"),
+        (30.0, "c", 15.0, None),
+        (41.0, "c", None, None),  # pid 2 has exited
+        (None, None, None, None),  # pid 1 too, stopped during c
+    ]
+    clock, at = script.CellClock(), [0]
+    monkeypatch.setattr(script, "cpu_seconds", lambda pid: polls[at[0]][0 if pid == 1 else 2])
+    for i, (_, c1, _, c2) in enumerate(polls):
+        at[0] = i
+        clock.poll([1, 2], {k: v for k, v in (("1", c1), ("2", c2)) if v})
+    assert clock.spent == {script.BEFORE_CELLS: 5.0 + 1.0, "a": 18.0, "b": 14.0, "c": 11.0}
+    out = tmp_path / "run.cpu.json"
+    clock.save(out, finished={"a", "b"})
+    clock.save(out, finished={"a", "b"})
+    import json
+
+    assert json.loads(out.read_text()) == {script.BEFORE_CELLS: 12.0, "a": 36.0, "b": 28.0}
