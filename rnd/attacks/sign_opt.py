@@ -320,13 +320,14 @@ class SignOPT(DecisionAttack[SignOPTState]):
 
     # -- the search: one decision per image per step ------------------------------------------
     def probe_points(
-        self, state: SignOPTState, rows: torch.Tensor, k: torch.Tensor
+        self, state: SignOPTState, rows: torch.Tensor, k: torch.Tensor, lead: int = 0
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The sign probes of `rows`, the first k[r] of `self.k` per row: (points, the row index
         of each point into `rows`, each point's unit probe direction u). Point j is
         x0 + g (theta + beta u) / ||theta + beta u||, clipped. Each row's theta, x0, beta and g
         are broadcast over its probes and the arithmetic runs in place on one buffer (the same
-        operations in the same order as gathering them per probe: the same values)."""
+        operations in the same order as gathering them per probe: the same values). The points
+        start at row `lead` of the buffer returned, whose first rows are left for the caller's."""
         n, shape = rows.numel(), state.x0.shape[1:]
         u = self.row_randn(state, rows, self.k, *shape)
         u = unit(u.flatten(0, 1), self.norm, in_place=True)
@@ -339,12 +340,14 @@ class SignOPT(DecisionAttack[SignOPTState]):
             r = rows.index_select(0, pi)
         m = u.shape[0] // r.numel()  # probes per row of `r`: broadcast over them
         per_row = (r.numel(), 1, *([1] * len(shape)))
-        beta = state.beta.index_select(0, r).float().view(per_row)
-        p = torch.mul(beta, u.view(r.numel(), m, *shape)).add_(state.theta.index_select(0, r).unsqueeze(1))
-        p = unit(p.flatten(0, 1), self.norm, in_place=True).view(r.numel(), m, *shape)
+        buf = torch.empty(lead + u.shape[0], *shape)
+        p = buf[lead:].view(r.numel(), m, *shape)
+        torch.mul(state.beta.index_select(0, r).float().view(per_row), u.view_as(p), out=p)
+        p.add_(state.theta.index_select(0, r).unsqueeze(1))
+        unit(p.flatten(0, 1), self.norm, in_place=True)
         p.mul_(state.g.index_select(0, r).float().view(per_row))
-        p = p.add_(state.x0.index_select(0, r).unsqueeze(1)).clamp_(0.0, 1.0)
-        return p.flatten(0, 1), pi, u
+        p.add_(state.x0.index_select(0, r).unsqueeze(1)).clamp_(0.0, 1.0)
+        return buf, pi, u
 
     def new_trial(self, state: SignOPTState, rows: torch.Tensor) -> None:
         """The line search's next trial direction for `rows`: theta0 - alpha grad, normalised."""
@@ -372,31 +375,30 @@ class SignOPT(DecisionAttack[SignOPTState]):
         t = torch.where(
             sph == _FIRST, state.g.index_select(0, sr), torch.where(sph == _FINE, lo, (lo + hi) / 2)
         )
-        xs = [ray(state.x0.index_select(0, sr), state.cand.index_select(0, sr), t)]
-        who = [sr]
-        # the probes, at most _PROBE_ELEMS pixels at a time; the first group goes with the searches
+        xs = ray(state.x0.index_select(0, sr), state.cand.index_select(0, sr), t)
+        # the probes, at most _PROBE_ELEMS pixels at a time (each chunk's gradient made before the
+        # next chunk is drawn); the first chunk goes in one query with the searches' points
         k = (left[probing] - 1).clamp(1, self.k)
         per = max(1, _PROBE_ELEMS // (self.k * state.x0[0].numel()))
-        groups, adv_p = [], []
+        view = (-1, *([1] * (state.x0.dim() - 1)))
+        adv_s = None
         for c0 in range(0, pr.numel(), per):
             part = slice(c0, c0 + per)
-            pts, pi, u = self.probe_points(state, pr[part], k[part])
-            groups.append((part, pi, u))
-            xs.append(pts)
-            who.append(pr[part].index_select(0, pi))
-            if c0 > 0:
-                adv_p.append(self.decide(state, pts, who[-1]))
-                continue
-            adv = self.decide(state, torch.cat(xs), torch.cat(who))
-            adv_s = adv[: sr.numel()]
-            adv_p.append(adv[sr.numel() :])
-        if not groups:
-            adv_s = self.decide(state, xs[0], sr)
-        view = (-1, *([1] * (state.x0.dim() - 1)))
-        for (part, pi, u), a in zip(groups, adv_p, strict=True):
-            s = torch.where(a, -1.0, 1.0).view(view)
+            lead = xs.shape[0] if c0 == 0 else 0
+            pts, pi, u = self.probe_points(state, pr[part], k[part], lead)
+            who = pr[part].index_select(0, pi)
+            if lead:
+                pts[:lead] = xs
+                who = torch.cat([sr, who])
+            adv = self.decide(state, pts, who)
+            del pts
+            if c0 == 0:
+                adv_s, adv = adv[: sr.numel()], adv[sr.numel() :]
+            s = torch.where(adv, -1.0, 1.0).view(view)
             grad = torch.zeros(pr[part].numel(), *state.x0.shape[1:]).index_add_(0, pi, u.mul_(s))
             state.grad.index_copy_(0, pr[part], grad / k[part].float().view(view))
+        if adv_s is None:
+            adv_s = self.decide(state, xs, sr)
         if pr.numel():  # the line search starts: from theta0, g0 with alpha, growing
             g0 = state.g.index_select(0, pr)
             b = state.beta.index_select(0, pr)

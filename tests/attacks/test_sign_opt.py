@@ -337,3 +337,19 @@ def test_stops_at_the_trial_that_succeeds(tiny_model, attack_batch):
     b = run_decision(LockstepSignOPT(**kw), OneByOne(tiny_model), x, y, 600)
     assert torch.equal(a.success, b.success) and int(a.success.sum()) >= 4
     assert bool((a.queries <= b.queries).all()) and bool((a.queries < b.queries).any())
+
+
+def test_probes_in_chunks_give_the_same_result(tiny_model, attack_batch, monkeypatch):
+    """The sign probes are queried at most _PROBE_ELEMS pixels at a time (memory: 500 images x 200
+    probes are 313 MB of 28 x 28 points), the first chunk beside the line searches: with chunks of
+    3 images the result is that of one chunk."""
+    import rnd.attacks.sign_opt as so
+
+    x, y = attack_batch
+    kw = dict(eps=0.01, norm="l2", seed=9, stop_at_eps=False, k=15, n_init=8)
+    model = OneByOne(tiny_model)
+    whole = run_decision(SignOPT(**kw), model, x, y, 300)
+    monkeypatch.setattr(so, "_PROBE_ELEMS", 3 * 15 * x[0].numel())
+    chunked = run_decision(SignOPT(**kw), model, x, y, 300)
+    assert torch.equal(whole.queries, chunked.queries)
+    assert torch.equal(whole.distance, chunked.distance)
