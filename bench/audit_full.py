@@ -8,6 +8,7 @@
     # issue 32's re-time: the same audit from an empty store, two cells at once at one thread each,
     # on the code of a fixed revision (a worktree), carried across sessions in bench/audit-full/retime.sqlite
     python bench/audit_full.py --name retime resume --processes 2 --threads 1 --code /tmp/wt --until HH:MM
+    python bench/audit_full.py --name retime compare  # its cells beside the original audit's
 
 The audit (500 images, 10,000 queries; scores and labels, and since issue 30 the surrogate family)
 plans at most 335 M model queries for scores and labels: on 2
@@ -377,6 +378,68 @@ def table() -> int:
     return 0
 
 
+def cells_of(store: Path) -> dict[str, dict]:
+    """Each finished cell of `store`: its attack, defense, images, failure by vote and wall time."""
+    with sqlite3.connect(f"{store.resolve().as_uri()}?mode=ro", uri=True) as con:
+        rows = con.execute(
+            "SELECT c.key, c.attack, c.defense, s.images, s.failure_rate_vote, s.wall_seconds "
+            "FROM cells c JOIN cell_summaries s ON s.cell_key = c.key"
+        ).fetchall()
+    keys = ("attack", "defense", "images", "vote", "wall")
+    return {r[0]: dict(zip(keys, r[1:], strict=True)) for r in rows}
+
+
+def compare(other: Path) -> int:
+    """This run's finished cells beside those of the store `other` (default: the original
+    snapshot): cells in both with the same failure by vote, and with overlapping 95 % intervals;
+    each (defense, threat family)'s worst case by vote over the cells both have; the cell wall
+    (and CPU) time of each, over the same cells. Markdown."""
+    from rnd.audit.suite import family
+    from rnd.stats import rate_interval
+
+    mine = cells_of(WORKING if WORKING.exists() else SNAPSHOT)
+    theirs = cells_of(other)
+    both = sorted(mine.keys() & theirs.keys())
+    cpu = json.loads(CPU.read_text()) if CPU.exists() else {}
+
+    def interval(c: dict) -> tuple[float, float]:
+        return rate_interval(c["vote"], c["images"])
+
+    same = sum(mine[k]["vote"] == theirs[k]["vote"] for k in both)
+    overlap = 0
+    for k in both:
+        (a, b), (c, d) = interval(mine[k]), interval(theirs[k])
+        overlap += a <= d and c <= b
+    out = [
+        f"{len(both)} cells finished in both ({len(mine)} here, {len(theirs)} in {other.name}): "
+        f"{same} with the same failure by vote, {overlap} with overlapping 95 % intervals",
+        "",
+        "| defense | family | worst case here [95 %] | worst case there [95 %] |",
+        "|---|---|---|---|",
+    ]
+    groups: dict[tuple[str, str], list[str]] = {}
+    for k in both:
+        groups.setdefault((mine[k]["defense"], family(mine[k]["attack"])), []).append(k)
+    for (defense, fam), keys in sorted(groups.items()):
+        cols = []
+        for cells in (mine, theirs):
+            w = min(keys, key=lambda k: cells[k]["vote"])
+            lo, hi = interval(cells[w])
+            cols.append(f"{cells[w]['attack']} {cells[w]['vote']:.1f} [{lo:.1f}, {hi:.1f}]")
+        out.append(f"| {defense} | {fam} | {cols[0]} | {cols[1]} |")
+    wall_here = sum(mine[k]["wall"] for k in both)
+    wall_there = sum(theirs[k]["wall"] for k in both)
+    cpu_here = sum(cpu.get(k, 0.0) for k in both)
+    out += [
+        "",
+        f"cell wall time over these cells: {wall_here / 3600:.2f} h here "
+        f"(CPU {cpu_here / 3600:.2f} h, {sum(k in cpu for k in both)} cells clocked), "
+        f"{wall_there / 3600:.2f} h there",
+    ]
+    print("\n".join(out))
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--name", default="audit", help="which run: its store is bench/audit-full/NAME.sqlite")
@@ -391,6 +454,8 @@ def main() -> int:
     sub.add_parser("snapshot")
     sub.add_parser("status")
     sub.add_parser("table")
+    cmp = sub.add_parser("compare")
+    cmp.add_argument("other", nargs="?", type=Path, default=SNAPSHOT, help="the store to compare with")
     args = ap.parse_args()
     use_name(args.name)
     if args.command == "resume":
@@ -399,6 +464,8 @@ def main() -> int:
         return snapshot()
     if args.command == "table":
         return table()
+    if args.command == "compare":
+        return compare(args.other)
     store = WORKING if WORKING.exists() else SNAPSHOT
     cpu = json.loads(CPU.read_text()) if CPU.exists() else {}
     done = finished_keys(store)

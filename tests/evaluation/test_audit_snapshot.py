@@ -182,3 +182,19 @@ def test_cell_clock_charges_each_cell_the_cpu_its_process_spent_on_it(tmp_path, 
     import json
 
     assert json.loads(out.read_text()) == {script.BEFORE_CELLS: 12.0, "a": 36.0, "b": 28.0}
+
+
+def test_compare_sets_a_run_beside_another(tmp_path, monkeypatch, capsys):
+    """`compare` matches cells by key: the snapshot beside itself has every cell the same, and each
+    (defense, family)'s worst case the same on both sides."""
+    script = load_script()
+    snapshot = ROOT / "bench" / "audit-full" / "audit.sqlite"
+    monkeypatch.setattr(script, "WORKING", tmp_path / "absent.sqlite")
+    monkeypatch.setattr(script, "SNAPSHOT", snapshot)
+    monkeypatch.setattr(script, "CPU", tmp_path / "absent.cpu.json")
+    assert script.compare(snapshot) == 0
+    text = capsys.readouterr().out
+    n = len(script.cells_of(snapshot))
+    assert f"{n} cells finished in both ({n} here, {n} in audit.sqlite): {n} with the same" in text
+    rows = [line for line in text.splitlines() if line.startswith("| rnd:") or line.startswith("| none")]
+    assert rows and all(line.split(" | ")[2] == line.split(" | ")[3].rstrip(" |") for line in rows)
