@@ -7,7 +7,7 @@ written by `rnd audit`), a sweep's SQLite results store, or rows written by a be
 
     ```{rnd-results} NAME
     :view: provenance | verdict | cells | strength | labels | grid | rivals | throughput | memory | floor
-          | transfer | oars | surrogate
+          | profile | transfer | oars | surrogate
     ```
 
 reads the record (and what it points to) at build time and renders a table, so a figure on a
@@ -390,6 +390,14 @@ def surrogate_table(record: dict[str, Any], defense: str) -> nodes.table:
     return table(head, body)
 
 
+def profile_table(record: dict[str, Any]) -> nodes.table:
+    """Where each attack's time goes (bench/attack_profile.py): its largest parts by sampled share."""
+    return table(
+        ["attack", "part", "share of samples"],
+        ([r["attack"], r["part"], f"{r['share']:.3f}"] for r in record["rows"]),
+    )
+
+
 VIEWS = (
     "provenance",
     "verdict",
@@ -402,6 +410,7 @@ VIEWS = (
     "throughput",
     "memory",
     "floor",
+    "profile",
     "transfer",
     "oars",
     "surrogate",
@@ -430,6 +439,8 @@ class ResultsDirective(SphinxDirective):
             return [memory_table(record)]
         if view == "floor":
             return list(floor_tables(record))
+        if view == "profile":
+            return [profile_table(record)]
         if view == "transfer":
             return [transfer_table(record)]
         if view == "oars":
