@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 
@@ -300,7 +302,7 @@ def test_one_decision_per_step_makes_the_lockstep_decisions(tiny_model, attack_b
     x, y = attack_batch
     kw = dict(eps=0.01, norm=norm, seed=7, stop_at_eps=False, k=15, n_init=n_init)
     new, ref = Spy(**kw), LockstepSpy(**kw)
-    model = OneByOne(tiny_model)  # the bisections reach points whose label flips with the batch
+    model = Float64(tiny_model)  # the bisections reach points whose label flips with the batch
     a = run_decision(new, model, x, y, budget)
     b = run_decision(ref, model, x, y, budget)
     assert torch.equal(a.queries, b.queries)
@@ -314,17 +316,18 @@ class LockstepSpy(LockstepSignOPT, Spy):
     pass
 
 
-class OneByOne(torch.nn.Module):
-    """The model run on one image at a time: an image's answer does not depend on the batch it
-    is queried in (a batched forward may round differently from a single one)."""
+class Float64(torch.nn.Module):
+    """The model in float64: an image's answer does not depend on the batch it is queried in (a
+    batched float32 forward may round differently from a single one, enough to flip the label of a
+    point 1e-5 from the boundary, where the bisections end; float64's rounding is 1e-16)."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
-        self.model = model
+        self.model = copy.deepcopy(model).double()
         self.input_shape, self.num_classes = model.input_shape, model.num_classes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.model(x[i : i + 1]) for i in range(x.shape[0])])
+        return self.model(x.double()).float()
 
 
 def test_stops_at_the_trial_that_succeeds(tiny_model, attack_batch):
@@ -333,8 +336,8 @@ def test_stops_at_the_trial_that_succeeds(tiny_model, attack_batch):
     for some image, the same successes."""
     x, y = attack_batch
     kw = dict(eps=2.5, norm="l2", seed=8, k=15, n_init=8)
-    a = run_decision(SignOPT(**kw), OneByOne(tiny_model), x, y, 600)
-    b = run_decision(LockstepSignOPT(**kw), OneByOne(tiny_model), x, y, 600)
+    a = run_decision(SignOPT(**kw), Float64(tiny_model), x, y, 600)
+    b = run_decision(LockstepSignOPT(**kw), Float64(tiny_model), x, y, 600)
     assert torch.equal(a.success, b.success) and int(a.success.sum()) >= 4
     assert bool((a.queries <= b.queries).all()) and bool((a.queries < b.queries).any())
 
@@ -347,7 +350,7 @@ def test_probes_in_chunks_give_the_same_result(tiny_model, attack_batch, monkeyp
 
     x, y = attack_batch
     kw = dict(eps=0.01, norm="l2", seed=9, stop_at_eps=False, k=15, n_init=8)
-    model = OneByOne(tiny_model)
+    model = Float64(tiny_model)
     whole = run_decision(SignOPT(**kw), model, x, y, 300)
     monkeypatch.setattr(so, "_PROBE_ELEMS", 3 * 15 * x[0].numel())
     chunked = run_decision(SignOPT(**kw), model, x, y, 300)

@@ -322,11 +322,12 @@ def kill_and_resume(config: Path, db: Path, rng: random.Random, *, kills: int, s
 def test_sigkill_at_random_moments_resumes_to_the_same_database(folder, slow_reference, tmp_path):
     rng = random.Random(1234)
     made = 0
-    for trial in range(2):
-        db = tmp_path / f"killed{trial}.sqlite"
-        made += kill_and_resume(folder / "slow.toml", db, rng, kills=3, span=slow_reference["_seconds"])
-        assert same_results(db, slow_reference)
-    assert made >= 2  # at least the kill during creation of each trial (the others are random)
+    # one trial in the default suite (the suite's time); test_kill_and_restart_equals_uninterrupted
+    # kills at fixed points besides
+    db = tmp_path / "killed.sqlite"
+    made += kill_and_resume(folder / "slow.toml", db, rng, kills=3, span=slow_reference["_seconds"])
+    assert same_results(db, slow_reference)
+    assert made >= 1  # at least the kill during creation (the others are random)
 
 
 @pytest.mark.slow
