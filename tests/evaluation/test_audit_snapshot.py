@@ -198,3 +198,24 @@ def test_compare_sets_a_run_beside_another(tmp_path, monkeypatch, capsys):
     assert f"{n} cells finished in both ({n} here, {n} in audit.sqlite): {n} with the same" in text
     rows = [line for line in text.splitlines() if line.startswith("| rnd:") or line.startswith("| none")]
     assert rows and all(line.split(" | ")[2] == line.split(" | ")[3].rstrip(" |") for line in rows)
+
+
+def test_prune_bound_stops_only_cells_that_cannot_be_the_worst_case():
+    """bench/prune_bound.py's replay: a cell is stopped after a slice once its failures so far
+    outnumber, by every judgement, a finished cell's of the same defense; the fewest failures
+    stay a complete cell's; what a stopped cell did not run is not spent."""
+    script = load_file(ROOT / "bench" / "prune_bound.py")
+    fail, win = (0, 0, 0, 10), (1, 1, 1, 2)  # (observed, vote, clean success; queries)
+    images = {
+        "strong": [win] * 3 + [fail],  # 1 failure of 4: the worst case
+        "weak": [fail] * 4,  # stopped after its first slice of 2 (2 > 1 failures)
+        "other defense": [fail] * 4,  # nothing finished against its defense: runs complete
+        "clean disagrees": [(0, 0, 1, 10)] * 4,  # the clean model is fooled: not stopped
+    }
+    order = [(1, "strong", "a", "rnd"), (2, "weak", "a", "rnd"), (3, "other defense", "a", "none")]
+    order.append((4, "clean disagrees", "a", "rnd"))
+    spent, total, stopped = script.replay(order, images, 2)
+    assert stopped == 1
+    assert total == 16 + 40 + 40 + 40 and spent == total - 20  # the weak cell's second slice
+    # no saving when every cell is run as one slice
+    assert script.replay(order, images, 4) == (total, total, 0)
