@@ -211,11 +211,12 @@ def test_prune_bound_stops_only_cells_that_cannot_be_the_worst_case():
         "weak": [fail] * 4,  # stopped after its first slice of 2 (2 > 1 failures)
         "other defense": [fail] * 4,  # nothing finished against its defense: runs complete
         "clean disagrees": [(0, 0, 1, 10)] * 4,  # the clean model is fooled: not stopped
+        "tie": [fail, win, win, fail],  # 1 failure after its first slice: as many, not more
     }
     order = [(1, "strong", "a", "rnd"), (2, "weak", "a", "rnd"), (3, "other defense", "a", "none")]
-    order.append((4, "clean disagrees", "a", "rnd"))
+    order += [(4, "clean disagrees", "a", "rnd"), (5, "tie", "a", "rnd")]
     spent, total, stopped = script.replay(order, images, 2)
     assert stopped == 1
-    assert total == 16 + 40 + 40 + 40 and spent == total - 20  # the weak cell's second slice
+    assert total == 16 + 40 + 40 + 40 + 24 and spent == total - 20  # the weak cell's second slice
     # no saving when every cell is run as one slice
     assert script.replay(order, images, 4) == (total, total, 0)
