@@ -45,7 +45,7 @@ from rnd.oip import (
 from rnd.oracle import RemoteOracle
 from rnd.oracle.remote import refusal_error
 from rnd.serving.app import create_app
-from rnd.serving.keys import KeyStore
+from rnd.serving.keys import KeyStore, SQLiteKeyStore
 from tests.serving.test_server import NAME, SHAPE, Served, images
 
 
@@ -175,7 +175,7 @@ def model() -> nn.Module:
 
 @pytest.fixture(scope="module")
 def keyed(model: nn.Module, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Served, KeyStore]]:
-    store = KeyStore(tmp_path_factory.mktemp("keys") / "keys.sqlite")
+    store = SQLiteKeyStore(tmp_path_factory.mktemp("keys") / "keys.sqlite")
     app = create_app(
         model, build_defense("rnd:nu=0.02", model, seed=0), name=NAME, keys=store, max_body_bytes=40_000
     )

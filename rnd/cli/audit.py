@@ -25,7 +25,7 @@ from rnd.errors import InputError
 from rnd.evaluation.spec import MAX_BUDGET
 from rnd.evaluation.store import ResultsStore, check_database, check_location
 from rnd.models.source import model_kind
-from rnd.serving.keys import KeyStore
+from rnd.serving.keys import open_keys
 from rnd.training import load_or_train_default
 
 
@@ -279,7 +279,7 @@ def key_terms(
         raise InputError("give --keys-db or --quota / --rate, not both")
     if not keys_db.is_file():
         raise InputError(f"--keys-db {keys_db} is not a file; give the key store `rnd serve --keys` uses")
-    store = KeyStore(keys_db)
+    store = open_keys(keys_db)
     try:
         keys = store.list()
     finally:

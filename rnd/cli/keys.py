@@ -11,7 +11,7 @@ import click
 
 from rnd.cli.app import json_option, main
 from rnd.errors import InputError
-from rnd.serving.keys import KeyStore
+from rnd.serving.keys import KeyStore, open_keys
 
 
 def db_option(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -29,7 +29,7 @@ def existing(db: Path) -> KeyStore:
         raise InputError(
             f"key database {db} not found; create it with `rnd keys add NAME --budget N --db {db}`"
         )
-    return KeyStore(db)
+    return open_keys(db)
 
 
 @main.group()
@@ -51,7 +51,7 @@ def keys() -> None:
 @db_option
 def add(name: str, budget: int, rate: float | None, db: Path) -> None:
     """Create key NAME and print it (once: only its hash is stored)."""
-    with KeyStore(db) as store:
+    with open_keys(db) as store:
         secret = store.add(name, budget, rate)
     click.echo(secret)
     limit = f", at most {rate:g} images/s" if rate is not None else ""

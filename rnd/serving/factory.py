@@ -13,7 +13,7 @@ from typing import Any
 
 from rnd.defenses import build_defense
 from rnd.models import load_model
-from rnd.serving.keys import KeyStore
+from rnd.serving.keys import open_keys
 
 ENV = "RND_SERVE_SETTINGS"
 
@@ -44,7 +44,7 @@ def build_app(settings: dict[str, Any], pid: int | None = None) -> Any:
     defended = build_defense(settings["defense"], model, seed=seed)
     keys = None
     if settings.get("keys"):
-        keys = KeyStore(settings["keys"])
+        keys = open_keys(settings["keys"])
     return create_app(
         model,
         defended,

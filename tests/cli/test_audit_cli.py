@@ -25,7 +25,7 @@ from rnd.errors import InputError
 from rnd.evaluation.store import comparable_content
 from rnd.models import save_checkpoint
 from rnd.serving.app import create_app
-from rnd.serving.keys import KeyStore
+from rnd.serving.keys import SQLiteKeyStore
 from tests.browser import render
 from tests.evaluation.test_audit import check_schema
 from tests.serving.test_server import Served
@@ -232,7 +232,7 @@ def test_fail_under_gates_a_run_and_diff_compares_two_reports(audited, checkpoin
     assert scores["attack"] == worst["attack"] and scores["keys"] == -(-scores["queries_total"] // 500)
     assert f"cost: {scores['keys']} key(s) of 500 queries" in res.stdout
     assert "Cost to the attacker" in (tmp_path / "priced" / "report.html").read_text()
-    keys = KeyStore(tmp_path / "keys.sqlite")
+    keys = SQLiteKeyStore(tmp_path / "keys.sqlite")
     keys.add("auditor", budget=700, rate=3.0)
     keys.close()
     res = run_cli(
@@ -388,7 +388,7 @@ def test_sigkill_at_a_random_point_then_rerun_gives_the_uninterrupted_report(aud
 
 
 def test_an_endpoint_audit_marks_what_it_cannot_measure(tiny_model, tmp_path):
-    store = KeyStore(tmp_path / "keys.sqlite")
+    store = SQLiteKeyStore(tmp_path / "keys.sqlite")
     key = store.add("auditor", budget=1_000_000)
     app = create_app(
         tiny_model, build_defense("rnd:nu=0.02", tiny_model, seed=0), name="tiny", output="labels", keys=store
@@ -450,7 +450,7 @@ def test_an_endpoint_audit_runs_the_surrogate_family_from_its_scores(tiny_model,
     data = load_dataset("fashion-mnist", "test")
     save_checkpoint(init_model("small-cnn", data, seed=5, width=8, hidden=32).eval(), sur,
                     dataset="fashion-mnist", recipe={"kind": "test"})  # fmt: skip
-    store = KeyStore(tmp_path / "keys.sqlite")
+    store = SQLiteKeyStore(tmp_path / "keys.sqlite")
     key = store.add("auditor", budget=1_000_000)
     app = create_app(tiny_model, build_defense("rnd:nu=0.02", tiny_model, seed=0), name="tiny", keys=store)
     out = tmp_path / "out"
@@ -487,7 +487,7 @@ def test_bad_input_changes_nothing(checkpoint, tiny_model, tmp_path):
 
     bare = tmp_path / "bare.pt"  # a TorchScript file that does not say its input shape
     torch.jit.save(torch.jit.trace(tiny_model, torch.rand(2, 1, 28, 28)), bare)
-    store = KeyStore(tmp_path / "keys.sqlite")
+    store = SQLiteKeyStore(tmp_path / "keys.sqlite")
     store.add("auditor", budget=1000)
     app = create_app(tiny_model, build_defense("none", tiny_model), name="tiny", keys=store)
     out = tmp_path / "out"

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from rnd.cli import main
-from rnd.serving.keys import KEY_PREFIX, KeyStore
+from rnd.serving.keys import KEY_PREFIX, SQLiteKeyStore
 
 
 def rnd(*args: str):
@@ -27,7 +27,7 @@ def test_add_prints_the_key_once_and_it_works(db):
     (secret,) = result.stdout.splitlines()  # stdout: the key alone, ready for $(...)
     assert secret.startswith(KEY_PREFIX)
     assert "will not be shown again" in result.stderr and secret not in result.stderr
-    with KeyStore(db) as store:
+    with SQLiteKeyStore(db) as store:
         assert store.authorize(secret) == "alice"
         assert store.charge("alice", 3).remaining == 97
     listed = rnd("list", "--db", str(db))
@@ -37,7 +37,7 @@ def test_add_prints_the_key_once_and_it_works(db):
 
 def test_list_shows_a_table_and_json_without_keys(db):
     secrets_ = [rnd("add", n, "--budget", "10", "--db", str(db)).stdout.strip() for n in ("a", "b")]
-    with KeyStore(db) as store:
+    with SQLiteKeyStore(db) as store:
         store.charge("a", 4)
     assert rnd("revoke", "b", "--db", str(db)).exit_code == 0
     table = rnd("list", "--db", str(db))
@@ -56,12 +56,12 @@ def test_revoke_refuses_the_key(db):
     secret = rnd("add", "carol", "--budget", "10", "--db", str(db)).stdout.strip()
     result = rnd("revoke", "carol", "--db", str(db))
     assert result.exit_code == 0 and "revoked" in result.output
-    with KeyStore(db) as store:
+    with SQLiteKeyStore(db) as store:
         assert store.authorize(secret) is None
 
 
 def test_an_empty_database_says_how_to_add_a_key(db):
-    KeyStore(db).close()
+    SQLiteKeyStore(db).close()
     result = rnd("list", "--db", str(db))
     assert result.exit_code == 0 and "rnd keys add" in result.output
 
@@ -82,7 +82,7 @@ def test_bad_input_is_one_line_and_exit_2(db, args, message):
     result = rnd(*args, "--db", str(db))
     assert result.exit_code == 2, result.output
     assert message in result.output
-    with KeyStore(db) as store:
+    with SQLiteKeyStore(db) as store:
         assert [(r["name"], r["used"]) for r in store.list()] == [("dup", 0)]
 
 

@@ -12,7 +12,7 @@ from rnd.cli import main
 from rnd.defenses import build_defense
 from rnd.models import save_checkpoint
 from rnd.serving.app import create_app
-from rnd.serving.keys import KeyStore
+from rnd.serving.keys import SQLiteKeyStore
 from tests.serving.test_server import Served
 
 
@@ -24,7 +24,7 @@ def checkpoint(tiny_model, tmp_path_factory):
 
 
 def test_remote_attack_matches_in_process_and_is_charged(tiny_model, checkpoint, tmp_path):
-    store = KeyStore(tmp_path / "keys.sqlite")
+    store = SQLiteKeyStore(tmp_path / "keys.sqlite")
     key = store.add("auditor", budget=10_000)
     app = create_app(tiny_model, build_defense("none", tiny_model), name="tiny", keys=store)
     args = ["--attack", "square", "--images", "4", "--budget", "40", "--json", "--no-progress"]

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from rnd.cli import main
 from rnd.defenses import build_defense
 from rnd.serving.app import create_app
-from rnd.serving.keys import KeyStore
+from rnd.serving.keys import KeyStore, SQLiteKeyStore
 from tests.serving.test_server import Served
 
 ENV = "RND_TEST_ENDPOINT_KEY"
@@ -45,7 +45,7 @@ eps = 0.1
 
 @pytest.fixture
 def served(tiny_model, tmp_path):
-    store = KeyStore(tmp_path / "keys.sqlite")
+    store = SQLiteKeyStore(tmp_path / "keys.sqlite")
     key = store.add("sweeper", budget=100_000)
     app = create_app(tiny_model, build_defense("rnd:nu=0.02", tiny_model, seed=0), name="tiny", keys=store)
     with Served(app) as s:

@@ -111,10 +111,10 @@ def test_a_substitute_of_a_served_model_is_charged_what_it_counted(tiny_model, t
     pytest.importorskip("httpx")
     from rnd.defenses import build_defense
     from rnd.serving.app import create_app
-    from rnd.serving.keys import KeyStore
+    from rnd.serving.keys import SQLiteKeyStore
     from tests.serving.test_server import Served
 
-    store = KeyStore(tmp_path / "keys.sqlite")
+    store = SQLiteKeyStore(tmp_path / "keys.sqlite")
     key = store.add("attacker", budget=1_000)
     app = create_app(tiny_model, build_defense("none", tiny_model), name="tiny", keys=store)
     with Served(app) as served:

@@ -15,7 +15,7 @@ from rnd.defenses import build_defense
 from rnd.errors import InputError
 from rnd.oracle import Oracle
 from rnd.serving.app import create_app
-from rnd.serving.keys import KeyStore
+from rnd.serving.keys import SQLiteKeyStore
 from tests.serving.test_server import Served
 
 #: (defense, output) -> (output, randomised, stateful, quantises) the preflight must report.
@@ -85,7 +85,7 @@ def test_the_preflight_tells_four_served_endpoints_over_http(tiny_model, probe_i
     from rnd.oracle.remote import RemoteOracle
 
     for name, (defense, output) in ENDPOINTS.items():
-        store = KeyStore(tmp_path / f"{name}.sqlite")
+        store = SQLiteKeyStore(tmp_path / f"{name}.sqlite")
         key = store.add("auditor", budget=10_000)
         app = create_app(
             tiny_model, build_defense(defense, tiny_model, seed=0), name=name, output=output, keys=store
@@ -102,7 +102,7 @@ def test_the_preflight_tells_four_served_endpoints_over_http(tiny_model, probe_i
 def test_a_rate_limited_key_is_found(tiny_model, probe_images, tmp_path):
     from rnd.oracle.remote import RemoteOracle
 
-    store = KeyStore(tmp_path / "keys.sqlite")
+    store = SQLiteKeyStore(tmp_path / "keys.sqlite")
     key = store.add("auditor", budget=10_000, rate=40.0)
     app = create_app(tiny_model, build_defense("none", tiny_model), name="m", keys=store)
     with Served(app) as served, RemoteOracle(served.url, "m", key) as oracle:

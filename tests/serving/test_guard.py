@@ -11,12 +11,12 @@ import pytest
 
 from rnd.oip import QUOTA_HEADER, QUOTA_RETRY_AFTER_S, RETRY_AFTER, Code, bearer
 from rnd.serving.guard import Guard
-from rnd.serving.keys import KeyStore
+from rnd.serving.keys import KeyStore, SQLiteKeyStore
 
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[KeyStore]:
-    with KeyStore(tmp_path / "keys.sqlite") as keys:
+    with SQLiteKeyStore(tmp_path / "keys.sqlite") as keys:
         yield keys
 
 

@@ -16,12 +16,12 @@ import pytest
 
 from rnd.errors import InputError
 from rnd.evaluation.store import ResultsStore
-from rnd.serving.keys import KEY_PREFIX, Charge, KeyStore
+from rnd.serving.keys import KEY_PREFIX, Charge, KeyStore, SQLiteKeyStore
 
 
 @pytest.fixture
 def store(tmp_path):
-    s = KeyStore(tmp_path / "keys.sqlite")
+    s = SQLiteKeyStore(tmp_path / "keys.sqlite")
     yield s
     s.close()
 
@@ -70,7 +70,7 @@ def test_wrong_and_revoked_keys_are_refused(store):
 
 def test_the_file_holds_no_key_text(tmp_path):
     path = tmp_path / "keys.sqlite"
-    store = KeyStore(path)
+    store = SQLiteKeyStore(path)
     secrets_ = [store.add(f"k{i}", budget=10, rate=5) for i in range(5)]
     store.charge("k0", 1)
     before_close = b"".join(p.read_bytes() for p in tmp_path.iterdir())  # the WAL too
@@ -102,14 +102,14 @@ def test_64_threads_never_overspend_the_budget(store):
 def test_64_threads_on_one_store_per_thread(tmp_path):
     """Each thread with its own KeyStore (its own connection): SQLite's lock alone keeps the quota."""
     path = tmp_path / "keys.sqlite"
-    with KeyStore(path) as s:
+    with SQLiteKeyStore(path) as s:
         s.add("t", budget=300)
     local = threading.local()
     opened: list[KeyStore] = []
 
     def one(_: int) -> str:
         if not hasattr(local, "store"):
-            local.store = KeyStore(path)
+            local.store = SQLiteKeyStore(path)
             opened.append(local.store)
         return local.store.charge("t", 1).reason or "ok"
 
@@ -118,12 +118,12 @@ def test_64_threads_on_one_store_per_thread(tmp_path):
     for s in opened:
         s.close()
     assert outcome == {"ok": 300, "quota": 300}
-    with KeyStore(path) as s:
+    with SQLiteKeyStore(path) as s:
         assert s.list()[0]["used"] == 300
 
 
 def _worker(path: str, n: int, start: Any, out: Any) -> None:
-    store = KeyStore(path)
+    store = SQLiteKeyStore(path)
     start.wait()
     out.put(dict(_charge_many(store, "p", n, threads=32)))
     store.close()
@@ -131,7 +131,7 @@ def _worker(path: str, n: int, start: Any, out: Any) -> None:
 
 def test_two_processes_share_the_quota(tmp_path):
     path = tmp_path / "keys.sqlite"
-    with KeyStore(path) as s:
+    with SQLiteKeyStore(path) as s:
         s.add("p", budget=1000)
     ctx = mp.get_context("spawn")
     start, out = ctx.Event(), ctx.Queue()
@@ -147,7 +147,7 @@ def test_two_processes_share_the_quota(tmp_path):
     for r in results:
         total.update(r)
     assert total == {"ok": 1000, "quota": 1000}
-    with KeyStore(path) as s:
+    with SQLiteKeyStore(path) as s:
         assert s.list()[0]["used"] == 1000
 
 
@@ -184,14 +184,14 @@ def test_quota_is_reported_before_rate(store):
 
 def test_restart_keeps_counts_and_keys(tmp_path):
     path = tmp_path / "keys.sqlite"
-    store = KeyStore(path)
+    store = SQLiteKeyStore(path)
     secret = store.add("s", budget=50, rate=1000)
     store.add("gone", budget=5)
     store.revoke("gone")
     for _ in range(30):
         assert store.charge("s", 1).ok
     store.close()
-    with KeyStore(path) as again:
+    with SQLiteKeyStore(path) as again:
         assert again.authorize(secret) == "s"
         assert {r["name"]: (r["used"], r["revoked"]) for r in again.list()} == {
             "s": (30, False),
@@ -203,7 +203,7 @@ def test_restart_keeps_counts_and_keys(tmp_path):
 
 def test_file_is_in_wal_mode_with_a_schema_version(tmp_path):
     path = tmp_path / "keys.sqlite"
-    KeyStore(path).close()
+    SQLiteKeyStore(path).close()
     con = sqlite3.connect(path)
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     info = dict(con.execute("SELECT name, value FROM schema_info").fetchall())
@@ -239,7 +239,7 @@ def test_bad_input_is_refused_in_one_line(store, call, match):
 def _untouched(path: Path) -> str:
     before = path.read_bytes()
     with pytest.raises(InputError) as err:
-        KeyStore(path)
+        SQLiteKeyStore(path)
     assert "\n" not in str(err.value)
     assert path.read_bytes() == before
     return str(err.value)
@@ -247,7 +247,7 @@ def _untouched(path: Path) -> str:
 
 def test_bad_paths_are_refused_untouched(tmp_path):
     with pytest.raises(InputError, match="not a file"):
-        KeyStore(tmp_path)
+        SQLiteKeyStore(tmp_path)
     text = tmp_path / "notes.txt"
     text.write_text("hello, not a database\n")
     assert "not an SQLite database" in _untouched(text)
@@ -261,7 +261,7 @@ def test_bad_paths_are_refused_untouched(tmp_path):
     ResultsStore(results).close()
     assert "not an rnd key database" in _untouched(results)
     newer = tmp_path / "newer.sqlite"
-    KeyStore(newer).close()
+    SQLiteKeyStore(newer).close()
     con = sqlite3.connect(newer)
     con.execute("UPDATE schema_info SET value = '99' WHERE name = 'schema_version'")
     con.commit()
@@ -272,12 +272,12 @@ def test_bad_paths_are_refused_untouched(tmp_path):
 def test_an_empty_file_becomes_a_key_database(tmp_path):
     path = tmp_path / "empty.sqlite"
     path.touch()
-    with KeyStore(path) as s:
+    with SQLiteKeyStore(path) as s:
         assert s.authorize(s.add("e", budget=1)) == "e"
 
 
 def test_a_closed_store_says_so(tmp_path):
-    s = KeyStore(tmp_path / "k.sqlite")
+    s = SQLiteKeyStore(tmp_path / "k.sqlite")
     s.close()
     with pytest.raises(InputError, match="closed"):
         s.list()

@@ -14,7 +14,7 @@ import torch
 from rnd.defenses import build_defense
 from rnd.models import build_model
 from rnd.serving.app import create_app
-from rnd.serving.keys import KeyStore
+from rnd.serving.keys import SQLiteKeyStore
 from tests.serving.test_server import Served
 
 
@@ -28,7 +28,7 @@ def body(seed: int) -> dict:
 def test_64_clients_2000_requests_on_a_1000_image_budget(tmp_path):
     torch.manual_seed(0)
     model = build_model("small-cnn", width=4, hidden=16).eval()
-    store = KeyStore(tmp_path / "keys.sqlite")
+    store = SQLiteKeyStore(tmp_path / "keys.sqlite")
     key = store.add("load", budget=1000)
     app = create_app(model, build_defense("rnd:nu=0.02", model, seed=0), name="tiny", keys=store)
     statuses: list[int] = []
@@ -100,7 +100,7 @@ def test_sigkill_under_load_never_answers_uncharged_images(tmp_path):
     torch.manual_seed(0)
     save_checkpoint(build_model("small-cnn", width=4, hidden=16), tmp_path / "tiny", dataset="fashion-mnist")
     keys = tmp_path / "keys.sqlite"
-    with KeyStore(keys) as store:
+    with SQLiteKeyStore(keys) as store:
         key = store.add("load", budget=100_000)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -137,7 +137,7 @@ def test_sigkill_under_load_never_answers_uncharged_images(tmp_path):
             t.join(15)
         if proc.poll() is None:
             proc.kill()
-    with KeyStore(keys) as store:
+    with SQLiteKeyStore(keys) as store:
         used = store.list()[0]["used"]
     assert answered >= 200 and answered <= used <= answered + 8  # at most one request in flight per client
     proc, url = start_server(tmp_path / "tiny", keys, port)

@@ -26,7 +26,7 @@ from rnd.defenses import build_defense
 from rnd.models import build_model, save_checkpoint
 from rnd.oip import QUOTA_RETRY_AFTER_S
 from rnd.serving.app import create_app
-from rnd.serving.keys import KeyStore
+from rnd.serving.keys import KeyStore, SQLiteKeyStore
 from tests.serving.test_quota_http import start_server
 from tests.serving.test_server import INFER, Served, binary_request, decode, images, json_body
 
@@ -121,7 +121,7 @@ def served(tmp_path_factory) -> Iterator[tuple[Served, KeyStore]]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model: nn.Module = build_model("small-cnn", width=4, hidden=16).eval()
-    store = KeyStore(tmp_path_factory.mktemp("keys") / "keys.sqlite")
+    store = SQLiteKeyStore(tmp_path_factory.mktemp("keys") / "keys.sqlite")
     app = create_app(model, build_defense("rnd:nu=0.02", model, seed=0), name="tiny", keys=store)
     with Served(app) as s:
         yield s, store
@@ -173,7 +173,7 @@ def test_two_workers_charge_per_image(tmp_path):
     save_checkpoint(build_model("small-cnn", width=4, hidden=16), tmp_path / "tiny", dataset="fashion-mnist")
     keys = tmp_path / "keys.sqlite"
     budget = 100
-    with KeyStore(keys) as store:
+    with SQLiteKeyStore(keys) as store:
         key = store.add("two", budget=budget)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -193,5 +193,5 @@ def test_two_workers_charge_per_image(tmp_path):
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(20)
     assert len(answers) == 80
-    with KeyStore(keys) as store:
+    with SQLiteKeyStore(keys) as store:
         check_per_image(answers, budget, store.list()[0]["used"], store.remaining("two"))

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 
 from rnd.cli import main
 from rnd.models import build_model, save_checkpoint
-from rnd.serving.keys import KeyStore
+from rnd.serving.keys import SQLiteKeyStore
 from tests.serving.test_quota_http import body, start_server
 
 REPLICA = "ServeReplica:rnd:RndReplica"  # the process title Ray gives a replica of our deployment
@@ -55,7 +55,7 @@ def test_two_ray_replicas_share_one_quota_and_shut_down_cleanly(tmp_path):
     torch.manual_seed(0)
     save_checkpoint(build_model("small-cnn", width=4, hidden=16), tmp_path / "tiny", dataset="fashion-mnist")
     keys = tmp_path / "keys.sqlite"
-    with KeyStore(keys) as store:
+    with SQLiteKeyStore(keys) as store:
         key = store.add("load", budget=300)
         probe = store.add("probe", budget=10)
     with socket.socket() as sock:
@@ -101,7 +101,7 @@ def test_two_ray_replicas_share_one_quota_and_shut_down_cleanly(tmp_path):
         for t in threads:
             t.join()
         assert statuses.count(200) == 300 and statuses.count(429) == 100
-        with KeyStore(keys) as store:
+        with SQLiteKeyStore(keys) as store:
             assert {r["name"]: r["used"] for r in store.list()} == {"load": 300, "probe": 1}
 
         # (a) both replicas answered: two distinct per-replica registries whose images add up

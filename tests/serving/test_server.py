@@ -406,9 +406,9 @@ def test_remote_oracle_budget_eot_and_quota_refusal(model: nn.Module) -> None:
 
 
 def test_real_keystore_end_to_end(model: nn.Module, tmp_path: Any) -> None:
-    from rnd.serving.keys import KeyStore
+    from rnd.serving.keys import SQLiteKeyStore
 
-    store = KeyStore(tmp_path / "keys.sqlite")
+    store = SQLiteKeyStore(tmp_path / "keys.sqlite")
     secret = store.add("auditor", budget=200)
     with serve(model, keys=store) as s:
         oracle = RemoteOracle(s.url, NAME, secret, budget=20)

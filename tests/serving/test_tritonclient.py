@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from rnd.models import build_model, save_checkpoint
-from rnd.serving.keys import KeyStore
+from rnd.serving.keys import SQLiteKeyStore
 from tests.serving.test_quota_http import start_server
 
 httpclient = pytest.importorskip("tritonclient.http")
@@ -24,7 +24,7 @@ def served(tmp_path_factory):
     torch.manual_seed(0)
     save_checkpoint(build_model("small-cnn", width=4, hidden=16), root / "tiny", dataset="fashion-mnist")
     keys = root / "keys.sqlite"
-    with KeyStore(keys) as store:
+    with SQLiteKeyStore(keys) as store:
         key = store.add("triton", budget=10_000)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -63,7 +63,7 @@ def test_tritonclient_reads_metadata_and_gets_noisy_probabilities(served):
             assert not np.allclose(first, second)  # fresh noise per query, never replayed
     finally:
         client.close()
-    with KeyStore(keys) as store:
+    with SQLiteKeyStore(keys) as store:
         assert store.list()[0]["used"] == 12
 
 

@@ -14,7 +14,7 @@ import torch
 
 from rnd.models import build_model, save_checkpoint
 from rnd.serving.factory import worker_seed
-from rnd.serving.keys import KeyStore
+from rnd.serving.keys import SQLiteKeyStore
 from tests.serving.test_quota_http import body, start_server
 
 
@@ -22,7 +22,7 @@ def test_two_workers_share_one_quota(tmp_path):
     torch.manual_seed(0)
     save_checkpoint(build_model("small-cnn", width=4, hidden=16), tmp_path / "tiny", dataset="fashion-mnist")
     keys = tmp_path / "keys.sqlite"
-    with KeyStore(keys) as store:
+    with SQLiteKeyStore(keys) as store:
         key = store.add("two", budget=500)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -54,7 +54,7 @@ def test_two_workers_share_one_quota(tmp_path):
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(20)
     assert statuses.count(200) == 500 and statuses.count(429) == 460
-    with KeyStore(keys) as store:
+    with SQLiteKeyStore(keys) as store:
         assert store.list()[0]["used"] == 500
 
 
