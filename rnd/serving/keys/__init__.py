@@ -13,19 +13,27 @@ from rnd.serving.keys.base import (
     StoreUnavailable,
     check_name,
 )
+from rnd.serving.keys.postgres import PostgresKeyStore, is_postgres_url, redact
 from rnd.serving.keys.sqlite import SQLiteKeyStore
 
 __all__ = [
     "KEY_PREFIX",
     "Charge",
     "KeyStore",
+    "PostgresKeyStore",
     "SQLiteKeyStore",
     "StoreUnavailable",
     "check_name",
+    "is_postgres_url",
     "open_keys",
+    "redact",
 ]
 
 
-def open_keys(target: str | Path) -> KeyStore:
-    """The key store at `target`: a path to an SQLite file (created when absent)."""
-    return SQLiteKeyStore(target)
+def open_keys(target: str | Path, *, create: bool = True) -> KeyStore:
+    """The key store at `target`: a `postgresql://` (or `postgres://`) URL, else the path of an
+    SQLite file. `create=False` refuses a target without a key store instead of creating one (what
+    everything but `rnd keys add` and `rnd keys copy` wants)."""
+    if is_postgres_url(target):
+        return PostgresKeyStore(str(target), create=create)
+    return SQLiteKeyStore(target, create=create)

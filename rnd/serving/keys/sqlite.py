@@ -104,17 +104,25 @@ def _storage_error(p: Path, exc: sqlite3.Error) -> InputError:
     return StoreUnavailable(f"key database {p}: {msg}")
 
 
+def _absent(p: Path) -> InputError:
+    return InputError(f"no rnd key database at {p}; create it with `rnd keys add NAME --budget N --db {p}`")
+
+
 class SQLiteKeyStore(KeyStore):
-    """The key database at `path`, created (with its schema, in WAL mode) when absent or empty.
+    """The key database at `path`, created (with its schema, in WAL mode) when absent or empty;
+    with `create=False`, an absent or empty file is refused (nothing is written).
 
     Safe to share between threads (one connection, used under a lock) and between processes
     (SQLite's write lock); a forked child opens its own connection on first use.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, create: bool = True) -> None:
         self.path = Path(path).expanduser()
         self.location = str(self.path)
         _check_file(self.path)
+        if not create and not self.path.exists():
+            raise _absent(self.path)
+        self._create = create
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         self._pid = os.getpid()
@@ -143,6 +151,8 @@ class SQLiteKeyStore(KeyStore):
         foreign database is refused before anything is written to it)."""
         with Transaction(con):
             if not _check_version(con, self.path):
+                if not self._create:
+                    raise _absent(self.path)
                 for stmt in statements(_SCHEMA):
                     con.execute(stmt)
                 con.executemany(
