@@ -25,7 +25,7 @@ from rnd.errors import InputError
 from rnd.evaluation.spec import MAX_BUDGET
 from rnd.evaluation.store import ResultsStore, check_database, check_location
 from rnd.models.source import model_kind
-from rnd.serving.keys import open_keys
+from rnd.serving.keys import is_postgres_url, open_keys
 from rnd.training import load_or_train_default
 
 
@@ -127,9 +127,10 @@ class AuditCommand(click.Command):
 @click.option("--rate", type=float, default=None, metavar="R", help="queries per second one key allows")
 @click.option(
     "--keys-db",
-    type=click.Path(path_type=Path),
     default=None,
-    help="read --quota and --rate from an `rnd serve` key store (the key --key-name, or its only key)",
+    metavar="STORE",
+    help="read --quota and --rate from an `rnd serve` key store, an SQLite file or a postgresql:// "
+    "URL (the key --key-name, or its only key)",
 )
 @click.option("--key-name", default=None, help="the key of --keys-db whose terms to use")
 @seed_option
@@ -161,7 +162,7 @@ def audit(
     fail_under: float | None,
     quota: int | None,
     rate: float | None,
-    keys_db: Path | None,
+    keys_db: str | None,
     key_name: str | None,
     seed: int,
     progress: bool,
@@ -264,7 +265,7 @@ def audit(
 
 
 def key_terms(
-    quota: int | None, rate: float | None, keys_db: Path | None, key_name: str | None
+    quota: int | None, rate: float | None, keys_db: str | Path | None, key_name: str | None
 ) -> KeyTerms | None:
     """The API key terms the cost is priced in: given, or read from an `rnd serve` key store."""
     if keys_db is None:
@@ -277,21 +278,22 @@ def key_terms(
         return KeyTerms(quota, rate, "given")
     if quota is not None or rate is not None:
         raise InputError("give --keys-db or --quota / --rate, not both")
-    if not keys_db.is_file():
+    if not is_postgres_url(keys_db) and not Path(keys_db).is_file():
         raise InputError(f"--keys-db {keys_db} is not a file; give the key store `rnd serve --keys` uses")
-    store = open_keys(keys_db)
+    store = open_keys(keys_db, create=False)
+    where = store.location
     try:
         keys = store.list()
     finally:
         store.close()
     chosen = [k for k in keys if key_name is None or k["name"] == key_name]
     if key_name is None and len(chosen) != 1:
-        raise InputError(f"--keys-db {keys_db} holds {len(chosen)} keys; name one with --key-name")
+        raise InputError(f"--keys-db {where} holds {len(chosen)} keys; name one with --key-name")
     if not chosen:
-        raise InputError(f"--keys-db {keys_db} has no key named {key_name!r}")
+        raise InputError(f"--keys-db {where} has no key named {key_name!r}")
     k = chosen[0]
     return KeyTerms(
-        int(k["budget"]), None if k["rate"] is None else float(k["rate"]), f"{keys_db}: {k['name']}"
+        int(k["budget"]), None if k["rate"] is None else float(k["rate"]), f"{where}: {k['name']}"
     )
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from pathlib import Path
 
 import click
@@ -22,13 +23,18 @@ from rnd.cli.app import main
 from rnd.cli.checks import MAX_SEED, count
 from rnd.cli.models import given_meta, model_source_options, stored_spec
 from rnd.device import default_device, resolve_device
+from rnd.errors import InputError
 from rnd.extras import require
 from rnd.models import checkpoint_paths
 from rnd.models.source import model_kind, model_label
 from rnd.serving.factory import ENV, build_app
+from rnd.serving.keys import is_postgres_url, redact
 from rnd.serving.ray_engine import serve_forever
 
 log = logging.getLogger(__name__)
+
+#: What a served model may be named: one URL path segment that needs no escaping.
+MODEL_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 def _model_name(spec: str) -> str:
@@ -58,7 +64,13 @@ def _model_name(spec: str) -> str:
 )
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
-@click.option("--keys", "keys_db", type=click.Path(dir_okay=False), default=None, help="API key database")
+@click.option(
+    "--keys",
+    "keys_db",
+    default=None,
+    metavar="STORE",
+    help="API key store made by `rnd keys add`: an SQLite file, or a postgresql:// URL shared by hosts",
+)
 @click.option("--max-batch", type=count(1, 65_536), default=256, show_default=True, help="images per forward")
 @click.option(
     "--max-wait-ms",
@@ -130,7 +142,13 @@ def serve(
     require("serve", "rnd serve")
     import uvicorn
 
-    model_name = name or _model_name(checkpoint)
+    model_name = name if name is not None else _model_name(checkpoint)
+    if not MODEL_NAME_RE.fullmatch(model_name):
+        given = "--name" if name is not None else f"the name {model_name!r} taken from MODEL; give --name"
+        raise InputError(
+            f"{given}: a served model name is 1-128 letters, digits, '.', '_' or '-' starting with a "
+            f"letter or digit (it is a part of the URL), got {model_name!r}"
+        )
     settings = {
         "checkpoint": stored_spec(checkpoint),
         "weights": None if weights is None else str(weights),
@@ -140,7 +158,7 @@ def serve(
         "name": model_name,
         "output": output,
         "k": k,
-        "keys": None if keys_db is None else str(Path(keys_db)),
+        "keys": keys_db,
         "max_batch": max_batch,
         "max_wait_ms": max_wait_ms,
         "max_body_bytes": max_body_bytes,
@@ -148,6 +166,12 @@ def serve(
     }
     if engine == "ray":
         require("ray", "rnd serve --engine ray")
+    if seed is not None:
+        click.echo(
+            "warning: --seed makes the defense's noise replayable: whoever knows the seed (and the "
+            "worker pids) can draw the same noise offline and take it out; serve without --seed",
+            err=True,
+        )
     app = build_app(settings)  # checks the checkpoint, defense and key store before serving
     where = f"http://{host}:{port}/v2/models/{model_name}"
     if engine == "ray":
@@ -157,7 +181,7 @@ def serve(
         scale = f", {workers} worker processes" if workers > 1 else ""
     click.echo(
         f"serving {model_name} ({defense}, output {output}) on {where}"
-        + (f" with keys from {keys_db}" if keys_db else "")
+        + (f" with keys from {redact(keys_db) if is_postgres_url(keys_db) else keys_db}" if keys_db else "")
         + scale,
         err=True,
     )

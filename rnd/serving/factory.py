@@ -1,8 +1,8 @@
 """The app of one server worker process, built from the settings `rnd serve --workers N` passes
 through the environment (uvicorn starts each worker from an import string, so the settings cannot
 travel as Python objects). Each worker loads the checkpoint and builds its own defense; the key
-store is the shared SQLite file, whose check-and-charge is atomic across processes, so quotas hold
-across workers."""
+store is shared (an SQLite file on one host, a PostgreSQL database across hosts), and its
+check-and-charge is atomic across processes, so quotas hold across workers."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def build_app(settings: dict[str, Any], pid: int | None = None) -> Any:
     defended = build_defense(settings["defense"], model, seed=seed)
     keys = None
     if settings.get("keys"):
-        keys = open_keys(settings["keys"])
+        keys = open_keys(settings["keys"], create=False)  # a server never starts on an empty store
     return create_app(
         model,
         defended,

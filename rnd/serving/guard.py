@@ -16,6 +16,9 @@ The contract, in the order the app applies it:
   (rounded up, at least 1). A key revoked between the key check and the charge is `bad_key` (401).
 - `X-Quota-Remaining`: on every answer to a known, live key, the images the key has left (after the
   request's own charge when it was answered; unchanged when it was refused).
+- A key store that cannot be reached (`StoreUnavailable`: a PostgreSQL server down or restarting,
+  a lock held too long) refuses the request with `not_ready` (503, `Retry-After: 1`): no answer
+  without a decided charge. The store reconnects by itself on a later request.
 """
 
 from __future__ import annotations
@@ -25,6 +28,10 @@ from collections.abc import AsyncIterable
 from typing import Any, Protocol
 
 from rnd.oip import QUOTA_HEADER, QUOTA_RETRY_AFTER_S, Code, Refusal, bearer_token, retry_after_header
+from rnd.serving.keys.base import StoreUnavailable
+
+#: Seconds a client is told to wait when the key store cannot be reached.
+STORE_RETRY_AFTER_S = 1.0
 
 #: TorchServe's default body cap (DESIGN section 7).
 MAX_BODY_BYTES = 6_553_500
@@ -59,6 +66,13 @@ def store_reason(reason: str) -> Code:
     return Code.QUOTA
 
 
+def unavailable() -> Refusal:
+    """The refusal of a request whose key or charge could not be decided (the store is unreachable)."""
+    return Refusal.of(
+        Code.NOT_READY, "the key store cannot be reached; retry shortly", retry_after=STORE_RETRY_AFTER_S
+    )
+
+
 class Guard:
     """Key check, body cap and quota charge for one app.
 
@@ -66,7 +80,8 @@ class Guard:
         keys: the key store; None serves without keys or quotas (every check but the body cap passes).
         max_body_bytes: the largest request body accepted.
 
-    `authorize`, `quota_headers` and `charge` call the key store (SQLite): run them off the event loop.
+    `authorize`, `quota_headers` and `charge` call the key store (a database): run them off the
+    event loop.
     """
 
     def __init__(self, keys: Keys | None, max_body_bytes: int = MAX_BODY_BYTES) -> None:
@@ -82,7 +97,10 @@ class Guard:
         token = bearer_token(authorization)
         if token is None:
             return None, Refusal.of(Code.NO_KEY, "missing API key: send 'Authorization: Bearer KEY'")
-        key_id = self.keys.authorize(token)
+        try:
+            key_id = self.keys.authorize(token)
+        except StoreUnavailable:
+            return None, unavailable()
         if key_id is None:
             return None, Refusal.of(Code.BAD_KEY, "invalid or revoked API key")
         return key_id, None
@@ -133,7 +151,11 @@ class Guard:
         a 429); a key revoked since `authorize` gets a bare 401."""
         if self.keys is None:
             return {}, None
-        charge = self.keys.charge(key_id, images)
+        try:
+            charge = self.keys.charge(key_id, images)
+        except StoreUnavailable:
+            refusal = unavailable()
+            return refusal.headers(), refusal
         headers: dict[str, str] = {}
         if charge.remaining is not None:
             self._last_left[key_id] = int(charge.remaining)

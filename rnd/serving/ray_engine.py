@@ -3,9 +3,10 @@
 Each replica is a Ray actor that builds its own app with `build_app(settings, pid=os.getpid())` at
 start (so it loads the checkpoint and draws its own noise, `worker_seed`) and hands it to Ray Serve's
 ASGI ingress, which runs the app's lifespan (the batcher) inside the replica before the replica takes
-traffic. The key store is the shared SQLite file, whose check-and-charge is atomic across processes,
-so a quota holds across replicas. Ray Serve's HTTP proxy listens on the given host and port and
-forwards requests, status codes and headers to and from the replicas.
+traffic. The key store is shared (SQLite on one host; PostgreSQL when replicas run on several nodes),
+and its check-and-charge is atomic across processes, so a quota holds across replicas. Ray Serve's
+HTTP proxy listens on the given host and port and forwards requests, status codes and headers to and
+from the replicas.
 
 Ray is imported lazily (the `ray` and `serve` extras); importing this module does not need it.
 """

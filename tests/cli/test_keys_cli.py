@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from rnd.cli import main
-from rnd.serving.keys import KEY_PREFIX, SQLiteKeyStore
+from rnd.serving.keys import KEY_PREFIX, SQLiteKeyStore, open_keys
 
 
 def rnd(*args: str):
@@ -88,7 +88,7 @@ def test_bad_input_is_one_line_and_exit_2(db, args, message):
 
 def test_bad_databases_are_one_line_and_exit_2(tmp_path):
     missing = rnd("list", "--db", str(tmp_path / "missing.sqlite"))
-    assert missing.exit_code == 2 and "not found" in missing.output
+    assert missing.exit_code == 2 and "no rnd key database" in missing.output
     assert not (tmp_path / "missing.sqlite").exists()
     folder = rnd("add", "x", "--budget", "5", "--db", str(tmp_path))
     assert folder.exit_code == 2 and "not a file" in folder.output
@@ -101,3 +101,55 @@ def test_bad_databases_are_one_line_and_exit_2(tmp_path):
     assert text.read_text() == "not a database\n"
     no_db = rnd("add", "x", "--budget", "5")
     assert no_db.exit_code == 2 and "--db" in no_db.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["add", "bad name", "--budget", "5"], "key name"),
+        (["add", "x", "--budget", str(2**63)], "--budget"),
+        (["add", "x", "--budget", "5", "--rate", "0"], "--rate"),
+        (["list"], "no rnd key database"),
+        (["revoke", "x"], "no rnd key database"),
+        (["copy", "{db}", "{db}.copy"], "no rnd key database"),
+    ],
+)
+def test_nothing_is_written_before_the_input_is_checked(tmp_path, args, message):
+    db = tmp_path / "keys.sqlite"
+    args = [a.format(db=db) for a in args]
+    result = rnd(*args) if args[0] == "copy" else rnd(*args, "--db", str(db))
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_keys_on_postgres_end_to_end_and_copied_from_sqlite(tmp_path, pg_cluster):
+    url = pg_cluster.create_database()
+    added = rnd("add", "alice", "--budget", "100", "--rate", "5", "--db", url)
+    assert added.exit_code == 0, added.output
+    secret = added.stdout.strip()
+    assert pg_cluster.password not in added.output
+    listed = rnd("list", "--db", url)
+    assert listed.exit_code == 0 and listed.output.splitlines()[1].split()[:6] == [
+        "alice", "100", "0", "100", "5", "active",
+    ]  # fmt: skip
+    db = tmp_path / "keys.sqlite"
+    old = rnd("add", "bob", "--budget", "10", "--db", str(db)).stdout.strip()
+    with SQLiteKeyStore(db) as store:
+        store.charge("bob", 7)
+    copied = rnd("copy", str(db), url)
+    assert copied.exit_code == 0 and "copied 1 keys (7 images used in all)" in copied.output
+    assert pg_cluster.password not in copied.output and ":***@" in copied.output
+    again = rnd("copy", str(db), url)
+    assert again.exit_code == 2 and "nothing was copied" in again.output
+    assert rnd("revoke", "alice", "--db", url).exit_code == 0
+    with open_keys(url) as store:
+        assert store.authorize(old) == "bob" and store.authorize(secret) is None
+        assert {r["name"]: (r["used"], r["revoked"]) for r in store.list()} == {
+            "alice": (0, True),
+            "bob": (7, False),
+        }
+    bad = rnd("list", "--db", url.replace(pg_cluster.password, "nope"))
+    assert bad.exit_code == 2 and "password authentication failed" in bad.output
+    assert len(bad.output.strip().splitlines()) == 1
+    empty = rnd("list", "--db", pg_cluster.create_database())
+    assert empty.exit_code == 2 and "holds no rnd key store" in empty.output

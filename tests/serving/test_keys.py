@@ -21,14 +21,6 @@ from rnd.evaluation.store import ResultsStore
 from rnd.serving.keys import KEY_PREFIX, Charge, KeyStore, SQLiteKeyStore, StoreUnavailable, open_keys
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def target(request, tmp_path) -> str:
-    """Where a fresh key store lives: an SQLite path, or the URL of a fresh PostgreSQL database."""
-    if request.param == "sqlite":
-        return str(tmp_path / "keys.sqlite")
-    return request.getfixturevalue("pg_cluster").create_database()
-
-
 @pytest.fixture
 def store(target):
     s = open_keys(target)

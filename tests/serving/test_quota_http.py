@@ -1,7 +1,7 @@
-"""Quotas under concurrency, over real loopback HTTP with the real KeyStore (issue 15): 64 clients
-on a key of 1,000 images send 2,000 one-image requests; exactly 1,000 are answered, 1,000 refused
-with 429 and Retry-After, and the store says 1,000. A refused or invalid request charges nothing
-and still carries the remaining quota."""
+"""Quotas under concurrency, over real loopback HTTP with the real key stores (issue 15; PostgreSQL
+since issue 33): 64 clients on a key of 1,000 images send 2,000 one-image requests; exactly 1,000
+are answered, 1,000 refused with 429 and Retry-After, and the store says 1,000. A refused or invalid
+request charges nothing and still carries the remaining quota."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 from rnd.defenses import build_defense
 from rnd.models import build_model
 from rnd.serving.app import create_app
-from rnd.serving.keys import SQLiteKeyStore
+from rnd.serving.keys import SQLiteKeyStore, open_keys
 from tests.serving.test_server import Served
 
 
@@ -25,10 +25,10 @@ def body(seed: int) -> dict:
     }
 
 
-def test_64_clients_2000_requests_on_a_1000_image_budget(tmp_path):
+def test_64_clients_2000_requests_on_a_1000_image_budget(target):
     torch.manual_seed(0)
     model = build_model("small-cnn", width=4, hidden=16).eval()
-    store = SQLiteKeyStore(tmp_path / "keys.sqlite")
+    store = open_keys(target)
     key = store.add("load", budget=1000)
     app = create_app(model, build_defense("rnd:nu=0.02", model, seed=0), name="tiny", keys=store)
     statuses: list[int] = []

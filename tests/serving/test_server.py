@@ -508,6 +508,32 @@ def test_rnd_serve_cli_refuses_a_bad_model_in_one_line(tmp_path: Any) -> None:
         assert len(res.output.strip().splitlines()) == 1, res.output
 
 
+def test_rnd_serve_cli_checks_the_key_store_and_name_before_serving(model: nn.Module, tmp_path: Any) -> None:
+    """A key store that does not exist or cannot be reached, and a name no URL can reach: one line,
+    exit 2, nothing created; the URL's password is not echoed. `--seed` warns."""
+    from click.testing import CliRunner
+
+    from rnd.cli import main
+    from rnd.models import save_checkpoint
+
+    save_checkpoint(model, tmp_path / "tiny-net", dataset="fashion-mnist")
+    missing = tmp_path / "keys.sqlite"
+    for args, words in (
+        (["--keys", str(missing)], "no rnd key database"),
+        (["--keys", "postgresql://rnd:s3cr3t-pw@127.0.0.1:1/keys"], "unreachable"),
+        (["--name", "a/b"], "--name"),
+        (["--name", ""], "--name"),
+    ):
+        res = CliRunner().invoke(main, ["serve", str(tmp_path / "tiny-net"), *args, "--port", "1"])
+        assert res.exit_code == 2 and words in res.output, (args, res.output)
+        assert len(res.output.strip().splitlines()) == 1 and "s3cr3t-pw" not in res.output, res.output
+    assert not missing.exists()
+    proc, _ = _serve_cli(str(tmp_path / "tiny-net"), "--seed", "3")
+    proc.terminate()
+    proc.wait(10)
+    assert "--seed makes the defense's noise replayable" in proc.stderr.read().decode()
+
+
 def test_batcher_merges_splits_and_chunks(model: nn.Module) -> None:
     from rnd.serving.batching import Batcher
 
