@@ -114,6 +114,7 @@ eps = 0.1
         (["audit", "--url", "http://127.0.0.1:9/v2/models/m", "--key", "k", "--out", "{tmp}/out"], "serve"),
         (["sweep", "{tmp}/tiny.toml", "--runner", "ray", "--db", "{tmp}/db/results.sqlite"], "ray"),
         (["demo", "--imagenet"], "imagenet"),
+        (["keys", "add", "k", "--budget", "5", "--db", "postgresql://rnd@127.0.0.1:9/keys"], "postgres"),
     ],
 )
 def test_a_command_that_needs_a_missing_extra_is_one_line_and_exit_2(args, extra, tmp_path):

@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from rnd.errors import InputError
+from rnd.extras import require
 from rnd.serving.keys.base import (
     KEY_COLUMNS,
     KIND,
@@ -104,8 +105,6 @@ class PostgresKeyStore(KeyStore):
     """
 
     def __init__(self, url: str, *, create: bool = True) -> None:
-        from rnd.extras import require
-
         require("postgres", "a PostgreSQL key store")
         import psycopg
 
