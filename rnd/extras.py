@@ -32,6 +32,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
 EXTRA_MODULES: dict[str, str] = {
     "rnd.oracle.remote": "serve",
     "rnd.serving.app": "serve",
+    "rnd.serving.protocol": "serve",
 }
 
 

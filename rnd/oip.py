@@ -95,6 +95,8 @@ class Code(StrEnum):
     NO_KEY = "no_key"
     BAD_KEY = "bad_key"
     BODY_TOO_LARGE = "body_too_large"
+    HEADERS_TOO_LARGE = "headers_too_large"
+    TIMEOUT = "timeout"
     BAD_REQUEST = "bad_request"
     INVALID_INPUT = "invalid_input"
     QUOTA = "quota"
@@ -110,6 +112,8 @@ STATUS: dict[Code, int] = {
     Code.NO_KEY: 401,
     Code.BAD_KEY: 401,
     Code.BODY_TOO_LARGE: 413,
+    Code.HEADERS_TOO_LARGE: 431,
+    Code.TIMEOUT: 408,
     Code.BAD_REQUEST: 400,
     Code.INVALID_INPUT: 422,
     Code.QUOTA: 429,
@@ -121,7 +125,9 @@ _KIND_OF_STATUS: dict[int, Code] = {
     400: Code.BAD_REQUEST,
     401: Code.BAD_KEY,
     404: Code.UNKNOWN_MODEL,
+    408: Code.TIMEOUT,
     413: Code.BODY_TOO_LARGE,
+    431: Code.HEADERS_TOO_LARGE,
     422: Code.INVALID_INPUT,
     500: Code.INTERNAL,
     503: Code.NOT_READY,
@@ -259,14 +265,82 @@ def _header_length(value: str | None, body_len: int) -> int | None:
     return n
 
 
-def _json_object(raw: bytes | memoryview, what: str) -> dict[str, Any]:
+#: Nesting a JSON request may have (an infer request with nested N-d data needs 7).
+MAX_JSON_DEPTH = 16
+
+
+def json_depth(raw: bytes | memoryview, cap: int) -> int:
+    """How deep the brackets of `raw` nest (counted over every `[` and `{`, inside strings too: an
+    upper bound of the JSON depth), read in C-speed steps: 0 work beyond two counts when there are
+    no more than `cap` opening brackets in all."""
+    data = bytes(raw)
+    if data.count(b"[") + data.count(b"{") <= cap:
+        return min(cap, data.count(b"[") + data.count(b"{"))
+    deepest, level = 0, 0
+    step = 1 << 20
+    for start in range(0, len(data), step):  # 1 MiB at a time: a few MB of temporaries at most
+        b = np.frombuffer(data, dtype=np.uint8, count=min(step, len(data) - start), offset=start)
+        moves = (b == 0x5B).astype(np.int32) + (b == 0x7B) - (b == 0x5D) - (b == 0x7D)
+        run = np.cumsum(moves) + level
+        if run.size:
+            deepest, level = max(deepest, int(run.max())), int(run[-1])
+    return deepest
+
+
+def check_json_bounds(raw: bytes | memoryview, what: str, max_depth: int, max_values: int | None) -> None:
+    """Refuse (400), before it is parsed, a JSON text nested deeper than `max_depth` or holding more
+    than `max_values` numbers (counted as its commas: an upper bound), so that a parse holds at most
+    about 32 bytes per value (a Python float and its list slot)."""
+    if max_values is not None:
+        values = bytes(raw).count(b",") - 64  # the request's own fields, beyond the data
+        if values > max_values:
+            raise RequestError(
+                _BAD,
+                f"{what} holds about {values} values, over the JSON cap of {max_values}; send larger "
+                "batches with the binary tensor extension (Inference-Header-Content-Length)",
+            )
+    if json_depth(raw, max_depth) > max_depth:
+        raise RequestError(_BAD, f"{what} nests deeper than {max_depth} levels")
+
+
+def _json_object(
+    raw: bytes | memoryview, what: str, max_depth: int = MAX_JSON_DEPTH, max_values: int | None = None
+) -> dict[str, Any]:
+    check_json_bounds(raw, what, max_depth, max_values)
     try:
         doc = json.loads(bytes(raw))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise RequestError(_BAD, f"{what} is not valid JSON ({type(exc).__name__})") from None
     if not isinstance(doc, dict):
         raise RequestError(_BAD, f"{what} must be a JSON object, got {type(doc).__name__}")
     return doc
+
+
+def _holds_bool(data: object) -> bool:
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, bool):
+            return True
+    return False
+
+
+def _numbers(data: object, raw: bytes) -> np.ndarray:
+    """JSON `data` as float32, when it is a (nested, rectangular) list of numbers and nothing else."""
+    bad = RequestError(_INVALID, "inputs[0].data must be a (nested) list of numbers, and numbers only")
+    if not isinstance(data, list):
+        raise bad
+    try:
+        x = np.asarray(data)
+    except (TypeError, ValueError):
+        raise bad from None
+    if x.dtype.kind not in "fiu":  # strings, nulls, ragged lists; all-boolean data is kind "b"
+        raise bad
+    if (b"true" in raw or b"false" in raw) and _holds_bool(data):  # booleans among numbers
+        raise bad
+    return x.astype(np.float32, copy=False)
 
 
 def _is_true(value: object) -> bool:
@@ -280,14 +354,20 @@ def parse_infer(
     *,
     range_tol: float,
     max_images: int | None = None,
+    max_json_depth: int = MAX_JSON_DEPTH,
+    max_json_values: int | None = None,
 ) -> InferRequest:
     """Parse and check an infer request for a model taking images of `input_shape` (C, H, W), pixels
-    in [0, 1] give or take `range_tol`; raise `RequestError` at the first fault."""
+    in [0, 1] give or take `range_tol`; raise `RequestError` at the first fault. A JSON text is
+    bounded before it is parsed (`check_json_bounds`); JSON pixels must be numbers (not strings,
+    booleans or nulls)."""
     n_header = _header_length(header_length, len(body))
     view = memoryview(body)
     doc = _json_object(
         view if n_header is None else view[:n_header],
         "the request header" if n_header is not None else "the request body",
+        max_json_depth,
+        max_json_values,
     )
     inputs = doc.get("inputs")
     if not isinstance(inputs, list) or not inputs:
@@ -338,10 +418,7 @@ def parse_infer(
     else:
         if "data" not in spec:
             raise RequestError(_BAD, "inputs[0] has no 'data' (and the request is not binary)")
-        try:
-            x = np.asarray(spec["data"], dtype=np.float32)
-        except (TypeError, ValueError):
-            raise RequestError(_INVALID, "inputs[0].data must be a (nested) list of numbers") from None
+        x = _numbers(spec["data"], body)
         if x.size != count:
             raise RequestError(_INVALID, f"shape {shape} needs {count} values, got {x.size}")
         x = x.reshape(shape)

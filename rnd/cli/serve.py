@@ -29,6 +29,7 @@ from rnd.models import checkpoint_paths
 from rnd.models.source import model_kind, model_label
 from rnd.serving.factory import ENV, build_app
 from rnd.serving.keys import is_postgres_url, redact
+from rnd.serving.limits import ServerLimits
 from rnd.serving.ray_engine import serve_forever
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,38 @@ def _model_name(spec: str) -> str:
     help="how long a request waits for others to share its forward",
 )
 @click.option("--max-body-bytes", type=count(1, 2**31), default=6_553_500, show_default=True)
+@click.option(
+    "--header-timeout",
+    type=click.FloatRange(0, 3600, min_open=True),
+    default=ServerLimits.header_timeout_s,
+    show_default=True,
+    help="seconds a connection has to send a whole request head (then 408 and closed)",
+)
+@click.option(
+    "--body-timeout",
+    type=click.FloatRange(0, 3600, min_open=True),
+    default=ServerLimits.body_timeout_s,
+    show_default=True,
+    help="seconds a request has to send its whole body (then 408 and closed)",
+)
+@click.option(
+    "--max-connections",
+    type=count(8, 1_000_000),
+    default=None,
+    help="open connections per server process [default: min(1000, half the open-file limit)]",
+)
+@click.option("--max-headers", type=count(8, 10_000), default=ServerLimits.max_headers, show_default=True)
+@click.option(
+    "--max-header-bytes", type=count(1024, 2**24), default=ServerLimits.max_header_bytes, show_default=True
+)
+@click.option(
+    "--metrics",
+    "metrics_access",
+    type=click.Choice(["public", "key", "off"]),
+    default="public",
+    show_default=True,
+    help="/metrics for anyone, for a valid key only (needs --keys), or not at all",
+)
 @click.option("--seed", type=count(0, MAX_SEED), default=None, help="defense seed [default: OS entropy]")
 @click.option("--device", default=None, help="where the model runs [default: rnd --device, else cpu]")
 @click.option(
@@ -122,6 +155,12 @@ def serve(
     max_batch: int,
     max_wait_ms: float,
     max_body_bytes: int,
+    header_timeout: float,
+    body_timeout: float,
+    max_connections: int | None,
+    max_headers: int,
+    max_header_bytes: int,
+    metrics_access: str,
     seed: int | None,
     device: str | None,
     workers: int,
@@ -162,6 +201,14 @@ def serve(
         "max_batch": max_batch,
         "max_wait_ms": max_wait_ms,
         "max_body_bytes": max_body_bytes,
+        "limits": ServerLimits(
+            max_header_bytes=max_header_bytes,
+            max_headers=max_headers,
+            header_timeout_s=header_timeout,
+            body_timeout_s=body_timeout,
+            max_connections=max_connections,
+        ).to_dict(),
+        "metrics": metrics_access,
         "device": str(resolve_device(device) if device is not None else default_device()),
     }
     if engine == "ray":
@@ -190,8 +237,11 @@ def serve(
         threads = ctx.find_root().params.get("threads")
         serve_forever(settings, replicas=replicas, host=host, port=port, address=ray_address, threads=threads)
         return
+    from rnd.serving.protocol import GuardedH11Protocol
+
+    guarded = GuardedH11Protocol.uvicorn_options(ServerLimits.from_dict(settings["limits"]))
     if workers == 1:
-        uvicorn.run(app, host=host, port=port, log_level="warning")
+        uvicorn.run(app, host=host, port=port, log_level="warning", **guarded)
         return
     del app
     os.environ[ENV] = json.dumps(settings)
@@ -202,4 +252,5 @@ def serve(
         host=host,
         port=port,
         log_level="warning",
+        **guarded,
     )

@@ -14,6 +14,7 @@ from typing import Any
 from rnd.defenses import build_defense
 from rnd.models import load_model
 from rnd.serving.keys import open_keys
+from rnd.serving.limits import ServerLimits
 
 ENV = "RND_SERVE_SETTINGS"
 
@@ -29,7 +30,7 @@ def worker_seed(seed: int | None, pid: int) -> int | None:
 def build_app(settings: dict[str, Any], pid: int | None = None) -> Any:
     """The FastAPI app for `settings` (checkpoint: any `rnd.models.load_model` spec, with weights
     and model_meta; defense, seed, name, output, k, keys, max_batch, max_wait_ms, max_body_bytes,
-    device)."""
+    device; limits, a `ServerLimits` dict, and metrics, its access)."""
     from rnd.serving.app import create_app
 
     model, _ = load_model(
@@ -55,9 +56,16 @@ def build_app(settings: dict[str, Any], pid: int | None = None) -> Any:
         max_batch=settings["max_batch"],
         max_wait_ms=settings["max_wait_ms"],
         max_body_bytes=settings["max_body_bytes"],
+        limits=ServerLimits.from_dict(settings.get("limits")),
+        metrics_access=settings.get("metrics", "public"),
     )
 
 
 def app_from_env() -> Any:
-    """uvicorn's factory for a worker process (`rnd.serving.factory:app_from_env`)."""
-    return build_app(json.loads(os.environ[ENV]), pid=os.getpid())
+    """uvicorn's factory for a worker process (`rnd.serving.factory:app_from_env`); it also gives the
+    process's connections their limits (`rnd.serving.protocol`)."""
+    from rnd.serving.protocol import GuardedH11Protocol
+
+    settings = json.loads(os.environ[ENV])
+    GuardedH11Protocol.configure(ServerLimits.from_dict(settings.get("limits")))
+    return build_app(settings, pid=os.getpid())

@@ -105,6 +105,34 @@ class Guard:
             return None, Refusal.of(Code.BAD_KEY, "invalid or revoked API key")
         return key_id, None
 
+    def admit(self, authorization: str | None) -> tuple[Any, Refusal | None, dict[str, str]]:
+        """`authorize`, then, before the body is read, whether the key could pay for one image now:
+        (key id, None, quota headers) for a key that may go on; (key id or None, the 401 / 429 / 503
+        refusal, its headers) otherwise. One read of the store when it can `admit` (both rnd stores);
+        a store that cannot is asked `authorize` only."""
+        if self.keys is None:
+            return None, None, {}
+        admit = getattr(self.keys, "admit", None)
+        if admit is None:
+            key_id, refusal = self.authorize(authorization)
+            return key_id, refusal, {}
+        token = bearer_token(authorization)
+        if token is None:
+            return None, Refusal.of(Code.NO_KEY, "missing API key: send 'Authorization: Bearer KEY'"), {}
+        try:
+            admission = admit(token)
+        except StoreUnavailable:
+            refusal = unavailable()
+            return None, refusal, refusal.headers()
+        if admission.key_id is None:
+            return None, Refusal.of(Code.BAD_KEY, "invalid or revoked API key"), {}
+        peek = admission.peek
+        headers = {QUOTA_HEADER: str(int(peek.remaining))}
+        if peek.ok:
+            return admission.key_id, None, headers
+        refusal = self._refusal(peek, None)
+        return admission.key_id, refusal, {**headers, **refusal.headers()}
+
     def quota_headers(self, key_id: Any) -> dict[str, str]:
         """`X-Quota-Remaining` for a key, without charging it (when the store can tell, else the figure
         after this app's last charge); empty without a key."""
@@ -162,13 +190,23 @@ class Guard:
             headers[QUOTA_HEADER] = str(int(charge.remaining))
         if charge.ok:
             return headers, None
+        refusal = self._refusal(charge, images)
+        if refusal.code is Code.BAD_KEY:
+            return {}, refusal
+        return {**headers, **refusal.headers()}, refusal
+
+    @staticmethod
+    def _refusal(charge: Charge, images: int | None) -> Refusal:
+        """The refusal of a store's "no" to `images` images (None: to any, before the body is read)."""
         code = store_reason(charge.reason or "quota")
         if code is Code.BAD_KEY:
-            return {}, Refusal.of(Code.BAD_KEY, "invalid or revoked API key")
+            return Refusal.of(Code.BAD_KEY, "invalid or revoked API key")
         after = charge.retry_after if charge.retry_after is not None else QUOTA_RETRY_AFTER_S
+        asked = "" if images is None else f"{images} images "
         if code is Code.RATE:
-            message = f"rate limit: {images} images refused; retry after {retry_after_header(after)} s"
+            message = f"rate limit: {asked}refused; retry after {retry_after_header(after)} s"
+        elif images is None:
+            message = f"quota exhausted: {charge.remaining} images left on this key"
         else:
             message = f"quota exhausted: {images} images asked, {charge.remaining} left on this key"
-        refusal = Refusal.of(code, message, retry_after=after)
-        return {**headers, **refusal.headers()}, refusal
+        return Refusal.of(code, message, retry_after=after)

@@ -340,9 +340,9 @@ def test_keys_401_429_and_quota_header(model: nn.Module) -> None:
         auth = {"Authorization": "Bearer secret"}
         r = c.post(INFER, json=body, headers=auth)
         assert r.status_code == 200 and r.headers["X-Quota-Remaining"] == "3"
-        r = c.post(INFER, json=json_body(images(2) * 5), headers=auth)  # invalid: not charged
-        assert r.status_code == 422 and r.headers["X-Quota-Remaining"] == "3"
-        assert c.post(INFER, json=body, headers=auth).headers["X-Quota-Remaining"] == "1"
+        r = c.post(INFER, json=json_body(images(2) * 5), headers=auth)  # invalid: metered, one image
+        assert r.status_code == 422 and r.headers["X-Quota-Remaining"] == "2"
+        assert c.post(INFER, json=json_body(images(1)), headers=auth).headers["X-Quota-Remaining"] == "1"
         r = c.post(INFER, json=body, headers=auth)
         assert (
             r.status_code == 429 and r.headers["Retry-After"] == "3" and r.headers["X-Quota-Remaining"] == "1"

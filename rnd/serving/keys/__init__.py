@@ -8,6 +8,7 @@ from pathlib import Path
 
 from rnd.serving.keys.base import (
     KEY_PREFIX,
+    Admission,
     Charge,
     KeyStore,
     StoreUnavailable,
@@ -18,6 +19,7 @@ from rnd.serving.keys.sqlite import SQLiteKeyStore
 
 __all__ = [
     "KEY_PREFIX",
+    "Admission",
     "Charge",
     "KeyStore",
     "PostgresKeyStore",

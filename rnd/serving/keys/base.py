@@ -61,6 +61,8 @@ KEY_COLUMNS = (
     "created_at",
     "revoked_at",
 )
+#: What `_lookup` reads of a key (with the store's clock, `now`).
+STATE_COLUMNS = ("name", "key_sha256", "budget", "used", "rate", "tokens", "refilled_at", "revoked")
 #: Compared with when a token matches no row, so a miss costs the same as a hit.
 _DUMMY_HASH = hashlib.sha256(b"no such key").hexdigest()
 
@@ -86,6 +88,15 @@ class Charge:
     remaining: int
     retry_after: float | None
     reason: Reason
+
+
+@dataclass(frozen=True)
+class Admission:
+    """`KeyStore.admit`'s answer: the key id of a live key (None for anything else) and what charging
+    it one image would decide now (None when there is no key)."""
+
+    key_id: str | None
+    peek: Charge | None
 
 
 @dataclass(frozen=True)
@@ -242,8 +253,9 @@ class KeyStore(ABC):
         """(budget, used) of key `name`, None when absent."""
 
     @abstractmethod
-    def _lookup(self, key_sha256: str) -> tuple[str, str, bool] | None:
-        """(name, key_sha256, revoked) of the key with this hash, None when absent."""
+    def _lookup(self, key_sha256: str) -> dict[str, Any] | None:
+        """The key with this hash (`STATE_COLUMNS` and `now`, the store's clock in Unix seconds),
+        None when absent: one read."""
 
     @abstractmethod
     def _charge(self, name: str, images: int) -> Charge:
@@ -301,14 +313,30 @@ class KeyStore(ABC):
 
     def authorize(self, token: str) -> str | None:
         """The key id (its name) of a live key whose secret is `token`; None for anything else."""
+        return self.admit(token).key_id
+
+    def admit(self, token: str) -> Admission:
+        """`authorize`, and what charging one image would decide now, in one read and without
+        charging: the server refuses a key that could not pay for one image before it reads the
+        request's body."""
         if not isinstance(token, str) or not token:
-            return None
+            return Admission(None, None)
         wanted = digest(token)
         found = self._lookup(wanted)
-        stored = found[1] if found is not None else _DUMMY_HASH
-        if not hmac.compare_digest(stored.encode(), wanted.encode()) or found is None or found[2]:
-            return None
-        return found[0]
+        stored = found["key_sha256"] if found is not None else _DUMMY_HASH
+        if not hmac.compare_digest(stored.encode(), wanted.encode()) or found is None or found["revoked"]:
+            return Admission(None, None)
+        peek = decide(
+            budget=int(found["budget"]),
+            used=int(found["used"]),
+            rate=found["rate"],
+            tokens=found["tokens"],
+            refilled_at=found["refilled_at"],
+            revoked=False,
+            images=1,
+            now=found["now"],
+        )
+        return Admission(str(found["name"]), peek.charge)
 
     def charge(self, key_id: str, images: int) -> Charge:
         """Decide whether key `key_id` may have `images` more images answered, and charge them if

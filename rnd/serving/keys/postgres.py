@@ -32,6 +32,7 @@ from rnd.serving.keys.base import (
     KEY_COLUMNS,
     KIND,
     SCHEMA_VERSION,
+    STATE_COLUMNS,
     Charge,
     KeyStore,
     StoreUnavailable,
@@ -311,11 +312,15 @@ class PostgresKeyStore(KeyStore):
 
         return self._run(select)
 
-    def _lookup(self, key_sha256: str) -> tuple[str, str, bool] | None:
-        def select(cur: Any) -> tuple[str, str, bool] | None:
-            cur.execute("SELECT name, key_sha256, revoked FROM keys WHERE key_sha256 = %s", (key_sha256,))
+    def _lookup(self, key_sha256: str) -> dict[str, Any] | None:
+        def select(cur: Any) -> dict[str, Any] | None:
+            cur.execute(
+                f"SELECT {', '.join(STATE_COLUMNS)}, extract(epoch FROM clock_timestamp())::float8 AS now "
+                "FROM keys WHERE key_sha256 = %s",
+                (key_sha256,),
+            )
             row = cur.fetchone()
-            return None if row is None else (str(row["name"]), str(row["key_sha256"]), bool(row["revoked"]))
+            return None if row is None else dict(row)
 
         return self._run(select)
 

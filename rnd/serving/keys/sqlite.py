@@ -31,6 +31,7 @@ from rnd.serving.keys.base import (
     KEY_COLUMNS,
     KIND,
     SCHEMA_VERSION,
+    STATE_COLUMNS,
     Charge,
     KeyStore,
     StoreUnavailable,
@@ -246,12 +247,12 @@ class SQLiteKeyStore(KeyStore):
 
         return self._run(select, write=False)
 
-    def _lookup(self, key_sha256: str) -> tuple[str, str, bool] | None:
-        def select(con: sqlite3.Connection) -> tuple[str, str, bool] | None:
+    def _lookup(self, key_sha256: str) -> dict[str, Any] | None:
+        def select(con: sqlite3.Connection) -> dict[str, Any] | None:
             row = con.execute(
-                "SELECT name, key_sha256, revoked FROM keys WHERE key_sha256 = ?", (key_sha256,)
+                f"SELECT {', '.join(STATE_COLUMNS)} FROM keys WHERE key_sha256 = ?", (key_sha256,)
             ).fetchone()
-            return None if row is None else (str(row["name"]), str(row["key_sha256"]), bool(row["revoked"]))
+            return None if row is None else {**dict(row), "now": time.time()}
 
         return self._run(select, write=False)
 
