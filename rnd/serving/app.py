@@ -103,6 +103,7 @@ class _Metrics:
             registry=r,
         )
         self.latency = Histogram("rnd_request_latency_seconds", "Infer request latency", registry=r)
+        self.body_bytes = Counter("rnd_body_bytes", "Bytes of infer request bodies read", registry=r)
         self.disconnects = Counter(
             "rnd_client_disconnects", "Clients gone before their request was read", registry=r
         )
@@ -281,6 +282,7 @@ def create_app(
             return refuse(timeout, headers, close=True)
         if isinstance(body, Refusal):
             return refuse(body, headers, close=True)
+        metrics.body_bytes.inc(len(body))
         try:
             args = (body, request.headers.get(HEADER_LENGTH), input_shape)
             parse = functools.partial(

@@ -3,8 +3,9 @@
 - a request head must arrive within `header_timeout_s` of the connection opening or of the previous
   answer (uvicorn has no such timeout: a client that sends one header byte a second holds a
   connection, and a descriptor, for as long as it likes); then 408 and close;
-- the request line and headers are capped at `max_header_bytes` (h11's incomplete-event size; the
-  httptools parser uvicorn picks by default has no cap: a 128 MB header was parsed whole);
+- the request line and headers are capped at `max_header_bytes`, counted as they arrive (431 and
+  close; h11's own incomplete-event cap, set to the same size, covers only a head it must buffer,
+  and the httptools parser uvicorn picks by default has none: a 128 MB header was parsed whole);
 - at most `max_connections` connections per process: at the cap, the connection that has waited
   longest for its request head is closed to make room (a slow-connection flood cannot lock a good
   client out); the new one is refused only when every other connection is busy with a request.
@@ -26,6 +27,11 @@ from rnd.serving.limits import ServerLimits
 log = logging.getLogger(__name__)
 
 _TIMEOUT_408 = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+_HEAD_431 = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+    b"content-length: 69\r\nconnection: close\r\n\r\n"
+    b'{"error":"request head over the size cap","code":"headers_too_large"}'
+)
 
 
 class GuardedH11Protocol(H11Protocol):
@@ -33,7 +39,7 @@ class GuardedH11Protocol(H11Protocol):
 
     limits: ClassVar[ServerLimits] = ServerLimits()
     #: Connections closed by each limit in this process (tests and logs).
-    closed: ClassVar[dict[str, int]] = {"header_timeout": 0, "evicted": 0, "refused": 0}
+    closed: ClassVar[dict[str, int]] = {"header_timeout": 0, "head_too_large": 0, "evicted": 0, "refused": 0}
 
     @classmethod
     def configure(cls, limits: ServerLimits) -> None:
@@ -49,11 +55,13 @@ class GuardedH11Protocol(H11Protocol):
         super().__init__(*args, **kwargs)
         self._head_since: float | None = None  # waiting for a request head since (loop time)
         self._head_timer: asyncio.TimerHandle | None = None
+        self._head_bytes = 0  # bytes of the awaited request head received so far
 
     # -- waiting for a request head -------------------------------------------------------------
 
     def _await_head(self) -> None:
         self._head_since = self.loop.time()
+        self._head_bytes = 0
         if self._head_timer is not None:
             self._head_timer.cancel()
         self._head_timer = self.loop.call_later(self.limits.header_timeout_s, self._head_timed_out)
@@ -72,7 +80,7 @@ class GuardedH11Protocol(H11Protocol):
         if self._head_since is None or self._busy() or self.transport.is_closing():
             return
         type(self).closed["header_timeout"] += 1
-        self._drop(_TIMEOUT_408)
+        self._drop(_TIMEOUT_408 if self._head_bytes else b"")  # an idle kept-alive one: just closed
 
     def _drop(self, answer: bytes = b"") -> None:
         self._got_head()
@@ -105,6 +113,15 @@ class GuardedH11Protocol(H11Protocol):
     def data_received(self, data: bytes) -> None:
         if self._head_since is None and not self._busy():
             self._await_head()  # the first bytes of a kept-alive connection's next request
+        if self._head_since is not None:
+            # h11 caps only a head it must buffer: one that arrives whole in one read is counted here
+            end = data.find(b"\r\n\r\n")
+            size = self._head_bytes + (len(data) if end < 0 else end + 4)
+            if size > self.limits.max_header_bytes:
+                type(self).closed["head_too_large"] += 1
+                self._drop(_HEAD_431)
+                return
+            self._head_bytes = size
         cycle = self.cycle
         super().data_received(data)
         if self.cycle is not cycle and self.cycle is not None:
