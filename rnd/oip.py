@@ -77,6 +77,19 @@ def bearer(key: str) -> dict[str, str]:
     return {AUTHORIZATION: f"Bearer {key}"}
 
 
+def clean_key(key: str) -> str:
+    """An API key as typed or pasted, with the blanks around it (a trailing newline or carriage
+    return) removed; InputError, never echoing the key, when it is empty or holds other than visible
+    ASCII."""
+    key = key.strip()
+    if not key or not all("!" <= ch <= "~" for ch in key):
+        raise InputError(
+            "the API key is empty or holds spaces, control or non-ASCII characters; copy it again "
+            "(the key is not shown)"
+        )
+    return key
+
+
 def bearer_token(value: str | None) -> str | None:
     """The key in an `Authorization` header value; None for no header, another scheme than `Bearer`
     (case-insensitive) or an empty token."""

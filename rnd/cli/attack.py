@@ -45,10 +45,11 @@ from rnd.cli.checks import (
     MAX_SEED,
     allow_mismatch_option,
     check_model_data,
+    key_option,
 )
 from rnd.cli.models import load_spec
 from rnd.data import DATASETS, load_dataset
-from rnd.defenses import DefenseSpec, build_defense, rnd_nu
+from rnd.defenses import DefenseSpec, build_defense, known_defense, rnd_nu
 from rnd.errors import InputError
 from rnd.evaluation.cells import fixed_target
 from rnd.evaluation.checks import check_surrogates
@@ -168,7 +169,7 @@ from rnd.training import load_or_train_default
 @click.option(
     "--url", default=None, help="attack a served model (rnd serve, Open Inference Protocol) at this URL"
 )
-@click.option("--key", envvar="RND_KEY", default=None, help="API key for --url (or $RND_KEY)")
+@key_option
 @click.option(
     "--model-name",
     default=None,
@@ -278,7 +279,7 @@ def attack(
         progress=progress,
     )
     if assume_defense is not None:  # what a remote attacker is told, checked before any work
-        common["assume"] = dict(DefenseSpec.parse(assume_defense).params)
+        common["assume"] = dict(DefenseSpec.parse(known_defense(assume_defense)).params)
     per_attack = parse_params(params, names)
     surrogates = surrogate_specs(names, surrogates)
     objs = build_attacks(names, per_attack, common)

@@ -19,12 +19,22 @@ from rnd.audit.run import current_report, estimate_audit, run_audit
 from rnd.audit.suite import THREATS, AuditSize, families
 from rnd.audit.verdict import write_json
 from rnd.cli.app import main, progress_option
-from rnd.cli.checks import MAX_IMAGES, check_writable_dir, count, make_cli_runner, runner_options, seed_option
+from rnd.cli.checks import (
+    MAX_IMAGES,
+    check_writable_dir,
+    count,
+    key_option,
+    make_cli_runner,
+    runner_options,
+    seed_option,
+)
 from rnd.cli.models import absolute_spec, data_options, given_meta, model_source_options, stored_spec
+from rnd.defenses import known_defense
 from rnd.errors import InputError
 from rnd.evaluation.spec import MAX_BUDGET
 from rnd.evaluation.store import ResultsStore, check_database, check_location
 from rnd.models.source import model_kind
+from rnd.oip import served_model
 from rnd.serving.keys import is_postgres_url, open_keys
 from rnd.training import load_or_train_default
 
@@ -56,7 +66,7 @@ class AuditCommand(click.Command):
 @model_source_options
 @data_options
 @click.option("--url", default=None, help="audit a served endpoint instead (BASE/v2/models/NAME)")
-@click.option("--key", envvar="RND_KEY", default=None, help="API key for --url (or $RND_KEY)")
+@key_option
 @click.option(
     "--assume-defense", default=None, help="with --url: what the attackers are told (e.g. rnd:nu=0.02)"
 )
@@ -189,6 +199,15 @@ def audit(
         raise InputError("give MODEL or --url, not both")
     if url is None and assume_defense is not None:
         raise InputError("--assume-defense is for --url (a local defense is told as it is)")
+    if url is not None:
+        source = click.get_current_context().get_parameter_source("defense")
+        if source not in (click.core.ParameterSource.DEFAULT, None):
+            raise InputError(
+                "--defense sets the defense of a local MODEL; an endpoint audit attacks what the server "
+                "runs: drop --defense (--assume-defense says what the attackers are told)"
+            )
+        if assume_defense is not None:
+            assume_defense = known_defense(assume_defense)  # a known defense, checked before any work
     if dry_run and report_only:
         raise InputError("give --dry-run or --report-only, not both")
     if runner_name == "ray" and (dry_run or report_only):
@@ -245,6 +264,8 @@ def audit(
         _print_verdict(report, t0, out)
         _exit_on_gate(report, fail_under)
         return
+    if url is not None and key is not None:
+        check_key_quota(url, key, estimate_audit(plan, db).queries)
     done = ""
     if check_database(db):  # a resumed audit says how far it got
         with ResultsStore(db, readonly=True) as store:
@@ -262,6 +283,21 @@ def audit(
     write_html(report, out / "report.html")
     _print_verdict(report, t0, out)
     _exit_on_gate(report, fail_under)
+
+
+def check_key_quota(url: str, key: str, planned: int) -> None:
+    """Refuse, before any cell runs, an endpoint audit whose key has fewer images left than the
+    audit's work left may query (its cells' budgets in full: attacks that succeed early use less)."""
+    from rnd.oracle.remote import RemoteOracle  # the serve extra, as every --url
+
+    base, name = served_model(url)
+    with RemoteOracle(base, name, key) as probe:
+        left = probe.server_quota
+    if left is not None and left < planned:
+        raise InputError(
+            f"the key has {left:,} images left and the audit may query up to {planned:,}: ask for a larger "
+            "quota, or audit fewer --images or a smaller --budget"
+        )
 
 
 def key_terms(

@@ -19,6 +19,7 @@ from rnd.evaluation.runners import RUNNERS, make_runner
 from rnd.evaluation.spec import MAX_BUDGET, MAX_COUNT, MAX_IMAGES, MAX_SEED
 from rnd.models import checkpoint_paths
 from rnd.models.compat import check_model_data
+from rnd.oip import clean_key
 
 __all__ = [
     "MAX_BUDGET",
@@ -93,6 +94,17 @@ class FiniteFloat(click.ParamType):
 def count(minimum: int = 1, maximum: int = MAX_COUNT) -> click.IntRange:
     """An integer option bounded to what the machine can represent and finish."""
     return click.IntRange(min=minimum, max=maximum)
+
+
+def key_option(f: Any) -> Any:
+    """`--key` (or $RND_KEY): an API key for --url, its surrounding blanks removed, never echoed."""
+
+    def clean(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+        return None if value is None else clean_key(value)
+
+    return click.option(
+        "--key", envvar="RND_KEY", default=None, callback=clean, help="API key for --url (or $RND_KEY)"
+    )(f)
 
 
 def seed_option(f: Any) -> Any:

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from rnd.cli.app import json_option, main, progress_option
-from rnd.cli.checks import MAX_IMAGES, FiniteFloat, check_output_checkpoint, count, seed_option
+from rnd.cli.checks import MAX_IMAGES, FiniteFloat, check_output_checkpoint, count, key_option, seed_option
 from rnd.cli.models import data_options, given_meta, model_source_options
 from rnd.data import load_dataset
 from rnd.data.base import ImageDataset
@@ -77,7 +77,7 @@ def _seed_images(data: ImageDataset, n: int) -> ImageDataset:
     help="with --model: the target's defense (e.g. rnd:nu=0.02); the substitute sees its answers",
 )
 @click.option("--url", default=None, help="the target: a served model (rnd serve) at this URL")
-@click.option("--key", envvar="RND_KEY", default=None, help="API key for --url (or $RND_KEY)")
+@key_option
 @click.option("--model-name", default=None, help="with --url: the served model's name")
 @data_options
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="checkpoint path to write")

@@ -61,6 +61,16 @@ def canonical_defense(spec: str) -> str:
     return str(s)
 
 
+def known_defense(spec: str) -> str:
+    """`canonical_defense` of a spec whose name is one of `DEFENSES` (InputError naming them
+    otherwise): what an attacker can be told a server runs."""
+    text = canonical_defense(spec)
+    name = DefenseSpec.parse(text).name
+    if name not in DEFENSES:
+        raise unknown_name("defense", name, list(DEFENSES))
+    return text
+
+
 def legacy_defense(nu: float) -> str:
     """The spec of a cell written when the defense was a bare nu."""
     return "none" if nu == 0 else canonical_defense(f"rnd:nu={float(nu)!r}")

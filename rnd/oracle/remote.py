@@ -29,6 +29,7 @@ from rnd.oip import (
     Refusal,
     bearer,
     build_request,
+    clean_key,
     infer_path,
     model_path,
     parse_response,
@@ -77,9 +78,14 @@ class RemoteOracle(Ledger):
         self.model = model
         self.check_quota = check_quota
         self.last_refusal: Refusal | None = None
-        headers = bearer(key) if key is not None else {}
+        headers = bearer(clean_key(key)) if key is not None else {}
         self._client = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
-        meta = self._get(model_path(model))
+        first = self._request("GET", model_path(model))
+        meta = self._json(first, model_path(model))
+        left = first.headers.get(QUOTA_HEADER)
+        #: Images the key had left when the oracle was made (the server's `X-Quota-Remaining`; None
+        #: from a server without keys or that does not say).
+        self.server_quota: int | None = int(left) if left is not None and left.strip().isdigit() else None
         try:
             shape = meta["inputs"][0]["shape"]
             self.input_shape: tuple[int, ...] = tuple(int(s) for s in shape[1:])
@@ -163,8 +169,21 @@ class RemoteOracle(Ledger):
             )
         self._server_left = left
 
+    def _json(self, r: httpx.Response, path: str) -> dict:
+        """The JSON object of an answer; InputError for one that is not (not an OIP server)."""
+        try:
+            doc = r.json()
+        except ValueError:
+            doc = None
+        if not isinstance(doc, dict):
+            raise InputError(
+                f"{self._client.base_url}{path} answered {r.status_code} with a body that is not a JSON "
+                "object; is the URL an Open Inference Protocol endpoint?"
+            )
+        return doc
+
     def _get(self, path: str) -> dict:
-        return self._request("GET", path).json()
+        return self._json(self._request("GET", path), path)
 
     def _request(self, method: str, path: str, **kw: object) -> httpx.Response:
         try:
