@@ -136,6 +136,13 @@ def _model_name(spec: str) -> str:
     help="Ray Serve replicas, each loading the model  [default: 1]; ray only",
 )
 @click.option(
+    "--ray-proxy",
+    type=click.Choice(["every", "head"]),
+    default=None,
+    help="Ray Serve's HTTP proxies on every node with a replica, or on the head node only  "
+    "[default: every]; ray only",
+)
+@click.option(
     "--ray-address",
     default=None,
     help="join this Ray cluster instead of starting a local Ray; ray only",
@@ -167,14 +174,15 @@ def serve(
     engine: str,
     replicas: int | None,
     ray_address: str | None,
+    ray_proxy: str | None,
 ) -> None:
     """Serve MODEL with a defense inside (Open Inference Protocol on uvicorn or Ray Serve).
 
     MODEL is an rnd checkpoint, a TorchScript file (with a model.json sidecar or --input-shape /
     --num-classes) or package.module:factory (with --weights)."""
     ctx = click.get_current_context()
-    if engine == "uvicorn" and (replicas is not None or ray_address is not None):
-        raise click.UsageError("--replicas and --ray-address go with --engine ray")
+    if engine == "uvicorn" and (replicas is not None or ray_address is not None or ray_proxy is not None):
+        raise click.UsageError("--replicas, --ray-address and --ray-proxy go with --engine ray")
     if engine == "ray" and ctx.get_parameter_source("workers") != click.core.ParameterSource.DEFAULT:
         raise click.UsageError("--workers goes with --engine uvicorn; use --replicas with --engine ray")
     # optional extra: imported here so the rest of the CLI works without it
@@ -235,7 +243,15 @@ def serve(
     if engine == "ray":
         del app
         threads = ctx.find_root().params.get("threads")
-        serve_forever(settings, replicas=replicas, host=host, port=port, address=ray_address, threads=threads)
+        serve_forever(
+            settings,
+            replicas=replicas,
+            host=host,
+            port=port,
+            address=ray_address,
+            threads=threads,
+            proxy=ray_proxy or "every",
+        )
         return
     from rnd.serving.protocol import GuardedH11Protocol
 

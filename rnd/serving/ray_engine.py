@@ -28,6 +28,8 @@ APP_NAME = "rnd"
 MAX_ONGOING_REQUESTS = 256
 #: Ray CPUs claimed by one replica.
 REPLICA_CPUS = 1.0
+#: `rnd serve --ray-proxy` -> Ray Serve's proxy location.
+PROXY_LOCATIONS = {"every": "EveryNode", "head": "HeadOnly"}
 
 
 def build_application(settings: dict[str, Any], replicas: int, threads: int | None = None) -> Any:
@@ -65,6 +67,7 @@ def serve_forever(
     port: int,
     address: str | None = None,
     threads: int | None = None,
+    proxy: str = "every",
 ) -> None:
     """Deploy `replicas` replicas behind Ray Serve's proxy on `host:port` and block until SIGINT or
     SIGTERM; then delete the application and, when Ray was started here (no `address`), shut Serve
@@ -73,6 +76,10 @@ def serve_forever(
     Args:
         address: a Ray cluster to join (`ray.init(address=...)`); None starts a local Ray with the
             CPUs the replicas claim, without the dashboard.
+        proxy: where Ray Serve's HTTP proxies listen on `host:port`: "every" node that holds a
+            replica (Ray's default; put a load balancer in front), or the "head" node only (one
+            address for clients; also what several nodes on one machine need, as they share its
+            ports).
     """
     import ray
     from ray import serve
@@ -98,7 +105,8 @@ def serve_forever(
             signal.signal(s, on_signal)
         logging.getLogger("ray.serve").setLevel(logging.WARNING)  # one line on stderr, as with uvicorn
         try:
-            serve.start(http_options={"host": host, "port": port})
+            location = PROXY_LOCATIONS[proxy]
+            serve.start(proxy_location=location, http_options={"host": host, "port": port})
             serve.run(
                 build_application(settings, replicas, threads),
                 name=APP_NAME,
