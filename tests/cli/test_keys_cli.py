@@ -153,3 +153,12 @@ def test_keys_on_postgres_end_to_end_and_copied_from_sqlite(tmp_path, pg_cluster
     assert len(bad.output.strip().splitlines()) == 1
     empty = rnd("list", "--db", pg_cluster.create_database())
     assert empty.exit_code == 2 and "holds no rnd key store" in empty.output
+    foreign = pg_cluster.create_database()
+    db_name = foreign.rsplit("/", 1)[1]
+    pg_cluster.sql("CREATE TABLE orders (id int)", db_name)
+    for args in (["add", "x", "--budget", "5", "--db", foreign], ["copy", str(db), foreign]):
+        refused = rnd(*args)
+        assert refused.exit_code == 2 and "not an rnd key store" in refused.output, refused.output
+        assert len(refused.output.strip().splitlines()) == 1
+    tables = "SELECT string_agg(tablename, ',') FROM pg_tables WHERE schemaname = 'public'"
+    assert pg_cluster.sql(tables, db_name) == "orders"  # nothing written
