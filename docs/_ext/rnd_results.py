@@ -7,7 +7,7 @@ written by `rnd audit`), a sweep's SQLite results store, or rows written by a be
 
     ```{rnd-results} NAME
     :view: provenance | verdict | cells | strength | labels | grid | rivals | throughput | memory | floor
-          | profile | transfer | oars | surrogate
+          | profile | transfer | oars | surrogate | keystore | attacks
     ```
 
 reads the record (and what it points to) at build time and renders a table, so a figure on a
@@ -315,8 +315,13 @@ def floor_tables(record: dict[str, Any]) -> list[nodes.table]:
     if floor:
         out.append(
             table(
-                ["cells", "attack queries", "raw images/s (RND nu)", "forwards alone, 1 / 2 cells at once",
-                 "stored cell wall time"],
+                [
+                    "cells",
+                    "attack queries",
+                    "raw images/s (RND nu)",
+                    "forwards alone, 1 / 2 cells at once",
+                    "stored cell wall time",
+                ],
                 [
                     [
                         str(floor["cells"]),
@@ -398,6 +403,58 @@ def profile_table(record: dict[str, Any]) -> nodes.table:
     )
 
 
+def keystore_tables(record: dict[str, Any]) -> list[nodes.table]:
+    """The key stores' charges/s and the server's images/s with each (bench/key_store.py)."""
+    charges = table(
+        ["store", "clients", "keys", "charges/s", "median charge (ms)"],
+        (
+            [r["store"], str(r["clients"]), r["keys"], f"{r['charges_per_s']:,.0f}", f"{r['p50_ms']:.3f}"]
+            for r in record["charges"]
+        ),
+    )
+    server = table(
+        ["key store", "clients", "images/s", "p50 (ms)", "p99 (ms)"],
+        (
+            [
+                r["keys"],
+                str(r["clients"]),
+                f"{r['images_per_s']:,.0f}",
+                f"{r['p50_ms']:.1f}",
+                f"{r['p99_ms']:.1f}",
+            ]
+            for r in record["server"]
+        ),
+    )
+    return [charges, server]
+
+
+def attacks_table(record: dict[str, Any]) -> nodes.table:
+    """The server attacked before and after its hardening (bench/server_attacks.py)."""
+    rows = []
+    for name, sides in record["attacks"].items():
+        for side in ("before", "after"):
+            r = sides[side]
+            answer = r.get("answer", r.get("answers", "-"))
+            rows.append(
+                [
+                    name,
+                    side,
+                    str(answer),
+                    f"{r['server_cpu_s']:.2f}",
+                    f"{r['server_peak_rss_mb']:.0f}",
+                    f"{r['good_requests'] - r['good_failed']} / {r['good_requests']}",
+                    f"{r['good_p50_ms']:.0f}",
+                    f"{r['good_max_ms']:.0f}",
+                    str(r["server_log_errors"]),
+                ]
+            )
+    return table(
+        ["attack", "code", "attacker's answer", "server CPU (s)", "server peak RSS (MB)",
+         "good answered", "good p50 (ms)", "good worst (ms)", "log errors"],
+        rows,
+    )  # fmt: skip
+
+
 VIEWS = (
     "provenance",
     "verdict",
@@ -414,6 +471,8 @@ VIEWS = (
     "transfer",
     "oars",
     "surrogate",
+    "keystore",
+    "attacks",
 )
 
 
@@ -445,6 +504,10 @@ class ResultsDirective(SphinxDirective):
             return [transfer_table(record)]
         if view == "oars":
             return [oars_table(record)]
+        if view == "keystore":
+            return keystore_tables(record)
+        if view == "attacks":
+            return [attacks_table(record)]
         if view == "surrogate":
             return [surrogate_table(record, self.options.get("defense", "none"))]
         if view in ("rivals", "worst"):
