@@ -17,12 +17,12 @@ import argparse
 import hashlib
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -40,25 +40,16 @@ from tests.postgres import Cluster, free_port  # noqa: E402
 CHECKPOINT = ROOT / "bench" / "audit-full" / "checkpoints" / "fashion-mnist-small-cnn"
 
 
-def charges(target: str, clients: int, seconds: float, shared: bool) -> dict[str, float]:
-    """Charges/s and the median charge's latency with `clients` threads on one store object."""
-    with open_keys(target) as setup:
-        n = 1 if shared else clients
-        start = len(setup.list())
-        names = [f"k{start + i}" for i in range(n)]
-        for name in names:
-            setup.add(name, budget=10**12)
-    store = open_keys(target)
-    counts, latencies = [0] * clients, [[] for _ in range(clients)]
+def hammer(call: Callable[[int], None], clients: int, seconds: float) -> tuple[float, list[float]]:
+    """`clients` threads, each calling `call(c)` in a loop for `seconds`: (calls/s, sorted latencies)."""
+    latencies: list[list[float]] = [[] for _ in range(clients)]
     stop = threading.Event()
 
     def client(c: int) -> None:
-        name = names[0 if shared else c]
         while not stop.is_set():
             t = time.perf_counter()
-            assert store.charge(name, 1).ok
+            call(c)
             latencies[c].append(time.perf_counter() - t)
-            counts[c] += 1
 
     threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
     t0 = time.perf_counter()
@@ -68,13 +59,26 @@ def charges(target: str, clients: int, seconds: float, shared: bool) -> dict[str
     stop.set()
     for t in threads:
         t.join()
-    elapsed = time.perf_counter() - t0
+    flat = sorted(x for lat in latencies for x in lat)
+    return len(flat) / (time.perf_counter() - t0), flat
+
+
+def charges(target: str, clients: int, seconds: float, shared: bool) -> dict[str, float]:
+    """Charges/s and the median charge's latency with `clients` threads on one store object."""
+    with open_keys(target) as setup:
+        n = 1 if shared else clients
+        start = len(setup.list())
+        names = [f"k{start + i}" for i in range(n)]
+        for name in names:
+            setup.add(name, budget=10**12)
+    store = open_keys(target)
+
+    def charge(c: int) -> None:
+        assert store.charge(names[0 if shared else c], 1).ok
+
+    rate, lat = hammer(charge, clients, seconds)
     store.close()
-    flat = [x for lat in latencies for x in lat]
-    return {
-        "charges_per_s": round(sum(counts) / elapsed, 1),
-        "p50_ms": round(statistics.median(flat) * 1e3, 3),
-    }
+    return {"charges_per_s": round(rate, 1), "p50_ms": round(lat[len(lat) // 2] * 1e3, 3)}
 
 
 def server_rate(keys: str | None, seconds: float, clients: int) -> dict[str, float]:
@@ -103,33 +107,24 @@ def server_rate(keys: str | None, seconds: float, clients: int) -> dict[str, flo
         time.sleep(0.2)
     x = np.random.default_rng(0).random((1, 1, 28, 28), dtype=np.float32)
     content, headers = build_request(x, binary=True)
-    done, lat = [0] * clients, [[] for _ in range(clients)]
-    stop = threading.Event()
+    https = [
+        httpx.Client(
+            base_url=url, headers={**headers, **({} if k is None else {"authorization": f"Bearer {k}"})}
+        )
+        for k in secrets_
+    ]
 
-    def client(c: int) -> None:
-        auth = {} if secrets_[c] is None else {"authorization": f"Bearer {secrets_[c]}"}
-        with httpx.Client(base_url=url, headers={**headers, **auth}, timeout=30) as http:
-            while not stop.is_set():
-                t = time.perf_counter()
-                r = http.post("/v2/models/fashion-mnist-small-cnn/infer", content=content)
-                assert r.status_code == 200, r.text
-                lat[c].append(time.perf_counter() - t)
-                done[c] += 1
+    def infer(c: int) -> None:
+        r = https[c].post("/v2/models/fashion-mnist-small-cnn/infer", content=content)
+        assert r.status_code == 200, r.text
 
-    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    time.sleep(seconds)
-    stop.set()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - t0
+    rate, flat = hammer(infer, clients, seconds)
+    for http in https:
+        http.close()
     proc.terminate()
     proc.wait(20)
-    flat = sorted(x for lat_c in lat for x in lat_c)
     return {
-        "images_per_s": round(sum(done) / elapsed, 1),
+        "images_per_s": round(rate, 1),
         "p50_ms": round(flat[len(flat) // 2] * 1e3, 2),
         "p99_ms": round(flat[int(len(flat) * 0.99)] * 1e3, 2),
     }

@@ -215,30 +215,6 @@ class Load:
         return self.outcomes
 
 
-SWEEP = """name = "cluster"
-seeds = [3]
-budget = 60
-[data]
-images = 3
-accuracy_images = 100
-[defense]
-nu = [0.0, 0.02]
-[[models]]
-label = "tiny"
-checkpoint = "{ckpt}"
-[[attacks]]
-name = "square"
-norm = "linf"
-eps = 0.1
-[[attacks]]
-name = "nes"
-norm = "linf"
-eps = 0.1
-[attacks.params]
-q = 5
-"""
-
-
 class TaskNodes:
     """Samples, while it runs, which nodes' workers execute rnd's cell task (`ray::_run_cell`)."""
 
@@ -272,13 +248,13 @@ def rnd(cluster: TwoNodes, *args: str) -> subprocess.CompletedProcess[str]:
 
 def test_sweep_and_audit_on_the_two_node_cluster_match_in_process(tiny_model, tmp_path, cluster):
     from rnd.models import save_checkpoint
-    from tests.evaluation.test_ray_runner import snapshot
+    from tests.evaluation.test_ray_runner import CONFIG, snapshot
 
     if "b" not in {n for n, pid in cluster.nodes.items() if pid in raylets()}:
         pytest.skip("node b was killed by the test before: run this test first or alone")
     save_checkpoint(tiny_model, tmp_path / "tiny", dataset="fashion-mnist")
     config = tmp_path / "sweep.toml"
-    config.write_text(SWEEP.format(ckpt=tmp_path / "tiny"))
+    config.write_text(CONFIG.format(ckpt=tmp_path / "tiny"))
     local = rnd(cluster, "--threads", "1", "sweep", str(config), "--db", str(tmp_path / "local.sqlite"),
                 "--no-progress")  # fmt: skip
     assert local.returncode == 0, local.stderr

@@ -188,6 +188,21 @@ def decide(
     return Decision(Charge(True, remaining - images, None, ""), tokens)
 
 
+def decide_row(row: Any, images: int, now: float, *, revoked: bool | None = None) -> Decision:
+    """`decide` for a key's row as a store reads it (budget, used, rate, tokens, refilled_at,
+    revoked); `revoked` overrides the row's."""
+    return decide(
+        budget=int(row["budget"]),
+        used=int(row["used"]),
+        rate=None if row["rate"] is None else float(row["rate"]),
+        tokens=row["tokens"],
+        refilled_at=row["refilled_at"],
+        revoked=bool(row["revoked"]) if revoked is None else revoked,
+        images=images,
+        now=now,
+    )
+
+
 def public_row(row: Any) -> dict[str, Any]:
     """What `list` shows of a key (never the secret nor its hash)."""
     return {
@@ -326,17 +341,7 @@ class KeyStore(ABC):
         stored = found["key_sha256"] if found is not None else _DUMMY_HASH
         if not hmac.compare_digest(stored.encode(), wanted.encode()) or found is None or found["revoked"]:
             return Admission(None, None)
-        peek = decide(
-            budget=int(found["budget"]),
-            used=int(found["used"]),
-            rate=found["rate"],
-            tokens=found["tokens"],
-            refilled_at=found["refilled_at"],
-            revoked=False,
-            images=1,
-            now=found["now"],
-        )
-        return Admission(str(found["name"]), peek.charge)
+        return Admission(str(found["name"]), decide_row(found, 1, found["now"], revoked=False).charge)
 
     def charge(self, key_id: str, images: int) -> Charge:
         """Decide whether key `key_id` may have `images` more images answered, and charge them if

@@ -36,7 +36,7 @@ from rnd.serving.keys.base import (
     Charge,
     KeyStore,
     StoreUnavailable,
-    decide,
+    decide_row,
     no_key,
 )
 from rnd.sqlite import now, statements
@@ -346,16 +346,7 @@ def _charge(cur: Any, key_id: str, images: int) -> Charge:
     row = cur.fetchone()
     if row is None:
         raise no_key(key_id)
-    decision = decide(
-        budget=int(row["budget"]),
-        used=int(row["used"]),
-        rate=row["rate"],
-        tokens=row["tokens"],
-        refilled_at=row["refilled_at"],
-        revoked=bool(row["revoked"]),
-        images=images,
-        now=row["now"],
-    )
+    decision = decide_row(row, images, row["now"])
     if decision.charge.ok:
         cur.execute(
             "UPDATE keys SET used = used + %s, tokens = %s, refilled_at = %s WHERE name = %s",

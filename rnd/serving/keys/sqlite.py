@@ -35,7 +35,7 @@ from rnd.serving.keys.base import (
     Charge,
     KeyStore,
     StoreUnavailable,
-    decide,
+    decide_row,
     no_key,
 )
 from rnd.sqlite import SQLITE_MAGIC, Transaction, file_header, now, statements, table_columns
@@ -276,16 +276,7 @@ def _charge(con: sqlite3.Connection, key_id: str, images: int) -> Charge:
     if row is None:
         raise no_key(key_id)
     at = time.time()
-    decision = decide(
-        budget=row["budget"],
-        used=row["used"],
-        rate=row["rate"],
-        tokens=row["tokens"],
-        refilled_at=row["refilled_at"],
-        revoked=bool(row["revoked"]),
-        images=images,
-        now=at,
-    )
+    decision = decide_row(row, images, at)
     if decision.charge.ok:
         con.execute(
             "UPDATE keys SET used = used + ?, tokens = ?, refilled_at = ? WHERE name = ?",
