@@ -127,7 +127,7 @@ class Guard:
         if admission.key_id is None:
             return None, Refusal.of(Code.BAD_KEY, "invalid or revoked API key"), {}
         peek = admission.peek
-        headers = {QUOTA_HEADER: str(int(peek.remaining))}
+        headers = {QUOTA_HEADER: str(int(admission.remaining))}  # now, not after the peeked image
         if peek.ok:
             return admission.key_id, None, headers
         refusal = self._refusal(peek, None)

@@ -4,12 +4,13 @@ body cap (declared and counted) and the charge in images, a request over the rem
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
-from rnd.oip import QUOTA_HEADER, QUOTA_RETRY_AFTER_S, RETRY_AFTER, Code, bearer
+from rnd.oip import QUOTA_HEADER, QUOTA_RETRY_AFTER_S, RETRY_AFTER, Code, Refusal, bearer
 from rnd.serving.guard import Guard
 from rnd.serving.keys import KeyStore, SQLiteKeyStore
 
@@ -80,3 +81,27 @@ def test_a_rate_limit_names_the_wait_and_a_revoked_key_gets_a_bare_401(store: Ke
     headers, refusal = guard.charge("r", 1)
     assert headers == {} and refusal is not None and (refusal.code, refusal.status) == (Code.BAD_KEY, 401)
     assert store.remaining("r") == 99
+
+
+def test_admit_checks_the_key_and_one_image_of_quota_and_rate_before_any_body(store: KeyStore) -> None:
+    """`admit`: the key and whether it could pay one image now, charging nothing; the quota header
+    says what is left now (not after the image it peeked at)."""
+    guard = Guard(store)
+    secret = store.add("a", budget=3, rate=2.0)  # a bucket of 2 images
+    auth = f"Bearer {secret}"
+    assert guard.admit(auth) == ("a", None, {QUOTA_HEADER: "3"})
+    assert guard.admit(auth) == ("a", None, {QUOTA_HEADER: "3"}) and store.remaining("a") == 3
+    assert guard.charge("a", 2)[1] is None  # the bucket is empty now
+    key_id, refusal, headers = guard.admit(auth)
+    assert key_id == "a" and refusal is not None and refusal.code is Code.RATE
+    assert headers[QUOTA_HEADER] == "1" and int(headers[RETRY_AFTER]) >= 1
+    assert refusal.message.startswith("rate limit: refused; retry after")
+    time.sleep(0.6)
+    assert guard.charge("a", 1)[1] is None  # quota used up
+    key_id, refusal, headers = guard.admit(auth)
+    assert refusal is not None and refusal.code is Code.QUOTA and headers[QUOTA_HEADER] == "0"
+    assert refusal.message == "quota exhausted: 0 images left on this key"
+    assert guard.admit(None)[1].code is Code.NO_KEY  # type: ignore[union-attr]
+    assert guard.admit("Bearer nope")[1].code is Code.BAD_KEY  # type: ignore[union-attr]
+    store.revoke("a")
+    assert guard.admit(auth)[:2] == (None, Refusal.of(Code.BAD_KEY, "invalid or revoked API key"))

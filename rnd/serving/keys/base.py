@@ -92,11 +92,12 @@ class Charge:
 
 @dataclass(frozen=True)
 class Admission:
-    """`KeyStore.admit`'s answer: the key id of a live key (None for anything else) and what charging
-    it one image would decide now (None when there is no key)."""
+    """`KeyStore.admit`'s answer: the key id of a live key (None for anything else), what charging
+    it one image would decide now (None when there is no key), and the images it has left now."""
 
     key_id: str | None
     peek: Charge | None
+    remaining: int | None = None
 
 
 @dataclass(frozen=True)
@@ -341,7 +342,8 @@ class KeyStore(ABC):
         stored = found["key_sha256"] if found is not None else _DUMMY_HASH
         if not hmac.compare_digest(stored.encode(), wanted.encode()) or found is None or found["revoked"]:
             return Admission(None, None)
-        return Admission(str(found["name"]), decide_row(found, 1, found["now"], revoked=False).charge)
+        peek = decide_row(found, 1, found["now"], revoked=False).charge
+        return Admission(str(found["name"]), peek, int(found["budget"]) - int(found["used"]))
 
     def charge(self, key_id: str, images: int) -> Charge:
         """Decide whether key `key_id` may have `images` more images answered, and charge them if
