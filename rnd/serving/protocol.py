@@ -56,12 +56,13 @@ class GuardedH11Protocol(H11Protocol):
         self._head_since: float | None = None  # waiting for a request head since (loop time)
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_bytes = 0  # bytes of the awaited request head received so far
+        self._head_tail = b""  # its last 3 bytes
 
     # -- waiting for a request head -------------------------------------------------------------
 
     def _await_head(self) -> None:
         self._head_since = self.loop.time()
-        self._head_bytes = 0
+        self._head_bytes, self._head_tail = 0, b""
         if self._head_timer is not None:
             self._head_timer.cancel()
         self._head_timer = self.loop.call_later(self.limits.header_timeout_s, self._head_timed_out)
@@ -114,14 +115,16 @@ class GuardedH11Protocol(H11Protocol):
         if self._head_since is None and not self._busy():
             self._await_head()  # the first bytes of a kept-alive connection's next request
         if self._head_since is not None:
-            # h11 caps only a head it must buffer: one that arrives whole in one read is counted here
-            end = data.find(b"\r\n\r\n")
-            size = self._head_bytes + (len(data) if end < 0 else end + 4)
+            # h11 caps only a head it must buffer: one that arrives whole in one read is counted here.
+            # The blank line that ends a head may straddle two reads: the last 3 bytes are kept.
+            window = self._head_tail + data
+            end = window.find(b"\r\n\r\n")
+            size = self._head_bytes - len(self._head_tail) + (len(window) if end < 0 else end + 4)
             if size > self.limits.max_header_bytes:
                 type(self).closed["head_too_large"] += 1
                 self._drop(_HEAD_431)
                 return
-            self._head_bytes = size
+            self._head_bytes, self._head_tail = size, window[-3:]
         cycle = self.cycle
         super().data_received(data)
         if self.cycle is not cycle and self.cycle is not None:

@@ -310,3 +310,22 @@ def test_metrics_behind_a_key_or_off_and_a_404_that_names_nothing(tmp_path):
         assert httpx.get(f"{server.url}/metrics").status_code == 404
     finally:
         server.stop()
+
+
+def test_a_head_whose_blank_line_straddles_two_reads_is_not_taken_for_a_huge_one(keyed):
+    """The head's last CR LF CR in one read, its LF and a 300 kB body in the next: answered."""
+    server, good, _ = keyed
+    payload = json.dumps(body(20)).encode()
+    head = (
+        f"POST {INFER} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {good}\r\n"
+        f"content-type: application/json\r\ncontent-length: {len(payload)}\r\nconnection: close\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.sendall(head[:-1])
+        time.sleep(0.3)  # two reads on the server
+        s.sendall(head[-1:] + payload)
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
