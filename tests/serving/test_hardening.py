@@ -56,6 +56,7 @@ class Server:
         )
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.metrics_auth: dict[str, str] = {}  # what /metrics needs (a key with --metrics key)
         cmd = [sys.executable, "-c", "from rnd.cli import main; main()", "serve", str(folder / "tiny")]
 
         def limit() -> None:
@@ -86,19 +87,25 @@ class Server:
         return self.proc.stderr.read().decode() if self.proc.stderr else ""
 
     def metric(self, name: str, headers: dict | None = None) -> float:
-        text = httpx.get(f"{self.url}/metrics", headers=headers or {}, timeout=10).text
+        text = httpx.get(f"{self.url}/metrics", headers=headers or self.metrics_auth, timeout=10).text
         m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
         return float(m.group(1)) if m else 0.0
 
 
-@pytest.fixture
-def keyed(tmp_path) -> Iterator[tuple[Server, str, Path]]:
-    keys = tmp_path / "keys.sqlite"
+@pytest.fixture(scope="module")
+def keyed(tmp_path_factory) -> Iterator[tuple[Server, str, Path]]:
+    """One keyed server for the module (--metrics key, short timeouts); keys added while it runs
+    work at once. Whatever the attacks, its log never holds a traceback or an ERROR line."""
+    folder = tmp_path_factory.mktemp("keyed")
+    keys = folder / "keys.sqlite"
     with open_keys(keys) as store:
         good = store.add("good", budget=1_000_000)
-    server = Server(tmp_path, "--keys", str(keys), "--header-timeout", "2", "--body-timeout", "3")
+    args = ("--keys", str(keys), "--header-timeout", "2", "--body-timeout", "3", "--metrics", "key")
+    server = Server(folder, *args)
+    server.metrics_auth = {"authorization": f"Bearer {good}"}
     yield server, good, keys
-    server.stop()
+    stderr = server.stop()
+    assert "Traceback" not in stderr and "ERROR" not in stderr, stderr[-2000:]
 
 
 class GoodClient:
@@ -229,7 +236,7 @@ def test_json_that_is_deep_or_not_numbers_gets_a_4xx_and_is_metered(keyed):
     server, good, keys = keyed
     auth = {"authorization": f"Bearer {good}"}
     with open_keys(keys) as store:
-        used = store.list()[0]["used"]
+        used = {r["name"]: r["used"] for r in store.list()}["good"]
     deep = b'{"inputs": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"
     r = httpx.post(server.url + INFER, content=deep, headers=auth, timeout=30)
     assert r.status_code == 400 and "deeper than 16" in r.json()["error"]
@@ -241,24 +248,18 @@ def test_json_that_is_deep_or_not_numbers_gets_a_4xx_and_is_metered(keyed):
     doc = body()
     doc["inputs"][0]["data"] = [True] * 784
     assert httpx.post(server.url + INFER, json=doc, headers=auth, timeout=30).status_code == 422
-    with open_keys(keys) as store:
-        assert store.list()[0]["used"] == used + 5  # each malformed request cost its key one image
+    with open_keys(keys) as store:  # each malformed request cost its key one image
+        assert {r["name"]: r["used"] for r in store.list()}["good"] == used + 5
 
 
-def test_malformed_requests_run_into_the_rate_limit(tmp_path):
-    keys = tmp_path / "keys.sqlite"
+def test_malformed_requests_run_into_the_rate_limit(keyed):
+    server, _, keys = keyed
     with open_keys(keys) as store:
         key = store.add("spammer", budget=1000, rate=5)
-    server = Server(tmp_path, "--keys", str(keys))
-    try:
-        codes = [
-            httpx.post(
-                server.url + INFER, content=b"{not json", headers={"authorization": f"Bearer {key}"}
-            ).status_code
-            for _ in range(12)
-        ]
-    finally:
-        server.stop()
+    auth = {"authorization": f"Bearer {key}"}
+    codes = [
+        httpx.post(server.url + INFER, content=b"{not json", headers=auth).status_code for _ in range(12)
+    ]
     assert codes[:5] == [400] * 5 and codes[-1] == 429, codes  # a bucket of 5, then refused
 
 
@@ -268,16 +269,15 @@ def test_a_client_leaving_mid_body_is_one_quiet_line_and_a_metric(keyed):
         f"POST {INFER} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {good}\r\n"
         "content-type: application/json\r\ncontent-length: 100000\r\n\r\n"
     ).encode()
+    before = server.metric("rnd_client_disconnects_total")
     for _ in range(3):
         with socket.create_connection(("127.0.0.1", server.port)) as s:
             s.sendall(head + b'{"inputs": [')
             time.sleep(0.2)
     deadline = time.monotonic() + 10
-    while server.metric("rnd_client_disconnects_total") < 3 and time.monotonic() < deadline:
+    while server.metric("rnd_client_disconnects_total") < before + 3 and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert server.metric("rnd_client_disconnects_total") == 3
-    stderr = server.stop()
-    assert "Traceback" not in stderr and "ERROR" not in stderr, stderr[-2000:]
+    assert server.metric("rnd_client_disconnects_total") == before + 3  # no traceback: the fixture
 
 
 def test_a_body_that_never_ends_gets_408_and_the_connection_closed(keyed):
@@ -291,20 +291,18 @@ def test_a_body_that_never_ends_gets_408_and_the_connection_closed(keyed):
     assert 3.0 <= time.monotonic() - start < 15
 
 
-def test_metrics_behind_a_key_or_off_and_a_404_that_names_nothing(tmp_path):
-    keys = tmp_path / "keys.sqlite"
+def test_metrics_behind_a_key_or_off_and_a_404_that_names_nothing(keyed, tmp_path):
+    server, _, keys = keyed
     with open_keys(keys) as store:
         key = store.add("ops", budget=10)
-    server = Server(tmp_path, "--keys", str(keys), "--metrics", "key")
-    try:
-        assert httpx.get(f"{server.url}/metrics").status_code == 401
-        assert server.metric("rnd_images_total", {"authorization": f"Bearer {key}"}) == 0.0
-        r = httpx.get(f"{server.url}/metrics", headers={"authorization": f"Bearer {key}"})
-        assert r.status_code == 200 and "rnd_requests_total" in r.text
-        r = httpx.post(f"{server.url}/v2/models/guess/infer", json=body())
-        assert r.status_code == 404 and "tiny" not in r.text
-    finally:
-        server.stop()
+    assert httpx.get(f"{server.url}/metrics").status_code == 401
+    assert httpx.get(f"{server.url}/metrics", headers={"authorization": "Bearer nope"}).status_code == 401
+    r = httpx.get(f"{server.url}/metrics", headers={"authorization": f"Bearer {key}"})
+    assert r.status_code == 200 and "rnd_requests_total" in r.text
+    with open_keys(keys) as store:
+        assert store.remaining("ops") == 10  # reading the metrics charges nothing
+    r = httpx.post(f"{server.url}/v2/models/guess/infer", json=body())
+    assert r.status_code == 404 and "tiny" not in r.text
     server = Server(tmp_path, "--metrics", "off")
     try:
         assert httpx.get(f"{server.url}/metrics").status_code == 404
