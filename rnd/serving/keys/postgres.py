@@ -139,6 +139,7 @@ class PostgresKeyStore(KeyStore):
                 options=f"-c statement_timeout={STATEMENT_TIMEOUT_S * 1000}",
                 application_name="rnd keys",
                 row_factory=psycopg.rows.dict_row,
+                autocommit=True,  # reads are single statements; writes open a transaction
             )
         except psycopg.OperationalError as exc:
             message = _first_line(exc)
@@ -185,12 +186,16 @@ class PostgresKeyStore(KeyStore):
                         self._free.append(con)
             slots.release()
 
-    def _run(self, fn: Any, *args: Any) -> Any:
-        """Run `fn(cursor, *args)` in one transaction on a pooled connection; database failures become
-        one-line errors (`StoreUnavailable` for the ones a retry may cure)."""
+    def _run(self, fn: Any, *args: Any, write: bool = True) -> Any:
+        """Run `fn(cursor, *args)` on a pooled connection, in one transaction when `write` (a read of
+        one statement runs on its own, in autocommit); database failures become one-line errors
+        (`StoreUnavailable` for the ones a retry may cure)."""
         psycopg = self._psycopg
         with self._connection() as con:
             try:
+                if not write:  # one statement in autocommit: one round trip
+                    with con.cursor() as cur:
+                        return fn(cur, *args)
                 with con.transaction(), con.cursor() as cur:
                     return fn(cur, *args)
             except (psycopg.OperationalError, psycopg.errors.QueryCanceled) as exc:
@@ -302,7 +307,7 @@ class PostgresKeyStore(KeyStore):
             cur.execute(f"SELECT {', '.join(columns)} FROM keys ORDER BY created_at, name")
             return [dict(r) for r in cur.fetchall()]
 
-        return self._run(select)
+        return self._run(select, write=False)
 
     def _counts(self, name: str) -> tuple[int, int] | None:
         def select(cur: Any) -> tuple[int, int] | None:
@@ -310,7 +315,7 @@ class PostgresKeyStore(KeyStore):
             row = cur.fetchone()
             return None if row is None else (int(row["budget"]), int(row["used"]))
 
-        return self._run(select)
+        return self._run(select, write=False)
 
     def _lookup(self, key_sha256: str) -> dict[str, Any] | None:
         def select(cur: Any) -> dict[str, Any] | None:
@@ -322,7 +327,7 @@ class PostgresKeyStore(KeyStore):
             row = cur.fetchone()
             return None if row is None else dict(row)
 
-        return self._run(select)
+        return self._run(select, write=False)
 
     def _charge(self, name: str, images: int) -> Charge:
         return self._run(_charge, name, images)
