@@ -2,9 +2,10 @@
 postgresql://...`; the `postgres` extra, psycopg 3). Same contract as the SQLite store
 (`rnd.serving.keys.base`); what differs:
 
-- `charge` is one transaction: `SELECT ... FOR UPDATE` locks the key's row, `decide` runs, the
-  `UPDATE` writes the charge, `COMMIT`. Two servers charging one key wait for each other on the row
-  lock; different keys never do.
+- `charge` is one statement, so one transaction and one round trip (`_CHARGE`): it reads the key
+  under its row lock (`SELECT ... FOR UPDATE`), decides as `decide` does, and writes the charge with
+  a conditional `UPDATE` when it passes. Two servers charging one key wait for each other on the
+  row lock; different keys never do.
 - The token bucket runs on the database's clock (`clock_timestamp()`), so hosts whose clocks
   disagree still share one rate.
 - Tables `schema_info` and `keys` in the connection's current schema (`search_path`), created when
@@ -330,7 +331,7 @@ class PostgresKeyStore(KeyStore):
         return self._run(select, write=False)
 
     def _charge(self, name: str, images: int) -> Charge:
-        return self._run(_charge, name, images)
+        return self._run(_charge, name, images, write=False)  # one statement: its own transaction
 
 
 def _insert_rows(cur: Any, rows: list[dict[str, Any]]) -> None:
@@ -342,19 +343,46 @@ def _insert_rows(cur: Any, rows: list[dict[str, Any]]) -> None:
     )
 
 
+#: `decide` in one statement: read the key under its row lock, decide, and write the charge when it
+#: passes, in one round trip (autocommit makes the statement its own transaction). The statement
+#: returns the key as it was read, the database's clock and whether the charge was written; the
+#: caller decides the same row again with `decide_row`, which is what it reports (and what the tests
+#: hold both stores to), and checks that the two decisions agree.
+_CHARGE = """
+WITH k AS (
+    SELECT name, budget, used, rate, tokens, refilled_at, revoked,
+           extract(epoch FROM clock_timestamp())::float8 AS now
+    FROM keys WHERE name = %(name)s FOR UPDATE
+), d AS (
+    SELECT k.*,
+           CASE WHEN rate IS NULL THEN NULL ELSE LEAST(
+               GREATEST(rate, 1.0),
+               COALESCE(tokens, GREATEST(rate, 1.0)) + GREATEST(0.0, now - COALESCE(refilled_at, now)) * rate
+           ) END AS avail
+    FROM k
+), ok AS (
+    SELECT d.*, (NOT revoked AND %(n)s <= budget - used
+                 AND (rate IS NULL OR avail >= LEAST(%(n)s::float8, GREATEST(rate, 1.0)))) AS pass
+    FROM d
+), u AS (
+    UPDATE keys SET used = keys.used + %(n)s,
+                    tokens = CASE WHEN ok.rate IS NULL THEN keys.tokens ELSE ok.avail - %(n)s END,
+                    refilled_at = ok.now
+    FROM ok WHERE keys.name = ok.name AND ok.pass
+    RETURNING keys.used
+)
+SELECT ok.budget, ok.used, ok.rate, ok.tokens, ok.refilled_at, ok.revoked, ok.now,
+       EXISTS (SELECT 1 FROM u) AS charged
+FROM ok
+"""
+
+
 def _charge(cur: Any, key_id: str, images: int) -> Charge:
-    cur.execute(
-        "SELECT budget, used, rate, tokens, refilled_at, revoked, "
-        "extract(epoch FROM clock_timestamp())::float8 AS now FROM keys WHERE name = %s FOR UPDATE",
-        (key_id,),
-    )
+    cur.execute(_CHARGE, {"name": key_id, "n": images})
     row = cur.fetchone()
     if row is None:
         raise no_key(key_id)
     decision = decide_row(row, images, row["now"])
-    if decision.charge.ok:
-        cur.execute(
-            "UPDATE keys SET used = used + %s, tokens = %s, refilled_at = %s WHERE name = %s",
-            (images, decision.tokens, row["now"], key_id),
-        )
+    if decision.charge.ok != row["charged"]:  # the statement and `decide` disagree: a bug, not input
+        raise RuntimeError(f"key store: the charge statement and decide() disagree on {dict(row)}")
     return decision.charge
