@@ -128,6 +128,8 @@ def test_engine_options_are_checked_before_anything_runs(tmp_path):
     assert r.exit_code == 2 and "--engine ray" in r.output
     r = run(main, ["serve", str(tmp_path / "none"), "--engine", "ray", "--workers", "2"])
     assert r.exit_code == 2 and "--replicas" in r.output
+    r = run(main, ["serve", str(tmp_path / "none"), "--ray-proxy", "head"])
+    assert r.exit_code == 2 and "--ray-proxy go with --engine ray" in r.output
 
 
 def test_missing_ray_serve_says_what_to_install(tmp_path, monkeypatch):
