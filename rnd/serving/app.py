@@ -301,7 +301,6 @@ def create_app(
                     return refuse(refused, headers)
             return refuse(Refusal.of(exc.code, exc.reason), headers)
         n = req.images.shape[0]
-        headers: dict[str, str] = {}
         if keys is not None:
             headers, refused = await run_in_threadpool(guard.charge, key_id, n)
             if refused is not None:
