@@ -5,10 +5,10 @@ and recovered from without restarting the server."""
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -16,61 +16,58 @@ import torch
 
 from rnd.models import build_model, save_checkpoint
 from rnd.serving.keys import open_keys
+from tests.postgres import free_port
 from tests.serving.test_quota_http import body, start_server
 
 
-@pytest.fixture
-def checkpoint(tmp_path):
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, pg_cluster) -> Iterator[tuple[str, str]]:
+    """One `rnd serve --workers 2` on a PostgreSQL key store for the module: (its URL, the store's)."""
+    folder = tmp_path_factory.mktemp("pg-served")
     torch.manual_seed(0)
-    save_checkpoint(build_model("small-cnn", width=4, hidden=16), tmp_path / "tiny", dataset="fashion-mnist")
-    return tmp_path / "tiny"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def test_two_workers_64_clients_exact_quota_on_postgres(checkpoint, pg_cluster):
+    save_checkpoint(build_model("small-cnn", width=4, hidden=16), folder / "tiny", dataset="fashion-mnist")
     url = pg_cluster.create_database()
     with open_keys(url) as store:
+        store.add("first", budget=1)  # a key store exists before the server starts
+    proc, base = start_server(folder / "tiny", url, free_port(), "--workers", "2")
+    yield base, url
+    proc.terminate()
+    proc.wait(20)
+
+
+def test_two_workers_64_clients_exact_quota_on_postgres(served):
+    base, url = served
+    with open_keys(url) as store:
         key = store.add("load", budget=1000)
-    proc, base = start_server(checkpoint, url, free_port(), "--workers", "2")
     statuses: Counter[int] = Counter()
     lock = threading.Lock()
-    try:
-        payloads = [body(i) for i in range(50)]
+    payloads = [body(i) for i in range(50)]
 
-        def client(c: int) -> None:
-            with httpx.Client(base_url=base, headers={"authorization": f"Bearer {key}"}, timeout=60) as http:
-                for i in range(c, 2000, 64):
-                    r = http.post("/v2/models/tiny/infer", json=payloads[i % 50])
-                    with lock:
-                        statuses[r.status_code] += 1
+    def client(c: int) -> None:
+        with httpx.Client(base_url=base, headers={"authorization": f"Bearer {key}"}, timeout=60) as http:
+            for i in range(c, 2000, 64):
+                r = http.post("/v2/models/tiny/infer", json=payloads[i % 50])
+                with lock:
+                    statuses[r.status_code] += 1
 
-        threads = [threading.Thread(target=client, args=(c,)) for c in range(64)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        proc.terminate()
-        proc.wait(20)
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(64)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
     assert statuses == {200: 1000, 429: 1000}
     with open_keys(url) as store:
-        assert store.list()[0]["used"] == 1000
+        assert {r["name"]: r["used"] for r in store.list()}["load"] == 1000
 
 
-def test_database_restart_under_load_refuses_cleanly_and_recovers(checkpoint, pg_cluster):
+def test_database_restart_under_load_refuses_cleanly_and_recovers(served, pg_cluster):
     """16 clients send one-image requests; PostgreSQL is stopped (fast shutdown: connections cut) for
     about a second, then started again. Every answer is 200 or 503; the store has charged every
     answered image, and beyond that at most the requests refused meanwhile; the same server answers
     again within 10 s of the database's return."""
-    url = pg_cluster.create_database()
+    base, url = served
     with open_keys(url) as store:
-        key = store.add("load", budget=1_000_000)
-    proc, base = start_server(checkpoint, url, free_port(), "--workers", "2")
+        key = store.add("heavy", budget=1_000_000)
     statuses: Counter[int] = Counter()
     lock = threading.Lock()
     stop = threading.Event()
@@ -111,10 +108,8 @@ def test_database_restart_under_load_refuses_cleanly_and_recovers(checkpoint, pg
         stop.set()
         for t in threads:
             t.join(30)
-        proc.terminate()
-        proc.wait(20)
     with open_keys(url) as store:
-        used = store.list()[0]["used"]
+        used = {r["name"]: r["used"] for r in store.list()}["heavy"]
     figures = {
         "statuses": dict(statuses),
         "charged": used,
