@@ -291,6 +291,7 @@ def test_dry_run_prints_the_work_left_and_writes_nothing(audited, checkpoint, tm
     assert f"at most {want:,} queries left" in res.stdout
 
 
+@pytest.mark.slow  # a full audit of a TorchScript copy of the checkpoint (about 23 s)
 def test_your_own_model_audits_as_its_checkpoint_does(audited, tiny_model, tmp_path):
     """MODEL may be a TorchScript file: the same weights give the same calibration and verdicts as
     the checkpoint; the report names the file's sha256 and its stem."""
@@ -330,6 +331,7 @@ def test_your_own_model_audits_as_its_checkpoint_does(audited, tiny_model, tmp_p
     assert mine["model"]["label"] == "tiny"
 
 
+@pytest.mark.slow  # another defense's whole audit (about 10 s)
 def test_a_feature_noise_audit_draws_mu_against_sigma(audited, checkpoint, tmp_path):
     """Another random defense gets the grid on its own strength (sigma); a given spec is not
     calibrated; the undefended cells already in the store are reused, not rerun."""

@@ -191,6 +191,7 @@ def sweep_process(config: Path, db: Path) -> subprocess.Popen:
     )
 
 
+@pytest.mark.slow  # the SIGKILL at random moments test below covers resuming in the default suite
 def test_kill_and_restart_equals_uninterrupted(folder, tmp_path):
     config = folder / "slow.toml"
     reference = tmp_path / "reference.sqlite"
@@ -341,7 +342,7 @@ def test_sigkill_many_times(folder, slow_reference, tmp_path):
         assert same_results(db, slow_reference)
 
 
-@pytest.mark.parametrize("processes", [2, 4])
+@pytest.mark.parametrize("processes", [2, pytest.param(4, marks=pytest.mark.slow)])
 def test_concurrent_sweeps_share_one_new_database(folder, slow_reference, tmp_path, processes):
     db = tmp_path / "shared.sqlite"
     attempts = tmp_path / "attempts"

@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from rnd.evaluation.store import comparable_content
 from tests.modules import load_file
 
@@ -57,6 +59,7 @@ def report_only(db: Path, out: Path, *threat: str) -> tuple[dict, str]:
     return json.loads((out / "report.json").read_text()), res.stdout
 
 
+@pytest.mark.slow  # reads the whole stored audit (about 14 s)
 def test_report_only_over_the_snapshot_reports_every_finished_cell(tmp_path):
     """`rnd audit --report-only` with the committed checkpoint finds the kept calibration (nothing
     recalibrated) and every finished cell, with the numbers stored, and writes nothing. The three

@@ -285,7 +285,7 @@ with ResultsStore(sys.argv[1]) as store:
 """
 
 
-@pytest.mark.parametrize("processes", [2, 4])
+@pytest.mark.parametrize("processes", [2, pytest.param(4, marks=pytest.mark.slow)])
 def test_concurrent_creation_makes_one_database(tmp_path, processes):
     db = tmp_path / "r.sqlite"
     start = time.time() + 8  # after every interpreter has imported rnd

@@ -189,6 +189,7 @@ def test_huge_headers_are_cut_off_at_the_cap_and_many_headers_get_431(keyed):
         assert answer.startswith(b"HTTP/1.1 431") and b'"code":"headers_too_large"' in answer
 
 
+@pytest.mark.slow  # about 11 s; bench/server_attacks.py measures the same flood before and after
 def test_a_slow_connection_flood_does_not_lock_out_a_good_client(tmp_path):
     """With 128 open files (so 64 connections per process), 300 keyless connections that each send a
     byte of their request head every half second: the oldest are evicted, the rest time out after

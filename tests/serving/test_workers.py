@@ -10,6 +10,7 @@ import subprocess
 import threading
 
 import httpx
+import pytest
 import torch
 
 from rnd.models import build_model, save_checkpoint
@@ -18,6 +19,8 @@ from rnd.serving.keys import SQLiteKeyStore
 from tests.serving.test_quota_http import body, start_server
 
 
+@pytest.mark.slow  # 960 requests on new connections (about 25 s); the default suite has two-worker
+# quota tests in test_quota_images.py (SQLite) and test_quota_postgres.py (PostgreSQL)
 def test_two_workers_share_one_quota(tmp_path):
     torch.manual_seed(0)
     save_checkpoint(build_model("small-cnn", width=4, hidden=16), tmp_path / "tiny", dataset="fashion-mnist")
