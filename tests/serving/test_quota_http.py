@@ -25,10 +25,11 @@ def body(seed: int) -> dict:
     }
 
 
-def test_64_clients_2000_requests_on_a_1000_image_budget(target):
+def test_64_clients_2000_requests_on_a_1000_image_budget(tmp_path):
+    """On SQLite; the same load on PostgreSQL, across two workers, is test_quota_postgres.py's."""
     torch.manual_seed(0)
     model = build_model("small-cnn", width=4, hidden=16).eval()
-    store = open_keys(target)
+    store = open_keys(tmp_path / "keys.sqlite")
     key = store.add("load", budget=1000)
     app = create_app(model, build_defense("rnd:nu=0.02", model, seed=0), name="tiny", keys=store)
     statuses: list[int] = []
