@@ -328,3 +328,21 @@ def test_a_head_whose_blank_line_straddles_two_reads_is_not_taken_for_a_huge_one
         while chunk := s.recv(65536):
             answer += chunk
     assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+
+
+def test_at_the_connection_cap_the_longest_waiting_head_is_closed_first(tmp_path):
+    server = Server(tmp_path, "--max-connections", "8", "--header-timeout", "30")
+    socks = []
+    try:
+        for _ in range(9):  # the 9th is over the cap of 8
+            s = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+            s.sendall(b"P")
+            socks.append(s)
+            time.sleep(0.1)
+        time.sleep(0.5)
+        closed = [closed_by_server(s) for s in socks]
+        assert closed == [True] + [False] * 8, closed  # the oldest made room; the newest stays
+    finally:
+        for s in socks:
+            s.close()
+        server.stop()
