@@ -286,9 +286,10 @@ def json_depth(raw: bytes | memoryview, cap: int) -> int:
     """How deep the brackets of `raw` nest (counted over every `[` and `{`, inside strings too: an
     upper bound of the JSON depth), read in C-speed steps: 0 work beyond two counts when there are
     no more than `cap` opening brackets in all."""
-    data = bytes(raw)
-    if data.count(b"[") + data.count(b"{") <= cap:
-        return min(cap, data.count(b"[") + data.count(b"{"))
+    data = raw if isinstance(raw, bytes) else bytes(raw)
+    opening = data.count(b"[") + data.count(b"{")
+    if opening <= cap:
+        return opening
     deepest, level = 0, 0
     step = 1 << 20
     for start in range(0, len(data), step):  # 1 MiB at a time: a few MB of temporaries at most
@@ -305,7 +306,8 @@ def check_json_bounds(raw: bytes | memoryview, what: str, max_depth: int, max_va
     than `max_values` numbers (counted as its commas: an upper bound), so that a parse holds at most
     about 32 bytes per value (a Python float and its list slot)."""
     if max_values is not None:
-        values = bytes(raw).count(b",") - 64  # the request's own fields, beyond the data
+        data = raw if isinstance(raw, bytes) else bytes(raw)
+        values = data.count(b",") - 64  # the request's own fields, beyond the data
         if values > max_values:
             raise RequestError(
                 _BAD,
@@ -319,9 +321,10 @@ def check_json_bounds(raw: bytes | memoryview, what: str, max_depth: int, max_va
 def _json_object(
     raw: bytes | memoryview, what: str, max_depth: int = MAX_JSON_DEPTH, max_values: int | None = None
 ) -> dict[str, Any]:
+    raw = bytes(raw)  # one copy, for the bounds and the parse
     check_json_bounds(raw, what, max_depth, max_values)
     try:
-        doc = json.loads(bytes(raw))
+        doc = json.loads(raw)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise RequestError(_BAD, f"{what} is not valid JSON ({type(exc).__name__})") from None
     if not isinstance(doc, dict):

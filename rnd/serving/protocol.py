@@ -38,12 +38,14 @@ class GuardedH11Protocol(H11Protocol):
     """One HTTP/1.1 connection, with a header timeout and a share of the connection cap."""
 
     limits: ClassVar[ServerLimits] = ServerLimits()
+    max_connections: ClassVar[int] = limits.connections()
     #: Connections closed by each limit in this process (tests and logs).
     closed: ClassVar[dict[str, int]] = {"header_timeout": 0, "head_too_large": 0, "evicted": 0, "refused": 0}
 
     @classmethod
     def configure(cls, limits: ServerLimits) -> None:
         cls.limits = limits
+        cls.max_connections = limits.connections()  # once: not a getrlimit per connection
 
     @classmethod
     def uvicorn_options(cls, limits: ServerLimits) -> dict[str, Any]:
@@ -94,7 +96,7 @@ class GuardedH11Protocol(H11Protocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._await_head()
-        if len(self.connections) > self.limits.connections():
+        if len(self.connections) > self.max_connections:
             self._make_room()
 
     def _make_room(self) -> None:

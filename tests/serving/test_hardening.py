@@ -26,6 +26,7 @@ import torch
 
 from rnd.models import build_model, save_checkpoint
 from rnd.serving.keys import open_keys
+from tests.postgres import free_port
 
 INFER = "/v2/models/tiny/infer"
 #: A good client's request must be answered within this while an attack runs (a loaded 2-core
@@ -38,12 +39,6 @@ def body(n: int = 1, seed: int = 0) -> dict:
     return {
         "inputs": [{"name": "input", "shape": [n, 1, 28, 28], "datatype": "FP32", "data": x.ravel().tolist()}]
     }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Server:
