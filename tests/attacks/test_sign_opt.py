@@ -42,11 +42,14 @@ def test_unit():
     torch.testing.assert_close(unit(v, "linf").abs().amax(1), torch.ones(2))
 
 
-@pytest.mark.parametrize("norm,eps", [("l2", 6.0), ("linf", 0.9)])
-def test_shrinks_and_succeeds(tiny_model, attack_batch, norm, eps):
+# l_inf shrinks more slowly: the tiny model is trained in the session, so its weights (and the ratio)
+# differ between CPUs; on an AVX2 EPYC the median went to 0.76 of the start at 600 queries, 0.67 at 1,000
+@pytest.mark.parametrize("norm,eps,budget", [("l2", 6.0, 600), ("linf", 0.9, 1000)])
+def test_shrinks_and_succeeds(tiny_model, attack_batch, norm, eps, budget):
     x, y = attack_batch
     x, y = x[:10], y[:10]
-    res = run_decision(SignOPT(eps=eps, norm=norm, seed=0, stop_at_eps=False, **FAST), tiny_model, x, y, 600)
+    attack = SignOPT(eps=eps, norm=norm, seed=0, stop_at_eps=False, **FAST)
+    res = run_decision(attack, tiny_model, x, y, budget)
     curve = res.distance_curve()
     start = next(d for _, d in curve if d < float("inf"))
     assert curve[-1][1] < 0.75 * start  # the descent shrinks the median distance after the start

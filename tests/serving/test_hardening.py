@@ -256,7 +256,10 @@ def test_malformed_requests_run_into_the_rate_limit(keyed):
     codes = [
         httpx.post(server.url + INFER, content=b"{not json", headers=auth).status_code for _ in range(12)
     ]
-    assert codes[:5] == [400] * 5 and codes[-1] == 429, codes  # a bucket of 5, then refused
+    # a bucket of 5, then refused; the bucket refills 5 images/s, so on a loaded machine a later
+    # request may find a token again: what must hold is the full bucket, then a refusal
+    assert codes[:5] == [400] * 5 and 429 in codes[5:], codes
+    assert set(codes) == {400, 429}, codes
 
 
 def test_a_client_leaving_mid_body_is_one_quiet_line_and_a_metric(keyed):
