@@ -134,6 +134,7 @@ def test_a_rerun_sends_nothing_and_writes_the_same_report(audited, checkpoint):
     assert json.loads(request)["model_sha256"] == json.loads(first)["request"]["checkpoint_sha256"]
 
 
+@pytest.mark.slow  # about 26 s; tests/evaluation/test_audit_snapshot.py runs --report-only
 def test_report_only_reports_the_cells_done_so_far_and_writes_nothing_to_the_store(
     audited, checkpoint, tmp_path
 ):

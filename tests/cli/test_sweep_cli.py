@@ -342,7 +342,9 @@ def test_sigkill_many_times(folder, slow_reference, tmp_path):
         assert same_results(db, slow_reference)
 
 
-@pytest.mark.parametrize("processes", [2, pytest.param(4, marks=pytest.mark.slow)])
+# slow (about 11 s for 2): tests/evaluation/test_store.py creates one database from 2 processes at once
+@pytest.mark.slow
+@pytest.mark.parametrize("processes", [2, 4])
 def test_concurrent_sweeps_share_one_new_database(folder, slow_reference, tmp_path, processes):
     db = tmp_path / "shared.sqlite"
     attempts = tmp_path / "attempts"
