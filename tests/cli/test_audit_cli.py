@@ -134,7 +134,6 @@ def test_a_rerun_sends_nothing_and_writes_the_same_report(audited, checkpoint):
     assert json.loads(request)["model_sha256"] == json.loads(first)["request"]["checkpoint_sha256"]
 
 
-@pytest.mark.slow  # about 26 s; tests/evaluation/test_audit_snapshot.py runs --report-only
 def test_report_only_reports_the_cells_done_so_far_and_writes_nothing_to_the_store(
     audited, checkpoint, tmp_path
 ):
@@ -442,6 +441,9 @@ def test_an_endpoint_audit_marks_what_it_cannot_measure(tiny_model, tmp_path):
     store.close()
 
 
+# slow (about 16 s): the default suite runs an endpoint audit (above) and the surrogate family on a
+# checkpoint (below); only this combination and its unplanned label-only hybrids wait for -m slow
+@pytest.mark.slow
 def test_an_endpoint_audit_runs_the_surrogate_family_from_its_scores(tiny_model, tmp_path):
     """A probability endpoint, --threat surrogate: transfer attacks read the top class of the
     scores (one query an image), score hybrids run, label-only hybrids are not planned; every
