@@ -58,6 +58,15 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
 
 
+def run_here(*args: str) -> subprocess.CompletedProcess:
+    """`rnd audit ARGS` in this process: for the runs that only read a store (--report-only,
+    --dry-run), which would otherwise spend most of their time starting an interpreter."""
+    res = CliRunner().invoke(main, ["audit", *args])
+    if res.exception is not None and not isinstance(res.exception, SystemExit):
+        raise res.exception
+    return subprocess.CompletedProcess(["rnd", "audit", *args], res.exit_code, res.stdout, res.stderr)
+
+
 @pytest.fixture(scope="module")
 def audited(checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("audited") / "out"
@@ -145,7 +154,7 @@ def test_report_only_reports_the_cells_done_so_far_and_writes_nothing_to_the_sto
     full = json.loads((out / "report.json").read_text())
     db = out / "audit.sqlite"
     before = comparable_content(db)
-    res = run_cli(str(checkpoint), *ARGS, "--out", str(tmp_path / "again"), "--db", str(db), "--report-only")
+    res = run_here(str(checkpoint), *ARGS, "--out", str(tmp_path / "again"), "--db", str(db), "--report-only")
     assert res.returncode == 0, res.stderr
     assert json.loads((tmp_path / "again" / "report.json").read_text()) == full
     assert "partial" not in res.stdout and "calibrating" not in res.stderr
@@ -162,7 +171,7 @@ def test_report_only_reports_the_cells_done_so_far_and_writes_nothing_to_the_sto
         con.commit()
         con.close()
         stored = comparable_content(part)
-        res = run_cli(
+        res = run_here(
             str(checkpoint), *ARGS, "--out", str(tmp_path / name), "--db", str(part), "--report-only"
         )
         assert res.returncode == 0, res.stderr
@@ -191,9 +200,9 @@ def test_report_only_reports_the_cells_done_so_far_and_writes_nothing_to_the_sto
     assert "scores: no attack finished yet against the defense, 34 pending" in stdout
 
     none = tmp_path / "none"
-    res = run_cli(str(checkpoint), *ARGS, "--out", str(none), "--report-only")
+    res = run_here(str(checkpoint), *ARGS, "--out", str(none), "--report-only")
     assert res.returncode == 2 and "holds no audit results yet" in res.stderr and not none.exists()
-    res = run_cli(str(checkpoint), *ARGS, "--out", str(none), "--report-only", "--dry-run")
+    res = run_here(str(checkpoint), *ARGS, "--out", str(none), "--report-only", "--dry-run")
     assert res.returncode == 2 and "not both" in res.stderr and not none.exists()
 
 
@@ -207,7 +216,7 @@ def test_fail_under_gates_a_run_and_diff_compares_two_reports(audited, checkpoin
     assert worst["high"] < 100  # the fixture's verdict leaves room above it
     above = (worst["high"] + 100) / 2
     for threshold, code, words in ((worst["low"], 0, "pass"), (above, 1, "FAIL")):
-        res = run_cli(
+        res = run_here(
             str(checkpoint), *ARGS, "--out", str(tmp_path / "gate"), "--db", str(out / "audit.sqlite"),
             "--report-only", "--fail-under", f"{threshold}",
         )  # fmt: skip
@@ -222,7 +231,7 @@ def test_fail_under_gates_a_run_and_diff_compares_two_reports(audited, checkpoin
 
     # priced in the owner's units: given terms, then a key store's
     stored = ["--db", str(out / "audit.sqlite"), "--report-only"]
-    res = run_cli(
+    res = run_here(
         str(checkpoint), *ARGS, "--out", str(tmp_path / "priced"), *stored, "--quota", "500", "--rate", "2"
     )
     assert res.returncode == 0, res.stderr
@@ -235,7 +244,7 @@ def test_fail_under_gates_a_run_and_diff_compares_two_reports(audited, checkpoin
     keys = SQLiteKeyStore(tmp_path / "keys.sqlite")
     keys.add("auditor", budget=700, rate=3.0)
     keys.close()
-    res = run_cli(
+    res = run_here(
         str(checkpoint),
         *ARGS,
         "--out",
@@ -274,7 +283,7 @@ def test_dry_run_prints_the_work_left_and_writes_nothing(audited, checkpoint, tm
     before = comparable_content(out / "audit.sqlite")
     report = json.loads((out / "report.json").read_text())
     given = ["--defense", report["defense"]]  # the calibrated spec: the same cells, no calibration
-    res = run_cli(str(checkpoint), *ARGS, *given, "--out", str(out), "--dry-run")
+    res = run_here(str(checkpoint), *ARGS, *given, "--out", str(out), "--dry-run")
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
     assert lines[0].endswith(f"47 already done in {out / 'audit.sqlite'}") and lines[0].startswith("47 cells")
@@ -283,7 +292,7 @@ def test_dry_run_prints_the_work_left_and_writes_nothing(audited, checkpoint, tm
     assert "queries/s through the defense at batch 2" in lines[2] and lines[3].startswith("at most ")
     assert comparable_content(out / "audit.sqlite") == before
     fresh = tmp_path / "fresh"
-    res = run_cli(str(checkpoint), *ARGS, *given, "--out", str(fresh), "--dry-run")
+    res = run_here(str(checkpoint), *ARGS, *given, "--out", str(fresh), "--dry-run")
     assert res.returncode == 0 and "0 already done" in res.stdout and not fresh.exists()
     # nothing done: every cell's images x budget, and the grid's at most (its attack not chosen yet)
     suite = [a for by in report["cells"].values() for e in by.values() for a in e["attacks"]]
