@@ -129,7 +129,10 @@ def test_bad_parameters_are_refused(untrained, spec, words):
         build_defense(spec, untrained)
 
 
-def test_aaa_raises_the_failure_rate_of_square(tiny_model, attack_batch):
+# the sine variant's run is slow (about 4 s each): the default suite keeps the linear one, and the
+# sine period's arithmetic is pinned by the formula tests above
+@pytest.mark.parametrize("variant", ["linear", pytest.param("sine", marks=pytest.mark.slow)])
+def test_aaa_raises_the_failure_rate_of_square(tiny_model, attack_batch, variant):
     """Square's greedy rule walks the wrong way under AAA (the adaptive rules are measured in
     the report, not pinned here: on this tiny model they do not beat plain Square)."""
     x, y = attack_batch
@@ -138,6 +141,4 @@ def test_aaa_raises_the_failure_rate_of_square(tiny_model, attack_batch):
         result = Square(eps=0.2, seed=0)(Oracle(model, budget=100), x, y)
         return float(result.success.float().mean())
 
-    undefended = run(tiny_model)
-    for variant in ("linear", "sine"):
-        assert run(AAA(tiny_model, variant=variant)) <= undefended - 0.2  # measured: 0.75 -> 0.35
+    assert run(AAA(tiny_model, variant=variant)) <= run(tiny_model) - 0.2  # measured: 0.75 -> 0.35
