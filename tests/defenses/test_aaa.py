@@ -129,8 +129,8 @@ def test_bad_parameters_are_refused(untrained, spec, words):
         build_defense(spec, untrained)
 
 
-# the sine variant's run is slow (about 4 s each): the default suite keeps the linear one, and the
-# sine period's arithmetic is pinned by the formula tests above
+# each variant takes about 6 s (with its undefended run): the default suite keeps the linear one (the
+# sine period's arithmetic is pinned by the formula tests above)
 @pytest.mark.parametrize("variant", ["linear", pytest.param("sine", marks=pytest.mark.slow)])
 def test_aaa_raises_the_failure_rate_of_square(tiny_model, attack_batch, variant):
     """Square's greedy rule walks the wrong way under AAA (the adaptive rules are measured in
